@@ -1,0 +1,126 @@
+"""The invocation and result contract between the platform and the runner.
+
+Same shape as sagemaker-shim's task and ``inference_result.json`` so images shimmed for
+grand-challenge fit. The platform never trusts a result it cannot verify: the runner signs
+the exact body with a per-job key (HMAC-SHA256) and stores the hex digest as S3 metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gantry.paths import validate_relative_path
+
+
+class InvocationInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    relative_path: str
+    bucket_name: str = Field(min_length=3, max_length=63)
+    bucket_key: str = Field(min_length=1, max_length=1024)
+    decompress: bool = False
+
+    @field_validator("relative_path")
+    @classmethod
+    def _safe_path(cls, value: str) -> str:
+        return validate_relative_path(value, allow_nested_json=True)
+
+
+class ExpectedOutput(BaseModel):
+    """An output the runner checks early; the platform checks again after the job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slug: str
+    kind: str
+    relative_path: str
+    # Default schema of the kind and the socket's extra schema, both must hold.
+    schemas: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("relative_path")
+    @classmethod
+    def _safe_path(cls, value: str) -> str:
+        return validate_relative_path(value, allow_nested_json=True)
+
+
+class Invocation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pk: str = Field(min_length=1, max_length=128)
+    inputs: list[InvocationInput]
+    output_bucket_name: str
+    output_prefix: str
+    timeout: int = Field(gt=0, le=86400 * 7)
+    # Gantry extension: optional, ignored by sagemaker-shim.
+    outputs: list[ExpectedOutput] | None = None
+
+    @field_validator("output_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("output_prefix must be a relative S3 key prefix without '..'")
+        return value if value.endswith("/") else value + "/"
+
+
+class ResultOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    relative_path: str
+    bucket_name: str
+    bucket_key: str
+    size: int | None = None
+
+
+class InferenceResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    pk: str
+    return_code: int
+    exec_duration: float | None = None
+    invoke_duration: float | None = None
+    outputs: list[ResultOutput] = Field(default_factory=list)
+    user_safe_error_message: str | None = None
+    user_process_last_stderr_lines: list[str] = Field(default_factory=list)
+    user_process_last_stdout_lines: list[str] = Field(default_factory=list)
+    # Problems the runner found in the outputs, keyed by socket slug.
+    output_errors: dict[str, str] = Field(default_factory=dict)
+    sandboxed: bool | None = None
+    runner_version: str | None = None
+
+
+def new_signing_key() -> str:
+    """A fresh per-job key, hex encoded (32 bytes)."""
+    return secrets.token_hex(32)
+
+
+def sign(body: bytes, key_hex: str) -> str:
+    return hmac.new(bytes.fromhex(key_hex), body, hashlib.sha256).hexdigest()
+
+
+class ResultVerificationError(Exception):
+    """The result file is not the one the runner of this job wrote."""
+
+
+def verify_result(
+    *, body: bytes, signature_hex: str | None, key_hex: str, expected_pk: str
+) -> InferenceResult:
+    """Check signature (constant time) and pk, then parse. Raises ResultVerificationError."""
+    if not signature_hex:
+        raise ResultVerificationError("The result file is not signed")
+    if not hmac.compare_digest(sign(body, key_hex), signature_hex.strip().lower()):
+        raise ResultVerificationError("The result file signature does not match")
+    try:
+        result = InferenceResult.model_validate(json.loads(body))
+    except (ValueError, TypeError) as error:
+        raise ResultVerificationError(f"The result file is not valid: {error}") from error
+    if result.pk != expected_pk:
+        raise ResultVerificationError(
+            f"The result file belongs to {result.pk!r}, not to {expected_pk!r}"
+        )
+    return result

@@ -1,0 +1,98 @@
+"""Names and shapes of the AWS resources Gantry uses.
+
+One source of truth: the CDK stacks (infra/), the handlers (lambdas/) and the embedded
+local stack (gantry/local/) all read these, so a name changed here changes everywhere.
+Pure data: no boto3 or CDK import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- DynamoDB: one table -------------------------------------------------------------------
+
+PARTITION_KEY = "PK"
+SORT_KEY = "SK"
+TTL_ATTRIBUTE = "expires_at"
+
+
+@dataclass(frozen=True)
+class GlobalIndex:
+    name: str
+    partition_key: str
+    sort_key: str
+    purpose: str
+
+
+# Every GSI projects ALL attributes: list pages are served from the index alone.
+GSI_BY_OWNER = GlobalIndex("GSI1", "GSI1PK", "GSI1SK", "list an owner's items of one type")
+GSI_BY_PARENT = GlobalIndex("GSI2", "GSI2PK", "GSI2SK", "list jobs of an algorithm, images of a job")
+GSI_BY_STATUS = GlobalIndex("GSI3", "GSI3PK", "GSI3SK", "find jobs by status (sweeper)")
+GSI_BY_COMPUTE_ID = GlobalIndex("GSI4", "GSI4PK", "GSI4SK", "map a compute job id to a job")
+GLOBAL_INDEXES: tuple[GlobalIndex, ...] = (
+    GSI_BY_OWNER,
+    GSI_BY_PARENT,
+    GSI_BY_STATUS,
+    GSI_BY_COMPUTE_ID,
+)
+
+# --- S3: one bucket, prefixes ----------------------------------------------------------------
+
+PREFIX_UPLOADS = "uploads/"
+PREFIX_VALUES = "values/"
+PREFIX_IO = "io/"
+PREFIX_DROPBOX = "dropbox/"
+PREFIX_DROPBOX_RESULTS = "dropbox-results/"
+
+RESULT_FILE_SUFFIX = ".sagemaker_shim/inference_result.json"
+SIGNATURE_METADATA_KEY = "signature_hmac_sha256"
+
+
+def io_prefix(job_pk: str, attempt: int) -> str:
+    return f"{PREFIX_IO}{job_pk}/{attempt}/"
+
+
+def io_input_prefix(job_pk: str, attempt: int) -> str:
+    return f"{io_prefix(job_pk, attempt)}input/"
+
+
+def io_output_prefix(job_pk: str, attempt: int) -> str:
+    return f"{io_prefix(job_pk, attempt)}output/"
+
+
+def invocation_key(job_pk: str, attempt: int) -> str:
+    return f"{io_prefix(job_pk, attempt)}invocation.json"
+
+
+def result_key(output_prefix: str) -> str:
+    return f"{output_prefix}{RESULT_FILE_SUFFIX}"
+
+
+# --- Events ----------------------------------------------------------------------------------
+
+EVENT_SOURCE = "gantry"
+DETAIL_TYPE_JOB_SUCCEEDED = "Gantry Job Succeeded"
+DETAIL_TYPE_JOB_FAILED = "Gantry Job Failed"
+BATCH_EVENT_SOURCE = "aws.batch"
+BATCH_DETAIL_TYPE = "Batch Job State Change"
+SAGEMAKER_EVENT_SOURCE = "aws.sagemaker"
+SAGEMAKER_DETAIL_TYPE = "SageMaker Training Job State Change"
+
+# Compute job names start with this so event rules match Gantry's jobs only.
+COMPUTE_JOB_NAME_PREFIX = "gantry-"
+
+# --- Runner environment ----------------------------------------------------------------------
+
+# Only the runner reads these; it removes them before it starts the algorithm.
+ENV_SIGNING_KEY = "GANTRY_SIGNING_KEY_HEX"
+ENV_ALGORITHM_CMD = "GANTRY_ALGORITHM_CMD_B64J"
+ENV_ALGORITHM_ENTRYPOINT = "GANTRY_ALGORITHM_ENTRYPOINT_B64J"
+
+# --- Default names (overridable by settings) --------------------------------------------------
+
+DEFAULT_TABLE_NAME = "gantry"
+DEFAULT_BUCKET_NAME = "gantry-data"
+DEFAULT_UPLOADS_QUEUE = "gantry-uploads"
+DEFAULT_DROPBOX_QUEUE = "gantry-dropbox"
+DEFAULT_JOB_EVENTS_QUEUE = "gantry-job-events"
+DEFAULT_EVENT_BUS = "gantry"

@@ -1,0 +1,45 @@
+"""One typed settings object, read from environment variables (prefix ``GANTRY_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gantry import resources
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GANTRY_", extra="ignore")
+
+    table_name: str = resources.DEFAULT_TABLE_NAME
+    bucket_name: str = resources.DEFAULT_BUCKET_NAME
+    region: str = Field(default="us-east-1")
+    # None means boto3's own resolution (AWS_ENDPOINT_URL or the real AWS endpoints).
+    endpoint_url: str | None = None
+    # Public base of the API, used to build every api_url and file URL.
+    api_base_url: str = "https://127.0.0.1:8443/api/v1/"
+
+    compute_backend: Literal["batch", "sagemaker", "local"] = "batch"
+    batch_job_queue_gpu: str = "gantry-gpu"
+    batch_job_queue_cpu: str = "gantry-cpu"
+    batch_job_definition: str = "gantry-runner"
+    sagemaker_role_arn: str = ""
+    sagemaker_runner_image: str = ""
+    sagemaker_warm_pool_seconds: int = 0
+    local_workers: int = 2
+
+    event_bus_name: str = resources.DEFAULT_EVENT_BUS
+    dropbox_owner: str = "dropbox"
+    max_attempts: int = 3
+    # Seconds past a job's time limit before the sweeper asks the backend about it.
+    sweeper_margin_seconds: int = 900
+    presigned_url_seconds: int = 3600
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process; tests build their own ``Settings(...)`` instead of patching."""
+    return Settings()
