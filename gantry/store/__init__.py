@@ -1,0 +1,39 @@
+"""DynamoDB-backed stores, one per entity, over the one table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gantry.aws import Clients
+from gantry.settings import Settings
+from gantry.store.algorithms import AlgorithmStore
+from gantry.store.images import ImageStore
+from gantry.store.jobs import JobStore
+from gantry.store.sockets import SocketStore
+from gantry.store.table import Table
+from gantry.store.uploads import UploadStore
+from gantry.store.users import UserStore
+
+
+@dataclass
+class Store:
+    table: Table
+    sockets: SocketStore
+    algorithms: AlgorithmStore
+    jobs: JobStore
+    images: ImageStore
+    uploads: UploadStore
+    users: UserStore
+
+    @classmethod
+    def create(cls, clients: Clients, settings: Settings) -> Store:
+        table = Table(clients, settings.table_name)
+        return cls(
+            table=table,
+            sockets=SocketStore(table),
+            algorithms=AlgorithmStore(table),
+            jobs=JobStore(table),
+            images=ImageStore(table),
+            uploads=UploadStore(table),
+            users=UserStore(table),
+        )

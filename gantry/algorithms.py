@@ -1,0 +1,131 @@
+"""Algorithms (a container image plus socket sets) and their container images."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MIN_TIME_LIMIT = 300
+MAX_TIME_LIMIT = 86400
+DEFAULT_TIME_LIMIT = 3600
+MIN_MEMORY_GB = 4
+MAX_MEMORY_GB = 32
+DEFAULT_MEMORY_GB = 8
+MAX_SOCKETS_PER_SET = 64
+MAX_SOCKET_SETS = 32
+
+
+class GPUType(StrEnum):
+    NONE = ""
+    T4 = "T4"
+    A10G = "A10G"
+    A100 = "A100"
+
+
+# A10G and A100 are known to the model but not offered until the compute stack has them.
+ENABLED_GPU_TYPES = frozenset({GPUType.NONE, GPUType.T4})
+
+
+class SocketSet(BaseModel):
+    """One way to run the algorithm: these input sockets produce these output sockets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(min_length=1, max_length=MAX_SOCKETS_PER_SET)
+    outputs: list[str] = Field(min_length=1, max_length=MAX_SOCKETS_PER_SET)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SocketSet:
+        for name, slugs in (("inputs", self.inputs), ("outputs", self.outputs)):
+            if len(set(slugs)) != len(slugs):
+                raise ValueError(f"{name}: a socket is listed twice")
+        both = set(self.inputs) & set(self.outputs)
+        if both:
+            raise ValueError(f"sockets {sorted(both)} are both input and output")
+        return self
+
+
+class AlgorithmFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    title: str = Field(min_length=1, max_length=255)
+    description: str = Field(default="", max_length=10_000)
+    interfaces: list[SocketSet] = Field(min_length=1, max_length=MAX_SOCKET_SETS)
+    time_limit: int = Field(default=DEFAULT_TIME_LIMIT, ge=MIN_TIME_LIMIT, le=MAX_TIME_LIMIT)
+    requires_gpu_type: GPUType = GPUType.NONE
+    requires_memory_gb: int = Field(default=DEFAULT_MEMORY_GB, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
+    editors: list[str] = Field(default_factory=list, max_length=100)
+    users: list[str] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("requires_gpu_type")
+    @classmethod
+    def _enabled_gpu(cls, value: GPUType) -> GPUType:
+        if value not in ENABLED_GPU_TYPES:
+            offered = ", ".join(repr(g.value) for g in sorted(ENABLED_GPU_TYPES))
+            raise ValueError(f"GPU type {value.value!r} is not offered; choose one of {offered}")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_sets(self) -> AlgorithmFields:
+        seen: set[frozenset[str]] = set()
+        for socket_set in self.interfaces:
+            key = frozenset(socket_set.inputs)
+            if key in seen:
+                raise ValueError(
+                    "interfaces: two socket sets have the same inputs; a job must match one"
+                )
+            seen.add(key)
+        return self
+
+
+class Algorithm(AlgorithmFields):
+    pk: str
+    slug: str
+    creator: str
+    created: str
+    modified: str
+
+    def can_edit(self, username: str) -> bool:
+        return username == self.creator or username in self.editors
+
+    def can_use(self, username: str) -> bool:
+        return self.can_edit(username) or username in self.users
+
+
+class ImportStatus(StrEnum):
+    INITIALIZED = "Initialized"
+    QUEUED = "Queued"
+    STARTED = "Started"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class AlgorithmImageFields(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    # A registry URI (ECR, ...) the compute backend pulls, or "local" for the local executor.
+    image: str = Field(min_length=1, max_length=1024)
+    # The image's original ENTRYPOINT/CMD; the runner starts these inside the container.
+    entrypoint: list[str] | None = Field(default=None, max_length=64)
+    command: list[str] | None = Field(default=None, max_length=256)
+    # Local executor only: the algorithm's code directory, bound read-only in the sandbox.
+    workdir: str | None = Field(default=None, max_length=1024)
+    sha256: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9a-f]{64}$")
+    is_desired_version: bool = True
+
+    @model_validator(mode="after")
+    def _runnable(self) -> AlgorithmImageFields:
+        if not (self.entrypoint or self.command):
+            raise ValueError("command: give the image's command or entrypoint to run")
+        return self
+
+
+class AlgorithmImage(AlgorithmImageFields):
+    pk: str
+    algorithm: str
+    creator: str
+    created: str
+    import_status: ImportStatus = ImportStatus.COMPLETED
+    status_message: str = ""

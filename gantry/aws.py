@@ -1,0 +1,59 @@
+"""boto3 clients built once per process from the settings (endpoint, region)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from gantry.settings import Settings
+
+
+class Clients:
+    """Lazily created boto3 clients; one per service for this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._session = boto3.session.Session(region_name=settings.region)
+        self._config = Config(retries={"mode": "standard", "max_attempts": 5})
+
+    def client(self, service: str) -> Any:
+        return self._session.client(
+            service, endpoint_url=self.settings.endpoint_url, config=self._config
+        )
+
+    @cached_property
+    def dynamodb(self) -> Any:
+        return self.client("dynamodb")
+
+    @cached_property
+    def dynamodb_resource(self) -> Any:
+        return self._session.resource(
+            "dynamodb", endpoint_url=self.settings.endpoint_url, config=self._config
+        )
+
+    @cached_property
+    def s3(self) -> Any:
+        # Virtual-host style breaks against local endpoints; path style works everywhere.
+        config = self._config.merge(
+            Config(s3={"addressing_style": "path"}, signature_version="s3v4")
+        )
+        return self._session.client("s3", endpoint_url=self.settings.endpoint_url, config=config)
+
+    @cached_property
+    def batch(self) -> Any:
+        return self.client("batch")
+
+    @cached_property
+    def sagemaker(self) -> Any:
+        return self.client("sagemaker")
+
+    @cached_property
+    def events(self) -> Any:
+        return self.client("events")
+
+    @cached_property
+    def sqs(self) -> Any:
+        return self.client("sqs")

@@ -1,0 +1,146 @@
+"""Algorithms (unique slug, visible to their members) and their container images."""
+
+from __future__ import annotations
+
+import uuid
+
+from gantry import timeutil
+from gantry.algorithms import Algorithm, AlgorithmFields, AlgorithmImage, AlgorithmImageFields
+from gantry.errors import Conflict, NotFound
+from gantry.interfaces import slugify
+from gantry.store import keys
+from gantry.store.pagination import Paginator, count_update
+from gantry.store.table import MAIN_SK, ConditionFailed, Table
+
+
+class AlgorithmStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.paginator = Paginator(table)
+
+    def create(self, fields: AlgorithmFields, *, creator: str) -> Algorithm:
+        slug = slugify(fields.title)
+        if not slug:
+            raise Conflict("title must contain letters or digits", field="title")
+        moment = timeutil.iso()
+        algorithm = Algorithm(
+            **fields.model_dump(),
+            pk=str(uuid.uuid4()),
+            slug=slug,
+            creator=creator,
+            created=moment,
+            modified=moment,
+        )
+        members = dict.fromkeys([creator, *algorithm.editors, *algorithm.users])
+        puts = [self.table.item(keys.algorithm(algorithm.pk), MAIN_SK, _doc(algorithm), slug=slug)]
+        updates = []
+        for member in members:
+            list_key = keys.algorithms_of(member)
+            puts.append(
+                self.table.item(
+                    keys.algorithm(algorithm.pk),
+                    f"MEMBER#{member}",
+                    None,
+                    GSI1PK=list_key.value,
+                    GSI1SK=f"{moment}#{algorithm.pk}",
+                    algorithm_pk=algorithm.pk,
+                )
+            )
+            updates.append(count_update(list_key, 1))
+        claim = self.table.item(keys.algorithm_slug(slug), MAIN_SK, None, algorithm_pk=algorithm.pk)
+        try:
+            self.table.transact_put(puts, unique=[claim], updates=updates)
+        except ConditionFailed as error:
+            raise Conflict(
+                f"An algorithm with the slug '{slug}' already exists", field="title"
+            ) from error
+        return algorithm
+
+    def get(self, pk: str) -> Algorithm:
+        stored = self.table.get(keys.algorithm(pk))
+        if stored is None:
+            raise NotFound(f"Algorithm {pk} not found")
+        return Algorithm.model_validate(stored.doc)
+
+    def get_by_slug(self, slug: str) -> Algorithm:
+        claim = self.table.get_item(keys.algorithm_slug(slug), MAIN_SK)
+        if claim is None:
+            raise NotFound(f"Algorithm '{slug}' not found", field="slug")
+        return self.get(str(claim["algorithm_pk"]))
+
+    def page_for(self, username: str, *, offset: int, limit: int) -> tuple[list[Algorithm], int]:
+        list_key = keys.algorithms_of(username)
+        memberships = self.paginator.page(list_key, offset=offset, limit=limit)
+        wanted = [(keys.algorithm(m.item["algorithm_pk"]), MAIN_SK) for m in memberships]
+        found = self.table.batch_get_docs(wanted)
+        algorithms = [Algorithm.model_validate(found[k].doc) for k in wanted if k in found]
+        return algorithms, self.paginator.count(list_key)
+
+    # --- algorithm images -----------------------------------------------------------------
+
+    def create_image(
+        self, algorithm: Algorithm, fields: AlgorithmImageFields, *, creator: str
+    ) -> AlgorithmImage:
+        image = AlgorithmImage(
+            **fields.model_dump(),
+            pk=str(uuid.uuid4()),
+            algorithm=algorithm.pk,
+            creator=creator,
+            created=timeutil.iso(),
+        )
+        list_key = keys.algorithm_images_of(algorithm.pk)
+        item = self.table.item(
+            keys.algorithm_image(image.pk),
+            MAIN_SK,
+            image.model_dump(mode="json"),
+            GSI2PK=list_key.value,
+            GSI2SK=f"{image.created}#{image.pk}",
+        )
+        self.table.transact_put([item], updates=[count_update(list_key, 1)])
+        if image.is_desired_version:
+            self._undesire_others(algorithm.pk, keep=image.pk)
+        return image
+
+    def _undesire_others(self, algorithm_pk: str, *, keep: str) -> None:
+        for other in self.images_of(algorithm_pk):
+            if other.pk == keep or not other.is_desired_version:
+                continue
+
+            def mutate(stored):  # type: ignore[no-untyped-def]
+                return {**stored.doc, "is_desired_version": False}, {}
+
+            self.table.update_doc(keys.algorithm_image(other.pk), mutate)
+
+    def get_image(self, pk: str) -> AlgorithmImage:
+        stored = self.table.get(keys.algorithm_image(pk))
+        if stored is None:
+            raise NotFound(f"Algorithm image {pk} not found")
+        return AlgorithmImage.model_validate(stored.doc)
+
+    def images_of(self, algorithm_pk: str) -> list[AlgorithmImage]:
+        list_key = keys.algorithm_images_of(algorithm_pk)
+        items = self.table.query_all(
+            index=list_key.index.name,
+            key_name=list_key.index.partition_key,
+            key_value=list_key.value,
+        )
+        return [AlgorithmImage.model_validate(_json(item)) for item in items]
+
+    def desired_image(self, algorithm_pk: str) -> AlgorithmImage | None:
+        """The newest ready image marked as the desired version."""
+        ready = [
+            image
+            for image in self.images_of(algorithm_pk)
+            if image.is_desired_version and image.import_status == "Completed"
+        ]
+        return max(ready, key=lambda image: image.created) if ready else None
+
+
+def _doc(algorithm: Algorithm) -> dict:
+    return algorithm.model_dump(mode="json")
+
+
+def _json(item: dict) -> dict:
+    import json
+
+    return json.loads(item["doc"])

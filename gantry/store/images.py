@@ -1,0 +1,45 @@
+"""Images and the jobs that used them as input or produced them as output."""
+
+from __future__ import annotations
+
+from gantry.errors import NotFound
+from gantry.images import Image
+from gantry.store import keys
+from gantry.store.pagination import Paginator, count_update
+from gantry.store.table import MAIN_SK, Table
+
+
+class ImageStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.paginator = Paginator(table)
+
+    def put(self, image: Image) -> Image:
+        list_key = keys.images_of(image.owner)
+        item = self.table.item(
+            keys.image(image.pk),
+            MAIN_SK,
+            image.model_dump(mode="json"),
+            GSI1PK=list_key.value,
+            GSI1SK=f"{image.created}#{image.pk}",
+        )
+        # Idempotent: a retried event registering the same image must not count it twice.
+        if self.table.get_item(keys.image(image.pk), MAIN_SK) is None:
+            self.table.transact_put([item], updates=[count_update(list_key, 1)])
+        return image
+
+    def get(self, pk: str) -> Image:
+        stored = self.table.get(keys.image(pk))
+        if stored is None:
+            raise NotFound(f"Image {pk} not found")
+        return Image.model_validate(stored.doc)
+
+    def get_many(self, pks: list[str]) -> dict[str, Image]:
+        found = self.table.batch_get_docs([(keys.image(pk), MAIN_SK) for pk in pks])
+        images = [Image.model_validate(s.doc) for s in found.values()]
+        return {image.pk: image for image in images}
+
+    def page_for(self, username: str, *, offset: int, limit: int) -> tuple[list[Image], int]:
+        list_key = keys.images_of(username)
+        docs = self.paginator.page(list_key, offset=offset, limit=limit)
+        return [Image.model_validate(d.doc) for d in docs], self.paginator.count(list_key)

@@ -1,0 +1,200 @@
+"""Jobs, with monotonic state changes and the indexes the API and the sweeper use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gantry import timeutil
+from gantry.errors import NotFound
+from gantry.job_states import JobStatus, can_transition
+from gantry.jobs import Job
+from gantry.store import keys
+from gantry.store.pagination import ListKey, Paginator, count_update
+from gantry.store.table import MAIN_SK, StoredDoc, Table
+
+INPUT = "IN"
+OUTPUT = "OUT"
+
+
+def _attributes(job: Job) -> dict[str, Any]:
+    """Top-level attributes: what conditions and indexes need. None removes the attribute."""
+    active = not job.status.is_terminal
+    return {
+        "status": int(job.status),
+        "rank": job.status.rank,
+        "attempt": job.attempt,
+        "creator": job.creator,
+        "GSI1PK": keys.jobs_of(job.creator).value,
+        "GSI1SK": f"{job.created}#{job.pk}",
+        "GSI2PK": keys.jobs_of_algorithm(job.creator, job.algorithm).value,
+        "GSI2SK": f"{job.created}#{job.pk}",
+        # Sparse: only unfinished jobs are in the status index the sweeper reads.
+        "GSI3PK": keys.ACTIVE_JOBS if active else None,
+        "GSI3SK": f"{job.modified}#{job.pk}" if active else None,
+        "GSI4PK": keys.compute_job(job.compute_job_id) if job.compute_job_id else None,
+        "GSI4SK": job.pk if job.compute_job_id else None,
+    }
+
+
+class JobStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.paginator = Paginator(table)
+
+    def create(self, job: Job, *, input_images: list[str]) -> Job:
+        attributes = {k: v for k, v in _attributes(job).items() if v is not None}
+        puts = [self.table.item(keys.job(job.pk), MAIN_SK, _doc(job), **attributes)]
+        puts += [self._relation(job, image_pk, INPUT) for image_pk in dict.fromkeys(input_images)]
+        updates = [
+            count_update(keys.jobs_of(job.creator), 1),
+            count_update(keys.jobs_of_algorithm(job.creator, job.algorithm), 1),
+        ]
+        self.table.transact_put(puts, updates=updates)
+        return job
+
+    def _relation(self, job: Job, image_pk: str, role: str) -> dict[str, Any]:
+        return self.table.item(
+            keys.image(image_pk),
+            f"JOB#{role}#{job.created}#{job.pk}",
+            None,
+            job_pk=job.pk,
+            creator=job.creator,
+            algorithm=job.algorithm,
+        )
+
+    def add_output_images(self, job: Job, image_pks: list[str]) -> None:
+        for image_pk in image_pks:
+            self.table.put(self._relation(job, image_pk, OUTPUT))
+
+    def get(self, pk: str) -> Job:
+        stored = self.table.get(keys.job(pk))
+        if stored is None:
+            raise NotFound(f"Job {pk} not found")
+        return Job.model_validate(stored.doc)
+
+    def find(self, pk: str) -> Job | None:
+        stored = self.table.get(keys.job(pk))
+        return Job.model_validate(stored.doc) if stored else None
+
+    def find_by_compute_id(self, compute_id: str) -> Job | None:
+        items, _ = self.table.query(
+            index=keys.BY_COMPUTE.name,
+            key_name=keys.BY_COMPUTE.partition_key,
+            key_value=keys.compute_job(compute_id),
+            limit=1,
+        )
+        return self.find(items[0]["GSI4SK"]) if items else None
+
+    # --- changes ---------------------------------------------------------------------------
+
+    def update(self, pk: str, change: Callable[[Job], Job | None]) -> Job | None:
+        """Apply ``change`` with optimistic concurrency. Returns the job if changed, else None."""
+        changed: list[Job] = []
+
+        def mutate(stored: StoredDoc) -> tuple[dict, dict] | None:
+            current = Job.model_validate(stored.doc)
+            updated = change(current)
+            if updated is None:
+                return None
+            updated = updated.model_copy(update={"modified": timeutil.iso()})
+            changed[:] = [updated]
+            return _doc(updated), _attributes(updated)
+
+        stored = self.table.update_doc(keys.job(pk), mutate)
+        if stored is None:
+            raise NotFound(f"Job {pk} not found")
+        return changed[0] if changed else None
+
+    def transition(
+        self,
+        pk: str,
+        *,
+        attempt: int,
+        status: JobStatus,
+        changes: Callable[[Job], dict[str, Any]] | dict[str, Any] | None = None,
+    ) -> Job | None:
+        """Move to ``status`` if allowed for ``attempt`` (duplicates and stale events are
+        ignored: None). ``changes`` are applied in the same write."""
+
+        def change(job: Job) -> Job | None:
+            if not can_transition(job.status, job.attempt, status, attempt):
+                return None
+            extra = changes(job) if callable(changes) else (changes or {})
+            update: dict[str, Any] = {"status": status, **extra}
+            if status.is_terminal and not job.completed_at:
+                update["completed_at"] = timeutil.iso()
+            return job.model_copy(update=update)
+
+        return self.update(pk, change)
+
+    def requeue(
+        self, pk: str, *, attempt: int, changes: dict[str, Any] | None = None
+    ) -> Job | None:
+        """Start attempt + 1 from ``Re-Queued``: only from the attempt the caller saw."""
+
+        def change(job: Job) -> Job | None:
+            if job.attempt != attempt:
+                return None
+            return job.model_copy(
+                update={
+                    "status": JobStatus.RETRY,
+                    "attempt": job.attempt + 1,
+                    "compute_job_id": None,
+                    "completed_at": None,
+                    **(changes or {}),
+                }
+            )
+
+        return self.update(pk, change)
+
+    # --- lists -------------------------------------------------------------------------------
+
+    def page_for(
+        self, username: str, *, offset: int, limit: int, algorithm: str | None = None
+    ) -> tuple[list[Job], int]:
+        list_key: ListKey = (
+            keys.jobs_of_algorithm(username, algorithm) if algorithm else keys.jobs_of(username)
+        )
+        docs = self.paginator.page(list_key, offset=offset, limit=limit)
+        return [Job.model_validate(d.doc) for d in docs], self.paginator.count(list_key)
+
+    def for_image(
+        self, username: str, image_pk: str, role: str, *, algorithm: str | None = None
+    ) -> list[Job]:
+        """Jobs of ``username`` that used (IN) or produced (OUT) an image, oldest first."""
+        relations = [
+            item
+            for item in self.table.query_all(
+                index=None,
+                key_name="PK",
+                key_value=keys.image(image_pk),
+                sort_key="SK",
+                begins_with=f"JOB#{role}#",
+            )
+            if item.get("creator") == username
+            and (not algorithm or item.get("algorithm") == algorithm)
+        ]
+        wanted = [(keys.job(item["job_pk"]), MAIN_SK) for item in relations]
+        found = self.table.batch_get_docs(wanted)
+        return [Job.model_validate(found[k].doc) for k in wanted if k in found]
+
+    def active_modified_before(self, cutoff_iso: str, *, limit: int = 100) -> list[Job]:
+        """Unfinished jobs untouched since ``cutoff_iso`` (oldest first), for the sweeper."""
+        from boto3.dynamodb.conditions import Key
+
+        response = self.table._table.query(
+            IndexName=keys.BY_STATUS.name,
+            KeyConditionExpression=Key(keys.BY_STATUS.partition_key).eq(keys.ACTIVE_JOBS)
+            & Key(keys.BY_STATUS.sort_key).lt(cutoff_iso),
+            Limit=limit,
+        )
+        pks = [
+            item["doc"] and item[keys.BY_STATUS.sort_key].split("#", 1)[1]
+            for item in response.get("Items", [])
+        ]
+        return [job for pk in pks if (job := self.find(pk)) is not None]
+
+
+def _doc(job: Job) -> dict[str, Any]:
+    return job.model_dump(mode="json")

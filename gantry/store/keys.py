@@ -1,0 +1,92 @@
+"""Key layout of every entity in the one table (see DESIGN.md §3)."""
+
+from __future__ import annotations
+
+from gantry import resources
+from gantry.store.pagination import ListKey
+
+BY_OWNER = resources.GSI_BY_OWNER
+BY_PARENT = resources.GSI_BY_PARENT
+BY_STATUS = resources.GSI_BY_STATUS
+BY_COMPUTE = resources.GSI_BY_COMPUTE_ID
+
+SOCKETS = ListKey(BY_OWNER, "SOCKETS")
+
+
+def socket(pk: int) -> str:
+    return f"SOCKET#{pk}"
+
+
+def socket_slug(slug: str) -> str:
+    return f"SOCKETSLUG#{slug}"
+
+
+def socket_title(title: str) -> str:
+    return f"SOCKETTITLE#{title.strip().lower()}"
+
+
+def algorithm(pk: str) -> str:
+    return f"ALG#{pk}"
+
+
+def algorithm_slug(slug: str) -> str:
+    return f"ALGSLUG#{slug}"
+
+
+def algorithms_of(username: str) -> ListKey:
+    return ListKey(BY_OWNER, f"ALGS#{username}")
+
+
+def algorithm_image(pk: str) -> str:
+    return f"ALGIMG#{pk}"
+
+
+def algorithm_images_of(algorithm_pk: str) -> ListKey:
+    return ListKey(BY_PARENT, f"ALGIMGS#{algorithm_pk}")
+
+
+def job(pk: str) -> str:
+    return f"JOB#{pk}"
+
+
+def jobs_of(username: str) -> ListKey:
+    return ListKey(BY_OWNER, f"JOBS#{username}")
+
+
+def jobs_of_algorithm(username: str, algorithm_pk: str) -> ListKey:
+    return ListKey(BY_PARENT, f"JOBS#{username}#ALG#{algorithm_pk}")
+
+
+ACTIVE_JOBS = "ACTIVE"
+
+
+def compute_job(compute_id: str) -> str:
+    return f"COMPUTE#{compute_id}"
+
+
+def image(pk: str) -> str:
+    return f"IMG#{pk}"
+
+
+def images_of(username: str) -> ListKey:
+    return ListKey(BY_OWNER, f"IMAGES#{username}")
+
+
+def upload(pk: str) -> str:
+    return f"UPLOAD#{pk}"
+
+
+def uploads_of(username: str) -> ListKey:
+    return ListKey(BY_OWNER, f"UPLOADS#{username}")
+
+
+def user(username: str) -> str:
+    return f"USER#{username}"
+
+
+def token(token_hash: str) -> str:
+    return f"TOKEN#{token_hash}"
+
+
+def idempotency(key: str) -> str:
+    return f"IDEMPOTENCY#{key}"

@@ -1,0 +1,106 @@
+"""Interfaces (sockets): integer pk, unique title and slug."""
+
+from __future__ import annotations
+
+from gantry import timeutil
+from gantry.errors import Conflict, NotFound
+from gantry.interfaces import Interface, InterfaceFields, check_update, slugify
+from gantry.store import keys
+from gantry.store.pagination import Paginator, count_update
+from gantry.store.table import MAIN_SK, ConditionFailed, Table
+
+
+class SocketStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.paginator = Paginator(table)
+
+    def create(self, fields: InterfaceFields, *, creator: str) -> Interface:
+        slug = slugify(fields.title)
+        if not slug:
+            raise Conflict("title must contain letters or digits", field="title")
+        if self.table.get_item(keys.socket_slug(slug), MAIN_SK):
+            raise Conflict(f"An interface with the slug '{slug}' already exists", field="title")
+        pk = self.table.next_id("socket")
+        interface = Interface(
+            **fields.model_dump(by_alias=False), pk=pk, slug=slug, created=timeutil.iso()
+        )
+        doc = interface.model_dump(mode="json", by_alias=False)
+        main = self.table.item(
+            keys.socket(pk),
+            MAIN_SK,
+            doc,
+            GSI1PK=keys.SOCKETS.value,
+            GSI1SK=f"{pk:012d}",
+            creator=creator,
+            slug=slug,
+        )
+        claims = [
+            self.table.item(keys.socket_slug(slug), MAIN_SK, None, socket_pk=pk),
+            self.table.item(keys.socket_title(fields.title), MAIN_SK, None, socket_pk=pk),
+        ]
+        try:
+            self.table.transact_put([main], unique=claims, updates=[count_update(keys.SOCKETS, 1)])
+        except ConditionFailed as error:
+            raise Conflict(
+                f"An interface with the title '{fields.title}' or slug '{slug}' already exists",
+                field="title",
+            ) from error
+        return interface
+
+    def get(self, pk: int) -> Interface:
+        stored = self.table.get(keys.socket(pk))
+        if stored is None:
+            raise NotFound(f"Interface {pk} not found")
+        return Interface.model_validate(stored.doc)
+
+    def get_by_slug(self, slug: str) -> Interface:
+        claim = self.table.get_item(keys.socket_slug(slug), MAIN_SK)
+        if claim is None:
+            raise NotFound(f"Interface '{slug}' not found", field="slug")
+        return self.get(int(claim["socket_pk"]))
+
+    def get_many_by_slug(self, slugs: list[str]) -> dict[str, Interface]:
+        """Sockets by slug; slugs that do not exist are left out."""
+        claims = self.table.batch_get_docs([(keys.socket_slug(s), MAIN_SK) for s in slugs])
+        socket_keys = [(keys.socket(int(c.item["socket_pk"])), MAIN_SK) for c in claims.values()]
+        found = self.table.batch_get_docs(socket_keys)
+        interfaces = [Interface.model_validate(s.doc) for s in found.values()]
+        return {i.slug: i for i in interfaces}
+
+    def has_values(self, pk: int) -> bool:
+        item = self.table.get_item(keys.socket(pk), MAIN_SK)
+        return bool(item and item.get("has_values"))
+
+    def mark_used(self, interfaces: list[Interface]) -> None:
+        """Values exist for these sockets from now on: their path and kind are frozen."""
+        for interface in interfaces:
+            self.table._table.update_item(
+                Key={"PK": keys.socket(interface.pk), "SK": MAIN_SK},
+                UpdateExpression="SET has_values = :t",
+                ConditionExpression="attribute_exists(PK)",
+                ExpressionAttributeValues={":t": True},
+            )
+
+    def update(self, pk: int, fields: InterfaceFields) -> Interface:
+        def mutate(stored):  # type: ignore[no-untyped-def]
+            existing = Interface.model_validate(stored.doc)
+            if fields.title != existing.title:
+                raise Conflict("title cannot be changed", field="title")
+            check_update(existing, fields, has_values=bool(stored.item.get("has_values")))
+            updated = Interface(
+                **fields.model_dump(by_alias=False),
+                pk=existing.pk,
+                slug=existing.slug,
+                created=existing.created,
+            )
+            return updated.model_dump(mode="json", by_alias=False), {}
+
+        stored = self.table.update_doc(keys.socket(pk), mutate)
+        if stored is None:
+            raise NotFound(f"Interface {pk} not found")
+        return Interface.model_validate(stored.doc)
+
+    def page(self, *, offset: int, limit: int) -> tuple[list[Interface], int]:
+        docs = self.paginator.page(keys.SOCKETS, offset=offset, limit=limit)
+        return [Interface.model_validate(d.doc) for d in docs], self.paginator.count(keys.SOCKETS)

@@ -1,0 +1,71 @@
+"""User uploads: S3 multipart uploads the client fills through presigned part URLs."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_FILENAME = 255
+MAX_PARTS = 10_000
+_SAFE_FILENAME = re.compile(r"^[^/\\\x00-\x1f]+$")
+
+
+class UploadStatus(StrEnum):
+    INITIALIZED = "Initialized"
+    COMPLETED = "Completed"
+    ABORTED = "Aborted"
+
+
+class UploadCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=MAX_FILENAME)
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not _SAFE_FILENAME.match(value) or value in (".", ".."):
+            raise ValueError("must be a plain file name without '/' or control characters")
+        return value
+
+
+class Upload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    pk: str
+    creator: str
+    filename: str
+    key: str
+    s3_upload_id: str
+    status: UploadStatus = UploadStatus.INITIALIZED
+    created: str
+    size: int | None = None
+
+
+class PartNumbers(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    part_numbers: list[int] = Field(min_length=1, max_length=1000)
+
+    @field_validator("part_numbers")
+    @classmethod
+    def _in_range(cls, value: list[int]) -> list[int]:
+        for number in value:
+            if not 1 <= number <= MAX_PARTS:
+                raise ValueError(f"part numbers must be between 1 and {MAX_PARTS}")
+        return value
+
+
+class CompletedPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    ETag: str = Field(min_length=1, max_length=256)
+    PartNumber: int = Field(ge=1, le=MAX_PARTS)
+
+
+class CompleteUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parts: list[CompletedPart] = Field(min_length=1, max_length=MAX_PARTS)
