@@ -1,0 +1,94 @@
+"""``python -m batch_runner invoke (--file s3://bucket/key | --task JSON) [-- CMD ARGS]``.
+
+Exit codes: 0 the signed result was written (whatever the algorithm did; the platform
+decides success), 1 no result could be written, 2 bad usage or task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from batch_runner.config import ConfigError, RunnerConfig
+from batch_runner.invoke import run_invocation
+from batch_runner.logs import JsonLog
+from batch_runner.transfer import parse_s3_uri, s3_client
+from gantry.contract import Invocation
+
+EXIT_OK = 0
+EXIT_NO_RESULT = 1
+EXIT_USAGE = 2
+# The task file is small JSON; anything bigger is not a task.
+MAX_TASK_BYTES = 10 * 1024 * 1024
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m batch_runner")
+    commands = parser.add_subparsers(dest="command", required=True)
+    invoke = commands.add_parser("invoke", help="run one invocation")
+    source = invoke.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="s3://bucket/key of the invocation JSON")
+    source.add_argument("--task", help="the invocation JSON itself")
+    invoke.add_argument("--input-root", help="default $GANTRY_INPUT_ROOT or /input")
+    invoke.add_argument("--output-root", help="default $GANTRY_OUTPUT_ROOT or /output")
+    invoke.add_argument("--sandbox", choices=("off", "auto", "required"))
+    invoke.add_argument("--workdir", help="the algorithm's working directory (bound read-only)")
+    invoke.add_argument(
+        "--ro-path", action="append", default=[], help="extra path visible read-only"
+    )
+    return parser
+
+
+def _load_task(args: argparse.Namespace) -> Invocation:
+    if args.task is not None:
+        raw = args.task.encode()
+    else:
+        bucket, key = parse_s3_uri(args.file)
+        buffer = io.BytesIO()
+        s3_client().download_fileobj(bucket, key, buffer)
+        raw = buffer.getvalue()
+    if len(raw) > MAX_TASK_BYTES:
+        raise ValueError("the task is too large")
+    return Invocation.model_validate(json.loads(raw))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is the algorithm's command, never parsed as runner options.
+    command: list[str] = []
+    if "--" in args_in:
+        split = args_in.index("--")
+        args_in, command = args_in[:split], args_in[split + 1 :]
+    parser = _parser()
+    args = parser.parse_args(args_in)
+    log = JsonLog()
+    try:
+        config = RunnerConfig.from_env(
+            input_root=args.input_root,
+            output_root=args.output_root,
+            command=command or None,
+            sandbox=args.sandbox,
+            workdir=args.workdir,
+            ro_paths=args.ro_path,
+        )
+        if not config.signing_key_hex:
+            raise ConfigError("GANTRY_SIGNING_KEY_HEX is not set: the result cannot be signed")
+        invocation = _load_task(args)
+    except (ConfigError, ValidationError, ValueError) as error:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # e.g. the task file cannot be downloaded
+        print(f"{parser.prog}: error: cannot read the task: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        run_invocation(invocation, config, log=log)
+    except Exception as error:
+        log.error(f"The result could not be written: {type(error).__name__}: {error}")
+        return EXIT_NO_RESULT
+    return EXIT_OK

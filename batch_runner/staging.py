@@ -1,0 +1,202 @@
+"""Inputs from S3 to the input root, outputs from the output root to S3.
+
+``inputs.json`` (at the input root) lists what was staged, one object per input::
+
+    [{"relative_path": "images/ct-image/<uuid>.mha",   # as in the invocation
+      "path": "/input/images/ct-image/<uuid>.mha",     # where the algorithm sees it
+      "size": 1234,                                    # bytes downloaded
+      "decompress": false,
+      "files": ["/input/..."]}]                        # extracted files, zips only
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from batch_runner.config import Limits
+from batch_runner.transfer import Download, Upload, download_all, upload_all
+from batch_runner.unzip import UnsafeZipError, safe_extract
+from gantry.contract import InvocationInput, ResultOutput
+from gantry.paths import safe_join
+from gantry.resources import RESULT_FILE_SUFFIX
+
+INPUTS_JSON = "inputs.json"
+# The result file lives under this folder of the output prefix; outputs may not claim it.
+RESERVED_OUTPUT_DIR = RESULT_FILE_SUFFIX.split("/", 1)[0]
+
+
+class StagingError(Exception):
+    """Inputs could not be staged; the message is safe to show to users."""
+
+
+def clear_root(root: Path) -> None:
+    """Create ``root`` or empty it, without following any link inside it."""
+    root.mkdir(parents=True, exist_ok=True)
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
+@dataclass
+class _Staged:
+    item: InvocationInput
+    target: Path
+    fileobj: IO[bytes]
+
+
+def stage_inputs(
+    client: Any,
+    inputs: Sequence[InvocationInput],
+    input_root: Path,
+    limits: Limits,
+    visible_root: str = "/input",
+) -> list[dict[str, Any]]:
+    """Download (and unzip) every input, write ``inputs.json``; returns its entries."""
+    staged: list[_Staged] = []
+    with tempfile.TemporaryDirectory(prefix="gantry-zips-") as zips:
+        try:
+            for index, item in enumerate(inputs):
+                if item.relative_path == INPUTS_JSON:
+                    raise StagingError(f"Input path '{INPUTS_JSON}' is reserved")
+                try:
+                    target = Path(safe_join(str(input_root), item.relative_path))
+                except ValueError as error:
+                    raise StagingError(
+                        f"Input path '{item.relative_path}' is outside the input directory"
+                    ) from error
+                if item.decompress:
+                    # The archive itself stays outside the input root; only its members land.
+                    fileobj = open(os.path.join(zips, f"{index}.zip"), "xb")  # noqa: SIM115
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        fileobj = open(target, "xb")  # noqa: SIM115
+                    except FileExistsError as error:
+                        raise StagingError(
+                            f"Input path '{item.relative_path}' is used more than once"
+                        ) from error
+                staged.append(_Staged(item, target, fileobj))
+            try:
+                download_all(
+                    client,
+                    (Download(s.item.bucket_name, s.item.bucket_key, s.fileobj) for s in staged),
+                    concurrency=limits.download_concurrency,
+                )
+            except (ClientError, BotoCoreError) as error:
+                raise StagingError("An input file could not be downloaded") from error
+        finally:
+            for s in staged:
+                s.fileobj.close()
+        entries = [_extract(s, input_root, limits, visible_root) for s in staged]
+    (input_root / INPUTS_JSON).write_text(json.dumps(entries, indent=2))
+    return entries
+
+
+def _visible(path: Path, input_root: Path, visible_root: str) -> str:
+    return f"{visible_root.rstrip('/')}/{path.relative_to(input_root).as_posix()}"
+
+
+def _extract(s: _Staged, input_root: Path, limits: Limits, visible_root: str) -> dict[str, Any]:
+    size = os.path.getsize(s.fileobj.name)
+    entry: dict[str, Any] = {
+        "relative_path": s.item.relative_path,
+        "path": _visible(s.target, input_root, visible_root),
+        "size": size,
+        "decompress": s.item.decompress,
+    }
+    if s.item.decompress:
+        # As sagemaker-shim: members land in the folder that holds relative_path.
+        s.target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            files = safe_extract(Path(s.fileobj.name), s.target.parent, limits)
+        except UnsafeZipError as error:
+            raise StagingError(f"Input '{s.item.relative_path}': {error}") from error
+        entry["files"] = [_visible(f, input_root, visible_root) for f in files]
+    return entry
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputScan:
+    files: list[tuple[str, Path]]
+    errors: list[str]
+
+
+def scan_outputs(output_root: Path) -> OutputScan:
+    """Every regular file under ``output_root``; links and special files are errors."""
+    files: list[tuple[str, Path]] = []
+    errors: list[str] = []
+    for directory, dirnames, filenames in os.walk(output_root, followlinks=False):
+        for name in sorted(dirnames) + sorted(filenames):
+            path = Path(directory) / name
+            relative = path.relative_to(output_root).as_posix()
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                errors.append(f"Output '{relative}' is a symbolic link, which is not allowed")
+            elif stat.S_ISDIR(mode):
+                continue
+            elif not stat.S_ISREG(mode):
+                errors.append(f"Output '{relative}' is not a regular file")
+            elif relative.split("/", 1)[0] == RESERVED_OUTPUT_DIR:
+                errors.append(f"Output '{relative}' uses the reserved folder {RESERVED_OUTPUT_DIR}")
+            else:
+                files.append((relative, path))
+        # Never descend into a linked directory.
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(directory, d))]
+    files.sort()
+    return OutputScan(files, errors)
+
+
+def upload_outputs(
+    client: Any,
+    files: Sequence[tuple[str, Path]],
+    bucket: str,
+    prefix: str,
+    concurrency: int = 10,
+) -> list[ResultOutput]:
+    """Upload the scanned files (opened without following links) under ``prefix``."""
+    handles: list[IO[bytes]] = []
+    outputs: list[ResultOutput] = []
+    try:
+        for relative, path in files:
+            # The file could have been swapped for a link after the scan.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            handle = os.fdopen(fd, "rb")
+            handles.append(handle)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise StagingError(f"Output '{relative}' is not a regular file")
+            outputs.append(
+                ResultOutput(
+                    relative_path=relative,
+                    bucket_name=bucket,
+                    bucket_key=f"{prefix}{relative}",
+                    size=info.st_size,
+                )
+            )
+        upload_all(
+            client,
+            (Upload(h, o.bucket_name, o.bucket_key) for h, o in zip(handles, outputs, strict=True)),
+            concurrency=concurrency,
+        )
+    except OSError as error:
+        raise StagingError("An output file could not be read") from error
+    finally:
+        for handle in handles:
+            handle.close()
+    return outputs

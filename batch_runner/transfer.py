@@ -1,0 +1,76 @@
+"""Streamed S3 transfers through boto3's transfer manager (never whole files in memory).
+
+One manager moves many files at once: its thread pool splits large objects into ranged
+parts, so a few big files and many small ones both keep the network busy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.config import Config
+
+MB = 1024 * 1024
+
+
+def s3_client(max_pool_connections: int = 32) -> Any:
+    """An S3 client; boto3 itself honours AWS_ENDPOINT_URL (moto server, LocalStack)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client(
+        "s3",
+        region_name=region,
+        config=Config(max_pool_connections=max_pool_connections, retries={"mode": "standard"}),
+    )
+
+
+def transfer_config(concurrency: int) -> TransferConfig:
+    return TransferConfig(
+        max_concurrency=concurrency,
+        multipart_threshold=16 * MB,
+        multipart_chunksize=16 * MB,
+        io_chunksize=1 * MB,
+    )
+
+
+@dataclass(frozen=True)
+class Download:
+    bucket: str
+    key: str
+    fileobj: IO[bytes]
+
+
+@dataclass(frozen=True)
+class Upload:
+    fileobj: IO[bytes]
+    bucket: str
+    key: str
+
+
+def download_all(client: Any, items: Iterable[Download], concurrency: int = 10) -> None:
+    """Download every object into its open file object, concurrently; raises the first error."""
+    with create_transfer_manager(client, transfer_config(concurrency)) as manager:
+        futures = [manager.download(item.bucket, item.key, item.fileobj) for item in items]
+        for future in futures:
+            future.result()
+
+
+def upload_all(client: Any, items: Iterable[Upload], concurrency: int = 10) -> None:
+    """Upload every open file object, concurrently; raises the first error."""
+    with create_transfer_manager(client, transfer_config(concurrency)) as manager:
+        futures = [manager.upload(item.fileobj, item.bucket, item.key) for item in items]
+        for future in futures:
+            future.result()
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an s3:// URI")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{uri!r} must be s3://bucket/key")
+    return bucket, key

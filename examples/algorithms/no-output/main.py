@@ -1,0 +1,3 @@
+"""Exits 0 without writing anything."""
+
+print("done, but nothing written")

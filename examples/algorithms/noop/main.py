@@ -1,0 +1,1 @@
+"""Does nothing; measures the runner's own overhead."""

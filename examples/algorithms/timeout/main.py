@@ -1,0 +1,11 @@
+"""Never finishes: the runner must stop it at the time limit, children included."""
+
+import subprocess
+import sys
+import time
+
+# A child in the same group: the runner must kill it too.
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+print("sleeping forever", flush=True)
+while True:
+    time.sleep(60)
