@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -234,10 +235,10 @@ class InterfaceFields(BaseModel):
             raise ValueError(f"at most {MAX_SEGMENTS} segments are supported")
         names = [segment.name for segment in value]
         if len(set(names)) != len(names):
-            raise ValueError(f"names must be unique: {sorted(_duplicates(names))}")
+            raise ValueError(f"names must be unique: {_duplicates(names)}")
         values = [segment.voxel_value for segment in value]
         if len(set(values)) != len(values):
-            raise ValueError(f"voxel values must be unique: {sorted(_duplicates(values))}")
+            raise ValueError(f"voxel values must be unique: {_duplicates(values)}")
         # 0 is the implicit background (grand-challenge's rule): 1..n need not declare it.
         allowed = sorted({0, *values})
         if allowed != list(range(len(allowed))):
@@ -262,9 +263,8 @@ class InterfaceFields(BaseModel):
         return _super_kind(self.kind, self.store_in_database)
 
 
-def _duplicates(items: list[Any]) -> set[Any]:
-    seen: set[Any] = set()
-    return {x for x in items if x in seen or seen.add(x)}  # type: ignore[func-returns-value]
+def _duplicates(items: list[Any]) -> list[Any]:
+    return sorted(item for item, count in Counter(items).items() if count > 1)
 
 
 class Interface(InterfaceFields):
