@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     # None means boto3's own resolution (AWS_ENDPOINT_URL or the real AWS endpoints).
     endpoint_url: str | None = None
     # Public base of the API, used to build every api_url and file URL.
-    api_base_url: str = "https://127.0.0.1:8443/api/v1/"
+    # Empty: derived from each request (host, and stage on execute-api hosts).
+    api_base_url: str = ""
 
     compute_backend: Literal["batch", "sagemaker", "local"] = "batch"
     batch_job_queue_gpu: str = "gantry-gpu"

@@ -1,0 +1,29 @@
+"""What a handler needs, built once per process: settings, AWS clients, stores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gantry.aws import Clients
+from gantry.jobs import Job
+from gantry.settings import Settings
+from gantry.store import Store
+
+
+@dataclass
+class Context:
+    settings: Settings
+    clients: Clients
+    store: Store
+    # Called after a job is stored; the pipeline starts provisioning from here.
+    job_listeners: list[Callable[[Context, Job], None]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Context:
+        clients = Clients(settings)
+        return cls(settings=settings, clients=clients, store=Store.create(clients, settings))
+
+    def job_created(self, job: Job) -> None:
+        for listener in self.job_listeners:
+            listener(self, job)

@@ -1,0 +1,71 @@
+"""Interfaces, algorithms and algorithm images: creation rules that span several stores."""
+
+from __future__ import annotations
+
+from gantry.algorithms import Algorithm, AlgorithmFields, AlgorithmImage, AlgorithmImageFields
+from gantry.context import Context
+from gantry.errors import NotFound, PermissionDenied, ValidationFailed
+from gantry.interfaces import Interface
+from gantry.users import User
+
+
+def sockets_of(ctx: Context, algorithms: list[Algorithm]) -> dict[str, Interface]:
+    slugs = {slug for a in algorithms for s in a.interfaces for slug in (*s.inputs, *s.outputs)}
+    return ctx.store.sockets.get_many_by_slug(sorted(slugs))
+
+
+def create_algorithm(ctx: Context, user: User, fields: AlgorithmFields) -> Algorithm:
+    slugs = sorted({slug for s in fields.interfaces for slug in (*s.inputs, *s.outputs)})
+    found = ctx.store.sockets.get_many_by_slug(slugs)
+    missing = [slug for slug in slugs if slug not in found]
+    if missing:
+        raise ValidationFailed(
+            f"Unknown interface(s): {', '.join(missing)}; create them first", field="interfaces"
+        )
+    for index, socket_set in enumerate(fields.interfaces):
+        for role, members in (("inputs", socket_set.inputs), ("outputs", socket_set.outputs)):
+            paths: dict[str, str] = {}
+            for slug in members:
+                path = found[slug].relative_path
+                if path in paths:
+                    raise ValidationFailed(
+                        f"interfaces[{index}].{role}: '{slug}' and '{paths[path]}' both use "
+                        f"the relative path '{path}'",
+                        field="interfaces",
+                    )
+                paths[path] = slug
+    return ctx.store.algorithms.create(fields, creator=user.username)
+
+
+def visible_algorithm(
+    ctx: Context, user: User, pk_or_slug: str, *, by_slug: bool = False
+) -> Algorithm:
+    """The algorithm if the user may use it; others' algorithms are "not found"."""
+    algorithm = (
+        ctx.store.algorithms.get_by_slug(pk_or_slug)
+        if by_slug
+        else ctx.store.algorithms.get(pk_or_slug)
+    )
+    if not (user.is_admin or algorithm.can_use(user.username)):
+        raise NotFound(f"Algorithm {pk_or_slug} not found")
+    return algorithm
+
+
+def create_algorithm_image(
+    ctx: Context, user: User, algorithm_pk: str, fields: AlgorithmImageFields
+) -> AlgorithmImage:
+    algorithm = visible_algorithm(ctx, user, algorithm_pk)
+    if not (user.is_admin or algorithm.can_edit(user.username)):
+        raise PermissionDenied("Only the algorithm's editors can add container images")
+    return ctx.store.algorithms.create_image(algorithm, fields, creator=user.username)
+
+
+def visible_algorithm_image(ctx: Context, user: User, pk: str) -> AlgorithmImage:
+    image = ctx.store.algorithms.get_image(pk)
+    try:
+        algorithm = visible_algorithm(ctx, user, image.algorithm)
+    except NotFound as error:
+        raise NotFound(f"Algorithm image {pk} not found") from error
+    if not (user.is_admin or algorithm.can_edit(user.username)):
+        raise NotFound(f"Algorithm image {pk} not found")
+    return image

@@ -1,0 +1,241 @@
+"""Job creation: match the inputs to one socket set, validate values, store the job.
+
+Inline JSON values are checked here. Uploaded files and images are only checked for
+ownership, state and file type here; their content is checked (and images imported)
+asynchronously, with the job in "Validating inputs" until then.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gantry import contract, timeutil
+from gantry.algorithms import Algorithm, SocketSet
+from gantry.context import Context
+from gantry.errors import NotFound, ValidationFailed
+from gantry.interfaces import Interface, InterfaceValueError, validate_value
+from gantry.job_states import JobStatus
+from gantry.jobs import Job, SocketValue
+from gantry.kinds import accepts_upload, spec
+from gantry.services import catalog
+from gantry.uploads import UploadStatus
+from gantry.urls import Urls
+from gantry.users import User
+
+MAX_INPUTS = 64
+MAX_UPLOADS_PER_INPUT = 2048
+
+
+class JobInput(BaseModel):
+    """One input as gcapi sends it: all eight keys, nulls for the unused ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interface: str = Field(min_length=1, max_length=255)
+    value: Any | None = None
+    file: str | None = None
+    image: str | None = None
+    upload_session: str | None = None
+    user_upload: str | None = None
+    user_uploads: list[str] | None = Field(default=None, max_length=MAX_UPLOADS_PER_INPUT)
+    image_name: str | None = Field(default=None, max_length=255)
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str = Field(min_length=1, max_length=1024)
+    inputs: list[JobInput] = Field(default_factory=list, max_length=MAX_INPUTS)
+
+
+def _describe(socket_set: SocketSet) -> str:
+    return "[" + ", ".join(socket_set.inputs) + "]"
+
+
+def choose_socket_set(
+    algorithm: Algorithm, provided: set[str], sockets: dict[str, Interface]
+) -> int:
+    """The one socket set these inputs fit: all given, the rest have defaults."""
+    exact = [i for i, s in enumerate(algorithm.interfaces) if set(s.inputs) == provided]
+    if len(exact) == 1:
+        return exact[0]
+    fitting = [
+        i
+        for i, s in enumerate(algorithm.interfaces)
+        if provided <= set(s.inputs)
+        and all(
+            slug in provided or (slug in sockets and sockets[slug].default_value is not None)
+            for slug in s.inputs
+        )
+    ]
+    if len(fitting) == 1:
+        return fitting[0]
+    allowed = " or ".join(_describe(s) for s in algorithm.interfaces)
+    given = "[" + ", ".join(sorted(provided)) + "]"
+    if fitting:
+        raise ValidationFailed(
+            f"The inputs {given} fit more than one of this algorithm's interfaces "
+            f"({allowed}); give all inputs of one",
+            field="inputs",
+        )
+    raise ValidationFailed(
+        f"The inputs {given} do not match any of this algorithm's interfaces; "
+        f"allowed input sets: {allowed}",
+        field="inputs",
+    )
+
+
+def create_job(ctx: Context, user: User, body: JobCreate, urls: Urls) -> Job:
+    try:
+        algorithm_pk = urls.pk_from(body.algorithm, "algorithms/")
+    except ValueError as error:
+        raise ValidationFailed(str(error), field="algorithm") from error
+    try:
+        algorithm = catalog.visible_algorithm(ctx, user, algorithm_pk)
+    except NotFound:
+        try:
+            algorithm = catalog.visible_algorithm(ctx, user, algorithm_pk, by_slug=True)
+        except NotFound as error:
+            raise ValidationFailed(
+                f"Algorithm '{body.algorithm}' not found", field="algorithm"
+            ) from error
+    image = ctx.store.algorithms.desired_image(algorithm.pk)
+    if image is None:
+        raise ValidationFailed(
+            f"Algorithm '{algorithm.slug}' has no ready container image", field="algorithm"
+        )
+
+    by_slug: dict[str, JobInput] = {}
+    for item in body.inputs:
+        if item.interface in by_slug:
+            raise ValidationFailed(f"Interface '{item.interface}' is given twice", field="inputs")
+        by_slug[item.interface] = item
+    sockets = catalog.sockets_of(ctx, [algorithm])
+    index = choose_socket_set(algorithm, set(by_slug), sockets)
+    socket_set = algorithm.interfaces[index]
+
+    drafts: list[dict[str, Any]] = []
+    input_images: list[str] = []
+    for slug in socket_set.inputs:
+        socket = sockets[slug]
+        given = by_slug.get(slug)
+        if given is None:
+            drafts.append({"socket": slug, "value": socket.default_value})
+            continue
+        draft = _check_input(ctx, user, socket, given, urls)
+        if draft.get("image"):
+            input_images.append(draft["image"])
+        drafts.append(draft)
+
+    pks = ctx.store.table.next_ids("socket_value", len(drafts))
+    values = [SocketValue(pk=pk, **draft) for pk, draft in zip(pks, drafts, strict=True)]
+    pending = any(v.pending_upload or v.pending_uploads for v in values)
+    moment = timeutil.iso()
+    job = Job(
+        pk=str(uuid.uuid4()),
+        algorithm=algorithm.pk,
+        algorithm_image=image.pk,
+        socket_set=index,
+        creator=user.username,
+        status=JobStatus.VALIDATING_INPUTS if pending else JobStatus.PENDING,
+        inputs=values,
+        time_limit=algorithm.time_limit,
+        requires_gpu_type=algorithm.requires_gpu_type.value,
+        requires_memory_gb=algorithm.requires_memory_gb,
+        signing_key=contract.new_signing_key(),
+        created=moment,
+        modified=moment,
+    )
+    ctx.store.jobs.create(job, input_images=input_images)
+    ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])
+    ctx.job_created(job)
+    return job
+
+
+def _check_input(
+    ctx: Context, user: User, socket: Interface, given: JobInput, urls: Urls
+) -> dict[str, Any]:
+    kind = spec(socket.kind)
+    sources = [
+        name
+        for name in ("value", "file", "image", "upload_session", "user_upload", "user_uploads")
+        if getattr(given, name) is not None
+    ]
+    # A JSON null is a real value for some kinds, so "value" counts when nothing else is given.
+    if not sources:
+        sources = ["value"]
+    if len(sources) > 1:
+        raise ValidationFailed(
+            f"Input '{socket.slug}': give exactly one of value, image, user_upload or "
+            f"user_uploads (got {', '.join(sources)})",
+            field="inputs",
+        )
+    source = sources[0]
+    if kind.is_json and source == "value":
+        try:
+            validate_value(socket, given.value)
+        except InterfaceValueError as error:
+            raise ValidationFailed(str(error), field="inputs") from error
+        return {"socket": socket.slug, "value": given.value}
+    if kind.is_image and source == "image":
+        try:
+            image_pk = urls.pk_from(given.image or "", "cases/images/")
+            image = ctx.store.images.get(image_pk)
+        except (ValueError, NotFound) as error:
+            raise ValidationFailed(
+                f"Input '{socket.slug}': image '{given.image}' not found", field="inputs"
+            ) from error
+        if image.owner != user.username and not user.is_admin:
+            raise ValidationFailed(
+                f"Input '{socket.slug}': image '{given.image}' not found", field="inputs"
+            )
+        return {"socket": socket.slug, "image": image.pk}
+    if kind.is_image and source == "user_uploads":
+        uploads = [
+            _own_completed_upload(ctx, user, socket, ref, urls) for ref in given.user_uploads or []
+        ]
+        if not uploads:
+            raise ValidationFailed(f"Input '{socket.slug}': no uploads given", field="inputs")
+        return {"socket": socket.slug, "pending_uploads": uploads}
+    if (
+        kind.is_file or (kind.is_json and not socket.store_in_database)
+    ) and source == "user_upload":
+        upload_pk = _own_completed_upload(ctx, user, socket, given.user_upload or "", urls)
+        return {"socket": socket.slug, "pending_upload": upload_pk}
+    if kind.is_json and source == "user_upload":
+        upload_pk = _own_completed_upload(ctx, user, socket, given.user_upload or "", urls)
+        return {"socket": socket.slug, "pending_upload": upload_pk}
+    expected = (
+        "value" if kind.is_json else ("image or user_uploads" if kind.is_image else "user_upload")
+    )
+    raise ValidationFailed(
+        f"Input '{socket.slug}' is a {kind.label}: give {expected}, not {source}", field="inputs"
+    )
+
+
+def _own_completed_upload(ctx: Context, user: User, socket: Interface, ref: str, urls: Urls) -> str:
+    try:
+        upload_pk = urls.pk_from(ref, "uploads/")
+        upload = ctx.store.uploads.get(upload_pk)
+    except (ValueError, NotFound) as error:
+        raise ValidationFailed(
+            f"Input '{socket.slug}': upload '{ref}' not found", field="inputs"
+        ) from error
+    if upload.creator != user.username:
+        raise ValidationFailed(f"Input '{socket.slug}': upload '{ref}' not found", field="inputs")
+    if upload.status is not UploadStatus.COMPLETED:
+        raise ValidationFailed(
+            f"Input '{socket.slug}': upload '{upload.filename}' is not completed", field="inputs"
+        )
+    kind = spec(socket.kind)
+    if not kind.is_json and not accepts_upload(socket.kind, upload.filename):
+        allowed = ", ".join(kind.upload_types)
+        raise ValidationFailed(
+            f"Input '{socket.slug}': '{upload.filename}' is not a valid {kind.label} file "
+            f"(allowed: {allowed})",
+            field="inputs",
+        )
+    return upload.pk

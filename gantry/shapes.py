@@ -1,0 +1,204 @@
+"""The JSON shapes of the API: grand-challenge's, field for field, so gcapi parses them.
+
+Every key is always present (null when empty). Gantry's extra fields come after.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from gantry import timeutil
+from gantry.algorithms import Algorithm, AlgorithmImage
+from gantry.images import Image
+from gantry.interfaces import Interface, to_api
+from gantry.jobs import Job, SocketValue
+from gantry.uploads import Upload
+from gantry.urls import Urls
+
+
+def interface(socket: Interface) -> dict[str, Any]:
+    return to_api(socket)
+
+
+def algorithm(alg: Algorithm, sockets: dict[str, Interface], urls: Urls) -> dict[str, Any]:
+    def socket_list(slugs: list[str]) -> list[dict[str, Any]]:
+        return [to_api(sockets[slug]) for slug in slugs if slug in sockets]
+
+    return {
+        "api_url": urls.algorithm(alg.pk),
+        "url": urls.algorithm(alg.pk),
+        "description": alg.description,
+        "pk": alg.pk,
+        "title": alg.title,
+        "logo": "",
+        "slug": alg.slug,
+        "average_duration": None,
+        "interfaces": [
+            {"inputs": socket_list(s.inputs), "outputs": socket_list(s.outputs)}
+            for s in alg.interfaces
+        ],
+        "time_limit": alg.time_limit,
+        "requires_gpu_type": alg.requires_gpu_type.value,
+        "requires_memory_gb": alg.requires_memory_gb,
+        "created": alg.created,
+        "modified": alg.modified,
+    }
+
+
+def algorithm_image(image: AlgorithmImage, urls: Urls) -> dict[str, Any]:
+    return {
+        "pk": image.pk,
+        "url": urls.algorithm_image(image.pk),
+        "api_url": urls.algorithm_image(image.pk),
+        "algorithm": urls.algorithm(image.algorithm),
+        "created": image.created,
+        "import_status": image.import_status.value,
+        "image": image.image,
+        "is_desired_version": image.is_desired_version,
+        "sha256": image.sha256,
+        "command": image.command,
+        "entrypoint": image.entrypoint,
+        "status": image.status_message,
+    }
+
+
+def socket_value(
+    value: SocketValue, job_pk: str, sockets: dict[str, Interface], urls: Urls
+) -> dict[str, Any]:
+    socket = to_api(sockets[value.socket]) if value.socket in sockets else None
+    file_url = (
+        urls.value_file(job_pk, value.pk, posixpath.basename(value.file)) if value.file else None
+    )
+    return {
+        "socket": socket,
+        "interface": socket,
+        "value": value.value,
+        "file": file_url,
+        "image": urls.image(value.image) if value.image else None,
+        "pk": value.pk,
+    }
+
+
+def job(job: Job, sockets: dict[str, Interface], urls: Urls) -> dict[str, Any]:
+    return {
+        "pk": job.pk,
+        "url": urls.job(job.pk),
+        "api_url": urls.job(job.pk),
+        "algorithm_image": urls.algorithm_image(job.algorithm_image),
+        "inputs": [socket_value(v, job.pk, sockets, urls) for v in job.inputs],
+        "outputs": [socket_value(v, job.pk, sockets, urls) for v in job.outputs],
+        "status": job.status.label,
+        "hanging_protocol": None,
+        "optional_hanging_protocols": [],
+        "view_content": {},
+        "exec_duration": timeutil.duration_string(job.exec_duration),
+        "invoke_duration": timeutil.duration_string(job.invoke_duration),
+        "algorithm": urls.algorithm(job.algorithm),
+        # Gantry's additions
+        "created": job.created,
+        "modified": job.modified,
+        "started_at": job.started_at,
+        "completed_at": job.completed_at,
+        "attempt": job.attempt,
+        "error_message": job.error_message,
+        "detailed_error_message": job.detailed_error_message,
+        "stdout": job.stdout,
+        "stderr": job.stderr,
+        "time_limit": job.time_limit,
+        "requires_gpu_type": job.requires_gpu_type,
+        "requires_memory_gb": job.requires_memory_gb,
+        "runtime_metrics": job.runtime_metrics,
+        "creator": job.creator,
+    }
+
+
+def job_post(job: Job, sockets: dict[str, Interface]) -> dict[str, Any]:
+    """The body grand-challenge returns on job creation (gcapi's JobPost)."""
+    return {
+        "pk": job.pk,
+        "inputs": [
+            {
+                "interface": v.socket,
+                "value": v.value,
+                "file": v.file,
+                "image": v.image,
+                "pk": v.pk,
+                "image_name": None,
+            }
+            for v in job.inputs
+        ],
+        "status": job.status.label,
+    }
+
+
+def image(img: Image, urls: Urls) -> dict[str, Any]:
+    return {
+        "pk": img.pk,
+        "name": img.name,
+        "files": [
+            {
+                "pk": f.pk,
+                "image": urls.image(img.pk),
+                "file": urls.image_file(img.pk, f.pk, f.filename),
+                "image_type": f.image_type.value,
+            }
+            for f in img.files
+        ],
+        "dicom_image_set": None,
+        "width": img.width,
+        "height": img.height,
+        "depth": img.depth,
+        "color_space": img.color_space,
+        "modality": None,
+        "eye_choice": None,
+        "stereoscopic_choice": None,
+        "field_of_view": None,
+        "shape_without_color": img.shape_without_color,
+        "shape": img.shape,
+        "voxel_width_mm": img.voxel_width_mm,
+        "voxel_height_mm": img.voxel_height_mm,
+        "voxel_depth_mm": img.voxel_depth_mm,
+        "api_url": urls.image(img.pk),
+        "window_center": img.window_center,
+        "window_width": img.window_width,
+        "segments": img.segments,
+        "created": img.created,
+    }
+
+
+def upload(up: Upload, urls: Urls, **extra: Any) -> dict[str, Any]:
+    return {
+        "pk": up.pk,
+        "created": up.created,
+        "filename": up.filename,
+        "key": up.key,
+        "s3_upload_id": up.s3_upload_id,
+        "status": up.status.value,
+        "api_url": urls.upload(up.pk),
+        **extra,
+    }
+
+
+def page(
+    results: list[dict[str, Any]],
+    count: int,
+    offset: int,
+    limit: int,
+    urls: Urls,
+    path: str,
+    query: dict[str, Any],
+) -> dict[str, Any]:
+    """DRF's limit/offset page."""
+    params = {k: v for k, v in query.items() if k not in ("limit", "offset") and v is not None}
+    nxt = (
+        urls.path(path, **params, limit=limit, offset=offset + limit)
+        if offset + len(results) < count and results
+        else None
+    )
+    prev = (
+        urls.path(path, **params, limit=limit, offset=max(0, offset - limit))
+        if offset > 0
+        else None
+    )
+    return {"count": count, "next": nxt, "previous": prev, "results": results}

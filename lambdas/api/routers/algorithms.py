@@ -1,0 +1,119 @@
+"""algorithms/ and algorithms/images/."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from gantry import shapes
+from gantry.algorithms import AlgorithmFields, AlgorithmImageFields
+from gantry.context import Context
+from gantry.errors import NotFound, ValidationFailed
+from gantry.services import catalog
+from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, current_user, urls_for
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+class AlgorithmImageCreate(AlgorithmImageFields):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    algorithm: str = Field(min_length=1, max_length=1024, description="api_url, pk or slug")
+
+
+class _Empty(BaseModel):
+    pass
+
+
+def build(ctx: Context) -> APIGatewayRouter:
+    router = APIGatewayRouter()
+
+    @router.get("/algorithms/", summary="List the algorithms you can use")
+    def list_algorithms(
+        slug: Annotated[str | None, Query(max_length=255)] = None,
+        limit: Limit = DEFAULT_LIMIT,
+        offset: Offset = 0,
+    ) -> dict:
+        user = current_user(router)
+        urls = urls_for(ctx, router)
+        if slug is not None:
+            try:
+                algorithms = [catalog.visible_algorithm(ctx, user, slug, by_slug=True)]
+            except NotFound:
+                algorithms = []
+            count = len(algorithms)
+        else:
+            algorithms, count = ctx.store.algorithms.page_for(
+                user.username, offset=offset, limit=limit
+            )
+        sockets = catalog.sockets_of(ctx, algorithms)
+        results = [shapes.algorithm(a, sockets, urls) for a in algorithms]
+        return shapes.page(results, count, offset, limit, urls, "algorithms/", {"slug": slug})
+
+    @router.get("/algorithms/<pk>/", summary="Get an algorithm")
+    def get_algorithm(pk: str) -> dict:
+        user = current_user(router)
+        algorithm = catalog.visible_algorithm(ctx, user, pk)
+        sockets = catalog.sockets_of(ctx, [algorithm])
+        return shapes.algorithm(algorithm, sockets, urls_for(ctx, router))
+
+    @router.post("/algorithms/", summary="Create an algorithm")
+    def create_algorithm(body: Annotated[AlgorithmFields, Body()]) -> tuple[dict, int]:
+        user = current_user(router)
+        algorithm = catalog.create_algorithm(ctx, user, body)
+        sockets = catalog.sockets_of(ctx, [algorithm])
+        return shapes.algorithm(algorithm, sockets, urls_for(ctx, router)), 201
+
+    @router.get("/algorithms/images/", summary="List container images of your algorithms")
+    def list_algorithm_images(
+        algorithm: Annotated[str | None, Query(max_length=1024)] = None,
+        limit: Limit = DEFAULT_LIMIT,
+        offset: Offset = 0,
+    ) -> dict:
+        user = current_user(router)
+        urls = urls_for(ctx, router)
+        if algorithm is None:
+            algorithms, _ = ctx.store.algorithms.page_for(user.username, offset=0, limit=MAX_LIMIT)
+        else:
+            algorithms = [
+                catalog.visible_algorithm(ctx, user, urls.pk_from(algorithm, "algorithms/"))
+            ]
+        images = [
+            image
+            for a in algorithms
+            if user.is_admin or a.can_edit(user.username)
+            for image in ctx.store.algorithms.images_of(a.pk)
+        ]
+        images.sort(key=lambda image: (image.created, image.pk))
+        window = images[offset : offset + limit]
+        results = [shapes.algorithm_image(image, urls) for image in window]
+        query = {"algorithm": algorithm}
+        return shapes.page(results, len(images), offset, limit, urls, "algorithms/images/", query)
+
+    @router.get("/algorithms/images/<pk>/", summary="Get a container image")
+    def get_algorithm_image(pk: str) -> dict:
+        user = current_user(router)
+        image = catalog.visible_algorithm_image(ctx, user, pk)
+        return shapes.algorithm_image(image, urls_for(ctx, router))
+
+    @router.post("/algorithms/images/", summary="Add a container image to an algorithm")
+    def create_algorithm_image(body: Annotated[AlgorithmImageCreate, Body()]) -> tuple[dict, int]:
+        user = current_user(router)
+        urls = urls_for(ctx, router)
+        try:
+            algorithm_pk = urls.pk_from(body.algorithm, "algorithms/")
+        except ValueError as error:
+            raise ValidationFailed(str(error), field="algorithm") from error
+        try:
+            algorithm = catalog.visible_algorithm(ctx, user, algorithm_pk)
+        except NotFound:
+            algorithm = catalog.visible_algorithm(ctx, user, algorithm_pk, by_slug=True)
+        fields = AlgorithmImageFields(**body.model_dump(exclude={"algorithm"}))
+        image = catalog.create_algorithm_image(ctx, user, algorithm.pk, fields)
+        return shapes.algorithm_image(image, urls), 201
+
+    return router

@@ -1,0 +1,151 @@
+"""Shared fixtures: AWS through moto (never hand-written fakes), a Gantry context, API calls."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# No test may reach a real AWS account.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    from moto import mock_aws
+
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def settings():
+    from gantry.settings import Settings
+
+    return Settings(
+        table_name="gantry-test",
+        bucket_name="gantry-test-data",
+        region="us-east-1",
+        api_base_url="https://api.gantry.test/api/v1/",
+        compute_backend="local",
+    )
+
+
+@pytest.fixture
+def ctx(aws, settings):
+    from gantry.context import Context
+    from gantry.provision import ensure_data
+
+    context = Context.create(settings)
+    ensure_data(context.clients, settings)
+    return context
+
+
+class ApiClient:
+    """Calls the API handler with API Gateway proxy events, as API Gateway would."""
+
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict[str, Any] | None = None,
+        token: str | bool | None = True,
+        headers: dict[str, str] | None = None,
+        raw_body: str | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
+        from lambdas.api.app import normalise_path
+
+        all_headers = {"Host": "api.gantry.test", **(headers or {})}
+        use = self.token if token is True else token
+        if use:
+            all_headers["Authorization"] = f"Bearer {use}"
+        if body is not None or raw_body is not None:
+            all_headers["Content-Type"] = "application/json"
+        event = {
+            "resource": "/api/v1/{proxy+}",
+            "path": "/api/v1/" + path.lstrip("/"),
+            "httpMethod": method,
+            "headers": all_headers,
+            "multiValueHeaders": {k: [v] for k, v in all_headers.items()},
+            "queryStringParameters": {k: str(v) for k, v in (query or {}).items()} or None,
+            "multiValueQueryStringParameters": {k: [str(v)] for k, v in (query or {}).items()}
+            or None,
+            "pathParameters": {"proxy": path},
+            "stageVariables": None,
+            "requestContext": {"stage": "prod", "httpMethod": method, "path": path},
+            "body": raw_body
+            if raw_body is not None
+            else (json.dumps(body) if body is not None else None),
+            "isBase64Encoded": False,
+        }
+        response = self.app.resolve(normalise_path(event), _LambdaContext())
+        headers_out = {k: v for k, v in (response.get("headers") or {}).items()}
+        for key, values in (response.get("multiValueHeaders") or {}).items():
+            headers_out.setdefault(key, values[0])
+        text = response.get("body") or ""
+        try:
+            payload = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            payload = text
+        return response["statusCode"], payload, headers_out
+
+    def get(self, path: str, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+        return self.request("POST", path, body, **kwargs)
+
+    def patch(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+        return self.request("PATCH", path, body, **kwargs)
+
+    def put(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+        return self.request("PUT", path, body, **kwargs)
+
+
+class _LambdaContext:
+    function_name = "gantry-api"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:gantry-api"
+    aws_request_id = "test-request"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+@pytest.fixture
+def api_app(ctx):
+    from lambdas.api.app import create_app
+
+    return create_app(ctx)
+
+
+@pytest.fixture
+def alice_token(ctx) -> str:
+    return ctx.store.users.create_token("alice")
+
+
+@pytest.fixture
+def bob_token(ctx) -> str:
+    return ctx.store.users.create_token("bob")
+
+
+@pytest.fixture
+def api(api_app, alice_token) -> ApiClient:
+    return ApiClient(api_app, alice_token)
+
+
+@pytest.fixture
+def api_bob(api_app, bob_token) -> ApiClient:
+    return ApiClient(api_app, bob_token)
