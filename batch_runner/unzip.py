@@ -42,8 +42,8 @@ def check_members(archive: zipfile.ZipFile, limits: Limits) -> list[tuple[zipfil
     for info in infos:
         name = _check_name(info.filename)
         mode = info.external_attr >> 16
-        # Unix mode is only present when the archive was made on Unix; 0 means a plain entry.
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # The file type is only present when the archive was made on Unix; 0 is a plain entry.
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
             raise UnsafeZipError(f"Zip member {info.filename!r} is {kind}")
         total += info.file_size
