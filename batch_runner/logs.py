@@ -33,9 +33,10 @@ class JsonLog:
             stream.write(line + "\n")
             stream.flush()
 
-    def user(self, log: str, source: Literal["stdout", "stderr"]) -> None:
+    def user(self, log: str, source: Literal["stdout", "stderr"], warning: bool = False) -> None:
         # grand-challenge marks the algorithm's stderr as warnings.
-        self._write(log, "WARNING" if source == "stderr" else "INFO", source, internal=False)
+        level: Level = "WARNING" if warning or source == "stderr" else "INFO"
+        self._write(log, level, source, internal=False)
 
     def info(self, log: str) -> None:
         self._write(log, "INFO", "runner", internal=True)

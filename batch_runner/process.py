@@ -41,7 +41,7 @@ class StreamTail:
     def _warn_long(self) -> None:
         text = f"A log line was skipped as it was longer than {self.max_line_bytes} bytes"
         self.tail.append(text)
-        self.log.user(text, self.source)
+        self.log.user(text, self.source, warning=True)
 
     def feed(self, chunk: bytes) -> None:
         self.bytes_seen += len(chunk)
