@@ -1,0 +1,126 @@
+"""Deployment knobs, read once from CDK context into one typed object.
+
+Everything an operator may change per deployment is a context value (``cdk deploy -c
+gantry:spot=true``) rather than a CloudFormation parameter: context decides the *shape* of the
+template (whether a spot environment exists, which instance types, whether a custom domain is
+wired), is visible to the assertion tests, and keeps the template free of parameter
+indirection. Names of tables, queues, prefixes and the event bus never come from here: they come
+from ``gantry.resources`` and ``gantry.settings`` so that the handlers and the local stack agree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from constructs import Node
+
+PREFIX = "gantry:"
+
+# Feature flags the constructs rely on. ``python app.py`` does not read cdk.json, so the app
+# passes these itself; CLI context (-c) still overrides them.
+FEATURE_FLAGS: dict[str, Any] = {
+    # Server access logs are delivered via a bucket policy, not the legacy LogDeliveryWrite ACL
+    # (ACLs are disabled on every Gantry bucket).
+    "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True,
+    "@aws-cdk/aws-iam:minimizePolicies": True,
+    "@aws-cdk/core:enablePartitionLiterals": True,
+    "@aws-cdk/aws-lambda:recognizeLayerVersion": True,
+    "@aws-cdk/aws-events:eventsTargetQueueSameAccount": True,
+    "@aws-cdk/aws-sqs:dlqAlarmEnabled": False,
+    "@aws-cdk/aws-apigateway:disableCloudWatchRole": False,
+}
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _as_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list | tuple):
+        return tuple(str(v).strip() for v in value if str(v).strip())
+    text = str(value).strip()
+    if text.startswith("["):
+        return tuple(str(v) for v in json.loads(text))
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class GantryConfig:
+    """Typed view of the ``gantry:*`` context keys; defaults give a cheap, safe deployment."""
+
+    # Data
+    destroy_on_delete: bool = False
+    uploads_expire_days: int = 7
+    io_expire_days: int = 30
+    noncurrent_versions_expire_days: int = 30
+    access_logs_expire_days: int = 90
+    # Compute
+    gpu_instance_types: tuple[str, ...] = ("g4dn.xlarge", "g4dn.2xlarge", "g4dn.4xlarge")
+    gpu_max_vcpus: int = 64
+    cpu_instance_types: tuple[str, ...] = ("c6i.large", "c6i.xlarge", "m6i.large", "m6i.xlarge")
+    cpu_max_vcpus: int = 32
+    spot: bool = False
+    capacity_wait_minutes: int = 30
+    misconfiguration_wait_minutes: int = 10
+    job_timeout_minutes: int = 120
+    root_volume_gib: int = 100
+    availability_zones: tuple[str, ...] = ()
+    runner_placeholder_image: str = "public.ecr.aws/docker/library/python:3.12-slim"
+    compute_backend: str = "batch"
+    sagemaker_runner_image: str = ""
+    # API
+    api_rate_limit: int = 50
+    api_burst_limit: int = 100
+    domain_name: str = ""
+    certificate_arn: str = ""
+    waf_acl_arn: str = ""
+    # Behaviour
+    dropbox_owner: str = "dropbox"
+    log_level: str = "INFO"
+    log_retention_days: int = 30
+    powertools_layer_version: int = 27
+    job_events_reserved_concurrency: int = 0
+    sqs_max_concurrency: int = 10
+    alarm_email: str = ""
+
+    @classmethod
+    def from_node(cls, node: Node) -> GantryConfig:
+        """Build from ``gantry:<camelCaseName>`` context values; unknown keys are ignored."""
+        values: dict[str, Any] = {}
+        for name, field in cls.__dataclass_fields__.items():
+            raw = node.try_get_context(PREFIX + _camel(name))
+            if raw is None:
+                continue
+            default = field.default
+            if isinstance(default, bool):
+                values[name] = _as_bool(raw)
+            elif isinstance(default, int):
+                values[name] = int(raw)
+            elif isinstance(default, tuple):
+                values[name] = _as_list(raw)
+            else:
+                values[name] = str(raw)
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        gpu_families = ("g4dn", "g5", "g6", "g6e", "p3", "p4d", "p5")
+        for itype in self.gpu_instance_types:
+            if itype.split(".")[0] not in gpu_families:
+                raise ValueError(f"gantry:gpuInstanceTypes: {itype!r} is not a GPU instance type")
+        if self.compute_backend not in {"batch", "sagemaker"}:
+            raise ValueError("gantry:computeBackend must be 'batch' or 'sagemaker'")
+        if bool(self.domain_name) != bool(self.certificate_arn):
+            raise ValueError("gantry:domainName and gantry:certificateArn go together")
+        if self.capacity_wait_minutes < 10 or self.misconfiguration_wait_minutes < 10:
+            raise ValueError("Batch job-state time limits must be at least 10 minutes")
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.capitalize() for part in rest)

@@ -1,0 +1,149 @@
+"""The five Lambda functions and exactly what each may touch.
+
+| function     | trigger                          | table | S3 prefixes (read+write)          |
+|--------------|----------------------------------|-------|-----------------------------------|
+| api          | API Gateway proxy                | rw    | uploads values io dropbox-results |
+| on_upload    | SQS (uploads/ notifications)     | rw    | uploads values io                 |
+| on_dropbox   | SQS (dropbox/ notifications)     | rw    | dropbox values io dropbox-results |
+| on_job_event | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results         |
+| sweeper      | schedule (rate 5 minutes)        | rw    | io                                |
+
+Every function may control compute jobs (submit, describe, cancel; register ``gantry-runner*``
+job definitions; pass the job roles): a job is submitted by whichever at-least-once handler
+completes its inputs (API for ready values, on_upload after an upload validates, on_dropbox
+for a dropped file, on_job_event for a retry attempt, the sweeper for a stuck one). Only
+on_job_event and the sweeper finish jobs, so only they may put ``Gantry Job …`` events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from gantry import resources as r
+from infra.access import grant_prefixes, grant_table
+from infra.compute import Compute
+from infra.config import GantryConfig
+from infra.functions import FunctionSpec, GantryFunction
+from infra.packaging import LambdaCode
+
+
+@dataclass(frozen=True)
+class Access:
+    prefixes: tuple[str, ...]
+    put_events: bool = False
+
+
+SPECS: dict[str, tuple[FunctionSpec, Access]] = {
+    "api": (
+        FunctionSpec(
+            name="api",
+            handler="lambdas.api.app.handler",
+            description="Gantry REST API (/api/v1/)",
+            memory_mib=1024,
+            timeout_seconds=29,
+        ),
+        Access((r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS)),
+    ),
+    "on_upload": (
+        FunctionSpec(
+            name="on_upload",
+            handler="lambdas.on_upload.handler",
+            description="Validates completed uploads (reads image headers)",
+            imaging=True,
+            memory_mib=2048,
+            timeout_seconds=120,
+            ephemeral_mib=4096,
+        ),
+        Access((r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO)),
+    ),
+    "on_dropbox": (
+        FunctionSpec(
+            name="on_dropbox",
+            handler="lambdas.on_dropbox.handler",
+            description="Turns files dropped under dropbox/<algorithm>/ into jobs",
+            memory_mib=512,
+            timeout_seconds=60,
+        ),
+        Access((r.PREFIX_DROPBOX, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS)),
+    ),
+    "on_job_event": (
+        FunctionSpec(
+            name="on_job_event",
+            handler="lambdas.on_job_event.handler",
+            description="Applies Batch/SageMaker state changes; parses and validates outputs",
+            imaging=True,
+            memory_mib=2048,
+            timeout_seconds=120,
+            ephemeral_mib=4096,
+        ),
+        Access((r.PREFIX_IO, r.PREFIX_VALUES, r.PREFIX_DROPBOX_RESULTS), put_events=True),
+    ),
+    "sweeper": (
+        FunctionSpec(
+            name="sweeper",
+            handler="lambdas.sweeper.handler",
+            description="Reconciles jobs whose events were lost or that outlived their limit",
+            memory_mib=512,
+            timeout_seconds=240,
+        ),
+        Access((r.PREFIX_IO,), put_events=True),
+    ),
+}
+
+
+class Handlers(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: GantryConfig,
+        code: LambdaCode,
+        environment: Mapping[str, str],
+        table: dynamodb.ITable,
+        bucket: s3.IBucket,
+        bus: events.IEventBus,
+        compute: Compute,
+        removal_policy: RemovalPolicy,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.functions: dict[str, lambda_.Function] = {}
+        for name, (spec, access) in SPECS.items():
+            reserved = (
+                config.job_events_reserved_concurrency or None if name == "on_job_event" else None
+            )
+            wrapper = GantryFunction(
+                self,
+                _pascal(name),
+                spec=spec,
+                code=code,
+                environment=environment,
+                log_level=config.log_level,
+                log_retention_days=config.log_retention_days,
+                removal_policy=removal_policy,
+                reserved_concurrency=reserved,
+            )
+            fn = wrapper.function
+            grant_table(fn, table, write=True)
+            grant_prefixes(fn, bucket, write=access.prefixes)
+            for statement in compute.control_statements():
+                fn.add_to_role_policy(statement)
+            compute.acknowledge_control(wrapper)
+            if access.put_events:
+                bus.grant_put_events_to(fn)
+            self.functions[name] = fn
+
+    def __getitem__(self, name: str) -> lambda_.Function:
+        return self.functions[name]
+
+
+def _pascal(snake: str) -> str:
+    return "".join(part.capitalize() for part in snake.split("_"))
