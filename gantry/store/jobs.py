@@ -93,6 +93,9 @@ class JobStore:
         changed: list[Job] = []
 
         def mutate(stored: StoredDoc) -> tuple[dict, dict] | None:
+            # A lost compare-and-set re-runs this on the fresh item: forget what the failed
+            # try would have written, or a caller is told its ignored change was applied.
+            changed.clear()
             current = Job.model_validate(stored.doc)
             updated = change(current)
             if updated is None:
