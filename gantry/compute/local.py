@@ -1,0 +1,372 @@
+"""Local backend: the runner as a subprocess on this machine, reporting like AWS Batch.
+
+Each attempt runs ``<python> -m batch_runner invoke --file s3://... [--workdir DIR]`` in a
+bounded thread pool, against the same S3 endpoint as the rest of the local stack. The
+algorithm's ENTRYPOINT/CMD and the signing key travel in the same environment variables as
+on Batch, so the runner takes the same path everywhere. When the runner starts and ends, the
+backend calls ``on_event`` with an event of the exact "Batch Job State Change" shape, so the
+local stack feeds it to the same job callback as EventBridge does on AWS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gantry.algorithms import AlgorithmImage
+from gantry.compute.base import (
+    ComputeState,
+    compute_name,
+    hard_time_limit,
+    job_tags,
+    runner_environment,
+)
+from gantry.compute.events import batch_state
+from gantry.jobs import Job
+from gantry.resources import BATCH_DETAIL_TYPE, BATCH_EVENT_SOURCE, ENV_SIGNING_KEY
+from gantry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any]], None]
+
+LOCAL_ACCOUNT = "000000000000"
+LOCAL_IMAGE = "local"
+REASON_EXITED = "Essential container in task exited"
+REASON_TIMEOUT = "Job attempt duration exceeded timeout"
+REASON_CANCELLED = "Cancelled by Gantry"
+REASON_SHUTDOWN = "The local compute backend shut down"
+KILL_GRACE_SECONDS = 5.0
+OUTPUT_TAIL_BYTES = 8192
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class LocalJob:
+    job_id: str
+    name: str
+    queue: str
+    command: list[str]
+    environment: dict[str, str]
+    resources: list[dict[str, str]]
+    tags: dict[str, str]
+    time_limit: int
+    workdir: str | None
+    created_at: int = field(default_factory=_now_ms)
+    status: str = "SUBMITTED"
+    status_reason: str = ""
+    exit_code: int | None = None
+    started_at: int | None = None
+    stopped_at: int | None = None
+    cancel_reason: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+    future: Future[None] | None = None
+    output_tail: str = ""
+
+
+class LocalBackend:
+    """Runs attempts as runner subprocesses; ``describe`` answers from memory."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_event: EventSink | None = None,
+        *,
+        python: str = sys.executable,
+        sandbox: str | None = None,
+        scratch_root: str | Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.on_event = on_event
+        self.python = python
+        self.sandbox = sandbox
+        self.scratch_root = Path(scratch_root) if scratch_root else None
+        self.extra_env = dict(extra_env or {})
+        self.queue_arn = (
+            f"arn:aws:batch:{settings.region}:{LOCAL_ACCOUNT}:job-queue/"
+            f"{settings.batch_job_queue_cpu}-local"
+        )
+        self._jobs: dict[str, LocalJob] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.local_workers), thread_name_prefix="gantry-compute"
+        )
+
+    # --- The backend ----------------------------------------------------------------------
+
+    def submit(self, job: Job, image: AlgorithmImage, invocation_uri: str) -> str:
+        command = [self.python, "-m", "batch_runner", "invoke", "--file", invocation_uri]
+        if image.workdir:
+            command += ["--workdir", image.workdir]
+        record = LocalJob(
+            job_id=str(uuid.uuid4()),
+            name=compute_name(job.pk, job.attempt),
+            queue=self.queue_arn,
+            command=command,
+            environment=runner_environment(job, image),
+            resources=[
+                {"type": "VCPU", "value": "1"},
+                {"type": "MEMORY", "value": str(job.requires_memory_gb * 1024)},
+            ],
+            tags=job_tags(job),
+            time_limit=hard_time_limit(job),
+            workdir=image.workdir,
+        )
+        with self._lock:
+            self._jobs[record.job_id] = record
+            record.future = self._pool.submit(self._run, record)
+        return record.job_id
+
+    def cancel(self, compute_job_id: str) -> None:
+        self._stop(compute_job_id, REASON_CANCELLED)
+
+    def describe(self, compute_job_id: str) -> ComputeState | None:
+        with self._lock:
+            record = self._jobs.get(compute_job_id)
+            return batch_state(self._detail(record)) if record else None
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking jobs; without ``wait``, stop the running ones and drop queued ones."""
+        if not wait:
+            with self._lock:
+                ids = [j.job_id for j in self._jobs.values() if j.status not in _FINAL]
+            for job_id in ids:
+                self._stop(job_id, REASON_SHUTDOWN)
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+    # --- Running one attempt --------------------------------------------------------------
+
+    def _stop(self, job_id: str, reason: str) -> None:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.status in _FINAL or record.cancel_reason:
+                return
+            record.cancel_reason = reason
+            process = record.process
+            queued = process is None and record.future is not None and record.future.cancel()
+        if queued:
+            # It never started: Batch reports such a job FAILED with the given reason.
+            self._finish(record, "FAILED", reason, None)
+        elif process is not None:
+            _terminate(process)
+
+    def _environment(self, record: LocalJob, scratch: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        # The runner must reach the same S3 as the rest of the local stack.
+        if self.settings.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = self.settings.endpoint_url
+        env["AWS_DEFAULT_REGION"] = env["AWS_REGION"] = self.settings.region
+        env.setdefault("AWS_ACCESS_KEY_ID", "local")
+        env.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        env["GANTRY_INPUT_ROOT"] = str(scratch / "input")
+        env["GANTRY_OUTPUT_ROOT"] = str(scratch / "output")
+        if self.sandbox:
+            env["GANTRY_SANDBOX"] = self.sandbox
+        # The runner package must be importable whatever the current directory.
+        spec = importlib.util.find_spec("batch_runner")
+        if spec and spec.origin:
+            root = str(Path(spec.origin).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env.update(self.extra_env)
+        env.update(record.environment)
+        return env
+
+    def _run(self, record: LocalJob) -> None:
+        scratch = Path(tempfile.mkdtemp(prefix="gantry-job-", dir=self.scratch_root))
+        # The runner may drop to an unprivileged user, who must reach the roots.
+        scratch.chmod(0o755)
+        log_path = scratch / "runner.log"
+        try:
+            with self._lock:
+                if record.cancel_reason:
+                    cancelled = record.cancel_reason
+                else:
+                    cancelled = None
+                    record.process = self._start(record, scratch, log_path)
+                    record.status, record.started_at = "RUNNING", _now_ms()
+            if cancelled:
+                self._finish(record, "FAILED", cancelled, None)
+                return
+            self._emit(record)
+            assert record.process is not None
+            reason = REASON_EXITED
+            try:
+                code = record.process.wait(timeout=record.time_limit)
+            except subprocess.TimeoutExpired:
+                reason = REASON_TIMEOUT
+                _terminate(record.process)
+                code = record.process.wait()
+            exit_code = 128 - code if code < 0 else code  # killed by a signal, as Docker says
+            record.output_tail = _tail(log_path)
+            reason = record.cancel_reason or reason
+            status = "SUCCEEDED" if exit_code == 0 and reason == REASON_EXITED else "FAILED"
+            if status == "FAILED":
+                log.warning("%s failed (%s, %s): %s", record.name, reason, code, record.output_tail)
+            self._finish(record, status, reason, exit_code)
+        except Exception as error:  # e.g. the interpreter cannot be started
+            log.exception("local compute job %s could not run", record.name)
+            self._finish(record, "FAILED", f"Task failed to start: {error}", None)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _start(self, record: LocalJob, scratch: Path, log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("wb") as output:
+            return subprocess.Popen(
+                record.command,
+                env=self._environment(record, scratch),
+                cwd=record.workdir or None,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                # Its own process group, so cancel stops the runner and its children.
+                start_new_session=True,
+            )
+
+    def _finish(self, record: LocalJob, status: str, reason: str, exit_code: int | None) -> None:
+        with self._lock:
+            if record.status in _FINAL:
+                return
+            record.status, record.status_reason = status, reason
+            record.exit_code, record.stopped_at = exit_code, _now_ms()
+        self._emit(record)
+
+    # --- Events ---------------------------------------------------------------------------
+
+    def _emit(self, record: LocalJob) -> None:
+        if self.on_event is None:
+            return
+        with self._lock:
+            event = self.event(record)
+        try:
+            self.on_event(event)
+        except Exception:
+            # The callback must not kill the worker; it is at-least-once on AWS, too.
+            log.exception("the job event handler failed for %s", record.name)
+
+    def job_arn(self, record: LocalJob) -> str:
+        return f"arn:aws:batch:{self.settings.region}:{LOCAL_ACCOUNT}:job/{record.job_id}"
+
+    def _detail(self, record: LocalJob) -> dict[str, Any]:
+        """The JobDetail DescribeJobs would return, as a Batch event carries it."""
+        environment = [
+            {"name": k, "value": "********" if k == ENV_SIGNING_KEY else v}
+            for k, v in sorted(record.environment.items())
+        ]
+        container: dict[str, Any] = {
+            "image": LOCAL_IMAGE,
+            "command": record.command,
+            "volumes": [],
+            "environment": environment,
+            "mountPoints": [],
+            "ulimits": [],
+            "networkInterfaces": [],
+            "resourceRequirements": record.resources,
+            "secrets": [],
+        }
+        attempts: list[dict[str, Any]] = []
+        if record.stopped_at is not None and record.started_at is not None:
+            container["exitCode"] = record.exit_code
+            container["logStreamName"] = f"local/runner/{record.job_id}"
+            attempts.append(
+                {
+                    "container": {
+                        "exitCode": record.exit_code,
+                        "logStreamName": container["logStreamName"],
+                        "networkInterfaces": [],
+                    },
+                    "startedAt": record.started_at,
+                    "stoppedAt": record.stopped_at,
+                    "statusReason": record.status_reason,
+                }
+            )
+        detail: dict[str, Any] = {
+            "jobArn": self.job_arn(record),
+            "jobName": record.name,
+            "jobId": record.job_id,
+            "jobQueue": record.queue,
+            "status": record.status,
+            "attempts": attempts,
+            "createdAt": record.created_at,
+            "retryStrategy": {"attempts": 1, "evaluateOnExit": []},
+            "dependsOn": [],
+            "jobDefinition": (
+                f"arn:aws:batch:{self.settings.region}:{LOCAL_ACCOUNT}:job-definition/"
+                f"{self.settings.batch_job_definition}-local:1"
+            ),
+            "parameters": {},
+            "container": container,
+            "timeout": {"attemptDurationSeconds": record.time_limit},
+            "tags": dict(record.tags),
+            "propagateTags": True,
+            "platformCapabilities": ["EC2"],
+            "eksAttempts": [],
+        }
+        if record.status_reason:
+            detail["statusReason"] = record.status_reason
+        if record.started_at is not None:
+            detail["startedAt"] = record.started_at
+        if record.stopped_at is not None:
+            detail["stoppedAt"] = record.stopped_at
+        return detail
+
+    def event(self, record: LocalJob) -> dict[str, Any]:
+        """The EventBridge envelope of a "Batch Job State Change"."""
+        return {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": BATCH_DETAIL_TYPE,
+            "source": BATCH_EVENT_SOURCE,
+            "account": LOCAL_ACCOUNT,
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": self.settings.region,
+            "resources": [self.job_arn(record)],
+            "detail": self._detail(record),
+        }
+
+
+_FINAL = frozenset({"SUCCEEDED", "FAILED"})
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, SIGKILL it if it is still there after a grace period."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+
+    def kill_later() -> None:
+        try:
+            process.wait(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_later, daemon=True).start()
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - OUTPUT_TAIL_BYTES))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
