@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gantry.aws import Clients
 from gantry.jobs import Job
@@ -18,6 +19,16 @@ class Context:
     store: Store
     # Called after a job is stored; the pipeline starts provisioning from here.
     job_listeners: list[Callable[[Context, Job], None]] = field(default_factory=list)
+    # The compute backend (gantry.compute); built from the settings on first use.
+    compute_backend: Any = None
+
+    @property
+    def compute(self) -> Any:
+        if self.compute_backend is None:
+            from gantry.compute import backend_for
+
+            self.compute_backend = backend_for(self.settings, self.clients)
+        return self.compute_backend
 
     @classmethod
     def create(cls, settings: Settings) -> Context:

@@ -57,6 +57,9 @@ class Job(BaseModel):
     completed_at: str | None = None
     source: str = "api"
     source_ref: str | None = None
+    # Provisioning back-off: not submitted again before this time (ISO), after capacity errors.
+    not_before: str | None = None
+    capacity_retries: int = 0
 
     @field_validator("error_message")
     @classmethod

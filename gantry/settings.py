@@ -33,8 +33,12 @@ class Settings(BaseSettings):
     local_workers: int = 2
 
     event_bus_name: str = resources.DEFAULT_EVENT_BUS
+    # SQS queue the upload handler reads: S3 upload events and "validate-inputs" messages.
+    uploads_queue_url: str = ""
     dropbox_owner: str = "dropbox"
+    # Attempts after host or spot failures; capacity back-offs do not count.
     max_attempts: int = 3
+    max_capacity_retries: int = 20
     # Seconds past a job's time limit before the sweeper asks the backend about it.
     sweeper_margin_seconds: int = 900
     presigned_url_seconds: int = 3600

@@ -104,5 +104,7 @@ _app: APIGatewayRestResolver | None = None
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     global _app
     if _app is None:
-        _app = create_app(Context.create(get_settings()))
+        from gantry.pipeline import wiring
+
+        _app = create_app(wiring.install(Context.create(get_settings())))
     return _app.resolve(normalise_path(event), context)

@@ -1,0 +1,205 @@
+"""The compute callback: apply a state-change event to its job, finish it on completion.
+
+Events arrive at least once, in any order, possibly for an older attempt. A job moves only
+forward within its attempt; a terminal job never changes. On completion the result file is
+trusted only after its HMAC (under the job's own key) and pk check out; then every output is
+checked per socket and the job ends Succeeded or Failed with grand-challenge's messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from gantry import contract, resources, timeutil
+from gantry.compute.base import ComputeState
+from gantry.context import Context
+from gantry.job_states import JobStatus
+from gantry.jobs import STREAM_TAIL_LINES, Job
+from gantry.services import catalog
+
+logger = logging.getLogger(__name__)
+MAX_TAIL_CHARS = 64 * 1024
+MEMORY_MESSAGE = "The container was killed as it exceeded its memory limit"
+TIMEOUT_MESSAGE = "Time limit exceeded"
+# Service status words that mean the algorithm's container is running now.
+RUNNING_WORDS = frozenset({"RUNNING", "InProgress"})
+TIMEOUT_REASONS = ("attempt duration exceeded timeout", "maxruntimeexceeded", "max runtime")
+
+
+def timed_out(state: ComputeState) -> bool:
+    return any(marker in state.reason.lower() for marker in TIMEOUT_REASONS)
+
+
+def handle_compute_event(ctx: Context, event: ComputeState) -> Job | None:
+    """Apply a backend's state of one compute job (from an event or the sweeper's look)."""
+    if event.job_pk is None or event.attempt is None:
+        logger.info("ignoring state of %s: not a Gantry job", event.name)
+        return None
+    job_pk, attempt = event.job_pk, event.attempt
+    job = ctx.store.jobs.find(job_pk)
+    if job is None or job.attempt != attempt or job.status.is_terminal:
+        return None  # unknown, stale or finished: nothing to do
+    if event.status == "running":
+        if event.raw_status not in RUNNING_WORDS:
+            return None  # queued or starting: the job stays Provisioned
+        return ctx.store.jobs.transition(
+            job_pk,
+            attempt=attempt,
+            status=JobStatus.EXECUTING,
+            changes=lambda j: {"started_at": j.started_at or timeutil.iso()},
+        )
+    return complete(ctx, job, event)
+
+
+def _read_result(ctx: Context, job: Job) -> tuple[bytes, str | None] | None:
+    key = resources.result_key(resources.io_output_prefix(job.pk, job.attempt))
+    try:
+        response = ctx.clients.s3.get_object(Bucket=ctx.settings.bucket_name, Key=key)
+    except ctx.clients.s3.exceptions.NoSuchKey:
+        return None
+    body = response["Body"].read()
+    return body, (response.get("Metadata") or {}).get(resources.SIGNATURE_METADATA_KEY)
+
+
+def _tail(lines: list[str]) -> str:
+    text = "\n".join(lines[-STREAM_TAIL_LINES:])
+    return text[-MAX_TAIL_CHARS:]
+
+
+def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
+    attempt = job.attempt
+    ctx.store.jobs.transition(job.pk, attempt=attempt, status=JobStatus.EXECUTED)
+    raw = _read_result(ctx, job)
+    if raw is None:
+        if event.retryable:
+            return _retry_or_fail(ctx, job, event)
+        if timed_out(event):
+            return finish(ctx, job, JobStatus.FAILURE, {"error_message": TIMEOUT_MESSAGE})
+        if event.exit_code == 137:
+            return finish(ctx, job, JobStatus.FAILURE, {"error_message": MEMORY_MESSAGE})
+        reason = event.reason or "the compute job ended without a result"
+        return finish(
+            ctx, job, JobStatus.FAILURE, {"error_message": f"The job did not finish: {reason}"}
+        )
+    body, signature = raw
+    try:
+        result = contract.verify_result(
+            body=body, signature_hex=signature, key_hex=job.signing_key, expected_pk=job.pk
+        )
+    except contract.ResultVerificationError as error:
+        logger.error("job %s: result rejected: %s", job.pk, error)
+        return finish(
+            ctx,
+            job,
+            JobStatus.FAILURE,
+            {"error_message": "The result of this job could not be verified"},
+        )
+    changes: dict[str, Any] = {
+        "stdout": _tail(result.user_process_last_stdout_lines),
+        "stderr": _tail(result.user_process_last_stderr_lines),
+        "exec_duration": result.exec_duration,
+        "invoke_duration": result.invoke_duration,
+        "runtime_metrics": {"sandboxed": result.sandboxed, "runner_version": result.runner_version},
+    }
+    if result.return_code != 0 or result.user_safe_error_message:
+        message = result.user_safe_error_message or (
+            f"The algorithm exited with code {result.return_code}"
+        )
+        changes.update(error_message=message, detailed_error_message=result.output_errors)
+        return finish(ctx, job, JobStatus.FAILURE, changes)
+
+    ctx.store.jobs.transition(job.pk, attempt=attempt, status=JobStatus.PARSING)
+    from gantry.pipeline.outputs import parse_outputs, to_socket_values
+
+    algorithm = ctx.store.algorithms.get(job.algorithm)
+    sockets = catalog.sockets_of(ctx, [algorithm])
+    parsed = parse_outputs(ctx, job, sockets, algorithm.interfaces[job.socket_set].outputs)
+    if parsed.errors:
+        first = next(iter(parsed.errors.values()))
+        changes.update(error_message=first, detailed_error_message=parsed.errors)
+        return finish(ctx, job, JobStatus.FAILURE, changes)
+    changes["outputs"] = to_socket_values(ctx, parsed.values)
+    done = finish(ctx, job, JobStatus.SUCCESS, changes)
+    if done is not None and parsed.images:
+        ctx.store.jobs.add_output_images(done, parsed.images)
+    return done
+
+
+def _retry_or_fail(ctx: Context, job: Job, event: ComputeState) -> Job | None:
+    from gantry.pipeline.provision import start_job
+
+    host_attempts = job.attempt - job.capacity_retries
+    if host_attempts >= ctx.settings.max_attempts:
+        return finish(
+            ctx,
+            job,
+            JobStatus.FAILURE,
+            {"error_message": f"The compute host failed {host_attempts} times: {event.reason}"},
+        )
+    logger.warning(
+        "job %s attempt %s lost its host (%s): retrying", job.pk, job.attempt, event.reason
+    )
+    requeued = ctx.store.jobs.requeue(job.pk, attempt=job.attempt)
+    if requeued is not None:
+        start_job(ctx, job.pk)
+    return requeued
+
+
+def finish(ctx: Context, job: Job, status: JobStatus, changes: dict[str, Any]) -> Job | None:
+    """End the job (if this attempt is still current) and announce it."""
+    done = ctx.store.jobs.transition(job.pk, attempt=job.attempt, status=status, changes=changes)
+    if done is not None:
+        publish(ctx, done)
+    return done
+
+
+def publish(ctx: Context, job: Job) -> None:
+    """Tell downstream consumers (drop folder, users' rules) that a job ended."""
+    algorithm = ctx.store.algorithms.get(job.algorithm)
+    sockets = catalog.sockets_of(ctx, [algorithm])
+    outputs = []
+    for value in job.outputs:
+        socket = sockets.get(value.socket)
+        image_keys = [f.key for f in ctx.store.images.get(value.image).files] if value.image else []
+        outputs.append(
+            {
+                "socket": value.socket,
+                "relative_path": socket.relative_path if socket else None,
+                "value": value.value,
+                "key": value.file,
+                "image": value.image,
+                "image_keys": image_keys,
+            }
+        )
+    detail = {
+        "job": job.pk,
+        "algorithm": job.algorithm,
+        "algorithm_slug": algorithm.slug,
+        "status": job.status.label,
+        "error_message": job.error_message,
+        "source": job.source,
+        "source_ref": job.source_ref,
+        "exec_duration": job.exec_duration,
+        "invoke_duration": job.invoke_duration,
+        "outputs": outputs,
+    }
+    detail_type = (
+        resources.DETAIL_TYPE_JOB_SUCCEEDED
+        if job.status is JobStatus.SUCCESS
+        else resources.DETAIL_TYPE_JOB_FAILED
+    )
+    try:
+        ctx.clients.events.put_events(
+            Entries=[
+                {
+                    "Source": resources.EVENT_SOURCE,
+                    "DetailType": detail_type,
+                    "Detail": json.dumps(detail),
+                    "EventBusName": ctx.settings.event_bus_name,
+                }
+            ]
+        )
+    except Exception:  # the job is final either way; a lost announcement must not undo it
+        logger.exception("could not publish the end of job %s", job.pk)

@@ -1,0 +1,183 @@
+"""Check and register a finished job's outputs, per socket, in grand-challenge's words.
+
+JSON outputs are validated against their schemas and stored inline when the socket says so
+(NaN and infinities become null), else kept as files; files are checked for their type; an
+image output directory must hold exactly one readable image, which is registered as an Image.
+Everything that is kept is copied from the job's io/ prefix (which expires) to values/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gantry import resources, timeutil
+from gantry.context import Context
+from gantry.interfaces import Interface, value_errors
+from gantry.jobs import Job, SocketValue
+from gantry.kinds import spec
+
+MAX_JSON_OUTPUT_BYTES = 16 * 1024 * 1024
+IMAGE_SUFFIXES = (".mha", ".mhd", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd")
+MAGIC: dict[str, tuple[tuple[int, bytes], ...]] = {
+    ".pdf": ((0, b"%PDF"),),
+    ".png": ((0, b"\x89PNG\r\n\x1a\n"),),
+    ".jpeg": ((0, b"\xff\xd8\xff"),),
+    ".jpg": ((0, b"\xff\xd8\xff"),),
+    ".zip": ((0, b"PK\x03\x04"), (0, b"PK\x05\x06")),
+    ".mp4": ((4, b"ftyp"),),
+}
+
+
+@dataclass
+class ParsedOutputs:
+    values: list[dict[str, Any]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _object_size(ctx: Context, key: str) -> int | None:
+    try:
+        return int(
+            ctx.clients.s3.head_object(Bucket=ctx.settings.bucket_name, Key=key)["ContentLength"]
+        )
+    except ctx.clients.s3.exceptions.ClientError:
+        return None
+
+
+def parse_outputs(
+    ctx: Context, job: Job, sockets: dict[str, Interface], output_slugs: list[str]
+) -> ParsedOutputs:
+    parsed = ParsedOutputs()
+    prefix = resources.io_output_prefix(job.pk, job.attempt)
+    for slug in output_slugs:
+        socket = sockets[slug]
+        kind = spec(socket.kind)
+        try:
+            if kind.is_image:
+                draft = _image_output(ctx, job, socket, prefix, parsed)
+            elif kind.is_json:
+                draft = _json_output(ctx, job, socket, prefix)
+            else:
+                draft = _file_output(ctx, job, socket, prefix)
+        except OutputError as error:
+            parsed.errors[slug] = str(error)
+            continue
+        parsed.values.append(draft)
+    return parsed
+
+
+class OutputError(Exception):
+    pass
+
+
+def _keep(ctx: Context, job: Job, source_key: str, name: str) -> str:
+    key = f"{resources.PREFIX_VALUES}{job.pk}/{uuid.uuid4().hex}/{name}"
+    bucket = ctx.settings.bucket_name
+    ctx.clients.s3.copy({"Bucket": bucket, "Key": source_key}, bucket, key)
+    return key
+
+
+def _json_output(ctx: Context, job: Job, socket: Interface, prefix: str) -> dict[str, Any]:
+    key = prefix + socket.relative_path
+    size = _object_size(ctx, key)
+    if size is None:
+        raise OutputError(f"Output file '{socket.relative_path}' was not produced")
+    if size > MAX_JSON_OUTPUT_BYTES:
+        raise OutputError(
+            f"The output file '{socket.relative_path}' is too large ({size} bytes) to be read"
+        )
+    body = ctx.clients.s3.get_object(Bucket=ctx.settings.bucket_name, Key=key)["Body"].read()
+    try:
+        value = _finite(json.loads(body.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise OutputError(f"The output file '{socket.relative_path}' is not valid json") from error
+    errors = value_errors(socket, value)
+    if errors:
+        raise OutputError(
+            f"The output file '{socket.relative_path}' is not valid: {'; '.join(errors)}"
+        )
+    if socket.store_in_database:
+        return {"socket": socket.slug, "value": value}
+    return {"socket": socket.slug, "file": _keep(ctx, job, key, posixpath.basename(key))}
+
+
+def _file_output(ctx: Context, job: Job, socket: Interface, prefix: str) -> dict[str, Any]:
+    key = prefix + socket.relative_path
+    if _object_size(ctx, key) is None:
+        raise OutputError(f"Output file '{socket.relative_path}' was not produced")
+    suffix = Path(socket.relative_path).suffix.lower()
+    signatures = MAGIC.get(suffix)
+    if signatures:
+        head = ctx.clients.s3.get_object(
+            Bucket=ctx.settings.bucket_name, Key=key, Range="bytes=0-15"
+        )["Body"].read()
+        if not any(head[offset : offset + len(magic)] == magic for offset, magic in signatures):
+            raise OutputError(
+                f"The output file '{socket.relative_path}' is not a valid {spec(socket.kind).label}"
+            )
+    return {"socket": socket.slug, "file": _keep(ctx, job, key, posixpath.basename(key))}
+
+
+def _image_output(
+    ctx: Context, job: Job, socket: Interface, prefix: str, parsed: ParsedOutputs
+) -> dict[str, Any]:
+    from gantry import imaging
+
+    directory = prefix + socket.relative_path + "/"
+    keys = [
+        item["Key"]
+        for page in ctx.clients.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=ctx.settings.bucket_name, Prefix=directory
+        )
+        for item in page.get("Contents", [])
+    ]
+    images = [k for k in keys if k.lower().endswith(IMAGE_SUFFIXES)]
+    if not keys:
+        raise OutputError(f"Output directory '{socket.relative_path}' is empty")
+    if len(images) != 1:
+        raise OutputError(
+            f"Only 1 image should be produced in '{socket.relative_path}', we found {len(images)}"
+        )
+    source_key = images[0]
+    name = posixpath.basename(source_key)
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / name
+        ctx.clients.s3.download_file(ctx.settings.bucket_name, source_key, str(local))
+        try:
+            info = imaging.read_image_info(local)
+        except imaging.ImageError as error:
+            raise OutputError(
+                f"The output image '{socket.relative_path}/{name}' could not be read: {error}"
+            ) from error
+    image_pk = str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:{job.pk}:{job.attempt}:{socket.slug}"))
+    key = f"{resources.PREFIX_VALUES}images/{image_pk}/{name}"
+    bucket = ctx.settings.bucket_name
+    ctx.clients.s3.copy({"Bucket": bucket, "Key": source_key}, bucket, key)
+    image = imaging.image_from(
+        info, pk=image_pk, name=name, owner=job.creator, key=key, created=timeutil.iso()
+    )
+    ctx.store.images.put(image)
+    parsed.images.append(image_pk)
+    return {"socket": socket.slug, "image": image_pk}
+
+
+def to_socket_values(ctx: Context, drafts: list[dict[str, Any]]) -> list[SocketValue]:
+    pks = ctx.store.table.next_ids("socket_value", len(drafts))
+    return [SocketValue(pk=pk, **draft) for pk, draft in zip(pks, drafts, strict=True)]

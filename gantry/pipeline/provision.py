@@ -1,0 +1,154 @@
+"""Provisioning: put a queued job's inputs in place, write its invocation, submit it.
+
+Inputs are copied S3 to S3 (never through this process's memory) to
+``io/<job>/<attempt>/input/<relative_path>``; the invocation (sagemaker-shim's task shape)
+goes to ``io/<job>/<attempt>/invocation.json`` and the compute backend runs the runner on it.
+Capacity and throttling errors put the job back in the queue with a growing delay instead of
+failing it; the sweeper submits it again when the delay has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from gantry import contract, resources, timeutil
+from gantry.context import Context
+from gantry.interfaces import Interface
+from gantry.job_states import JobStatus, can_transition
+from gantry.jobs import Job
+from gantry.kinds import spec
+from gantry.services import catalog
+
+logger = logging.getLogger(__name__)
+BACKOFF_BASE_SECONDS = 30
+BACKOFF_MAX_SECONDS = 900
+STARTABLE = (JobStatus.PENDING, JobStatus.RETRY)
+
+
+def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> contract.Invocation:
+    bucket = ctx.settings.bucket_name
+    s3 = ctx.clients.s3
+    base = resources.io_input_prefix(job.pk, job.attempt)
+    inputs: list[contract.InvocationInput] = []
+    for value in job.inputs:
+        socket = sockets[value.socket]
+        if value.image:
+            image = ctx.store.images.get(value.image)
+            source = next((f for f in image.files if f.image_type == "MHD"), image.files[0])
+            relative_path = f"{socket.relative_path}/{source.filename}"
+            key = base + relative_path
+            s3.copy({"Bucket": bucket, "Key": source.key}, bucket, key)
+        elif value.file:
+            relative_path = socket.relative_path
+            key = base + relative_path
+            s3.copy({"Bucket": bucket, "Key": value.file}, bucket, key)
+        else:
+            relative_path = socket.relative_path
+            key = base + relative_path
+            body = json.dumps(value.value, allow_nan=False).encode()
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+        inputs.append(
+            contract.InvocationInput(
+                relative_path=relative_path, bucket_name=bucket, bucket_key=key
+            )
+        )
+    algorithm = ctx.store.algorithms.get(job.algorithm)
+    outputs = [
+        contract.ExpectedOutput(
+            slug=slug,
+            kind=sockets[slug].kind.value,
+            relative_path=sockets[slug].relative_path,
+            schemas=[
+                schema
+                for schema in (spec(sockets[slug].kind).schema, sockets[slug].extra_schema)
+                if schema
+            ],
+        )
+        for slug in algorithm.interfaces[job.socket_set].outputs
+    ]
+    return contract.Invocation(
+        pk=job.pk,
+        inputs=inputs,
+        output_bucket_name=bucket,
+        output_prefix=resources.io_output_prefix(job.pk, job.attempt),
+        timeout=job.time_limit,
+        outputs=outputs,
+    )
+
+
+def start_job(ctx: Context, job_pk: str) -> None:
+    """Provision and submit a queued job; a no-op for a job that is not waiting to start."""
+    from gantry.compute import CapacityError, SubmitError
+
+    job = ctx.store.jobs.find(job_pk)
+    if job is None or job.status not in STARTABLE:
+        return
+    if job.not_before and timeutil.parse_iso(job.not_before) > timeutil.now():
+        return
+    attempt = job.attempt
+    # Claim the job: of two concurrent provisioners only one gets past this write.
+    claimed = ctx.store.jobs.transition(job_pk, attempt=attempt, status=JobStatus.PROVISIONING)
+    if claimed is None:
+        return
+    try:
+        image = ctx.store.algorithms.get_image(job.algorithm_image)
+        sockets = catalog.sockets_of(ctx, [ctx.store.algorithms.get(job.algorithm)])
+        invocation = build_invocation(ctx, claimed, sockets)
+        key = resources.invocation_key(job_pk, attempt)
+        ctx.clients.s3.put_object(
+            Bucket=ctx.settings.bucket_name,
+            Key=key,
+            Body=invocation.model_dump_json().encode(),
+            ContentType="application/json",
+        )
+        compute_id = ctx.compute.submit(claimed, image, f"s3://{ctx.settings.bucket_name}/{key}")
+    except CapacityError as error:
+        _back_off(ctx, claimed, str(error))
+        return
+    except SubmitError as error:
+        fail(ctx, job_pk, attempt, str(error))
+        return
+    except Exception:
+        logger.exception("provisioning job %s failed", job_pk)
+        fail(ctx, job_pk, attempt, "The job could not be provisioned; please try again later")
+        return
+    _record_submission(ctx, job_pk, attempt, compute_id)
+
+
+def _record_submission(ctx: Context, job_pk: str, attempt: int, compute_id: str) -> None:
+    # The compute job may already have reported RUNNING: record the id in any case, and move
+    # to Provisioned only if nothing later has happened.
+    def change(job: Job) -> Job | None:
+        if job.attempt != attempt:
+            return None
+        update: dict[str, object] = {"compute_job_id": compute_id}
+        if can_transition(job.status, job.attempt, JobStatus.PROVISIONED, attempt):
+            update["status"] = JobStatus.PROVISIONED
+        return job.model_copy(update=update)
+
+    ctx.store.jobs.update(job_pk, change)
+
+
+def _back_off(ctx: Context, job: Job, reason: str) -> None:
+    retries = job.capacity_retries + 1
+    if retries > ctx.settings.max_capacity_retries:
+        fail(ctx, job.pk, job.attempt, f"No compute capacity was available: {reason}")
+        return
+    delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (retries - 1))
+    not_before = timeutil.iso(timeutil.now() + timedelta(seconds=delay))
+    logger.warning("job %s re-queued for %s s: %s", job.pk, delay, reason)
+    ctx.store.jobs.requeue(
+        job.pk,
+        attempt=job.attempt,
+        changes={"not_before": not_before, "capacity_retries": retries},
+    )
+
+
+def fail(ctx: Context, job_pk: str, attempt: int, message: str) -> None:
+    from gantry.pipeline.callback import finish
+
+    job = ctx.store.jobs.find(job_pk)
+    if job is not None and job.attempt == attempt:
+        finish(ctx, job, JobStatus.FAILURE, {"error_message": message})

@@ -1,0 +1,83 @@
+"""The sweeper: reconcile jobs whose events were lost, and start delayed ones.
+
+Runs on a schedule. For each unfinished job that has not changed for a while it asks the
+source of truth: the compute backend for running jobs (and applies what it says through the
+same callback path as an event would), the queue for jobs waiting to be provisioned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+from gantry import timeutil
+from gantry.context import Context
+from gantry.job_states import IN_FLIGHT, JobStatus
+from gantry.pipeline.callback import finish, handle_compute_event
+from gantry.pipeline.provision import start_job
+
+logger = logging.getLogger(__name__)
+STALE_PROVISIONING_SECONDS = 600
+STALE_VALIDATION_SECONDS = 3600
+
+
+@dataclass
+class SweepReport:
+    started: list[str] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def sweep(ctx: Context, *, limit: int = 100) -> SweepReport:
+    report = SweepReport()
+    now = timeutil.now()
+    for job in ctx.store.jobs.active_modified_before(timeutil.iso(now), limit=limit):
+        age = (now - timeutil.parse_iso(job.modified)).total_seconds()
+        if job.status in (JobStatus.PENDING, JobStatus.RETRY):
+            if not job.not_before or timeutil.parse_iso(job.not_before) <= now:
+                start_job(ctx, job.pk)
+                report.started.append(job.pk)
+        elif job.status is JobStatus.PROVISIONING and age > STALE_PROVISIONING_SECONDS:
+            # A provisioner died between claiming and submitting: give the job a new attempt.
+            if ctx.store.jobs.requeue(job.pk, attempt=job.attempt) is not None:
+                start_job(ctx, job.pk)
+                report.started.append(job.pk)
+        elif job.status is JobStatus.VALIDATING_INPUTS and age > STALE_VALIDATION_SECONDS:
+            finish(
+                ctx,
+                job,
+                JobStatus.FAILURE,
+                {"error_message": "The inputs could not be validated in time"},
+            )
+            report.failed.append(job.pk)
+        elif job.status in IN_FLIGHT | {JobStatus.PARSING} and age > _deadline(ctx, job.time_limit):
+            if _reconcile(ctx, job.pk):
+                report.reconciled.append(job.pk)
+    return report
+
+
+def _deadline(ctx: Context, time_limit: int) -> float:
+    return time_limit + ctx.settings.sweeper_margin_seconds
+
+
+def _reconcile(ctx: Context, job_pk: str) -> bool:
+    job = ctx.store.jobs.find(job_pk)
+    if job is None or job.status.is_terminal:
+        return False
+    state = ctx.compute.describe(job.compute_job_id) if job.compute_job_id else None
+    if state is None:
+        finish(ctx, job, JobStatus.FAILURE, {"error_message": "The compute job was lost"})
+        return True
+    if state.status == "running":
+        return False
+    logger.info("sweeper applies %s to job %s", state.status, job_pk)
+    # The described state names the attempt it ran; older attempts are ignored as stale.
+    handle_compute_event(
+        ctx, replace(state, job_pk=state.job_pk or job.pk, attempt=state.attempt or job.attempt)
+    )
+    return True
+
+
+def stale_cutoff(ctx: Context) -> str:
+    return timeutil.iso(timeutil.now() - timedelta(seconds=ctx.settings.sweeper_margin_seconds))

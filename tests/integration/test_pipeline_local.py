@@ -1,0 +1,118 @@
+"""Whole jobs through the pipeline on the embedded local stack: API → provisioning → local
+compute backend → real runner → callback → Succeeded/Failed, with the real example algorithms.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gantry.algorithms import AlgorithmFields, AlgorithmImageFields, SocketSet
+from gantry.interfaces import InterfaceFields
+from gantry.job_states import JobStatus
+from gantry.local.stack import LocalStack
+from gantry.services.jobs import JobCreate, JobInput, create_job
+from gantry.settings import Settings
+from gantry.urls import Urls
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "algorithms"
+URLS = Urls("https://api.gantry.test/api/v1/")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack():
+    local = LocalStack.start(
+        Settings(table_name="gantry-pipeline", bucket_name="gantry-pipeline", local_workers=2)
+    )
+    user = local.ctx.store.users.ensure_user("alice")
+    store = local.ctx.store
+    for title, kind, path in (
+        ("threshold", "Float", "threshold.json"),
+        ("bounding-box", "2D bounding box", "bounding-box.json"),
+        ("score", "Float", "score.json"),
+        ("shifted-bounding-box", "2D bounding box", "shifted-bounding-box.json"),
+    ):
+        store.sockets.create(
+            InterfaceFields(title=title, kind=kind, relative_path=path), creator="alice"
+        )
+    local.user = user  # type: ignore[attr-defined]
+    yield local
+    local.stop()
+
+
+def _algorithm(stack: LocalStack, name: str, outputs: list[str], time_limit: int = 300):
+    store = stack.ctx.store
+    algorithm = store.algorithms.create(
+        AlgorithmFields(
+            title=f"{name} {time.monotonic_ns()}",
+            interfaces=[SocketSet(inputs=["threshold", "bounding-box"], outputs=outputs)],
+            time_limit=time_limit,
+        ),
+        creator="alice",
+    )
+    store.algorithms.create_image(
+        algorithm,
+        AlgorithmImageFields(
+            image="local", command=[sys.executable, "main.py"], workdir=str(EXAMPLES / name)
+        ),
+        creator="alice",
+    )
+    return algorithm
+
+
+BOX = {
+    "type": "2D bounding box",
+    "version": {"major": 1, "minor": 0},
+    "corners": [[0, 0, 0], [10, 0, 0], [10, 10, 0], [0, 10, 0]],
+}
+
+
+def _run(stack: LocalStack, algorithm, timeout: float = 60.0):
+    body = JobCreate(
+        algorithm=algorithm.pk,
+        inputs=[
+            JobInput(interface="threshold", value=2.5),
+            JobInput(interface="bounding-box", value=BOX),
+        ],
+    )
+    job = create_job(stack.ctx, stack.user, body, URLS)  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = stack.ctx.store.jobs.get(job.pk)
+        if current.status.is_terminal:
+            return current
+        time.sleep(0.1)
+    raise AssertionError(f"job did not finish: {stack.ctx.store.jobs.get(job.pk).status.label}")
+
+
+def test_json_algorithm_succeeds_with_validated_outputs(stack):
+    algorithm = _algorithm(stack, "json-io", ["score", "shifted-bounding-box"])
+    job = _run(stack, algorithm)
+    assert job.status is JobStatus.SUCCESS, job.error_message
+    outputs = {v.socket: v.value for v in job.outputs}
+    assert outputs["score"] == 5.0
+    assert [c[0] for c in outputs["shifted-bounding-box"]["corners"]] == [2.5, 12.5, 12.5, 2.5]
+    assert job.exec_duration is not None and job.compute_job_id
+
+
+@pytest.mark.parametrize(
+    ("example", "message"),
+    [
+        ("crash", None),
+        ("no-output", "Output file 'score.json' was not produced"),
+        ("invalid-json", "is not valid json"),
+    ],
+)
+def test_failing_algorithms_fail_the_job_with_a_reason(stack, example, message):
+    algorithm = _algorithm(stack, example, ["score"])
+    job = _run(stack, algorithm)
+    assert job.status is JobStatus.FAILURE
+    assert job.error_message
+    if message:
+        assert message in job.error_message
