@@ -8,6 +8,7 @@ Batch-shaped state changes go straight into the callback handler.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -74,10 +75,8 @@ class LocalStack:
 
     def _route_job_events(self) -> None:
         events = self.ctx.clients.events
-        try:
+        with contextlib.suppress(events.exceptions.ResourceAlreadyExistsException):
             events.create_event_bus(Name=self.settings.event_bus_name)
-        except events.exceptions.ResourceAlreadyExistsException:
-            pass
         queue_url = self.queues[resources.DEFAULT_JOB_EVENTS_QUEUE]
         arn = self.ctx.clients.sqs.get_queue_attributes(
             QueueUrl=queue_url, AttributeNames=["QueueArn"]

@@ -51,9 +51,12 @@ def sweep(ctx: Context, *, limit: int = 100) -> SweepReport:
                 {"error_message": "The inputs could not be validated in time"},
             )
             report.failed.append(job.pk)
-        elif job.status in IN_FLIGHT | {JobStatus.PARSING} and age > _deadline(ctx, job.time_limit):
-            if _reconcile(ctx, job.pk):
-                report.reconciled.append(job.pk)
+        elif (
+            job.status in IN_FLIGHT | {JobStatus.PARSING}
+            and age > _deadline(ctx, job.time_limit)
+            and _reconcile(ctx, job.pk)
+        ):
+            report.reconciled.append(job.pk)
     return report
 
 
