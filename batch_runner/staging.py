@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -54,7 +54,8 @@ def clear_root(root: Path) -> None:
 class _Staged:
     item: InvocationInput
     target: Path
-    fileobj: IO[bytes]
+    # Where the download lands: the target itself, or the archive for a zip.
+    download_to: str
 
 
 def stage_inputs(
@@ -67,39 +68,37 @@ def stage_inputs(
     """Download (and unzip) every input, write ``inputs.json``; returns its entries."""
     staged: list[_Staged] = []
     with tempfile.TemporaryDirectory(prefix="gantry-zips-") as zips:
-        try:
-            for index, item in enumerate(inputs):
-                if item.relative_path == INPUTS_JSON:
-                    raise StagingError(f"Input path '{INPUTS_JSON}' is reserved")
-                try:
-                    target = Path(safe_join(str(input_root), item.relative_path))
-                except ValueError as error:
-                    raise StagingError(
-                        f"Input path '{item.relative_path}' is outside the input directory"
-                    ) from error
-                if item.decompress:
-                    # The archive itself stays outside the input root; only its members land.
-                    fileobj = open(os.path.join(zips, f"{index}.zip"), "xb")  # noqa: SIM115
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        fileobj = open(target, "xb")  # noqa: SIM115
-                    except FileExistsError as error:
-                        raise StagingError(
-                            f"Input path '{item.relative_path}' is used more than once"
-                        ) from error
-                staged.append(_Staged(item, target, fileobj))
+        for index, item in enumerate(inputs):
+            if item.relative_path == INPUTS_JSON:
+                raise StagingError(f"Input path '{INPUTS_JSON}' is reserved")
             try:
-                download_all(
-                    client,
-                    (Download(s.item.bucket_name, s.item.bucket_key, s.fileobj) for s in staged),
-                    concurrency=limits.download_concurrency,
-                )
-            except (ClientError, BotoCoreError) as error:
-                raise StagingError("An input file could not be downloaded") from error
-        finally:
-            for s in staged:
-                s.fileobj.close()
+                target = Path(safe_join(str(input_root), item.relative_path))
+            except ValueError as error:
+                raise StagingError(
+                    f"Input path '{item.relative_path}' is outside the input directory"
+                ) from error
+            if item.decompress:
+                # The archive itself stays outside the input root; only its members land.
+                download_to = os.path.join(zips, f"{index}.zip")
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                download_to = str(target)
+                try:
+                    # A placeholder claims the path: a second input for it is an error.
+                    target.touch(exist_ok=False)
+                except FileExistsError as error:
+                    raise StagingError(
+                        f"Input path '{item.relative_path}' is used more than once"
+                    ) from error
+            staged.append(_Staged(item, target, download_to))
+        try:
+            download_all(
+                client,
+                (Download(s.item.bucket_name, s.item.bucket_key, s.download_to) for s in staged),
+                concurrency=limits.download_concurrency,
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise StagingError("An input file could not be downloaded") from error
         entries = [_extract(s, input_root, limits, visible_root) for s in staged]
     (input_root / INPUTS_JSON).write_text(json.dumps(entries, indent=2))
     return entries
@@ -110,7 +109,7 @@ def _visible(path: Path, input_root: Path, visible_root: str) -> str:
 
 
 def _extract(s: _Staged, input_root: Path, limits: Limits, visible_root: str) -> dict[str, Any]:
-    size = os.path.getsize(s.fileobj.name)
+    size = os.path.getsize(s.download_to)
     entry: dict[str, Any] = {
         "relative_path": s.item.relative_path,
         "path": _visible(s.target, input_root, visible_root),
@@ -121,7 +120,7 @@ def _extract(s: _Staged, input_root: Path, limits: Limits, visible_root: str) ->
         # As sagemaker-shim: members land in the folder that holds relative_path.
         s.target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            files = safe_extract(Path(s.fileobj.name), s.target.parent, limits)
+            files = safe_extract(Path(s.download_to), s.target.parent, limits)
         except UnsafeZipError as error:
             raise StagingError(f"Input '{s.item.relative_path}': {error}") from error
         entry["files"] = [_visible(f, input_root, visible_root) for f in files]
@@ -169,15 +168,18 @@ def upload_outputs(
     prefix: str,
     concurrency: int = 10,
 ) -> list[ResultOutput]:
-    """Upload the scanned files (opened without following links) under ``prefix``."""
-    handles: list[IO[bytes]] = []
+    """Upload the scanned files (opened without following links) under ``prefix``.
+
+    Each file is opened once with O_NOFOLLOW and handed to the transfer manager as
+    ``/proc/self/fd/N``: reopening that path reaches the same inode even if the name was
+    swapped for a link after the scan, and parts are still read lazily from disk.
+    """
+    fds: list[int] = []
     outputs: list[ResultOutput] = []
     try:
         for relative, path in files:
-            # The file could have been swapped for a link after the scan.
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            handle = os.fdopen(fd, "rb")
-            handles.append(handle)
+            fds.append(fd)
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise StagingError(f"Output '{relative}' is not a regular file")
@@ -191,12 +193,15 @@ def upload_outputs(
             )
         upload_all(
             client,
-            (Upload(h, o.bucket_name, o.bucket_key) for h, o in zip(handles, outputs, strict=True)),
+            (
+                Upload(f"/proc/self/fd/{fd}", o.bucket_name, o.bucket_key)
+                for fd, o in zip(fds, outputs, strict=True)
+            ),
             concurrency=concurrency,
         )
     except OSError as error:
         raise StagingError("An output file could not be read") from error
     finally:
-        for handle in handles:
-            handle.close()
+        for fd in fds:
+            os.close(fd)
     return outputs

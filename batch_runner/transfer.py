@@ -1,7 +1,9 @@
 """Streamed S3 transfers through boto3's transfer manager (never whole files in memory).
 
 One manager moves many files at once: its thread pool splits large objects into ranged
-parts, so a few big files and many small ones both keep the network busy.
+parts, so a few big files and many small ones both keep the network busy. Transfers take
+file *names*: given a file object, s3transfer reads each upload part into memory (chunk
+size x concurrency), given a name it reads parts lazily from disk.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -29,11 +31,12 @@ def s3_client(max_pool_connections: int = 32) -> Any:
 
 
 def transfer_config(concurrency: int) -> TransferConfig:
+    # Memory in flight is bounded by these, not by file sizes.
     return TransferConfig(
         max_concurrency=concurrency,
-        multipart_threshold=16 * MB,
-        multipart_chunksize=16 * MB,
-        io_chunksize=1 * MB,
+        multipart_threshold=8 * MB,
+        multipart_chunksize=8 * MB,
+        max_io_queue=64,
     )
 
 
@@ -41,28 +44,28 @@ def transfer_config(concurrency: int) -> TransferConfig:
 class Download:
     bucket: str
     key: str
-    fileobj: IO[bytes]
+    filename: str
 
 
 @dataclass(frozen=True)
 class Upload:
-    fileobj: IO[bytes]
+    filename: str
     bucket: str
     key: str
 
 
 def download_all(client: Any, items: Iterable[Download], concurrency: int = 10) -> None:
-    """Download every object into its open file object, concurrently; raises the first error."""
+    """Download every object to its file name, concurrently; raises the first error."""
     with create_transfer_manager(client, transfer_config(concurrency)) as manager:
-        futures = [manager.download(item.bucket, item.key, item.fileobj) for item in items]
+        futures = [manager.download(item.bucket, item.key, item.filename) for item in items]
         for future in futures:
             future.result()
 
 
 def upload_all(client: Any, items: Iterable[Upload], concurrency: int = 10) -> None:
-    """Upload every open file object, concurrently; raises the first error."""
+    """Upload every file, concurrently; raises the first error."""
     with create_transfer_manager(client, transfer_config(concurrency)) as manager:
-        futures = [manager.upload(item.fileobj, item.bucket, item.key) for item in items]
+        futures = [manager.upload(item.filename, item.bucket, item.key) for item in items]
         for future in futures:
             future.result()
 
