@@ -298,6 +298,9 @@ class Compute(Construct):
                 cpu=RUNNER_VCPUS if gpus else CPU_RUNNER_VCPUS,
                 memory=RUNNER_MEMORY if gpus else CPU_RUNNER_MEMORY,
                 gpu=gpus or None,
+                # Batch offers no per-capability switch; privileged is the only way to let the
+                # runner's bubblewrap sandbox create namespaces under Docker's seccomp profile.
+                privileged=config.runner_privileged or None,
                 command=list(RUNNER_COMMAND),
                 job_role=self.job_role,
                 execution_role=self.execution_role,

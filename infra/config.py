@@ -70,6 +70,7 @@ class GantryConfig:
     root_volume_gib: int = 100
     availability_zones: tuple[str, ...] = ()
     runner_placeholder_image: str = "public.ecr.aws/docker/library/python:3.12-slim"
+    runner_privileged: bool = False
     compute_backend: str = "batch"
     sagemaker_runner_image: str = ""
     # API

@@ -13,6 +13,8 @@ job definitions; pass the job roles): a job is submitted by whichever at-least-o
 completes its inputs (API for ready values, on_upload after an upload validates, on_dropbox
 for a dropped file, on_job_event for a retry attempt, the sweeper for a stuck one). Only
 on_job_event and the sweeper finish jobs, so only they may put ``Gantry Job …`` events.
+Functions that create jobs (api, on_dropbox, on_upload) may send "validate-inputs"
+messages to the uploads queue, which on_upload consumes next to the S3 notifications.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from gantry import resources as r
@@ -39,6 +42,8 @@ from infra.packaging import LambdaCode
 class Access:
     prefixes: tuple[str, ...]
     put_events: bool = False
+    # Sends "validate-inputs" messages to the uploads queue (jobs whose inputs need checking).
+    send_uploads: bool = False
 
 
 SPECS: dict[str, tuple[FunctionSpec, Access]] = {
@@ -50,7 +55,10 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             memory_mib=1024,
             timeout_seconds=29,
         ),
-        Access((r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS)),
+        Access(
+            (r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS),
+            send_uploads=True,
+        ),
     ),
     "on_upload": (
         FunctionSpec(
@@ -62,7 +70,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             timeout_seconds=120,
             ephemeral_mib=4096,
         ),
-        Access((r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO)),
+        Access((r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO), send_uploads=True),
     ),
     "on_dropbox": (
         FunctionSpec(
@@ -72,7 +80,10 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             memory_mib=512,
             timeout_seconds=60,
         ),
-        Access((r.PREFIX_DROPBOX, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS)),
+        Access(
+            (r.PREFIX_DROPBOX, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS),
+            send_uploads=True,
+        ),
     ),
     "on_job_event": (
         FunctionSpec(
@@ -111,6 +122,7 @@ class Handlers(Construct):
         table: dynamodb.ITable,
         bucket: s3.IBucket,
         bus: events.IEventBus,
+        uploads_queue: sqs.IQueue,
         compute: Compute,
         removal_policy: RemovalPolicy,
     ) -> None:
@@ -139,6 +151,8 @@ class Handlers(Construct):
             compute.acknowledge_control(wrapper)
             if access.put_events:
                 bus.grant_put_events_to(fn)
+            if access.send_uploads:
+                uploads_queue.grant_send_messages(fn)
             self.functions[name] = fn
 
     def __getitem__(self, name: str) -> lambda_.Function:

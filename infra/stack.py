@@ -80,6 +80,7 @@ class GantryStack(Stack):
             "GANTRY_BATCH_JOB_DEFINITION": settings.batch_job_definition,
             "GANTRY_SAGEMAKER_ROLE_ARN": compute.sagemaker_role.role_arn,
             "GANTRY_EVENT_BUS_NAME": bus.event_bus_name,
+            "GANTRY_UPLOADS_QUEUE_URL": data.uploads_queue.queue_url,
             "GANTRY_DROPBOX_OWNER": config.dropbox_owner,
         }
         if config.sagemaker_runner_image:
@@ -94,6 +95,7 @@ class GantryStack(Stack):
             table=data.table,
             bucket=data.bucket,
             bus=bus,
+            uploads_queue=data.uploads_queue,
             compute=compute,
             removal_policy=removal,
         )

@@ -1,0 +1,68 @@
+"""Synthesize the CDK app offline, once per test module.
+
+Bundling is skipped (``aws:cdk:bundling-stacks: []``): the tests check the template, not the
+zip. cdk-nag runs on every synth and makes it raise on any unacknowledged finding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Node 20 banners on every jsii call are noise in test output.
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "1")
+
+SKIP_BUNDLING = {"aws:cdk:bundling-stacks": []}
+# Every optional feature switched on, so the checks cover the other branches too.
+ALL_OPTIONS = {
+    "gantry:destroyOnDelete": "true",
+    "gantry:spot": True,
+    "gantry:domainName": "gantry.example.org",
+    "gantry:certificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/0000",
+    "gantry:wafAclArn": "arn:aws:wafv2:us-east-1:123456789012:regional/webacl/gantry/0000",
+    "gantry:alarmEmail": "ops@example.org",
+    "gantry:computeBackend": "sagemaker",
+    "gantry:jobEventsReservedConcurrency": 20,
+}
+
+
+@dataclass
+class Synth:
+    outdir: Path
+    template: dict[str, Any]
+
+    @property
+    def template_path(self) -> Path:
+        return self.outdir / "Gantry.template.json"
+
+    def resources(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.template["Resources"].items() if v["Type"] == kind}
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = list(self.resources(kind).values())
+        assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+        return found[0]
+
+
+def synthesize(outdir: Path, **context: Any) -> Synth:
+    from infra.stack import create_app
+
+    create_app({**SKIP_BUNDLING, **context}, outdir=str(outdir)).synth()
+    template = json.loads((outdir / "Gantry.template.json").read_text())
+    return Synth(outdir=outdir, template=template)
+
+
+@pytest.fixture(scope="module")
+def default_synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    return synthesize(tmp_path_factory.mktemp("cdk-default"))
+
+
+@pytest.fixture(scope="module")
+def options_synth(tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    return synthesize(tmp_path_factory.mktemp("cdk-options"), **ALL_OPTIONS)

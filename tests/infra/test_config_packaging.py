@@ -1,0 +1,78 @@
+"""Context parsing and Docker-free bundling, without synthesizing anything."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from aws_cdk import App
+
+from infra.config import GantryConfig
+from infra.packaging import PIP_PLATFORMS, PipLocalBundling, project_requirements
+
+
+def _config(**context: object) -> GantryConfig:
+    app = App(context={f"gantry:{k}": v for k, v in context.items()})
+    return GantryConfig.from_node(app.node)
+
+
+def test_defaults_are_cheap_and_safe() -> None:
+    config = _config()
+    assert config.destroy_on_delete is False
+    assert config.spot is False
+    assert all(t.startswith("g4dn.") for t in config.gpu_instance_types)
+
+
+def test_context_strings_are_parsed() -> None:
+    config = _config(
+        destroyOnDelete="true",
+        spot="false",
+        gpuInstanceTypes="g4dn.xlarge, g5.xlarge",
+        gpuMaxVcpus="8",
+    )
+    assert config.destroy_on_delete is True
+    assert config.spot is False
+    assert config.gpu_instance_types == ("g4dn.xlarge", "g5.xlarge")
+    assert config.gpu_max_vcpus == 8
+
+
+def test_non_gpu_instance_types_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a GPU instance type"):
+        _config(gpuInstanceTypes="c6i.large")
+
+
+def test_domain_needs_a_certificate() -> None:
+    with pytest.raises(ValueError, match="go together"):
+        _config(domainName="gantry.example.org")
+
+
+def test_requirements_come_from_pyproject_minus_the_runtime_provided() -> None:
+    core = project_requirements()
+    imaging = project_requirements("imaging")
+    names = " ".join(core).lower()
+    assert "pydantic" in names and "jsonschema" in names
+    assert "boto3" not in names and "powertools" not in names
+    assert any("simpleitk" in r.lower() for r in imaging)
+    assert not any("simpleitk" in r.lower() for r in core)
+
+
+def test_local_bundling_uses_pip_for_lambda_and_copies_the_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(command: list[str], check: bool) -> subprocess.CompletedProcess[str]:
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert PipLocalBundling(("pydantic>=2",)).try_bundle(str(tmp_path), image=None) is True
+    (command,) = calls
+    assert "--only-binary=:all:" in command
+    for platform in PIP_PLATFORMS:
+        assert platform in command
+    assert command[-1] == "pydantic>=2"
+    assert (tmp_path / "gantry" / "resources.py").is_file()
+    assert (tmp_path / "lambdas" / "__init__.py").is_file()
+    assert not list(tmp_path.rglob("__pycache__"))

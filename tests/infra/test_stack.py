@@ -1,0 +1,428 @@
+"""What the default deployment must be: checked on the synthesized template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from gantry import resources
+from gantry.settings import Settings
+from tests.infra.conftest import Synth
+
+pytestmark = pytest.mark.slow
+
+RUNNER_COMMAND = ["python", "-m", "batch_runner", "invoke", "--file", "Ref::invocation"]
+HANDLERS = {
+    "lambdas.api.app.handler",
+    "lambdas.on_job_event.handler",
+    "lambdas.on_upload.handler",
+    "lambdas.on_dropbox.handler",
+    "lambdas.sweeper.handler",
+}
+
+
+@pytest.fixture(scope="module")
+def template(default_synth: Synth) -> Template:
+    return Template.from_json(default_synth.template)
+
+
+def _statements(synth: Synth) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for name, policy in synth.resources("AWS::IAM::Policy").items():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            found.append((name, statement))
+    return found
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# --- Data ---------------------------------------------------------------------------------
+
+
+def test_table_keys_gsis_ttl_pitr_on_demand(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "TableName": resources.DEFAULT_TABLE_NAME,
+            "BillingMode": "PAY_PER_REQUEST",
+            "KeySchema": [
+                {"AttributeName": resources.PARTITION_KEY, "KeyType": "HASH"},
+                {"AttributeName": resources.SORT_KEY, "KeyType": "RANGE"},
+            ],
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+            "TimeToLiveSpecification": {
+                "AttributeName": resources.TTL_ATTRIBUTE,
+                "Enabled": True,
+            },
+            "DeletionProtectionEnabled": True,
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": gsi.name,
+                    "KeySchema": [
+                        {"AttributeName": gsi.partition_key, "KeyType": "HASH"},
+                        {"AttributeName": gsi.sort_key, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+                for gsi in resources.GLOBAL_INDEXES
+            ],
+        },
+    )
+
+
+def test_data_is_retained_by_default(default_synth: Synth) -> None:
+    for kind in ("AWS::DynamoDB::Table", "AWS::S3::Bucket"):
+        for name, resource in default_synth.resources(kind).items():
+            assert resource.get("DeletionPolicy") == "Retain", name
+            assert resource.get("UpdateReplacePolicy") == "Retain", name
+
+
+def test_buckets_block_public_access_encrypt_and_deny_plain_http(default_synth: Synth) -> None:
+    buckets = default_synth.resources("AWS::S3::Bucket")
+    assert len(buckets) == 2  # data + access logs
+    for resource in buckets.values():
+        props = resource["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        rule = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    policies = default_synth.resources("AWS::S3::BucketPolicy")
+    assert len(policies) == 2
+    for policy in policies.values():
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        assert any(
+            s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+            for s in statements
+        )
+
+
+def test_data_bucket_versioned_with_lifecycle_and_access_logs(default_synth: Synth) -> None:
+    data = [
+        r["Properties"]
+        for r in default_synth.resources("AWS::S3::Bucket").values()
+        if "VersioningConfiguration" in r["Properties"]
+    ]
+    assert len(data) == 1
+    props = data[0]
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert "DestinationBucketName" in props["LoggingConfiguration"]
+    rules = {rule["Id"]: rule for rule in props["LifecycleConfiguration"]["Rules"]}
+    assert rules["abort-incomplete-multipart"]["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 1
+    }
+    assert rules["expire-uploads"]["Prefix"] == resources.PREFIX_UPLOADS
+    assert rules["expire-io"]["Prefix"] == resources.PREFIX_IO
+    assert rules["expire-noncurrent"]["NoncurrentVersionExpiration"]["NoncurrentDays"] > 0
+
+
+def test_s3_notifications_for_uploads_and_dropbox_prefixes(default_synth: Synth) -> None:
+    notifications = default_synth.one("Custom::S3BucketNotifications")
+    configs = notifications["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    prefixes = {
+        rule["Value"]
+        for config in configs
+        for rule in config["Filter"]["Key"]["FilterRules"]
+        if rule["Name"] == "prefix"
+    }
+    assert prefixes == {resources.PREFIX_UPLOADS, resources.PREFIX_DROPBOX}
+    assert all(config["Events"] == ["s3:ObjectCreated:*"] for config in configs)
+
+
+def test_every_queue_has_a_dlq_or_is_one(default_synth: Synth) -> None:
+    queues = default_synth.resources("AWS::SQS::Queue")
+    template = default_synth.template
+    dlq_refs: set[str] = set()
+    for resource in queues.values():
+        redrive = resource["Properties"].get("RedrivePolicy")
+        if redrive:
+            dlq_refs.add(redrive["deadLetterTargetArn"]["Fn::GetAtt"][0])
+            assert redrive["maxReceiveCount"] >= 1
+    for rule in default_synth.resources("AWS::Events::Rule").values():
+        for target in rule["Properties"].get("Targets", []):
+            dlq_refs.add(target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0])
+    for config in default_synth.resources("AWS::Lambda::EventInvokeConfig").values():
+        destination = config["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]
+        dlq_refs.add(destination["Fn::GetAtt"][0])
+    for name, resource in queues.items():
+        props = resource["Properties"]
+        assert name in dlq_refs or "RedrivePolicy" in props, f"{name} has no DLQ"
+        assert props.get("SqsManagedSseEnabled") is True, name
+    assert template["Resources"]
+    # Every queue that is a DLQ is alarmed on.
+    alarmed = {
+        dim["Value"]["Fn::GetAtt"][0]
+        for alarm in default_synth.resources("AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"].get("MetricName") == "ApproximateNumberOfMessagesVisible"
+        for dim in alarm["Properties"]["Dimensions"]
+    }
+    assert alarmed == dlq_refs
+
+
+# --- Compute ------------------------------------------------------------------------------
+
+
+def test_no_nat_gateway_and_no_interface_endpoints(
+    template: Template, default_synth: Synth
+) -> None:
+    template.resource_count_is("AWS::EC2::NatGateway", 0)
+    endpoints = default_synth.resources("AWS::EC2::VPCEndpoint")
+    assert endpoints, "the free S3 gateway endpoint is expected"
+    for endpoint in endpoints.values():
+        assert endpoint["Properties"].get("VpcEndpointType", "Gateway") == "Gateway"
+    for group in default_synth.resources("AWS::EC2::SecurityGroup").values():
+        assert not group["Properties"].get("SecurityGroupIngress")
+    template.resource_count_is("AWS::EC2::SecurityGroupIngress", 0)
+
+
+def test_gpu_compute_is_gpu_only_and_scales_to_zero(default_synth: Synth) -> None:
+    envs = default_synth.resources("AWS::Batch::ComputeEnvironment")
+    gpu = [
+        e["Properties"]["ComputeResources"]
+        for e in envs.values()
+        if e["Properties"]["ComputeResources"]["Ec2Configuration"][0]["ImageType"]
+        == "ECS_AL2023_NVIDIA"
+    ]
+    assert len(gpu) == 1  # on-demand only unless gantry:spot
+    for resources_ in gpu:
+        assert resources_["InstanceTypes"]
+        assert all(t.startswith("g4dn.") for t in resources_["InstanceTypes"])
+        assert "optimal" not in resources_["InstanceTypes"]
+    for env in envs.values():
+        assert env["Properties"]["ComputeResources"]["MinvCpus"] == 0
+
+
+def test_job_queues_and_capacity_time_limit(template: Template) -> None:
+    settings = Settings(_env_file=None)
+    template.has_resource_properties(
+        "AWS::Batch::JobQueue",
+        {
+            "JobQueueName": settings.batch_job_queue_gpu,
+            "JobStateTimeLimitActions": Match.array_with(
+                [
+                    Match.object_like(
+                        {
+                            "Action": "CANCEL",
+                            "State": "RUNNABLE",
+                            "Reason": "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY",
+                        }
+                    )
+                ]
+            ),
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Batch::JobQueue", {"JobQueueName": settings.batch_job_queue_cpu}
+    )
+
+
+def test_runner_job_definition(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::Batch::JobDefinition",
+        {
+            "JobDefinitionName": Settings(_env_file=None).batch_job_definition,
+            "ContainerProperties": Match.object_like(
+                {
+                    "Command": [
+                        "python",
+                        "-m",
+                        "batch_runner",
+                        "invoke",
+                        "--file",
+                        "Ref::invocation",
+                    ],
+                    "ResourceRequirements": Match.array_with([{"Type": "GPU", "Value": "1"}]),
+                    "JobRoleArn": Match.any_value(),
+                    "ExecutionRoleArn": Match.any_value(),
+                }
+            ),
+            "RetryStrategy": {
+                "Attempts": Match.any_value(),
+                "EvaluateOnExit": [
+                    {"Action": "RETRY", "OnStatusReason": "Host EC2*"},
+                    {"Action": "EXIT", "OnReason": "*"},
+                ],
+            },
+        },
+    )
+
+
+def test_job_role_only_touches_io_prefix(default_synth: Synth) -> None:
+    roles = default_synth.resources("AWS::IAM::Role")
+    job_roles = [
+        name
+        for name, role in roles.items()
+        if "JobRole" in name
+        and role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+        == {"Service": "ecs-tasks.amazonaws.com"}
+    ]
+    assert len(job_roles) == 1
+    policies = [
+        p
+        for p in default_synth.resources("AWS::IAM::Policy").values()
+        if {"Ref": job_roles[0]} in p["Properties"]["Roles"]
+    ]
+    text = str(policies)
+    assert f"/{resources.PREFIX_IO}*" in text
+    for other in (resources.PREFIX_UPLOADS, resources.PREFIX_VALUES, resources.PREFIX_DROPBOX):
+        assert f"/{other}*" not in text
+
+
+# --- IAM ----------------------------------------------------------------------------------
+
+
+def test_no_wildcard_resource_or_action_on_s3_and_dynamodb(default_synth: Synth) -> None:
+    for name, statement in _statements(default_synth):
+        actions = _as_list(statement["Action"])
+        data_actions = [a for a in actions if a.split(":")[0] in {"s3", "dynamodb"}]
+        if not data_actions:
+            continue
+        assert "*" not in _as_list(statement["Resource"]), (name, statement)
+        assert not any(a in {"s3:*", "dynamodb:*"} for a in data_actions), (name, statement)
+
+
+def test_batch_control_scoped_to_gantry_queues_and_definitions(default_synth: Synth) -> None:
+    submits = [
+        s for _, s in _statements(default_synth) if "batch:SubmitJob" in _as_list(s["Action"])
+    ]
+    assert submits
+    for statement in submits:
+        for resource in _as_list(statement["Resource"]):
+            assert resource != "*"
+
+
+# --- Functions, API, events -----------------------------------------------------------------
+
+
+def test_handlers_and_environment(default_synth: Synth) -> None:
+    functions = {
+        f["Properties"]["Handler"]: f["Properties"]
+        for f in default_synth.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("Handler", "").startswith("lambdas.")
+    }
+    assert set(functions) == HANDLERS
+    fields = set(Settings.model_fields)
+    for handler, props in functions.items():
+        env = props["Environment"]["Variables"]
+        assert env["POWERTOOLS_SERVICE_NAME"] and env["LOG_LEVEL"]
+        assert env["POWERTOOLS_METRICS_NAMESPACE"] == "Gantry"
+        for key in env:
+            if key.startswith("GANTRY_"):
+                assert key.removeprefix("GANTRY_").lower() in fields, (handler, key)
+        for required in (
+            "GANTRY_TABLE_NAME",
+            "GANTRY_BUCKET_NAME",
+            "GANTRY_API_BASE_URL",
+            "GANTRY_REGION",
+            "GANTRY_EVENT_BUS_NAME",
+            "GANTRY_SAGEMAKER_ROLE_ARN",
+            "GANTRY_BATCH_JOB_DEFINITION",
+            "GANTRY_UPLOADS_QUEUE_URL",
+        ):
+            assert required in env, (handler, required)
+        assert props["Layers"], "Powertools layer"
+        assert "AWSLambdaPowertoolsPythonV3" in str(props["Layers"])
+
+
+def test_api_proxy_routes_throttling_and_access_logs(default_synth: Synth) -> None:
+    paths = {
+        r["Properties"]["PathPart"]
+        for r in default_synth.resources("AWS::ApiGateway::Resource").values()
+    }
+    assert paths == {"api", "v1", "{proxy+}"}
+    stage = default_synth.one("AWS::ApiGateway::Stage")["Properties"]
+    assert stage["AccessLogSetting"]["DestinationArn"]
+    settings = stage["MethodSettings"][0]
+    assert settings["ThrottlingRateLimit"] > 0 and settings["ThrottlingBurstLimit"] > 0
+    outputs = default_synth.template["Outputs"]
+    url = outputs["ApiBaseUrl"]["Value"]["Fn::Join"][1]
+    assert url[-1].endswith("/api/v1/")
+
+
+def test_job_state_rules(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": {
+                "source": [resources.BATCH_EVENT_SOURCE],
+                "detail-type": [resources.BATCH_DETAIL_TYPE],
+                "detail": {
+                    "jobQueue": [Match.any_value(), Match.any_value()],
+                    "jobName": [{"prefix": resources.COMPUTE_JOB_NAME_PREFIX}],
+                },
+            },
+            "Targets": [
+                Match.object_like(
+                    {
+                        "DeadLetterConfig": Match.any_value(),
+                        "RetryPolicy": {
+                            "MaximumEventAgeInSeconds": 86400,
+                            "MaximumRetryAttempts": 185,
+                        },
+                    }
+                )
+            ],
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": {
+                "source": [resources.SAGEMAKER_EVENT_SOURCE],
+                "detail-type": [resources.SAGEMAKER_DETAIL_TYPE],
+                "detail": {"TrainingJobName": [{"prefix": resources.COMPUTE_JOB_NAME_PREFIX}]},
+            },
+        },
+    )
+    template.has_resource_properties("AWS::Events::Rule", {"ScheduleExpression": "rate(5 minutes)"})
+    template.has_resource_properties("AWS::Events::EventBus", {"Name": resources.DEFAULT_EVENT_BUS})
+    template.has_resource_properties(
+        "AWS::Lambda::EventInvokeConfig",
+        {"DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}}},
+    )
+
+
+def test_sqs_sources_report_batch_item_failures(default_synth: Synth) -> None:
+    mappings = default_synth.resources("AWS::Lambda::EventSourceMapping")
+    assert len(mappings) == 2
+    for mapping in mappings.values():
+        assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"] >= 2
+
+
+def test_job_event_publishers_may_put_on_the_bus(default_synth: Synth) -> None:
+    puts = [s for _, s in _statements(default_synth) if "events:PutEvents" in _as_list(s["Action"])]
+    assert len(puts) == 2  # on_job_event and the sweeper
+    for statement in puts:
+        assert statement["Resource"] != "*"
+
+
+def test_failed_job_rate_alarm_and_dashboard(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "Metrics": Match.array_with(
+                [
+                    Match.object_like(
+                        {
+                            "MetricStat": Match.object_like(
+                                {
+                                    "Metric": Match.object_like(
+                                        {"Namespace": "Gantry", "MetricName": "JobsFailed"}
+                                    )
+                                }
+                            )
+                        }
+                    )
+                ]
+            )
+        },
+    )
+    template.resource_count_is("AWS::CloudWatch::Dashboard", 1)
