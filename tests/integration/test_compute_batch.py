@@ -12,8 +12,8 @@ import pytest
 from moto import mock_aws
 
 from gantry.compute import SubmitError
-from gantry.compute.batch import BatchBackend
 from gantry.compute.base import RUNNER_MARGIN_SECONDS
+from gantry.compute.batch import BatchBackend
 from gantry.resources import ENV_ALGORITHM_CMD, ENV_ALGORITHM_ENTRYPOINT, ENV_SIGNING_KEY
 from gantry.settings import Settings
 from tests.unit.test_compute_base import make_image, make_job

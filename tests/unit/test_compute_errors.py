@@ -1,4 +1,4 @@
-"""Service errors as CapacityError (retry later) or SubmitError (give up), with botocore's Stubber."""
+"""Service errors as CapacityError (retry later) or SubmitError (give up), via Stubber."""
 
 from __future__ import annotations
 
