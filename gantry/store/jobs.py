@@ -63,6 +63,11 @@ class JobStore:
             algorithm=job.algorithm,
         )
 
+    def add_input_images(self, job: Job, image_pks: list[str]) -> None:
+        """Relate images imported from uploads after creation; puts, so repeats are harmless."""
+        for image_pk in dict.fromkeys(image_pks):
+            self.table.put(self._relation(job, image_pk, INPUT))
+
     def add_output_images(self, job: Job, image_pks: list[str]) -> None:
         for image_pk in image_pks:
             self.table.put(self._relation(job, image_pk, OUTPUT))

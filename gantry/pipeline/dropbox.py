@@ -1,0 +1,516 @@
+"""The S3 drop folder: files dropped under ``dropbox/<algorithm-slug>/`` become jobs, and the
+results of those jobs appear under ``dropbox-results/<algorithm-slug>/<case>/``.
+
+Layout in:
+  dropbox/<slug>/<file>                 a single-input algorithm; the case is the file's stem
+  dropbox/<slug>/<case>/<file>          a single-input algorithm; the file is that input
+  dropbox/<slug>/<case>/inputs.json     {"<interface slug>": "<file name in the case>", ...};
+                                        the job starts once inputs.json and every file it
+                                        names exist (whichever arrives last starts it)
+Layout out (dropbox-results/<slug>/<case>/): the outputs at their relative paths, job.json,
+and error.json when no job could be made or the job failed.
+
+Jobs are made by the API's own service (``create_job``) from Upload records that point at
+server-side copies of the dropped objects, so the rules for inputs live in one place.
+
+Exactly once: S3 notifies at least once, so each job is guarded by a claim item
+(``IDEMPOTENCY#dropbox#<hash>``) written with a conditional put. The claim's identity is the
+object version that starts the job: bucket + key + (versionId or eTag) + sequencer for a
+single file, and the inputs.json object (its version, or eTag and last-modified time) for a
+case, so the late-file event and the inputs.json event of one case claim the same item.
+A claim is IN_PROGRESS (with a lease) until the job exists, then COMPLETED with the job pk;
+a duplicate that finds a live lease fails its record so SQS redelivers it after the first
+one finished; an expired lease (a crashed handler) is taken over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from gantry import resources
+from gantry.algorithms import Algorithm
+from gantry.context import Context
+from gantry.errors import GantryError, NotFound
+from gantry.jobs import Job
+from gantry.kinds import spec
+from gantry.store import keys
+from gantry.store.table import MAIN_SK, is_condition_failure
+from gantry.uploads import Upload, UploadCreate, UploadStatus
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "dropbox"
+INPUTS_FILE = "inputs.json"
+JOB_FILE = "job.json"
+ERROR_FILE = "error.json"
+# Longer than any one job creation; a crashed handler's claim is taken over after it.
+CLAIM_LEASE_SECONDS = 300
+# Claims are kept long enough to absorb S3's late duplicates, then expire (table TTL).
+CLAIM_TTL_SECONDS = 30 * 24 * 3600
+IN_PROGRESS = "IN_PROGRESS"
+COMPLETED = "COMPLETED"
+
+
+class ClaimBusy(Exception):
+    """Another handler is making this job right now: retry the message later."""
+
+
+# --- S3 notifications -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3ObjectEvent:
+    bucket: str
+    key: str  # decoded
+    event_name: str
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+
+    @property
+    def created(self) -> bool:
+        return self.event_name.startswith("ObjectCreated")
+
+
+def s3_object_events(message: dict[str, Any]) -> list[S3ObjectEvent]:
+    """The objects of an S3 notification; none for the s3:TestEvent S3 sends on setup."""
+    if message.get("Event") == "s3:TestEvent":
+        return []
+    events = []
+    for record in message.get("Records", []):
+        s3 = record["s3"]
+        obj = s3["object"]
+        events.append(
+            S3ObjectEvent(
+                bucket=s3["bucket"]["name"],
+                # Keys arrive form-encoded ('+' for spaces, %XX for the rest).
+                key=unquote_plus(obj["key"]),
+                event_name=record.get("eventName", ""),
+                size=obj.get("size"),
+                etag=obj.get("eTag"),
+                version_id=obj.get("versionId"),
+                sequencer=obj.get("sequencer"),
+            )
+        )
+    return events
+
+
+def is_s3_notification(message: dict[str, Any]) -> bool:
+    records = message.get("Records")
+    return message.get("Event") == "s3:TestEvent" or (
+        isinstance(records, list) and all(isinstance(r, dict) and "s3" in r for r in records)
+    )
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drop:
+    slug: str
+    case: str
+    filename: str
+    in_case_folder: bool
+
+    @property
+    def ref(self) -> str:
+        return f"{self.slug}/{self.case}"
+
+    @property
+    def folder(self) -> str:
+        return f"{resources.PREFIX_DROPBOX}{self.slug}/{self.case}/"
+
+    @property
+    def results(self) -> str:
+        return results_prefix(self.ref)
+
+
+def results_prefix(ref: str) -> str:
+    return f"{resources.PREFIX_DROPBOX_RESULTS}{ref}/"
+
+
+def _stem(filename: str) -> str:
+    lower = filename.lower()
+    for suffix in (".nii.gz", ".tar.gz"):
+        if lower.endswith(suffix):
+            return filename[: -len(suffix)]
+    return posixpath.splitext(filename)[0] or filename
+
+
+def parse_drop_key(key: str) -> Drop | None:
+    """The drop a key belongs to, or None for keys that are not drops (folders, dot files)."""
+    if not key.startswith(resources.PREFIX_DROPBOX) or key.endswith("/"):
+        return None
+    parts = key[len(resources.PREFIX_DROPBOX) :].split("/")
+    if any(p in ("", ".", "..") for p in parts) or parts[-1].startswith("."):
+        return None
+    if len(parts) == 2:
+        return Drop(parts[0], _stem(parts[1]), parts[1], in_case_folder=False)
+    if len(parts) == 3:
+        return Drop(parts[0], parts[1], parts[2], in_case_folder=True)
+    return None
+
+
+# --- dropped files -> jobs -------------------------------------------------------------------
+
+
+class DropError(Exception):
+    """Why a drop gives no job; written to error.json for the user."""
+
+
+def handle_dropped_object(ctx: Context, event: S3ObjectEvent) -> str | None:
+    """Start the job a dropped object completes; the job pk, or None when none starts."""
+    drop = parse_drop_key(event.key)
+    if drop is None or not event.created:
+        return None
+    try:
+        algorithm = ctx.store.algorithms.get_by_slug(drop.slug)
+    except NotFound:
+        write_error(ctx, drop.ref, f"Unknown algorithm '{drop.slug}'")
+        return None
+    if drop.in_case_folder:
+        manifest = _head(ctx, drop.folder + INPUTS_FILE)
+        if manifest is not None:
+            identity = _object_identity(event.bucket, drop.folder + INPUTS_FILE, manifest)
+            return _start_case(ctx, algorithm, drop, identity)
+        if drop.filename == INPUTS_FILE:
+            return None  # deleted again before this event was handled
+    single = _single_input(ctx, algorithm)
+    if single is None:
+        return None  # several inputs: wait for inputs.json
+    identity = (
+        f"{event.bucket}/{event.key}#{event.version_id or event.etag or ''}#{event.sequencer}"
+    )
+    return _create_once(ctx, identity, algorithm, drop, {single: drop.filename})
+
+
+def _single_input(ctx: Context, algorithm: Algorithm) -> str | None:
+    """The input of the algorithm's only one-input socket set, if it has exactly one."""
+    singles = [s.inputs[0] for s in algorithm.interfaces if len(s.inputs) == 1]
+    return singles[0] if len(singles) == 1 else None
+
+
+def _head(ctx: Context, key: str) -> dict[str, Any] | None:
+    try:
+        return ctx.clients.s3.head_object(Bucket=ctx.settings.bucket_name, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def _object_identity(bucket: str, key: str, head: dict[str, Any]) -> str:
+    version = head.get("VersionId")
+    if version and version != "null":
+        return f"{bucket}/{key}#{version}"
+    # Unversioned buckets: the same content dropped again has the same eTag but a new time.
+    return f"{bucket}/{key}#{head.get('ETag', '')}@{head['LastModified'].isoformat()}"
+
+
+def _start_case(ctx: Context, algorithm: Algorithm, drop: Drop, identity: str) -> str | None:
+    case = dataclasses.replace(drop, filename=INPUTS_FILE)
+    try:
+        body = ctx.clients.s3.get_object(
+            Bucket=ctx.settings.bucket_name, Key=drop.folder + INPUTS_FILE
+        )["Body"].read(1024 * 1024 + 1)
+        mapping = _parse_manifest(body)
+    except DropError as error:
+        write_error(ctx, drop.ref, str(error))
+        return None
+    for filename in mapping.values():
+        if _head(ctx, drop.folder + filename) is None:
+            return None  # not all there yet: the last file's event starts the job
+    return _create_once(ctx, identity, algorithm, case, mapping)
+
+
+def _parse_manifest(body: bytes) -> dict[str, str]:
+    if len(body) > 1024 * 1024:
+        raise DropError(f"{INPUTS_FILE} is larger than 1 MiB")
+    try:
+        mapping = json.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise DropError(f"{INPUTS_FILE} is not valid JSON: {error}") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise DropError(f"{INPUTS_FILE} must map interface slugs to file names")
+    for slug, filename in mapping.items():
+        if (
+            not isinstance(filename, str)
+            or "/" in filename
+            or filename in ("", ".", "..", INPUTS_FILE)
+        ):
+            raise DropError(
+                f"{INPUTS_FILE}: '{slug}' must name a file in the case folder, not {filename!r}"
+            )
+    return mapping
+
+
+# --- exactly one job per drop -----------------------------------------------------------------
+
+
+def _claim_key(identity: str) -> str:
+    return keys.idempotency("dropbox#" + hashlib.sha256(identity.encode()).hexdigest())
+
+
+def _claim(ctx: Context, claim_pk: str, identity: str) -> tuple[bool, str | None]:
+    """(True, None) when this handler must make the job; (False, job pk) when it is done."""
+    table = ctx.store.table
+    now = int(time.time())
+    fresh = table.item(
+        claim_pk,
+        MAIN_SK,
+        None,
+        state=IN_PROGRESS,
+        identity=identity,
+        lease_until=now + CLAIM_LEASE_SECONDS,
+        **{resources.TTL_ATTRIBUTE: now + CLAIM_TTL_SECONDS},
+    )
+    if table.put_if_absent(fresh):
+        return True, None
+    item = table.get_item(claim_pk) or {}
+    if item.get("state") == COMPLETED:
+        return False, item.get("job_pk")
+    if item.get("job_pk"):
+        # A handler made the job and stopped before completing the claim.
+        _complete_claim(ctx, claim_pk, job_pk=str(item["job_pk"]))
+        return False, str(item["job_pk"])
+    if int(item.get("lease_until", 0)) > now:
+        raise ClaimBusy(f"the drop {identity} is being handled")
+    try:  # take over an expired lease; of two takers only one passes the condition
+        table._table.update_item(
+            Key={resources.PARTITION_KEY: claim_pk, resources.SORT_KEY: MAIN_SK},
+            UpdateExpression="SET lease_until = :new",
+            ConditionExpression="lease_until = :old AND #s = :progress",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={
+                ":new": now + CLAIM_LEASE_SECONDS,
+                ":old": item.get("lease_until", 0),
+                ":progress": IN_PROGRESS,
+            },
+        )
+    except ClientError as error:
+        if is_condition_failure(error):
+            raise ClaimBusy(f"the drop {identity} is being handled") from None
+        raise
+    return True, None
+
+
+def _set_claim(ctx: Context, claim_pk: str, **values: Any) -> None:
+    names = {f"#{i}": name for i, name in enumerate(values)}
+    ctx.store.table._table.update_item(
+        Key={resources.PARTITION_KEY: claim_pk, resources.SORT_KEY: MAIN_SK},
+        UpdateExpression="SET " + ", ".join(f"#{i} = :{i}" for i in range(len(values))),
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues={f":{i}": v for i, v in enumerate(values.values())},
+    )
+
+
+def _complete_claim(ctx: Context, claim_pk: str, *, job_pk: str | None, error: str = "") -> None:
+    values: dict[str, Any] = {"state": COMPLETED}
+    if job_pk:
+        values["job_pk"] = job_pk
+    if error:
+        values["error"] = error
+    _set_claim(ctx, claim_pk, **values)
+
+
+def _create_once(
+    ctx: Context, identity: str, algorithm: Algorithm, drop: Drop, mapping: dict[str, str]
+) -> str | None:
+    claim_pk = _claim_key(identity)
+    mine, _done_job = _claim(ctx, claim_pk, identity)
+    if not mine:
+        return None  # a duplicate: the drop already has its job (or its error.json)
+    try:
+        job = _create_job(ctx, claim_pk, identity, algorithm, drop, mapping)
+    except DropError as error:
+        write_error(ctx, drop.ref, str(error))
+        _complete_claim(ctx, claim_pk, job_pk=None, error=str(error))
+        return None
+    _complete_claim(ctx, claim_pk, job_pk=job.pk)
+    return job.pk
+
+
+def _create_job(
+    ctx: Context,
+    claim_pk: str,
+    identity: str,
+    algorithm: Algorithm,
+    drop: Drop,
+    mapping: dict[str, str],
+) -> Job:
+    from gantry.services.jobs import JobCreate, JobInput, create_job
+    from gantry.urls import Urls
+
+    owner = ctx.store.users.ensure_user(ctx.settings.dropbox_owner)
+    if not (owner.is_admin or algorithm.can_use(owner.username)):
+        raise DropError(
+            f"Algorithm '{algorithm.slug}' does not take drop folder jobs: add the user "
+            f"'{owner.username}' to its users"
+        )
+    sockets = ctx.store.sockets.get_many_by_slug(sorted(mapping))
+    unknown = sorted(set(mapping) - set(sockets))
+    if unknown:
+        raise DropError(f"Unknown interface(s) in {INPUTS_FILE}: {', '.join(unknown)}")
+    inputs = []
+    for slug, filename in mapping.items():
+        upload = _upload_copy(ctx, owner.username, identity, slug, drop.folder, drop, filename)
+        if spec(sockets[slug].kind).is_image:
+            inputs.append(JobInput(interface=slug, user_uploads=[upload.pk]))
+        else:
+            inputs.append(JobInput(interface=slug, user_upload=upload.pk))
+
+    def tag(tagged_ctx: Context, job: Job) -> None:
+        # First listener, before the pipeline hears of the job: the source must be on the job
+        # before it can finish, and the claim must know the job before anything can fail.
+        ctx.store.jobs.update(
+            job.pk,
+            lambda j: j.model_copy(update={"source": SOURCE, "source_ref": drop.ref}),
+        )
+        _set_claim(ctx, claim_pk, job_pk=job.pk)
+
+    local = dataclasses.replace(ctx, job_listeners=[tag, *ctx.job_listeners])
+    urls = Urls(ctx.settings.api_base_url or "https://localhost/api/v1/")
+    body = JobCreate(algorithm=algorithm.pk, inputs=inputs)
+    try:
+        return create_job(local, owner, body, urls)
+    except GantryError as error:
+        raise DropError(error.message) from None
+
+
+def _upload_copy(
+    ctx: Context,
+    owner: str,
+    identity: str,
+    slug: str,
+    folder: str,
+    drop: Drop,
+    filename: str,
+) -> Upload:
+    """An owner's completed upload holding a server-side copy of the dropped file."""
+    from gantry.services.uploads import upload_key
+
+    try:
+        UploadCreate(filename=filename)
+    except ValidationError:
+        raise DropError(f"The file name {filename!r} is not allowed") from None
+    pk = str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:dropbox:{identity}:{slug}"))
+    try:
+        return ctx.store.uploads.get(pk)
+    except NotFound:
+        pass
+    source = (folder if drop.in_case_folder else f"{resources.PREFIX_DROPBOX}{drop.slug}/") + (
+        filename
+    )
+    key = upload_key(owner, pk, filename)
+    bucket = ctx.settings.bucket_name
+    try:
+        ctx.clients.s3.copy({"Bucket": bucket, "Key": source}, bucket, key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise DropError(f"The file '{filename}' is gone") from None
+        raise
+    size = ctx.clients.s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    from gantry import timeutil
+
+    upload = Upload(
+        pk=pk,
+        creator=owner,
+        filename=filename,
+        key=key,
+        s3_upload_id="",
+        status=UploadStatus.COMPLETED,
+        created=timeutil.iso(),
+        size=size,
+    )
+    return ctx.store.uploads.create(upload)
+
+
+def write_error(ctx: Context, ref: str, reason: str, **extra: Any) -> None:
+    _put_json(ctx, results_prefix(ref) + ERROR_FILE, {"reason": reason, **extra})
+
+
+def _put_json(ctx: Context, key: str, body: Any) -> None:
+    ctx.clients.s3.put_object(
+        Bucket=ctx.settings.bucket_name,
+        Key=key,
+        Body=json.dumps(body, indent=2).encode(),
+        ContentType="application/json",
+    )
+
+
+# --- job events -> results -------------------------------------------------------------------
+
+
+def is_job_event(message: dict[str, Any]) -> bool:
+    return message.get("source") == resources.EVENT_SOURCE and message.get("detail-type") in (
+        resources.DETAIL_TYPE_JOB_SUCCEEDED,
+        resources.DETAIL_TYPE_JOB_FAILED,
+    )
+
+
+def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
+    """Write a finished drop-folder job's outputs and job.json; False for other jobs.
+
+    Every write overwrites the same keys, so a repeated event leaves the same result.
+    """
+    detail = event.get("detail") or {}
+    ref = detail.get("source_ref") or ""
+    if detail.get("source") != SOURCE or not _safe_ref(ref):
+        return False
+    prefix = results_prefix(ref)
+    bucket = ctx.settings.bucket_name
+    written = []
+    for output in detail.get("outputs") or []:
+        relative = output.get("relative_path") or output.get("socket") or "output"
+        if not _safe_ref(relative):
+            continue
+        keys_out: list[str] = []
+        if output.get("image_keys"):
+            for source in output["image_keys"]:
+                target = f"{prefix}{relative}/{posixpath.basename(source)}"
+                ctx.clients.s3.copy({"Bucket": bucket, "Key": source}, bucket, target)
+                keys_out.append(target)
+        elif output.get("key"):
+            ctx.clients.s3.copy({"Bucket": bucket, "Key": output["key"]}, bucket, prefix + relative)
+            keys_out.append(prefix + relative)
+        else:
+            _put_json(ctx, prefix + relative, output.get("value"))
+            keys_out.append(prefix + relative)
+        written.append(
+            {"socket": output.get("socket"), "relative_path": relative, "keys": keys_out}
+        )
+    job = ctx.store.jobs.find(str(detail.get("job")))
+    summary = {
+        "job": detail.get("job"),
+        "algorithm": detail.get("algorithm_slug"),
+        "status": detail.get("status"),
+        "error_message": detail.get("error_message") or "",
+        "exec_duration": detail.get("exec_duration", job.exec_duration if job else None),
+        "invoke_duration": detail.get("invoke_duration", job.invoke_duration if job else None),
+        "created": job.created if job else None,
+        "started_at": job.started_at if job else None,
+        "completed_at": job.completed_at if job else None,
+        "outputs": written,
+    }
+    _put_json(ctx, prefix + JOB_FILE, summary)
+    if detail.get("status") == "Failed":
+        write_error(ctx, ref, summary["error_message"] or "The job failed", job=detail.get("job"))
+    return True
+
+
+def _safe_ref(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)

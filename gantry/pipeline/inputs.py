@@ -1,0 +1,372 @@
+"""Check uploaded inputs of a job in "Validating inputs", import its images, then queue it.
+
+Runs from the upload handler for a ``validate-inputs`` message, at least once and possibly
+twice at the same time. Everything it writes is deterministic (image pks and S3 keys derive
+from the job and socket), so a rerun overwrites instead of duplicating; the job itself
+changes in one versioned write (transition to Queued or Failed), which only one run wins.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from gantry import resources, timeutil
+from gantry.context import Context
+from gantry.errors import NotFound
+from gantry.interfaces import MAX_JSON_BYTES, Interface, InterfaceValueError, validate_value
+from gantry.job_states import JobStatus
+from gantry.jobs import Job, SocketValue
+from gantry.kinds import InterfaceKind, accepts_upload, spec
+from gantry.uploads import Upload, UploadStatus
+
+logger = logging.getLogger(__name__)
+
+K = InterfaceKind
+# JSON given as a file is parsed in memory: cap it well below the handler's memory.
+MAX_JSON_FILE_BYTES = 64 * 1024 * 1024
+_HEAD_BYTES = 4096
+_CHUNK = 1024 * 1024
+
+# File signatures: (offset, bytes); any one matching is enough.
+_MAGIC: dict[InterfaceKind, tuple[tuple[int, bytes], ...]] = {
+    K.PDF: ((0, b"%PDF-"),),
+    K.THUMBNAIL_PNG: ((0, b"\x89PNG\r\n\x1a\n"),),
+    K.THUMBNAIL_JPG: ((0, b"\xff\xd8\xff"),),
+    # An empty archive has only the end-of-central-directory record.
+    K.ZIP: ((0, b"PK\x03\x04"), (0, b"PK\x05\x06")),
+    K.MP4: ((4, b"ftyp"),),
+    K.SQREG: ((0, b"SQLite format 3\x00"),),
+    # BIOM 2.x is HDF5; BIOM 1.0 is JSON.
+    K.BIOM: ((0, b"\x89HDF\r\n\x1a\n"), (0, b"{")),
+}
+_MAGIC_TEXT = {
+    K.PDF: "it does not start with %PDF",
+    K.THUMBNAIL_PNG: "it has no PNG signature",
+    K.THUMBNAIL_JPG: "it has no JPEG signature",
+    K.ZIP: "it is not a ZIP archive",
+    K.MP4: "it has no MP4 'ftyp' box",
+    K.SQREG: "it is not an SQLite database",
+    K.BIOM: "it is neither BIOM 2 (HDF5) nor BIOM 1 (JSON)",
+}
+_TEXT_KINDS = frozenset({K.CSV, K.NEWICK, K.OBJ})
+
+
+class InputError(Exception):
+    """An input the user must fix; the message is shown as is (prefixed with the input)."""
+
+
+def image_pk_for(job_pk: str, socket_slug: str) -> str:
+    """The pk of the image imported for a job's input: the same on every rerun."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:{job_pk}:input:{socket_slug}"))
+
+
+def value_key(job_pk: str, value_pk: int, filename: str) -> str:
+    return f"{resources.PREFIX_VALUES}{job_pk}/{value_pk}/{filename}"
+
+
+def validate_pending_inputs(ctx: Context, job_pk: str) -> None:
+    job = ctx.store.jobs.find(job_pk)
+    if job is None or job.status is not JobStatus.VALIDATING_INPUTS:
+        return  # gone, or a duplicate message after another run moved it on
+    pending = [v for v in job.inputs if v.pending_upload or v.pending_uploads]
+    sockets = ctx.store.sockets.get_many_by_slug(sorted({v.socket for v in pending}))
+    resolved: dict[int, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="gantry-inputs-") as scratch:
+        for value in pending:
+            socket = sockets.get(value.socket)
+            try:
+                if socket is None:
+                    raise InputError("the interface no longer exists")
+                work = Path(scratch) / str(value.pk)
+                resolved[value.pk] = _resolve(ctx, job, socket, value, work)
+            except InputError as error:
+                errors[value.socket] = str(error)
+    if errors:
+        _fail(ctx, job, errors)
+        return
+
+    image_pks = [r["image"] for r in resolved.values() if r.get("image")]
+    if image_pks:
+        # Before the job is queued, so the API shows the relation as soon as the job runs.
+        ctx.store.jobs.add_input_images(job, image_pks)
+
+    def changes(current: Job) -> dict[str, Any]:
+        return {"inputs": [_ready(v, resolved.get(v.pk)) for v in current.inputs]}
+
+    queued = ctx.store.jobs.transition(
+        job_pk, attempt=job.attempt, status=JobStatus.PENDING, changes=changes
+    )
+    if queued is None:
+        return  # another run (or a cancel) got there first
+    from gantry.pipeline.provision import start_job
+
+    start_job(ctx, job_pk)
+
+
+def _ready(value: SocketValue, change: dict[str, Any] | None) -> SocketValue:
+    if change is None:
+        return value
+    return value.model_copy(update={**change, "pending_upload": None, "pending_uploads": None})
+
+
+def _fail(ctx: Context, job: Job, errors: dict[str, str]) -> None:
+    from gantry.pipeline.callback import finish
+
+    messages = [f"Input '{slug}': {message}" for slug, message in errors.items()]
+    summary = messages[0] if len(messages) == 1 else "; ".join(messages)
+    finish(
+        ctx,
+        job,
+        JobStatus.FAILURE,
+        {"error_message": summary, "detailed_error_message": dict(errors)},
+    )
+
+
+def _resolve(
+    ctx: Context, job: Job, socket: Interface, value: SocketValue, work: Path
+) -> dict[str, Any]:
+    kind = spec(socket.kind)
+    upload_pks = value.pending_uploads or ([value.pending_upload] if value.pending_upload else [])
+    uploads = [_upload(ctx, job, pk) for pk in upload_pks]
+    if kind.is_image:
+        return _import_image(ctx, job, socket, uploads, work)
+    if len(uploads) != 1:
+        raise InputError(f"expected one uploaded file, got {len(uploads)}")
+    if kind.is_json:
+        return _json_file(ctx, job, socket, value, uploads[0])
+    return _plain_file(ctx, job, socket, value, uploads[0])
+
+
+def _upload(ctx: Context, job: Job, pk: str) -> Upload:
+    try:
+        upload = ctx.store.uploads.get(pk)
+    except NotFound:
+        raise InputError(f"the upload {pk} no longer exists") from None
+    # Checked at job creation too; repeated because this handler trusts no message.
+    if upload.creator != job.creator or upload.status is not UploadStatus.COMPLETED:
+        raise InputError(f"the upload {pk} is not a completed upload of the job's creator")
+    return upload
+
+
+def _download(ctx: Context, upload: Upload, directory: Path) -> Path:
+    name = Path(upload.filename).name
+    if name in ("", ".", "..") or name != upload.filename:
+        raise InputError(f"the file name '{upload.filename}' is not allowed")
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    if target.exists():
+        raise InputError(f"the file '{name}' is uploaded twice")
+    try:
+        # Managed transfer: streamed to disk in parts, never held in memory.
+        ctx.clients.s3.download_file(ctx.settings.bucket_name, upload.key, str(target))
+    except ctx.clients.s3.exceptions.ClientError as error:
+        if _missing(error):
+            raise InputError(f"the uploaded file '{name}' no longer exists") from None
+        raise
+    return target
+
+
+def _missing(error: Exception) -> bool:
+    code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def _import_image(
+    ctx: Context, job: Job, socket: Interface, uploads: list[Upload], work: Path
+) -> dict[str, Any]:
+    from gantry import imaging
+
+    if socket.kind is K.DICOM_IMAGE_SET:
+        raise InputError("DICOM image sets are not supported yet; upload the image as .mha")
+    if not uploads:
+        raise InputError("no files were uploaded")
+    paths = [_download(ctx, upload, work / "upload") for upload in uploads]
+    names = ", ".join(f"'{p.name}'" for p in paths)
+    what = f"the file {names} is" if len(paths) == 1 else f"the files {names} are"
+    try:
+        prepared = imaging.prepare_image(paths, work / "converted")
+        if socket.kind is K.SEGMENTATION:
+            _check_segments(socket, imaging.segment_values(prepared.path))
+    except imaging.ImageError as error:
+        raise InputError(f"{what} not a readable image: {error}") from None
+    except _SegmentError as error:
+        raise InputError(str(error)) from None
+
+    image_pk = image_pk_for(job.pk, socket.slug)
+    key = f"{resources.PREFIX_VALUES}images/{image_pk}/{prepared.name}"
+    ctx.clients.s3.upload_file(str(prepared.path), ctx.settings.bucket_name, key)
+    primary, _ = imaging.primary_file(paths)
+    image = imaging.image_from(
+        prepared.info,
+        pk=image_pk,
+        name=primary.name,
+        owner=job.creator,
+        key=key,
+        created=timeutil.iso(),
+    )
+    ctx.store.images.put(image)
+    return {"image": image_pk}
+
+
+class _SegmentError(Exception):
+    pass
+
+
+def _check_segments(socket: Interface, values: list[int]) -> None:
+    allowed = {0, *(s.voxel_value for s in socket.overlay_segments or [])}
+    extra = sorted(set(values) - allowed)
+    if extra:
+        raise _SegmentError(
+            f"the segmentation contains the voxel values {extra}; the valid values for this "
+            f"interface are {sorted(allowed)}"
+        )
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def _plain_file(
+    ctx: Context, job: Job, socket: Interface, value: SocketValue, upload: Upload
+) -> dict[str, Any]:
+    kind = spec(socket.kind)
+    name = upload.filename
+    if not accepts_upload(socket.kind, name):
+        allowed = ", ".join(t for t in kind.upload_types if t.startswith("."))
+        raise InputError(f"the file '{name}' is not a {kind.label} (allowed: {allowed})")
+    head = _head(ctx, upload)
+    if not head:
+        raise InputError(f"the file '{name}' is empty")
+    signatures = _MAGIC.get(socket.kind)
+    if signatures is not None:
+        stripped = head.lstrip() if socket.kind is K.BIOM else head
+        if not any(stripped[at : at + len(sig)] == sig for at, sig in signatures):
+            raise InputError(
+                f"the file '{name}' is not a valid {kind.label}: {_MAGIC_TEXT[socket.kind]}"
+            )
+    if socket.kind in _TEXT_KINDS:
+        _check_text(ctx, socket.kind, upload)
+    return {"file": _copy(ctx, upload, value_key(job.pk, value.pk, name))}
+
+
+def _head(ctx: Context, upload: Upload) -> bytes:
+    try:
+        response = ctx.clients.s3.get_object(
+            Bucket=ctx.settings.bucket_name, Key=upload.key, Range=f"bytes=0-{_HEAD_BYTES - 1}"
+        )
+    except ctx.clients.s3.exceptions.ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "InvalidRange":
+            return b""  # an empty object has no byte 0
+        if _missing(error):
+            raise InputError(f"the uploaded file '{upload.filename}' no longer exists") from None
+        raise
+    return response["Body"].read()
+
+
+def _check_text(ctx: Context, kind: InterfaceKind, upload: Upload) -> None:
+    """Stream the whole object: it must be UTF-8 text without NUL bytes."""
+    label = spec(kind).label
+    body = ctx.clients.s3.get_object(Bucket=ctx.settings.bucket_name, Key=upload.key)["Body"]
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    last = ""
+    try:
+        for chunk in body.iter_chunks(_CHUNK):
+            if b"\x00" in chunk:
+                raise InputError(f"the file '{upload.filename}' is not a {label}: it is binary")
+            text = decoder.decode(chunk)
+            last = text.rstrip()[-1:] or last
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InputError(
+            f"the file '{upload.filename}' is not a {label}: it is not UTF-8 text"
+        ) from None
+    if kind is K.NEWICK and last != ";":
+        raise InputError(
+            f"the file '{upload.filename}' is not a {label}: a Newick tree ends with ';'"
+        )
+
+
+def _copy(ctx: Context, upload: Upload, key: str) -> str:
+    bucket = ctx.settings.bucket_name
+    # Managed copy: server side, multipart above 8 MiB, never through this handler's memory.
+    ctx.clients.s3.copy({"Bucket": bucket, "Key": upload.key}, bucket, key)
+    return key
+
+
+# --- JSON given as a file ---------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _json_file(
+    ctx: Context, job: Job, socket: Interface, value: SocketValue, upload: Upload
+) -> dict[str, Any]:
+    name = upload.filename
+    try:
+        response = ctx.clients.s3.get_object(Bucket=ctx.settings.bucket_name, Key=upload.key)
+    except ctx.clients.s3.exceptions.ClientError as error:
+        if _missing(error):
+            raise InputError(f"the uploaded file '{name}' no longer exists") from None
+        raise
+    if int(response.get("ContentLength", 0)) > MAX_JSON_FILE_BYTES:
+        response["Body"].close()
+        raise InputError(
+            f"the file '{name}' is larger than {MAX_JSON_FILE_BYTES // 1024**2} MiB of JSON"
+        )
+    raw = response["Body"].read()
+    try:
+        parsed = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"the file '{name}' is not valid JSON: {error}") from None
+    try:
+        validate_value(socket, parsed)
+    except InterfaceValueError as error:
+        raise InputError(
+            f"the file '{name}' does not match the interface: {'; '.join(error.errors)}"
+        ) from None
+    if socket.store_in_database:
+        size = len(json.dumps(parsed, separators=(",", ":")).encode())
+        if size > MAX_JSON_BYTES:
+            raise InputError(
+                f"the value in '{name}' is {size} bytes; values kept in the database may be "
+                f"at most {MAX_JSON_BYTES // 1024} KiB"
+            )
+        return {"value": parsed}
+    return {"file": _copy(ctx, upload, value_key(job.pk, value.pk, name))}
+
+
+# --- upload notifications ---------------------------------------------------------------------
+
+
+def record_uploaded_object(ctx: Context, key: str, size: int | None) -> bool:
+    """Note the size of a finished upload from its S3 notification; False if no upload has
+    that key. Cheap on purpose: content is checked once the upload is bound to a job."""
+    parts = key.split("/")
+    if len(parts) != 4 or f"{parts[0]}/" != resources.PREFIX_UPLOADS:
+        return False
+    try:
+        upload = ctx.store.uploads.get(parts[2])
+    except NotFound:
+        return False
+    if upload.key != key:
+        return False
+    if size is not None and upload.size != size:
+        ctx.store.uploads.update(
+            upload.pk,
+            lambda current: (
+                None if current.size == size else current.model_copy(update={"size": size})
+            ),
+        )
+    return True

@@ -1,0 +1,68 @@
+"""SQS handler of the drop-folder queue: S3 notifications for ``dropbox/`` (dropped files
+become jobs) and Gantry job events from EventBridge (finished drop-folder jobs write their
+results to ``dropbox-results/``).
+
+Partial batch responses: a record that raises (AWS trouble, or a duplicate arriving while the
+first copy is still being handled) is retried alone; drops a user must fix write error.json
+and count as handled.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from gantry.context import Context
+
+logger = Logger(service="gantry-on-dropbox")
+processor = BatchProcessor(event_type=EventType.SQS)
+_context: Context | None = None
+
+
+def context() -> Context:
+    """The process's Context, built on first use and kept for warm invocations."""
+    global _context
+    if _context is None:
+        from gantry.pipeline.wiring import install
+        from gantry.settings import get_settings
+
+        _context = install(Context.create(get_settings()))
+    return _context
+
+
+def handle_message(ctx: Context, body: str) -> None:
+    from gantry.pipeline import dropbox
+
+    message: Any = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("the message is not a JSON object")
+    if dropbox.is_job_event(message):
+        dropbox.handle_job_event(ctx, message)
+        return
+    if dropbox.is_s3_notification(message):
+        for event in dropbox.s3_object_events(message):
+            job_pk = dropbox.handle_dropped_object(ctx, event)
+            if job_pk:
+                logger.info("drop started a job", key=event.key, job=job_pk)
+        return
+    raise ValueError(f"unknown message: {sorted(message)[:10]}")
+
+
+def record_handler(record: SQSRecord) -> None:
+    handle_message(context(), record.body)
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], lambda_context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=lambda_context
+    )

@@ -1,0 +1,72 @@
+"""SQS handler of the uploads queue: S3 notifications for ``uploads/`` and
+``{"gantry": "validate-inputs", "job": pk}`` messages.
+
+Partial batch responses: one failing record is retried alone (and ends in the DLQ after the
+queue's receive count), never the whole batch. Problems a user must fix never raise: they
+fail the job with a message, and the record counts as handled.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from gantry.context import Context
+
+logger = Logger(service="gantry-on-upload")
+processor = BatchProcessor(event_type=EventType.SQS)
+VALIDATE_INPUTS = "validate-inputs"
+_context: Context | None = None
+
+
+def context() -> Context:
+    """The process's Context, built on first use and kept for warm invocations."""
+    global _context
+    if _context is None:
+        from gantry.pipeline.wiring import install
+        from gantry.settings import get_settings
+
+        _context = install(Context.create(get_settings()))
+    return _context
+
+
+def handle_message(ctx: Context, body: str) -> None:
+    from gantry.pipeline.dropbox import is_s3_notification, s3_object_events
+    from gantry.pipeline.inputs import record_uploaded_object, validate_pending_inputs
+
+    message: Any = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("the message is not a JSON object")
+    if message.get("gantry") == VALIDATE_INPUTS:
+        job_pk = message.get("job")
+        if not isinstance(job_pk, str) or not job_pk:
+            raise ValueError("validate-inputs message without a job pk")
+        validate_pending_inputs(ctx, job_pk)
+        return
+    if is_s3_notification(message):
+        for event in s3_object_events(message):
+            if event.created and not record_uploaded_object(ctx, event.key, event.size):
+                logger.info("no upload for this object", key=event.key)
+        return
+    # Unknown shapes go to the DLQ (after retries) for someone to look at.
+    raise ValueError(f"unknown message: {sorted(message)[:10]}")
+
+
+def record_handler(record: SQSRecord) -> None:
+    handle_message(context(), record.body)
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], lambda_context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=lambda_context
+    )
