@@ -1,0 +1,204 @@
+"""The local backend runs the real runner against a moto server and reports like AWS Batch."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gantry.compute import state_from_event
+from gantry.compute.local import REASON_CANCELLED, REASON_EXITED, LocalBackend
+from gantry.contract import verify_result
+from gantry.resources import (
+    SIGNATURE_METADATA_KEY,
+    invocation_key,
+    io_output_prefix,
+    result_key,
+)
+from gantry.settings import Settings
+from tests.integration.conftest import REPO, RunnerS3
+from tests.unit.test_compute_base import make_image, make_job
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
+WAIT_SECONDS = 60
+
+
+class Events:
+    """Collects the backend's events; waits for one that matches."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self._changed:
+            self.items.append(event)
+            self._changed.notify_all()
+
+    def of(self, job_id: str) -> list[dict[str, Any]]:
+        with self._changed:
+            return [e for e in self.items if e["detail"]["jobId"] == job_id]
+
+    def wait(self, job_id: str, status: str) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_SECONDS
+        with self._changed:
+            while True:
+                for event in self.items:
+                    detail = event["detail"]
+                    if detail["jobId"] == job_id and detail["status"] == status:
+                        return event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {status} event for {job_id}: {self.items}")
+                self._changed.wait(remaining)
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def backend(runner_s3: RunnerS3, events: Events) -> Iterator[LocalBackend]:
+    settings = Settings(
+        region="us-east-1",
+        endpoint_url=runner_s3.endpoint,
+        bucket_name=runner_s3.bucket,
+        compute_backend="local",
+        local_workers=1,
+    )
+    local = LocalBackend(settings, events, extra_env=runner_s3.env())
+    yield local
+    local.shutdown(wait=False)
+
+
+def invocation(runner_s3: RunnerS3, job_pk: str, attempt: int = 1, timeout: int = 60) -> str:
+    key = invocation_key(job_pk, attempt)
+    body = {
+        "pk": job_pk,
+        "inputs": [],
+        "output_bucket_name": runner_s3.bucket,
+        "output_prefix": io_output_prefix(job_pk, attempt),
+        "timeout": timeout,
+    }
+    runner_s3.client.put_object(Bucket=runner_s3.bucket, Key=key, Body=json.dumps(body).encode())
+    return f"s3://{runner_s3.bucket}/{key}"
+
+
+def algorithm(*command: str) -> Any:
+    return make_image(image="local", entrypoint=None, command=list(command), workdir=str(REPO))
+
+
+def keys(value: dict[str, Any]) -> set[str]:
+    return set(value)
+
+
+@pytest.mark.slow
+def test_noop_runs_and_reports_running_then_succeeded(backend, events, runner_s3):
+    job = make_job()
+    uri = invocation(runner_s3, job.pk)
+    image = algorithm(sys.executable, "examples/algorithms/noop/main.py")
+
+    job_id = backend.submit(job, image, uri)
+    succeeded = events.wait(job_id, "SUCCEEDED")
+
+    assert [e["detail"]["status"] for e in events.of(job_id)] == ["RUNNING", "SUCCEEDED"]
+    detail = succeeded["detail"]
+    assert detail["jobName"] == f"gantry-{job.pk}-1"
+    assert detail["statusReason"] == REASON_EXITED
+    assert detail["container"]["exitCode"] == 0
+    assert detail["attempts"][-1]["container"]["exitCode"] == 0
+    assert detail["tags"] == {"gantry:job": job.pk, "gantry:attempt": "1"}
+    assert detail["createdAt"] <= detail["startedAt"] <= detail["stoppedAt"]
+    # The signing key never leaves in an event.
+    assert job.signing_key not in json.dumps(succeeded)
+
+    state = state_from_event(succeeded)
+    assert state is not None
+    assert (state.status, state.exit_code, state.job_pk, state.attempt) == (
+        "succeeded",
+        0,
+        job.pk,
+        1,
+    )
+    described = backend.describe(job_id)
+    assert described is not None and described.status == "succeeded"
+
+    stored = runner_s3.client.get_object(
+        Bucket=runner_s3.bucket, Key=result_key(io_output_prefix(job.pk, 1))
+    )
+    result = verify_result(
+        body=stored["Body"].read(),
+        signature_hex=stored["Metadata"].get(SIGNATURE_METADATA_KEY),
+        key_hex=job.signing_key,
+        expected_pk=job.pk,
+    )
+    assert result.return_code == 0
+
+
+@pytest.mark.slow
+def test_events_have_the_keys_of_aws_events(backend, events, runner_s3):
+    job = make_job()
+    job_id = backend.submit(
+        job,
+        algorithm(sys.executable, "examples/algorithms/noop/main.py"),
+        invocation(runner_s3, job.pk),
+    )
+    for status, name in (("RUNNING", "batch_running.json"), ("SUCCEEDED", "batch_succeeded.json")):
+        local = events.wait(job_id, status)
+        aws = json.loads((FIXTURES / name).read_text())
+        assert keys(local) == keys(aws)
+        assert keys(local["detail"]) == keys(aws["detail"]), status
+        # Local jobs have no ECS task, role or log configuration; nothing beyond AWS's keys.
+        assert keys(local["detail"]["container"]) <= keys(aws["detail"]["container"])
+        for mine, theirs in zip(
+            local["detail"]["attempts"], aws["detail"]["attempts"], strict=True
+        ):
+            assert keys(mine) == keys(theirs)
+            assert keys(mine["container"]) <= keys(theirs["container"])
+
+
+@pytest.mark.slow
+def test_runner_failure_is_a_failed_job_with_its_exit_code(backend, events, runner_s3):
+    job = make_job()
+    missing = f"s3://{runner_s3.bucket}/io/{job.pk}/1/no-such-invocation.json"
+    job_id = backend.submit(job, algorithm(sys.executable, "-c", "pass"), missing)
+    failed = events.wait(job_id, "FAILED")["detail"]
+    # Exit code 2: the runner could not read its task.
+    assert failed["container"]["exitCode"] == 2
+    assert failed["statusReason"] == REASON_EXITED
+    state = backend.describe(job_id)
+    assert state is not None and (state.status, state.retryable) == ("failed", False)
+
+
+@pytest.mark.slow
+def test_cancel_running_and_queued_jobs(backend, events, runner_s3):
+    sleeper = algorithm(sys.executable, "-c", "import time; time.sleep(120)")
+    first, second = make_job(), make_job()
+    running = backend.submit(first, sleeper, invocation(runner_s3, first.pk))
+    # One worker: the second job waits in the queue.
+    queued = backend.submit(second, sleeper, invocation(runner_s3, second.pk))
+    events.wait(running, "RUNNING")
+
+    backend.cancel(queued)
+    queued_failed = events.wait(queued, "FAILED")["detail"]
+    assert queued_failed["statusReason"] == REASON_CANCELLED
+    assert [e["detail"]["status"] for e in events.of(queued)] == ["FAILED"]
+
+    started = time.monotonic()
+    backend.cancel(running)
+    failed = events.wait(running, "FAILED")["detail"]
+    assert time.monotonic() - started < 30
+    assert failed["statusReason"] == REASON_CANCELLED
+    assert failed["container"]["exitCode"] != 0
+    # Cancelling again, or an unknown job, changes nothing.
+    backend.cancel(running)
+    backend.cancel("unknown")
+    assert [e["detail"]["status"] for e in events.of(running)] == ["RUNNING", "FAILED"]
+    assert backend.describe("unknown") is None
