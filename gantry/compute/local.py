@@ -31,9 +31,9 @@ from typing import Any
 
 from gantry.algorithms import AlgorithmImage
 from gantry.compute.base import (
+    RUNNER_MARGIN_SECONDS,
     ComputeState,
     compute_name,
-    hard_time_limit,
     job_tags,
     runner_environment,
 )
@@ -95,6 +95,7 @@ class LocalBackend:
         sandbox: str | None = None,
         scratch_root: str | Path | None = None,
         extra_env: Mapping[str, str] | None = None,
+        margin_seconds: int = RUNNER_MARGIN_SECONDS,
     ) -> None:
         self.settings = settings
         self.on_event = on_event
@@ -102,6 +103,8 @@ class LocalBackend:
         self.sandbox = sandbox
         self.scratch_root = Path(scratch_root) if scratch_root else None
         self.extra_env = dict(extra_env or {})
+        # Past the job's time limit, as on Batch: the runner's staging gets this long.
+        self.margin_seconds = margin_seconds
         self.queue_arn = (
             f"arn:aws:batch:{settings.region}:{LOCAL_ACCOUNT}:job-queue/"
             f"{settings.batch_job_queue_cpu}-local"
@@ -129,7 +132,7 @@ class LocalBackend:
                 {"type": "MEMORY", "value": str(job.requires_memory_gb * 1024)},
             ],
             tags=job_tags(job),
-            time_limit=hard_time_limit(job),
+            time_limit=job.time_limit + self.margin_seconds,
             workdir=image.workdir,
         )
         with self._lock:

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 
 from gantry.compute import state_from_event
-from gantry.compute.local import REASON_CANCELLED, REASON_EXITED, LocalBackend
+from gantry.compute.local import (
+    REASON_CANCELLED,
+    REASON_EXITED,
+    REASON_SHUTDOWN,
+    REASON_TIMEOUT,
+    LocalBackend,
+)
 from gantry.contract import verify_result
 from gantry.resources import (
     SIGNATURE_METADATA_KEY,
@@ -202,3 +208,39 @@ def test_cancel_running_and_queued_jobs(backend, events, runner_s3):
     backend.cancel("unknown")
     assert [e["detail"]["status"] for e in events.of(running)] == ["RUNNING", "FAILED"]
     assert backend.describe("unknown") is None
+
+
+@pytest.mark.slow
+def test_time_limit_stops_the_runner(runner_s3, events):
+    settings = Settings(
+        region="us-east-1", endpoint_url=runner_s3.endpoint, compute_backend="local"
+    )
+    local = LocalBackend(settings, events, extra_env=runner_s3.env(), margin_seconds=0)
+    try:
+        job = make_job(time_limit=2)
+        sleeper = algorithm(sys.executable, "-c", "import time; time.sleep(120)")
+        job_id = local.submit(job, sleeper, invocation(runner_s3, job.pk))
+        failed = events.wait(job_id, "FAILED")["detail"]
+        assert failed["statusReason"] == REASON_TIMEOUT
+        assert failed["timeout"] == {"attemptDurationSeconds": 2}
+        assert failed["stoppedAt"] - failed["startedAt"] < 20_000
+    finally:
+        local.shutdown(wait=True)
+
+
+@pytest.mark.slow
+def test_shutdown_without_wait_fails_what_is_left(runner_s3, events):
+    settings = Settings(
+        region="us-east-1",
+        endpoint_url=runner_s3.endpoint,
+        compute_backend="local",
+        local_workers=1,
+    )
+    local = LocalBackend(settings, events, extra_env=runner_s3.env())
+    sleeper = algorithm(sys.executable, "-c", "import time; time.sleep(120)")
+    jobs = [make_job(), make_job()]
+    ids = [local.submit(job, sleeper, invocation(runner_s3, job.pk)) for job in jobs]
+    events.wait(ids[0], "RUNNING")
+    local.shutdown(wait=False)
+    for job_id in ids:
+        assert events.wait(job_id, "FAILED")["detail"]["statusReason"] == REASON_SHUTDOWN
