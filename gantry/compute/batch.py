@@ -14,7 +14,9 @@ Submission. The invocation's S3 URI goes both into ``parameters["invocation"]`` 
 definition's command is ``... --file Ref::invocation``) and into an explicit command
 override, so the job does not depend on how the definition was written. The signing key and
 the algorithm's ENTRYPOINT/CMD travel as environment overrides; the runner removes them before
-the algorithm starts. Tags name the job and attempt and are propagated to the ECS task.
+the algorithm starts (anyone allowed batch:DescribeJobs can read the key, as with SageMaker's
+Environment; the key only signs this attempt's result). Tags name the job and attempt and
+are propagated to the ECS task.
 Batch has no idempotency token: a repeated submit starts a second job, which the job
 callback ignores (it only accepts the compute job id stored with the job).
 """
@@ -113,9 +115,11 @@ def resource_requirements(job: Job) -> list[dict[str, str]]:
 
 
 class BatchBackend:
-    def __init__(self, settings: Settings, client: Any) -> None:
+    def __init__(self, settings: Settings, client: Any, *, sandbox: str | None = None) -> None:
         self.settings = settings
         self.client = client
+        # The runner's sandbox mode (GANTRY_SANDBOX); None keeps the runner's default, auto.
+        self.sandbox = sandbox
         # image pk -> job definition ARN; a definition never changes for an image pk.
         self._definitions: dict[str, str] = {}
 
@@ -182,6 +186,8 @@ class BatchBackend:
 
     def submit_request(self, job: Job, image: AlgorithmImage, invocation_uri: str) -> dict:
         environment = runner_environment(job, image)
+        if self.sandbox:
+            environment["GANTRY_SANDBOX"] = self.sandbox
         return {
             "jobName": compute_name(job.pk, job.attempt),
             "jobQueue": self.queue_for(job),

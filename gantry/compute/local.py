@@ -6,6 +6,14 @@ algorithm's ENTRYPOINT/CMD and the signing key travel in the same environment va
 on Batch, so the runner takes the same path everywhere. When the runner starts and ends, the
 backend calls ``on_event`` with an event of the exact "Batch Job State Change" shape, so the
 local stack feeds it to the same job callback as EventBridge does on AWS.
+
+Wiring: ``LocalBackend(settings, on_event)`` with ``settings.endpoint_url`` pointing at the
+local S3 endpoint (the runner gets it as AWS_ENDPOINT_URL, plus region and credentials from
+this process or ``extra_env``) and ``settings.local_workers`` runner processes at most. An
+algorithm image runs ``entrypoint + command`` with ``workdir`` as its working directory.
+Events come from worker threads, possibly before ``submit``'s caller has stored the returned
+id: the callback should find the job by the name (``parse_compute_name``) or the tags.
+Call ``shutdown`` at exit; ``describe`` knows only this process's jobs.
 """
 
 from __future__ import annotations
