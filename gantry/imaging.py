@@ -463,7 +463,8 @@ def segment_values(path: Path, *, limit: int = 65) -> list[int]:
 
             array = tifffile.imread(path)
         else:
-            array = sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))
+            # A copy, not a view: a view of a temporary image would outlive its pixels.
+            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except (RuntimeError, ValueError) as error:
         raise ImageError(f"could not read the image data ({error})") from None
     values = np.unique(array)

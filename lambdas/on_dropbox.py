@@ -24,7 +24,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from gantry.context import Context
 
 logger = Logger(service="gantry-on-dropbox")
-processor = BatchProcessor(event_type=EventType.SQS)
 _context: Context | None = None
 
 
@@ -57,12 +56,22 @@ def handle_message(ctx: Context, body: str) -> None:
     raise ValueError(f"unknown message: {sorted(message)[:10]}")
 
 
-def record_handler(record: SQSRecord) -> None:
-    handle_message(context(), record.body)
+def process(
+    ctx: Context, event: dict[str, Any], lambda_context: LambdaContext | None = None
+) -> dict[str, Any]:
+    """Handle an SQS batch; the response lists the records to retry (batchItemFailures)."""
+
+    def record_handler(record: SQSRecord) -> None:
+        handle_message(ctx, record.body)
+
+    return process_partial_response(
+        event=event,
+        record_handler=record_handler,
+        processor=BatchProcessor(event_type=EventType.SQS),
+        context=lambda_context,
+    )
 
 
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], lambda_context: LambdaContext) -> dict[str, Any]:
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=lambda_context
-    )
+    return process(context(), event, lambda_context)

@@ -79,6 +79,7 @@ class S3ObjectEvent:
     etag: str | None = None
     version_id: str | None = None
     sequencer: str | None = None
+    event_time: str | None = None
 
     @property
     def created(self) -> bool:
@@ -103,6 +104,7 @@ def s3_object_events(message: dict[str, Any]) -> list[S3ObjectEvent]:
                 etag=obj.get("eTag"),
                 version_id=obj.get("versionId"),
                 sequencer=obj.get("sequencer"),
+                event_time=record.get("eventTime"),
             )
         )
     return events
@@ -191,9 +193,10 @@ def handle_dropped_object(ctx: Context, event: S3ObjectEvent) -> str | None:
     single = _single_input(ctx, algorithm)
     if single is None:
         return None  # several inputs: wait for inputs.json
-    identity = (
-        f"{event.bucket}/{event.key}#{event.version_id or event.etag or ''}#{event.sequencer}"
-    )
+    # A redelivered notification repeats its record; a new drop of the same key has a new
+    # sequencer (and event time, for endpoints that send no sequencer).
+    version = event.version_id or event.etag or ""
+    identity = f"{event.bucket}/{event.key}#{version}#{event.sequencer or event.event_time}"
     return _create_once(ctx, identity, algorithm, drop, {single: drop.filename})
 
 
