@@ -141,7 +141,7 @@ def sagemaker_state(detail: Mapping[str, Any]) -> ComputeState:
     if not reason and raw == "Stopped":
         secondary = detail.get("SecondaryStatus") or "Stopped"
         reason = (
-            "The job exceeded its time limit"
+            "MaxRuntimeExceeded: the job exceeded its time limit"
             if secondary == "MaxRuntimeExceeded"
             else "The training job was stopped"
         )

@@ -130,7 +130,7 @@ def test_batch_retryable_reasons(reason, retryable):
         (
             {"TrainingJobStatus": "Stopped", "SecondaryStatus": "MaxRuntimeExceeded"},
             "failed",
-            "The job exceeded its time limit",
+            "MaxRuntimeExceeded: the job exceeded its time limit",
             False,
         ),
         ({"TrainingJobStatus": "Stopping"}, "running", "", False),
