@@ -87,6 +87,7 @@ class GantryFunction(Construct):
             reserved_concurrent_executions=reserved_concurrency,
             environment={
                 **environment,
+                **(code.simpleitk_environment() if spec.imaging else {}),
                 "POWERTOOLS_SERVICE_NAME": POWERTOOLS_SERVICE_NAME,
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "LOG_LEVEL": log_level,

@@ -144,6 +144,8 @@ class Handlers(Construct):
                 reserved_concurrency=reserved,
             )
             fn = wrapper.function
+            if spec.imaging:
+                code.grant_simpleitk(fn)
             grant_table(fn, table, write=True)
             grant_prefixes(fn, bucket, write=access.prefixes)
             for statement in compute.control_statements():

@@ -9,10 +9,15 @@ Architecture: arm64 (Graviton). Lambda bills arm64 about 20 % less per GB-second
 work and every compiled dependency (pydantic-core, rpds-py, numpy, SimpleITK) publishes
 manylinux aarch64 wheels. The GPU hosts are x86_64, but they run containers, not these assets.
 
-Two assets: ``core`` (API, drop folder, sweeper) and ``imaging`` (adds SimpleITK, tifffile,
-numpy for the two functions that read image headers). Keeping the heavy libraries out of the
-API asset keeps its cold start short (DESIGN.md: heavy imports stay out of the API's path).
-boto3 comes from the runtime and Powertools from its public layer, so neither is bundled.
+Assets: ``core`` (API, drop folder, sweeper) and ``imaging`` (adds tifffile and numpy for the
+two functions that read and convert images). Keeping the heavy libraries out of the API asset
+keeps its cold start short (DESIGN.md: heavy imports stay out of the API's path). SimpleITK
+does not fit in any zip function (its one extension module is ~260 MB unzipped; Lambda allows
+250 MB with layers), so it is a separate S3 asset (a zip of the pip-installed package) that
+the imaging functions download and unpack into /tmp on first use: about 55 MB from S3, a
+few seconds once per execution environment. A container-image function would avoid that,
+but needs Docker at deploy time. boto3 comes from the runtime and Powertools from its public
+layer, so neither is bundled.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from aws_cdk import (
     DockerImage,
     ILocalBundling,
 )
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +53,10 @@ PYTHON_VERSION = "3.13"
 # Lambda's python3.13 runs on Amazon Linux 2023 (glibc 2.34), so both tags load there.
 PIP_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64")
 POWERTOOLS_ACCOUNT = "017000801446"
+# Too large for a zip function (see LambdaCode); shipped as an archive the handler unpacks.
+OUTSIDE_THE_ZIP = ("simpleitk",)
+# s3://bucket/key of that archive, set on the imaging functions only.
+SIMPLEITK_ARCHIVE_ENV = "SIMPLEITK_ARCHIVE_S3_URI"
 
 
 def _requirement_name(requirement: str) -> str:
@@ -68,10 +79,12 @@ def project_requirements(*extras: str) -> tuple[str, ...]:
 class PipLocalBundling:
     """Bundles on the host with pip's cross-platform wheel resolution."""
 
-    def __init__(self, requirements: tuple[str, ...]) -> None:
+    def __init__(self, requirements: tuple[str, ...], *, copy_sources: bool = True) -> None:
         self.requirements = requirements
+        self.copy_sources = copy_sources
 
-    def try_bundle(self, output_dir: str, **_options: object) -> bool:
+    def try_bundle(self, output_dir: str, *_options: object, **_kw_options: object) -> bool:
+        # jsii passes the BundlingOptions struct positionally; nothing in it is needed here.
         out = Path(output_dir)
         command = [
             sys.executable,
@@ -92,36 +105,62 @@ class PipLocalBundling:
             *self.requirements,
         ]
         subprocess.run(command, check=True)
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
-        for package in SOURCE_PACKAGES:
-            shutil.copytree(REPO_ROOT / package, out / package, ignore=ignore, dirs_exist_ok=True)
-        # Bytecode and test suites only add size; Lambda compiles on import.
+        if self.copy_sources:
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
+            for package in SOURCE_PACKAGES:
+                shutil.copytree(
+                    REPO_ROOT / package, out / package, ignore=ignore, dirs_exist_ok=True
+                )
+        # Bytecode only adds size; Lambda compiles on import.
         for junk in out.rglob("__pycache__"):
             shutil.rmtree(junk, ignore_errors=True)
         return True
 
 
-def code_asset(*extras: str) -> lambda_.Code:
-    """A zip asset holding gantry/, lambdas/ and the dependencies of the given extras."""
-    requirements = project_requirements(*extras)
+def bundling_options(requirements: tuple[str, ...], *, copy_sources: bool) -> BundlingOptions:
+    copy = " && cp -r " + " ".join(SOURCE_PACKAGES) + " /asset-output/" if copy_sources else ""
+    return BundlingOptions(
+        # The Docker path is the fallback only if local bundling declined (it never does; it
+        # raises). Its command also makes the assets' bundling cache keys differ: CDK caches
+        # bundles by these options, and the local bundler object is not part of that key.
+        image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.13"),
+        command=[
+            "bash",
+            "-c",
+            "pip install --target /asset-output " + " ".join(f"'{r}'" for r in requirements) + copy,
+        ],
+        local=PipLocalBundling(requirements, copy_sources=copy_sources),
+    )
+
+
+def code_asset(requirements: tuple[str, ...]) -> lambda_.Code:
+    """A zip asset holding gantry/, lambdas/ and the given requirements."""
     return lambda_.Code.from_asset(
         str(REPO_ROOT),
         asset_hash_type=AssetHashType.OUTPUT,
-        bundling=BundlingOptions(
-            # Only used if local bundling declines, which it never does: it raises instead.
-            image=DockerImage.from_registry("public.ecr.aws/sam/build-python3.13"),
-            local=PipLocalBundling(requirements),
-        ),
+        bundling=bundling_options(requirements, copy_sources=True),
     )
 
 
 class LambdaCode(Construct):
-    """The two code assets and the Powertools layer, created once and shared by all functions."""
+    """The code assets and the Powertools layer, created once and shared by all functions."""
 
     def __init__(self, scope: Construct, construct_id: str, *, powertools_version: int) -> None:
         super().__init__(scope, construct_id)
-        self.core = code_asset()
-        self.imaging = code_asset("imaging")
+        imaging = project_requirements("imaging")
+        too_big = tuple(r for r in imaging if _requirement_name(r) in OUTSIDE_THE_ZIP)
+        self.core = code_asset(project_requirements())
+        self.imaging = code_asset(tuple(r for r in imaging if r not in too_big))
+        # SimpleITK's extension module alone is ~260 MB unzipped, over Lambda's 250 MB limit
+        # for a zip function with its layers. It ships as a separate S3 archive that the
+        # imaging functions unpack into /tmp on first use (see SIMPLEITK_ARCHIVE_ENV).
+        self.simpleitk = s3_assets.Asset(
+            self,
+            "SimpleItkArchive",
+            path=str(REPO_ROOT),
+            asset_hash_type=AssetHashType.OUTPUT,
+            bundling=bundling_options(too_big, copy_sources=False),
+        )
         arch = "arm64" if ARCHITECTURE == lambda_.Architecture.ARM_64 else "x86_64"
         python = "python" + PYTHON_VERSION.replace(".", "")
         # The public layer is published in every commercial region under the same account.
@@ -130,4 +169,19 @@ class LambdaCode(Construct):
             "Powertools",
             f"arn:{Aws.PARTITION}:lambda:{Aws.REGION}:{POWERTOOLS_ACCOUNT}:layer:"
             f"AWSLambdaPowertoolsPythonV3-{python}-{arch}:{powertools_version}",
+        )
+
+    def simpleitk_environment(self) -> dict[str, str]:
+        return {SIMPLEITK_ARCHIVE_ENV: self.simpleitk.s3_object_url}
+
+    def grant_simpleitk(self, grantee: iam.IGrantable) -> None:
+        """Read of exactly the archive's key (Asset.grant_read would allow the whole bucket)."""
+        grantee.grant_principal.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"],
+                resources=[
+                    f"arn:{Aws.PARTITION}:s3:::{self.simpleitk.s3_bucket_name}/"
+                    f"{self.simpleitk.s3_object_key}"
+                ],
+            )
         )

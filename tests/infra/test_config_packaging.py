@@ -67,7 +67,7 @@ def test_local_bundling_uses_pip_for_lambda_and_copies_the_packages(
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    assert PipLocalBundling(("pydantic>=2",)).try_bundle(str(tmp_path), image=None) is True
+    assert PipLocalBundling(("pydantic>=2",)).try_bundle(str(tmp_path), object()) is True
     (command,) = calls
     assert "--only-binary=:all:" in command
     for platform in PIP_PLATFORMS:
