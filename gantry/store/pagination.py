@@ -108,6 +108,7 @@ class Paginator:
 
     def _seek(self, list_key: ListKey, offset: int) -> dict[str, Any] | None:
         position, start_key = self._nearest_checkpoint(list_key, offset)
+        walked = position < offset
         while position < offset:
             step = min(offset - position, WALK_CHUNK)
             items, last = self.table.query(
@@ -123,6 +124,8 @@ class Paginator:
             if last is None:
                 return None  # the list ends at or before ``offset``
             start_key = last
-        if start_key is not None:
+        # Only a walk found something new; re-writing the checkpoint it started from would
+        # cost a write on every sequential page.
+        if walked and start_key is not None:
             self._checkpoint(list_key, offset, start_key)
         return start_key
