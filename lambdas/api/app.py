@@ -7,12 +7,13 @@ imports no imaging libraries.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
@@ -48,25 +49,45 @@ def _validation_response(errors: list[dict[str, Any]]) -> Response:
     return _error(400, {"detail": detail, **fields})
 
 
-def create_app(ctx: Context) -> APIGatewayRestResolver:
-    app = APIGatewayRestResolver(strip_prefixes=["/api/v1"], enable_validation=True)
+class GantryResolver(APIGatewayRestResolver):
+    """The REST resolver with the checks that must come before anything reads the body.
 
-    def authenticate(app: APIGatewayRestResolver, next_middleware: NextMiddleware) -> Response:
-        event = app.current_event
-        body = event.body or ""
+    Powertools runs request validation before every middleware, so a size or credentials
+    check in a middleware came too late: an oversize body was parsed and answered 400, and
+    an anonymous caller got validation details instead of 401. Both run here, first.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(strip_prefixes=["/api/v1"], enable_validation=True)
+        self.ctx = ctx
+
+    def resolve(self, event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
+        early = self._gate(event)
+        if early is not None:
+            proxy = self._to_proxy_event(dict(event))
+            return ResponseBuilder(early, serializer=self._serializer).build(proxy, self._cors)
+        return super().resolve(event, context)
+
+    def _gate(self, event: Mapping[str, Any]) -> Response | None:
+        body = event.get("body") or ""
         if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
-        headers = {k.lower(): v for k, v in (event.headers or {}).items()}
+            error = PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
+            return _error(error.status_code, error.to_dict())
+        headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
         token = parse_authorization(headers.get("authorization"))
-        user = ctx.store.users.user_for_token(token) if token else None
-        app.append_context(user=user)
-        route_path = "/" + event.path.removeprefix("/api/v1").strip("/") + "/"
+        user = self.ctx.store.users.user_for_token(token) if token else None
+        path = str(event.get("path") or "")
+        route_path = "/" + path.removeprefix("/api/v1").strip("/") + "/"
         if user is None and route_path not in PUBLIC_PATHS:
             message = "Invalid token." if token else "Authentication credentials were not provided."
             return _error(401, {"detail": message})
-        return next_middleware(app)
+        # Cleared by resolve() when the request is done.
+        self.append_context(user=user)
+        return None
 
-    app.use(middlewares=[authenticate])
+
+def create_app(ctx: Context) -> APIGatewayRestResolver:
+    app = GantryResolver(ctx)
 
     @app.exception_handler(GantryError)
     def gantry_error(error: GantryError) -> Response:
