@@ -47,7 +47,9 @@ class GantryStack(Stack):
         config = GantryConfig.from_node(self.node)
         # The names the handlers default to; the infra creates resources under those names and
         # still passes every one explicitly, so a changed default changes both sides together.
-        settings = Settings(_env_file=None)
+        # Field defaults only: GANTRY_* variables in the deployer's shell must not rename
+        # resources (Settings() would read them).
+        settings = Settings.model_construct()
         removal = RemovalPolicy.DESTROY if config.destroy_on_delete else RemovalPolicy.RETAIN
 
         code = LambdaCode(self, "Code", powertools_version=config.powertools_layer_version)

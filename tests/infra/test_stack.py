@@ -200,7 +200,7 @@ def test_gpu_compute_is_gpu_only_and_scales_to_zero(default_synth: Synth) -> Non
 
 
 def test_job_queues_and_capacity_time_limit(template: Template) -> None:
-    settings = Settings(_env_file=None)
+    settings = Settings.model_construct()
     template.has_resource_properties(
         "AWS::Batch::JobQueue",
         {
@@ -227,7 +227,7 @@ def test_runner_job_definition(template: Template) -> None:
     template.has_resource_properties(
         "AWS::Batch::JobDefinition",
         {
-            "JobDefinitionName": Settings(_env_file=None).batch_job_definition,
+            "JobDefinitionName": Settings.model_construct().batch_job_definition,
             "ContainerProperties": Match.object_like(
                 {
                     "Command": [
