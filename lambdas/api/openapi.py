@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer, Server
+
 from gantry.context import Context
 from gantry.settings import Settings
 from lambdas.api.app import create_app
@@ -15,6 +17,15 @@ def document() -> str:
         title="Gantry API",
         version="1.0.0",
         summary="grand-challenge-compatible API for algorithms, jobs, interfaces and uploads",
+        description=(
+            "Every path also answers with a trailing '/', as grand-challenge's do. "
+            "Send `Authorization: Bearer <token>` (the scheme in any case); only "
+            "`/gcapi/` answers without it."
+        ),
+        # The routes are mounted under /api/v1 (see create_app's strip_prefixes).
+        servers=[Server(url="/api/v1")],
+        security_schemes={"bearer": HTTPBearer()},
+        security=[{"bearer": []}],
     )
     return json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
 
