@@ -1,0 +1,177 @@
+"""API figures: cold import cost of the API Lambda and handler latency against moto.
+
+``python -m benchmarks api``. Latencies are in-process (moto's ``mock_aws``): they measure
+Gantry's own work per request plus moto's, not network round trips to DynamoDB/S3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+IMPORT_RUNS = 7
+ITERATIONS = 300
+
+
+def _import_seconds(module: str) -> float:
+    """Median wall time of ``python -c "import <module>"`` in a fresh interpreter."""
+    times = []
+    for _ in range(IMPORT_RUNS):
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            check=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+class _LambdaContext:
+    function_name = "gantry-api"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:gantry-api"
+    aws_request_id = "bench"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def _event(method: str, path: str, token: str, body: Any = None) -> dict[str, Any]:
+    headers = {"Host": "api.gantry.bench", "Authorization": f"BEARER {token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return {
+        "resource": "/api/v1/{proxy+}",
+        "path": f"/api/v1/{path}",
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"proxy": path},
+        "stageVariables": None,
+        "requestContext": {"stage": "prod", "httpMethod": method, "path": path},
+        "body": json.dumps(body) if body is not None else None,
+        "isBase64Encoded": False,
+    }
+
+
+def _latencies() -> dict[str, list[float]]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(name, value)
+    from moto import mock_aws
+
+    from gantry.context import Context
+    from gantry.provision import ensure_data
+    from gantry.settings import Settings
+    from lambdas.api.app import create_app
+
+    with mock_aws():
+        settings = Settings(
+            table_name="bench",
+            bucket_name="bench-data",
+            region="us-east-1",
+            compute_backend="local",
+        )
+        ctx = Context.create(settings)
+        ensure_data(ctx.clients, settings)
+        token = ctx.store.users.create_token("alice")
+        app = create_app(ctx)
+        lambda_context = _LambdaContext()
+
+        def call(method: str, path: str, body: Any = None) -> dict[str, Any]:
+            response = app.resolve(_event(method, path, token, body), lambda_context)
+            if response["statusCode"] >= 300:
+                raise RuntimeError(f"{method} {path}: {response['statusCode']} {response['body']}")
+            return json.loads(response["body"])
+
+        for title, path in (("Number", "number.json"), ("Result", "result.json")):
+            call(
+                "POST",
+                "components/interfaces/",
+                {"title": title, "kind": "Integer", "relative_path": path},
+            )
+        algorithm = call(
+            "POST",
+            "algorithms/",
+            {"title": "Bench", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
+        )
+        call(
+            "POST",
+            "algorithms/images/",
+            {"image": "local", "command": ["run"], "algorithm": algorithm["pk"]},
+        )
+        job_input = {
+            "interface": "number",
+            "value": 1,
+            "file": None,
+            "image": None,
+            "upload_session": None,
+            "user_upload": None,
+            "user_uploads": None,
+            "image_name": None,
+        }
+        created: list[float] = []
+        fetched: list[float] = []
+        for _ in range(ITERATIONS):
+            started = time.perf_counter()
+            job = call(
+                "POST",
+                "algorithms/jobs/",
+                {"algorithm": algorithm["api_url"], "inputs": [job_input]},
+            )
+            created.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            call("GET", f"algorithms/jobs/{job['pk']}/")
+            fetched.append(time.perf_counter() - started)
+        return {
+            "create job (POST algorithms/jobs/)": created,
+            "get job (GET algorithms/jobs/<pk>/)": fetched,
+        }
+
+
+def main() -> None:
+    app_import = _import_seconds("lambdas.api.app")
+    boto3_import = _import_seconds("boto3")
+    print(f"Import time, fresh interpreter, median of {IMPORT_RUNS} (includes interpreter start):")
+    rows = [
+        ("import boto3", boto3_import),
+        ("import lambdas.api.app", app_import),
+        ("the API on top of boto3", app_import - boto3_import),
+    ]
+    for label, seconds in rows:
+        print(f"  {label:<40} {seconds * 1000:8.0f} ms")
+    print()
+    print(f"Handler latency against moto (in-process), {ITERATIONS} requests each:")
+    print(f"  {'request':<40} {'p50':>8} {'p99':>8} {'max':>8}")
+    for name, samples in _latencies().items():
+        p50, p99 = _percentile(samples, 50), _percentile(samples, 99)
+        print(f"  {name:<40} {p50 * 1000:6.1f}ms {p99 * 1000:6.1f}ms {max(samples) * 1000:6.1f}ms")
+        first, last = statistics.median(samples[:50]), statistics.median(samples[-50:])
+        print(f"  {'  median of first / last 50':<40} {first * 1000:6.1f}ms {last * 1000:6.1f}ms")
+    # moto copies every table on each TransactWriteItems and scans for each Query, so its
+    # share of a create grows with the table; DynamoDB's does not.
+    print("  (moto's cost per transaction grows with the table: compare first and last 50)")
+
+
+if __name__ == "__main__":
+    main()
