@@ -26,7 +26,9 @@ class GlobalIndex:
 
 # Every GSI projects ALL attributes: list pages are served from the index alone.
 GSI_BY_OWNER = GlobalIndex("GSI1", "GSI1PK", "GSI1SK", "list an owner's items of one type")
-GSI_BY_PARENT = GlobalIndex("GSI2", "GSI2PK", "GSI2SK", "list jobs of an algorithm, images of a job")
+GSI_BY_PARENT = GlobalIndex(
+    "GSI2", "GSI2PK", "GSI2SK", "list jobs of an algorithm, images of a job"
+)
 GSI_BY_STATUS = GlobalIndex("GSI3", "GSI3PK", "GSI3SK", "find jobs by status (sweeper)")
 GSI_BY_COMPUTE_ID = GlobalIndex("GSI4", "GSI4PK", "GSI4SK", "map a compute job id to a job")
 GLOBAL_INDEXES: tuple[GlobalIndex, ...] = (
