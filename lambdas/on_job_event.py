@@ -16,7 +16,8 @@ from gantry.pipeline.callback import handle_compute_event
 from gantry.settings import get_settings
 
 logger = Logger(service="gantry-callback")
-metrics = Metrics(namespace="Gantry", service="gantry-callback")
+# The service dimension comes from POWERTOOLS_SERVICE_NAME, which the alarms match.
+metrics = Metrics(namespace="Gantry")
 _ctx: Context | None = None
 
 
