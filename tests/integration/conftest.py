@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -45,8 +46,18 @@ class RunnerS3:
         }
 
 
+@pytest.fixture
+def runner_s3(runner_s3_server: RunnerS3) -> RunnerS3:
+    """The runner's endpoint, with its bucket there for this test."""
+    # moto keeps one in-process state: a mock_aws test that ran on this worker since the
+    # server started has reset it, bucket included.
+    with contextlib.suppress(runner_s3_server.client.exceptions.BucketAlreadyOwnedByYou):
+        runner_s3_server.client.create_bucket(Bucket=runner_s3_server.bucket)
+    return runner_s3_server
+
+
 @pytest.fixture(scope="session")
-def runner_s3() -> Iterator[RunnerS3]:
+def runner_s3_server() -> Iterator[RunnerS3]:
     """A moto server (real HTTP endpoint) with one bucket, for the job runner's tests."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
