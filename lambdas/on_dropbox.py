@@ -13,29 +13,12 @@ import json
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
+from lambdas.runtime import context, process_sqs_batch
 
 logger = Logger(service="gantry-on-dropbox")
-_context: Context | None = None
-
-
-def context() -> Context:
-    """The process's Context, built on first use and kept for warm invocations."""
-    global _context
-    if _context is None:
-        from gantry.pipeline.wiring import install
-        from gantry.settings import get_settings
-
-        _context = install(Context.create(get_settings()))
-    return _context
 
 
 def handle_message(ctx: Context, body: str) -> None:
@@ -60,16 +43,7 @@ def process(
     ctx: Context, event: dict[str, Any], lambda_context: LambdaContext | None = None
 ) -> dict[str, Any]:
     """Handle an SQS batch; the response lists the records to retry (batchItemFailures)."""
-
-    def record_handler(record: SQSRecord) -> None:
-        handle_message(ctx, record.body)
-
-    return process_partial_response(
-        event=event,
-        record_handler=record_handler,
-        processor=BatchProcessor(event_type=EventType.SQS),
-        context=lambda_context,
-    )
+    return process_sqs_batch(event, lambda_context, lambda body: handle_message(ctx, body))
 
 
 @logger.inject_lambda_context

@@ -11,21 +11,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from gantry.compute.events import state_from_event
 from gantry.context import Context
 from gantry.job_states import JobStatus
-from gantry.pipeline import wiring
 from gantry.pipeline.callback import handle_compute_event
-from gantry.settings import get_settings
+from lambdas.runtime import context
 
 logger = Logger(service="gantry-callback")
 # The service dimension comes from POWERTOOLS_SERVICE_NAME, which the alarms match.
 metrics = Metrics(namespace="Gantry")
-_ctx: Context | None = None
-
-
-def context() -> Context:
-    global _ctx
-    if _ctx is None:
-        _ctx = wiring.install(Context.create(get_settings()))
-    return _ctx
 
 
 def process(ctx: Context, event: dict[str, Any]) -> str | None:

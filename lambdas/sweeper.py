@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.pipeline.sweeper import sweep
-from lambdas.on_job_event import context
+from lambdas.runtime import context
 
 logger = Logger(service="gantry-sweeper")
 

@@ -65,7 +65,7 @@ class ApiClient:
         headers: dict[str, str] | None = None,
         raw_body: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
-        from lambdas.api.app import normalise_path
+        from gantry.local.client import LambdaContextStub, proxy_event
 
         all_headers = {"Host": "api.gantry.test", **(headers or {})}
         use = self.token if token is True else token
@@ -73,24 +73,17 @@ class ApiClient:
             all_headers["Authorization"] = f"Bearer {use}"
         if body is not None or raw_body is not None:
             all_headers["Content-Type"] = "application/json"
-        event = {
-            "resource": "/api/v1/{proxy+}",
-            "path": "/api/v1/" + path.lstrip("/"),
-            "httpMethod": method,
-            "headers": all_headers,
-            "multiValueHeaders": {k: [v] for k, v in all_headers.items()},
-            "queryStringParameters": {k: str(v) for k, v in (query or {}).items()} or None,
-            "multiValueQueryStringParameters": {k: [str(v)] for k, v in (query or {}).items()}
-            or None,
-            "pathParameters": {"proxy": path},
-            "stageVariables": None,
-            "requestContext": {"stage": "prod", "httpMethod": method, "path": path},
-            "body": raw_body
+        event = proxy_event(
+            method,
+            path,
+            headers=all_headers,
+            body=raw_body
             if raw_body is not None
             else (json.dumps(body) if body is not None else None),
-            "isBase64Encoded": False,
-        }
-        response = self.app.resolve(normalise_path(event), _LambdaContext())
+            query=query,
+            stage="prod",
+        )
+        response = self.app.resolve(event, LambdaContextStub())
         headers_out = {k: v for k, v in (response.get("headers") or {}).items()}
         for key, values in (response.get("multiValueHeaders") or {}).items():
             headers_out.setdefault(key, values[0])
@@ -112,16 +105,6 @@ class ApiClient:
 
     def put(self, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
         return self.request("PUT", path, body, **kwargs)
-
-
-class _LambdaContext:
-    function_name = "gantry-api"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:gantry-api"
-    aws_request_id = "test-request"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ from typing import Any
 from gantry.context import Context
 
 
-class _LambdaContext:
+class LambdaContextStub:
+    """The attributes Powertools reads from a Lambda context, for in-process calls."""
+
     function_name = "gantry-api"
     memory_limit_in_mb = 512
     invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:gantry-api"
@@ -16,6 +18,37 @@ class _LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 30_000
+
+
+def proxy_event(
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str],
+    body: str | None = None,
+    query: dict[str, Any] | None = None,
+    stage: str = "local",
+) -> dict[str, Any]:
+    """An API Gateway (REST, proxy integration) event for ``/api/v1/<path>``, trailing
+    slash normalised as the deployed handler does."""
+    from lambdas.api.app import normalise_path
+
+    params = {k: str(v) for k, v in (query or {}).items()}
+    event = {
+        "resource": "/api/v1/{proxy+}",
+        "path": "/api/v1/" + path.lstrip("/"),
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": params or None,
+        "multiValueQueryStringParameters": {k: [v] for k, v in params.items()} or None,
+        "pathParameters": {"proxy": path},
+        "stageVariables": None,
+        "requestContext": {"stage": stage, "httpMethod": method, "path": path},
+        "body": body,
+        "isBase64Encoded": False,
+    }
+    return normalise_path(event)
 
 
 class ApiError(Exception):
@@ -35,25 +68,17 @@ class InProcessApi:
         self.host = host
 
     def request(self, method: str, path: str, body: Any = None, query: dict | None = None) -> Any:
-        from lambdas.api.app import normalise_path
-
         headers = {"Host": self.host, "Authorization": f"Bearer {self.token}"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        event = {
-            "resource": "/api/v1/{proxy+}",
-            "path": "/api/v1/" + path.lstrip("/"),
-            "httpMethod": method,
-            "headers": headers,
-            "multiValueHeaders": {k: [v] for k, v in headers.items()},
-            "queryStringParameters": {k: str(v) for k, v in (query or {}).items()} or None,
-            "multiValueQueryStringParameters": None,
-            "pathParameters": {"proxy": path},
-            "requestContext": {"stage": "local", "httpMethod": method, "path": path},
-            "body": json.dumps(body) if body is not None else None,
-            "isBase64Encoded": False,
-        }
-        response = self.app.resolve(normalise_path(event), _LambdaContext())
+        event = proxy_event(
+            method,
+            path,
+            headers=headers,
+            body=json.dumps(body) if body is not None else None,
+            query=query,
+        )
+        response = self.app.resolve(event, LambdaContextStub())
         status = response["statusCode"]
         text = response.get("body") or ""
         payload = json.loads(text) if text and text[:1] in "{[" else text

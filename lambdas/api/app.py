@@ -20,7 +20,6 @@ from pydantic import ValidationError
 
 from gantry.context import Context
 from gantry.errors import GantryError, PayloadTooLarge
-from gantry.settings import get_settings
 from gantry.users import parse_authorization
 from lambdas.api.routers import algorithms, gcapi, images, interfaces, jobs, uploads
 
@@ -125,7 +124,7 @@ _app: APIGatewayRestResolver | None = None
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     global _app
     if _app is None:
-        from gantry.pipeline import wiring
+        from lambdas.runtime import context
 
-        _app = create_app(wiring.install(Context.create(get_settings())))
+        _app = create_app(context())
     return _app.resolve(normalise_path(event), context)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import BaseRouter
+from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from gantry.context import Context
-from gantry.errors import NotAuthenticated, ValidationFailed
+from gantry.errors import NotAuthenticated
 from gantry.urls import Urls
 from gantry.users import User
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+
+# Paging query parameters, validated (and documented in OpenAPI) by Powertools.
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Offset = Annotated[int, Query(ge=0)]
 
 
 def current_user(router: BaseRouter) -> User:
@@ -32,28 +37,3 @@ def urls_for(ctx: Context, router: BaseRouter) -> Urls:
     # On the default execute-api host the stage is part of the path; on a custom domain not.
     prefix = f"/{stage}" if stage and ".execute-api." in host else ""
     return Urls(f"https://{host}{prefix}/api/v1/")
-
-
-def paging(router: BaseRouter) -> tuple[int, int]:
-    params = router.current_event.query_string_parameters or {}
-    return (
-        _int_param(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        _int_param(params, "offset", 0, 0, 10**9),
-    )
-
-
-def _int_param(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    raw = params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except (TypeError, ValueError) as error:
-        raise ValidationFailed(f"{name} must be an integer", field=name) from error
-    if not low <= value <= high:
-        raise ValidationFailed(f"{name} must be between {low} and {high}", field=name)
-    return value
-
-
-def query(router: BaseRouter) -> dict[str, str]:
-    return dict(router.current_event.query_string_parameters or {})

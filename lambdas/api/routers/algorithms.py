@@ -13,10 +13,7 @@ from gantry.algorithms import AlgorithmFields, AlgorithmImageFields
 from gantry.context import Context
 from gantry.errors import NotFound, ValidationFailed
 from gantry.services import catalog
-from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, current_user, urls_for
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
+from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
 
 
 class AlgorithmImageCreate(AlgorithmImageFields):

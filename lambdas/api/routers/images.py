@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from gantry import shapes
@@ -12,11 +9,8 @@ from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.images import Image
 from gantry.users import User
-from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, current_user, urls_for
+from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 from lambdas.api.files import redirect_to_object
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 def visible_image(ctx: Context, user: User, pk: str) -> Image:

@@ -11,10 +11,7 @@ from gantry import shapes
 from gantry.context import Context
 from gantry.errors import ValidationFailed
 from gantry.interfaces import ImmutableFieldError, InterfaceFields
-from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, current_user, urls_for
-
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
+from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 
 
 def build(ctx: Context) -> APIGatewayRouter:

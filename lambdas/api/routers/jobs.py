@@ -16,11 +16,9 @@ from gantry.services import catalog
 from gantry.services.jobs import JobCreate, create_job
 from gantry.store.jobs import INPUT, OUTPUT
 from gantry.users import User
-from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, current_user, urls_for
+from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 from lambdas.api.files import redirect_to_object
 
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
 Ref = Annotated[str | None, Query(max_length=1024)]
 
 

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from gantry import shapes
 from gantry.context import Context
 from gantry.services import uploads
 from gantry.uploads import CompleteUpload, PartNumbers, UploadCreate
-from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, current_user, urls_for
+from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
 BASE = "/uploads/<pk>/<s3_upload_id>"
 
 

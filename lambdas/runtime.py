@@ -1,0 +1,48 @@
+"""What every Lambda entry point shares: the process's Context and SQS batch handling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from gantry.context import Context
+
+_context: Context | None = None
+
+
+def context() -> Context:
+    """The process's Context with the pipeline wired, built on first use, kept while warm."""
+    global _context
+    if _context is None:
+        from gantry.pipeline.wiring import install
+        from gantry.settings import get_settings
+
+        _context = install(Context.create(get_settings()))
+    return _context
+
+
+def process_sqs_batch(
+    event: dict[str, Any],
+    lambda_context: LambdaContext | None,
+    handle_body: Callable[[str], None],
+) -> dict[str, Any]:
+    """Handle an SQS batch record by record; the response lists the ones to retry
+    (batchItemFailures), so one bad record never makes the whole batch come back."""
+
+    def record_handler(record: SQSRecord) -> None:
+        handle_body(record.body)
+
+    return process_partial_response(
+        event=event,
+        record_handler=record_handler,
+        processor=BatchProcessor(event_type=EventType.SQS),
+        context=lambda_context,
+    )
