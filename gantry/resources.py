@@ -98,3 +98,19 @@ DEFAULT_UPLOADS_QUEUE = "gantry-uploads"
 DEFAULT_DROPBOX_QUEUE = "gantry-dropbox"
 DEFAULT_JOB_EVENTS_QUEUE = "gantry-job-events"
 DEFAULT_EVENT_BUS = "gantry"
+
+# --- Routing (the CDK stacks and the local stack build the same from these) -------------------
+
+# Object-created notifications: key prefix -> the queue whose handler takes it.
+BUCKET_NOTIFICATIONS = (
+    (PREFIX_UPLOADS, DEFAULT_UPLOADS_QUEUE),
+    (PREFIX_DROPBOX, DEFAULT_DROPBOX_QUEUE),
+)
+JOB_SOURCE_DROPBOX = "dropbox"
+# Finished drop-folder jobs go back to the drop-folder queue, which writes their results.
+DROPBOX_JOBS_RULE = "gantry-dropbox-jobs"
+DROPBOX_JOBS_PATTERN = {
+    "source": [EVENT_SOURCE],
+    "detail-type": [DETAIL_TYPE_JOB_SUCCEEDED, DETAIL_TYPE_JOB_FAILED],
+    "detail": {"source": [JOB_SOURCE_DROPBOX]},
+}
