@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gantry.images import Image, ImageFile, ImageType
+from gantry.sitk_loader import ensure_simpleitk
 
 # Kept as they are: grand-challenge's stored formats.
 STORED_SUFFIXES = (".mha", ".tif", ".tiff")
@@ -121,6 +122,7 @@ def read_image_info(path: Path | str) -> ImageInfo:
     if suffix not in _SITK_IO:
         raise ImageError(f"'{suffix or path.name}' is not a supported image format")
     _check_detached_data(path, suffix)
+    ensure_simpleitk()
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -319,6 +321,7 @@ def primary_file(paths: list[Path]) -> tuple[Path, list[Path]]:
 
 def convert_to_mha(src_paths: list[Path], dst_path: Path) -> Path:
     """Read the image (a file, .mhd+data, or a DICOM series) and write a compressed .mha."""
+    ensure_simpleitk()
     import SimpleITK as sitk
 
     primary, series = primary_file([Path(p) for p in src_paths])
@@ -341,6 +344,7 @@ def convert_to_mha(src_paths: list[Path], dst_path: Path) -> Path:
 
 
 def _read_dicom_series(paths: list[Path]) -> Any:
+    ensure_simpleitk()
     import SimpleITK as sitk
 
     directory = paths[0].parent
@@ -447,6 +451,7 @@ def _is_uuid(text: str) -> bool:
 
 def segment_values(path: Path, *, limit: int = 65) -> list[int]:
     """The distinct voxel values of a segmentation (reads the pixel data), at most ``limit``."""
+    ensure_simpleitk()
     import numpy as np
     import SimpleITK as sitk
 
