@@ -34,13 +34,23 @@ class Clients:
             "dynamodb", endpoint_url=self.settings.endpoint_url, config=self._config
         )
 
-    @cached_property
-    def s3(self) -> Any:
+    def _s3_client(self, endpoint_url: str | None) -> Any:
         # Virtual-host style breaks against local endpoints; path style works everywhere.
         config = self._config.merge(
             Config(s3={"addressing_style": "path"}, signature_version="s3v4")
         )
-        return self._session.client("s3", endpoint_url=self.settings.endpoint_url, config=config)
+        return self._session.client("s3", endpoint_url=endpoint_url, config=config)
+
+    @cached_property
+    def s3(self) -> Any:
+        return self._s3_client(self.settings.endpoint_url)
+
+    @cached_property
+    def s3_presign(self) -> Any:
+        """The client that signs URLs for API clients (signing makes no request)."""
+        if not self.settings.presign_endpoint_url:
+            return self.s3
+        return self._s3_client(self.settings.presign_endpoint_url)
 
     @cached_property
     def batch(self) -> Any:

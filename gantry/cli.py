@@ -29,7 +29,6 @@ def demo(
     """Run the example segmentation job end to end on the embedded local stack."""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from gantry import resources
     from gantry.local import demo as steps
     from gantry.local.client import ApiError, InProcessApi
     from gantry.local.stack import LocalStack
@@ -37,11 +36,6 @@ def demo(
     output.mkdir(parents=True, exist_ok=True)
     with console.status("Starting the local stack (embedded AWS endpoint, compute backend)…"):
         stack = LocalStack.start()
-        from lambdas.on_upload import process as on_upload
-
-        stack.subscribe(
-            resources.DEFAULT_UPLOADS_QUEUE, lambda event: on_upload(stack.ctx, event, None)
-        )
     try:
         token = stack.ctx.store.users.create_token("demo")
         api = InProcessApi(stack.ctx, token)

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     region: str = Field(default="us-east-1")
     # None means boto3's own resolution (AWS_ENDPOINT_URL or the real AWS endpoints).
     endpoint_url: str | None = None
+    # Endpoint written into presigned S3 URLs handed to clients, when they reach S3 by another
+    # address than this process does (the local stack's HTTPS gateway); None: endpoint_url.
+    presign_endpoint_url: str | None = None
     # Public base of the API, used to build every api_url and file URL.
     # Empty: derived from each request (host, and stage on execute-api hosts).
     api_base_url: str = ""

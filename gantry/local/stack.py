@@ -1,9 +1,13 @@
-"""The embedded local stack: moto's server as the AWS endpoint, the same handlers as AWS.
+"""The embedded local stack: the same handlers as AWS, on one machine.
 
-Resources are created from gantry.resources / gantry.provision (the CDK stacks read the same
-definitions). Events are delivered like on AWS: S3 notifications and Gantry job events reach
-SQS queues that a dispatcher thread feeds to the handlers; the local compute backend's
-Batch-shaped state changes go straight into the callback handler.
+The AWS endpoint is moto's server on loopback (or any AWS-compatible endpoint given as
+``endpoint_url``). Resources come from gantry.resources / gantry.provision, the definitions
+the CDK stacks read. Events travel as on AWS: S3 notifications reach SQS queues whose
+messages a dispatcher feeds to the upload and drop-folder handlers (partial-batch responses
+honoured), Gantry's job events reach the drop-folder queue through an EventBridge rule, the
+local compute backend's Batch-shaped state changes go into the callback handler, and the
+sweeper runs on a timer. Optionally an HTTPS gateway serves the API handler, and a state
+directory keeps everything across restarts.
 """
 
 from __future__ import annotations
@@ -15,46 +19,100 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from gantry import resources
+from gantry import resources, timeutil
 from gantry.context import Context
+from gantry.job_states import JobStatus
+from gantry.jobs import Job
 from gantry.provision import ensure_data
 from gantry.settings import Settings
 
 logger = logging.getLogger(__name__)
+QUEUES = (resources.DEFAULT_UPLOADS_QUEUE, resources.DEFAULT_DROPBOX_QUEUE)
+# As on AWS: a message a handler failed on comes back after this many seconds.
+VISIBILITY_TIMEOUT = "30"
+SWEEP_EVERY_SECONDS = 60.0
+SNAPSHOT_EVERY_SECONDS = 10.0
 
 
 @dataclass
 class LocalStack:
     settings: Settings
     ctx: Context
-    server: Any = None
+    endpoint: Any = None  # EmbeddedAws, when the stack runs its own endpoint
+    gateway: Any = None  # Gateway, when it serves the HTTPS API
+    snapshot: Any = None  # Snapshot, when it keeps state in a directory
+    state_dir: Path | None = None
     queues: dict[str, str] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _save_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: bool = False
 
     @classmethod
     def start(
-        cls, settings: Settings | None = None, *, port: int = 0, **backend_options: Any
+        cls,
+        settings: Settings | None = None,
+        *,
+        port: int = 0,
+        endpoint_url: str | None = None,
+        state_dir: Path | None = None,
+        serve_api: bool = False,
+        api_port: int = 0,
+        dispatch: bool = True,
+        sweep_every: float | None = SWEEP_EVERY_SECONDS,
+        snapshot_every: float | None = SNAPSHOT_EVERY_SECONDS,
+        **backend_options: Any,
     ) -> LocalStack:
-        from moto.server import ThreadedMotoServer
+        """Start the stack; ``port`` is the embedded endpoint's, ``api_port`` the gateway's."""
+        from gantry.local.endpoint import EmbeddedAws
 
         # The embedded endpoint accepts any credentials; boto3 insists on having some.
-        for name, value in (("AWS_ACCESS_KEY_ID", "local"), ("AWS_SECRET_ACCESS_KEY", "local")):
-            os.environ.setdefault(name, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        host, real_port = server.get_host_and_port()
-        base = settings or Settings()
-        settings = base.model_copy(
-            update={
-                "endpoint_url": f"http://{host}:{real_port}",
-                "compute_backend": "local",
-            }
+        if endpoint_url is None:
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                os.environ.setdefault(name, "local")
+        endpoint = EmbeddedAws(port=port).start() if endpoint_url is None else None
+        gateway = None
+        if serve_api:
+            from gantry.local.gateway import Gateway
+            from gantry.local.tls import ensure_certificates
+
+            tls_dir = (state_dir or Path(".gantry")) / "tls"
+            gateway = Gateway(ensure_certificates(tls_dir), port=api_port)
+        updates: dict[str, Any] = {
+            "endpoint_url": endpoint.url if endpoint else endpoint_url,
+            "compute_backend": "local",
+        }
+        if gateway is not None and endpoint is not None:
+            # Clients reach the embedded S3 through the gateway, on the API's https host.
+            updates["presign_endpoint_url"] = gateway.base_url
+        settings = (settings or Settings()).model_copy(update=updates)
+        stack = cls(
+            settings=settings,
+            ctx=Context.create(settings),
+            endpoint=endpoint,
+            gateway=gateway,
+            state_dir=state_dir,
         )
-        stack = cls(settings=settings, ctx=Context.create(settings), server=server)
-        stack._provision(backend_options)
+        try:
+            stack._provision(backend_options)
+            if state_dir is not None and endpoint is not None:
+                stack._restore(state_dir)
+            stack.recovered = stack.recover()
+            if gateway is not None:
+                stack._serve_api()
+            if dispatch:
+                stack._dispatch()
+            if sweep_every:
+                stack._every(sweep_every, stack.sweep, "sweeper")
+            if stack.snapshot is not None and snapshot_every:
+                stack._every(snapshot_every, stack.save, "snapshot")
+        except BaseException:
+            stack.stop(save=False)
+            raise
         return stack
 
     # --- resources ------------------------------------------------------------------------
@@ -65,54 +123,129 @@ class LocalStack:
 
         clients = self.ctx.clients
         ensure_data(clients, self.settings)
-        for name in (resources.DEFAULT_UPLOADS_QUEUE, resources.DEFAULT_JOB_EVENTS_QUEUE):
-            self.queues[name] = clients.sqs.create_queue(QueueName=name)["QueueUrl"]
+        for name in QUEUES:
+            self.queues[name] = clients.sqs.create_queue(
+                QueueName=name, Attributes={"VisibilityTimeout": VISIBILITY_TIMEOUT}
+            )["QueueUrl"]
         self.settings = self.settings.model_copy(
             update={"uploads_queue_url": self.queues[resources.DEFAULT_UPLOADS_QUEUE]}
         )
         self.ctx.settings = self.settings
+        self._route_notifications()
         self._route_job_events()
         self.ctx.compute_backend = LocalBackend(
             self.settings, on_event=self._on_compute_event, **backend_options
         )
         wiring.install(self.ctx)
 
+    def _queue_arn(self, name: str) -> str:
+        return self.ctx.clients.sqs.get_queue_attributes(
+            QueueUrl=self.queues[name], AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+
+    def _route_notifications(self) -> None:
+        self.ctx.clients.s3.put_bucket_notification_configuration(
+            Bucket=self.settings.bucket_name,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "QueueArn": self._queue_arn(queue),
+                        "Events": ["s3:ObjectCreated:*"],
+                        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}},
+                    }
+                    for prefix, queue in resources.BUCKET_NOTIFICATIONS
+                ]
+            },
+        )
+
     def _route_job_events(self) -> None:
         events = self.ctx.clients.events
         with contextlib.suppress(events.exceptions.ResourceAlreadyExistsException):
             events.create_event_bus(Name=self.settings.event_bus_name)
-        queue_url = self.queues[resources.DEFAULT_JOB_EVENTS_QUEUE]
-        arn = self.ctx.clients.sqs.get_queue_attributes(
-            QueueUrl=queue_url, AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
         events.put_rule(
-            Name="gantry-job-ended",
+            Name=resources.DROPBOX_JOBS_RULE,
             EventBusName=self.settings.event_bus_name,
-            EventPattern=json.dumps(
-                {
-                    "source": [resources.EVENT_SOURCE],
-                    "detail-type": [
-                        resources.DETAIL_TYPE_JOB_SUCCEEDED,
-                        resources.DETAIL_TYPE_JOB_FAILED,
-                    ],
-                }
-            ),
+            EventPattern=json.dumps(resources.DROPBOX_JOBS_PATTERN),
         )
         events.put_targets(
-            Rule="gantry-job-ended",
+            Rule=resources.DROPBOX_JOBS_RULE,
             EventBusName=self.settings.event_bus_name,
-            Targets=[{"Id": "job-events", "Arn": arn}],
+            Targets=[{"Id": "dropbox", "Arn": self._queue_arn(resources.DEFAULT_DROPBOX_QUEUE)}],
         )
+
+    # --- state ----------------------------------------------------------------------------
+
+    def _restore(self, state_dir: Path) -> None:
+        from gantry.local.snapshot import Snapshot
+
+        self.snapshot = Snapshot(state_dir / "state", self.ctx.clients, self.settings)
+        if self.snapshot.exists:
+            stats = self.snapshot.load()
+            logger.info("restored %s items and %s objects", stats.items, stats.objects)
+
+    def save(self) -> None:
+        if self.snapshot is None:
+            return
+        with self._save_lock:
+            self.snapshot.save()
+
+    def recover(self) -> list[str]:
+        """Resume unfinished jobs after a (re)start: the queue messages and local compute
+        jobs they were waiting on did not survive it. Returns the pks resumed."""
+        from gantry.pipeline.provision import start_job
+        from gantry.pipeline.wiring import validate_inputs_message
+
+        jobs = self.ctx.store.jobs
+        resumed = []
+        for job in jobs.active_modified_before(timeutil.iso(), limit=10_000):
+            if job.status is JobStatus.VALIDATING_INPUTS:
+                self.ctx.clients.sqs.send_message(
+                    QueueUrl=self.settings.uploads_queue_url,
+                    MessageBody=validate_inputs_message(job.pk),
+                )
+            elif (
+                job.status in (JobStatus.PENDING, JobStatus.RETRY)
+                or jobs.requeue(job.pk, attempt=job.attempt) is not None
+            ):
+                start_job(self.ctx, job.pk)
+            resumed.append(job.pk)
+        return resumed
+
+    # --- API ------------------------------------------------------------------------------
+
+    def _serve_api(self) -> None:
+        from gantry.local.gateway import ApiPool, gateway_app
+
+        aws = self.endpoint.app if self.endpoint is not None else None
+        self.gateway.start(gateway_app(ApiPool(self.ctx), aws))
+
+    @property
+    def api_url(self) -> str:
+        if self.gateway is None:
+            raise RuntimeError("the stack was started without the HTTPS API")
+        return str(self.gateway.api_url)
 
     # --- event delivery -------------------------------------------------------------------
 
     def _on_compute_event(self, event: dict[str, Any]) -> None:
         from lambdas.on_job_event import process
 
+        if self._stopping:
+            return  # jobs stopped by a shutdown resume on the next start (``recover``)
         try:
             process(self.ctx, event)
         except Exception:
             logger.exception("callback failed for %s", event.get("detail", {}).get("jobName"))
+
+    def _dispatch(self) -> None:
+        from lambdas import on_dropbox, on_upload
+
+        self.subscribe(
+            resources.DEFAULT_UPLOADS_QUEUE, lambda event: on_upload.process(self.ctx, event)
+        )
+        self.subscribe(
+            resources.DEFAULT_DROPBOX_QUEUE, lambda event: on_dropbox.process(self.ctx, event)
+        )
 
     def subscribe(self, queue: str, handler: Callable[[dict[str, Any]], Any]) -> None:
         """Feed the SQS ``queue`` to ``handler`` (an SQS-batch Lambda handler) in a thread."""
@@ -125,9 +258,16 @@ class LocalStack:
     def _poll(self, queue_url: str, handler: Callable[[dict[str, Any]], Any]) -> None:
         sqs = self.ctx.clients.sqs
         while not self._stop.is_set():
-            messages = sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-            ).get("Messages", [])
+            try:
+                messages = sqs.receive_message(
+                    QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                ).get("Messages", [])
+            except Exception:
+                if self._stop.is_set():
+                    return
+                logger.exception("receiving from %s failed", queue_url)
+                self._stop.wait(1)
+                continue
             if not messages:
                 continue
             event = {"Records": [_sqs_record(m, queue_url) for m in messages]}
@@ -141,15 +281,69 @@ class LocalStack:
                 if message["MessageId"] not in failed:
                     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 
-    def stop(self) -> None:
+    def sweep(self) -> None:
+        from gantry.pipeline.sweeper import sweep
+
+        sweep(self.ctx)
+
+    def _every(self, seconds: float, action: Callable[[], None], name: str) -> None:
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    action()
+                except Exception:
+                    logger.exception("%s failed", name)
+
+        thread = threading.Thread(target=loop, daemon=True, name=f"gantry-{name}")
+        thread.start()
+        self._threads.append(thread)
+
+    # --- views ----------------------------------------------------------------------------
+
+    def recent_jobs(self, limit: int = 20) -> list[Job]:
+        """The newest jobs of every user (a scan: fine for a local table)."""
+        from boto3.dynamodb.conditions import Attr
+
+        from gantry.store.keys import job
+        from gantry.store.table import MAIN_SK
+
+        table = self.ctx.clients.dynamodb_resource.Table(self.settings.table_name)
+        condition = Attr(resources.PARTITION_KEY).begins_with(job("")) & Attr(
+            resources.SORT_KEY
+        ).eq(MAIN_SK)
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"FilterExpression": condition}
+        while True:
+            page = table.scan(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        jobs = [Job.model_validate(json.loads(item["doc"])) for item in items]
+        return sorted(jobs, key=lambda j: j.created, reverse=True)[:limit]
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    def stop(self, *, save: bool = True, drain: bool = True) -> None:
+        """Stop; ``drain`` lets running jobs finish first, otherwise they are stopped and
+        resume (as a new attempt) on the next start with the same state directory."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
         backend = self.ctx.compute_backend
+        if not drain:
+            self._stopping = True
         if backend is not None and hasattr(backend, "shutdown"):
-            backend.shutdown(wait=True)
-        if self.server is not None:
-            self.server.stop()
+            backend.shutdown(wait=drain)
+        if self.gateway is not None:
+            self.gateway.stop()
+        if save:
+            try:
+                self.save()
+            except Exception:
+                logger.exception("could not save the local state")
+        if self.endpoint is not None:
+            self.endpoint.stop()
 
 
 def _sqs_record(message: dict[str, Any], queue_url: str) -> dict[str, Any]:

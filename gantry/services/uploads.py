@@ -51,7 +51,7 @@ def _require_open(upload: Upload) -> None:
 def presigned_urls(ctx: Context, upload: Upload, body: PartNumbers) -> dict[str, str]:
     _require_open(upload)
     return {
-        str(number): ctx.clients.s3.generate_presigned_url(
+        str(number): ctx.clients.s3_presign.generate_presigned_url(
             "upload_part",
             Params={
                 "Bucket": ctx.settings.bucket_name,

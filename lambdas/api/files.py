@@ -8,7 +8,7 @@ from gantry.context import Context
 
 
 def redirect_to_object(ctx: Context, key: str, filename: str) -> Response:
-    url = ctx.clients.s3.generate_presigned_url(
+    url = ctx.clients.s3_presign.generate_presigned_url(
         "get_object",
         Params={
             "Bucket": ctx.settings.bucket_name,

@@ -1,0 +1,197 @@
+"""The local HTTPS gateway: API Gateway's part, on one loopback port.
+
+Requests under ``/api/v1/`` become API Gateway (REST, proxy integration) events for the same
+API handler that runs on Lambda, as ``sam local start-api`` does. Every other request goes to
+the embedded AWS endpoint, so presigned S3 URLs handed to clients are on the same https host
+(gcapi follows only https URLs on its own host).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from gantry.context import Context
+from gantry.local.client import LambdaContextStub
+from gantry.local.endpoint import QuietHandler
+from gantry.local.tls import TlsFiles
+
+logger = logging.getLogger(__name__)
+API_PREFIX = "/api/v1/"
+STAGE = "local"
+# API Gateway's own payload limit; larger bodies are refused before they reach a handler.
+MAX_BODY_BYTES = 10 * 1024 * 1024
+TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class ApiPool:
+    """API handler instances, one per concurrent request, like warm Lambda instances: the
+    Powertools resolver keeps the current event on itself, so one instance must not serve
+    two requests at once."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def resolve(self, event: dict[str, Any]) -> dict[str, Any]:
+        from lambdas.api.app import create_app, normalise_path
+
+        try:
+            app = self._idle.get_nowait()
+        except queue.Empty:
+            app = create_app(self.ctx)
+        try:
+            return app.resolve(normalise_path(event), LambdaContextStub())
+        finally:
+            self._idle.put(app)
+
+
+def proxy_event_from_environ(environ: dict[str, Any], body: bytes) -> dict[str, Any]:
+    """The API Gateway REST proxy event for a WSGI request."""
+    method = environ["REQUEST_METHOD"]
+    path = environ.get("PATH_INFO") or "/"
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers[key[5:].replace("_", "-").title()] = value
+    if environ.get("CONTENT_TYPE"):
+        headers["Content-Type"] = environ["CONTENT_TYPE"]
+    if environ.get("CONTENT_LENGTH"):
+        headers["Content-Length"] = environ["CONTENT_LENGTH"]
+    pairs = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    multi: dict[str, list[str]] = {}
+    for key, value in pairs:
+        multi.setdefault(key, []).append(value)
+    content_type = headers.get("Content-Type", "")
+    binary = bool(body) and not content_type.startswith(TEXT_TYPES)
+    proxy = path[len(API_PREFIX) :] if path.startswith(API_PREFIX) else path.lstrip("/")
+    return {
+        "resource": "/api/v1/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": {k: v[-1] for k, v in multi.items()} or None,
+        "multiValueQueryStringParameters": multi or None,
+        "pathParameters": {"proxy": proxy},
+        "stageVariables": None,
+        "requestContext": {
+            "stage": STAGE,
+            "httpMethod": method,
+            "path": path,
+            "identity": {"sourceIp": environ.get("REMOTE_ADDR", "")},
+        },
+        "body": (base64.b64encode(body).decode() if binary else body.decode("utf-8"))
+        if body
+        else None,
+        "isBase64Encoded": binary,
+    }
+
+
+def gateway_app(pool: ApiPool, aws: WsgiApp | None) -> WsgiApp:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path.startswith(API_PREFIX) or path == API_PREFIX.rstrip("/"):
+            return _api(pool, environ, start_response)
+        if aws is not None:
+            return aws(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [b'{"detail": "Not found."}']
+
+    return app
+
+
+def _api(
+    pool: ApiPool, environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes]:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if length > MAX_BODY_BYTES:
+        start_response("413 Request Entity Too Large", [("Content-Type", "application/json")])
+        return [b'{"message": "Request Too Long"}']
+    body = environ["wsgi.input"].read(length) if length else b""
+    try:
+        response = pool.resolve(proxy_event_from_environ(environ, body))
+    except Exception:  # API Gateway answers 502 when the integration fails
+        logger.exception("API handler failed")
+        start_response("502 Bad Gateway", [("Content-Type", "application/json")])
+        return [b'{"message": "Internal server error"}']
+    headers: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for name, values in (response.get("multiValueHeaders") or {}).items():
+        seen.add(name.lower())
+        headers.extend((name, str(v)) for v in values)
+    for name, value in (response.get("headers") or {}).items():
+        if name.lower() not in seen:
+            headers.append((name, str(value)))
+    raw = response.get("body") or ""
+    data = base64.b64decode(raw) if response.get("isBase64Encoded") else raw.encode("utf-8")
+    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    headers.append(("Content-Length", str(len(data))))
+    status = int(response["statusCode"])
+    start_response(f"{status} {_reason(status)}", headers)
+    return [data]
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _not_ready(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("503 Service Unavailable", [("Content-Type", "application/json")])
+    return [b'{"message": "Starting"}']
+
+
+class Gateway:
+    """The HTTPS server on a loopback port, in a thread."""
+
+    def __init__(self, tls: TlsFiles, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        self.tls = tls
+        # Bound now so the URL is known before the app behind it is built; served by start().
+        self.server: BaseWSGIServer = make_server(
+            host,
+            port,
+            _not_ready,
+            threaded=True,
+            ssl_context=context,
+            request_handler=QuietHandler,
+        )
+        self.host, self.port = self.server.server_address[:2]
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, daemon=True, name="gantry-gateway"
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + API_PREFIX
+
+    def start(self, app: WsgiApp) -> Gateway:
+        self.server.app = app
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
