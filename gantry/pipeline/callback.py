@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from gantry import contract, resources, timeutil
@@ -48,9 +49,16 @@ def handle_compute_event(ctx: Context, event: ComputeState) -> Job | None:
             job_pk,
             attempt=attempt,
             status=JobStatus.EXECUTING,
-            changes=lambda j: {"started_at": j.started_at or timeutil.iso()},
+            changes=lambda j: {"started_at": started_at(event) or j.started_at or timeutil.iso()},
         )
     return complete(ctx, job, event)
+
+
+def started_at(event: ComputeState) -> str | None:
+    """When the service started the compute job, as the job's ISO timestamp."""
+    if event.started_at is None:
+        return None
+    return timeutil.iso(datetime.fromtimestamp(event.started_at / 1000, UTC))
 
 
 def _read_result(ctx: Context, job: Job) -> tuple[bytes, str | None] | None:
@@ -70,7 +78,14 @@ def _tail(lines: list[str]) -> str:
 
 def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
     attempt = job.attempt
-    ctx.store.jobs.transition(job.pk, attempt=attempt, status=JobStatus.EXECUTED)
+    # The RUNNING event may come late or never (unordered, or lost), or without a start time
+    # (SageMaker's InProgress): the final state says when the service started the job.
+    ctx.store.jobs.transition(
+        job.pk,
+        attempt=attempt,
+        status=JobStatus.EXECUTED,
+        changes=lambda j: {"started_at": started_at(event) or j.started_at},
+    )
     raw = _read_result(ctx, job)
     if raw is None:
         if event.retryable:
