@@ -6,10 +6,15 @@ Network: one VPC with *public* subnets only, no NAT gateway and no interface end
   ~$32/month per AZ. Public subnets with public IPs cost nothing while no instance runs.
 - Nothing can connect in: the hosts' security group has no inbound rule, and egress is HTTPS
   only. S3 traffic (inputs, outputs, image layers) takes the free S3 gateway endpoint.
-- The *algorithm* has no network at all: the runner starts it in a sandbox with its own empty
-  network namespace and moves data to and from S3 itself. The VPC cannot give that guarantee
-  (the runner needs S3), so the sandbox does; SageMaker's network isolation cannot be used for
-  the same reason.
+- The *algorithm* has no network at all: the runner starts it in a bubblewrap sandbox with its
+  own empty network namespace and moves data to and from S3 itself. The VPC cannot give that
+  guarantee (the runner needs S3), so the sandbox does; SageMaker's network isolation cannot be
+  used for the same reason. bwrap needs namespaces, which Docker's default seccomp profile
+  forbids, and Batch offers no per-capability or seccomp switch: so the runner container is
+  privileged and the runner's sandbox mode is ``required`` (a job that cannot be sandboxed
+  fails instead of running with network). The algorithm keeps none of that privilege: bwrap
+  drops every capability and switches to an unprivileged uid before it starts.
+  ``gantry:runnerPrivileged=false`` opts out of both (docs/deploy.md, "Isolation").
 - Instances require IMDSv2 with a hop limit of 1, so containers on bridge networks cannot
   read the instance role's credentials; a job gets only its job role (io/ prefix).
 
@@ -37,6 +42,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from batch_runner.config import ENV_SANDBOX
 from gantry import resources
 from gantry.settings import Settings
 from infra.access import grant_prefixes
@@ -300,7 +306,10 @@ class Compute(Construct):
                 gpu=gpus or None,
                 # Batch offers no per-capability switch; privileged is the only way to let the
                 # runner's bubblewrap sandbox create namespaces under Docker's seccomp profile.
-                privileged=config.runner_privileged or None,
+                privileged=config.runner_privileged,
+                # Copied into every per-image definition by the Batch backend; the runner
+                # removes GANTRY_* before the algorithm starts.
+                environment={ENV_SANDBOX: config.runner_sandbox},
                 command=list(RUNNER_COMMAND),
                 job_role=self.job_role,
                 execution_role=self.execution_role,

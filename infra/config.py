@@ -16,6 +16,8 @@ from typing import Any
 
 from constructs import Node
 
+from batch_runner.config import SandboxMode
+
 PREFIX = "gantry:"
 
 # Feature flags the constructs rely on. ``python app.py`` does not read cdk.json, so the app
@@ -70,7 +72,10 @@ class GantryConfig:
     root_volume_gib: int = 100
     availability_zones: tuple[str, ...] = ()
     runner_placeholder_image: str = "public.ecr.aws/docker/library/python:3.12-slim"
-    runner_privileged: bool = False
+    # The algorithm's isolation (docs/deploy.md "Isolation"): a privileged runner container is
+    # the only way bubblewrap can build its sandbox on Batch, and with it the runner refuses to
+    # run a job unsandboxed. False trades the no-network guarantee for an unprivileged container.
+    runner_privileged: bool = True
     compute_backend: str = "batch"
     sagemaker_runner_image: str = ""
     # API
@@ -87,6 +92,16 @@ class GantryConfig:
     job_events_reserved_concurrency: int = 0
     sqs_max_concurrency: int = 10
     alarm_email: str = ""
+
+    @property
+    def runner_sandbox(self) -> SandboxMode:
+        """The runner's sandbox mode (``GANTRY_SANDBOX``) that goes with the container's rights.
+
+        Unprivileged, bwrap cannot create namespaces under Docker's seccomp profile, so
+        ``required`` would fail every job; ``auto`` runs it unsandboxed and says so in the log
+        and in the result (``sandboxed: false``).
+        """
+        return "required" if self.runner_privileged else "auto"
 
     @classmethod
     def from_node(cls, node: Node) -> GantryConfig:

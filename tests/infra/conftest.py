@@ -29,6 +29,8 @@ ALL_OPTIONS = {
     "gantry:alarmEmail": "ops@example.org",
     "gantry:computeBackend": "sagemaker",
     "gantry:jobEventsReservedConcurrency": 20,
+    # The explicit opt-out of the privileged runner (and with it of the required sandbox).
+    "gantry:runnerPrivileged": "false",
 }
 
 
@@ -43,6 +45,13 @@ class Synth:
 
     def resources(self, kind: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.template["Resources"].items() if v["Type"] == kind}
+
+    def runner_containers(self) -> dict[str, dict[str, Any]]:
+        """ContainerProperties of each Batch job definition, by definition name."""
+        return {
+            d["Properties"]["JobDefinitionName"]: d["Properties"]["ContainerProperties"]
+            for d in self.resources("AWS::Batch::JobDefinition").values()
+        }
 
     def one(self, kind: str) -> dict[str, Any]:
         found = list(self.resources(kind).values())

@@ -22,6 +22,14 @@ def test_defaults_are_cheap_and_safe() -> None:
     assert config.destroy_on_delete is False
     assert config.spot is False
     assert all(t.startswith("g4dn.") for t in config.gpu_instance_types)
+    assert config.runner_privileged is True
+    assert config.runner_sandbox == "required"
+
+
+def test_unprivileged_runner_lets_the_runner_fall_back_to_no_sandbox() -> None:
+    config = _config(runnerPrivileged="false")
+    assert config.runner_privileged is False
+    assert config.runner_sandbox == "auto"
 
 
 def test_context_strings_are_parsed() -> None:

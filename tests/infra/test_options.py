@@ -1,4 +1,4 @@
-"""The optional switches: destroy on delete, spot, custom domain, WAF, SageMaker backend."""
+"""The optional switches: destroy on delete, spot, domain, WAF, SageMaker, unprivileged runner."""
 
 from __future__ import annotations
 
@@ -66,3 +66,11 @@ def test_waf_alarm_email_and_reserved_concurrency(template: Template) -> None:
     template.has_resource_properties(
         "AWS::Lambda::Function", {"Handler": "lambdas.api.app.handler", "Layers": Match.any_value()}
     )
+
+
+def test_opting_out_of_the_privileged_runner_relaxes_the_sandbox(options_synth: Synth) -> None:
+    # Unprivileged, bwrap cannot build the sandbox: "required" would fail every job, so the
+    # runner falls back to an unsandboxed run ("auto") and records it in the result.
+    for definition, container in options_synth.runner_containers().items():
+        assert container.get("Privileged") is not True, definition
+        assert {"Name": "GANTRY_SANDBOX", "Value": "auto"} in container["Environment"]

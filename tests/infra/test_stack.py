@@ -9,6 +9,7 @@ from aws_cdk.assertions import Match, Template
 
 from gantry import resources
 from gantry.settings import Settings
+from gantry.sitk_loader import ARCHIVE_ENV
 from tests.infra.conftest import Synth
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,15 @@ def _statements(synth: Synth) -> list[tuple[str, dict[str, Any]]]:
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             found.append((name, statement))
     return found
+
+
+def _statements_of(synth: Synth, role: str) -> list[dict[str, Any]]:
+    return [
+        statement
+        for policy in synth.resources("AWS::IAM::Policy").values()
+        if {"Ref": role} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -254,6 +264,17 @@ def test_runner_job_definition(template: Template) -> None:
     )
 
 
+def test_runner_is_privileged_and_must_sandbox_the_algorithm(default_synth: Synth) -> None:
+    # No network for the algorithm: bwrap needs the privileged container on Batch, and the
+    # runner must fail a job it cannot sandbox rather than run it with the network.
+    name = Settings.model_construct().batch_job_definition
+    containers = default_synth.runner_containers()
+    assert set(containers) == {name, f"{name}-cpu"}
+    for definition, container in containers.items():
+        assert container["Privileged"] is True, definition
+        assert {"Name": "GANTRY_SANDBOX", "Value": "required"} in container["Environment"]
+
+
 def test_job_role_only_touches_io_prefix(default_synth: Synth) -> None:
     roles = default_synth.resources("AWS::IAM::Role")
     job_roles = [
@@ -329,6 +350,32 @@ def test_handlers_and_environment(default_synth: Synth) -> None:
             assert required in env, (handler, required)
         assert props["Layers"], "Powertools layer"
         assert "AWSLambdaPowertoolsPythonV3" in str(props["Layers"])
+
+
+def test_only_the_imaging_functions_fetch_the_simpleitk_archive(default_synth: Synth) -> None:
+    imaging = {"lambdas.on_upload.handler", "lambdas.on_job_event.handler"}
+    roles: dict[str, str] = {}
+    for fn in default_synth.resources("AWS::Lambda::Function").values():
+        props = fn["Properties"]
+        env = props.get("Environment", {}).get("Variables", {})
+        if props.get("Handler") not in HANDLERS:
+            continue
+        assert (ARCHIVE_ENV in env) == (props["Handler"] in imaging), props["Handler"]
+        if ARCHIVE_ENV in env:
+            uri = env[ARCHIVE_ENV]["Fn::Sub"]
+            assert uri.startswith("s3://cdk-") and uri.endswith(".zip")
+            roles[props["Role"]["Fn::GetAtt"][0]] = uri.rsplit("/", 1)[1]
+    assert len(roles) == 2
+    for role, key in roles.items():
+        readable = [
+            str(resource)
+            for s in _statements_of(default_synth, role)
+            if "s3:GetObject" in _as_list(s["Action"])
+            for resource in _as_list(s["Resource"])
+        ]
+        # Exactly the archive's key in the asset bucket, not the whole bucket.
+        assert any(f"/{key}" in r for r in readable), role
+        assert not any("cdk-" in r and "/*" in r for r in readable), role
 
 
 def test_api_proxy_routes_throttling_and_access_logs(default_synth: Synth) -> None:
