@@ -73,6 +73,10 @@ def demo(
         stack.stop()
 
 
+from gantry.commands import local as local_commands  # noqa: E402
+
+app.add_typer(local_commands.app, name="local")
+
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 

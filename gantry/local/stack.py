@@ -59,6 +59,7 @@ class LocalStack:
         *,
         port: int = 0,
         endpoint_url: str | None = None,
+        embedded: bool | None = None,
         state_dir: Path | None = None,
         serve_api: bool = False,
         api_port: int = 0,
@@ -67,14 +68,18 @@ class LocalStack:
         snapshot_every: float | None = SNAPSHOT_EVERY_SECONDS,
         **backend_options: Any,
     ) -> LocalStack:
-        """Start the stack; ``port`` is the embedded endpoint's, ``api_port`` the gateway's."""
+        """Start the stack. ``port`` is the embedded endpoint's, ``api_port`` the gateway's.
+        Without the embedded endpoint (``embedded=False``, implied by ``endpoint_url``) the
+        stack uses ``endpoint_url``, or boto3's own resolution (a real account) when None."""
         from gantry.local.endpoint import EmbeddedAws
 
+        if embedded is None:
+            embedded = endpoint_url is None
         # The embedded endpoint accepts any credentials; boto3 insists on having some.
-        if endpoint_url is None:
+        if embedded:
             for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 os.environ.setdefault(name, "local")
-        endpoint = EmbeddedAws(port=port).start() if endpoint_url is None else None
+        endpoint = EmbeddedAws(port=port).start() if embedded else None
         gateway = None
         if serve_api:
             from gantry.local.gateway import Gateway

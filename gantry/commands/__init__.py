@@ -1,0 +1,1 @@
+"""Sub-commands of ``gantry`` (the root is gantry.cli)."""
