@@ -15,8 +15,9 @@ Network: one VPC with *public* subnets only, no NAT gateway and no interface end
   fails instead of running with network). The algorithm keeps none of that privilege: bwrap
   drops every capability and switches to an unprivileged uid before it starts.
   ``gantry:runnerPrivileged=false`` opts out of both (docs/deploy.md, "Isolation").
-- Instances require IMDSv2 with a hop limit of 1, so containers on bridge networks cannot
-  read the instance role's credentials; a job gets only its job role (io/ prefix).
+- Instances require IMDSv2 with a hop limit of 1. That stops bridge-networked containers, but
+  Batch runs EC2 jobs with host networking: what keeps the algorithm from IMDS (the instance
+  role) and from the ECS agent (the job role, io/ prefix only) is the sandbox's lack of network.
 
 Batch: managed EC2 compute environments that scale to zero (minvCpus 0) on the ECS AL2023
 NVIDIA AMI with explicit GPU instance types only (``use_optimal_instance_classes=False``):
