@@ -1,0 +1,314 @@
+"""The local stack's own parts: the HTTPS gateway, DynamoDB semantics of the embedded endpoint,
+and the snapshot that keeps state across restarts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from werkzeug.test import EnvironBuilder
+
+from gantry.algorithms import AlgorithmFields, AlgorithmImageFields, SocketSet
+from gantry.context import Context
+from gantry.interfaces import InterfaceFields
+from gantry.job_states import JobStatus
+from gantry.jobs import Job
+from gantry.local.gateway import MAX_BODY_BYTES, proxy_event_from_environ
+from gantry.local.snapshot import Snapshot
+from gantry.local.stack import LocalStack
+from gantry.provision import ensure_data
+from gantry.services.jobs import JobCreate, JobInput, create_job
+from gantry.settings import Settings
+from gantry.store.table import ConditionFailed
+from gantry.urls import Urls
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "algorithms"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    name = f"gantry-local-{uuid.uuid4().hex[:8]}"
+    local = LocalStack.start(
+        Settings(table_name=name, bucket_name=name),
+        state_dir=tmp_path_factory.mktemp("state"),
+        serve_api=True,
+        sweep_every=None,
+        snapshot_every=None,
+    )
+    yield local
+    local.stop(save=False)
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(verify=str(stack.state_dir / "tls" / "ca.pem"), timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def token(stack):
+    return stack.ctx.store.users.create_token(f"user-{uuid.uuid4().hex[:6]}")
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"BEARER {token}"}
+
+
+# --- the gateway ---------------------------------------------------------------------------
+
+
+def test_requests_become_api_gateway_proxy_events():
+    environ = EnvironBuilder(
+        method="POST",
+        path="/api/v1/algorithms/jobs/",
+        query_string="status=Failed&status=Succeeded&limit=5",
+        headers={"Authorization": "Bearer t", "Host": "127.0.0.1:8443"},
+        data=b"\x89PNG\x00binary",
+        content_type="application/octet-stream",
+    ).get_environ()
+    event = proxy_event_from_environ(environ, b"\x89PNG\x00binary")
+    assert event["httpMethod"] == "POST"
+    assert event["path"] == "/api/v1/algorithms/jobs/"
+    assert event["pathParameters"] == {"proxy": "algorithms/jobs/"}
+    assert event["multiValueQueryStringParameters"]["status"] == ["Failed", "Succeeded"]
+    assert event["queryStringParameters"]["limit"] == "5"
+    assert event["headers"]["Authorization"] == "Bearer t"
+    assert event["isBase64Encoded"] is True  # binary bodies travel base64, as on API Gateway
+
+
+def test_the_api_answers_over_https_with_gcapi_exact_content_type(stack, http, token):
+    response = http.get(stack.api_url + "gcapi/")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert http.get(stack.api_url + "algorithms/").status_code == 401
+    listed = http.get(stack.api_url + "algorithms/", headers=auth(token))
+    assert listed.status_code == 200 and listed.json()["count"] == 0
+
+
+def test_urls_the_api_hands_out_are_on_the_host_the_client_used(stack, http, token):
+    created = http.post(
+        stack.api_url + "uploads/", json={"filename": "case.mha"}, headers=auth(token)
+    ).json()
+    assert created["api_url"].startswith(stack.api_url)
+    localhost = stack.api_url.replace("127.0.0.1", "localhost")
+    again = http.get(localhost + f"uploads/{created['pk']}/", headers=auth(token)).json()
+    assert again["api_url"].startswith(localhost)
+
+
+def test_presigned_upload_and_download_urls_work_on_the_api_host(stack, http, token):
+    upload = http.post(
+        stack.api_url + "uploads/", json={"filename": "notes.txt"}, headers=auth(token)
+    ).json()
+    base = f"{stack.api_url}uploads/{upload['pk']}/{upload['s3_upload_id']}/"
+    urls = http.patch(
+        base + "generate-presigned-urls/", json={"part_numbers": [1]}, headers=auth(token)
+    ).json()["presigned_urls"]
+    host = httpx.URL(stack.api_url).netloc
+    assert httpx.URL(urls["1"]).netloc == host and urls["1"].startswith("https://")
+    put = http.put(urls["1"], content=b"hello over the gateway")
+    assert put.status_code == 200
+    done = http.patch(
+        base + "complete-multipart-upload/",
+        json={"parts": [{"ETag": put.headers["ETag"], "PartNumber": 1}]},
+        headers=auth(token),
+    )
+    assert done.status_code == 200, done.text
+    stored = stack.ctx.clients.s3.get_object(
+        Bucket=stack.settings.bucket_name, Key=stack.ctx.store.uploads.get(upload["pk"]).key
+    )
+    assert stored["Body"].read() == b"hello over the gateway"
+
+
+def test_an_oversized_body_is_refused_before_the_handler(stack, http, token):
+    response = http.post(
+        stack.api_url + "uploads/",
+        content=b"x" * (MAX_BODY_BYTES + 1),
+        headers={**auth(token), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+
+
+def test_unknown_api_paths_get_the_api_404(stack, http, token):
+    response = http.get(stack.api_url + "no-such-thing/", headers=auth(token))
+    assert response.status_code == 404
+
+
+# --- DynamoDB semantics ------------------------------------------------------------------------
+
+
+def test_racing_conditional_writes_never_lose_an_update(stack):
+    """The store's compare-and-set relies on DynamoDB rejecting a stale conditional write;
+    the embedded endpoint serialises DynamoDB requests to keep that true."""
+    table = stack.ctx.store.table
+    pk = f"COUNTER#{uuid.uuid4().hex}"
+    table.put(table.item(pk, "A", {"n": 0}, version=0))
+    done = []
+
+    def bump() -> None:
+        for _ in range(20):
+            try:
+                table.update_doc(pk, lambda cur: ({"n": cur.doc["n"] + 1}, {}))
+                done.append(1)
+            except ConditionFailed:
+                pass
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    # Switch threads as often as possible, so a check and its write interleave if they can.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(done) > 0
+    assert table.get(pk).doc["n"] == len(done)
+
+
+# --- snapshot --------------------------------------------------------------------------------
+
+
+def _fresh_target(stack: LocalStack) -> tuple[Context, Settings]:
+    name = f"gantry-restored-{uuid.uuid4().hex[:8]}"
+    settings = stack.settings.model_copy(update={"table_name": name, "bucket_name": name})
+    target = Context.create(settings)
+    ensure_data(target.clients, settings)
+    return target, settings
+
+
+def _scan(ctx: Context) -> list[dict]:
+    items = ctx.clients.dynamodb.scan(TableName=ctx.settings.table_name)["Items"]
+    return sorted(items, key=lambda i: (i["PK"]["S"], i["SK"]["S"]))
+
+
+def test_a_snapshot_restores_every_item_and_object(stack, tmp_path: Path):
+    s3, bucket = stack.ctx.clients.s3, stack.settings.bucket_name
+    stack.ctx.store.users.create_token("snapshot-user")
+    s3.put_object(
+        Bucket=bucket,
+        Key="values/a b/report.json",
+        Body=json.dumps({"x": 1}).encode(),
+        ContentType="application/json",
+        Metadata={"signature_hmac_sha256": "abc"},
+    )
+    s3.put_object(Bucket=bucket, Key="io/big.bin", Body=bytes(range(256)) * 40_000)
+    Snapshot(tmp_path, stack.ctx.clients, stack.settings).save()
+
+    target, settings = _fresh_target(stack)
+    stats = Snapshot(tmp_path, target.clients, settings).load()
+    assert stats.items == len(_scan(stack.ctx)) > 0
+    assert _scan(target) == _scan(stack.ctx)
+    restored = target.clients.s3.get_object(
+        Bucket=settings.bucket_name, Key="values/a b/report.json"
+    )
+    assert json.loads(restored["Body"].read()) == {"x": 1}
+    assert restored["ContentType"] == "application/json"
+    assert restored["Metadata"] == {"signature_hmac_sha256": "abc"}
+    big = target.clients.s3.get_object(Bucket=settings.bucket_name, Key="io/big.bin")
+    assert big["Body"].read() == bytes(range(256)) * 40_000
+
+
+def test_saving_again_copies_only_what_changed(stack, tmp_path: Path):
+    s3, bucket = stack.ctx.clients.s3, stack.settings.bucket_name
+    snapshot = Snapshot(tmp_path, stack.ctx.clients, stack.settings)
+    first = snapshot.save()
+    assert first.objects_written == first.objects
+    assert snapshot.save().objects_written == 0
+    s3.put_object(Bucket=bucket, Key="values/new.json", Body=b"{}")
+    assert snapshot.save().objects_written == 1
+    s3.delete_object(Bucket=bucket, Key="values/new.json")
+    after = snapshot.save()
+    assert after.objects_removed == 1 and after.objects == first.objects
+    assert len(list((tmp_path / "objects").iterdir())) == first.objects
+
+
+def _json_io_algorithm(stack: LocalStack):
+    store = stack.ctx.store
+    existing = store.sockets.get_many_by_slug(
+        ["threshold", "bounding-box", "score", "shifted-bounding-box"]
+    )
+    for title, kind in (
+        ("threshold", "Float"),
+        ("bounding-box", "2D bounding box"),
+        ("score", "Float"),
+        ("shifted-bounding-box", "2D bounding box"),
+    ):
+        if title not in existing:
+            store.sockets.create(
+                InterfaceFields(title=title, kind=kind, relative_path=f"{title}.json"),
+                creator="alice",
+            )
+    algorithm = store.algorithms.create(
+        AlgorithmFields(
+            title=f"json-io {uuid.uuid4().hex[:6]}",
+            interfaces=[
+                SocketSet(
+                    inputs=["threshold", "bounding-box"], outputs=["score", "shifted-bounding-box"]
+                )
+            ],
+        ),
+        creator="alice",
+    )
+    store.algorithms.create_image(
+        algorithm,
+        AlgorithmImageFields(
+            image="local",
+            command=[sys.executable, "main.py"],
+            workdir=str(EXAMPLES / "json-io"),
+        ),
+        creator="alice",
+    )
+    return algorithm
+
+
+def _wait_until_finished(stack: LocalStack, pk: str, timeout: float = 60.0) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = stack.ctx.store.jobs.get(pk)
+        if job.status.is_terminal:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {pk} did not finish")
+
+
+def test_recovery_gives_interrupted_jobs_a_new_attempt(stack):
+    """A job that was running when the stack stopped runs again as a new attempt on start."""
+    user = stack.ctx.store.users.ensure_user("alice")
+    algorithm = _json_io_algorithm(stack)
+    box = {
+        "type": "2D bounding box",
+        "version": {"major": 1, "minor": 0},
+        "corners": [[0, 0, 0], [10, 0, 0], [10, 10, 0], [0, 10, 0]],
+    }
+    body = JobCreate(
+        algorithm=algorithm.pk,
+        inputs=[
+            JobInput(interface="threshold", value=2.5),
+            JobInput(interface="bounding-box", value=box),
+        ],
+    )
+    job = create_job(stack.ctx, user, body, Urls("https://api.gantry.test/api/v1/"))
+    first = _wait_until_finished(stack, job.pk)
+    assert first.status is JobStatus.SUCCESS
+    # What a stop in the middle of the run leaves behind: Executing, no outputs yet.
+    stack.ctx.store.jobs.update(
+        job.pk,
+        lambda j: j.model_copy(
+            update={"status": JobStatus.EXECUTING, "outputs": [], "completed_at": None}
+        ),
+    )
+    assert job.pk in stack.recover()
+    again = _wait_until_finished(stack, job.pk)
+    assert again.status is JobStatus.SUCCESS, again.error_message
+    assert again.attempt == first.attempt + 1
+    assert {v.socket for v in again.outputs} == {"score", "shifted-bounding-box"}
