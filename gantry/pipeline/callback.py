@@ -134,12 +134,25 @@ def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
     if parsed.errors:
         first = next(iter(parsed.errors.values()))
         changes.update(error_message=first, detailed_error_message=parsed.errors)
-        return finish(ctx, job, JobStatus.FAILURE, changes)
+        failed = finish(ctx, job, JobStatus.FAILURE, changes)
+        _drop_unkept_files(ctx, job.pk, parsed.values)
+        return failed
     changes["outputs"] = to_socket_values(ctx, parsed.values)
     done = finish(ctx, job, JobStatus.SUCCESS, changes)
-    if done is not None and parsed.images:
+    if done is None:
+        # A duplicate of this event, handled at the same time, finished the job first.
+        _drop_unkept_files(ctx, job.pk, parsed.values)
+    elif parsed.images:
         ctx.store.jobs.add_output_images(done, parsed.images)
     return done
+
+
+def _drop_unkept_files(ctx: Context, job_pk: str, drafts: list[dict[str, Any]]) -> None:
+    """Delete the output files this call copied to values/ that the job does not keep."""
+    current = ctx.store.jobs.find(job_pk)
+    kept = {value.file for value in current.outputs} if current else set()
+    for key in sorted({d["file"] for d in drafts if d.get("file")} - kept):
+        ctx.clients.s3.delete_object(Bucket=ctx.settings.bucket_name, Key=key)
 
 
 def _retry_or_fail(ctx: Context, job: Job, event: ComputeState) -> Job | None:
