@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from gantry import timeutil
+from gantry.compute.base import ComputeState
 from gantry.context import Context
 from gantry.job_states import IN_FLIGHT, JobStatus
 from gantry.pipeline.callback import finish, handle_compute_event
@@ -20,6 +21,7 @@ from gantry.pipeline.provision import start_job
 logger = logging.getLogger(__name__)
 STALE_PROVISIONING_SECONDS = 600
 STALE_VALIDATION_SECONDS = 3600
+LOST_REASON = "the compute service no longer knows its compute job"
 
 
 @dataclass
@@ -70,8 +72,16 @@ def _reconcile(ctx: Context, job_pk: str) -> bool:
         return False
     state = ctx.compute.describe(job.compute_job_id) if job.compute_job_id else None
     if state is None:
-        finish(ctx, job, JobStatus.FAILURE, {"error_message": "The compute job was lost"})
-        return True
+        # Services forget finished jobs (Batch's DescribeJobs after about a day, sooner than
+        # a day-long job's deadline here; the local backend when it restarts). The runner's
+        # signed result, if there is one, still says how the job ended.
+        state = ComputeState(
+            compute_job_id=job.compute_job_id or "",
+            name="",
+            status="failed",
+            raw_status="",
+            reason=LOST_REASON,
+        )
     if state.status == "running":
         return False
     logger.info("sweeper applies %s to job %s", state.status, job_pk)
