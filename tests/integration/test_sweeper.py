@@ -1,0 +1,235 @@
+"""The sweeper against moto's Batch and SageMaker: jobs whose events were lost are finished from
+what the service and the result file say, and jobs waiting to be (re)provisioned are started.
+
+The sweeper acts on jobs untouched for a while; the tests move the clock on instead of waiting.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from moto import mock_aws
+
+from gantry import resources, timeutil
+from gantry.compute import sagemaker_name
+from gantry.context import Context
+from gantry.job_states import JobStatus
+from gantry.jobs import Job
+from gantry.pipeline.provision import start_job
+from gantry.pipeline.sweeper import STALE_PROVISIONING_SECONDS, sweep
+from gantry.settings import Settings
+from tests.integration.pipeline_support import (
+    REPORT,
+    World,
+    build_world,
+    kept_values,
+    pipeline_settings,
+    queued_job,
+    run_attempt,
+)
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws(config={"batch": {"use_docker": False}}):
+        yield
+
+
+@pytest.fixture
+def backend() -> str:
+    return "batch"
+
+
+@pytest.fixture
+def settings(backend: str) -> Settings:
+    return pipeline_settings(backend)
+
+
+@pytest.fixture
+def world(ctx: Context, backend: str) -> World:
+    return build_world(ctx, backend)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The platform's clock, moved on by the test (every timestamp goes through timeutil)."""
+    moved = Clock()
+    real_now = timeutil.now
+    monkeypatch.setattr(timeutil, "now", lambda: real_now() + moved.offset)
+    return moved
+
+
+def past_the_deadline(world: World, job: Job) -> float:
+    return job.time_limit + world.ctx.settings.sweeper_margin_seconds + 1
+
+
+def invocation_exists(world: World, job_pk: str, attempt: int) -> bool:
+    listing = world.ctx.clients.s3.list_objects_v2(
+        Bucket=world.ctx.settings.bucket_name, Prefix=resources.invocation_key(job_pk, attempt)
+    )
+    return listing.get("KeyCount", 0) == 1
+
+
+# --- Lost events ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["batch", "sagemaker"])
+def test_a_lost_completion_event_is_recovered_with_the_outputs(world, clock):
+    job = world.job()
+    assert world.deliver("running", job) == "Executing"
+    run_attempt(world.ctx, job)
+    # The service finished the job (moto's jobs end at once); its event never came.
+
+    assert sweep(world.ctx).reconciled == []  # still within its time limit: left alone
+    assert world.get(job).status is JobStatus.EXECUTING
+
+    clock.advance(past_the_deadline(world, job))
+    assert sweep(world.ctx).reconciled == [job.pk]
+    done = world.get(job)
+    assert done.status is JobStatus.SUCCESS, done.error_message
+    outputs = {v.socket: v.value if v.value is not None else v.file for v in done.outputs}
+    assert outputs["score"] == 0.75
+    assert kept_values(world.ctx, job) == [outputs["report"]]
+    assert done.started_at is not None  # from the service's description
+    assert world.published() == [resources.DETAIL_TYPE_JOB_SUCCEEDED]
+
+    clock.advance(past_the_deadline(world, job))
+    assert sweep(world.ctx).reconciled == []
+    assert world.published() == []
+
+
+def test_a_job_whose_events_were_all_lost_is_recovered(world, clock):
+    job = world.job()
+    assert job.status is JobStatus.PROVISIONED
+    run_attempt(world.ctx, job)
+    clock.advance(past_the_deadline(world, job))
+    assert sweep(world.ctx).reconciled == [job.pk]
+    assert world.get(job).status is JobStatus.SUCCESS
+
+
+def _forget_compute_job(world: World, job: Job) -> Job:
+    """Point the job at a compute job the service does not know, as after Batch has dropped a
+    finished job from DescribeJobs."""
+    unknown = (
+        str(uuid.uuid4())
+        if world.backend == "batch"
+        else sagemaker_name(str(uuid.uuid4()), job.attempt)
+    )
+    changed = world.ctx.store.jobs.update(
+        job.pk, lambda j: j.model_copy(update={"compute_job_id": unknown})
+    )
+    assert changed is not None and world.ctx.compute.describe(unknown) is None
+    return changed
+
+
+@pytest.mark.parametrize("backend", ["batch", "sagemaker"])
+def test_a_compute_job_the_service_no_longer_knows_fails_the_job(world, clock):
+    job = world.job()
+    world.deliver("running", job)
+    job = _forget_compute_job(world, job)
+
+    clock.advance(past_the_deadline(world, job))
+    assert sweep(world.ctx).reconciled == [job.pk]
+    failed = world.get(job)
+    assert failed.status is JobStatus.FAILURE
+    assert failed.error_message == (
+        "The job did not finish: the compute service no longer knows its compute job"
+    )
+    assert world.published() == [resources.DETAIL_TYPE_JOB_FAILED]
+
+
+def test_a_forgotten_compute_job_that_left_a_result_is_finished_from_it(world, clock):
+    # A day-long job's lost event: by the time the sweeper asks, Batch has dropped the job
+    # (it keeps finished jobs for about a day), but the signed result is still there.
+    job = world.job()
+    world.deliver("running", job)
+    run_attempt(world.ctx, job)
+    job = _forget_compute_job(world, job)
+
+    clock.advance(past_the_deadline(world, job))
+    assert sweep(world.ctx).reconciled == [job.pk]
+    done = world.get(job)
+    assert done.status is JobStatus.SUCCESS, done.error_message
+    assert (
+        world.ctx.clients.s3.get_object(
+            Bucket=world.ctx.settings.bucket_name,
+            Key=next(v.file for v in done.outputs if v.socket == "report"),
+        )["Body"].read()
+        == REPORT
+    )
+
+
+# --- Jobs waiting to be provisioned --------------------------------------------------------------
+
+
+def test_a_delayed_job_is_started_once_its_delay_has_passed(world, clock):
+    job = queued_job(world.ctx, world.algorithm)
+    # As provisioning leaves a job after the service had no capacity: re-queued with a delay.
+    not_before = timeutil.iso(timeutil.now() + timedelta(seconds=60))
+    world.ctx.store.jobs.requeue(
+        job.pk, attempt=1, changes={"not_before": not_before, "capacity_retries": 1}
+    )
+
+    assert sweep(world.ctx).started == []
+    waiting = world.get(job)
+    assert (waiting.status, waiting.attempt) == (JobStatus.RETRY, 2)
+
+    clock.advance(61)
+    assert sweep(world.ctx).started == [job.pk]
+    started = world.get(job)
+    assert (started.status, started.attempt) == (JobStatus.PROVISIONED, 2)
+    state = world.ctx.compute.describe(started.compute_job_id)
+    assert (state.job_pk, state.attempt) == (job.pk, 2)
+    assert invocation_exists(world, job.pk, 2)
+
+
+def test_a_queued_job_whose_provisioning_never_ran_is_started(world):
+    job = queued_job(world.ctx, world.algorithm)
+    assert job.status is JobStatus.PENDING
+    assert sweep(world.ctx).started == [job.pk]
+    started = world.get(job)
+    assert (started.status, started.attempt) == (JobStatus.PROVISIONED, 1)
+
+
+def test_stale_provisioning_gets_a_new_attempt(world, clock):
+    job = queued_job(world.ctx, world.algorithm)
+    # A provisioner claimed the job and died before it submitted anything.
+    claimed = world.ctx.store.jobs.transition(job.pk, attempt=1, status=JobStatus.PROVISIONING)
+    assert claimed is not None
+
+    assert sweep(world.ctx).started == []  # it may still be at work
+    assert world.get(job).status is JobStatus.PROVISIONING
+
+    clock.advance(STALE_PROVISIONING_SECONDS + 1)
+    assert sweep(world.ctx).started == [job.pk]
+    started = world.get(job)
+    assert (started.status, started.attempt) == (JobStatus.PROVISIONED, 2)
+    assert world.ctx.compute.describe(started.compute_job_id).name == f"gantry-{job.pk}-2"
+    assert invocation_exists(world, job.pk, 2)
+    assert not invocation_exists(world, job.pk, 1)
+
+    # The new attempt runs and finishes as usual.
+    world.deliver("running", started)
+    run_attempt(world.ctx, started)
+    assert world.deliver("succeeded", started) == "Succeeded"
+
+
+def test_a_provisioned_job_is_not_started_twice(world, clock):
+    job = world.job()
+    clock.advance(STALE_PROVISIONING_SECONDS + 1)
+    report = sweep(world.ctx)
+    assert report.started == [] and report.reconciled == []
+    assert world.get(job) == job
+    start_job(world.ctx, job.pk)  # a repeated provisioning request changes nothing
+    assert world.get(job) == job
