@@ -179,10 +179,12 @@ class DataStore(Construct):
             visibility_timeout=dropbox_visibility,
             dead_letter=self.dropbox_dlq,
         )
-        for prefix, queue in (
-            (resources.PREFIX_UPLOADS, self.uploads_queue),
-            (resources.PREFIX_DROPBOX, self.dropbox_queue),
-        ):
+        queues = {
+            resources.DEFAULT_UPLOADS_QUEUE: self.uploads_queue,
+            resources.DEFAULT_DROPBOX_QUEUE: self.dropbox_queue,
+        }
+        for prefix, queue_name in resources.BUCKET_NOTIFICATIONS:
+            queue = queues[queue_name]
             self.bucket.add_event_notification(
                 s3.EventType.OBJECT_CREATED,
                 s3n.SqsDestination(queue),

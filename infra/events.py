@@ -18,7 +18,8 @@
 - The sweeper runs every 5 minutes; its target has a DLQ too (a missed sweep is harmless,
   the next one covers it, but a persistent delivery failure should be seen).
 - The custom bus ``resources.DEFAULT_EVENT_BUS`` carries ``Gantry Job Succeeded/Failed``
-  (source ``resources.EVENT_SOURCE``) for whoever wants to subscribe.
+  (source ``resources.EVENT_SOURCE``) for whoever wants to subscribe; drop-folder jobs
+  (``resources.DROPBOX_JOBS_PATTERN``) are routed to the drop-folder queue.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Events(Construct):
         handlers: Handlers,
         data: DataStore,
         compute: Compute,
+        bus: events.IEventBus,
         sqs_max_concurrency: int,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -122,6 +124,20 @@ class Events(Construct):
                     max_event_age=SWEEP_EVERY,
                 )
             ],
+        )
+        # Finished drop-folder jobs go back to the drop-folder queue, whose handler writes
+        # their outputs and job.json under dropbox-results/.
+        events.Rule(
+            self,
+            "DropboxJobEnded",
+            description="Gantry's drop-folder jobs ended",
+            event_bus=bus,
+            event_pattern=events.EventPattern(
+                source=r.DROPBOX_JOBS_PATTERN["source"],
+                detail_type=r.DROPBOX_JOBS_PATTERN["detail-type"],
+                detail=r.DROPBOX_JOBS_PATTERN["detail"],
+            ),
+            targets=[targets.SqsQueue(data.dropbox_queue, dead_letter_queue=data.dropbox_dlq)],
         )
         for name, queue in (("on_upload", data.uploads_queue), ("on_dropbox", data.dropbox_queue)):
             handlers[name].add_event_source(

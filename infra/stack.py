@@ -108,6 +108,7 @@ class GantryStack(Stack):
             handlers=handlers,
             data=data,
             compute=compute,
+            bus=bus,
             sqs_max_concurrency=config.sqs_max_concurrency,
         )
         observability = Observability(

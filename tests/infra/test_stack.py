@@ -436,6 +436,32 @@ def test_job_state_rules(template: Template) -> None:
     )
 
 
+def test_finished_drop_folder_jobs_reach_the_drop_folder_queue(default_synth: Synth) -> None:
+    """Without this rule a dropped file runs but its results never appear."""
+    rules = [
+        rule["Properties"]
+        for rule in default_synth.resources("AWS::Events::Rule").values()
+        if rule["Properties"].get("EventPattern") == resources.DROPBOX_JOBS_PATTERN
+    ]
+    assert len(rules) == 1
+    (rule,) = rules
+    assert rule["EventBusName"] == {"Ref": _logical_id(default_synth, "AWS::Events::EventBus")}
+    (target,) = rule["Targets"]
+    queue_id = _logical_id(default_synth, "AWS::SQS::Queue", resources.DEFAULT_DROPBOX_QUEUE)
+    assert target["Arn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
+    assert "DeadLetterConfig" in target
+
+
+def _logical_id(synth: Synth, kind: str, name: str | None = None) -> str:
+    found = [
+        logical_id
+        for logical_id, resource in synth.resources(kind).items()
+        if name is None or resource["Properties"].get("QueueName") == name
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_sqs_sources_report_batch_item_failures(default_synth: Synth) -> None:
     mappings = default_synth.resources("AWS::Lambda::EventSourceMapping")
     assert len(mappings) == 2
