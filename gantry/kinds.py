@@ -417,6 +417,9 @@ _IMAGE_UPLOAD = (
     ".nrrd",
     ".tif",
     ".tiff",
+    ".png",
+    ".jpg",
+    ".jpeg",
 )
 _IMAGE_STORED = (".mha", ".tif", ".tiff")
 

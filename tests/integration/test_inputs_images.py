@@ -10,10 +10,9 @@ import pytest
 import SimpleITK as sitk
 import tifffile
 
-from gantry import timeutil
 from gantry.images import ImageType
 from gantry.job_states import JobStatus
-from gantry.jobs import Job, SocketValue
+from gantry.jobs import Job
 from gantry.pipeline.inputs import image_pk_for, validate_pending_inputs
 from gantry.services.jobs import JobInput
 from tests.integration.test_inputs_support import (
@@ -124,24 +123,13 @@ def test_tiff_is_kept_as_tiff(setup, tmp_path: Path) -> None:
     assert read_key(ctx, image.files[0].key) == (tmp_path / "slide.tif").read_bytes()
 
 
-def test_png_is_converted(setup, tmp_path: Path) -> None:
-    # The API does not offer .png for image sockets yet; the importer reads it all the same.
+@pytest.mark.parametrize("name", ["photo.png", "photo.jpg", "photo.jpeg"])
+def test_png_and_jpeg_are_accepted_and_converted(setup, tmp_path: Path, name: str) -> None:
     ctx, algorithm = setup
     rgb = sitk.GetImageFromArray(np.full((8, 9, 3), 7, dtype=np.uint8), isVector=True)
-    sitk.WriteImage(rgb, str(tmp_path / "photo.png"))
-    upload = put_upload(ctx, "photo.png", tmp_path / "photo.png")
-    moment = timeutil.iso()
-    job = Job(
-        pk=str(uuid.uuid4()),
-        algorithm=algorithm.pk,
-        algorithm_image=ctx.store.algorithms.desired_image(algorithm.pk).pk,
-        creator=ALICE,
-        inputs=[SocketValue(pk=1, socket="ct-image", pending_uploads=[upload.pk])],
-        time_limit=600,
-        created=moment,
-        modified=moment,
-    )
-    ctx.store.jobs.create(job, input_images=[])
+    sitk.WriteImage(rgb, str(tmp_path / name))
+    upload = put_upload(ctx, name, tmp_path / name)
+    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
     validate_pending_inputs(ctx, job.pk)
     done = ctx.store.jobs.get(job.pk)
     assert done.status is JobStatus.PROVISIONED, done.error_message

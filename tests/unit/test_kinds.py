@@ -311,6 +311,19 @@ def test_accepts_upload() -> None:
     assert accepts_upload("2DBB", "box.json")
 
 
+@pytest.mark.parametrize("name", ["photo.png", "PHOTO.PNG", "slide.jpg", "slide.jpeg"])
+def test_image_kinds_accept_the_formats_the_importer_converts(name: str) -> None:
+    assert accepts_upload("Image", name)
+    assert accepts_upload("Segmentation", name)
+    assert accepts_upload("Heat Map", name)
+    assert not accepts_upload("DICOM Image Set", name)
+
+
+def test_image_kinds_refuse_formats_the_importer_cannot_read() -> None:
+    assert not accepts_upload("Image", "photo.gif")
+    assert not accepts_upload("Image", "photo.bmp")
+
+
 # --- validate_json ----------------------------------------------------------------------------
 
 
