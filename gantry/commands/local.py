@@ -6,13 +6,16 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from gantry.local.connection import DEFAULT_STATE_DIR, Connection
+
+if TYPE_CHECKING:
+    from gantry.local.stack import LocalStack
 
 app = typer.Typer(
     help="The platform on this machine (no AWS account needed).", no_args_is_help=True
@@ -48,6 +51,18 @@ def _ensure_token(stack, state_dir: Path) -> str:  # type: ignore[no-untyped-def
     if saved and users.user_for_token(saved.token) is not None:
         return saved.token
     return users.create_token(LOCAL_USER, is_admin=True)
+
+
+def connection_for(stack: LocalStack, token: str, state_dir: Path) -> Connection:
+    """What local.json holds: the API for every command, the endpoint and bucket for those
+    that write to S3 directly (``gantry drop``)."""
+    return Connection(
+        api_url=stack.api_url,
+        token=token,
+        ca_file=str((state_dir / "tls" / "ca.pem").resolve()),
+        aws_endpoint_url=stack.settings.endpoint_url,
+        bucket=stack.settings.bucket_name,
+    )
 
 
 @app.command()
@@ -89,8 +104,9 @@ def up(
         raise typer.Exit(1) from error
     try:
         token = _ensure_token(stack, state_dir)
-        ca_file = str((state_dir / "tls" / "ca.pem").resolve())
-        saved = Connection(api_url=stack.api_url, token=token, ca_file=ca_file).write(state_dir)
+        connection = connection_for(stack, token, state_dir)
+        ca_file = connection.ca_file
+        saved = connection.write(state_dir)
         console.print(f"API      [bold]{stack.api_url}[/]")
         console.print(f"CA file  {ca_file}")
         console.print(f"Token    {token}  (user '{LOCAL_USER}', admin; also in {saved})")

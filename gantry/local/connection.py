@@ -2,7 +2,9 @@
 
 ``gantry local up`` writes ``<state dir>/local.json`` (owner-only: it holds a token); the
 other commands read their API URL, token and CA file from options, then ``GANTRY_API_URL`` /
-``GANTRY_TOKEN`` / ``GANTRY_CA_FILE``, then that file.
+``GANTRY_TOKEN`` / ``GANTRY_CA_FILE``, then that file. The file also names the stack's AWS
+endpoint and bucket, for commands that write to S3 directly (the drop folder); files written
+before those fields existed still read, with both None.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ class Connection:
     api_url: str
     token: str
     ca_file: str | None = None
+    # None: boto3's own resolution (a real account), as the stack itself does.
+    aws_endpoint_url: str | None = None
+    bucket: str | None = None
 
     def write(self, state_dir: Path) -> Path:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -36,7 +41,13 @@ class Connection:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
-        return cls(api_url=data["api_url"], token=data["token"], ca_file=data.get("ca_file"))
+        return cls(
+            api_url=data["api_url"],
+            token=data["token"],
+            ca_file=data.get("ca_file"),
+            aws_endpoint_url=data.get("aws_endpoint_url"),
+            bucket=data.get("bucket"),
+        )
 
 
 def resolve(
