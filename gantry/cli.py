@@ -77,6 +77,14 @@ from gantry.commands import local as local_commands  # noqa: E402
 
 app.add_typer(local_commands.app, name="local")
 
+from gantry.commands import catalog, drop, jobs  # noqa: E402
+
+app.add_typer(catalog.interfaces_app, name="interfaces")
+app.add_typer(catalog.algorithms_app, name="algorithms")
+app.add_typer(jobs.jobs_app, name="jobs")
+# One command rather than a group: `gantry drop PATH --algorithm SLUG`.
+app.command("drop")(drop.drop)
+
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 

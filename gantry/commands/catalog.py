@@ -1,0 +1,226 @@
+"""``gantry interfaces …`` and ``gantry algorithms …``: the catalogue, through the API."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from gantry.commands.client import (
+    ApiUrl,
+    CaFile,
+    CliError,
+    GantryClient,
+    StateDir,
+    Token,
+    render,
+    reported,
+    say,
+)
+from gantry.local.connection import DEFAULT_STATE_DIR
+
+interfaces_app = typer.Typer(help="Interfaces: the typed inputs and outputs.", no_args_is_help=True)
+algorithms_app = typer.Typer(help="Algorithms and their container images.", no_args_is_help=True)
+
+
+@interfaces_app.command("create")
+def interfaces_create(
+    title: Annotated[str, typer.Option(help="Its title; the slug is made from it.")],
+    kind: Annotated[str, typer.Option(help="A kind's label or code: Image, Float, PDF, …")],
+    relative_path: Annotated[
+        str,
+        typer.Option(help="Where the algorithm finds it: images/<name> for images, else a file."),
+    ],
+    description: Annotated[str, typer.Option(help="What it holds.")] = "",
+    schema: Annotated[
+        Path | None,
+        typer.Option(help="A JSON file with an extra JSON Schema the value must pass."),
+    ] = None,
+    overlay_segments: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON file listing the segments ({name, voxel_value, visible}); "
+            "Segmentation interfaces need it.",
+            show_default=False,
+        ),
+    ] = None,
+    store_in_database: Annotated[
+        bool | None,
+        typer.Option(
+            "--store-in-database/--no-store-in-database",
+            help="Keep JSON values in the database (default: the kind's own choice).",
+            show_default=False,
+        ),
+    ] = None,
+    api_url: ApiUrl = None,
+    token: Token = None,
+    ca_file: CaFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """Create an interface."""
+    with reported():
+        body: dict[str, Any] = {
+            "title": title,
+            "kind": kind,
+            "relative_path": relative_path,
+            "description": description,
+        }
+        if schema is not None:
+            body["schema"] = _read_json(schema)
+        if overlay_segments is not None:
+            body["overlay_segments"] = _read_json(overlay_segments)
+        if store_in_database is not None:
+            body["store_in_database"] = store_in_database
+        with GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+            created = client.post("components/interfaces/", body)
+        say(
+            f"Created interface [bold]{escape(created['slug'])}[/] "
+            f"({escape(created['kind'])}, {escape(created['relative_path'])})"
+        )
+
+
+@interfaces_app.command("list")
+def interfaces_list(
+    api_url: ApiUrl = None,
+    token: Token = None,
+    ca_file: CaFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """List every interface."""
+    with reported(), GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+        table = Table(title="Interfaces")
+        table.add_column("slug", no_wrap=True)
+        for column in ("kind", "held as", "relative path", "title"):
+            table.add_column(column, overflow="fold")
+        for socket in client.iterate("components/interfaces/"):
+            table.add_row(
+                *(
+                    escape(str(socket[key]))
+                    for key in ("slug", "kind", "super_kind", "relative_path", "title")
+                )
+            )
+        render(table)
+
+
+@algorithms_app.command("create")
+def algorithms_create(
+    title: Annotated[str, typer.Option(help="Its title; the slug is made from it.")],
+    inputs: Annotated[
+        list[str], typer.Option("--input", help="An input interface slug (repeat for more).")
+    ],
+    outputs: Annotated[
+        list[str], typer.Option("--output", help="An output interface slug (repeat for more).")
+    ],
+    description: Annotated[str, typer.Option(help="What it does.")] = "",
+    time_limit: Annotated[
+        int | None, typer.Option(help="Seconds a job may run (300-86400).", show_default=False)
+    ] = None,
+    user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--user",
+            help="A user who may run it (repeat for more); 'dropbox' lets the drop folder "
+            "start jobs.",
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="Its container image ('local' runs --command in --workdir on this machine).",
+            show_default=False,
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(help="The image's command, as a shell would split it.", show_default=False),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="For image 'local': the algorithm's code directory.", show_default=False),
+    ] = None,
+    api_url: ApiUrl = None,
+    token: Token = None,
+    ca_file: CaFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """Create an algorithm with one set of inputs and outputs, and optionally its image."""
+    with reported():
+        if image is None and (command is not None or workdir is not None):
+            raise CliError("--command and --workdir describe an image: give --image too")
+        if image is not None and not command:
+            raise CliError("--image needs --command: what to run in it")
+        argv = _split(command) if command else None
+        body: dict[str, Any] = {
+            "title": title,
+            "description": description,
+            "interfaces": [{"inputs": inputs, "outputs": outputs}],
+            "users": user or [],
+        }
+        if time_limit is not None:
+            body["time_limit"] = time_limit
+        with GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+            algorithm = client.post("algorithms/", body)
+            say(f"Created algorithm [bold]{escape(algorithm['slug'])}[/]")
+            if image is not None:
+                created = client.post(
+                    "algorithms/images/",
+                    {
+                        "algorithm": algorithm["api_url"],
+                        "image": image,
+                        "command": argv,
+                        "workdir": str(workdir.resolve()) if workdir else None,
+                    },
+                )
+                say(f"Added image {escape(created['image'])} ({created['pk']})")
+
+
+@algorithms_app.command("list")
+def algorithms_list(
+    api_url: ApiUrl = None,
+    token: Token = None,
+    ca_file: CaFile = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """List the algorithms you can run."""
+    with reported(), GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+        table = Table(title="Algorithms")
+        table.add_column("slug", no_wrap=True)
+        for column in ("inputs → outputs", "time limit", "title"):
+            table.add_column(column, overflow="fold")
+        for algorithm in client.iterate("algorithms/"):
+            sets = "\n".join(
+                f"{', '.join(s['slug'] for s in socket_set['inputs'])} → "
+                f"{', '.join(s['slug'] for s in socket_set['outputs'])}"
+                for socket_set in algorithm["interfaces"]
+            )
+            table.add_row(
+                escape(algorithm["slug"]),
+                escape(sets),
+                f"{algorithm['time_limit']} s",
+                escape(algorithm["title"]),
+            )
+        render(table)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise CliError(f"Cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise CliError(f"{path} is not valid JSON: {error}") from None
+
+
+def _split(command: str) -> list[str]:
+    try:
+        argv = shlex.split(command)
+    except ValueError as error:
+        raise CliError(f"--command: {error}") from None
+    if not argv:
+        raise CliError("--command is empty")
+    return argv
