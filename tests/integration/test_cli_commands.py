@@ -1,0 +1,494 @@
+"""The ``gantry`` API commands against the local stack over real HTTPS: interfaces and
+algorithms, jobs run with uploads and JSON values through the real runner, list and show,
+the S3 drop folder, and the errors a user meets (one line, exit status 1, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from gantry.cli import app
+from gantry.commands.local import connection_for
+from gantry.local.demo import make_ct_like_image
+from gantry.local.stack import LocalStack
+from gantry.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "algorithms"
+BOX = {
+    "type": "2D bounding box",
+    "version": {"major": 1, "minor": 0},
+    "corners": [[0, 0, 0], [10, 0, 0], [10, 10, 0], [0, 10, 0]],
+}
+INTERFACES = [
+    ("CT Image", "Image", "images/ct-image"),
+    ("Segmentation", "Segmentation", "images/segmentation"),
+    ("Results", "Anything", "results.json"),
+    ("Threshold", "Float", "threshold.json"),
+    ("Bounding Box", "2D bounding box", "bounding-box.json"),
+    ("Score", "Float", "score.json"),
+    ("Shifted Bounding Box", "2D bounding box", "shifted-bounding-box.json"),
+]
+SEGMENTS = [
+    {"name": "background", "voxel_value": 0, "visible": False},
+    {"name": "body", "voxel_value": 1, "visible": True},
+]
+WAIT = ["--timeout", "120"]
+
+
+@dataclass
+class Cli:
+    stack: LocalStack
+    token: str
+    state_dir: Path
+
+    @property
+    def options(self) -> list[str]:
+        ca_file = str(self.state_dir / "tls" / "ca.pem")
+        return ["--api-url", self.stack.api_url, "--token", self.token, "--ca-file", ca_file]
+
+    def invoke(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        # Wide enough that tables keep each value on one line.
+        return CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **(env or {})})
+
+    def __call__(self, *args: str) -> Result:
+        """The command with the connection given as options."""
+        return self.invoke(*args, *self.options)
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def one_line_error(result: Result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    return lines[-1]
+
+
+def started_job(output: str) -> str:
+    match = re.search(r"Job (\S+) started", output)
+    assert match, output
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    state_dir = tmp_path_factory.mktemp("state")
+    name = f"gantry-cli-{uuid.uuid4().hex[:8]}"
+    stack = LocalStack.start(
+        Settings(table_name=name, bucket_name=name, local_workers=2),
+        state_dir=state_dir,
+        serve_api=True,
+        api_port=0,
+    )
+    try:
+        token = stack.ctx.store.users.create_token("alice")
+        # What `gantry local up` writes, for the commands that read local.json.
+        connection_for(stack, token, state_dir).write(state_dir)
+        cli = Cli(stack, token, state_dir)
+        segments = state_dir / "segments.json"
+        segments.write_text(json.dumps(SEGMENTS))
+        for title, kind, path in INTERFACES:
+            extra = ["--overlay-segments", str(segments)] if kind == "Segmentation" else []
+            ok(
+                cli(
+                    "interfaces",
+                    "create",
+                    "--title",
+                    title,
+                    "--kind",
+                    kind,
+                    "--relative-path",
+                    path,
+                    *extra,
+                )
+            )
+        command = shlex.join([sys.executable, "main.py"])
+        for title, inputs, outputs, example in (
+            ("Threshold segmentation", ["ct-image"], ["segmentation", "results"], "threshold"),
+            (
+                "JSON IO",
+                ["threshold", "bounding-box"],
+                ["score", "shifted-bounding-box"],
+                "json-io",
+            ),
+            ("Crash", ["threshold"], ["score"], "crash"),
+        ):
+            ok(
+                cli(
+                    "algorithms",
+                    "create",
+                    "--title",
+                    title,
+                    *(arg for slug in inputs for arg in ("--input", slug)),
+                    *(arg for slug in outputs for arg in ("--output", slug)),
+                    "--time-limit",
+                    "300",
+                    "--user",
+                    "dropbox",
+                    "--image",
+                    "local",
+                    "--command",
+                    command,
+                    "--workdir",
+                    str(EXAMPLES / example),
+                )
+            )
+        yield cli
+    finally:
+        stack.stop()
+
+
+def api_get(cli: Cli, path: str, **params: Any) -> Any:
+    from gantry.commands.client import GantryClient
+
+    with GantryClient.connect(state_dir=cli.state_dir) as client:
+        return client.get(path, **params)
+
+
+# --- catalogue -----------------------------------------------------------------------------
+
+
+def test_interfaces_create_sends_schema_and_storage_and_lists_them(cli, tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "array", "items": {"type": "string"}}))
+    output = ok(
+        cli(
+            "interfaces",
+            "create",
+            "--title",
+            "Labels",
+            "--kind",
+            "Anything",
+            "--relative-path",
+            "labels.json",
+            "--schema",
+            str(schema),
+            "--no-store-in-database",
+        )
+    )
+    assert "Created interface labels" in output
+    (labels,) = api_get(cli, "components/interfaces/", slug="labels")["results"]
+    assert labels["schema"] == {"type": "array", "items": {"type": "string"}}
+    assert labels["store_in_database"] is False
+
+    listed = ok(cli("interfaces", "list"))
+    for slug in ("ct-image", "segmentation", "bounding-box", "labels"):
+        assert slug in listed
+    assert "2D bounding box" in listed
+
+
+def test_algorithms_list_shows_inputs_and_outputs(cli):
+    listed = ok(cli("algorithms", "list"))
+    assert "threshold-segmentation" in listed
+    assert "ct-image → segmentation, results" in listed
+    assert "json-io" in listed
+
+
+def test_the_connection_comes_from_the_environment_or_local_json(cli):
+    env = {
+        "GANTRY_API_URL": cli.stack.api_url,
+        "GANTRY_TOKEN": cli.token,
+        "GANTRY_CA_FILE": str(cli.state_dir / "tls" / "ca.pem"),
+    }
+    assert "json-io" in ok(cli.invoke("algorithms", "list", env=env))
+    assert "json-io" in ok(cli.invoke("algorithms", "list", "--state-dir", str(cli.state_dir)))
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+def test_run_segments_an_uploaded_image_and_downloads_the_outputs(cli, tmp_path):
+    import SimpleITK
+
+    ct = make_ct_like_image(tmp_path / "case01.mha", size=24)
+    out = tmp_path / "out"
+    output = ok(
+        cli(
+            "jobs",
+            "run",
+            "threshold-segmentation",
+            "--input",
+            f"ct-image={ct}",
+            "--output-dir",
+            str(out),
+            *WAIT,
+        )
+    )
+    assert "Succeeded" in output
+    (segmentation_file,) = (out / "images" / "segmentation").glob("*.mha")
+    assert str(segmentation_file) in output
+    segmentation = SimpleITK.ReadImage(str(segmentation_file))
+    image = SimpleITK.ReadImage(str(ct))
+    assert segmentation.GetSpacing() == image.GetSpacing()
+    assert segmentation.GetSize() == image.GetSize()
+    assert json.loads((out / "results.json").read_text())["foreground_voxels"] > 0
+
+
+def test_run_with_json_values(cli, tmp_path):
+    out = tmp_path / "out"
+    output = ok(
+        cli(
+            "jobs",
+            "run",
+            "json-io",
+            "--input",
+            "threshold=2.5",
+            "--input",
+            f"bounding-box={json.dumps(BOX)}",
+            "--output-dir",
+            str(out),
+            *WAIT,
+        )
+    )
+    assert "Succeeded" in output
+    assert json.loads((out / "score.json").read_text()) == 5.0
+    shifted = json.loads((out / "shifted-bounding-box.json").read_text())
+    assert [corner[0] for corner in shifted["corners"]] == [2.5, 12.5, 12.5, 2.5]
+
+
+def test_run_uploads_a_json_file_given_as_a_path(cli, tmp_path):
+    box = tmp_path / "box.json"
+    box.write_text(json.dumps(BOX))
+    out = tmp_path / "out"
+    ok(
+        cli(
+            "jobs",
+            "run",
+            "json-io",
+            "--input",
+            "threshold=1",
+            "--input",
+            f"bounding-box={box}",
+            "--output-dir",
+            str(out),
+            *WAIT,
+        )
+    )
+    shifted = json.loads((out / "shifted-bounding-box.json").read_text())
+    assert [corner[0] for corner in shifted["corners"]] == [1, 11, 11, 1]
+
+
+def test_a_failing_job_exits_1_with_its_message_and_show_gives_its_logs(cli, tmp_path):
+    result = cli("jobs", "run", "crash", "--input", "threshold=1", *WAIT)
+    last = one_line_error(result)
+    pk = started_job(result.output)
+    job = api_get(cli, f"algorithms/jobs/{pk}/")
+    assert job["status"] == "Failed"
+    assert last.startswith(f"Job {pk} Failed: ")
+    assert job["error_message"] in last
+
+    shown = ok(cli("jobs", "show", pk))
+    assert "Failed" in shown
+    assert "loading model" in shown  # stdout
+    assert "RuntimeError: model weights not found" in shown  # stderr
+    assert "input threshold" in shown
+
+    crashed = ok(cli("jobs", "list", "--algorithm", "crash"))
+    assert pk in crashed
+    assert pk not in ok(cli("jobs", "list", "--algorithm", "json-io"))
+
+
+def test_no_wait_returns_at_once_and_the_job_appears_in_the_list(cli):
+    output = ok(
+        cli(
+            "jobs",
+            "run",
+            "json-io",
+            "--input",
+            "threshold=3",
+            "--input",
+            f"bounding-box={json.dumps(BOX)}",
+            "--no-wait",
+        )
+    )
+    pk = started_job(output)
+    assert "Succeeded" not in output
+    listed = ok(cli("jobs", "list"))
+    assert pk in listed
+    assert "json-io" in listed
+
+
+# --- drop folder ---------------------------------------------------------------------------
+
+
+def test_drop_a_file_and_wait_for_its_results(cli, tmp_path):
+    ct = make_ct_like_image(tmp_path / "scan.mha", size=24)
+    args = ["drop", str(ct), "--algorithm", "threshold-segmentation", "--case", "patient-1"]
+    args += ["--wait", *WAIT, "--state-dir", str(cli.state_dir)]
+    output = ok(cli.invoke(*args))
+    assert "dropbox/threshold-segmentation/patient-1/" in output
+    first = re.search(r"Job (\S+) Succeeded", output)
+    assert first, output
+    for name in ("job.json", "results.json", "images/segmentation/"):
+        assert name in output
+    body = cli.stack.ctx.clients.s3.get_object(
+        Bucket=cli.stack.settings.bucket_name,
+        Key="dropbox-results/threshold-segmentation/patient-1/results.json",
+    )["Body"].read()
+    assert json.loads(body)["foreground_voxels"] > 0
+
+    # The same case again: the earlier job.json must not pass for this drop's result, and
+    # only this job's image is listed, not the one left from the first run.
+    again = ok(cli.invoke(*args))
+    second = re.search(r"Job (\S+) Succeeded", again)
+    assert second, again
+    assert second.group(1) != first.group(1)
+    assert again.count("images/segmentation/") == 1
+
+
+def test_drop_a_folder_as_one_case_with_its_inputs_json(cli, tmp_path):
+    case = tmp_path / "case-7"
+    case.mkdir()
+    (case / "t.json").write_text("2")
+    (case / "box.json").write_text(json.dumps(BOX))
+    (case / "inputs.json").write_text(
+        json.dumps({"threshold": "t.json", "bounding-box": "box.json"})
+    )
+    output = ok(
+        cli.invoke(
+            "drop",
+            str(case),
+            "--algorithm",
+            "json-io",
+            "--wait",
+            *WAIT,
+            "--state-dir",
+            str(cli.state_dir),
+        )
+    )
+    assert "Dropped 3 file(s)" in output
+    assert "score.json" in output
+    body = cli.stack.ctx.clients.s3.get_object(
+        Bucket=cli.stack.settings.bucket_name, Key="dropbox-results/json-io/case-7/score.json"
+    )["Body"].read()
+    assert json.loads(body) == 4.0
+
+
+def test_drop_for_an_unknown_algorithm_reports_why_no_job_started(cli, tmp_path):
+    file = tmp_path / "scan.mha"
+    make_ct_like_image(file, size=8)
+    result = cli.invoke(
+        "drop",
+        str(file),
+        "--algorithm",
+        "no-such-algorithm",
+        "--wait",
+        *WAIT,
+        "--state-dir",
+        str(cli.state_dir),
+    )
+    assert one_line_error(result) == "No job for this case: Unknown algorithm 'no-such-algorithm'"
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["jobs", "run", "nope", "--input", "x=1"], "Algorithm 'nope' not found"),
+        (
+            ["jobs", "run", "threshold-segmentation", "--input", "ct-image=/no/such/file.mha"],
+            "Input 'ct-image' (Image): no such file /no/such/file.mha",
+        ),
+        (
+            ["jobs", "run", "json-io", "--input", "threshold=abc"],
+            "Input 'threshold': 'abc' is neither a file nor JSON",
+        ),
+        (
+            ["jobs", "run", "json-io", "--input", "score=1"],
+            "'score' is not an input of json-io (inputs: bounding-box, threshold)",
+        ),
+        (
+            ["jobs", "run", "json-io", "--input", "threshold=1"],
+            "HTTP 400: inputs: The inputs [threshold] do not match",
+        ),
+        (
+            ["algorithms", "create", "--title", "Bad", "--input", "xyz", "--output", "score"],
+            "HTTP 400: interfaces: Unknown interface(s): xyz; create them first",
+        ),
+        (["jobs", "show", "0000"], "HTTP 404: "),
+        (
+            ["interfaces", "create", "--title", "X", "--kind", "Nope", "--relative-path", "x"],
+            "HTTP 400: kind: ",
+        ),
+    ],
+)
+def test_errors_are_one_line(cli, args, expected):
+    assert expected in one_line_error(cli(*args))
+
+
+def test_bad_token_is_one_line(cli):
+    ca_file = str(cli.state_dir / "tls" / "ca.pem")
+    result = cli.invoke(
+        "interfaces", "list", "--api-url", cli.stack.api_url, "--token", "bad", "--ca-file", ca_file
+    )
+    assert one_line_error(result).startswith("HTTP 401: ")
+    assert result.output.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--api-url", "https://127.0.0.1:9/api/v1/", "--token", "t"], "Cannot reach the API"),
+        (["--token", "t"], "certificate this machine does not trust"),
+        (["--token", "t", "--ca-file", "/no/such/ca.pem"], "Cannot use the CA file"),
+        ([], "No Gantry API to talk to"),
+    ],
+)
+def test_connection_problems_are_one_line(cli, tmp_path, options, expected):
+    if "--api-url" not in options and options:
+        options = ["--api-url", cli.stack.api_url, *options]
+    result = cli.invoke("jobs", "list", *options, "--state-dir", str(tmp_path))
+    assert expected in one_line_error(result)
+    assert result.output.strip().count("\n") == 0
+
+
+def test_drop_errors_are_one_line(cli, tmp_path):
+    missing = one_line_error(
+        cli.invoke(
+            "drop",
+            str(tmp_path / "nope.mha"),
+            "--algorithm",
+            "json-io",
+            "--state-dir",
+            str(cli.state_dir),
+        )
+    )
+    assert missing == f"No such file or folder: {tmp_path / 'nope.mha'}"
+    (tmp_path / "a.json").write_text("1")
+    (tmp_path / "b.json").write_text("2")
+    several = one_line_error(
+        cli.invoke(
+            "drop", str(tmp_path), "--algorithm", "json-io", "--state-dir", str(cli.state_dir)
+        )
+    )
+    assert "add an inputs.json" in several
+    nowhere = one_line_error(
+        cli.invoke(
+            "drop",
+            str(tmp_path / "a.json"),
+            "--algorithm",
+            "json-io",
+            "--state-dir",
+            str(tmp_path / "empty"),
+        )
+    )
+    assert nowhere.startswith("No drop folder to write to")
