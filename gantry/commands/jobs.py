@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from urllib.parse import quote, unquote
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
@@ -215,21 +216,26 @@ def list_jobs(
         count = client.get("algorithms/jobs/", limit=1, **params)["count"]
         page = client.get("algorithms/jobs/", limit=limit, offset=max(0, count - limit), **params)
         slugs = {a["api_url"]: a["slug"] for a in client.iterate("algorithms/")}
-        table = Table(title=f"Jobs ({len(page['results'])} of {count}, newest first)")
+        jobs = list(reversed(page["results"]))
+        table = Table(title=f"Jobs ({len(jobs)} of {count}, newest first)", box=box.SIMPLE_HEAD)
         # Ids stay whole: they are what `jobs show` takes.
         table.add_column("job", no_wrap=True, min_width=36)
         table.add_column("status", no_wrap=True, min_width=9)
-        for column in ("algorithm", "created", "duration", "error"):
-            table.add_column(column, overflow="fold")
-        for job in reversed(page["results"]):
-            table.add_row(
+        table.add_column("algorithm", overflow="fold", min_width=12)
+        table.add_column("duration", no_wrap=True)
+        errors = any(job.get("error_message") for job in jobs)
+        if errors:
+            table.add_column("error", overflow="fold")
+        for job in jobs:
+            row = [
                 job["pk"],
                 _styled(job["status"]),
                 escape(slugs.get(job["algorithm"], job["algorithm"])),
-                escape((job.get("created") or "")[:16].replace("T", " ")),
                 _seconds(job["exec_duration"]),
-                escape(job.get("error_message") or ""),
-            )
+            ]
+            if errors:
+                row.append(escape(job.get("error_message") or ""))
+            table.add_row(*row)
         render(table)
 
 
