@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench openapi setup
+.PHONY: demo up test lint bench openapi setup
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ setup: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/gantry demo
+
+up: $(BIN)/.installed
+	$(BIN)/gantry local up
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
