@@ -233,7 +233,7 @@ class LocalStack:
     # --- event delivery -------------------------------------------------------------------
 
     def _on_compute_event(self, event: dict[str, Any]) -> None:
-        from lambdas.on_job_event import process
+        from lambdas.on_job_event import metrics, process
 
         if self._stopping:
             return  # jobs stopped by a shutdown resume on the next start (``recover``)
@@ -241,6 +241,10 @@ class LocalStack:
             process(self.ctx, event)
         except Exception:
             logger.exception("callback failed for %s", event.get("detail", {}).get("jobName"))
+        finally:
+            # On Lambda the handler flushes these to CloudWatch; here they have nowhere to go
+            # and Powertools would print them to stdout every 100 jobs.
+            metrics.clear_metrics()
 
     def _dispatch(self) -> None:
         from lambdas import on_dropbox, on_upload
