@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -184,3 +185,26 @@ def runner_job(runner_s3: RunnerS3) -> Iterator[RunnerJob]:
         yield RunnerJob(runner_s3, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto's conditional writes atomic, as DynamoDB's are.
+
+    moto checks a ConditionExpression and then writes without a lock, so two threads can
+    both pass ``version = :v``; real DynamoDB serialises writes to an item (the embedded local
+    endpoint serialises DynamoDB requests the same way, see gantry/local/endpoint.py). Without this,
+    concurrency tests would measure moto's race, not the store's logic.
+    """
+    from moto.dynamodb.responses import DynamoHandler
+
+    # The whole request, not just the backend's write: the response (ReturnValues) is built
+    # from the item after the write, and must not see another thread's later write.
+    lock = threading.RLock()
+    original = DynamoHandler.call_action
+
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoHandler, "call_action", locked)

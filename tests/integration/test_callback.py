@@ -98,7 +98,7 @@ def test_duplicate_succeeded_event_finishes_the_job_once(world):
     assert world.published() == [SUCCEEDED]
 
 
-def test_concurrent_duplicate_succeeded_events_publish_once(world):
+def test_concurrent_duplicate_succeeded_events_publish_once(world, atomic_dynamodb):
     job = world.job()
     run_attempt(world.ctx, job)
     succeeded = world.event("succeeded", job)

@@ -22,26 +22,8 @@ from gantry.uploads import Upload, UploadStatus
 
 
 @pytest.fixture(autouse=True)
-def atomic_dynamodb_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make moto's conditional writes atomic, as DynamoDB's are.
-
-    moto checks a ConditionExpression and then writes without a lock, so two threads can
-    both pass ``version = :v``; real DynamoDB serialises writes to an item (the embedded local
-    endpoint serialises DynamoDB requests the same way, see gantry/local/endpoint.py). Without this,
-    the concurrency tests below would measure moto's race, not the store's logic.
-    """
-    from moto.dynamodb.responses import DynamoHandler
-
-    # The whole request, not just the backend's write: the response (ReturnValues) is built
-    # from the item after the write, and must not see another thread's later write.
-    lock = threading.RLock()
-    original = DynamoHandler.call_action
-
-    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with lock:
-            return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(DynamoHandler, "call_action", locked)
+def _atomic_writes(atomic_dynamodb: None) -> None:
+    """Every test here: moto's conditional writes atomic, as DynamoDB's are."""
 
 
 def _all_items(ctx: Context) -> list[dict[str, Any]]:
