@@ -86,7 +86,7 @@ class LocalUp:
         assert code == 0, self.output()
         return self.output()
 
-    def wait_for_output(self, text: str, timeout: float = 10.0) -> None:
+    def wait_for_output(self, text: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.output():
             assert time.monotonic() < deadline, f"{text!r} not printed:\n{self.output()}"
