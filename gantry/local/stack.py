@@ -202,7 +202,7 @@ class LocalStack:
 
         jobs = self.ctx.store.jobs
         resumed = []
-        for job in jobs.active_modified_before(timeutil.iso(), limit=10_000):
+        for job in list(jobs.iter_active_modified_before(timeutil.iso())):
             if job.status is JobStatus.VALIDATING_INPUTS:
                 self.ctx.clients.sqs.send_message(
                     QueueUrl=self.settings.uploads_queue_url,

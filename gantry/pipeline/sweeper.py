@@ -7,14 +7,16 @@ same callback path as an event would), the queue for jobs waiting to be provisio
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from gantry import timeutil
 from gantry.compute.base import ComputeState
 from gantry.context import Context
 from gantry.job_states import IN_FLIGHT, JobStatus
+from gantry.jobs import Job
 from gantry.pipeline.callback import finish, handle_compute_event
 from gantry.pipeline.provision import start_job
 
@@ -22,6 +24,8 @@ logger = logging.getLogger(__name__)
 STALE_PROVISIONING_SECONDS = 600
 STALE_VALIDATION_SECONDS = 3600
 LOST_REASON = "the compute service no longer knows its compute job"
+# The compute job has ended; only the callback's own work remained.
+FINISHING = frozenset({JobStatus.EXECUTED, JobStatus.PARSING})
 
 
 @dataclass
@@ -31,21 +35,28 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
 
 
-def sweep(ctx: Context, *, limit: int = 100) -> SweepReport:
+def sweep(ctx: Context, *, limit: int | None = None) -> SweepReport:
+    """Look at every unfinished job (or the ``limit`` least recently changed ones)."""
     report = SweepReport()
     now = timeutil.now()
-    for job in ctx.store.jobs.active_modified_before(timeutil.iso(now), limit=limit):
-        age = (now - timeutil.parse_iso(job.modified)).total_seconds()
-        if job.status in (JobStatus.PENDING, JobStatus.RETRY):
-            if not job.not_before or timeutil.parse_iso(job.not_before) <= now:
-                start_job(ctx, job.pk)
-                report.started.append(job.pk)
-        elif job.status is JobStatus.PROVISIONING and age > STALE_PROVISIONING_SECONDS:
+    jobs = ctx.store.jobs.iter_active_modified_before(timeutil.iso(now))
+    for listed in itertools.islice(jobs, limit):
+        if _due(ctx, listed, now) is None:
+            continue
+        # The index's copy looked due; decide on the stored job itself.
+        job = ctx.store.jobs.find(listed.pk)
+        action = _due(ctx, job, now) if job is not None else None
+        if job is None or action is None:
+            continue
+        if action == "start":
+            start_job(ctx, job.pk)
+            report.started.append(job.pk)
+        elif action == "requeue":
             # A provisioner died between claiming and submitting: give the job a new attempt.
             if ctx.store.jobs.requeue(job.pk, attempt=job.attempt) is not None:
                 start_job(ctx, job.pk)
                 report.started.append(job.pk)
-        elif job.status is JobStatus.VALIDATING_INPUTS and age > STALE_VALIDATION_SECONDS:
+        elif action == "expire":
             finish(
                 ctx,
                 job,
@@ -53,13 +64,27 @@ def sweep(ctx: Context, *, limit: int = 100) -> SweepReport:
                 {"error_message": "The inputs could not be validated in time"},
             )
             report.failed.append(job.pk)
-        elif (
-            job.status in IN_FLIGHT | {JobStatus.PARSING}
-            and age > _deadline(ctx, job.time_limit)
-            and _reconcile(ctx, job.pk)
-        ):
+        elif _reconcile(ctx, job.pk):
             report.reconciled.append(job.pk)
     return report
+
+
+def _due(ctx: Context, job: Job, now: datetime) -> str | None:
+    """What the sweeper should do with ``job`` now, if anything."""
+    age = (now - timeutil.parse_iso(job.modified)).total_seconds()
+    if job.status in (JobStatus.PENDING, JobStatus.RETRY):
+        waiting = job.not_before and timeutil.parse_iso(job.not_before) > now
+        return None if waiting else "start"
+    if job.status is JobStatus.PROVISIONING:
+        return "requeue" if age > STALE_PROVISIONING_SECONDS else None
+    if job.status is JobStatus.VALIDATING_INPUTS:
+        return "expire" if age > STALE_VALIDATION_SECONDS else None
+    if job.status in FINISHING:
+        # The compute job has ended and a callback was handling it: no time limit to wait.
+        return "reconcile" if age > ctx.settings.sweeper_margin_seconds else None
+    if job.status in IN_FLIGHT:
+        return "reconcile" if age > _deadline(ctx, job.time_limit) else None
+    return None
 
 
 def _deadline(ctx: Context, time_limit: int) -> float:

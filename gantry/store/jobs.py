@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gantry import timeutil
@@ -188,20 +190,33 @@ class JobStore:
         return [Job.model_validate(found[k].doc) for k in wanted if k in found]
 
     def active_modified_before(self, cutoff_iso: str, *, limit: int = 100) -> list[Job]:
-        """Unfinished jobs untouched since ``cutoff_iso`` (oldest first), for the sweeper."""
+        """Unfinished jobs untouched since ``cutoff_iso`` (oldest first), at most ``limit``."""
+        return list(itertools.islice(self.iter_active_modified_before(cutoff_iso), limit))
+
+    def iter_active_modified_before(
+        self, cutoff_iso: str, *, page_size: int = 100
+    ) -> Iterator[Job]:
+        """Every unfinished job untouched since ``cutoff_iso``, oldest first, page by page.
+
+        Read from the sparse index's own copy (it projects the whole item): no extra read
+        per job. The copy may lag a write by a moment; callers act through conditional
+        transitions, which re-check the stored job."""
         from boto3.dynamodb.conditions import Key
 
-        response = self.table._table.query(
-            IndexName=keys.BY_STATUS.name,
-            KeyConditionExpression=Key(keys.BY_STATUS.partition_key).eq(keys.ACTIVE_JOBS)
+        kwargs: dict[str, Any] = {
+            "IndexName": keys.BY_STATUS.name,
+            "KeyConditionExpression": Key(keys.BY_STATUS.partition_key).eq(keys.ACTIVE_JOBS)
             & Key(keys.BY_STATUS.sort_key).lt(cutoff_iso),
-            Limit=limit,
-        )
-        pks = [
-            item["doc"] and item[keys.BY_STATUS.sort_key].split("#", 1)[1]
-            for item in response.get("Items", [])
-        ]
-        return [job for pk in pks if (job := self.find(pk)) is not None]
+            "Limit": page_size,
+        }
+        while True:
+            response = self.table._table.query(**kwargs)
+            for item in response.get("Items", []):
+                if item.get("doc"):
+                    yield Job.model_validate(json.loads(item["doc"]))
+            if "LastEvaluatedKey" not in response:
+                return
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
 
 def _doc(job: Job) -> dict[str, Any]:

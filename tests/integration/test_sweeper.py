@@ -233,3 +233,30 @@ def test_a_provisioned_job_is_not_started_twice(world, clock):
     assert world.get(job) == job
     start_job(world.ctx, job.pk)  # a repeated provisioning request changes nothing
     assert world.get(job) == job
+
+
+# --- Reach and timing ----------------------------------------------------------------------------
+
+
+def test_a_finishing_job_is_recovered_without_waiting_for_its_time_limit(world, clock):
+    # The callback died after the compute job ended (Executed): the job's time limit says
+    # nothing about how long that should take, so only the margin is waited for.
+    job = world.job()
+    run_attempt(world.ctx, job)
+    world.ctx.store.jobs.transition(job.pk, attempt=job.attempt, status=JobStatus.EXECUTED)
+    margin = world.ctx.settings.sweeper_margin_seconds
+    assert margin + 1 < job.time_limit + margin  # the two deadlines differ
+
+    clock.advance(margin + 1)
+    assert sweep(world.ctx).reconciled == [job.pk]
+    assert world.get(job).status is JobStatus.SUCCESS
+
+
+def test_many_jobs_still_running_do_not_hide_one_that_is_due(world, clock):
+    running = [world.job() for _ in range(105)]  # more than one page of the index
+    clock.advance(1)
+    due = queued_job(world.ctx, world.algorithm)  # the newest: last in the index
+    report = sweep(world.ctx)
+    assert report.started == [due.pk]
+    assert report.reconciled == []
+    assert all(world.get(job).status is JobStatus.PROVISIONED for job in running[:3])
