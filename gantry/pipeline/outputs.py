@@ -87,8 +87,11 @@ class OutputError(Exception):
     pass
 
 
-def _keep(ctx: Context, job: Job, source_key: str, name: str) -> str:
-    key = f"{resources.PREFIX_VALUES}{job.pk}/{uuid.uuid4().hex}/{name}"
+def _keep(ctx: Context, job: Job, socket: Interface, source_key: str) -> str:
+    # One key per job, attempt and socket: a repeated completion (a duplicate event, a retry
+    # after a crash) writes the same bytes to the same key instead of leaving stray copies.
+    name = posixpath.basename(source_key)
+    key = f"{resources.PREFIX_VALUES}{job.pk}/{job.attempt}/{socket.slug}/{name}"
     bucket = ctx.settings.bucket_name
     ctx.clients.s3.copy({"Bucket": bucket, "Key": source_key}, bucket, key)
     return key
@@ -115,7 +118,7 @@ def _json_output(ctx: Context, job: Job, socket: Interface, prefix: str) -> dict
         )
     if socket.store_in_database:
         return {"socket": socket.slug, "value": value}
-    return {"socket": socket.slug, "file": _keep(ctx, job, key, posixpath.basename(key))}
+    return {"socket": socket.slug, "file": _keep(ctx, job, socket, key)}
 
 
 def _file_output(ctx: Context, job: Job, socket: Interface, prefix: str) -> dict[str, Any]:
@@ -132,7 +135,7 @@ def _file_output(ctx: Context, job: Job, socket: Interface, prefix: str) -> dict
             raise OutputError(
                 f"The output file '{socket.relative_path}' is not a valid {spec(socket.kind).label}"
             )
-    return {"socket": socket.slug, "file": _keep(ctx, job, key, posixpath.basename(key))}
+    return {"socket": socket.slug, "file": _keep(ctx, job, socket, key)}
 
 
 def _image_output(

@@ -366,3 +366,20 @@ def test_capacity_back_offs_do_not_use_up_host_attempts(world):
     assert (job.status, job.attempt) == (JobStatus.PROVISIONED, 4)
     assert world.deliver("host", job) == "Failed"
     assert world.get(job).error_message.startswith("The compute host failed 2 times")
+
+
+def test_a_completion_repeated_after_a_crash_keeps_one_copy_of_each_output(world):
+    """A callback that copied the outputs and died before it finished the job is retried; the
+    retry copies to the same keys, so nothing is left behind that no job refers to."""
+    from gantry.pipeline.outputs import parse_outputs
+    from gantry.services import catalog
+
+    job = world.job()
+    run_attempt(world.ctx, job)
+    algorithm = world.ctx.store.algorithms.get(job.algorithm)
+    sockets = catalog.sockets_of(world.ctx, [algorithm])
+    parse_outputs(world.ctx, job, sockets, algorithm.interfaces[job.socket_set].outputs)
+
+    assert world.deliver("succeeded", job) == "Succeeded"
+    done = world.get(job)
+    assert sorted(kept_values(world.ctx, job)) == sorted(v.file for v in done.outputs if v.file)
