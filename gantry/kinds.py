@@ -420,6 +420,8 @@ _IMAGE_UPLOAD = (
     ".png",
     ".jpg",
     ".jpeg",
+    # A DICOM series: one upload per slice, all in one input's user_uploads.
+    ".dcm",
 )
 _IMAGE_STORED = (".mha", ".tif", ".tiff")
 

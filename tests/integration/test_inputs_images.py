@@ -138,6 +138,37 @@ def test_png_and_jpeg_are_accepted_and_converted(setup, tmp_path: Path, name: st
     assert image.shape == [8, 9, 3] and image.color_space == "RGB" and image.depth is None
 
 
+def test_a_dicom_series_uploaded_slice_by_slice_becomes_one_image(setup, tmp_path: Path) -> None:
+    ctx, algorithm = setup
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uploads = []
+    for z in range(3):
+        slice_ = sitk.GetImageFromArray(np.full((6, 7), z, dtype=np.int16))
+        for tag, value in {
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.1",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.2",
+            "0020|0013": str(z + 1),
+            "0020|0032": f"0\\0\\{z * 2.5}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0008|0060": "CT",
+        }.items():
+            slice_.SetMetaData(tag, value)
+        path = tmp_path / f"slice{z}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(slice_)
+        uploads.append(put_upload(ctx, path.name, path))
+    job = new_job(
+        ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[u.pk for u in uploads])]
+    )
+    validate_pending_inputs(ctx, job.pk)
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.PROVISIONED, done.error_message
+    image = ctx.store.images.get(done.inputs[0].image)
+    assert image.files[0].filename.endswith(".mha")
+    assert image.shape == [3, 6, 7] and image.voxel_depth_mm == pytest.approx(2.5)
+
+
 def test_unreadable_image_fails_the_job(setup) -> None:
     ctx, algorithm = setup
     upload = put_upload(ctx, "broken.mha", b"this is not an image")

@@ -319,6 +319,11 @@ def test_image_kinds_accept_the_formats_the_importer_converts(name: str) -> None
     assert not accepts_upload("DICOM Image Set", name)
 
 
+def test_image_kinds_accept_dicom_slices() -> None:
+    assert accepts_upload("Image", "slice-001.dcm", "application/dicom")
+    assert accepts_upload("Segmentation", "SLICE.DCM")
+
+
 def test_image_kinds_refuse_formats_the_importer_cannot_read() -> None:
     assert not accepts_upload("Image", "photo.gif")
     assert not accepts_upload("Image", "photo.bmp")
