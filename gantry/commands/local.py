@@ -25,7 +25,9 @@ LOCAL_USER = "local"
 DEFAULT_API_PORT = 8443
 
 
-def _job_table(jobs: list) -> Table:
+def _job_table(jobs: list, slugs: dict[str, str] | None = None) -> Table:
+    """The newest jobs; ``slugs`` names algorithms by pk (pks shown where unknown)."""
+    slugs = slugs or {}
     table = Table(title="Jobs (newest first)", expand=False)
     for column in ("job", "algorithm", "status", "created", "duration", "error"):
         table.add_column(column, overflow="fold")
@@ -34,8 +36,8 @@ def _job_table(jobs: list) -> Table:
             job.status.label, ""
         )
         table.add_row(
-            job.pk[:8],
-            job.algorithm[:8],
+            job.pk,  # whole: it is what `gantry jobs show` takes
+            slugs.get(job.algorithm, job.algorithm[:8]),
             f"[{style}]{job.status.label}[/]" if style else job.status.label,
             job.created[:19].replace("T", " "),
             f"{job.exec_duration:.1f} s" if job.exec_duration is not None else "",
@@ -132,9 +134,17 @@ def _wait(stack, live: bool) -> None:  # type: ignore[no-untyped-def]
         return
     from rich.live import Live
 
-    with Live(_job_table(stack.recent_jobs()), console=console, refresh_per_second=2) as view:
+    slugs: dict[str, str] = {}
+
+    def table() -> Table:
+        jobs = stack.recent_jobs()
+        for pk in {job.algorithm for job in jobs} - slugs.keys():
+            slugs[pk] = stack.ctx.store.algorithms.get(pk).slug
+        return _job_table(jobs, slugs)
+
+    with Live(table(), console=console, refresh_per_second=2) as view:
         while not stopped.wait(1.0):
             try:
-                view.update(_job_table(stack.recent_jobs()))
+                view.update(table())
             except Exception:  # a refresh must never take the stack down
                 logging.getLogger(__name__).exception("could not list jobs")
