@@ -11,25 +11,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from gantry.commands.client import (
-    ApiUrl,
-    CaFile,
-    CliError,
-    GantryClient,
-    StateDir,
-    Token,
-    render,
-    reported,
-    say,
-)
-from gantry.local.connection import DEFAULT_STATE_DIR
+from gantry.commands.client import ApiOptions, CliError, api_command, render, reported, say
 
 interfaces_app = typer.Typer(help="Interfaces: the typed inputs and outputs.", no_args_is_help=True)
 algorithms_app = typer.Typer(help="Algorithms and their container images.", no_args_is_help=True)
 
 
 @interfaces_app.command("create")
+@api_command
 def interfaces_create(
+    api: ApiOptions,
     title: Annotated[str, typer.Option(help="Its title; the slug is made from it.")],
     kind: Annotated[str, typer.Option(help="A kind's label or code: Image, Float, PDF, …")],
     relative_path: Annotated[
@@ -57,10 +48,6 @@ def interfaces_create(
             show_default=False,
         ),
     ] = None,
-    api_url: ApiUrl = None,
-    token: Token = None,
-    ca_file: CaFile = None,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """Create an interface."""
     with reported():
@@ -76,7 +63,7 @@ def interfaces_create(
             body["overlay_segments"] = _read_json(overlay_segments)
         if store_in_database is not None:
             body["store_in_database"] = store_in_database
-        with GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+        with api.connect() as client:
             created = client.post("components/interfaces/", body)
         say(
             f"Created interface [bold]{escape(created['slug'])}[/] "
@@ -85,14 +72,12 @@ def interfaces_create(
 
 
 @interfaces_app.command("list")
+@api_command
 def interfaces_list(
-    api_url: ApiUrl = None,
-    token: Token = None,
-    ca_file: CaFile = None,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
+    api: ApiOptions,
 ) -> None:
     """List every interface."""
-    with reported(), GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+    with reported(), api.connect() as client:
         table = Table(title="Interfaces")
         table.add_column("slug", no_wrap=True)
         for column in ("kind", "held as", "relative path", "title"):
@@ -108,7 +93,9 @@ def interfaces_list(
 
 
 @algorithms_app.command("create")
+@api_command
 def algorithms_create(
+    api: ApiOptions,
     title: Annotated[str, typer.Option(help="Its title; the slug is made from it.")],
     inputs: Annotated[
         list[str], typer.Option("--input", help="An input interface slug (repeat for more).")
@@ -143,10 +130,6 @@ def algorithms_create(
         Path | None,
         typer.Option(help="For image 'local': the algorithm's code directory.", show_default=False),
     ] = None,
-    api_url: ApiUrl = None,
-    token: Token = None,
-    ca_file: CaFile = None,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """Create an algorithm with one set of inputs and outputs, and optionally its image."""
     with reported():
@@ -163,7 +146,7 @@ def algorithms_create(
         }
         if time_limit is not None:
             body["time_limit"] = time_limit
-        with GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+        with api.connect() as client:
             algorithm = client.post("algorithms/", body)
             say(f"Created algorithm [bold]{escape(algorithm['slug'])}[/]")
             if image is not None:
@@ -180,14 +163,12 @@ def algorithms_create(
 
 
 @algorithms_app.command("list")
+@api_command
 def algorithms_list(
-    api_url: ApiUrl = None,
-    token: Token = None,
-    ca_file: CaFile = None,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
+    api: ApiOptions,
 ) -> None:
     """List the algorithms you can run."""
-    with reported(), GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+    with reported(), api.connect() as client:
         table = Table(title="Algorithms")
         table.add_column("slug", no_wrap=True)
         for column in ("inputs → outputs", "time limit", "title"):

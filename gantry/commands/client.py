@@ -8,9 +8,12 @@ presigned S3 URLs. Every failure becomes a ``CliError`` whose text is one line f
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -55,6 +58,10 @@ CaFile = Annotated[
     ),
 ]
 StateDir = Annotated[Path, typer.Option(help="Where `gantry local up` keeps local.json.")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(help="Stop waiting after this many seconds.", show_default=False),
+]
 
 
 class CliError(Exception):
@@ -376,3 +383,55 @@ def _payload(response: httpx.Response) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    """What the connection options of an API command said; ``connect()`` resolves them."""
+
+    api_url: str | None = None
+    token: str | None = None
+    ca_file: str | None = None
+    state_dir: Path = DEFAULT_STATE_DIR
+
+    def connect(self) -> GantryClient:
+        return GantryClient.connect(self.api_url, self.token, self.ca_file, self.state_dir)
+
+
+_API_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+    for name, annotation, default in (
+        ("api_url", ApiUrl, None),
+        ("token", Token, None),
+        ("ca_file", CaFile, None),
+        ("state_dir", StateDir, DEFAULT_STATE_DIR),
+    )
+]
+
+
+def api_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the connection options, after its own, as one ``api: ApiOptions``
+    argument. The command still decides when to connect, so its checks of its input come
+    first."""
+    own = [
+        parameter
+        for parameter in inspect.signature(command, eval_str=True).parameters.values()
+        if parameter.name != "api"
+    ]
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        api_url: str | None = None,
+        token: str | None = None,
+        ca_file: str | None = None,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        **kwargs: Any,
+    ) -> None:
+        command(*args, api=ApiOptions(api_url, token, ca_file, state_dir), **kwargs)
+
+    # Typer reads both the signature and the type hints: both list the options, not ``api``.
+    parameters = [*own, *_API_OPTIONS]
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper

@@ -24,6 +24,7 @@ from gantry import resources
 from gantry.commands.client import (
     CliError,
     StateDir,
+    Timeout,
     fail,
     reported,
     say,
@@ -51,10 +52,7 @@ def drop(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait for the results and list them.")
     ] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(help="Stop waiting after this many seconds.", show_default=False),
-    ] = None,
+    timeout: Timeout = None,
     endpoint_url: Annotated[
         str | None,
         typer.Option(

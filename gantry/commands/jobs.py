@@ -15,12 +15,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from gantry.commands.client import (
-    ApiUrl,
-    CaFile,
+    ApiOptions,
     CliError,
     GantryClient,
-    StateDir,
-    Token,
+    Timeout,
+    api_command,
     fail,
     note,
     render,
@@ -29,7 +28,6 @@ from gantry.commands.client import (
     spinner,
     transfer_progress,
 )
-from gantry.local.connection import DEFAULT_STATE_DIR
 
 jobs_app = typer.Typer(help="Jobs: run algorithms and follow them.", no_args_is_help=True)
 
@@ -40,7 +38,9 @@ DEFAULT_OUTPUT_ROOT = Path("gantry-output")
 
 
 @jobs_app.command("run")
+@api_command
 def run(
+    api: ApiOptions,
     algorithm: Annotated[str, typer.Argument(help="The algorithm's slug.")],
     inputs: Annotated[
         list[str] | None,
@@ -59,17 +59,10 @@ def run(
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait for the end and fetch the outputs.")
     ] = True,
-    timeout: Annotated[
-        float | None,
-        typer.Option(help="Stop waiting after this many seconds.", show_default=False),
-    ] = None,
-    api_url: ApiUrl = None,
-    token: Token = None,
-    ca_file: CaFile = None,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
+    timeout: Timeout = None,
 ) -> None:
     """Start a job of ALGORITHM on the given inputs, wait for it and download its outputs."""
-    with reported(), GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+    with reported(), api.connect() as client:
         target = client.algorithm_by_slug(algorithm)
         sockets = {
             socket["slug"]: socket
@@ -196,18 +189,16 @@ def fetch_outputs(
 
 
 @jobs_app.command("list")
+@api_command
 def list_jobs(
+    api: ApiOptions,
     algorithm: Annotated[
         str | None, typer.Option(help="Only this algorithm's jobs (its slug).", show_default=False)
     ] = None,
     limit: Annotated[int, typer.Option(help="How many of the newest jobs.")] = 20,
-    api_url: ApiUrl = None,
-    token: Token = None,
-    ca_file: CaFile = None,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """List your newest jobs."""
-    with reported(), GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+    with reported(), api.connect() as client:
         limit = max(1, min(limit, 1000))
         params: dict[str, Any] = {}
         if algorithm is not None:
@@ -240,15 +231,13 @@ def list_jobs(
 
 
 @jobs_app.command("show")
+@api_command
 def show_job(
+    api: ApiOptions,
     pk: Annotated[str, typer.Argument(help="The job's id.")],
-    api_url: ApiUrl = None,
-    token: Token = None,
-    ca_file: CaFile = None,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """A job's status, error, logs and values."""
-    with reported(), GantryClient.connect(api_url, token, ca_file, state_dir) as client:
+    with reported(), api.connect() as client:
         job = client.get(f"algorithms/jobs/{quote(pk, safe='')}/")
         try:
             algorithm = client.get(job["algorithm"])["slug"]
