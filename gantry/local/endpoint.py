@@ -8,6 +8,7 @@ a millisecond, so the cost is small); other services stay concurrent.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -46,28 +47,46 @@ def serialise_dynamodb(app: WsgiApp) -> WsgiApp:
     return wrapped
 
 
-class EmbeddedAws:
+class ServerThread:
+    """A threaded werkzeug server on a loopback port, served from a daemon thread.
+
+    Bound on construction, so its port is known before it serves; ``serve()`` starts it."""
+
+    def __init__(
+        self,
+        app: WsgiApp,
+        *,
+        host: str,
+        port: int,
+        name: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.server: BaseWSGIServer = make_server(
+            host, port, app, threaded=True, ssl_context=ssl_context, request_handler=QuietHandler
+        )
+        self.host, self.port = self.server.server_address[:2]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name=name)
+
+    def serve(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+
+class EmbeddedAws(ServerThread):
     """moto's backends behind a threaded HTTP server on a loopback port."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = serialise_dynamodb(moto_app())
-        self.server: BaseWSGIServer = make_server(
-            host, port, self.app, threaded=True, request_handler=QuietHandler
-        )
-        self.host, self.port = self.server.server_address[:2]
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, daemon=True, name="gantry-aws"
-        )
+        super().__init__(self.app, host=host, port=port, name="gantry-aws")
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> EmbeddedAws:
-        self._thread.start()
+        self.serve()
         return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)

@@ -11,16 +11,13 @@ from __future__ import annotations
 import base64
 import logging
 import queue
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from werkzeug.serving import BaseWSGIServer, make_server
-
 from gantry.context import Context
 from gantry.local.client import LambdaContextStub
-from gantry.local.endpoint import QuietHandler
+from gantry.local.endpoint import ServerThread, WsgiApp
 from gantry.local.tls import TlsFiles
 
 logger = logging.getLogger(__name__)
@@ -29,8 +26,6 @@ STAGE = "local"
 # API Gateway's own payload limit; larger bodies are refused before they reach a handler.
 MAX_BODY_BYTES = 10 * 1024 * 1024
 TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class ApiPool:
@@ -155,7 +150,7 @@ def _not_ready(environ: dict[str, Any], start_response: Callable[..., Any]) -> I
     return [b'{"message": "Starting"}']
 
 
-class Gateway:
+class Gateway(ServerThread):
     """The HTTPS server on a loopback port, in a thread."""
 
     def __init__(self, tls: TlsFiles, *, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -165,17 +160,8 @@ class Gateway:
         context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         self.tls = tls
         # Bound now so the URL is known before the app behind it is built; served by start().
-        self.server: BaseWSGIServer = make_server(
-            host,
-            port,
-            _not_ready,
-            threaded=True,
-            ssl_context=context,
-            request_handler=QuietHandler,
-        )
-        self.host, self.port = self.server.server_address[:2]
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, daemon=True, name="gantry-gateway"
+        super().__init__(
+            _not_ready, host=host, port=port, name="gantry-gateway", ssl_context=context
         )
 
     @property
@@ -188,10 +174,5 @@ class Gateway:
 
     def start(self, app: WsgiApp) -> Gateway:
         self.server.app = app
-        self._thread.start()
+        self.serve()
         return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
