@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from gantry import timeutil
 from gantry.algorithms import AlgorithmFields, AlgorithmImageFields, SocketSet
+from gantry.contract import new_signing_key
 from gantry.interfaces import InterfaceFields
 from gantry.job_states import JobStatus
+from gantry.jobs import Job
 from gantry.local.stack import LocalStack
+from gantry.pipeline.provision import start_job
 from gantry.services.jobs import JobCreate, JobInput, create_job
 from gantry.settings import Settings
 from gantry.urls import Urls
@@ -104,15 +109,42 @@ def test_json_algorithm_succeeds_with_validated_outputs(stack):
 @pytest.mark.parametrize(
     ("example", "message"),
     [
-        ("crash", None),
+        ("crash", "RuntimeError: model weights not found"),
         ("no-output", "Output file 'score.json' was not produced"),
-        ("invalid-json", "is not valid json"),
+        ("invalid-json", "The output file 'score.json' is not valid json"),
+        ("symlink-escape", "Output 'passwd.txt' is a symbolic link, which is not allowed"),
     ],
 )
 def test_failing_algorithms_fail_the_job_with_a_reason(stack, example, message):
     algorithm = _algorithm(stack, example, ["score"])
     job = _run(stack, algorithm)
     assert job.status is JobStatus.FAILURE
-    assert job.error_message
-    if message:
-        assert message in job.error_message
+    assert message in job.error_message
+
+
+def test_an_algorithm_past_its_time_limit_fails_with_grand_challenges_message(stack):
+    store = stack.ctx.store
+    algorithm = _algorithm(stack, "timeout", ["score"])
+    [image] = store.algorithms.images_of(algorithm.pk)
+    # Algorithms allow 300 s at least; a job with a 2 s limit keeps the test short.
+    moment = timeutil.iso()
+    job = Job(
+        pk=str(uuid.uuid4()),
+        algorithm=algorithm.pk,
+        algorithm_image=image.pk,
+        creator="alice",
+        status=JobStatus.PENDING,
+        inputs=[],
+        time_limit=2,
+        signing_key=new_signing_key(),
+        created=moment,
+        modified=moment,
+    )
+    store.jobs.create(job, input_images=[])
+    start_job(stack.ctx, job.pk)
+    deadline = time.monotonic() + 60
+    while not (done := store.jobs.get(job.pk)).status.is_terminal:
+        assert time.monotonic() < deadline, done.status.label
+        time.sleep(0.1)
+    assert done.status is JobStatus.FAILURE
+    assert done.error_message == "Time limit exceeded"
