@@ -1,4 +1,5 @@
-"""Helpers of the callback and sweeper tests (no tests here).
+"""Helpers of the callback and sweeper tests, and the Batch set-up of the Batch backend's
+(no tests here).
 
 The compute services are moto's (Batch without Docker, SageMaker); the runner's part is played
 by writing what it writes (outputs and the signed result, with the runner's own
@@ -70,13 +71,10 @@ def pipeline_settings(backend: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def create_batch_resources(ctx: Context) -> None:
+def create_batch_resources(iam: Any, batch: Any, settings: Settings) -> str:
     """What the stack deploys for Batch: a compute environment, both queues, the shared
-    runner job definition (with the Host EC2 retry rule)."""
-    settings = ctx.settings
-    iam = ctx.clients.client("iam")
+    runner job definition (the stack's GPU size, the Host EC2 retry rule); the job role."""
     role = iam.create_role(RoleName="gantry-job", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    batch = ctx.clients.batch
     environment = batch.create_compute_environment(
         computeEnvironmentName="gantry-test-env",
         type="UNMANAGED",
@@ -99,8 +97,8 @@ def create_batch_resources(ctx: Context) -> None:
             "jobRoleArn": role,
             "executionRoleArn": role,
             "resourceRequirements": [
-                {"type": "VCPU", "value": "2"},
-                {"type": "MEMORY", "value": "8192"},
+                {"type": "VCPU", "value": "4"},
+                {"type": "MEMORY", "value": "14336"},
             ],
         },
         retryStrategy={
@@ -110,6 +108,7 @@ def create_batch_resources(ctx: Context) -> None:
         timeout={"attemptDurationSeconds": 7200},
         propagateTags=True,
     )
+    return role
 
 
 def route_job_events(ctx: Context) -> str:
@@ -317,6 +316,6 @@ class World:
 
 def build_world(ctx: Context, backend: str) -> World:
     if backend == "batch":
-        create_batch_resources(ctx)
+        create_batch_resources(ctx.clients.client("iam"), ctx.clients.batch, ctx.settings)
     queue_url = route_job_events(ctx)
     return World(ctx, backend, make_pipeline_algorithm(ctx), queue_url)

@@ -16,6 +16,7 @@ from gantry.compute.base import RUNNER_MARGIN_SECONDS
 from gantry.compute.batch import BatchBackend
 from gantry.resources import ENV_ALGORITHM_CMD, ENV_ALGORITHM_ENTRYPOINT, ENV_SIGNING_KEY
 from gantry.settings import Settings
+from tests.integration.pipeline_support import create_batch_resources
 from tests.unit.test_compute_base import make_image, make_job
 
 REGION = "us-east-1"
@@ -31,42 +32,8 @@ def settings() -> Settings:
 def batch(settings: Settings) -> Iterator[dict[str, Any]]:
     """Moto Batch with both queues and the stack's shared runner definition."""
     with mock_aws(config={"batch": {"use_docker": False}}):
-        iam = boto3.client("iam", region_name=REGION)
-        role = iam.create_role(RoleName="gantry-job", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         client = boto3.client("batch", region_name=REGION)
-        environment = client.create_compute_environment(
-            computeEnvironmentName="gantry-test-env",
-            type="UNMANAGED",
-            state="ENABLED",
-            serviceRole=role,
-        )["computeEnvironmentArn"]
-        for queue in (settings.batch_job_queue_gpu, settings.batch_job_queue_cpu):
-            client.create_job_queue(
-                jobQueueName=queue,
-                state="ENABLED",
-                priority=1,
-                computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
-            )
-        client.register_job_definition(
-            jobDefinitionName=settings.batch_job_definition,
-            type="container",
-            containerProperties={
-                "image": "public.ecr.aws/docker/library/busybox:latest",
-                "command": ["python", "-m", "batch_runner", "invoke", "--file", "Ref::invocation"],
-                "jobRoleArn": role,
-                "executionRoleArn": role,
-                "resourceRequirements": [
-                    {"type": "VCPU", "value": "4"},
-                    {"type": "MEMORY", "value": "14336"},
-                ],
-            },
-            retryStrategy={
-                "attempts": 3,
-                "evaluateOnExit": [{"onStatusReason": "Host EC2*", "action": "RETRY"}],
-            },
-            timeout={"attemptDurationSeconds": 7200},
-            propagateTags=True,
-        )
+        role = create_batch_resources(boto3.client("iam", region_name=REGION), client, settings)
         yield {"client": client, "role": role}
 
 
