@@ -12,9 +12,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
+from moto import mock_aws
 
 from batch_runner.invoke import write_result
 from gantry import resources
@@ -319,3 +323,27 @@ def build_world(ctx: Context, backend: str) -> World:
         create_batch_resources(ctx.clients.client("iam"), ctx.clients.batch, ctx.settings)
     queue_url = route_job_events(ctx)
     return World(ctx, backend, make_pipeline_algorithm(ctx), queue_url)
+
+
+# Fixtures of the callback and sweeper tests; each test module binds them by name.
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    with mock_aws(config={"batch": {"use_docker": False}}):
+        yield
+
+
+@pytest.fixture
+def backend() -> str:
+    return "batch"
+
+
+@pytest.fixture
+def settings(backend: str) -> Settings:
+    return pipeline_settings(backend)
+
+
+@pytest.fixture
+def world(ctx: Context, backend: str) -> World:
+    return build_world(ctx, backend)

@@ -5,27 +5,22 @@ jobs, forged results, host failures. Every event goes through the Lambda's ``pro
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from moto import mock_aws
 
 from gantry import resources, timeutil
-from gantry.context import Context
 from gantry.contract import new_signing_key
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
-from gantry.settings import Settings
 from lambdas.on_job_event import process
+from tests.integration import pipeline_support
 from tests.integration.pipeline_support import (
     REPORT,
     World,
-    build_world,
     compute_event,
     kept_values,
-    pipeline_settings,
     replace_result,
     run_attempt,
     stored_result,
@@ -37,25 +32,12 @@ UNVERIFIED = "The result of this job could not be verified"
 HOST_REASON = "Host EC2 (instance i-0a1b2c3d4e5f67890) terminated."
 
 
-@pytest.fixture
-def aws() -> Iterator[None]:
-    with mock_aws(config={"batch": {"use_docker": False}}):
-        yield
-
-
-@pytest.fixture
-def backend() -> str:
-    return "batch"
-
-
-@pytest.fixture
-def settings(backend: str) -> Settings:
-    return pipeline_settings(backend)
-
-
-@pytest.fixture
-def world(ctx: Context, backend: str) -> World:
-    return build_world(ctx, backend)
+# The pipeline fixtures: moto with Batch (no Docker), the backend (tests parametrise it), its
+# settings, the world. Bound here because pytest looks for fixtures among the module's names.
+aws = pipeline_support.aws
+backend = pipeline_support.backend
+settings = pipeline_support.settings
+world = pipeline_support.world
 
 
 def outputs_of(job: Job) -> dict[str, Any]:

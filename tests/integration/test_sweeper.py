@@ -7,50 +7,31 @@ The sweeper acts on jobs untouched for a while; the tests move the clock on inst
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from moto import mock_aws
 
 from gantry import resources, timeutil
 from gantry.compute import sagemaker_name
-from gantry.context import Context
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.pipeline.provision import start_job
 from gantry.pipeline.sweeper import STALE_PROVISIONING_SECONDS, sweep
-from gantry.settings import Settings
+from tests.integration import pipeline_support
 from tests.integration.pipeline_support import (
     REPORT,
     World,
-    build_world,
     kept_values,
-    pipeline_settings,
     queued_job,
     run_attempt,
 )
 
-
-@pytest.fixture
-def aws() -> Iterator[None]:
-    with mock_aws(config={"batch": {"use_docker": False}}):
-        yield
-
-
-@pytest.fixture
-def backend() -> str:
-    return "batch"
-
-
-@pytest.fixture
-def settings(backend: str) -> Settings:
-    return pipeline_settings(backend)
-
-
-@pytest.fixture
-def world(ctx: Context, backend: str) -> World:
-    return build_world(ctx, backend)
+# The pipeline fixtures: moto with Batch (no Docker), the backend (tests parametrise it), its
+# settings, the world. Bound here because pytest looks for fixtures among the module's names.
+aws = pipeline_support.aws
+backend = pipeline_support.backend
+settings = pipeline_support.settings
+world = pipeline_support.world
 
 
 class Clock:
