@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from gantry.local.stack import LocalStack
 
 # No test may reach a real AWS account.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -45,6 +50,21 @@ def ctx(aws, settings):
     context = Context.create(settings)
     ensure_data(context.clients, settings)
     return context
+
+
+def serve_local_stack(prefix: str, state_dir: Path) -> LocalStack:
+    """The local stack with its HTTPS API on a free port and two workers; a table and bucket
+    named for this caller, since stacks in one process share moto's state. Stop it after use."""
+    from gantry.local.stack import LocalStack
+    from gantry.settings import Settings
+
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    return LocalStack.start(
+        Settings(table_name=name, bucket_name=name, local_workers=2),
+        state_dir=state_dir,
+        serve_api=True,
+        api_port=0,
+    )
 
 
 class ApiClient:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.conftest import serve_local_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "algorithms"
@@ -169,17 +170,8 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    from gantry.local.stack import LocalStack
-    from gantry.settings import Settings
-
-    name = f"gantry-e2e-{uuid.uuid4().hex[:10]}"
     state_dir = tmp_path_factory.mktemp("state")
-    stack = LocalStack.start(
-        Settings(table_name=name, bucket_name=name, local_workers=2),
-        state_dir=state_dir,
-        serve_api=True,
-        api_port=0,
-    )
+    stack = serve_local_stack("gantry-e2e", state_dir)
     try:
         token = stack.ctx.store.users.create_token("alice")
         ca_file = str(state_dir / "tls" / "ca.pem")

@@ -8,7 +8,6 @@ import json
 import re
 import shlex
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from gantry.cli import app
 from gantry.commands.local import connection_for
 from gantry.local.demo import make_ct_like_image
 from gantry.local.stack import LocalStack
-from gantry.settings import Settings
+from tests.conftest import serve_local_stack
 
 pytestmark = pytest.mark.slow
 
@@ -90,13 +89,7 @@ def started_job(output: str) -> str:
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     state_dir = tmp_path_factory.mktemp("state")
-    name = f"gantry-cli-{uuid.uuid4().hex[:8]}"
-    stack = LocalStack.start(
-        Settings(table_name=name, bucket_name=name, local_workers=2),
-        state_dir=state_dir,
-        serve_api=True,
-        api_port=0,
-    )
+    stack = serve_local_stack("gantry-cli", state_dir)
     try:
         token = stack.ctx.store.users.create_token("alice")
         # What `gantry local up` writes, for the commands that read local.json.
