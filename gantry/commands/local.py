@@ -104,6 +104,10 @@ def up(
     except OSError as error:
         console.print(f"[red]Could not start:[/] {error} (is another `gantry local up` running?)")
         raise typer.Exit(1) from error
+    # From here a Ctrl-C (or SIGTERM) asks for an orderly stop, however early it comes.
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
     try:
         token = _ensure_token(stack, state_dir)
         connection = connection_for(stack, token, state_dir)
@@ -119,18 +123,18 @@ def up(
             "gcapi:   gcapi.Client(base_url=API, token=TOKEN, verify=CA_FILE)   "
             "Ctrl-C stops (state is kept)."
         )
-        _wait(stack, live)
+        _wait(stack, live, stopped)
     finally:
         with console.status("Stopping and saving the state…"):
             stack.stop(drain=False)
 
 
-def _wait(stack, live: bool) -> None:  # type: ignore[no-untyped-def]
-    stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopped.set())
+def _wait(stack, live: bool, stopped: threading.Event) -> None:  # type: ignore[no-untyped-def]
     if not (live and console.is_terminal):
-        stopped.wait()
+        # Wake up now and then: the kernel may deliver the signal to another thread, and
+        # Python runs its handler only once the main thread gets to run again.
+        while not stopped.wait(0.5):
+            pass
         return
     from rich.live import Live
 
