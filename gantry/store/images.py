@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from gantry.errors import NotFound
 from gantry.images import Image
 from gantry.store import keys
 from gantry.store.pagination import Paginator, count_update
-from gantry.store.table import MAIN_SK, Table
+from gantry.store.table import MAIN_SK, ConditionFailed, Table
 
 
 class ImageStore:
@@ -23,9 +25,10 @@ class ImageStore:
             GSI1PK=list_key.value,
             GSI1SK=f"{image.created}#{image.pk}",
         )
-        # Idempotent: a retried event registering the same image must not count it twice.
-        if self.table.get_item(keys.image(image.pk), MAIN_SK) is None:
-            self.table.transact_put([item], updates=[count_update(list_key, 1)])
+        # Idempotent: a retried or concurrent registration of the same image must not count
+        # it twice, so the item is written only if absent, in one transaction with the count.
+        with contextlib.suppress(ConditionFailed):
+            self.table.transact_put([], unique=[item], updates=[count_update(list_key, 1)])
         return image
 
     def get(self, pk: str) -> Image:

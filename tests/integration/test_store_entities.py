@@ -366,3 +366,18 @@ def test_active_index_orders_oldest_first_and_limits(ctx: Context) -> None:
     ctx.store.jobs.transition(jobs[0].pk, attempt=1, status=JobStatus.PROVISIONING)
     found = ctx.store.jobs.active_modified_before("9999", limit=3)
     assert [j.pk for j in found] == [j.pk for j in jobs[1:4]]
+
+
+# --- images --------------------------------------------------------------------------------------
+
+
+def test_an_image_registered_twice_at_once_is_counted_once(ctx: Context) -> None:
+    from gantry.images import Image
+
+    image = Image(pk=str(uuid.uuid4()), name="ct.mha", owner="alice", created="2026-01-01T00:00Z")
+    results = _parallel(4, lambda _: ctx.store.images.put(image))
+    assert all(result == image for result in results)
+    ctx.store.images.put(image)  # and once more, later
+    found, count = ctx.store.images.page_for("alice", offset=0, limit=10)
+    assert [i.pk for i in found] == [image.pk]
+    assert count == 1
