@@ -16,6 +16,7 @@ from typing import Any
 from gantry import contract, resources, timeutil
 from gantry.compute.base import ComputeState
 from gantry.context import Context
+from gantry.images import Image
 from gantry.job_states import JobStatus
 from gantry.jobs import STREAM_TAIL_LINES, Job
 from gantry.services import catalog
@@ -136,15 +137,27 @@ def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
         changes.update(error_message=first, detailed_error_message=parsed.errors)
         failed = finish(ctx, job, JobStatus.FAILURE, changes)
         _drop_unkept_files(ctx, job.pk, parsed.values)
+        _drop_image_files(ctx, parsed.images)
         return failed
+    # Registered before the job says Succeeded, so its outputs never name a missing image;
+    # their pks are fixed per job, attempt and socket, so a repeat registers nothing new.
+    for image in parsed.images:
+        ctx.store.images.put(image)
     changes["outputs"] = to_socket_values(ctx, parsed.values)
     done = finish(ctx, job, JobStatus.SUCCESS, changes)
     if done is None:
         # A duplicate of this event, handled at the same time, finished the job first.
         _drop_unkept_files(ctx, job.pk, parsed.values)
     elif parsed.images:
-        ctx.store.jobs.add_output_images(done, parsed.images)
+        ctx.store.jobs.add_output_images(done, [image.pk for image in parsed.images])
     return done
+
+
+def _drop_image_files(ctx: Context, images: list[Image]) -> None:
+    """Delete the copies of a failed job's output images: no image record refers to them."""
+    for image in images:
+        for file in image.files:
+            ctx.clients.s3.delete_object(Bucket=ctx.settings.bucket_name, Key=file.key)
 
 
 def _drop_unkept_files(ctx: Context, job_pk: str, drafts: list[dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from gantry import resources, timeutil
 from gantry.context import Context
+from gantry.images import Image
 from gantry.interfaces import Interface, value_errors
 from gantry.jobs import Job, SocketValue
 from gantry.kinds import spec
@@ -39,7 +40,8 @@ MAGIC: dict[str, tuple[tuple[int, bytes], ...]] = {
 class ParsedOutputs:
     values: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-    images: list[str] = field(default_factory=list)
+    # Read and copied, not registered yet: only a job that succeeds registers its images.
+    images: list[Image] = field(default_factory=list)
 
 
 def _finite(value: Any) -> Any:
@@ -176,8 +178,7 @@ def _image_output(
     image = imaging.image_from(
         info, pk=image_pk, name=name, owner=job.creator, key=key, created=timeutil.iso()
     )
-    ctx.store.images.put(image)
-    parsed.images.append(image_pk)
+    parsed.images.append(image)
     return {"socket": socket.slug, "image": image_pk}
 
 

@@ -14,6 +14,7 @@ from gantry import resources, timeutil
 from gantry.contract import new_signing_key
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
+from gantry.services.jobs import JobInput
 from lambdas.on_job_event import process
 from tests.integration import pipeline_support
 from tests.integration.pipeline_support import (
@@ -365,3 +366,61 @@ def test_a_completion_repeated_after_a_crash_keeps_one_copy_of_each_output(world
     assert world.deliver("succeeded", job) == "Succeeded"
     done = world.get(job)
     assert sorted(kept_values(world.ctx, job)) == sorted(v.file for v in done.outputs if v.file)
+
+
+# --- Image outputs -------------------------------------------------------------------------------
+
+
+def _mha_bytes(tmp_path) -> bytes:
+    import numpy as np
+    import SimpleITK as sitk
+
+    path = tmp_path / "heat.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5), dtype=np.float32)), str(path))
+    return path.read_bytes()
+
+
+def _image_job(world: World) -> Job:
+    from gantry.pipeline.provision import start_job
+    from tests.integration.test_inputs_support import make_algorithm, make_socket, new_job
+
+    make_socket(world.ctx, "Heat Map", "HMAP", "images/heat-map")
+    algorithm = make_algorithm(world.ctx, "Mapper", ["threshold"], ["heat-map", "score"])
+    job = new_job(world.ctx, algorithm, [JobInput(interface="threshold", value=1.0)])
+    start_job(world.ctx, job.pk)
+    return world.get(job)
+
+
+def _owned_images(world: World, job: Job) -> tuple[int, list[str]]:
+    _, count = world.ctx.store.images.page_for(job.creator, offset=0, limit=10)
+    listing = world.ctx.clients.s3.list_objects_v2(
+        Bucket=world.ctx.settings.bucket_name, Prefix=f"{resources.PREFIX_VALUES}images/"
+    )
+    return count, [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_an_image_output_is_registered_when_the_job_succeeds(world, tmp_path):
+    job = _image_job(world)
+    run_attempt(
+        world.ctx,
+        job,
+        outputs={"images/heat-map/heat.mha": _mha_bytes(tmp_path), "score.json": b"0.5"},
+    )
+    assert world.deliver("succeeded", job) == "Succeeded"
+    done = world.get(job)
+    [value] = [v for v in done.outputs if v.socket == "heat-map"]
+    image = world.ctx.store.images.get(value.image)
+    assert image.shape == [3, 4, 5] and image.owner == job.creator
+    assert _owned_images(world, job) == (1, [image.files[0].key])
+
+
+def test_a_job_failing_on_another_output_keeps_no_image(world, tmp_path):
+    job = _image_job(world)
+    run_attempt(
+        world.ctx,
+        job,
+        outputs={"images/heat-map/heat.mha": _mha_bytes(tmp_path), "score.json": b"no json"},
+    )
+    assert world.deliver("succeeded", job) == "Failed"
+    assert world.get(job).error_message == "The output file 'score.json' is not valid json"
+    assert _owned_images(world, job) == (0, [])
