@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     sagemaker_role_arn: str = ""
     sagemaker_runner_image: str = ""
     sagemaker_warm_pool_seconds: int = 0
+    # The runner's sandbox mode on SageMaker, which cannot run a privileged container:
+    # "required" fails a job the runner cannot sandbox rather than run it with network.
+    sagemaker_sandbox: Literal["required", "auto", "off"] = "required"
     local_workers: int = 2
 
     event_bus_name: str = resources.DEFAULT_EVENT_BUS

@@ -78,6 +78,9 @@ class GantryConfig:
     runner_privileged: bool = True
     compute_backend: str = "batch"
     sagemaker_runner_image: str = ""
+    # SageMaker cannot run a privileged container; "required" fails jobs the runner cannot
+    # sandbox there, "auto" runs them unsandboxed (with the training job's network).
+    sagemaker_sandbox: str = "required"
     # API
     api_rate_limit: int = 50
     api_burst_limit: int = 100
@@ -131,6 +134,8 @@ class GantryConfig:
                 raise ValueError(f"gantry:gpuInstanceTypes: {itype!r} is not a GPU instance type")
         if self.compute_backend not in {"batch", "sagemaker"}:
             raise ValueError("gantry:computeBackend must be 'batch' or 'sagemaker'")
+        if self.sagemaker_sandbox not in {"required", "auto"}:
+            raise ValueError("gantry:sagemakerSandbox must be 'required' or 'auto'")
         if bool(self.domain_name) != bool(self.certificate_arn):
             raise ValueError("gantry:domainName and gantry:certificateArn go together")
         if self.capacity_wait_minutes < 10 or self.misconfiguration_wait_minutes < 10:

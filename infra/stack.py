@@ -77,6 +77,7 @@ class GantryStack(Stack):
             "GANTRY_REGION": Aws.REGION,
             "GANTRY_API_BASE_URL": api.base_url,
             "GANTRY_COMPUTE_BACKEND": config.compute_backend,
+            "GANTRY_SAGEMAKER_SANDBOX": config.sagemaker_sandbox,
             "GANTRY_BATCH_JOB_QUEUE_GPU": settings.batch_job_queue_gpu,
             "GANTRY_BATCH_JOB_QUEUE_CPU": settings.batch_job_queue_cpu,
             "GANTRY_BATCH_JOB_DEFINITION": settings.batch_job_definition,

@@ -68,5 +68,5 @@ def backend_for(
     if kind == "sagemaker":
         from gantry.compute.sagemaker import SageMakerBackend
 
-        return SageMakerBackend(settings, clients.sagemaker)
+        return SageMakerBackend(settings, clients.sagemaker, sandbox=settings.sagemaker_sandbox)
     raise ValueError(f"unknown compute backend {kind!r}")

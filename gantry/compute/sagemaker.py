@@ -8,10 +8,10 @@ job callback to find results. Instead the training job runs like a Batch job: th
 (with the job's role) stages data from and to S3 itself, strips every AWS credential from the
 algorithm's environment and starts the algorithm in a bubblewrap sandbox with an empty network
 namespace, so the algorithm has no network while the runner does. Where user namespaces are
-unavailable the runner's ``auto`` sandbox mode falls back to an unsandboxed run and records
-``sandboxed: false`` in the result; pass ``sandbox="required"`` to make such runs fail
-instead. Deployments that want a second fence can add a VPC config with no route out but an
-S3 gateway endpoint (not modelled in settings yet).
+unavailable, ``required`` (``settings.sagemaker_sandbox``, the default) fails the job; ``auto``
+runs it unsandboxed and records ``sandboxed: false`` in the result. Deployments that want a
+second fence can add a VPC config with no route out but an S3 gateway endpoint (not modelled
+in settings yet).
 
 Names: a training job name has at most 63 characters, ``[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}``:
 ``gantry-<job pk without hyphens>-<attempt>`` (``sagemaker_name``); ``parse_compute_name``

@@ -31,6 +31,7 @@ ALL_OPTIONS = {
     "gantry:jobEventsReservedConcurrency": 20,
     # The explicit opt-out of the privileged runner (and with it of the required sandbox).
     "gantry:runnerPrivileged": "false",
+    "gantry:sagemakerSandbox": "auto",
 }
 
 

@@ -24,6 +24,12 @@ def test_defaults_are_cheap_and_safe() -> None:
     assert all(t.startswith("g4dn.") for t in config.gpu_instance_types)
     assert config.runner_privileged is True
     assert config.runner_sandbox == "required"
+    assert config.sagemaker_sandbox == "required"
+
+
+def test_an_unknown_sagemaker_sandbox_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="sagemakerSandbox"):
+        _config(sagemakerSandbox="off")
 
 
 def test_unprivileged_runner_lets_the_runner_fall_back_to_no_sandbox() -> None:

@@ -348,6 +348,7 @@ def test_handlers_and_environment(default_synth: Synth) -> None:
             "GANTRY_UPLOADS_QUEUE_URL",
         ):
             assert required in env, (handler, required)
+        assert env["GANTRY_SAGEMAKER_SANDBOX"] == "required"
         assert props["Layers"], "Powertools layer"
         assert "AWSLambdaPowertoolsPythonV3" in str(props["Layers"])
 

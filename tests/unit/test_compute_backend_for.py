@@ -43,3 +43,14 @@ def test_backend_for_a_context_like_object():
 def test_aws_backends_need_clients():
     with pytest.raises(ValueError, match="clients"):
         backend_for(Settings(compute_backend="sagemaker"))
+
+
+@pytest.mark.parametrize("mode", ["required", "auto"])
+def test_the_sagemaker_backend_gets_the_configured_sandbox_mode(mode):
+    settings = Settings(region="us-east-1", compute_backend="sagemaker", sagemaker_sandbox=mode)
+    backend = backend_for(settings, Clients(settings))
+    assert isinstance(backend, SageMakerBackend) and backend.sandbox == mode
+
+
+def test_sagemaker_jobs_require_the_sandbox_by_default():
+    assert Settings().sagemaker_sandbox == "required"
