@@ -20,7 +20,9 @@ single file, and the inputs.json object (its version, or eTag and last-modified 
 case, so the late-file event and the inputs.json event of one case claim the same item.
 A claim is IN_PROGRESS (with a lease) until the job exists, then COMPLETED with the job pk;
 a duplicate that finds a live lease fails its record so SQS redelivers it after the first
-one finished; an expired lease (a crashed handler) is taken over.
+one finished; an expired lease (a crashed handler) is taken over. The job's pk is derived
+from the claim's identity and stored only if absent, so a takeover after a crash at any
+moment finds the job the first handler made instead of making a second.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from pydantic import ValidationError
 from gantry import resources
 from gantry.algorithms import Algorithm
 from gantry.context import Context
-from gantry.errors import GantryError, NotFound
+from gantry.errors import Conflict, GantryError, NotFound
+from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.kinds import spec
 from gantry.store import keys
@@ -337,7 +340,7 @@ def _create_once(
     if not mine:
         return None  # a duplicate: the drop already has its job (or its error.json)
     try:
-        job = _create_job(ctx, claim_pk, identity, algorithm, drop, mapping)
+        job = _create_job(ctx, identity, algorithm, drop, mapping)
     except DropError as error:
         write_error(ctx, drop.ref, str(error))
         _complete_claim(ctx, claim_pk, job_pk=None, error=str(error))
@@ -348,7 +351,6 @@ def _create_once(
 
 def _create_job(
     ctx: Context,
-    claim_pk: str,
     identity: str,
     algorithm: Algorithm,
     drop: Drop,
@@ -375,20 +377,20 @@ def _create_job(
         else:
             inputs.append(JobInput(interface=slug, user_upload=upload.pk))
 
-    def tag(tagged_ctx: Context, job: Job) -> None:
-        # First listener, before the pipeline hears of the job: the source must be on the job
-        # before it can finish, and the claim must know the job before anything can fail.
-        ctx.store.jobs.update(
-            job.pk,
-            lambda j: j.model_copy(update={"source": SOURCE, "source_ref": drop.ref}),
-        )
-        _set_claim(ctx, claim_pk, job_pk=job.pk)
-
-    local = dataclasses.replace(ctx, job_listeners=[tag, *ctx.job_listeners])
+    # Named after the drop: a handler that takes over after a crash, whatever the moment of
+    # the crash, creates the same job or finds it made, never a second one.
+    pk = str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:dropbox:{identity}"))
     urls = Urls(ctx.settings.api_base_url or "https://localhost/api/v1/")
     body = JobCreate(algorithm=algorithm.pk, inputs=inputs)
     try:
-        return create_job(local, owner, body, urls)
+        return create_job(ctx, owner, body, urls, pk=pk, source=SOURCE, source_ref=drop.ref)
+    except Conflict:
+        made = ctx.store.jobs.get(pk)
+        # The crash may have come before the pipeline heard of the job; telling it again is
+        # harmless (provisioning and input validation are idempotent).
+        if made.status in (JobStatus.VALIDATING_INPUTS, JobStatus.PENDING):
+            ctx.job_created(made)
+        return made
     except GantryError as error:
         raise DropError(error.message) from None
 

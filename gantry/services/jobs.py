@@ -88,7 +88,20 @@ def choose_socket_set(
     )
 
 
-def create_job(ctx: Context, user: User, body: JobCreate, urls: Urls) -> Job:
+def create_job(
+    ctx: Context,
+    user: User,
+    body: JobCreate,
+    urls: Urls,
+    *,
+    pk: str | None = None,
+    source: str = "api",
+    source_ref: str | None = None,
+) -> Job:
+    """Check the inputs, store the job and hand it to the pipeline.
+
+    ``pk`` lets a caller that must create a job exactly once (the drop folder) name it: a
+    second create with the same pk raises Conflict and stores nothing."""
     try:
         algorithm_pk = urls.pk_from(body.algorithm, "algorithms/")
     except ValueError as error:
@@ -135,7 +148,7 @@ def create_job(ctx: Context, user: User, body: JobCreate, urls: Urls) -> Job:
     pending = any(v.pending_upload or v.pending_uploads for v in values)
     moment = timeutil.iso()
     job = Job(
-        pk=str(uuid.uuid4()),
+        pk=pk or str(uuid.uuid4()),
         algorithm=algorithm.pk,
         algorithm_image=image.pk,
         socket_set=index,
@@ -148,6 +161,8 @@ def create_job(ctx: Context, user: User, body: JobCreate, urls: Urls) -> Job:
         signing_key=contract.new_signing_key(),
         created=moment,
         modified=moment,
+        source=source,
+        source_ref=source_ref,
     )
     ctx.store.jobs.create(job, input_images=input_images)
     ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])

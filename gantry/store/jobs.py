@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gantry import timeutil
-from gantry.errors import NotFound
+from gantry.errors import Conflict, NotFound
 from gantry.job_states import JobStatus, can_transition
 from gantry.jobs import Job
 from gantry.store import keys
 from gantry.store.pagination import ListKey, Paginator, count_update
-from gantry.store.table import MAIN_SK, StoredDoc, Table
+from gantry.store.table import MAIN_SK, ConditionFailed, StoredDoc, Table
 
 INPUT = "IN"
 OUTPUT = "OUT"
@@ -45,14 +45,18 @@ class JobStore:
         self.paginator = Paginator(table)
 
     def create(self, job: Job, *, input_images: list[str]) -> Job:
+        """Store a new job; Conflict (nothing written) if a job with its pk exists."""
         attributes = {k: v for k, v in _attributes(job).items() if v is not None}
-        puts = [self.table.item(keys.job(job.pk), MAIN_SK, _doc(job), **attributes)]
-        puts += [self._relation(job, image_pk, INPUT) for image_pk in dict.fromkeys(input_images)]
+        item = self.table.item(keys.job(job.pk), MAIN_SK, _doc(job), **attributes)
+        puts = [self._relation(job, image_pk, INPUT) for image_pk in dict.fromkeys(input_images)]
         updates = [
             count_update(keys.jobs_of(job.creator), 1),
             count_update(keys.jobs_of_algorithm(job.creator, job.algorithm), 1),
         ]
-        self.table.transact_put(puts, updates=updates)
+        try:
+            self.table.transact_put(puts, unique=[item], updates=updates)
+        except ConditionFailed as error:
+            raise Conflict(f"Job {job.pk} already exists") from error
         return job
 
     def _relation(self, job: Job, image_pk: str, role: str) -> dict[str, Any]:

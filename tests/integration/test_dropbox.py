@@ -13,11 +13,13 @@ import pytest
 import SimpleITK as sitk
 
 from gantry import resources, timeutil
+from gantry.context import Context
 from gantry.images import Image, ImageFile, ImageType
 from gantry.job_states import JobStatus
 from gantry.jobs import SocketValue
 from gantry.pipeline import dropbox
 from gantry.pipeline.inputs import validate_pending_inputs
+from gantry.store import keys
 from lambdas.on_dropbox import process
 from tests.integration.test_inputs_support import (
     RecordingCompute,
@@ -359,3 +361,35 @@ def test_busy_duplicate_is_retried_not_dropped(drop) -> None:
     dropbox._claim(ctx, dropbox._claim_key(identity), identity)  # another handler holds it
     assert deliver(ctx, bodies) == [f"m{position}"]
     assert dropbox_jobs(ctx) == []
+
+
+def test_a_handler_crashing_right_after_it_made_the_job_leaves_one_job(drop, monkeypatch) -> None:
+    """The crash lands between storing the job and anything else (the pipeline has not heard
+    of it, the claim does not name it); the event comes back after the lease ran out, and the
+    handler taking over finds the job made and hands it to the pipeline."""
+    ctx, queue_url = drop
+    put(ctx, "dropbox/segmenter/case-c/scan.mha", b"data")
+    bodies = drain(ctx, queue_url)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the handler died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Context, "job_created", crash)
+        assert len(deliver(ctx, bodies)) == 1  # the notification's record failed
+    [made] = dropbox_jobs(ctx)
+
+    claim = next(
+        i
+        for i in ctx.clients.dynamodb.scan(TableName=ctx.settings.table_name)["Items"]
+        if i["PK"]["S"].startswith(keys.idempotency("dropbox#"))
+    )
+    dropbox._set_claim(ctx, claim["PK"]["S"], lease_until=int(time.time()) - 1)
+    heard: list[str] = []
+    ctx.job_listeners.append(lambda _ctx, job: heard.append(job.pk))
+    assert deliver(ctx, bodies) == []
+
+    [job] = dropbox_jobs(ctx)
+    assert job.pk == made.pk and job.source_ref == "segmenter/case-c"
+    assert heard == [made.pk]  # the pipeline hears of the job after all
+    assert dropbox._claim(ctx, claim["PK"]["S"], "") == (False, made.pk)
