@@ -136,8 +136,9 @@ class LocalStack:
             update={"uploads_queue_url": self.queues[resources.DEFAULT_UPLOADS_QUEUE]}
         )
         self.ctx.settings = self.settings
+        rule_arn = self._route_job_events()
+        self._allow_senders(rule_arn)
         self._route_notifications()
-        self._route_job_events()
         self.ctx.compute_backend = LocalBackend(
             self.settings, on_event=self._on_compute_event, **backend_options
         )
@@ -163,11 +164,37 @@ class LocalStack:
             },
         )
 
-    def _route_job_events(self) -> None:
+    def _allow_senders(self, rule_arn: str) -> None:
+        """Queue policies that let the bucket (and the drop-folder rule) send messages: a real
+        account refuses notifications to a queue that does not allow them."""
+        bucket_arn = f"arn:aws:s3:::{self.settings.bucket_name}"
+        senders: dict[str, list[tuple[str, str]]] = {name: [] for name in QUEUES}
+        for _prefix, queue in resources.BUCKET_NOTIFICATIONS:
+            senders[queue].append(("s3.amazonaws.com", bucket_arn))
+        senders[resources.DEFAULT_DROPBOX_QUEUE].append(("events.amazonaws.com", rule_arn))
+        for name, allowed in senders.items():
+            arn = self._queue_arn(name)
+            statements = [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": service},
+                    "Action": "sqs:SendMessage",
+                    "Resource": arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": source}},
+                }
+                for service, source in allowed
+            ]
+            policy = {"Version": "2012-10-17", "Statement": statements}
+            self.ctx.clients.sqs.set_queue_attributes(
+                QueueUrl=self.queues[name], Attributes={"Policy": json.dumps(policy)}
+            )
+
+    def _route_job_events(self) -> str:
+        """The drop-folder rule on the job bus; its ARN."""
         events = self.ctx.clients.events
         with contextlib.suppress(events.exceptions.ResourceAlreadyExistsException):
             events.create_event_bus(Name=self.settings.event_bus_name)
-        events.put_rule(
+        rule_arn = events.put_rule(
             Name=resources.DROPBOX_JOBS_RULE,
             EventBusName=self.settings.event_bus_name,
             EventPattern=json.dumps(resources.DROPBOX_JOBS_PATTERN),
@@ -177,6 +204,7 @@ class LocalStack:
             EventBusName=self.settings.event_bus_name,
             Targets=[{"Id": "dropbox", "Arn": self._queue_arn(resources.DEFAULT_DROPBOX_QUEUE)}],
         )
+        return str(rule_arn["RuleArn"])
 
     # --- state ----------------------------------------------------------------------------
 

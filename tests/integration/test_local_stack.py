@@ -312,3 +312,33 @@ def test_recovery_gives_interrupted_jobs_a_new_attempt(stack):
     assert again.status is JobStatus.SUCCESS, again.error_message
     assert again.attempt == first.attempt + 1
     assert {v.socket for v in again.outputs} == {"score", "shifted-bounding-box"}
+
+
+def test_queues_allow_exactly_the_bucket_and_the_drop_folder_rule_to_send(stack):
+    """A real account refuses bucket notifications to a queue whose policy does not allow
+    them; `gantry local up --endpoint-url aws` provisions the same queues there."""
+    from gantry import resources
+
+    sqs = stack.ctx.clients.sqs
+    bucket_arn = f"arn:aws:s3:::{stack.settings.bucket_name}"
+    allowed = {}
+    for name, url in stack.queues.items():
+        policy = json.loads(
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"][
+                "Policy"
+            ]
+        )
+        allowed[name] = {
+            (s["Principal"]["Service"], s["Condition"]["ArnEquals"]["aws:SourceArn"])
+            for s in policy["Statement"]
+        }
+    rule_arn = stack.ctx.clients.events.describe_rule(
+        Name=resources.DROPBOX_JOBS_RULE, EventBusName=stack.settings.event_bus_name
+    )["Arn"]
+    assert allowed == {
+        resources.DEFAULT_UPLOADS_QUEUE: {("s3.amazonaws.com", bucket_arn)},
+        resources.DEFAULT_DROPBOX_QUEUE: {
+            ("s3.amazonaws.com", bucket_arn),
+            ("events.amazonaws.com", rule_arn),
+        },
+    }
