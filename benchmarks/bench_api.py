@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.figures import local_credentials, percentile
+
 REPO = Path(__file__).resolve().parents[1]
 IMPORT_RUNS = 7
 ITERATIONS = 300
@@ -35,52 +37,22 @@ def _import_seconds(module: str) -> float:
     return statistics.median(times)
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
-    return ordered[index]
-
-
-class _LambdaContext:
-    function_name = "gantry-api"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:gantry-api"
-    aws_request_id = "bench"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
 def _event(method: str, path: str, token: str, body: Any = None) -> dict[str, Any]:
+    from gantry.local.client import proxy_event
+
     headers = {"Host": "api.gantry.bench", "Authorization": f"BEARER {token}"}
     if body is not None:
         headers["Content-Type"] = "application/json"
-    return {
-        "resource": "/api/v1/{proxy+}",
-        "path": f"/api/v1/{path}",
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": {"proxy": path},
-        "stageVariables": None,
-        "requestContext": {"stage": "prod", "httpMethod": method, "path": path},
-        "body": json.dumps(body) if body is not None else None,
-        "isBase64Encoded": False,
-    }
+    text = json.dumps(body) if body is not None else None
+    return proxy_event(method, path, headers=headers, body=text, stage="prod")
 
 
 def _latencies() -> dict[str, list[float]]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(name, value)
+    local_credentials()
     from moto import mock_aws
 
     from gantry.context import Context
+    from gantry.local.client import LambdaContextStub
     from gantry.provision import ensure_data
     from gantry.settings import Settings
     from lambdas.api.app import create_app
@@ -96,7 +68,7 @@ def _latencies() -> dict[str, list[float]]:
         ensure_data(ctx.clients, settings)
         token = ctx.store.users.create_token("alice")
         app = create_app(ctx)
-        lambda_context = _LambdaContext()
+        lambda_context = LambdaContextStub()
 
         def call(method: str, path: str, body: Any = None) -> dict[str, Any]:
             response = app.resolve(_event(method, path, token, body), lambda_context)
@@ -164,7 +136,7 @@ def main() -> None:
     print(f"Handler latency against moto (in-process), {ITERATIONS} requests each:")
     print(f"  {'request':<40} {'p50':>8} {'p99':>8} {'max':>8}")
     for name, samples in _latencies().items():
-        p50, p99 = _percentile(samples, 50), _percentile(samples, 99)
+        p50, p99 = percentile(samples, 50), percentile(samples, 99)
         print(f"  {name:<40} {p50 * 1000:6.1f}ms {p99 * 1000:6.1f}ms {max(samples) * 1000:6.1f}ms")
         first, last = statistics.median(samples[:50]), statistics.median(samples[-50:])
         print(f"  {'  median of first / last 50':<40} {first * 1000:6.1f}ms {last * 1000:6.1f}ms")

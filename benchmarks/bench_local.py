@@ -27,6 +27,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks.figures import percentile
+
 REPO = Path(__file__).resolve().parents[1]
 SLEEP_EXAMPLE = REPO / "examples" / "algorithms" / "sleep"
 REQUESTS = int(os.environ.get("GANTRY_BENCH_LOCAL_REQUESTS", "200"))
@@ -37,12 +39,6 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 # Fine enough not to dominate a ~1 s job, coarse enough not to load the API much.
 POLL_SECONDS = 0.05
 DEADLINE_SECONDS = 300.0
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
 def _ok(response: Any) -> Any:
@@ -213,12 +209,12 @@ def main() -> None:
     for label, (samples, closes) in latencies.items():
         print(
             f"  {label + f' ({REQUESTS}, keep-alive)':<46} "
-            f"{statistics.median(samples) * 1000:8.1f}ms {_percentile(samples, 95) * 1000:8.1f}ms"
+            f"{statistics.median(samples) * 1000:8.1f}ms {percentile(samples, 95) * 1000:8.1f}ms"
             + ("  (server closes each connection)" if closes else "")
         )
     print(
         f"  {f'create -> Succeeded, sequential ({SEQUENTIAL})':<46} "
-        f"{statistics.median(sequential):9.2f}s {_percentile(sequential, 95):9.2f}s"
+        f"{statistics.median(sequential):9.2f}s {percentile(sequential, 95):9.2f}s"
     )
     print(f"  {'measure':<46} {'value':>10}")
     print(

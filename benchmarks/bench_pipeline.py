@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.figures import local_credentials, percentile
+
 REPO = Path(__file__).resolve().parents[1]
 NOOP = REPO / "examples" / "algorithms" / "noop"
 POLL_SECONDS = 0.02
@@ -104,12 +106,6 @@ def _timing(stack: Any, job: Any, posted: float, create_call: float, seen: float
     )
 
 
-def _percentile(samples: list[float], q: float) -> float:
-    """Nearest rank."""
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
 def _setup(api: Any) -> str:
     for title, path in (("Number", "number.json"), ("Result", "result.json")):
         api.request(
@@ -163,7 +159,7 @@ def _burst(stack: Any, api: Any, algorithm_url: str, count: int) -> tuple[list[T
 
 
 def _row(label: str, samples: list[float]) -> str:
-    median, p95 = statistics.median(samples), _percentile(samples, 95)
+    median, p95 = statistics.median(samples), percentile(samples, 95)
     return f"  {label:<44} {median * 1000:8.0f} ms {p95 * 1000:8.0f} ms"
 
 
@@ -180,12 +176,7 @@ def _table(title: str, timings: list[Timing]) -> None:
 
 
 def main() -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(name, value)
+    local_credentials()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from gantry.local.client import InProcessApi
