@@ -28,25 +28,36 @@ def proxy_event(
     body: str | None = None,
     query: dict[str, Any] | None = None,
     stage: str = "local",
+    base64_body: bool = False,
+    source_ip: str = "",
 ) -> dict[str, Any]:
     """An API Gateway (REST, proxy integration) event for ``/api/v1/<path>``, trailing
-    slash normalised as the deployed handler does."""
+    slash normalised as the deployed handler does. A query value may be a list (a repeated
+    parameter); ``base64_body`` marks a binary body, as API Gateway sends one."""
     from lambdas.api.app import normalise_path
 
-    params = {k: str(v) for k, v in (query or {}).items()}
+    multi = {
+        k: [str(x) for x in v] if isinstance(v, list) else [str(v)]
+        for k, v in (query or {}).items()
+    }
     event = {
         "resource": "/api/v1/{proxy+}",
         "path": "/api/v1/" + path.lstrip("/"),
         "httpMethod": method,
         "headers": headers,
         "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": params or None,
-        "multiValueQueryStringParameters": {k: [v] for k, v in params.items()} or None,
+        "queryStringParameters": {k: v[-1] for k, v in multi.items()} or None,
+        "multiValueQueryStringParameters": multi or None,
         "pathParameters": {"proxy": path},
         "stageVariables": None,
-        "requestContext": {"stage": stage, "httpMethod": method, "path": path},
+        "requestContext": {
+            "stage": stage,
+            "httpMethod": method,
+            "path": path,
+            "identity": {"sourceIp": source_ip},
+        },
         "body": body,
-        "isBase64Encoded": False,
+        "isBase64Encoded": base64_body,
     }
     return normalise_path(event)
 

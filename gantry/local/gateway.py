@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from gantry.context import Context
-from gantry.local.client import LambdaContextStub
+from gantry.local.client import LambdaContextStub, proxy_event
 from gantry.local.endpoint import ServerThread, WsgiApp
 from gantry.local.tls import TlsFiles
 
@@ -38,22 +38,20 @@ class ApiPool:
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def resolve(self, event: dict[str, Any]) -> dict[str, Any]:
-        from lambdas.api.app import create_app, normalise_path
+        from lambdas.api.app import create_app
 
         try:
             app = self._idle.get_nowait()
         except queue.Empty:
             app = create_app(self.ctx)
         try:
-            return app.resolve(normalise_path(event), LambdaContextStub())
+            return app.resolve(event, LambdaContextStub())
         finally:
             self._idle.put(app)
 
 
 def proxy_event_from_environ(environ: dict[str, Any], body: bytes) -> dict[str, Any]:
-    """The API Gateway REST proxy event for a WSGI request."""
-    method = environ["REQUEST_METHOD"]
-    path = environ.get("PATH_INFO") or "/"
+    """The API Gateway REST proxy event for a WSGI request under ``/api/v1/``."""
     headers: dict[str, str] = {}
     for key, value in environ.items():
         if key.startswith("HTTP_"):
@@ -62,34 +60,23 @@ def proxy_event_from_environ(environ: dict[str, Any], body: bytes) -> dict[str, 
         headers["Content-Type"] = environ["CONTENT_TYPE"]
     if environ.get("CONTENT_LENGTH"):
         headers["Content-Length"] = environ["CONTENT_LENGTH"]
-    pairs = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    multi: dict[str, list[str]] = {}
-    for key, value in pairs:
-        multi.setdefault(key, []).append(value)
-    content_type = headers.get("Content-Type", "")
-    binary = bool(body) and not content_type.startswith(TEXT_TYPES)
-    proxy = path[len(API_PREFIX) :] if path.startswith(API_PREFIX) else path.lstrip("/")
-    return {
-        "resource": "/api/v1/{proxy+}",
-        "path": path,
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": {k: v[-1] for k, v in multi.items()} or None,
-        "multiValueQueryStringParameters": multi or None,
-        "pathParameters": {"proxy": proxy},
-        "stageVariables": None,
-        "requestContext": {
-            "stage": STAGE,
-            "httpMethod": method,
-            "path": path,
-            "identity": {"sourceIp": environ.get("REMOTE_ADDR", "")},
-        },
-        "body": (base64.b64encode(body).decode() if binary else body.decode("utf-8"))
+    query: dict[str, Any] = {}
+    for key, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True):
+        query.setdefault(key, []).append(value)
+    binary = bool(body) and not headers.get("Content-Type", "").startswith(TEXT_TYPES)
+    path = environ.get("PATH_INFO") or "/"
+    return proxy_event(
+        environ["REQUEST_METHOD"],
+        path[len(API_PREFIX) :] if path.startswith(API_PREFIX) else "",
+        headers=headers,
+        body=(base64.b64encode(body).decode() if binary else body.decode("utf-8"))
         if body
         else None,
-        "isBase64Encoded": binary,
-    }
+        query=query,
+        stage=STAGE,
+        base64_body=binary,
+        source_ip=environ.get("REMOTE_ADDR", ""),
+    )
 
 
 def gateway_app(pool: ApiPool, aws: WsgiApp | None) -> WsgiApp:
