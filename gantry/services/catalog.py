@@ -6,6 +6,7 @@ from gantry.algorithms import Algorithm, AlgorithmFields, AlgorithmImage, Algori
 from gantry.context import Context
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.interfaces import Interface
+from gantry.urls import Urls
 from gantry.users import User
 
 
@@ -49,6 +50,20 @@ def visible_algorithm(
     if not (user.is_admin or algorithm.can_use(user.username)):
         raise NotFound(f"Algorithm {pk_or_slug} not found")
     return algorithm
+
+
+def referenced_algorithm(ctx: Context, user: User, urls: Urls, reference: str) -> Algorithm:
+    """The algorithm a request names by api_url, pk or slug, if the user may use it.
+
+    ValidationFailed (field ``algorithm``) for a URL of something else; NotFound otherwise."""
+    try:
+        pk = urls.pk_from(reference, "algorithms/")
+    except ValueError as error:
+        raise ValidationFailed(str(error), field="algorithm") from error
+    try:
+        return visible_algorithm(ctx, user, pk)
+    except NotFound:
+        return visible_algorithm(ctx, user, pk, by_slug=True)
 
 
 def create_algorithm_image(

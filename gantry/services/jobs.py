@@ -103,18 +103,11 @@ def create_job(
     ``pk`` lets a caller that must create a job exactly once (the drop folder) name it: a
     second create with the same pk raises Conflict and stores nothing."""
     try:
-        algorithm_pk = urls.pk_from(body.algorithm, "algorithms/")
-    except ValueError as error:
-        raise ValidationFailed(str(error), field="algorithm") from error
-    try:
-        algorithm = catalog.visible_algorithm(ctx, user, algorithm_pk)
-    except NotFound:
-        try:
-            algorithm = catalog.visible_algorithm(ctx, user, algorithm_pk, by_slug=True)
-        except NotFound as error:
-            raise ValidationFailed(
-                f"Algorithm '{body.algorithm}' not found", field="algorithm"
-            ) from error
+        algorithm = catalog.referenced_algorithm(ctx, user, urls, body.algorithm)
+    except NotFound as error:
+        raise ValidationFailed(
+            f"Algorithm '{body.algorithm}' not found", field="algorithm"
+        ) from error
     image = ctx.store.algorithms.desired_image(algorithm.pk)
     if image is None:
         raise ValidationFailed(

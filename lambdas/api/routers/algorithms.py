@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gantry import shapes
 from gantry.algorithms import AlgorithmFields, AlgorithmImageFields
 from gantry.context import Context
-from gantry.errors import NotFound, ValidationFailed
+from gantry.errors import NotFound
 from gantry.services import catalog
 from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
 
@@ -101,14 +101,7 @@ def build(ctx: Context) -> APIGatewayRouter:
     def create_algorithm_image(body: Annotated[AlgorithmImageCreate, Body()]) -> tuple[dict, int]:
         user = current_user(router)
         urls = urls_for(ctx, router)
-        try:
-            algorithm_pk = urls.pk_from(body.algorithm, "algorithms/")
-        except ValueError as error:
-            raise ValidationFailed(str(error), field="algorithm") from error
-        try:
-            algorithm = catalog.visible_algorithm(ctx, user, algorithm_pk)
-        except NotFound:
-            algorithm = catalog.visible_algorithm(ctx, user, algorithm_pk, by_slug=True)
+        algorithm = catalog.referenced_algorithm(ctx, user, urls, body.algorithm)
         fields = AlgorithmImageFields(**body.model_dump(exclude={"algorithm"}))
         image = catalog.create_algorithm_image(ctx, user, algorithm.pk, fields)
         return shapes.algorithm_image(image, urls), 201
