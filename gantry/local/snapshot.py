@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,34 +85,44 @@ class Snapshot:
         path = self.directory / MANIFEST_FILE
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def _listing(self) -> Iterator[tuple[str, str]]:
+        """(key, ETag) of every object in the bucket."""
+        pages = self.clients.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.settings.bucket_name
+        )
+        for page in pages:
+            for entry in page.get("Contents", []):
+                yield entry["Key"], entry["ETag"]
+
     def _save_objects(self, stats: SnapshotStats) -> None:
-        s3, bucket = self.clients.s3, self.settings.bucket_name
         old = self._manifest()
         new: dict[str, dict[str, Any]] = {}
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for entry in page.get("Contents", []):
-                key, etag = entry["Key"], entry["ETag"]
-                if key in old and old[key]["etag"] == etag:
-                    new[key] = old[key]
-                    continue
-                response = s3.get_object(Bucket=bucket, Key=key)
-                blob = self.objects / _blob_name(key)
-                tmp = blob.with_name(f".{blob.name}.tmp")
-                with open(tmp, "wb") as handle:
-                    for chunk in response["Body"].iter_chunks(1024 * 1024):
-                        handle.write(chunk)
-                os.replace(tmp, blob)
-                new[key] = {
-                    "etag": etag,
-                    "content_type": response.get("ContentType") or "binary/octet-stream",
-                    "metadata": response.get("Metadata") or {},
-                }
+        for key, etag in self._listing():
+            if key in old and old[key]["etag"] == etag:
+                new[key] = old[key]
+            else:
+                new[key] = self._save_object(key, etag)
                 stats.objects_written += 1
         stats.objects = len(new)
         _atomic_write(self.directory / MANIFEST_FILE, json.dumps(new).encode())
         for key in old.keys() - new.keys():
             (self.objects / _blob_name(key)).unlink(missing_ok=True)
             stats.objects_removed += 1
+
+    def _save_object(self, key: str, etag: str) -> dict[str, Any]:
+        """Stream one object to its blob; its manifest entry."""
+        response = self.clients.s3.get_object(Bucket=self.settings.bucket_name, Key=key)
+        blob = self.objects / _blob_name(key)
+        tmp = blob.with_name(f".{blob.name}.tmp")
+        with open(tmp, "wb") as handle:
+            for chunk in response["Body"].iter_chunks(1024 * 1024):
+                handle.write(chunk)
+        os.replace(tmp, blob)
+        return {
+            "etag": etag,
+            "content_type": response.get("ContentType") or "binary/octet-stream",
+            "metadata": response.get("Metadata") or {},
+        }
 
     # --- load --------------------------------------------------------------------------------
 
@@ -142,7 +153,8 @@ class Snapshot:
             if line.strip()
         ]
         for start in range(0, len(items), BATCH_WRITE_SIZE):
-            requests = [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+            batch = items[start : start + BATCH_WRITE_SIZE]
+            requests = [{"PutRequest": {"Item": item}} for item in batch]
             pending: dict[str, Any] = {self.settings.table_name: requests}
             while pending:
                 response = self.clients.dynamodb.batch_write_item(RequestItems=pending)
@@ -151,9 +163,7 @@ class Snapshot:
         return stats
 
     def _refresh_manifest(self, manifest: dict[str, dict[str, Any]]) -> None:
-        s3, bucket = self.clients.s3, self.settings.bucket_name
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for entry in page.get("Contents", []):
-                if entry["Key"] in manifest:
-                    manifest[entry["Key"]]["etag"] = entry["ETag"]
+        for key, etag in self._listing():
+            if key in manifest:
+                manifest[key]["etag"] = etag
         _atomic_write(self.directory / MANIFEST_FILE, json.dumps(manifest).encode())
