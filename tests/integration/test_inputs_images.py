@@ -15,6 +15,7 @@ from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.pipeline.inputs import image_pk_for, validate_pending_inputs
 from gantry.services.jobs import JobInput
+from tests.images_support import write_dicom_series
 from tests.integration.test_inputs_support import (
     ALICE,
     RecordingCompute,
@@ -140,24 +141,7 @@ def test_png_and_jpeg_are_accepted_and_converted(setup, tmp_path: Path, name: st
 
 def test_a_dicom_series_uploaded_slice_by_slice_becomes_one_image(setup, tmp_path: Path) -> None:
     ctx, algorithm = setup
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uploads = []
-    for z in range(3):
-        slice_ = sitk.GetImageFromArray(np.full((6, 7), z, dtype=np.int16))
-        for tag, value in {
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.1",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.2",
-            "0020|0013": str(z + 1),
-            "0020|0032": f"0\\0\\{z * 2.5}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0008|0060": "CT",
-        }.items():
-            slice_.SetMetaData(tag, value)
-        path = tmp_path / f"slice{z}.dcm"
-        writer.SetFileName(str(path))
-        writer.Execute(slice_)
-        uploads.append(put_upload(ctx, path.name, path))
+    uploads = [put_upload(ctx, p.name, p) for p in write_dicom_series(tmp_path / "series")]
     job = new_job(
         ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[u.pk for u in uploads])]
     )

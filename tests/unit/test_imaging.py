@@ -11,6 +11,7 @@ import tifffile
 
 from gantry import imaging
 from gantry.images import ImageType
+from tests.images_support import write_dicom_series
 
 
 def write(image: sitk.Image, path: Path) -> Path:
@@ -117,24 +118,7 @@ def test_convert_keeps_pixels_and_geometry(tmp_path: Path) -> None:
 
 
 def test_dicom_series_is_converted(tmp_path: Path) -> None:
-    series = tmp_path / "dicom"
-    series.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(3):
-        slice_ = sitk.GetImageFromArray(np.full((6, 7), z, dtype=np.int16))
-        for tag, value in {
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.1",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.2",
-            "0020|0013": str(z + 1),
-            "0020|0032": f"0\\0\\{z * 2.5}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0008|0060": "CT",
-        }.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(series / f"slice{z}.dcm"))
-        writer.Execute(slice_)
-    paths = sorted(series.iterdir())
+    paths = sorted(write_dicom_series(tmp_path / "dicom"))
     prepared = imaging.prepare_image(paths, tmp_path / "out")
     assert prepared.name.endswith(".mha") and prepared.info.shape == [3, 6, 7]
     assert prepared.info.voxel_depth_mm == pytest.approx(2.5)
