@@ -9,24 +9,20 @@ and count as handled.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
-from lambdas.runtime import context, process_sqs_batch
+from lambdas.runtime import context, process_sqs_batch, unknown_message
 
 logger = Logger(service="gantry-on-dropbox")
 
 
-def handle_message(ctx: Context, body: str) -> None:
+def handle_message(ctx: Context, message: dict[str, Any]) -> None:
     from gantry.pipeline import dropbox
 
-    message: Any = json.loads(body)
-    if not isinstance(message, dict):
-        raise ValueError("the message is not a JSON object")
     if dropbox.is_job_event(message):
         dropbox.handle_job_event(ctx, message)
         return
@@ -36,14 +32,14 @@ def handle_message(ctx: Context, body: str) -> None:
             if job_pk:
                 logger.info("drop started a job", key=event.key, job=job_pk)
         return
-    raise ValueError(f"unknown message: {sorted(message)[:10]}")
+    raise unknown_message(message)
 
 
 def process(
     ctx: Context, event: dict[str, Any], lambda_context: LambdaContext | None = None
 ) -> dict[str, Any]:
     """Handle an SQS batch; the response lists the records to retry (batchItemFailures)."""
-    return process_sqs_batch(event, lambda_context, lambda body: handle_message(ctx, body))
+    return process_sqs_batch(event, lambda_context, lambda message: handle_message(ctx, message))
 
 
 @logger.inject_lambda_context

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -32,13 +33,17 @@ def context() -> Context:
 def process_sqs_batch(
     event: dict[str, Any],
     lambda_context: LambdaContext | None,
-    handle_body: Callable[[str], None],
+    handle_message: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
-    """Handle an SQS batch record by record; the response lists the ones to retry
-    (batchItemFailures), so one bad record never makes the whole batch come back."""
+    """Handle an SQS batch record by record, each body a JSON object; the response lists the
+    ones to retry (batchItemFailures), so one bad record never makes the whole batch come
+    back. A body that is not a JSON object fails its record (and ends in the DLQ)."""
 
     def record_handler(record: SQSRecord) -> None:
-        handle_body(record.body)
+        message: Any = json.loads(record.body)
+        if not isinstance(message, dict):
+            raise ValueError("the message is not a JSON object")
+        handle_message(message)
 
     return process_partial_response(
         event=event,
@@ -46,3 +51,8 @@ def process_sqs_batch(
         processor=BatchProcessor(event_type=EventType.SQS),
         context=lambda_context,
     )
+
+
+def unknown_message(message: dict[str, Any]) -> ValueError:
+    """The error for a message no handler knows: it goes to the DLQ for someone to look at."""
+    return ValueError(f"unknown message: {sorted(message)[:10]}")
