@@ -420,15 +420,10 @@ def api_command(command: Callable[..., None]) -> Callable[..., None]:
     ]
 
     @functools.wraps(command)
-    def wrapper(
-        *args: Any,
-        api_url: str | None = None,
-        token: str | None = None,
-        ca_file: str | None = None,
-        state_dir: Path = DEFAULT_STATE_DIR,
-        **kwargs: Any,
-    ) -> None:
-        command(*args, api=ApiOptions(api_url, token, ca_file, state_dir), **kwargs)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        # Typer passes every option by name, the connection options included.
+        options = {p.name: kwargs.pop(p.name, p.default) for p in _API_OPTIONS}
+        command(*args, api=ApiOptions(**options), **kwargs)
 
     # Typer reads both the signature and the type hints: both list the options, not ``api``.
     parameters = [*own, *_API_OPTIONS]
