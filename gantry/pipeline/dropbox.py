@@ -289,7 +289,8 @@ def _claim(ctx: Context, claim_pk: str, identity: str) -> tuple[bool, str | None
     if item.get("state") == COMPLETED:
         return False, item.get("job_pk")
     if item.get("job_pk"):
-        # A handler made the job and stopped before completing the claim.
+        # A handler of an earlier version (which named the job on the claim as it made it,
+        # under a random pk) stopped before completing the claim: that job stands.
         _complete_claim(ctx, claim_pk, job_pk=str(item["job_pk"]))
         return False, str(item["job_pk"])
     if int(item.get("lease_until", 0)) > now:
