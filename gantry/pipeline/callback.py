@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gantry import contract, resources, timeutil
+from gantry.algorithms import Algorithm
 from gantry.compute.base import ComputeState
 from gantry.context import Context
 from gantry.images import Image
+from gantry.interfaces import Interface
 from gantry.job_states import JobStatus
 from gantry.jobs import STREAM_TAIL_LINES, Job
 from gantry.services import catalog
@@ -135,7 +137,7 @@ def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
     if parsed.errors:
         first = next(iter(parsed.errors.values()))
         changes.update(error_message=first, detailed_error_message=parsed.errors)
-        failed = finish(ctx, job, JobStatus.FAILURE, changes)
+        failed = finish(ctx, job, JobStatus.FAILURE, changes, (algorithm, sockets))
         _drop_unkept_files(ctx, job.pk, parsed.values)
         _drop_image_files(ctx, parsed.images)
         return failed
@@ -144,7 +146,7 @@ def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
     for image in parsed.images:
         ctx.store.images.put(image)
     changes["outputs"] = to_socket_values(ctx, parsed.values)
-    done = finish(ctx, job, JobStatus.SUCCESS, changes)
+    done = finish(ctx, job, JobStatus.SUCCESS, changes, (algorithm, sockets))
     if done is None:
         # A duplicate of this event, handled at the same time, finished the job first.
         _drop_unkept_files(ctx, job.pk, parsed.values)
@@ -188,18 +190,29 @@ def _retry_or_fail(ctx: Context, job: Job, event: ComputeState) -> Job | None:
     return requeued
 
 
-def finish(ctx: Context, job: Job, status: JobStatus, changes: dict[str, Any]) -> Job | None:
-    """End the job (if this attempt is still current) and announce it."""
+def finish(
+    ctx: Context,
+    job: Job,
+    status: JobStatus,
+    changes: dict[str, Any],
+    loaded: tuple[Algorithm, dict[str, Interface]] | None = None,
+) -> Job | None:
+    """End the job (if this attempt is still current) and announce it. ``loaded``: the job's
+    algorithm and its sockets, when the caller has read them already."""
     done = ctx.store.jobs.transition(job.pk, attempt=job.attempt, status=status, changes=changes)
     if done is not None:
-        publish(ctx, done)
+        publish(ctx, done, loaded)
     return done
 
 
-def publish(ctx: Context, job: Job) -> None:
+def publish(
+    ctx: Context, job: Job, loaded: tuple[Algorithm, dict[str, Interface]] | None = None
+) -> None:
     """Tell downstream consumers (drop folder, users' rules) that a job ended."""
-    algorithm = ctx.store.algorithms.get(job.algorithm)
-    sockets = catalog.sockets_of(ctx, [algorithm])
+    if loaded is None:
+        algorithm = ctx.store.algorithms.get(job.algorithm)
+        loaded = algorithm, catalog.sockets_of(ctx, [algorithm])
+    algorithm, sockets = loaded
     outputs = []
     for value in job.outputs:
         socket = sockets.get(value.socket)
