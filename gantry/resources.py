@@ -89,6 +89,26 @@ COMPUTE_JOB_NAME_PREFIX = "gantry-"
 ENV_SIGNING_KEY = "GANTRY_SIGNING_KEY_HEX"
 ENV_ALGORITHM_CMD = "GANTRY_ALGORITHM_CMD_B64J"
 ENV_ALGORITHM_ENTRYPOINT = "GANTRY_ALGORITHM_ENTRYPOINT_B64J"
+# The image's own configuration, as its config JSON has it (USER, ENV, WORKDIR, the
+# org.grand-challenge.api-method label); the runner applies them to the algorithm.
+ENV_ALGORITHM_USER = "GANTRY_ALGORITHM_USER"
+ENV_ALGORITHM_ENV = "GANTRY_ALGORITHM_ENV_B64J"
+ENV_ALGORITHM_WORKDIR = "GANTRY_ALGORITHM_WORKDIR"
+ENV_API_METHOD = "GANTRY_API_METHOD"
+# One machine only: an unpacked image root filesystem that becomes / in the sandbox.
+ENV_ROOTFS = "GANTRY_ROOTFS"
+
+# grand-challenge's image label that selects invoke mode, and its values.
+LABEL_API_METHOD = "org.grand-challenge.api-method"
+API_METHOD_EXEC = "exec"
+API_METHOD_INVOKE = "invoke"
+
+# Where the runner layer puts Gantry's static runner and bwrap inside an imported image.
+RUNNER_LAYER_DIR = "/gantry/bin"
+RUNNER_BINARY_PATH = f"{RUNNER_LAYER_DIR}/gantry-runner"
+RUNNER_BWRAP_PATH = f"{RUNNER_LAYER_DIR}/bwrap"
+# Model tarballs are extracted here, read-only to the algorithm (grand-challenge's path).
+MODEL_DIR = "/opt/ml/model"
 
 # --- Default names (overridable by settings) --------------------------------------------------
 
