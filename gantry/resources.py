@@ -97,6 +97,9 @@ ENV_ALGORITHM_WORKDIR = "GANTRY_ALGORITHM_WORKDIR"
 ENV_API_METHOD = "GANTRY_API_METHOD"
 # One machine only: an unpacked image root filesystem that becomes / in the sandbox.
 ENV_ROOTFS = "GANTRY_ROOTFS"
+# An algorithm image's ``image`` value for an image in the local image store:
+# "oci:sha256:<config digest hex>" (gantry.oci.store).
+OCI_IMAGE_PREFIX = "oci:"
 
 # grand-challenge's image label that selects invoke mode, and its values.
 LABEL_API_METHOD = "org.grand-challenge.api-method"

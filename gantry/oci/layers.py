@@ -1,0 +1,337 @@
+"""Unpack one layer safely, and apply unpacked layers in order into a root filesystem.
+
+``unpack_layer`` reads a layer blob as a stream (gzip, xz, bzip2 or uncompressed; zstd is
+refused with a message), checks the blob's digest and its uncompressed diff_id while it
+reads, and refuses a member that could touch anything outside the target directory:
+absolute names, ``..`` components, device nodes and FIFOs, hard links out of the layer or to
+a member not yet extracted, and any write whose path passes through a symbolic link. A symbolic
+link itself is only data: its target, absolute or not, is stored as is and resolves inside the
+root once that root is ``/``. Modes are kept without the setuid/setgid bits; mtimes are kept;
+ownership is kept when this process is root (the runner then drops to the image's USER, who
+must read what the image gave it), and left to the current user otherwise.
+
+``apply_layers`` builds a root filesystem from unpacked layers, lowest first, honouring
+whiteouts (``.wh.<name>`` deletes ``<name>`` of lower layers) and opaque directories
+(``.wh..wh..opq`` hides a directory's lower contents). Files are hard links to the layer
+cache, so a root filesystem is cheap and must be mounted read-only.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from gantry.oci.config import Layer
+from gantry.oci.errors import ImageError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+# Directories a runtime mounts over; they must exist because the root is mounted read-only.
+MOUNT_POINTS = ("/input", "/output", "/tmp", "/proc", "/dev", "/sys", "/opt/ml/model")
+# Kept: permissions and the sticky bit. Dropped: setuid and setgid.
+MODE_MASK = 0o1777
+COPY_CHUNK = 1024 * 1024
+
+_AS_ROOT = os.geteuid() == 0
+
+
+class _HashingReader:
+    """Reads through to ``raw``, hashing every byte that passes."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.prefix = b""
+
+    def peek(self, size: int) -> bytes:
+        """The first ``size`` bytes, still returned by the next reads."""
+        data = self.raw.read(size)
+        self.hash.update(data)
+        self.prefix = data
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        prefix = self.prefix
+        if prefix and 0 <= size <= len(prefix):
+            self.prefix = prefix[size:]
+            return prefix[:size]
+        self.prefix = b""
+        data = self.raw.read(-1 if size < 0 else size - len(prefix))
+        self.hash.update(data)
+        return prefix + data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        while self.read(COPY_CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def _decompressed(source: _HashingReader, layer: Layer) -> IO[bytes]:
+    magic = source.peek(6)
+    if magic.startswith(b"\x28\xb5\x2f\xfd"):
+        raise ImageError(
+            f"Layer {layer.digest} is compressed with zstd, which Gantry cannot unpack yet: "
+            "build the image with gzip layers (docker buildx ... --output compression=gzip)"
+        )
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(source)  # type: ignore[arg-type]
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(source)  # type: ignore[arg-type]
+    return source  # type: ignore[return-value]
+
+
+def unpack_layer(stream: IO[bytes], layer: Layer, target: Path) -> None:
+    """Unpack the layer blob in ``stream`` into the empty directory ``target``."""
+    blob = _HashingReader(stream)
+    tar_stream = _HashingReader(_decompressed(blob, layer))
+    where = f"Layer {layer.digest}"
+    directories: list[tuple[Path, tarfile.TarInfo]] = []
+    try:
+        with tarfile.open(fileobj=tar_stream, mode="r|") as archive:  # type: ignore[call-overload]
+            for member in archive:
+                _extract(archive, member, target, where, directories)
+        tar_stream.drain()
+        blob.drain()
+    except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as error:
+        raise ImageError(f"{where} is not a valid tar archive: {error}") from None
+    except OSError as error:
+        if error.errno is not None:  # the disk, not the data (a bad gzip stream has none)
+            raise
+        raise ImageError(f"{where} is not a valid tar archive: {error}") from None
+    if tar_stream.digest != layer.diff_id:
+        raise ImageError(
+            f"{where} unpacks to {tar_stream.digest}, not the diff_id {layer.diff_id} the "
+            "config names: the archive is damaged"
+        )
+    if blob.digest != layer.digest:
+        raise ImageError(f"{where} does not match its digest (read {blob.digest}): damaged")
+    for path, info in sorted(directories, key=lambda item: -len(item[0].parts)):
+        _finish(path, info.mode & MODE_MASK & ~0o6000, info.mtime, info.uid, info.gid)
+
+
+def _parts(name: str, where: str) -> list[str]:
+    """The member name's components, refused if absolute or with ``..``."""
+    if name.startswith("/"):
+        raise ImageError(f"{where}: the member '{name}' has an absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ImageError(f"{where}: the member '{name}' contains '..'")
+    return parts
+
+
+def _walk_parents(root: Path, parts: list[str], where: str, name: str, *, create: bool) -> Path:
+    """The directory holding ``parts[-1]``, every component checked never to be a link."""
+    current = root
+    for part in parts[:-1]:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            if not create:
+                raise ImageError(f"{where}: '{name}' refers to a missing directory") from None
+            os.mkdir(current, 0o755)
+            continue
+        if stat.S_ISLNK(mode):
+            raise ImageError(
+                f"{where}: the member '{name}' would be written through the symbolic link "
+                f"'{current.relative_to(root)}'"
+            )
+        if not stat.S_ISDIR(mode):
+            raise ImageError(f"{where}: '{current.relative_to(root)}' is not a directory")
+    return current
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever is at ``path`` without following a link."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        remove_tree(path)
+    else:
+        os.unlink(path)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also removes directories the image made read-only."""
+
+    def make_writable(function, failed, _exc) -> None:  # type: ignore[no-untyped-def]
+        parent = os.path.dirname(failed)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, 0o700)
+            os.chmod(failed, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            function(failed)
+
+    shutil.rmtree(path, onerror=make_writable)
+
+
+def _finish(path: Path, mode: int, mtime: float, uid: int, gid: int) -> None:
+    if _AS_ROOT:
+        os.lchown(path, uid, gid)
+    if not stat.S_ISLNK(os.lstat(path).st_mode):
+        os.chmod(path, mode)
+    os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def _extract(
+    archive: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    root: Path,
+    where: str,
+    directories: list[tuple[Path, tarfile.TarInfo]],
+) -> None:
+    name = member.name
+    parts = _parts(name, where)
+    if not parts:
+        return  # the layer's own root entry
+    if member.ischr() or member.isblk() or member.isfifo():
+        raise ImageError(f"{where}: the member '{name}' is a device node or FIFO")
+    if not (member.isdir() or member.isfile() or member.issym() or member.islnk()):
+        raise ImageError(f"{where}: the member '{name}' has an unsupported type")
+    parent = _walk_parents(root, parts, where, name, create=True)
+    path = parent / parts[-1]
+    existing = None
+    with contextlib.suppress(FileNotFoundError):
+        existing = os.lstat(path).st_mode
+    if member.isdir():
+        if existing is None or not stat.S_ISDIR(existing):
+            if existing is not None:
+                os.unlink(path)
+            os.mkdir(path, 0o755)
+        directories.append((path, member))
+        return
+    if existing is not None:
+        _remove(path)
+    if member.issym():
+        os.symlink(member.linkname, path)
+        if _AS_ROOT:
+            os.lchown(path, member.uid, member.gid)
+        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+        return
+    if member.islnk():
+        target_parts = _parts(member.linkname, where)
+        if not target_parts:
+            raise ImageError(f"{where}: the hard link '{name}' points at the layer's root")
+        target_parent = _walk_parents(root, target_parts, where, member.linkname, create=False)
+        target = target_parent / target_parts[-1]
+        try:
+            target_mode = os.lstat(target).st_mode
+        except FileNotFoundError:
+            raise ImageError(
+                f"{where}: the hard link '{name}' points at '{member.linkname}', which is not "
+                "in this layer before it"
+            ) from None
+        if not stat.S_ISREG(target_mode):
+            raise ImageError(f"{where}: the hard link '{name}' points at a non-regular file")
+        os.link(target, path, follow_symlinks=False)
+        return
+    source = archive.extractfile(member)
+    assert source is not None
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        shutil.copyfileobj(source, handle, COPY_CHUNK)
+    _finish(path, member.mode & MODE_MASK & ~0o6000, member.mtime, member.uid, member.gid)
+
+
+# --- Root filesystem ---------------------------------------------------------------------------
+
+
+def apply_layers(layer_dirs: Iterable[Path], rootfs: Path) -> None:
+    """Apply unpacked layers in order into the empty directory ``rootfs``."""
+    directories: dict[Path, os.stat_result] = {}
+    for layer_dir in layer_dirs:
+        _apply_dir(layer_dir, rootfs, directories)
+    for path, info in sorted(directories.items(), key=lambda item: -len(item[0].parts)):
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                continue  # an upper layer replaced it
+        except FileNotFoundError:
+            continue  # an upper layer deleted it
+        if _AS_ROOT:
+            os.lchown(path, info.st_uid, info.st_gid)
+        os.chmod(path, stat.S_IMODE(info.st_mode))
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    _add_mount_points(rootfs)
+    rootfs.chmod(0o755)
+
+
+def _apply_dir(source: Path, target: Path, directories: dict[Path, os.stat_result]) -> None:
+    names = sorted(os.listdir(source))
+    # Whiteouts first: they delete from the lower layers only, never this layer's own entries.
+    if OPAQUE_MARKER in names:
+        for name in os.listdir(target):
+            _remove(target / name)
+    for name in names:
+        if name.startswith(WHITEOUT_PREFIX) and not name.startswith(WHITEOUT_PREFIX * 2):
+            hidden = name[len(WHITEOUT_PREFIX) :]
+            if hidden not in ("", ".", "..") and "/" not in hidden:
+                _remove(target / hidden)
+    for name in names:
+        if name.startswith(WHITEOUT_PREFIX):
+            continue
+        src, dst = source / name, target / name
+        info = os.lstat(src)
+        existing = None
+        with contextlib.suppress(FileNotFoundError):
+            existing = os.lstat(dst).st_mode
+        if stat.S_ISDIR(info.st_mode):
+            # A directory replaces a lower non-directory (a link included) and is never
+            # entered through a link.
+            if existing is None or not stat.S_ISDIR(existing):
+                if existing is not None:
+                    os.unlink(dst)
+                os.mkdir(dst, 0o755)
+            directories[dst] = info
+            _apply_dir(src, dst, directories)
+            continue
+        if existing is not None:
+            _remove(dst)
+        if stat.S_ISLNK(info.st_mode):
+            os.symlink(os.readlink(src), dst)
+            if _AS_ROOT:
+                os.lchown(dst, info.st_uid, info.st_gid)
+            os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+        else:
+            try:
+                os.link(src, dst, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _add_mount_points(rootfs: Path) -> None:
+    for mount_point in MOUNT_POINTS:
+        current = rootfs
+        for part in mount_point.strip("/").split("/"):
+            current = current / part
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                os.mkdir(current, 0o755)
+                continue
+            if not stat.S_ISDIR(mode):
+                # A link here could point anywhere once mounted over; a directory it is.
+                os.unlink(current)
+                os.mkdir(current, 0o755)
+        if mount_point == "/tmp":
+            current.chmod(0o1777)

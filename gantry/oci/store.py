@@ -1,0 +1,152 @@
+"""A content-addressed cache of unpacked layers and of root filesystems built from them.
+
+Layout under the store's root (the local stack uses ``<state dir>/images``)::
+
+    layers/sha256/<diff_id hex>/          one unpacked layer, shared by every image using it
+    images/sha256/<config hex>/rootfs/    the image's root filesystem (hard links to layers)
+    images/sha256/<config hex>/image.json its ImageConfig
+    tmp/                                  work in progress, renamed into place when complete
+    locks/                                one lock file per layer and image
+
+Every entry appears by one rename of a complete temporary directory, so a reader never sees
+half an entry, and a crash leaves only ``tmp/`` litter. A lock per digest (``flock``, held
+across threads and processes) makes concurrent callers unpack each layer once: the second
+waits and then finds the entry. Root filesystems share inodes with the layer cache and
+must be mounted read-only.
+
+``ImageStore(root).prepare(ref)`` takes an archive path or an image reference
+(``oci:sha256:<hex>``, as the image record's ``image`` field stores it) and returns the
+PreparedImage the local backend runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from gantry.oci.archive import ArchiveImage, read_archive
+from gantry.oci.config import ImageConfig
+from gantry.oci.errors import ImageError
+from gantry.oci.layers import apply_layers, remove_tree, unpack_layer
+from gantry.resources import OCI_IMAGE_PREFIX
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready to run: its root filesystem becomes ``/`` in the sandbox."""
+
+    rootfs: Path
+    config: ImageConfig
+
+    @property
+    def ref(self) -> str:
+        return image_ref(self.config.digest)
+
+
+def image_ref(digest: str) -> str:
+    """The image record's ``image`` value for an image in the local store."""
+    return OCI_IMAGE_PREFIX + digest
+
+
+def is_image_ref(value: str) -> bool:
+    return value.startswith(OCI_IMAGE_PREFIX)
+
+
+def _hex(digest: str) -> str:
+    algorithm, _, value = digest.partition(":")
+    if algorithm != "sha256" or len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+        raise ImageError(f"'{digest}' is not a sha256 digest")
+    return value
+
+
+class ImageStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        for folder in ("layers/sha256", "images/sha256", "tmp", "locks"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    # --- Paths --------------------------------------------------------------------------
+
+    def layer_dir(self, diff_id: str) -> Path:
+        return self.root / "layers" / "sha256" / _hex(diff_id)
+
+    def image_dir(self, digest: str) -> Path:
+        return self.root / "images" / "sha256" / _hex(digest)
+
+    # --- Use ----------------------------------------------------------------------------
+
+    def prepare(self, ref: str | Path) -> PreparedImage:
+        """The prepared image for an archive path or an ``oci:sha256:…`` reference."""
+        if isinstance(ref, str) and is_image_ref(ref):
+            return self.get(ref.removeprefix(OCI_IMAGE_PREFIX))
+        return self.add(read_archive(ref))
+
+    def get(self, digest: str) -> PreparedImage:
+        """An image prepared before; ImageError if this store does not hold it."""
+        folder = self.image_dir(digest)
+        try:
+            raw = (folder / "image.json").read_text()
+        except FileNotFoundError:
+            raise ImageError(
+                f"The image {digest} is not in the image store at {self.root}: register its "
+                "archive again"
+            ) from None
+        return PreparedImage(folder / "rootfs", ImageConfig.model_validate_json(raw))
+
+    def add(self, image: ArchiveImage) -> PreparedImage:
+        """Unpack the archive's missing layers and build its root filesystem, once."""
+        config = image.config
+        config.check_runnable()
+        folder = self.image_dir(config.digest)
+        if (folder / "image.json").exists():
+            return self.get(config.digest)
+        with self._lock("image-" + _hex(config.digest)):
+            if (folder / "image.json").exists():
+                return self.get(config.digest)
+            self._unpack_missing(image)
+            work = Path(tempfile.mkdtemp(prefix="image-", dir=self.root / "tmp"))
+            try:
+                (work / "rootfs").mkdir()
+                apply_layers(
+                    (self.layer_dir(layer.diff_id) for layer in config.layers), work / "rootfs"
+                )
+                (work / "image.json").write_text(config.model_dump_json(indent=2))
+                os.rename(work, folder)
+            finally:
+                if work.exists():
+                    remove_tree(work)
+        return self.get(config.digest)
+
+    def _unpack_missing(self, image: ArchiveImage) -> None:
+        missing = {
+            layer.digest
+            for layer in image.config.layers
+            if not self.layer_dir(layer.diff_id).exists()
+        }
+        for layer, stream in image.layer_streams(missing):
+            target = self.layer_dir(layer.diff_id)
+            with self._lock("layer-" + _hex(layer.diff_id)):
+                if target.exists():
+                    continue  # another caller unpacked it meanwhile
+                work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.root / "tmp"))
+                try:
+                    unpack_layer(stream, layer, work)
+                    work.chmod(0o755)
+                    os.rename(work, target)
+                finally:
+                    if work.exists():
+                        remove_tree(work)
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        descriptor = os.open(self.root / "locks" / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock

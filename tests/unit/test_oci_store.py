@@ -1,0 +1,230 @@
+"""Layers unpacked once into the cache, root filesystems built from them, hostile layers refused."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from gantry.oci import ImageError, ImageStore, image_ref
+from tests.image_builder import (
+    Entry,
+    ImageSpec,
+    directory,
+    file,
+    hardlink,
+    opaque,
+    symlink,
+    whiteout,
+    write_archive,
+)
+
+
+def _image(tmp_path: Path, layers, name: str = "image.tar", **kw) -> Path:
+    spec = ImageSpec(layers=layers, cmd=["/app/run"], user="1000")
+    return write_archive(tmp_path / name, spec, **kw)
+
+
+BASE = [
+    directory("etc"),
+    file("etc/keep", "keep\n"),
+    file("etc/drop", "drop\n"),
+    directory("data"),
+    file("data/old", "old\n"),
+    directory("data/sub"),
+    file("data/sub/deep", "deep\n"),
+    directory("usr/bin"),
+    file("usr/bin/tool", "#!/bin/sh\n", mode=0o4755),
+    symlink("bin", "/usr/bin"),
+    file("app/run", "#!/bin/sh\n", mode=0o750),
+]
+
+
+@pytest.mark.parametrize("layout", ["docker", "docker25", "oci"])
+def test_layers_apply_in_order_with_whiteouts_and_opaque_dirs(tmp_path, layout):
+    upper = [
+        whiteout("etc/drop"),
+        file("etc/keep", "changed\n"),
+        directory("data"),
+        opaque("data"),
+        file("data/new", "new\n"),
+    ]
+    archive = _image(tmp_path, [BASE, upper], layout=layout)
+
+    prepared = ImageStore(tmp_path / "store").prepare(archive)
+
+    root = prepared.rootfs
+    assert (root / "etc/keep").read_text() == "changed\n"
+    assert not (root / "etc/drop").exists()
+    assert sorted(os.listdir(root / "data")) == ["new"]
+    assert not any(name.startswith(".wh.") for _, _, names in os.walk(root) for name in names)
+    # An absolute link target is data: it resolves inside the root once that is /.
+    assert os.readlink(root / "bin") == "/usr/bin"
+    assert prepared.config.cmd == ["/app/run"]
+
+
+def test_modes_and_mtimes_are_kept_without_setuid(tmp_path):
+    prepared = ImageStore(tmp_path / "store").prepare(_image(tmp_path, [BASE]))
+
+    tool = (prepared.rootfs / "usr/bin/tool").stat()
+    assert stat.S_IMODE(tool.st_mode) == 0o755  # setuid dropped
+    assert stat.S_IMODE((prepared.rootfs / "app/run").stat().st_mode) == 0o750
+    assert int(tool.st_mtime) == 1_700_000_000
+    assert int((prepared.rootfs / "etc").stat().st_mtime) == 1_700_000_000
+
+
+def test_mount_points_exist_in_the_root(tmp_path):
+    layers = [[*BASE, symlink("tmp", "/var/tmp")]]
+    prepared = ImageStore(tmp_path / "store").prepare(_image(tmp_path, layers))
+
+    for path in ("input", "output", "tmp", "proc", "dev", "sys", "opt/ml/model"):
+        assert (prepared.rootfs / path).is_dir() and not (prepared.rootfs / path).is_symlink()
+    assert stat.S_IMODE((prepared.rootfs / "tmp").stat().st_mode) == 0o1777
+
+
+def test_each_layer_is_unpacked_once_and_shared(tmp_path):
+    store = ImageStore(tmp_path / "store")
+    first = store.prepare(_image(tmp_path, [BASE, [file("a", "1")]], "one.tar"))
+    base_dir = store.layer_dir(first.config.layers[0].diff_id)
+    inode = base_dir.stat().st_ino
+
+    second = store.prepare(_image(tmp_path, [BASE, [file("a", "2")]], "two.tar"))
+
+    assert second.config.layers[0].diff_id == first.config.layers[0].diff_id
+    assert base_dir.stat().st_ino == inode
+    assert len(os.listdir(store.root / "layers/sha256")) == 3
+    assert (first.rootfs / "a").read_text() == "1" and (second.rootfs / "a").read_text() == "2"
+    # An uncompressed and a gzip copy of one layer share one cache entry (keyed by diff_id).
+    store.prepare(_image(tmp_path, [BASE, [file("a", "1")]], "gz.tar", layer_compression="gzip"))
+    assert len(os.listdir(store.root / "layers/sha256")) == 3
+
+
+def test_a_prepared_image_is_found_by_its_reference(tmp_path):
+    store = ImageStore(tmp_path / "store")
+    prepared = store.prepare(_image(tmp_path, [BASE]))
+
+    again = ImageStore(tmp_path / "store").prepare(image_ref(prepared.config.digest))
+
+    assert again == prepared and prepared.ref == "oci:" + prepared.config.digest
+    with pytest.raises(ImageError, match="not in the image store"):
+        store.prepare("oci:sha256:" + "0" * 64)
+
+
+def test_concurrent_callers_share_one_unpack(tmp_path):
+    archive = _image(tmp_path, [BASE, [file("a", "1")]])
+    store_root = tmp_path / "store"
+    results: list[object] = []
+
+    def prepare() -> None:
+        try:
+            results.append(ImageStore(store_root).prepare(archive))
+        except Exception as error:  # the assertion below shows it
+            results.append(error)
+
+    threads = [threading.Thread(target=prepare) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len({str(r.rootfs) for r in results}) == 1, results  # type: ignore[union-attr]
+    assert os.listdir(store_root / "tmp") == []
+    assert len(os.listdir(store_root / "layers/sha256")) == 2
+
+
+HOSTILE = {
+    "absolute": ([file("/etc/evil", "x")], "has an absolute path"),
+    "dotdot": ([file("app/../../evil", "x")], "contains '..'"),
+    "device": ([Entry("dev/sda", "chardev")], "device node or FIFO"),
+    "fifo": ([Entry("app/pipe", "fifo")], "device node or FIFO"),
+    "hardlink-out": ([hardlink("app/link", "../../etc/passwd")], "contains '..'"),
+    "hardlink-absolute": ([hardlink("app/link", "/etc/passwd")], "has an absolute path"),
+    "hardlink-ahead": (
+        [hardlink("app/link", "app/later"), file("app/later", "x")],
+        "not in this layer before it",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_layers_are_refused(tmp_path, case):
+    members, message = HOSTILE[case]
+    archive = _image(tmp_path, [BASE, [directory("app"), *members]])
+    store = ImageStore(tmp_path / "store")
+
+    with pytest.raises(ImageError, match=message):
+        store.prepare(archive)
+
+    assert os.listdir(store.root / "tmp") == []
+    assert os.listdir(store.root / "images/sha256") == []
+
+
+def test_nothing_is_written_through_a_link_in_the_same_layer(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    layer = [symlink("a", str(outside)), file("a/passwd", "owned\n")]
+    store = ImageStore(tmp_path / "store")
+
+    with pytest.raises(ImageError, match="written through the symbolic link 'a'"):
+        store.prepare(_image(tmp_path, [BASE, layer]))
+
+    assert os.listdir(outside) == []
+
+
+def test_a_link_from_a_lower_layer_is_replaced_not_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    archive = _image(tmp_path, [[*BASE, symlink("a", str(outside))], [file("a/passwd", "x\n")]])
+
+    prepared = ImageStore(tmp_path / "store").prepare(archive)
+
+    assert os.listdir(outside) == []
+    assert (prepared.rootfs / "a").is_dir() and not (prepared.rootfs / "a").is_symlink()
+    assert (prepared.rootfs / "a/passwd").read_text() == "x\n"
+
+
+def test_a_whiteout_of_a_link_removes_the_link_only(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    archive = _image(tmp_path, [[*BASE, symlink("a", str(outside))], [whiteout("a")]])
+
+    prepared = ImageStore(tmp_path / "store").prepare(archive)
+
+    assert not os.path.lexists(prepared.rootfs / "a")
+    assert (outside / "precious").read_text() == "keep"
+
+
+def test_hardlinks_within_a_layer_work(tmp_path):
+    layer = [directory("app"), file("app/one", "same"), hardlink("app/two", "app/one")]
+
+    prepared = ImageStore(tmp_path / "store").prepare(_image(tmp_path, [BASE, layer]))
+
+    assert (prepared.rootfs / "app/two").read_text() == "same"
+    assert (prepared.rootfs / "app/two").stat().st_ino == (
+        prepared.rootfs / "app/one"
+    ).stat().st_ino
+
+
+def test_a_damaged_layer_is_refused(tmp_path):
+    archive = _image(tmp_path, [BASE], layout="docker")
+    data = bytearray(archive.read_bytes())
+    marker = data.find(b"keep\n")
+    data[marker : marker + 4] = b"KEEP"
+    archive.write_bytes(bytes(data))
+
+    with pytest.raises(ImageError, match=r"not the diff_id .* the archive is damaged"):
+        ImageStore(tmp_path / "store").prepare(archive)
+
+
+def test_a_root_image_is_refused_before_unpacking(tmp_path):
+    spec = ImageSpec(layers=[BASE], cmd=["/app/run"], user="root")
+    store = ImageStore(tmp_path / "store")
+
+    with pytest.raises(ImageError, match="runs as root"):
+        store.prepare(write_archive(tmp_path / "root.tar", spec))
+
+    assert os.listdir(store.root / "layers/sha256") == []
