@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -200,9 +201,15 @@ def run_invocation(
         # The algorithm user must be able to read what root stages.
         os.chmod(config.input_root, 0o755)
         visible = sandbox.SANDBOX_INPUT if sandboxed else str(config.input_root)
-        stage_inputs(
+        staged = stage_inputs(
             client, invocation.inputs, config.input_root, config.limits, visible_root=visible
         )
+        for entry in staged:
+            # A zip may hold many thousands of members: log their number, not their names.
+            files = entry.pop("files", None)
+            if files is not None:
+                entry["extracted_files"] = len(files)
+            log.info(f"Staged input {json.dumps(entry)}")
         outcome = _execute(invocation, config, log, sandboxed)
         result.update(
             return_code=outcome.return_code,

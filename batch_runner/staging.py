@@ -1,17 +1,18 @@
 """Inputs from S3 to the input root, outputs from the output root to S3.
 
-``inputs.json`` (at the input root) lists what was staged, one object per input::
+The runner writes nothing of its own under the input root: ``inputs.json`` there is one of
+the invocation's inputs (the platform writes it in grand-challenge's shape). What was staged
+is returned, one object per input, for the runner's log::
 
-    [{"relative_path": "images/ct-image/<uuid>.mha",   # as in the invocation
-      "path": "/input/images/ct-image/<uuid>.mha",     # where the algorithm sees it
-      "size": 1234,                                    # bytes downloaded
-      "decompress": false,
-      "files": ["/input/..."]}]                        # extracted files, zips only
+    {"relative_path": "images/ct-image/<uuid>.mha",   # as in the invocation
+     "path": "/input/images/ct-image/<uuid>.mha",     # where the algorithm sees it
+     "size": 1234,                                    # bytes downloaded
+     "decompress": false,
+     "files": ["/input/..."]}                         # extracted files, zips only
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -30,7 +31,6 @@ from gantry.contract import InvocationInput, ResultOutput
 from gantry.paths import safe_join
 from gantry.resources import RESULT_FILE_SUFFIX
 
-INPUTS_JSON = "inputs.json"
 # The result file lives under this folder of the output prefix; outputs may not claim it.
 RESERVED_OUTPUT_DIR = RESULT_FILE_SUFFIX.split("/", 1)[0]
 
@@ -65,12 +65,10 @@ def stage_inputs(
     limits: Limits,
     visible_root: str = "/input",
 ) -> list[dict[str, Any]]:
-    """Download (and unzip) every input, write ``inputs.json``; returns its entries."""
+    """Download (and unzip) every input; returns what was staged."""
     staged: list[_Staged] = []
     with tempfile.TemporaryDirectory(prefix="gantry-zips-") as zips:
         for index, item in enumerate(inputs):
-            if item.relative_path == INPUTS_JSON:
-                raise StagingError(f"Input path '{INPUTS_JSON}' is reserved")
             try:
                 target = Path(safe_join(str(input_root), item.relative_path))
             except ValueError as error:
@@ -100,7 +98,6 @@ def stage_inputs(
         except (ClientError, BotoCoreError) as error:
             raise StagingError("An input file could not be downloaded") from error
         entries = [_extract(s, input_root, limits, visible_root) for s in staged]
-    (input_root / INPUTS_JSON).write_text(json.dumps(entries, indent=2))
     return entries
 
 

@@ -1,7 +1,10 @@
 """Provisioning: put a queued job's inputs in place, write its invocation, submit it.
 
 Inputs are copied S3 to S3 (never through this process's memory) to
-``io/<job>/<attempt>/input/<relative_path>``; the invocation (sagemaker-shim's task shape)
+``io/<job>/<attempt>/input/<relative_path>``, next to ``inputs.json``: the job's input socket
+values exactly as the API shows them in the job's ``inputs`` (grand-challenge writes the same
+file, and algorithms built for it look their inputs up there by ``socket.slug`` or
+``interface.slug``). The invocation (sagemaker-shim's task shape)
 goes to ``io/<job>/<attempt>/invocation.json`` and the compute backend runs the runner on it.
 Capacity and throttling errors put the job back in the queue with a growing delay instead of
 failing it; the sweeper submits it again when the delay has passed.
@@ -13,18 +16,21 @@ import json
 import logging
 from datetime import timedelta
 
-from gantry import contract, resources, timeutil
+from gantry import contract, resources, shapes, timeutil
 from gantry.context import Context
 from gantry.interfaces import Interface
 from gantry.job_states import JobStatus, can_transition
 from gantry.jobs import Job
 from gantry.kinds import spec
 from gantry.services import catalog
+from gantry.urls import Urls
 
 logger = logging.getLogger(__name__)
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 900
 STARTABLE = (JobStatus.PENDING, JobStatus.RETRY)
+# grand-challenge's name for the list of input socket values at the input root.
+INPUTS_JSON = "inputs.json"
 
 
 def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> contract.Invocation:
@@ -54,6 +60,7 @@ def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> c
                 relative_path=relative_path, bucket_name=bucket, bucket_key=key
             )
         )
+    inputs.append(_put_inputs_json(ctx, job, sockets, base + INPUTS_JSON))
     algorithm = ctx.store.algorithms.get(job.algorithm)
     outputs = [
         contract.ExpectedOutput(
@@ -76,6 +83,18 @@ def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> c
         timeout=job.time_limit,
         outputs=outputs,
     )
+
+
+def _put_inputs_json(
+    ctx: Context, job: Job, sockets: dict[str, Interface], key: str
+) -> contract.InvocationInput:
+    # The same serializer as the API's job detail, so both show the same objects.
+    urls = Urls(ctx.settings.api_base_url or "https://localhost/api/v1/")
+    values = [shapes.socket_value(value, job.pk, sockets, urls) for value in job.inputs]
+    bucket = ctx.settings.bucket_name
+    body = json.dumps(values, allow_nan=False).encode()
+    ctx.clients.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    return contract.InvocationInput(relative_path=INPUTS_JSON, bucket_name=bucket, bucket_key=key)
 
 
 def start_job(ctx: Context, job_pk: str) -> None:

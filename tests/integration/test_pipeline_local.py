@@ -148,3 +148,73 @@ def test_an_algorithm_past_its_time_limit_fails_with_grand_challenges_message(st
         time.sleep(0.1)
     assert done.status is JobStatus.FAILURE
     assert done.error_message == "Time limit exceeded"
+
+
+# Written the way grand-challenge's algorithm template reads its inputs.
+READS_INPUTS_JSON = """
+import json, os
+entries = json.load(open("/input/inputs.json"))
+by_socket = {e["socket"]["slug"]: e for e in entries}
+by_interface = {e["interface"]["slug"]: e for e in entries}
+threshold = by_socket["threshold"]
+with open(os.path.join("/input", threshold["socket"]["relative_path"])) as handle:
+    from_file = json.load(handle)
+box = by_interface["bounding-box"]
+with open(os.path.join("/input", box["interface"]["relative_path"])) as handle:
+    box_from_file = json.load(handle)
+report = {
+    "slugs": sorted(by_socket),
+    "keys": sorted(entries[0]),
+    "file_matches_value": from_file == threshold["value"] and box_from_file == box["value"],
+}
+json.dump(report, open("/output/report.json", "w"))
+json.dump(from_file * 2, open("/output/score.json", "w"))
+"""
+
+
+def test_inputs_json_is_the_apis_job_inputs_and_each_file_is_at_its_path(stack):
+    import json
+    import shutil
+    import tempfile
+
+    from gantry import shapes
+    from gantry.services import catalog
+
+    folder = Path(tempfile.mkdtemp(prefix="gantry-inputs-json-"))
+    folder.chmod(0o755)
+    (folder / "main.py").write_text(READS_INPUTS_JSON)
+    (folder / "main.py").chmod(0o644)
+    store = stack.ctx.store
+    algorithm = store.algorithms.create(
+        AlgorithmFields(
+            title=f"inputs-json {time.monotonic_ns()}",
+            interfaces=[SocketSet(inputs=["threshold", "bounding-box"], outputs=["score"])],
+        ),
+        creator="alice",
+    )
+    store.algorithms.create_image(
+        algorithm,
+        AlgorithmImageFields(
+            image="local", command=[sys.executable, "main.py"], workdir=str(folder)
+        ),
+        creator="alice",
+    )
+    try:
+        job = _run(stack, algorithm)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert job.status is JobStatus.SUCCESS, job.error_message
+    assert {v.socket: v.value for v in job.outputs}["score"] == 5.0
+    # The file the algorithm read is, object for object, the API's job inputs.
+    s3 = stack.ctx.clients.s3
+    bucket = stack.ctx.settings.bucket_name
+    key = f"io/{job.pk}/{job.attempt}/input/inputs.json"
+    stored = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert [v["socket"]["slug"] for v in stored] == ["threshold", "bounding-box"]
+    assert stored[0]["value"] == 2.5 and stored[1]["value"] == BOX
+    assert sorted(stored[0]) == ["file", "image", "interface", "pk", "socket", "value"]
+    assert stored[0]["socket"] == stored[0]["interface"]
+    assert stored[0]["socket"]["relative_path"] == "threshold.json"
+    sockets = catalog.sockets_of(stack.ctx, [algorithm])
+    urls = Urls(stack.ctx.settings.api_base_url or "https://localhost/api/v1/")
+    assert stored == shapes.job(job, sockets, urls)["inputs"]

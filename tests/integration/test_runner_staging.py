@@ -1,4 +1,4 @@
-"""Input staging: inputs.json, zips (safe and hostile), path traversal."""
+"""Input staging: what was staged, zips (safe and hostile), path traversal."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def make_zip(members: dict[str, bytes], links: dict[str, str] | None = None) -> 
     return buffer.getvalue()
 
 
-def test_inputs_json_and_zip_extraction(runner_job):
+def test_staging_is_logged_and_zips_are_extracted(runner_job):
     runner_job.add_input("threshold.json", b"0.25")
     archive = make_zip({"series/a.dcm": b"A" * 10, "series/b.dcm": b"B" * 20})
     runner_job.add_input("dicom/archive.zip", archive, decompress=True)
@@ -39,8 +39,14 @@ def test_inputs_json_and_zip_extraction(runner_job):
     assert (root / "dicom/series/a.dcm").read_bytes() == b"A" * 10
     # The archive itself is not staged, only its members.
     assert not (root / "dicom/archive.zip").exists()
-    entries = json.loads((root / "inputs.json").read_text())
-    assert entries == [
+    # The runner writes no file of its own under /input; what it staged is in its log.
+    assert sorted(p.name for p in root.iterdir()) == ["dicom", "threshold.json"]
+    staged = [
+        json.loads(line["log"].removeprefix("Staged input "))
+        for line in lines
+        if line["log"].startswith("Staged input ")
+    ]
+    assert staged == [
         {
             "relative_path": "threshold.json",
             "path": "/input/threshold.json",
@@ -52,7 +58,7 @@ def test_inputs_json_and_zip_extraction(runner_job):
             "path": "/input/dicom/archive.zip",
             "size": len(archive),
             "decompress": True,
-            "files": ["/input/dicom/series/a.dcm", "/input/dicom/series/b.dcm"],
+            "extracted_files": 2,
         },
     ]
 
