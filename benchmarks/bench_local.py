@@ -169,7 +169,6 @@ def main() -> None:
             state_dir=Path(state),
             serve_api=True,
             api_port=0,
-            snapshot_every=None,
         )
         try:
             token = stack.ctx.store.users.create_token("bench")
@@ -201,7 +200,7 @@ def main() -> None:
 
                 drop_seconds, duplicates, drop_errors = _drop_folder(stack, algorithm)
         finally:
-            stack.stop(save=False)
+            stack.stop()
 
     workers = stack.settings.local_workers
     print(f"Local stack through the HTTPS gateway ({workers} workers, {os.cpu_count()} CPUs):")

@@ -207,7 +207,7 @@ def main() -> None:
             f"{sequential / sum(t.client_wall for t in one_by_one):.2f} jobs/s"
         )
     finally:
-        stack.stop(save=False)
+        stack.stop()
 
 
 if __name__ == "__main__":

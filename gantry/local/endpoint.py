@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from moto.moto_server.werkzeug_app import MotoRequestHandler
@@ -77,11 +78,33 @@ class ServerThread:
 
 
 class EmbeddedAws(ServerThread):
-    """moto's backends behind a threaded HTTP server on a loopback port."""
+    """moto's backends behind a threaded HTTP server on a loopback port; with ``data_dir``,
+    every acknowledged write is on disk there before its response (``gantry.local.persist``)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.app = serialise_dynamodb(moto_app())
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, data_dir: Path | None = None
+    ) -> None:
+        self.store: Any = None  # DurableStore, with a data directory
+        app = moto_app()
+        if data_dir is not None:
+            from gantry.local.durable import DurableStore
+            from gantry.local.persist import persisting
+
+            self.store = DurableStore(data_dir)
+            # Inside the DynamoDB lock: an item is read back and stored before the next
+            # write to the table runs, so the stored order is moto's order.
+            app = persisting(app, self.store)
+        self.app = serialise_dynamodb(app)
         super().__init__(self.app, host=host, port=port, name="gantry-aws")
+
+    def restore(self) -> tuple[int, int]:
+        """Put the stored items and objects into the provisioned table and bucket:
+        (items, objects)."""
+        from gantry.local.persist import restore_items, restore_objects
+
+        if self.store is None:
+            return 0, 0
+        return restore_items(self.store), restore_objects(self.store)
 
     @property
     def url(self) -> str:
@@ -90,3 +113,8 @@ class EmbeddedAws(ServerThread):
     def start(self) -> EmbeddedAws:
         self.serve()
         return self
+
+    def stop(self) -> None:
+        super().stop()
+        if self.store is not None:
+            self.store.close()

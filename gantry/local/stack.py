@@ -7,7 +7,9 @@ messages a dispatcher feeds to the upload and drop-folder handlers (partial-batc
 honoured), Gantry's job events reach the drop-folder queue through an EventBridge rule, the
 local compute backend's Batch-shaped state changes go into the callback handler, and the
 sweeper runs on a timer. Optionally an HTTPS gateway serves the API handler, and a state
-directory keeps everything across restarts.
+directory keeps everything across restarts: every write the endpoint acknowledges is on disk
+before its response (``gantry.local.durable``), and the work queue messages carried is
+re-derived from that state on start (``recover``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ QUEUES = (resources.DEFAULT_UPLOADS_QUEUE, resources.DEFAULT_DROPBOX_QUEUE)
 # As on AWS: a message a handler failed on comes back after this many seconds.
 VISIBILITY_TIMEOUT = "30"
 SWEEP_EVERY_SECONDS = 60.0
-SNAPSHOT_EVERY_SECONDS = 10.0
+DATA_DIR = "data"
 
 
 @dataclass
@@ -43,13 +45,11 @@ class LocalStack:
     ctx: Context
     endpoint: Any = None  # EmbeddedAws, when the stack runs its own endpoint
     gateway: Any = None  # Gateway, when it serves the HTTPS API
-    snapshot: Any = None  # Snapshot, when it keeps state in a directory
     state_dir: Path | None = None
     queues: dict[str, str] = field(default_factory=dict)
     recovered: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
-    _save_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: bool = False
 
     @classmethod
@@ -65,7 +65,6 @@ class LocalStack:
         api_port: int = 0,
         dispatch: bool = True,
         sweep_every: float | None = SWEEP_EVERY_SECONDS,
-        snapshot_every: float | None = SNAPSHOT_EVERY_SECONDS,
         **backend_options: Any,
     ) -> LocalStack:
         """Start the stack. ``port`` is the embedded endpoint's, ``api_port`` the gateway's.
@@ -79,7 +78,8 @@ class LocalStack:
         if embedded:
             for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 os.environ.setdefault(name, "local")
-        endpoint = EmbeddedAws(port=port).start() if embedded else None
+        data_dir = state_dir / DATA_DIR if state_dir is not None else None
+        endpoint = EmbeddedAws(port=port, data_dir=data_dir).start() if embedded else None
         gateway = None
         if serve_api:
             from gantry.local.gateway import Gateway
@@ -113,10 +113,8 @@ class LocalStack:
                 stack._dispatch()
             if sweep_every:
                 stack._every(sweep_every, stack.sweep, "sweeper")
-            if stack.snapshot is not None and snapshot_every:
-                stack._every(snapshot_every, stack.save, "snapshot")
         except BaseException:
-            stack.stop(save=False)
+            stack.stop()
             raise
         return stack
 
@@ -209,18 +207,12 @@ class LocalStack:
     # --- state ----------------------------------------------------------------------------
 
     def _restore(self, state_dir: Path) -> None:
-        from gantry.local.snapshot import Snapshot
+        from gantry.local.snapshot import migrate
 
-        self.snapshot = Snapshot(state_dir / "state", self.ctx.clients, self.settings)
-        if self.snapshot.exists:
-            stats = self.snapshot.load()
-            logger.info("restored %s items and %s objects", stats.items, stats.objects)
-
-    def save(self) -> None:
-        if self.snapshot is None:
-            return
-        with self._save_lock:
-            self.snapshot.save()
+        # Older versions saved a snapshot every 10 s; its content moves into the store once.
+        migrate(state_dir / "state", self.endpoint.store, self.settings)
+        items, objects = self.endpoint.restore()
+        logger.info("restored %s items and %s objects", items, objects)
 
     def recover(self) -> list[str]:
         """Resume unfinished jobs after a (re)start: the queue messages and local compute
@@ -361,7 +353,7 @@ class LocalStack:
 
     # --- shutdown -------------------------------------------------------------------------
 
-    def stop(self, *, save: bool = True, drain: bool = True) -> None:
+    def stop(self, *, drain: bool = True) -> None:
         """Stop; ``drain`` lets running jobs finish first, otherwise they are stopped and
         resume (as a new attempt) on the next start with the same state directory."""
         self._stop.set()
@@ -374,11 +366,6 @@ class LocalStack:
             backend.shutdown(wait=drain)
         if self.gateway is not None:
             self.gateway.stop()
-        if save:
-            try:
-                self.save()
-            except Exception:
-                logger.exception("could not save the local state")
         if self.endpoint is not None:
             self.endpoint.stop()
 

@@ -182,4 +182,4 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 platform.algorithms[example] = register_algorithm(http, example)
             yield platform
     finally:
-        stack.stop(save=False)
+        stack.stop()

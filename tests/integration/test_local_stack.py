@@ -1,5 +1,5 @@
 """The local stack's own parts: the HTTPS gateway, DynamoDB semantics of the embedded endpoint,
-and the snapshot that keeps state across restarts."""
+and the API behind it."""
 
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ import pytest
 from werkzeug.test import EnvironBuilder
 
 from gantry.algorithms import AlgorithmFields, AlgorithmImageFields, SocketSet
-from gantry.context import Context
 from gantry.interfaces import InterfaceFields
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.local.gateway import MAX_BODY_BYTES, proxy_event_from_environ
-from gantry.local.snapshot import Snapshot
 from gantry.local.stack import LocalStack
-from gantry.provision import ensure_data
 from gantry.services.jobs import JobCreate, JobInput, create_job
 from gantry.settings import Settings
 from gantry.store.table import ConditionFailed
@@ -41,10 +38,9 @@ def stack(tmp_path_factory):
         state_dir=tmp_path_factory.mktemp("state"),
         serve_api=True,
         sweep_every=None,
-        snapshot_every=None,
     )
     yield local
-    local.stop(save=False)
+    local.stop()
 
 
 @pytest.fixture(scope="module")
@@ -173,63 +169,6 @@ def test_racing_conditional_writes_never_lose_an_update(stack):
         sys.setswitchinterval(interval)
     assert len(done) > 0
     assert table.get(pk).doc["n"] == len(done)
-
-
-# --- snapshot --------------------------------------------------------------------------------
-
-
-def _fresh_target(stack: LocalStack) -> tuple[Context, Settings]:
-    name = f"gantry-restored-{uuid.uuid4().hex[:8]}"
-    settings = stack.settings.model_copy(update={"table_name": name, "bucket_name": name})
-    target = Context.create(settings)
-    ensure_data(target.clients, settings)
-    return target, settings
-
-
-def _scan(ctx: Context) -> list[dict]:
-    items = ctx.clients.dynamodb.scan(TableName=ctx.settings.table_name)["Items"]
-    return sorted(items, key=lambda i: (i["PK"]["S"], i["SK"]["S"]))
-
-
-def test_a_snapshot_restores_every_item_and_object(stack, tmp_path: Path):
-    s3, bucket = stack.ctx.clients.s3, stack.settings.bucket_name
-    stack.ctx.store.users.create_token("snapshot-user")
-    s3.put_object(
-        Bucket=bucket,
-        Key="values/a b/report.json",
-        Body=json.dumps({"x": 1}).encode(),
-        ContentType="application/json",
-        Metadata={"signature_hmac_sha256": "abc"},
-    )
-    s3.put_object(Bucket=bucket, Key="io/big.bin", Body=bytes(range(256)) * 40_000)
-    Snapshot(tmp_path, stack.ctx.clients, stack.settings).save()
-
-    target, settings = _fresh_target(stack)
-    stats = Snapshot(tmp_path, target.clients, settings).load()
-    assert stats.items == len(_scan(stack.ctx)) > 0
-    assert _scan(target) == _scan(stack.ctx)
-    restored = target.clients.s3.get_object(
-        Bucket=settings.bucket_name, Key="values/a b/report.json"
-    )
-    assert json.loads(restored["Body"].read()) == {"x": 1}
-    assert restored["ContentType"] == "application/json"
-    assert restored["Metadata"] == {"signature_hmac_sha256": "abc"}
-    big = target.clients.s3.get_object(Bucket=settings.bucket_name, Key="io/big.bin")
-    assert big["Body"].read() == bytes(range(256)) * 40_000
-
-
-def test_saving_again_copies_only_what_changed(stack, tmp_path: Path):
-    s3, bucket = stack.ctx.clients.s3, stack.settings.bucket_name
-    snapshot = Snapshot(tmp_path, stack.ctx.clients, stack.settings)
-    first = snapshot.save()
-    assert first.objects_written == first.objects
-    assert snapshot.save().objects_written == 0
-    s3.put_object(Bucket=bucket, Key="values/new.json", Body=b"{}")
-    assert snapshot.save().objects_written == 1
-    s3.delete_object(Bucket=bucket, Key="values/new.json")
-    after = snapshot.save()
-    assert after.objects_removed == 1 and after.objects == first.objects
-    assert len(list((tmp_path / "objects").iterdir())) == first.objects
 
 
 def _json_io_algorithm(stack: LocalStack):

@@ -1,0 +1,220 @@
+"""Durable before acknowledged: the embedded endpoint's table items and objects on disk.
+
+moto keeps everything in memory. This module persists the *resulting state* of every write the
+endpoint acknowledges, in the request path, before the response leaves: after moto has applied
+a DynamoDB write, the items it touched are read back from moto's backend and stored; after an
+S3 write, the object is read back and stored. Persisting results rather than replaying requests
+keeps what clients saw (ids, ETags, times); a conditional write that failed changes nothing.
+
+Where it goes:
+- ``state.db``: SQLite in WAL mode with ``synchronous=FULL`` (every commit is fsync'd; an
+  interrupted one is rolled back on open, so the previous state stays whole). One row per item
+  (``items``) and per object (``objects``); a write costs one B-tree update whatever the count,
+  so the cost per request stays flat as the table grows.
+- ``objects/``: each object's bytes in its own file, written to a temporary name, fsync'd and
+  renamed, before the row that names it is committed; a file no row names (a crash between the
+  two) is removed on start. Object files are never changed in place, so moto serves reads from
+  them directly (its own spooled copy is dropped once the file is stored).
+
+Queue messages are not stored: the work they carry is re-derived from this state on start
+(``gantry.pipeline.reconcile``), as it is on AWS for messages that ended in a dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+DATABASE = "state.db"
+OBJECTS_DIR = "objects"
+COPY_CHUNK = 8 * 1024 * 1024
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    tbl TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, file TEXT NOT NULL, etag TEXT NOT NULL,
+    size INTEGER NOT NULL, last_modified TEXT NOT NULL, meta TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    bucket: str
+    key: str
+    path: Path
+    etag: str
+    size: int
+    last_modified: str
+    meta: dict[str, Any]
+
+
+class DurableStore:
+    """The SQLite database and object files of one state directory. Thread-safe."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.objects = directory / OBJECTS_DIR
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            directory / DATABASE, check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsync'd at every commit, so a committed write survives a power cut.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        _fsync_dir(directory)
+        self.remove_orphans()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- items ---------------------------------------------------------------------------
+
+    def write_items(self, changes: Iterable[tuple[str, str, dict[str, Any] | None]]) -> None:
+        """Apply (table, key, item or None to delete) changes in one transaction."""
+        rows = list(changes)
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, key, doc in rows:
+                    if doc is None:
+                        self._db.execute(
+                            "DELETE FROM items WHERE tbl = ? AND key = ?", (table, key)
+                        )
+                    else:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO items VALUES (?, ?, ?)",
+                            (table, key, json.dumps(doc, separators=(",", ":"))),
+                        )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            rows = self._db.execute("SELECT tbl, doc FROM items").fetchall()
+        for table, doc in rows:
+            yield table, json.loads(doc)
+
+    def item_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    # --- objects -------------------------------------------------------------------------
+
+    def new_object_path(self) -> Path:
+        return self.objects / secrets.token_hex(16)
+
+    def write_file(self, chunks: Iterable[bytes]) -> tuple[Path, int]:
+        """Store bytes in a new, fsync'd object file; (path, size)."""
+        path = self.new_object_path()
+        tmp = path.with_name(f".{path.name}.tmp")
+        size = 0
+        with open(tmp, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                size += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.objects)
+        return path, size
+
+    def link_file(self, source: Path) -> Path:
+        """A new name for an existing (immutable) object file: a copy that costs no I/O."""
+        path = self.new_object_path()
+        os.link(source, path)
+        _fsync_dir(self.objects)
+        return path
+
+    def put_object(self, obj: StoredObject) -> None:
+        """Record ``obj`` (its file already durable); the file it replaces is removed."""
+        with self._lock:
+            old = self._db.execute(
+                "SELECT file FROM objects WHERE bucket = ? AND key = ?", (obj.bucket, obj.key)
+            ).fetchone()
+            self._db.execute(
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    obj.bucket,
+                    obj.key,
+                    obj.path.name,
+                    obj.etag,
+                    obj.size,
+                    obj.last_modified,
+                    json.dumps(obj.meta, separators=(",", ":")),
+                ),
+            )
+        if old and old[0] != obj.path.name:
+            (self.objects / old[0]).unlink(missing_ok=True)
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        with self._lock:
+            old = self._db.execute(
+                "SELECT file FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+            ).fetchone()
+            if old is None:
+                return
+            self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+        (self.objects / old[0]).unlink(missing_ok=True)
+
+    def get_object(self, bucket: str, key: str) -> StoredObject | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+            ).fetchone()
+        return self._stored(row) if row else None
+
+    def stored_objects(self) -> Iterator[StoredObject]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM objects").fetchall()
+        for row in rows:
+            yield self._stored(row)
+
+    def _stored(self, row: tuple[Any, ...]) -> StoredObject:
+        bucket, key, file, etag, size, last_modified, meta = row
+        return StoredObject(
+            bucket, key, self.objects / file, etag, int(size), last_modified, json.loads(meta)
+        )
+
+    def remove_orphans(self) -> int:
+        """Remove object files no row names: writes a crash interrupted."""
+        with self._lock:
+            named = {row[0] for row in self._db.execute("SELECT file FROM objects")}
+        removed = 0
+        for path in self.objects.iterdir():
+            if path.name not in named:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def item_key(hash_value: Any, range_value: Any) -> str:
+    """The stored key of an item, from its key attributes in DynamoDB's JSON."""
+    return json.dumps([hash_value, range_value], sort_keys=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,325 @@
+"""Persist what moto applied, in the request path, and put it back on start.
+
+``persisting(app, store)`` wraps the embedded endpoint's WSGI app. For each write request that
+moto answered with a 2xx it reads the resulting state of what the request touched from moto's
+backends and stores it (``gantry.local.durable``) before the response is started: the response
+leaves only once the write is on disk. Writes it covers:
+
+- DynamoDB: PutItem, UpdateItem, DeleteItem, BatchWriteItem, TransactWriteItems (one SQLite
+  transaction per request, so a transaction is all or nothing on disk too);
+- S3: PutObject, CopyObject (a hard link to the source's file when the bytes are the same),
+  CompleteMultipartUpload, DeleteObject, DeleteObjects, and tag or ACL changes of an object.
+
+Parts of a multipart upload that is not complete yet are not kept: a client whose upload was
+cut by a restart starts it again (its upload record says so).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from gantry.local.durable import COPY_CHUNK, DurableStore, StoredObject, item_key
+
+logger = logging.getLogger(__name__)
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+DYNAMODB_WRITES = frozenset(
+    {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+)
+_SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
+
+
+def _service(environ: dict[str, Any]) -> str:
+    """The signing scope's service of a request; moto treats unsigned ones as S3 as well."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        return target.split("_", 1)[0].split(".", 1)[0].lower()
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    match = _SCOPE.search(auth)
+    if match:
+        return match.group(1).lower()
+    credential = parse_qs(environ.get("QUERY_STRING", "")).get("X-Amz-Credential")
+    if credential:
+        parts = credential[0].split("/")
+        if len(parts) >= 4:
+            return parts[3].lower()
+    return "s3"
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    """The request body, leaving an equal stream for moto."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def persisting(app: WsgiApp, store: DurableStore) -> WsgiApp:
+    """``app`` with every acknowledged DynamoDB and S3 write stored before its response."""
+
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("PUT", "POST", "DELETE"):
+            return app(environ, start_response)
+        service = _service(environ)
+        if service == "dynamodb":
+            operation = environ.get("HTTP_X_AMZ_TARGET", "").rsplit(".", 1)[-1]
+            if operation not in DYNAMODB_WRITES:
+                return app(environ, start_response)
+            body = _read_body(environ)
+            return _after(app, environ, start_response, lambda: _dynamodb(store, operation, body))
+        if service == "s3":
+            touched = _s3_targets(environ)
+            if touched is None:
+                return app(environ, start_response)
+            # One writer per key at a time: what is stored is what this request made, never
+            # an older version stored after a newer one.
+            lock = key_locks[hash(environ.get("PATH_INFO")) % len(key_locks)]
+            with lock:
+                return _after(app, environ, start_response, lambda: _s3(store, environ, touched()))
+        return app(environ, start_response)
+
+    key_locks = [threading.Lock() for _ in range(64)]
+    return wrapped
+
+
+def _after(
+    app: WsgiApp,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    persist: Callable[[], None],
+) -> Iterable[bytes]:
+    """Run the request; on a 2xx, ``persist`` before the response is started."""
+    started: list[tuple[Any, ...]] = []
+
+    def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started.append((status, headers, exc_info))
+        return lambda data: None  # moto returns its body; it never writes through this
+
+    chunks = list(app(environ, capture))
+    status, headers, exc_info = started[-1]
+    if status.startswith("2"):
+        try:
+            persist()
+        except Exception:
+            logger.exception(
+                "could not store the result of %s %s",
+                environ["REQUEST_METHOD"],
+                environ.get("PATH_INFO"),
+            )
+            body = b"<Error><Code>InternalError</Code><Message>not stored</Message></Error>"
+            start_response("500 Internal Server Error", [("Content-Length", str(len(body)))])
+            return [body]
+    start_response(status, headers, exc_info)
+    return chunks
+
+
+# --- DynamoDB ---------------------------------------------------------------------------------
+
+
+def _tables(name: str) -> Any:
+    from moto.dynamodb.models import dynamodb_backends
+
+    for account in list(dynamodb_backends):
+        for region in list(dynamodb_backends[account]):
+            table = dynamodb_backends[account][region].tables.get(name)
+            if table is not None:
+                return table
+    return None
+
+
+def _key_of(table: Any, attrs: dict[str, Any]) -> tuple[str, Any, Any]:
+    hash_value = attrs[table.hash_key_attr]
+    range_value = attrs.get(table.range_key_attr) if table.range_key_attr else None
+    return item_key(hash_value, range_value), hash_value, range_value
+
+
+def _touched_items(operation: str, request: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(table name, key or item attributes) of every item a write request may have changed."""
+    if operation == "PutItem":
+        yield request["TableName"], request["Item"]
+    elif operation in ("UpdateItem", "DeleteItem"):
+        yield request["TableName"], request["Key"]
+    elif operation == "BatchWriteItem":
+        for name, writes in request.get("RequestItems", {}).items():
+            for write in writes:
+                if "PutRequest" in write:
+                    yield name, write["PutRequest"]["Item"]
+                elif "DeleteRequest" in write:
+                    yield name, write["DeleteRequest"]["Key"]
+    elif operation == "TransactWriteItems":
+        for entry in request.get("TransactItems", []):
+            for kind, field in (("Put", "Item"), ("Update", "Key"), ("Delete", "Key")):
+                if kind in entry:
+                    yield entry[kind]["TableName"], entry[kind][field]
+
+
+def _dynamodb(store: DurableStore, operation: str, body: bytes) -> None:
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    request = json.loads(body or b"{}")
+    changes: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for name, attrs in _touched_items(operation, request):
+        table = _tables(name)
+        if table is None:
+            continue
+        key, hash_value, range_value = _key_of(table, attrs)
+        item = table.get_item(
+            DynamoType(hash_value), DynamoType(range_value) if range_value is not None else None
+        )
+        changes[(name, key)] = item.to_json()["Attributes"] if item is not None else None
+    store.write_items((name, key, doc) for (name, key), doc in changes.items())
+
+
+def restore_items(store: DurableStore) -> int:
+    """Put every stored item into its (provisioned, empty) moto table; the count."""
+    count = 0
+    for name, doc in store.items():
+        table = _tables(name)
+        if table is None:
+            logger.warning("no table %s for a stored item", name)
+            continue
+        table.put_item(doc)
+        count += 1
+    return count
+
+
+# --- S3 ---------------------------------------------------------------------------------------
+
+
+def _bucket(name: str) -> Any:
+    from moto.s3.models import s3_backends
+
+    for account in list(s3_backends):
+        for partition in list(s3_backends[account]):
+            bucket = s3_backends[account][partition].buckets.get(name)
+            if bucket is not None:
+                return bucket
+    return None
+
+
+def _split_path(path: str) -> tuple[str, str]:
+    bucket, _, key = path.lstrip("/").partition("/")
+    return bucket, key
+
+
+def _s3_targets(environ: dict[str, Any]) -> Callable[[], list[tuple[str, str]]] | None:
+    """The (bucket, key) pairs an S3 write request changes, read once it has run; None for
+    requests that change no object (bucket set-up, parts of an unfinished upload)."""
+    method = environ["REQUEST_METHOD"]
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    bucket, key = _split_path(environ.get("PATH_INFO", ""))
+    if not bucket:
+        return None
+    if not key:
+        if method == "POST" and "delete" in query:
+            body = _read_body(environ)
+            keys = [
+                element.text or ""
+                for element in ET.fromstring(body).iter()
+                if element.tag.rsplit("}", 1)[-1] == "Key"
+            ]
+            return lambda: [(bucket, k) for k in keys]
+        return None
+    if "uploadId" in query and method != "POST":
+        return None  # a part, a part copy or an abort: no object changes
+    if "uploads" in query:
+        return None  # a multipart upload starts: nothing to keep yet
+    return lambda: [(bucket, key)]
+
+
+def _copy_source(environ: dict[str, Any]) -> tuple[str, str] | None:
+    source = environ.get("HTTP_X_AMZ_COPY_SOURCE")
+    if not source or "partNumber" in environ.get("QUERY_STRING", ""):
+        return None
+    return _split_path(unquote(source.split("?", 1)[0]))
+
+
+def _s3(store: DurableStore, environ: dict[str, Any], targets: list[tuple[str, str]]) -> None:
+    copied_from = _copy_source(environ)
+    for bucket_name, key_name in targets:
+        bucket = _bucket(bucket_name)
+        fake = bucket.keys.get(key_name) if bucket is not None else None
+        if fake is None:
+            store.delete_object(bucket_name, key_name)
+            continue
+        _store_key(store, bucket_name, fake, copied_from)
+
+
+def _store_key(
+    store: DurableStore, bucket_name: str, fake: Any, copied_from: tuple[str, str] | None
+) -> None:
+    source = store.get_object(*copied_from) if copied_from else None
+    with fake.lock:
+        etag = fake.etag
+        if source is not None and source.etag == etag and source.size == fake.size:
+            path = store.link_file(source.path)
+        else:
+            path, _size = store.write_file(_chunks(fake._value_buffer))
+        # From now on moto reads the stored file (never changed in place) and drops its copy.
+        old, fake._value_buffer = fake._value_buffer, open(path, "rb")  # noqa: SIM115
+        old.close()
+    store.put_object(
+        StoredObject(
+            bucket=bucket_name,
+            key=fake.name,
+            path=path,
+            etag=etag,
+            size=fake.size,
+            last_modified=fake.last_modified.isoformat(),
+            meta={
+                "metadata": dict(fake.metadata),
+                "checksum_algorithm": fake.checksum_algorithm,
+                "checksum_value": fake.checksum_value,
+            },
+        )
+    )
+
+
+def _chunks(buffer: Any) -> Iterator[bytes]:
+    buffer.seek(0)
+    while chunk := buffer.read(COPY_CHUNK):
+        yield chunk
+
+
+def restore_objects(store: DurableStore) -> int:
+    """Put every stored object into its (provisioned) moto bucket, reading from the stored
+    file: nothing is loaded into memory and no notification is sent. The count."""
+    from moto.s3.models import FakeKey
+    from moto.utilities.utils import LowercaseDict
+
+    count = 0
+    for obj in store.stored_objects():
+        bucket = _bucket(obj.bucket)
+        if bucket is None or not obj.path.exists():
+            logger.warning("cannot restore %s/%s", obj.bucket, obj.key)
+            continue
+        fake = FakeKey(
+            obj.key,
+            b"",
+            bucket.account_id,
+            bucket.region_name,
+            etag=obj.etag.strip('"'),
+            bucket_name=obj.bucket,
+            checksum_value=obj.meta.get("checksum_value"),
+        )
+        fake._value_buffer.close()
+        fake._value_buffer = open(obj.path, "rb")  # noqa: SIM115
+        fake.contentsize = obj.size
+        fake.last_modified = datetime.fromisoformat(obj.last_modified)
+        fake._metadata = LowercaseDict(obj.meta.get("metadata") or {})
+        fake.checksum_algorithm = obj.meta.get("checksum_algorithm")
+        bucket.keys[obj.key] = fake
+        count += 1
+    return count
