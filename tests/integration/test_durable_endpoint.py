@@ -61,7 +61,7 @@ def _start(data_dir: Path, name: str) -> tuple[EmbeddedAws, Settings]:
 
 def write_forever(data_dir: Path, name: str) -> None:
     """The child: acknowledged writes, one line each, until killed."""
-    endpoint, settings = _start(data_dir, name)
+    endpoint, _settings = _start(data_dir, name)
     s3, dynamodb = _clients(endpoint.url)
     print("READY", flush=True)
     lock = threading.Lock()
@@ -116,7 +116,7 @@ def test_every_acknowledged_write_survives_a_sigkill(tmp_path: Path) -> None:
         child.kill()
     assert len(acknowledged) >= 60
 
-    endpoint, settings = _start(tmp_path, name)
+    endpoint, _settings = _start(tmp_path, name)
     try:
         endpoint.restore()
         s3, dynamodb = _clients(endpoint.url)
