@@ -10,15 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from gantry.resources import ENV_ALGORITHM_CMD, ENV_ALGORITHM_ENTRYPOINT, ENV_SIGNING_KEY
+from gantry.resources import (
+    ENV_ALGORITHM_CMD,
+    ENV_ALGORITHM_ENTRYPOINT,
+    ENV_ALGORITHM_ENV,
+    ENV_ALGORITHM_USER,
+    ENV_ROOTFS,
+    ENV_SIGNING_KEY,
+)
+from gantry.resources import ENV_ALGORITHM_WORKDIR as ENV_WORKDIR
 
 SandboxMode = Literal["off", "auto", "required"]
 
 ENV_INPUT_ROOT = "GANTRY_INPUT_ROOT"
 ENV_OUTPUT_ROOT = "GANTRY_OUTPUT_ROOT"
 ENV_SANDBOX = "GANTRY_SANDBOX"
-ENV_ALGORITHM_USER = "GANTRY_ALGORITHM_USER"
-ENV_WORKDIR = "GANTRY_ALGORITHM_WORKDIR"
 ENV_RO_PATHS = "GANTRY_SANDBOX_RO_PATHS"
 ENV_KILL_GRACE = "GANTRY_KILL_GRACE_SECONDS"
 
@@ -60,6 +66,23 @@ def decode_b64j(encoded: str | None, name: str) -> list[str] | None:
     return value
 
 
+def decode_env_list(encoded: str | None) -> tuple[str, ...] | None:
+    """The image's ENV: base64 of a JSON list of ``K=V`` strings, in the image's order."""
+    if encoded is None:
+        return None
+    if encoded == "":
+        return ()
+    try:
+        value = json.loads(base64.b64decode(encoded.encode(), validate=True).decode())
+    except ValueError as error:
+        raise ConfigError(f"{ENV_ALGORITHM_ENV} is not base64 of JSON: {error}") from error
+    if not isinstance(value, list) or not all(
+        isinstance(item, str) and "=" in item and not item.startswith("=") for item in value
+    ):
+        raise ConfigError(f"{ENV_ALGORITHM_ENV} must be base64 of a JSON list of 'K=V' strings")
+    return tuple(value)
+
+
 def encode_b64j(argv: Sequence[str]) -> str:
     return base64.b64encode(json.dumps(list(argv)).encode()).decode()
 
@@ -81,10 +104,22 @@ class RunnerConfig:
     command: list[str] | None = None
     sandbox: SandboxMode = "auto"
     # "uid:gid", "uid", "name" or "name:group"; None: nobody when root, else unchanged.
+    # For an image: its USER, looked up in the image, never root.
     algorithm_user: str | None = None
+    # The algorithm's working directory: a host folder bound read-only for a command run
+    # from a folder; for an image, its WORKDIR (a path inside it).
     workdir: Path = field(default_factory=Path.cwd)
+    # An unpacked image root filesystem that becomes / in the sandbox (one machine only).
+    rootfs: Path | None = None
+    # The image's ENV ("K=V", image order); None when the algorithm is not an image.
+    image_env: tuple[str, ...] | None = None
     ro_paths: tuple[Path, ...] = ()
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def is_image(self) -> bool:
+        """An algorithm image (its USER, ENV and WORKDIR apply), not a command from a folder."""
+        return self.image_env is not None
 
     @classmethod
     def from_env(
@@ -119,14 +154,23 @@ class RunnerConfig:
             grace = float(env.get(ENV_KILL_GRACE, Limits.kill_grace_seconds))
         except ValueError as error:
             raise ConfigError(f"{ENV_KILL_GRACE} must be a number") from error
+        rootfs = env.get(ENV_ROOTFS) or None
+        image_env = decode_env_list(env.get(ENV_ALGORITHM_ENV))
+        if rootfs is not None and image_env is None:
+            image_env = ()
+        if rootfs is not None and not Path(rootfs).is_dir():
+            raise ConfigError(f"{ENV_ROOTFS} {rootfs!r} is not a directory")
+        default_workdir = "/" if rootfs is not None else os.getcwd()
         return cls(
+            rootfs=Path(rootfs).absolute() if rootfs else None,
+            image_env=image_env,
             input_root=Path(input_root or env.get(ENV_INPUT_ROOT) or "/input").absolute(),
             output_root=Path(output_root or env.get(ENV_OUTPUT_ROOT) or "/output").absolute(),
             signing_key_hex=key,
             command=argv,
             sandbox=mode,  # type: ignore[arg-type]
             algorithm_user=env.get(ENV_ALGORITHM_USER) or None,
-            workdir=Path(workdir or env.get(ENV_WORKDIR) or os.getcwd()).absolute(),
+            workdir=Path(workdir or env.get(ENV_WORKDIR) or default_workdir).absolute(),
             ro_paths=tuple(Path(p).absolute() for p in extra),
             limits=Limits(kill_grace_seconds=grace),
         )

@@ -8,9 +8,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from batch_runner import __version__, checks, process, sandbox
+from batch_runner import __version__, checks, imageroot, process, sandbox
 from batch_runner.config import RunnerConfig
 from batch_runner.logs import JsonLog
 from batch_runner.staging import (
@@ -21,7 +22,7 @@ from batch_runner.staging import (
     upload_outputs,
 )
 from batch_runner.transfer import s3_client
-from batch_runner.users import UserError, resolve_user
+from batch_runner.users import ImageUser, UserError, resolve_image_user, resolve_user
 from gantry.contract import InferenceResult, Invocation, ResultOutput, sign
 from gantry.resources import SIGNATURE_METADATA_KEY, result_key
 
@@ -84,18 +85,150 @@ def error_message(outcome: process.Outcome) -> str | None:
     return f"The algorithm exited with code {outcome.return_code}"
 
 
-def _use_sandbox(config: RunnerConfig, log: JsonLog) -> bool:
+def _use_sandbox(config: RunnerConfig, log: JsonLog, image_user: ImageUser | None) -> bool:
+    if config.rootfs is not None and config.sandbox == "off":
+        raise SetupError("An image's root filesystem can only be run in the sandbox")
     if config.sandbox == "off":
         log.info("Sandbox disabled by configuration")
         return False
-    probe = sandbox.probe()
+    if image_user is not None:
+        # bwrap starts as the image's user (when the runner is root) in a user namespace.
+        as_user = os.geteuid() == 0
+        probe = sandbox.probe_user_namespace(
+            image_user.uid if as_user else None, image_user.gid if as_user else None
+        )
+    else:
+        probe = sandbox.probe()
     if probe.available:
         return True
+    if config.rootfs is not None:
+        log.error(f"Sandbox unavailable: {probe.reason}")
+        raise SetupError("The job could not be run in a sandbox")
     if config.sandbox == "required":
         log.error(f"Sandbox required but unavailable: {probe.reason}")
         raise SetupError("The job could not be run in a sandbox")
     log.warning(f"Running unsandboxed ({probe.reason}); the compute environment provides isolation")
     return False
+
+
+def image_env(config: RunnerConfig, user: ImageUser) -> dict[str, str]:
+    """The image's environment as Docker builds it, then HOME, INPUT_DIR and OUTPUT_DIR.
+
+    In its own root filesystem the algorithm gets nothing of the host's environment; in its
+    own container (the runner is the entry point) it keeps the container's, scrubbed.
+    """
+    if config.rootfs is not None:
+        env = {"PATH": imageroot.DEFAULT_PATH}
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB_PREFIXES)}
+    for item in config.image_env or ():
+        key, _, value = item.partition("=")
+        env[key] = value
+    env["HOME"] = _writable_home(user.home)
+    env["INPUT_DIR"] = sandbox.SANDBOX_INPUT
+    env["OUTPUT_DIR"] = sandbox.SANDBOX_OUTPUT
+    return env
+
+
+def _writable_home(home: str | None) -> str:
+    # The image's root is read-only in the sandbox: only /tmp (and /output) can be written.
+    if home and any(home == d or home.startswith(d + "/") for d in (sandbox.SANDBOX_TMP,)):
+        return home
+    return sandbox.SANDBOX_TMP
+
+
+def _execute_image(
+    invocation: Invocation,
+    config: RunnerConfig,
+    log: JsonLog,
+    sandboxed: bool,
+    user: ImageUser,
+) -> process.Outcome:
+    """An image's command as its USER, with its ENV and WORKDIR."""
+    assert config.command is not None
+    root = config.rootfs or Path("/")
+    env = image_env(config, user)
+    workdir = str(config.workdir)
+    found = imageroot.resolve(root, workdir)
+    if found is None or not found.is_dir():
+        raise SetupError(f"The image's WORKDIR '{workdir}' does not exist in the image")
+    name = config.command[0]
+    binary = imageroot.which(root, name, env.get("PATH"), workdir)
+    if binary is None:
+        raise SetupError(f"The algorithm command '{name}' was not found", NOT_FOUND)
+    if binary.is_dir() or not binary.stat().st_mode & 0o111:
+        raise SetupError(f"The algorithm command '{name}' is not executable", NOT_EXECUTABLE)
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.chown(config.output_root, user.uid, user.gid)
+    drop = (user.uid, user.gid) if as_root else None
+    argv = list(config.command)
+    if config.rootfs is not None:
+        argv = sandbox.build_rootfs_command(
+            argv,
+            rootfs=config.rootfs,
+            input_root=config.input_root,
+            output_root=config.output_root,
+            workdir=workdir,
+            user=(user.uid, user.gid),
+        )
+    elif sandboxed:
+        argv = sandbox.build_command(
+            argv,
+            input_root=config.input_root,
+            output_root=config.output_root,
+            workdir=config.workdir,
+            extra_ro_paths=config.ro_paths,
+            drop_to=(user.uid, user.gid),
+            user_namespace=True,
+        )
+    log.info(
+        f"Running {config.command!r} as {user.uid}:{user.gid} in "
+        f"{'the image root ' + str(config.rootfs) if config.rootfs else 'the container'} "
+        f"(sandboxed={sandboxed})"
+    )
+    return _start(
+        invocation, config, log, argv, env, workdir if not sandboxed else "/", drop, sandboxed
+    )
+
+
+def _start(
+    invocation: Invocation,
+    config: RunnerConfig,
+    log: JsonLog,
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    user: tuple[int, int] | None,
+    sandboxed: bool,
+) -> process.Outcome:
+    assert config.command is not None
+    try:
+        return process.run(
+            argv,
+            env=env,
+            cwd=cwd,
+            timeout=invocation.timeout,
+            log=log,
+            max_line_bytes=config.limits.max_line_bytes,
+            tail_lines=config.limits.tail_lines,
+            grace_seconds=config.limits.kill_grace_seconds,
+            user=user,
+            sandboxed=sandboxed,
+        )
+    except PermissionError as error:
+        raise SetupError(
+            f"The algorithm command '{config.command[0]}' could not be started: permission denied",
+            NOT_EXECUTABLE,
+        ) from error
+    except FileNotFoundError as error:
+        raise SetupError(
+            f"The algorithm command '{config.command[0]}' was not found", NOT_FOUND
+        ) from error
+    except OSError as error:
+        raise SetupError(
+            f"The algorithm command '{config.command[0]}' could not be started: {error.strerror}"
+        ) from error
 
 
 def _execute(
@@ -126,34 +259,9 @@ def _execute(
                 drop_to=user,
             )
         log.info(f"Running {config.command!r} (sandboxed={sandboxed}, user={user})")
-        try:
-            outcome = process.run(
-                argv,
-                env=env,
-                cwd=workdir,
-                timeout=invocation.timeout,
-                log=log,
-                max_line_bytes=config.limits.max_line_bytes,
-                tail_lines=config.limits.tail_lines,
-                grace_seconds=config.limits.kill_grace_seconds,
-                user=None if sandboxed else user,
-                sandboxed=sandboxed,
-            )
-        except PermissionError as error:
-            raise SetupError(
-                f"The algorithm command '{config.command[0]}' could not be started: "
-                "permission denied",
-                NOT_EXECUTABLE,
-            ) from error
-        except FileNotFoundError as error:
-            raise SetupError(
-                f"The algorithm command '{config.command[0]}' was not found", NOT_FOUND
-            ) from error
-        except OSError as error:
-            raise SetupError(
-                f"The algorithm command '{config.command[0]}' could not be started: "
-                f"{error.strerror}"
-            ) from error
+        outcome = _start(
+            invocation, config, log, argv, env, workdir, None if sandboxed else user, sandboxed
+        )
     return outcome
 
 
@@ -194,7 +302,12 @@ def run_invocation(
     client = client or s3_client()
     result: dict[str, Any] = {"pk": invocation.pk, "return_code": SETUP_FAILED}
     try:
-        sandboxed = _use_sandbox(config, log)
+        image_user = (
+            resolve_image_user(config.algorithm_user, config.rootfs or Path("/"))
+            if config.is_image
+            else None
+        )
+        sandboxed = _use_sandbox(config, log, image_user)
         result["sandboxed"] = sandboxed
         clear_root(config.input_root)
         clear_root(config.output_root)
@@ -210,7 +323,10 @@ def run_invocation(
             if files is not None:
                 entry["extracted_files"] = len(files)
             log.info(f"Staged input {json.dumps(entry)}")
-        outcome = _execute(invocation, config, log, sandboxed)
+        if image_user is not None:
+            outcome = _execute_image(invocation, config, log, sandboxed, image_user)
+        else:
+            outcome = _execute(invocation, config, log, sandboxed)
         result.update(
             return_code=outcome.return_code,
             exec_duration=outcome.duration,

@@ -21,10 +21,13 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from gantry.resources import MODEL_DIR
 
 SYSTEM_DIRS: tuple[str, ...] = (
     "/usr",
@@ -156,16 +159,24 @@ def build_command(
     extra_ro_paths: Sequence[Path | str] = (),
     drop_to: tuple[int, int] | None = None,
     binary: str | None = None,
+    user_namespace: bool = False,
 ) -> list[str]:
-    """The bwrap command line that runs ``argv`` inside the sandbox."""
+    """The bwrap command line that runs ``argv`` inside the sandbox.
+
+    ``user_namespace``: bwrap itself runs unprivileged (the caller starts it as ``drop_to``
+    when root) and maps that uid to itself in a user namespace: no helper of the image
+    (setpriv) is needed for the uid change.
+    """
     bwrap = binary or bwrap_binary()
     if bwrap is None:
         raise RuntimeError("bwrap is not installed")
-    as_root = os.geteuid() == 0
+    as_root = os.geteuid() == 0 and not user_namespace
     args = [bwrap, *_namespace_flags(as_root), "--die-with-parent", "--new-session"]
     args += ["--cap-drop", "ALL"]
     setpriv = setpriv_binary() if (as_root and drop_to is not None) else None
-    if setpriv:
+    if user_namespace and drop_to is not None:
+        args += ["--uid", str(drop_to[0]), "--gid", str(drop_to[1])]
+    elif setpriv:
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     elif as_root and drop_to is not None:
         # No setpriv in the image: a user namespace maps the uid (the mounts still confine it).
@@ -194,4 +205,134 @@ def build_command(
         args += [setpriv, "--reuid", str(uid), "--regid", str(gid), "--clear-groups"]
         args += ["--bounding-set", "-all", "--inh-caps", "-all", "--"]
     args += list(argv)
+    return args
+
+
+# --- An image's root filesystem as / -------------------------------------------------------
+
+# Mount points of the sandbox's own: never taken from the image.
+SANDBOX_MODEL = MODEL_DIR
+
+
+@functools.lru_cache(maxsize=8)
+def probe_user_namespace(uid: int | None, gid: int | None) -> Probe:
+    """Can bwrap, started as ``uid:gid`` (None: as the runner), build a user namespace?"""
+    binary = bwrap_binary()
+    if binary is None:
+        return Probe(False, "bwrap is not installed")
+    argv = [binary, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
+    if uid is not None and gid is not None:
+        argv += ["--uid", str(uid), "--gid", str(gid)]
+    argv += [*_system_binds(), "--proc", "/proc", "--dev", "/dev", "--", "true"]
+    extra: dict[str, object] = {}
+    if os.geteuid() == 0 and uid is not None and gid is not None:
+        extra = {"user": uid, "group": gid, "extra_groups": []}
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            timeout=30,
+            check=False,
+            **extra,  # type: ignore[call-overload]
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        return Probe(False, f"bwrap could not start: {error}")
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip()[:300]
+        return Probe(False, f"bwrap failed ({done.returncode}): {detail}")
+    return Probe(True, "bwrap works in a user namespace")
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = Path(path).parts[1:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _root_entries(
+    rootfs: Path, directory: str, mounts: set[str], split: set[str], made: set[str]
+) -> list[str]:
+    """bwrap arguments that rebuild ``directory`` of the image, entry by entry where needed.
+
+    A read-only image root cannot host new mount points (``/input``, ``/opt/ml/model``), so
+    bwrap's own tmpfs is the root: each top-level entry of the image is bound read-only on
+    it, and a directory on the way to one of the sandbox's mount points is made on the tmpfs
+    instead, with its entries bound one by one below it. Nothing is copied.
+    """
+    args: list[str] = []
+    host_dir = rootfs / directory.lstrip("/")
+    try:
+        names = sorted(os.listdir(host_dir))
+    except OSError:
+        return args
+    for name in names:
+        inside = f"{directory.rstrip('/')}/{name}"
+        if inside in mounts:
+            continue
+        host = host_dir / name
+        info = os.lstat(host)
+        if stat.S_ISLNK(info.st_mode):
+            if inside in split:
+                # A link on the way to a mount point: the mount point wins, in an empty
+                # directory (following the link here would read the host's files).
+                args += ["--perms", "0755", "--dir", inside]
+                made.add(inside)
+            else:
+                args += ["--symlink", os.readlink(host), inside]
+        elif stat.S_ISDIR(info.st_mode):
+            if inside in split:
+                args += ["--perms", f"{stat.S_IMODE(info.st_mode):04o}", "--dir", inside]
+                made.add(inside)
+                args += _root_entries(rootfs, inside, mounts, split, made)
+            else:
+                args += ["--ro-bind", str(host), inside]
+        elif stat.S_ISREG(info.st_mode):
+            args += ["--ro-bind", str(host), inside]
+        # Devices, fifos and sockets of the image are never bound.
+    return args
+
+
+def build_rootfs_command(
+    argv: Sequence[str],
+    *,
+    rootfs: Path,
+    input_root: Path,
+    output_root: Path,
+    workdir: str,
+    user: tuple[int, int],
+    model_dir: Path | None = None,
+    binary: str | None = None,
+) -> list[str]:
+    """The bwrap command line that runs ``argv`` with the image's root filesystem as ``/``.
+
+    Nothing of the host is visible but the input (read-only), the output, the model
+    (read-only), a private /tmp, fresh /proc and /dev and GPU device nodes. bwrap runs in a
+    user namespace as ``user`` (the caller starts it as that user when it is root, so the
+    algorithm's processes hold a real unprivileged uid on the host, and its files in /output
+    belong to that uid).
+    """
+    bwrap = binary or bwrap_binary()
+    if bwrap is None:
+        raise RuntimeError("bwrap is not installed")
+    uid, gid = user
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    args += ["--uid", str(uid), "--gid", str(gid)]
+    mounts = {"/proc", "/dev", SANDBOX_TMP, SANDBOX_INPUT, SANDBOX_OUTPUT}
+    if model_dir is not None:
+        mounts.add(SANDBOX_MODEL)
+    split = {ancestor for mount in mounts for ancestor in _ancestors(mount)}
+    made: set[str] = set()
+    args += _root_entries(rootfs, "/", mounts, split, made)
+    for ancestor in sorted(split - made, key=len):
+        # Not in the image: made on the tmpfs root.
+        args += ["--perms", "0755", "--dir", ancestor]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for name in sorted(os.listdir("/dev")) if os.path.isdir("/dev") else []:
+        if name.startswith(_GPU_DEVICE_PREFIXES):
+            args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
+    args += ["--perms", "1777", "--tmpfs", SANDBOX_TMP]
+    args += ["--ro-bind", str(input_root), SANDBOX_INPUT]
+    args += ["--bind", str(output_root), SANDBOX_OUTPUT]
+    if model_dir is not None:
+        args += ["--ro-bind", str(model_dir), SANDBOX_MODEL]
+    args += ["--chdir", workdir or "/", "--", *argv]
     return args
