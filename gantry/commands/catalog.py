@@ -12,6 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from gantry.commands.client import ApiOptions, CliError, api_command, render, reported, say
+from gantry.local.connection import Connection, image_store_dir
+from gantry.oci import ImageError, ImageStore, PreparedImage
 
 interfaces_app = typer.Typer(help="Interfaces: the typed inputs and outputs.", no_args_is_help=True)
 algorithms_app = typer.Typer(help="Algorithms and their container images.", no_args_is_help=True)
@@ -130,9 +132,19 @@ def algorithms_create(
         Path | None,
         typer.Option(help="For image 'local': the algorithm's code directory.", show_default=False),
     ] = None,
+    image_archive: Annotated[
+        Path | None,
+        typer.Option(
+            help="A docker-save or OCI image archive (.tar, .tar.gz, .tar.xz) to run, unpacked "
+            "into the local stack's image store (local stack only).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create an algorithm with one set of inputs and outputs, and optionally its image."""
     with reported():
+        if image_archive is not None and (image, command, workdir) != (None, None, None):
+            raise CliError("--image-archive brings its own command: leave out --image, --command")
         if image is None and (command is not None or workdir is not None):
             raise CliError("--command and --workdir describe an image: give --image too")
         if image is not None and not command:
@@ -147,8 +159,22 @@ def algorithms_create(
         if time_limit is not None:
             body["time_limit"] = time_limit
         with api.connect() as client:
+            prepared = _prepare_archive(api, client, image_archive) if image_archive else None
             algorithm = client.post("algorithms/", body)
             say(f"Created algorithm [bold]{escape(algorithm['slug'])}[/]")
+            if prepared is not None:
+                config = prepared.config
+                created = client.post(
+                    "algorithms/images/",
+                    {
+                        "algorithm": algorithm["api_url"],
+                        "image": prepared.ref,
+                        "entrypoint": config.entrypoint,
+                        "command": config.cmd,
+                        "sha256": config.digest,
+                    },
+                )
+                say(f"Added image {escape(created['image'])} ({created['pk']})")
             if image is not None:
                 created = client.post(
                     "algorithms/images/",
@@ -186,6 +212,26 @@ def algorithms_list(
                 escape(algorithm["title"]),
             )
         render(table)
+
+
+def _prepare_archive(api: ApiOptions, client: Any, archive: Path) -> PreparedImage:
+    """Unpack the archive into the local stack's image store (until images are uploaded)."""
+    saved = Connection.read(api.state_dir)
+    if saved is None or saved.api_url.rstrip("/") != client.base_url.rstrip("/"):
+        raise CliError(
+            "--image-archive registers an image with the local stack only (gantry local up, "
+            f"state in {api.state_dir}); this API is not that stack"
+        )
+    store = image_store_dir(api.state_dir)
+    try:
+        prepared = ImageStore(store).prepare(archive)
+    except ImageError as error:
+        raise CliError(f"{archive}: {error}") from None
+    except OSError as error:
+        raise CliError(f"Cannot read {archive}: {error.strerror or error}") from None
+    config = prepared.config
+    say(f"Unpacked image {config.short_id} ({len(config.layers)} layers) into {store}")
+    return prepared
 
 
 def _read_json(path: Path) -> Any:

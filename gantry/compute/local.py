@@ -10,7 +10,9 @@ local stack feeds it to the same job callback as EventBridge does on AWS.
 Wiring: ``LocalBackend(settings, on_event)`` with ``settings.endpoint_url`` pointing at the
 local S3 endpoint (the runner gets it as AWS_ENDPOINT_URL, plus region and credentials from
 this process or ``extra_env``) and ``settings.local_workers`` runner processes at most. An
-algorithm image runs ``entrypoint + command`` with ``workdir`` as its working directory.
+algorithm image runs ``entrypoint + command`` with ``workdir`` as its working directory; an
+OCI image (``image`` = ``oci:sha256:…``) runs from its root filesystem in ``image_store``
+(``gantry.oci``), with its USER, ENV and WORKDIR.
 Events come from worker threads, possibly before ``submit``'s caller has stored the returned
 id: the callback should find the job by the name (``parse_compute_name``) or the tags.
 Call ``shutdown`` at exit; ``describe`` knows only this process's jobs.
@@ -41,12 +43,14 @@ from gantry.algorithms import AlgorithmImage
 from gantry.compute.base import (
     RUNNER_MARGIN_SECONDS,
     ComputeState,
+    SubmitError,
     compute_name,
     job_tags,
     runner_environment,
 )
 from gantry.compute.events import batch_state
 from gantry.jobs import Job
+from gantry.oci import ImageError, ImageStore, is_image_ref
 from gantry.resources import BATCH_DETAIL_TYPE, BATCH_EVENT_SOURCE, ENV_SIGNING_KEY
 from gantry.settings import Settings
 
@@ -104,8 +108,10 @@ class LocalBackend:
         scratch_root: str | Path | None = None,
         extra_env: Mapping[str, str] | None = None,
         margin_seconds: int = RUNNER_MARGIN_SECONDS,
+        image_store: str | Path | None = None,
     ) -> None:
         self.settings = settings
+        self.image_store = Path(image_store) if image_store else None
         self.on_event = on_event
         self.python = python
         self.sandbox = sandbox
@@ -134,7 +140,7 @@ class LocalBackend:
             name=compute_name(job.pk, job.attempt),
             queue=self.queue_arn,
             command=command,
-            environment=runner_environment(job, image),
+            environment=self.runner_environment_for(job, image),
             resources=[
                 {"type": "VCPU", "value": "1"},
                 {"type": "MEMORY", "value": str(job.requires_memory_gb * 1024)},
@@ -147,6 +153,19 @@ class LocalBackend:
             self._jobs[record.job_id] = record
             record.future = self._pool.submit(self._run, record)
         return record.job_id
+
+    def runner_environment_for(self, job: Job, image: AlgorithmImage) -> dict[str, str]:
+        """The runner's variables for this attempt; an OCI image adds its root and config."""
+        environment = runner_environment(job, image)
+        if is_image_ref(image.image):
+            if self.image_store is None:
+                raise SubmitError("This local compute backend has no image store for OCI images")
+            try:
+                prepared = ImageStore(self.image_store).prepare(image.image)
+            except ImageError as error:
+                raise SubmitError(str(error)) from None
+            environment.update(prepared.runner_environment())
+        return environment
 
     def cancel(self, compute_job_id: str) -> None:
         self._stop(compute_job_id, REASON_CANCELLED)

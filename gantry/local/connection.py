@@ -16,6 +16,12 @@ from pathlib import Path
 
 DEFAULT_STATE_DIR = Path(".gantry")
 CONNECTION_FILE = "local.json"
+IMAGES_DIR = "images"
+
+
+def image_store_dir(state_dir: Path) -> Path:
+    """Where the local stack keeps unpacked OCI images (``gantry.oci.ImageStore``)."""
+    return state_dir / IMAGES_DIR
 
 
 @dataclass(frozen=True)

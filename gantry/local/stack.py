@@ -28,6 +28,7 @@ from gantry import resources, timeutil
 from gantry.context import Context
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
+from gantry.local.connection import image_store_dir
 from gantry.provision import ensure_data
 from gantry.settings import Settings
 
@@ -137,6 +138,9 @@ class LocalStack:
         rule_arn = self._route_job_events()
         self._allow_senders(rule_arn)
         self._route_notifications()
+        if self.state_dir is not None:
+            # OCI images registered with this stack are unpacked here (gantry.oci).
+            backend_options.setdefault("image_store", image_store_dir(self.state_dir))
         self.ctx.compute_backend = LocalBackend(
             self.settings, on_event=self._on_compute_event, **backend_options
         )

@@ -21,8 +21,10 @@ PreparedImage the local backend runs.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,7 +35,14 @@ from gantry.oci.archive import ArchiveImage, read_archive
 from gantry.oci.config import ImageConfig
 from gantry.oci.errors import ImageError
 from gantry.oci.layers import apply_layers, remove_tree, unpack_layer
-from gantry.resources import OCI_IMAGE_PREFIX
+from gantry.resources import (
+    ENV_ALGORITHM_ENV,
+    ENV_ALGORITHM_USER,
+    ENV_ALGORITHM_WORKDIR,
+    ENV_API_METHOD,
+    ENV_ROOTFS,
+    OCI_IMAGE_PREFIX,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,20 @@ class PreparedImage:
     @property
     def ref(self) -> str:
         return image_ref(self.config.digest)
+
+    def runner_environment(self) -> dict[str, str]:
+        """What the runner reads to run this image: its root, USER, ENV, WORKDIR, API method.
+
+        ENTRYPOINT and CMD travel as for every image (``gantry.compute.base``).
+        """
+        env_list = base64.b64encode(json.dumps(self.config.env).encode()).decode()
+        return {
+            ENV_ROOTFS: str(self.rootfs),
+            ENV_ALGORITHM_USER: self.config.user,
+            ENV_ALGORITHM_ENV: env_list,
+            ENV_ALGORITHM_WORKDIR: self.config.working_dir or "/",
+            ENV_API_METHOD: self.config.api_method,
+        }
 
 
 def image_ref(digest: str) -> str:
