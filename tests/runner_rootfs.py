@@ -70,3 +70,20 @@ def add_file(root: Path, path: str, text: str, mode: int = 0o755) -> Path:
 
 def remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
+
+
+def busybox_archive(path: Path, **config: object) -> Path:
+    """An image archive of the busybox root (two layers: the userland, then the app)."""
+    from tests.image_builder import ImageSpec, from_dir, write_archive
+
+    root = build_busybox_root()
+    try:
+        app = root / WORKDIR.lstrip("/")
+        base = [e for e in from_dir(root) if not e.name.startswith(WORKDIR.lstrip("/") + "/")]
+        spec = ImageSpec(
+            layers=[base, from_dir(app, prefix=WORKDIR)],
+            **{"user": "algorithm", "working_dir": WORKDIR, **config},  # type: ignore[arg-type]
+        )
+        return write_archive(path, spec)
+    finally:
+        remove(root)

@@ -133,6 +133,8 @@ class ImageStore:
                 return self.get(config.digest)
             self._unpack_missing(image)
             work = Path(tempfile.mkdtemp(prefix="image-", dir=self.root / "tmp"))
+            # mkdtemp makes it private to us; the algorithm's (non-root) user must reach it.
+            work.chmod(0o755)
             try:
                 (work / "rootfs").mkdir()
                 apply_layers(

@@ -244,3 +244,60 @@ def test_shutdown_without_wait_fails_what_is_left(runner_s3, events):
     local.shutdown(wait=False)
     for job_id in ids:
         assert events.wait(job_id, "FAILED")["detail"]["statusReason"] == REASON_SHUTDOWN
+
+
+@pytest.mark.slow
+def test_an_image_runs_from_its_root_filesystem_with_its_configuration(runner_s3, events, tmp_path):
+    import tempfile
+
+    from gantry.oci import ImageStore, read_archive
+    from tests.runner_rootfs import busybox_archive
+
+    archive = busybox_archive(
+        tmp_path / "image.tar",
+        # Shell form, as `CMD echo ...` in a Dockerfile writes it.
+        cmd=["/bin/sh", "-c", 'echo "{\\"uid\\": $(id -u), \\"say\\": \\"$SAY\\"}" > out.json'],
+        env=["PATH=/bin", "SAY=from the image"],
+        working_dir="/output",
+    )
+    store_root = Path(tempfile.mkdtemp(prefix="gantry-images-"))
+    store_root.chmod(0o755)
+    try:
+        store = ImageStore(store_root)
+        prepared = store.prepare(archive)
+        assert read_archive(archive).config.digest == prepared.config.digest
+        settings = Settings(
+            region="us-east-1",
+            endpoint_url=runner_s3.endpoint,
+            bucket_name=runner_s3.bucket,
+            compute_backend="local",
+            local_workers=1,
+        )
+        local = LocalBackend(settings, events, extra_env=runner_s3.env(), image_store=store_root)
+        try:
+            job = make_job()
+            # The record carries the image's own command, as registering an archive stores it.
+            image = make_image(image=prepared.ref, entrypoint=None, command=prepared.config.cmd)
+            job_id = local.submit(job, image, invocation(runner_s3, job.pk))
+            events.wait(job_id, "SUCCEEDED")
+        finally:
+            local.shutdown(wait=False)
+    finally:
+        import shutil
+
+        shutil.rmtree(store_root, ignore_errors=True)
+    prefix = io_output_prefix(job.pk, 1)
+    result = json.loads(
+        runner_s3.client.get_object(Bucket=runner_s3.bucket, Key=result_key(prefix))["Body"].read()
+    )
+    assert result["return_code"] == 0, result["user_safe_error_message"]
+    body = runner_s3.client.get_object(Bucket=runner_s3.bucket, Key=prefix + "out.json")["Body"]
+    assert json.loads(body.read()) == {"uid": 1000, "say": "from the image"}
+
+
+def test_an_unknown_image_reference_is_refused_at_submit(backend):
+    from gantry.compute import SubmitError
+
+    image = make_image(image="oci:sha256:" + "0" * 64)
+    with pytest.raises(SubmitError, match="no image store"):
+        backend.submit(make_job(), image, "s3://bucket/key")
