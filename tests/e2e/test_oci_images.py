@@ -1,0 +1,91 @@
+"""The example images end to end on the local stack, driven by the real gcapi client: each
+archive registered with ``gantry algorithms create --image-archive``, each job run by the
+real runner from the image's own root filesystem."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from gantry.cli import app
+from gantry.commands.local import connection_for
+from tests.conftest import serve_local_stack
+from tests.e2e.conftest import Platform, api_client, make_image, register_sockets
+from tests.e2e.test_gcapi import read_image, voxels, wait_until_done
+from tests.example_images import static_threshold_image
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    # The runner drops to the image's USER before it starts the sandbox, so that user must
+    # reach the image store: not under pytest's owner-only temporary folders.
+    state_dir = Path(tempfile.mkdtemp(prefix="gantry-oci-e2e-"))
+    state_dir.chmod(0o755)
+    stack = serve_local_stack("gantry-oci-e2e", state_dir)
+    try:
+        token = stack.ctx.store.users.create_token("alice")
+        connection_for(stack, token, state_dir).write(state_dir)
+        ca_file = str(state_dir / "tls" / "ca.pem")
+        with api_client(stack.api_url, token, ca_file) as http:
+            register_sockets(http)
+            yield Platform(stack, token, ca_file, http, tmp_path_factory.mktemp("work"))
+    finally:
+        stack.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def register(platform: Platform, title: str, archive: Path, outputs: list[str]) -> str:
+    state_dir = platform.stack.state_dir
+    args = ["algorithms", "create", "--title", title, "--input", "ct-image"]
+    args += [arg for slug in outputs for arg in ("--output", slug)]
+    args += ["--image-archive", str(archive), "--state-dir", str(state_dir)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return title.lower().replace(" ", "-")
+
+
+def run_job(platform: Platform, slug: str, image: Path) -> Any:
+    from gcapi import SocketValueSpec
+
+    client = platform.gcapi()
+    job = client.start_algorithm_job(
+        algorithm_slug=slug, inputs=[SocketValueSpec(socket_slug="ct-image", file=image)]
+    )
+    return client, wait_until_done(client, job.pk)
+
+
+def uncompressed(path: Path) -> Path:
+    import SimpleITK
+
+    SimpleITK.WriteImage(SimpleITK.ReadImage(str(path)), str(path), False)
+    return path
+
+
+def test_the_static_image_without_libc_succeeds(platform: Platform) -> None:
+    slug = register(
+        platform, "Static threshold", static_threshold_image(), ["segmentation", "results"]
+    )
+    case = uncompressed(make_image(platform.workdir / "static.mha"))
+
+    client, job = run_job(platform, slug, case)
+
+    assert job.status == "Succeeded", (job.error_message, job.stderr)
+    outputs = {output.interface.slug: output for output in job.outputs}
+    expected = int((voxels(case) > 0).sum())
+    assert outputs["results"].value == {"foreground_voxels": expected, "static": True}
+    (downloaded,) = client.images.download(
+        url=outputs["segmentation"].image, output_directory=platform.workdir / job.pk
+    )
+    segmentation, ct = read_image(downloaded), read_image(case)
+    assert segmentation.GetSize() == ct.GetSize()
+    assert segmentation.GetSpacing() == pytest.approx(ct.GetSpacing())
+    assert segmentation.GetOrigin() == pytest.approx(ct.GetOrigin())
+    assert (voxels(downloaded) == (voxels(case) > 0)).all()
