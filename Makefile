@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo up test lint bench openapi setup
+.PHONY: demo up test lint bench openapi setup runner
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,20 @@ bench: $(BIN)/.installed
 
 openapi: $(BIN)/.installed
 	$(BIN)/python -m lambdas.api.openapi > docs/openapi.json
+
+# The static runner and its image layer (dist/runner/, see packaging/runner/build.py). Built
+# with Debian's own Python: its libpython is shared and carries no RUNPATH.
+RUNNER_VENV := build/runner/venv
+RUNNER_TOOLS := gcc readelf dpkg-source apt-get
+
+$(RUNNER_VENV)/.installed: packaging/runner/requirements.txt
+	/usr/bin/python3 -m venv $(RUNNER_VENV)
+	$(RUNNER_VENV)/bin/pip install -q --no-deps -r packaging/runner/requirements.txt
+	touch $@
+
+runner: $(RUNNER_VENV)/.installed
+	@test -e /usr/include/x86_64-linux-gnu/sys/capability.h -o -e /usr/include/sys/capability.h \
+		&& command -v dpkg-source >/dev/null \
+		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			gcc libc6-dev libcap-dev dpkg-dev binutils xz-utils
+	$(RUNNER_VENV)/bin/python packaging/runner/build.py

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from batch_runner import __version__
 from batch_runner.config import ConfigError, RunnerConfig
 from batch_runner.invoke import run_invocation
 from batch_runner.logs import JsonLog
@@ -29,6 +30,7 @@ MAX_TASK_BYTES = 10 * 1024 * 1024
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m batch_runner")
+    parser.add_argument("--version", action="version", version=f"gantry-runner {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     invoke = commands.add_parser("invoke", help="run one invocation")
     source = invoke.add_mutually_exclusive_group(required=True)

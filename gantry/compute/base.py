@@ -1,7 +1,9 @@
 """What every compute backend offers, and what they share: names, errors, the runner's command.
 
 A backend starts one *attempt* of a job: the job runner (``batch_runner``) inside the
-algorithm's runner image, reading the invocation from S3 and writing a signed result. The
+algorithm's image, reading the invocation from S3 and writing a signed result. On AWS the
+runner is the static executable of the runner layer (``make runner``) that is appended to
+every algorithm image; the local backend runs ``python -m batch_runner`` on the host. The
 backend does not decide success; the job callback does, from the result file.
 """
 
@@ -21,6 +23,7 @@ from gantry.resources import (
     ENV_ALGORITHM_CMD,
     ENV_ALGORITHM_ENTRYPOINT,
     ENV_SIGNING_KEY,
+    RUNNER_BINARY_PATH,
 )
 
 ComputeStatus = Literal["running", "succeeded", "failed"]
@@ -29,7 +32,8 @@ ComputeStatus = Literal["running", "succeeded", "failed"]
 # (which the runner enforces itself); the compute service's hard limit leaves room for that.
 RUNNER_MARGIN_SECONDS = 600
 
-RUNNER_MODULE_ARGV = ("python", "-m", "batch_runner", "invoke", "--file")
+# The runner layer's executable: it needs nothing from the image (no Python, no libc).
+RUNNER_ARGV = (RUNNER_BINARY_PATH, "invoke", "--file")
 
 TAG_JOB = "gantry:job"
 TAG_ATTEMPT = "gantry:attempt"
@@ -135,10 +139,11 @@ def parse_compute_name(name: str) -> tuple[str, int] | None:
 
 
 def runner_command(invocation_uri: str) -> list[str]:
-    """The runner's command inside the runner image."""
+    """The runner's command inside the algorithm's image (Batch's command, SageMaker's
+    ContainerEntrypoint)."""
     if not invocation_uri.startswith("s3://"):
         raise ValueError(f"{invocation_uri!r} is not an s3:// URI")
-    return [*RUNNER_MODULE_ARGV, invocation_uri]
+    return [*RUNNER_ARGV, invocation_uri]
 
 
 def runner_environment(job: Job, image: AlgorithmImage) -> dict[str, str]:

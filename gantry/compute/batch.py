@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from gantry.algorithms import AlgorithmImage
 from gantry.compute.base import (
-    RUNNER_MODULE_ARGV,
+    RUNNER_ARGV,
     CapacityError,
     ComputeState,
     SubmitError,
@@ -165,7 +165,7 @@ class BatchBackend:
             )
         container = {k: v for k, v in base["containerProperties"].items() if k in _CONTAINER_KEYS}
         container["image"] = image.image
-        container.setdefault("command", [*RUNNER_MODULE_ARGV, f"Ref::{INVOCATION_PARAMETER}"])
+        container.setdefault("command", [*RUNNER_ARGV, f"Ref::{INVOCATION_PARAMETER}"])
         request: dict[str, Any] = {
             "jobDefinitionName": name,
             "type": "container",

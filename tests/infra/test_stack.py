@@ -14,7 +14,7 @@ from tests.infra.conftest import Synth
 
 pytestmark = pytest.mark.slow
 
-RUNNER_COMMAND = ["python", "-m", "batch_runner", "invoke", "--file", "Ref::invocation"]
+RUNNER_COMMAND = [resources.RUNNER_BINARY_PATH, "invoke", "--file", "Ref::invocation"]
 HANDLERS = {
     "lambdas.api.app.handler",
     "lambdas.on_job_event.handler",
@@ -240,14 +240,7 @@ def test_runner_job_definition(template: Template) -> None:
             "JobDefinitionName": Settings.model_construct().batch_job_definition,
             "ContainerProperties": Match.object_like(
                 {
-                    "Command": [
-                        "python",
-                        "-m",
-                        "batch_runner",
-                        "invoke",
-                        "--file",
-                        "Ref::invocation",
-                    ],
+                    "Command": RUNNER_COMMAND,
                     "ResourceRequirements": Match.array_with([{"Type": "GPU", "Value": "1"}]),
                     "JobRoleArn": Match.any_value(),
                     "ExecutionRoleArn": Match.any_value(),

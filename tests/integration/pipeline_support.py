@@ -97,7 +97,7 @@ def create_batch_resources(iam: Any, batch: Any, settings: Settings) -> str:
         type="container",
         containerProperties={
             "image": "public.ecr.aws/docker/library/busybox:latest",
-            "command": ["python", "-m", "batch_runner", "invoke", "--file", "Ref::invocation"],
+            "command": [resources.RUNNER_BINARY_PATH, "invoke", "--file", "Ref::invocation"],
             "jobRoleArn": role,
             "executionRoleArn": role,
             "resourceRequirements": [

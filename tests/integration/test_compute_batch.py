@@ -14,7 +14,12 @@ from moto import mock_aws
 from gantry.compute import SubmitError
 from gantry.compute.base import RUNNER_MARGIN_SECONDS
 from gantry.compute.batch import BatchBackend
-from gantry.resources import ENV_ALGORITHM_CMD, ENV_ALGORITHM_ENTRYPOINT, ENV_SIGNING_KEY
+from gantry.resources import (
+    ENV_ALGORITHM_CMD,
+    ENV_ALGORITHM_ENTRYPOINT,
+    ENV_SIGNING_KEY,
+    RUNNER_BINARY_PATH,
+)
 from gantry.settings import Settings
 from tests.integration.pipeline_support import create_batch_resources
 from tests.unit.test_compute_base import make_image, make_job
@@ -79,14 +84,7 @@ def test_submit_gpu_job_exact_request(batch, settings):
     assert described["parameters"] == {"invocation": URI}
     assert described["timeout"] == {"attemptDurationSeconds": 1800 + RUNNER_MARGIN_SECONDS}
     assert described["tags"] == {"gantry:job": job.pk, "gantry:attempt": "2"}
-    assert described["container"]["command"] == [
-        "python",
-        "-m",
-        "batch_runner",
-        "invoke",
-        "--file",
-        URI,
-    ]
+    assert described["container"]["command"] == [RUNNER_BINARY_PATH, "invoke", "--file", URI]
     env = env_map(described["container"]["environment"])
     assert env[ENV_SIGNING_KEY] == job.signing_key
     assert json.loads(base64.b64decode(env[ENV_ALGORITHM_CMD])) == image.command

@@ -14,7 +14,7 @@ from moto import mock_aws
 from gantry.compute import SubmitError
 from gantry.compute.base import RUNNER_MARGIN_SECONDS
 from gantry.compute.sagemaker import SageMakerBackend, instance_type_for
-from gantry.resources import ENV_ALGORITHM_CMD, ENV_SIGNING_KEY
+from gantry.resources import ENV_ALGORITHM_CMD, ENV_SIGNING_KEY, RUNNER_BINARY_PATH
 from gantry.settings import Settings
 from tests.unit.test_compute_base import make_image, make_job
 
@@ -63,7 +63,7 @@ def test_training_job_exact_request(client):
     spec = described["AlgorithmSpecification"]
     assert spec["TrainingImage"] == image.image
     assert spec["TrainingInputMode"] == "File"
-    assert spec["ContainerEntrypoint"] == ["python", "-m", "batch_runner", "invoke", "--file", URI]
+    assert spec["ContainerEntrypoint"] == [RUNNER_BINARY_PATH, "invoke", "--file", URI]
     assert described["RoleArn"] == ROLE
     assert described["HyperParameters"] == {"invocation": URI}
     assert described["ResourceConfig"] == {

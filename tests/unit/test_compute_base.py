@@ -21,7 +21,12 @@ from gantry.compute.base import (
 )
 from gantry.contract import new_signing_key
 from gantry.jobs import Job
-from gantry.resources import ENV_ALGORITHM_CMD, ENV_ALGORITHM_ENTRYPOINT, ENV_SIGNING_KEY
+from gantry.resources import (
+    ENV_ALGORITHM_CMD,
+    ENV_ALGORITHM_ENTRYPOINT,
+    ENV_SIGNING_KEY,
+    RUNNER_BINARY_PATH,
+)
 
 SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 NOW = "2026-01-02T10:00:00Z"
@@ -122,9 +127,7 @@ def test_runner_environment_omits_missing_parts_and_needs_a_key():
 def test_runner_command_tags_and_time_limit():
     job = make_job(attempt=3, time_limit=300)
     assert runner_command("s3://b/k.json") == [
-        "python",
-        "-m",
-        "batch_runner",
+        RUNNER_BINARY_PATH,
         "invoke",
         "--file",
         "s3://b/k.json",
