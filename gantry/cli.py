@@ -85,6 +85,10 @@ app.add_typer(jobs.jobs_app, name="jobs")
 # One command rather than a group: `gantry drop PATH --algorithm SLUG`.
 app.command("drop")(drop.drop)
 
+from gantry.commands import trial  # noqa: E402
+
+app.command("try")(trial.try_image)
+
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 

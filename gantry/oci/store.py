@@ -141,8 +141,6 @@ class ImageStore:
                     (self.layer_dir(layer.diff_id) for layer in config.layers), work / "rootfs"
                 )
                 (work / "image.json").write_text(config.model_dump_json(indent=2))
-                # The algorithm's user must reach its root (mkdtemp makes 0700).
-                work.chmod(0o755)
                 os.rename(work, folder)
             finally:
                 if work.exists():
