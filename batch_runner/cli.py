@@ -7,14 +7,16 @@ decides success), 1 no result could be written, 2 bad usage or task.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
-from batch_runner import __version__
+from batch_runner import __version__, credentials
 from batch_runner.config import ConfigError, RunnerConfig
 from batch_runner.invoke import run_invocation
 from batch_runner.logs import JsonLog
@@ -46,13 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_task(args: argparse.Namespace) -> Invocation:
+def _load_task(args: argparse.Namespace, client: Any) -> Invocation:
     if args.task is not None:
         raw = args.task.encode()
     else:
         bucket, key = parse_s3_uri(args.file)
         buffer = io.BytesIO()
-        s3_client().download_fileobj(bucket, key, buffer)
+        client.download_fileobj(bucket, key, buffer)
         raw = buffer.getvalue()
     if len(raw) > MAX_TASK_BYTES:
         raise ValueError("the task is too large")
@@ -78,9 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir=args.workdir,
             ro_paths=args.ro_path,
         )
+        access = credentials.claim()
+        if access is not None:
+            config = dataclasses.replace(config, signing_key_hex=access.signing_key)
+        client = s3_client(session=access.session if access else None)
         if not config.signing_key_hex:
             raise ConfigError("GANTRY_SIGNING_KEY_HEX is not set: the result cannot be signed")
-        invocation = _load_task(args)
+        invocation = _load_task(args, client)
+    except credentials.CredentialsError as error:
+        print(f"{parser.prog}: error: no credentials for the job: {error}", file=sys.stderr)
+        return EXIT_NO_RESULT
     except (ConfigError, ValidationError, ValueError) as error:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
@@ -89,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog}: error: cannot read the task: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        run_invocation(invocation, config, log=log)
+        run_invocation(invocation, config, client=client, log=log)
     except Exception as error:
         log.error(f"The result could not be written: {type(error).__name__}: {error}")
         return EXIT_NO_RESULT

@@ -20,10 +20,13 @@ from botocore.config import Config
 MB = 1024 * 1024
 
 
-def s3_client(max_pool_connections: int = 32) -> Any:
-    """An S3 client; boto3 itself honours AWS_ENDPOINT_URL (moto server, LocalStack)."""
+def s3_client(max_pool_connections: int = 32, session: Any | None = None) -> Any:
+    """An S3 client; boto3 itself honours AWS_ENDPOINT_URL (moto server, LocalStack).
+
+    ``session``: a boto3 session with the job's own credentials (batch_runner.credentials).
+    """
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client(
+    return (session or boto3).client(
         "s3",
         region_name=region,
         config=Config(max_pool_connections=max_pool_connections, retries={"mode": "standard"}),

@@ -67,3 +67,7 @@ class Clients:
     @cached_property
     def sqs(self) -> Any:
         return self.client("sqs")
+
+    @cached_property
+    def sts(self) -> Any:
+        return self.client("sts")

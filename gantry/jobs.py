@@ -60,6 +60,8 @@ class Job(BaseModel):
     # Provisioning back-off: not submitted again before this time (ISO), after capacity errors.
     not_before: str | None = None
     capacity_retries: int = 0
+    # The attempt whose runner redeemed its credentials claim (gantry.job_credentials).
+    credentials_claimed: int = 0
 
     @field_validator("error_message")
     @classmethod

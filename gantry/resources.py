@@ -45,6 +45,9 @@ PREFIX_VALUES = "values/"
 PREFIX_IO = "io/"
 PREFIX_DROPBOX = "dropbox/"
 PREFIX_DROPBOX_RESULTS = "dropbox-results/"
+# SageMaker's own model artifacts (an empty /opt/ml/model): written by the SageMaker role,
+# read by nobody, kept out of io/ so that role needs no access to any job's data.
+PREFIX_SAGEMAKER_OUTPUT = "sagemaker-output/"
 
 RESULT_FILE_SUFFIX = ".sagemaker_shim/inference_result.json"
 SIGNATURE_METADATA_KEY = "signature_hmac_sha256"
@@ -87,6 +90,10 @@ COMPUTE_JOB_NAME_PREFIX = "gantry-"
 
 # Only the runner reads these; it removes them before it starts the algorithm.
 ENV_SIGNING_KEY = "GANTRY_SIGNING_KEY_HEX"
+# On AWS instead of the key: the function that issues the job's credentials and signing key,
+# and the one-time claim ``<job>/<attempt>/<token>`` (gantry.job_credentials).
+ENV_CREDENTIALS_FUNCTION = "GANTRY_CREDENTIALS_FUNCTION"
+ENV_JOB_CLAIM = "GANTRY_JOB_CLAIM"
 ENV_ALGORITHM_CMD = "GANTRY_ALGORITHM_CMD_B64J"
 ENV_ALGORITHM_ENTRYPOINT = "GANTRY_ALGORITHM_ENTRYPOINT_B64J"
 # The image's own configuration, as its config JSON has it (USER, ENV, WORKDIR, the
@@ -121,6 +128,7 @@ DEFAULT_UPLOADS_QUEUE = "gantry-uploads"
 DEFAULT_DROPBOX_QUEUE = "gantry-dropbox"
 DEFAULT_JOB_EVENTS_QUEUE = "gantry-job-events"
 DEFAULT_EVENT_BUS = "gantry"
+DEFAULT_JOB_CREDENTIALS_FUNCTION = "gantry-job-credentials"
 
 # --- Routing (the CDK stacks and the local stack build the same from these) -------------------
 

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     # "required" fails a job the runner cannot sandbox rather than run it with network.
     sagemaker_sandbox: Literal["required", "auto", "off"] = "required"
     local_workers: int = 2
+    # Per-job data credentials (gantry.job_credentials): the function runners call for them
+    # and the role it assumes. Empty: runners get the signing key in their environment and
+    # use their own role (the local stack).
+    job_credentials_function: str = ""
+    job_data_role_arn: str = ""
 
     event_bus_name: str = resources.DEFAULT_EVENT_BUS
     # SQS queue the upload handler reads: S3 upload events and "validate-inputs" messages.

@@ -47,7 +47,7 @@ from constructs import Construct
 from batch_runner.config import ENV_SANDBOX
 from gantry import resources
 from gantry.settings import Settings
-from infra.access import grant_prefixes
+from infra.access import bucket_arn_placeholder
 from infra.config import GantryConfig
 from infra.nag import acknowledge
 
@@ -224,9 +224,9 @@ class Compute(Construct):
             self,
             "JobRole",
             assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description="Gantry runner inside a Batch job: its own job's io/ prefix only",
+            description="Gantry runner inside a Batch job: may only claim its own job's data",
         )
-        grant_prefixes(self.job_role, bucket, write=[resources.PREFIX_IO])
+        # No S3 grant: the runner claims credentials for its own job (infra/job_data.py).
         self.execution_role = iam.Role(
             self,
             "ExecutionRole",
@@ -254,9 +254,23 @@ class Compute(Construct):
             self,
             "SageMakerRole",
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
-            description="Gantry runner as a SageMaker training job: io/ prefix, image, logs",
+            description="Gantry runner as a SageMaker training job: image, logs, its artifacts",
         )
-        grant_prefixes(self.sagemaker_role, bucket, write=[resources.PREFIX_IO])
+        # Not io/: the runner claims credentials for its own job (infra/job_data.py). SageMaker
+        # itself uploads the (empty) model artifacts under sagemaker-output/, read by nobody.
+        self.sagemaker_role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[bucket.arn_for_objects(f"{resources.PREFIX_SAGEMAKER_OUTPUT}*")],
+            )
+        )
+        acknowledge(
+            self.sagemaker_role,
+            f"AwsSolutions-IAM5[Resource::{bucket_arn_placeholder(bucket)}/"
+            f"{resources.PREFIX_SAGEMAKER_OUTPUT}*]",
+            "SageMaker names each training job's artifact keys at runtime; write-only, and "
+            "nothing reads that prefix.",
+        )
         self.repository.grant_pull(self.sagemaker_role)
         stack = Stack.of(self)
         self.sagemaker_role.add_to_policy(

@@ -38,6 +38,8 @@ class FunctionSpec:
     memory_mib: int = 1024
     timeout_seconds: int = 30
     ephemeral_mib: int = 512
+    # A fixed name where something outside the stack's functions must name it (the runner).
+    function_name: str | None = None
 
 
 class GantryFunction(Construct):
@@ -74,6 +76,7 @@ class GantryFunction(Construct):
             self,
             "Function",
             description=spec.description,
+            function_name=spec.function_name,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
             handler=spec.handler,

@@ -26,6 +26,7 @@ from aws_cdk import App, Aws, CfnOutput, Duration, RemovalPolicy, Stack, Validat
 from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
+from gantry import resources
 from gantry.settings import Settings
 from infra.api import Api
 from infra.compute import Compute
@@ -33,6 +34,7 @@ from infra.config import FEATURE_FLAGS, GantryConfig
 from infra.data import DataStore
 from infra.events import Events, job_event_bus
 from infra.handlers import SPECS, Handlers
+from infra.job_data import JobDataAccess
 from infra.observability import Observability
 from infra.packaging import LambdaCode
 
@@ -85,6 +87,7 @@ class GantryStack(Stack):
             "GANTRY_EVENT_BUS_NAME": bus.event_bus_name,
             "GANTRY_UPLOADS_QUEUE_URL": data.uploads_queue.queue_url,
             "GANTRY_DROPBOX_OWNER": config.dropbox_owner,
+            "GANTRY_JOB_CREDENTIALS_FUNCTION": resources.DEFAULT_JOB_CREDENTIALS_FUNCTION,
         }
         if config.sagemaker_runner_image:
             environment["GANTRY_SAGEMAKER_RUNNER_IMAGE"] = config.sagemaker_runner_image
@@ -101,6 +104,18 @@ class GantryStack(Stack):
             uploads_queue=data.uploads_queue,
             compute=compute,
             removal_policy=removal,
+        )
+        JobDataAccess(
+            self,
+            "JobData",
+            code=code,
+            environment=environment,
+            log_level=config.log_level,
+            log_retention_days=config.log_retention_days,
+            removal_policy=removal,
+            table=data.table,
+            bucket=data.bucket,
+            runner_roles=[compute.job_role, compute.sagemaker_role],
         )
         api.integrate(handlers["api"])
         wiring = Events(

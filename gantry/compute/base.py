@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from gantry.algorithms import AlgorithmImage
+from gantry.job_credentials import claim_value
 from gantry.jobs import Job
 from gantry.resources import (
     COMPUTE_JOB_NAME_PREFIX,
     ENV_ALGORITHM_CMD,
     ENV_ALGORITHM_ENTRYPOINT,
+    ENV_CREDENTIALS_FUNCTION,
+    ENV_JOB_CLAIM,
     ENV_SIGNING_KEY,
     RUNNER_BINARY_PATH,
 )
@@ -146,11 +149,24 @@ def runner_command(invocation_uri: str) -> list[str]:
     return [*RUNNER_ARGV, invocation_uri]
 
 
-def runner_environment(job: Job, image: AlgorithmImage) -> dict[str, str]:
-    """What the runner reads (and removes before the algorithm starts)."""
+def runner_environment(
+    job: Job, image: AlgorithmImage, credentials_function: str = ""
+) -> dict[str, str]:
+    """What the runner reads (and removes before the algorithm starts).
+
+    With a credentials function the environment, which DescribeJobs shows, carries only a
+    one-time claim; the runner trades it for the signing key and credentials scoped to its
+    own job (``gantry.job_credentials``). Without one (the local stack) the key itself.
+    """
     if not job.signing_key:
         raise SubmitError("The job has no signing key; its result could not be verified")
-    env = {ENV_SIGNING_KEY: job.signing_key}
+    if credentials_function:
+        env = {
+            ENV_CREDENTIALS_FUNCTION: credentials_function,
+            ENV_JOB_CLAIM: claim_value(job),
+        }
+    else:
+        env = {ENV_SIGNING_KEY: job.signing_key}
     if image.entrypoint:
         env[ENV_ALGORITHM_ENTRYPOINT] = encode_b64j(image.entrypoint)
     if image.command:

@@ -185,7 +185,7 @@ class BatchBackend:
         return gpu if job.requires_gpu_type else self.settings.batch_job_queue_cpu
 
     def submit_request(self, job: Job, image: AlgorithmImage, invocation_uri: str) -> dict:
-        environment = runner_environment(job, image)
+        environment = runner_environment(job, image, self.settings.job_credentials_function)
         if self.sandbox:
             environment["GANTRY_SANDBOX"] = self.sandbox
         return {

@@ -42,7 +42,7 @@ from gantry.compute.base import (
 )
 from gantry.compute.events import sagemaker_state
 from gantry.jobs import Job
-from gantry.resources import io_prefix
+from gantry.resources import PREFIX_SAGEMAKER_OUTPUT
 from gantry.settings import Settings
 
 # (GiB of the instance, instance type), smallest first: the first that holds the job wins.
@@ -94,7 +94,7 @@ class SageMakerBackend:
     def create_request(self, job: Job, image: AlgorithmImage, invocation_uri: str) -> dict:
         if not self.settings.sagemaker_role_arn:
             raise SubmitError("The compute service is not set up (no SageMaker role)")
-        environment = runner_environment(job, image)
+        environment = runner_environment(job, image, self.settings.job_credentials_function)
         if self.sandbox:
             environment["GANTRY_SANDBOX"] = self.sandbox
         too_long = sorted(k for k, v in environment.items() if len(v) > MAX_ENV_VALUE)
@@ -110,7 +110,7 @@ class SageMakerBackend:
         }
         if self.settings.sagemaker_warm_pool_seconds > 0:
             resources["KeepAlivePeriodInSeconds"] = self.settings.sagemaker_warm_pool_seconds
-        output_path = f"s3://{self.settings.bucket_name}/{io_prefix(job.pk, job.attempt)}sagemaker/"
+        output_path = f"s3://{self.settings.bucket_name}/{PREFIX_SAGEMAKER_OUTPUT}"
         return {
             "TrainingJobName": sagemaker_name(job.pk, job.attempt),
             "AlgorithmSpecification": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ HANDLERS = {
     "lambdas.on_upload.handler",
     "lambdas.on_dropbox.handler",
     "lambdas.sweeper.handler",
+    "lambdas.job_credentials.handler",
 }
 
 
@@ -268,25 +270,59 @@ def test_runner_is_privileged_and_must_sandbox_the_algorithm(default_synth: Synt
         assert {"Name": "GANTRY_SANDBOX", "Value": "required"} in container["Environment"]
 
 
-def test_job_role_only_touches_io_prefix(default_synth: Synth) -> None:
+def _role_policies(synth: Synth, role: str) -> list[dict[str, Any]]:
+    return [
+        statement
+        for policy in synth.resources("AWS::IAM::Policy").values()
+        if {"Ref": role} in policy["Properties"]["Roles"]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+
+
+def test_runner_roles_hold_no_job_data_only_the_claim(default_synth: Synth) -> None:
     roles = default_synth.resources("AWS::IAM::Role")
-    job_roles = [
+    credentials = next(
+        f
+        for f in default_synth.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("FunctionName") == resources.DEFAULT_JOB_CREDENTIALS_FUNCTION
+    )
+    function_arn = {"Fn::GetAtt": [_id_of(default_synth, credentials), "Arn"]}
+    runner_roles = [
         name
         for name, role in roles.items()
-        if "JobRole" in name
-        and role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
-        == {"Service": "ecs-tasks.amazonaws.com"}
+        if role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+        in ({"Service": "ecs-tasks.amazonaws.com"}, {"Service": "sagemaker.amazonaws.com"})
+        and "ExecutionRole" not in name
     ]
-    assert len(job_roles) == 1
-    policies = [
-        p
-        for p in default_synth.resources("AWS::IAM::Policy").values()
-        if {"Ref": job_roles[0]} in p["Properties"]["Roles"]
-    ]
-    text = str(policies)
+    assert len(runner_roles) == 2
+    for role in runner_roles:
+        statements = _role_policies(default_synth, role)
+        assert {
+            "Action": "lambda:InvokeFunction",
+            "Effect": "Allow",
+            "Resource": function_arn,
+        } in statements
+        text = json.dumps(statements)
+        for prefix in (resources.PREFIX_IO, resources.PREFIX_UPLOADS, resources.PREFIX_VALUES):
+            assert f"/{prefix}" not in text, role
+
+
+def test_job_data_role_is_assumed_by_the_credentials_function_only(
+    default_synth: Synth,
+) -> None:
+    roles = default_synth.resources("AWS::IAM::Role")
+    (data_role,) = [name for name in roles if "JobDataDataRole" in name]
+    (trust,) = roles[data_role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    principal = json.dumps(trust["Principal"])
+    assert "JobDataCredentialsRole" in principal and "Service" not in principal
+    assert roles[data_role]["Properties"]["MaxSessionDuration"] == 3600
+    text = json.dumps(_role_policies(default_synth, data_role))
     assert f"/{resources.PREFIX_IO}*" in text
-    for other in (resources.PREFIX_UPLOADS, resources.PREFIX_VALUES, resources.PREFIX_DROPBOX):
-        assert f"/{other}*" not in text
+    assert f"/{resources.PREFIX_VALUES}" not in text
+
+
+def _id_of(synth: Synth, resource: dict[str, Any]) -> str:
+    return next(k for k, v in synth.template["Resources"].items() if v is resource)
 
 
 # --- IAM ----------------------------------------------------------------------------------
@@ -339,6 +375,7 @@ def test_handlers_and_environment(default_synth: Synth) -> None:
             "GANTRY_SAGEMAKER_ROLE_ARN",
             "GANTRY_BATCH_JOB_DEFINITION",
             "GANTRY_UPLOADS_QUEUE_URL",
+            "GANTRY_JOB_CREDENTIALS_FUNCTION",
         ):
             assert required in env, (handler, required)
         assert env["GANTRY_SAGEMAKER_SANDBOX"] == "required"

@@ -74,7 +74,7 @@ def test_training_job_exact_request(client):
     }
     assert described["StoppingCondition"] == {"MaxRuntimeInSeconds": 1800 + RUNNER_MARGIN_SECONDS}
     assert described["OutputDataConfig"]["S3OutputPath"] == (
-        f"s3://gantry-test-data/io/{job.pk}/2/sagemaker/"
+        "s3://gantry-test-data/sagemaker-output/"
     )
     assert described["EnableNetworkIsolation"] is False
     tags = client.list_tags(ResourceArn=described["TrainingJobArn"])["Tags"]
