@@ -105,7 +105,9 @@ def _roots(tmp_path: Path, compressed: bool = True) -> dict[str, Path]:
 def _model(tmp_path: Path) -> Path:
     target = tmp_path / "model"
     with tarfile.open(gc_template_model()) as tar:
-        tar.extractall(target, filter="data")
+        # Our own tarball; the "data" filter only where this Python has it (3.11.4+).
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(target, **safe)
     return target
 
 
