@@ -82,7 +82,7 @@ class ArchiveImage:
                 by_member.setdefault(member, layer)
         if not by_member:
             return
-        with _open(self.path, stream=True) as archive:
+        with _open(self.path) as archive:
             for info in archive:
                 name = _clean(info.name)
                 layer = by_member.pop(name, None)
@@ -116,13 +116,16 @@ def read_archive(path: str | Path) -> ArchiveImage:
 # --- The first pass ---------------------------------------------------------------------------
 
 
-def _open(path: Path, *, stream: bool) -> tarfile.TarFile:
+def _open(path: Path) -> tarfile.TarFile:
+    """A plain tar is read with seeks (headers only, data skipped); a compressed one as a
+    stream, each pass decompressing it once."""
     with path.open("rb") as handle:
         magic = handle.read(6)
     if magic.startswith(b"\x28\xb5\x2f\xfd"):
         raise ImageError("The archive is compressed with zstd; give it as .tar, .tar.gz or .tar.xz")
+    compressed = magic.startswith((b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh"))
     try:
-        return tarfile.open(path, "r|*" if stream else "r:*")
+        return tarfile.open(path, "r|*" if compressed else "r:")
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ImageError(f"The file is not a tar archive ({error}): {HOW_TO_SAVE}") from None
 
@@ -138,7 +141,7 @@ def _scan(path: Path) -> _Members:
     kept_total = 0
     symlinks: dict[str, str] = {}
     try:
-        with _open(path, stream=True) as archive:
+        with _open(path) as archive:
             for info in archive:
                 name = _clean(info.name)
                 if info.issym():
