@@ -86,12 +86,6 @@ class Algorithm(AlgorithmFields):
     created: str
     modified: str
 
-    def can_edit(self, username: str) -> bool:
-        return username == self.creator or username in self.editors
-
-    def can_use(self, username: str) -> bool:
-        return self.can_edit(username) or username in self.users
-
 
 class ImportStatus(StrEnum):
     INITIALIZED = "Initialized"

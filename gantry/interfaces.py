@@ -333,19 +333,33 @@ class ImmutableFieldError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def check_update(existing: Interface, new: InterfaceFields, *, has_values: bool) -> None:
-    """Raise ImmutableFieldError if ``new`` changes what existing values depend on.
+def check_update(
+    existing: Interface, new: InterfaceFields, *, has_values: bool, in_algorithm: bool = False
+) -> None:
+    """Raise ImmutableFieldError if ``new`` changes what existing values or algorithms rely on.
 
-    Once values exist, their kind, location and storage are fixed, and overlay segments may
-    only be added to (or change visibility), as on grand-challenge.
+    Once an algorithm uses the interface or values of it exist, its kind and location are
+    fixed and its schema may only be kept or dropped: a changed schema could reject what an
+    algorithm writes or what is stored. Once values exist, their storage is fixed too, and
+    overlay segments may only be added to (or change visibility), as on grand-challenge.
     """
-    if not has_values:
+    if not (has_values or in_algorithm):
         return
-    reason = "cannot be changed because values of this interface exist"
+    reason = (
+        "cannot be changed because values of this interface exist"
+        if has_values
+        else "cannot be changed because an algorithm uses this interface"
+    )
     if new.kind != existing.kind:
         raise ImmutableFieldError("kind", reason)
     if new.relative_path != existing.relative_path:
         raise ImmutableFieldError("relative_path", reason)
+    if new.extra_schema and new.extra_schema != existing.extra_schema:
+        raise ImmutableFieldError(
+            "schema", reason.replace("cannot be changed", "can only be kept or removed")
+        )
+    if not has_values:
+        return
     if new.store_in_database != existing.store_in_database:
         raise ImmutableFieldError("store_in_database", reason)
 

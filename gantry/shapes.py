@@ -80,14 +80,19 @@ def socket_value(
     }
 
 
-def job(job: Job, sockets: dict[str, Interface], urls: Urls) -> dict[str, Any]:
+def job(
+    job: Job, sockets: dict[str, Interface], urls: Urls, *, with_data: bool = True
+) -> dict[str, Any]:
+    """``with_data=False`` (an editor's view of another user's job) leaves out the values."""
     return {
         "pk": job.pk,
         "url": urls.job(job.pk),
         "api_url": urls.job(job.pk),
         "algorithm_image": urls.algorithm_image(job.algorithm_image),
-        "inputs": [socket_value(v, job.pk, sockets, urls) for v in job.inputs],
-        "outputs": [socket_value(v, job.pk, sockets, urls) for v in job.outputs],
+        "inputs": [socket_value(v, job.pk, sockets, urls) for v in job.inputs] if with_data else [],
+        "outputs": [socket_value(v, job.pk, sockets, urls) for v in job.outputs]
+        if with_data
+        else [],
         "status": job.status.label,
         "hanging_protocol": None,
         "optional_hanging_protocols": [],

@@ -57,6 +57,8 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
         ),
         Access(
             (r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS),
+            # A cancelled job is announced by the API that cancelled it.
+            put_events=True,
             send_uploads=True,
         ),
     ),

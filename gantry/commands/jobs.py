@@ -273,6 +273,22 @@ def show_job(
                     say(f"  {escape(line)}")
 
 
+@jobs_app.command("cancel")
+@api_command
+def cancel_job(
+    api: ApiOptions,
+    pk: Annotated[str, typer.Argument(help="The job's id.")],
+) -> None:
+    """Cancel a job: a queued one never starts, a running one is stopped. Cancelling a job
+    that has ended already changes nothing."""
+    with reported(), api.connect() as client:
+        job = client.post(f"algorithms/jobs/{quote(pk, safe='')}/cancel/", None)
+        if job["status"] == "Cancelled":
+            say(f"Job [bold]{escape(job['pk'])}[/] {_styled('Cancelled')}")
+        else:
+            say(f"Job {escape(job['pk'])} had ended already: {_styled(job['status'])}")
+
+
 def _describe(value: dict[str, Any]) -> str:
     if value.get("image"):
         return f"image {value['image']}"

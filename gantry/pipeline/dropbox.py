@@ -41,7 +41,8 @@ from urllib.parse import unquote_plus
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from gantry import resources
+from gantry import access, resources
+from gantry.access import Action
 from gantry.algorithms import Algorithm
 from gantry.context import Context
 from gantry.errors import Conflict, GantryError, NotFound
@@ -361,7 +362,7 @@ def _create_job(
     from gantry.urls import Urls
 
     owner = ctx.store.users.ensure_user(ctx.settings.dropbox_owner)
-    if not (owner.is_admin or algorithm.can_use(owner.username)):
+    if not access.algorithm(owner, Action.USE, algorithm):
         raise DropError(
             f"Algorithm '{algorithm.slug}' does not take drop folder jobs: add the user "
             f"'{owner.username}' to its users"

@@ -16,7 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gantry import resources, timeutil
+from gantry import access, resources, timeutil
+from gantry.access import Action
 from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.interfaces import MAX_JSON_BYTES, Interface, InterfaceValueError, validate_value
@@ -24,6 +25,7 @@ from gantry.job_states import JobStatus
 from gantry.jobs import Job, SocketValue
 from gantry.kinds import InterfaceKind, accepts_upload, spec
 from gantry.uploads import Upload, UploadStatus
+from gantry.users import User
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +152,8 @@ def _upload(ctx: Context, job: Job, pk: str) -> Upload:
     except NotFound:
         raise InputError(f"the upload {pk} no longer exists") from None
     # Checked at job creation too; repeated because this handler trusts no message.
-    if upload.creator != job.creator or upload.status is not UploadStatus.COMPLETED:
+    owner = User(username=job.creator)
+    if not access.upload(owner, Action.USE, upload) or upload.status is not UploadStatus.COMPLETED:
         raise InputError(f"the upload {pk} is not a completed upload of the job's creator")
     return upload
 

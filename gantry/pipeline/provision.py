@@ -147,7 +147,10 @@ def _record_submission(ctx: Context, job_pk: str, attempt: int, compute_id: str)
             update["status"] = JobStatus.PROVISIONED
         return job.model_copy(update=update)
 
-    ctx.store.jobs.update(job_pk, change)
+    recorded = ctx.store.jobs.update(job_pk, change)
+    if recorded is not None and recorded.status is JobStatus.CANCELLED:
+        # Cancelled while it was being submitted: stop what was just started.
+        ctx.compute.cancel(compute_id)
 
 
 def _back_off(ctx: Context, job: Job, reason: str) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from gantry import access
+from gantry.access import Action
 from gantry.algorithms import Algorithm, AlgorithmFields, AlgorithmImage, AlgorithmImageFields
 from gantry.context import Context
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
-from gantry.interfaces import Interface
+from gantry.interfaces import ImmutableFieldError, Interface, InterfaceFields
 from gantry.urls import Urls
 from gantry.users import User
 
@@ -35,7 +37,30 @@ def create_algorithm(ctx: Context, user: User, fields: AlgorithmFields) -> Algor
                         field="interfaces",
                     )
                 paths[path] = slug
-    return ctx.store.algorithms.create(fields, creator=user.username)
+    algorithm = ctx.store.algorithms.create(fields, creator=user.username)
+    ctx.store.sockets.mark_used([found[slug] for slug in slugs], flag="in_algorithm")
+    return algorithm
+
+
+def update_interface(ctx: Context, user: User, pk: int, fields: InterfaceFields) -> Interface:
+    """Only the interface's creator (or an admin) changes it, within check_update's rules."""
+    interface = ctx.store.sockets.get(pk)
+    creator = ctx.store.sockets.creator_of(pk)
+    if not access.interface(user, Action.CHANGE, interface, creator=creator):
+        raise PermissionDenied("Only the interface's creator or an admin can change it")
+    try:
+        return ctx.store.sockets.update(pk, fields)
+    except ImmutableFieldError as error:
+        raise ValidationFailed(str(error), field=error.field) from error
+
+
+def algorithms_page(
+    ctx: Context, user: User, *, offset: int, limit: int
+) -> tuple[list[Algorithm], int]:
+    """The algorithms a user may use: an admin's list holds every algorithm."""
+    if access.sees_everything(user):
+        return ctx.store.algorithms.page_all(offset=offset, limit=limit)
+    return ctx.store.algorithms.page_for(user.username, offset=offset, limit=limit)
 
 
 def visible_algorithm(
@@ -47,7 +72,7 @@ def visible_algorithm(
         if by_slug
         else ctx.store.algorithms.get(pk_or_slug)
     )
-    if not (user.is_admin or algorithm.can_use(user.username)):
+    if not access.algorithm(user, Action.READ, algorithm):
         raise NotFound(f"Algorithm {pk_or_slug} not found")
     return algorithm
 
@@ -70,7 +95,7 @@ def create_algorithm_image(
     ctx: Context, user: User, algorithm_pk: str, fields: AlgorithmImageFields
 ) -> AlgorithmImage:
     algorithm = visible_algorithm(ctx, user, algorithm_pk)
-    if not (user.is_admin or algorithm.can_edit(user.username)):
+    if not access.algorithm(user, Action.CHANGE, algorithm):
         raise PermissionDenied("Only the algorithm's editors can add container images")
     return ctx.store.algorithms.create_image(algorithm, fields, creator=user.username)
 
@@ -81,6 +106,6 @@ def visible_algorithm_image(ctx: Context, user: User, pk: str) -> AlgorithmImage
         algorithm = visible_algorithm(ctx, user, image.algorithm)
     except NotFound as error:
         raise NotFound(f"Algorithm image {pk} not found") from error
-    if not (user.is_admin or algorithm.can_edit(user.username)):
+    if not access.algorithm_image(user, Action.READ, image, algorithm):
         raise NotFound(f"Algorithm image {pk} not found")
     return image

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gantry import contract, timeutil
+from gantry import access, contract, timeutil
+from gantry.access import Action
 from gantry.algorithms import Algorithm, SocketSet
 from gantry.context import Context
 from gantry.errors import NotFound, ValidationFailed
@@ -196,7 +197,7 @@ def _check_input(
             raise ValidationFailed(
                 f"Input '{socket.slug}': image '{given.image}' not found", field="inputs"
             ) from error
-        if image.owner != user.username and not user.is_admin:
+        if not access.image(user, Action.USE, image):
             raise ValidationFailed(
                 f"Input '{socket.slug}': image '{given.image}' not found", field="inputs"
             )
@@ -232,7 +233,7 @@ def _own_completed_upload(ctx: Context, user: User, socket: Interface, ref: str,
         raise ValidationFailed(
             f"Input '{socket.slug}': upload '{ref}' not found", field="inputs"
         ) from error
-    if upload.creator != user.username:
+    if not access.upload(user, Action.USE, upload):
         raise ValidationFailed(f"Input '{socket.slug}': upload '{ref}' not found", field="inputs")
     if upload.status is not UploadStatus.COMPLETED:
         raise ValidationFailed(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from gantry import resources, timeutil
+from gantry import access, resources, timeutil
+from gantry.access import Action
 from gantry.context import Context
 from gantry.errors import NotFound, ValidationFailed
 from gantry.uploads import CompleteUpload, PartNumbers, Upload, UploadCreate, UploadStatus
@@ -32,9 +33,10 @@ def create(ctx: Context, user: User, body: UploadCreate) -> Upload:
 
 
 def get_own(ctx: Context, user: User, pk: str, s3_upload_id: str | None = None) -> Upload:
-    """The user's own upload; anyone else's is "not found", never "forbidden"."""
+    """The user's own upload (an admin's: anyone's); others' are "not found", never
+    "forbidden"."""
     upload = ctx.store.uploads.get(pk)
-    if upload.creator != user.username or (
+    if not access.upload(user, Action.CHANGE, upload) or (
         s3_upload_id is not None and s3_upload_id != upload.s3_upload_id
     ):
         raise NotFound(f"Upload {pk} not found")

@@ -9,7 +9,7 @@ from gantry.algorithms import Algorithm, AlgorithmFields, AlgorithmImage, Algori
 from gantry.errors import Conflict, NotFound
 from gantry.interfaces import slugify
 from gantry.store import keys
-from gantry.store.pagination import Paginator, count_update
+from gantry.store.pagination import ListKey, Paginator, count_update
 from gantry.store.table import MAIN_SK, ConditionFailed, Table
 
 
@@ -47,6 +47,18 @@ class AlgorithmStore:
                 )
             )
             updates.append(count_update(list_key, 1))
+        # Every algorithm is also in the list of all algorithms (an admin's list).
+        puts.append(
+            self.table.item(
+                keys.algorithm(algorithm.pk),
+                "LISTED",
+                None,
+                GSI1PK=keys.ALL_ALGORITHMS.value,
+                GSI1SK=f"{moment}#{algorithm.pk}",
+                algorithm_pk=algorithm.pk,
+            )
+        )
+        updates.append(count_update(keys.ALL_ALGORITHMS, 1))
         claim = self.table.item(keys.algorithm_slug(slug), MAIN_SK, None, algorithm_pk=algorithm.pk)
         try:
             self.table.transact_put(puts, unique=[claim], updates=updates)
@@ -62,6 +74,10 @@ class AlgorithmStore:
             raise NotFound(f"Algorithm {pk} not found")
         return Algorithm.model_validate(stored.doc)
 
+    def find(self, pk: str) -> Algorithm | None:
+        stored = self.table.get(keys.algorithm(pk))
+        return Algorithm.model_validate(stored.doc) if stored else None
+
     def get_by_slug(self, slug: str) -> Algorithm:
         claim = self.table.get_item(keys.algorithm_slug(slug), MAIN_SK)
         if claim is None:
@@ -69,7 +85,12 @@ class AlgorithmStore:
         return self.get(str(claim["algorithm_pk"]))
 
     def page_for(self, username: str, *, offset: int, limit: int) -> tuple[list[Algorithm], int]:
-        list_key = keys.algorithms_of(username)
+        return self._page(keys.algorithms_of(username), offset=offset, limit=limit)
+
+    def page_all(self, *, offset: int, limit: int) -> tuple[list[Algorithm], int]:
+        return self._page(keys.ALL_ALGORITHMS, offset=offset, limit=limit)
+
+    def _page(self, list_key: ListKey, *, offset: int, limit: int) -> tuple[list[Algorithm], int]:
         memberships = self.paginator.page(list_key, offset=offset, limit=limit)
         wanted = [(keys.algorithm(m.item["algorithm_pk"]), MAIN_SK) for m in memberships]
         found = self.table.batch_get_docs(wanted)

@@ -148,7 +148,8 @@ class JobStore:
         """Start attempt + 1 from ``Re-Queued``: only from the attempt the caller saw."""
 
         def change(job: Job) -> Job | None:
-            if job.attempt != attempt:
+            # A job ended meanwhile (cancelled, or finished by a duplicate event) stays ended.
+            if job.attempt != attempt or job.status.is_terminal:
                 return None
             return job.model_copy(
                 update={
@@ -161,6 +162,22 @@ class JobStore:
             )
 
         return self.update(pk, change)
+
+    def cancel(self, pk: str, *, message: str) -> tuple[Job, bool]:
+        """End an unfinished job as Cancelled, whatever its attempt. Returns the stored job and
+        whether this call cancelled it; a job that ended first (a racing completion, an
+        earlier cancel) is returned unchanged."""
+
+        def change(job: Job) -> Job | None:
+            if job.status.is_terminal:
+                return None
+            update: dict[str, Any] = {"status": JobStatus.CANCELLED, "error_message": message}
+            if not job.completed_at:
+                update["completed_at"] = timeutil.iso()
+            return job.model_copy(update=update)
+
+        cancelled = self.update(pk, change)
+        return (cancelled, True) if cancelled is not None else (self.get(pk), False)
 
     # --- lists -------------------------------------------------------------------------------
 

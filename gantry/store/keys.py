@@ -37,6 +37,10 @@ def algorithms_of(username: str) -> ListKey:
     return ListKey(BY_OWNER, f"ALGS#{username}")
 
 
+# Usernames cannot contain "*": no user's own list is this one.
+ALL_ALGORITHMS = ListKey(BY_OWNER, "ALGS#*")
+
+
 def algorithm_image(pk: str) -> str:
     return f"ALGIMG#{pk}"
 

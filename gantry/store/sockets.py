@@ -72,13 +72,21 @@ class SocketStore:
         item = self.table.get_item(keys.socket(pk), MAIN_SK)
         return bool(item and item.get("has_values"))
 
-    def mark_used(self, interfaces: list[Interface]) -> None:
-        """Values exist for these sockets from now on: their path and kind are frozen."""
+    def creator_of(self, pk: int) -> str | None:
+        item = self.table.get_item(keys.socket(pk), MAIN_SK)
+        if item is None:
+            raise NotFound(f"Interface {pk} not found")
+        return str(item["creator"]) if item.get("creator") else None
+
+    def mark_used(self, interfaces: list[Interface], *, flag: str = "has_values") -> None:
+        """Values exist for these sockets from now on (or, with ``flag="in_algorithm"``, an
+        algorithm uses them): check_update freezes what those rely on."""
         for interface in interfaces:
             self.table._table.update_item(
                 Key={"PK": keys.socket(interface.pk), "SK": MAIN_SK},
-                UpdateExpression="SET has_values = :t",
+                UpdateExpression="SET #f = :t",
                 ConditionExpression="attribute_exists(PK)",
+                ExpressionAttributeNames={"#f": flag},
                 ExpressionAttributeValues={":t": True},
             )
 
@@ -87,7 +95,12 @@ class SocketStore:
             existing = Interface.model_validate(stored.doc)
             if fields.title != existing.title:
                 raise Conflict("title cannot be changed", field="title")
-            check_update(existing, fields, has_values=bool(stored.item.get("has_values")))
+            check_update(
+                existing,
+                fields,
+                has_values=bool(stored.item.get("has_values")),
+                in_algorithm=bool(stored.item.get("in_algorithm")),
+            )
             updated = Interface(
                 **fields.model_dump(by_alias=False),
                 pk=existing.pk,

@@ -503,7 +503,7 @@ def test_sqs_sources_report_batch_item_failures(default_synth: Synth) -> None:
 
 def test_job_event_publishers_may_put_on_the_bus(default_synth: Synth) -> None:
     puts = [s for _, s in _statements(default_synth) if "events:PutEvents" in _as_list(s["Action"])]
-    assert len(puts) == 2  # on_job_event and the sweeper
+    assert len(puts) == 3  # on_job_event, the sweeper, the API (it announces cancelled jobs)
     for statement in puts:
         assert statement["Resource"] != "*"
 

@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
                 "json-io",
             ),
             ("Crash", ["threshold"], ["score"], "crash"),
+            ("Never Ends", ["threshold"], ["score"], "timeout"),
         ):
             ok(
                 cli(
@@ -296,6 +298,35 @@ def test_a_failing_job_exits_1_with_its_message_and_show_gives_its_logs(cli, tmp
     crashed = ok(cli("jobs", "list", "--algorithm", "crash"))
     assert pk in crashed
     assert pk not in ok(cli("jobs", "list", "--algorithm", "json-io"))
+
+
+def test_cancel_stops_a_running_job_and_repeating_it_is_harmless(cli):
+    pk = started_job(ok(cli("jobs", "run", "never-ends", "--input", "threshold=1", "--no-wait")))
+    deadline = time.monotonic() + 120
+    while (job := api_get(cli, f"algorithms/jobs/{pk}/"))["status"] != "Executing":
+        assert time.monotonic() < deadline, job["status"]
+        time.sleep(0.2)
+
+    output = ok(cli("jobs", "cancel", pk))
+    assert f"Job {pk} Cancelled" in output
+    # The local compute job (the runner and the algorithm's processes) is stopped.
+    compute = cli.stack.ctx.compute
+    while (state := compute.describe(job_id := api_job_compute_id(cli, pk))).status == "running":
+        assert time.monotonic() < deadline, job_id
+        time.sleep(0.2)
+    assert state.reason == "Cancelled by Gantry"
+    assert api_get(cli, f"algorithms/jobs/{pk}/")["status"] == "Cancelled"
+
+    assert f"Job {pk} Cancelled" in ok(cli("jobs", "cancel", pk))
+    assert "Cancelled" in ok(cli("jobs", "show", pk))
+    error = one_line_error(cli("jobs", "cancel", "00000000-0000-0000-0000-000000000000"))
+    assert "not found" in error
+
+
+def api_job_compute_id(cli: Cli, pk: str) -> str:
+    job_id = cli.stack.ctx.store.jobs.get(pk).compute_job_id
+    assert job_id
+    return job_id
 
 
 def test_no_wait_returns_at_once_and_the_job_appears_in_the_list(cli):

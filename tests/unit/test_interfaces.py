@@ -440,10 +440,36 @@ def test_immutable_once_values_exist(change: dict[str, Any], field: str) -> None
 
 def test_mutable_fields_once_values_exist() -> None:
     check_update(
-        stored(),
+        stored(schema={"maximum": 5}),
         fields(description="New", default_value=3, schema={"maximum": 5}),
         has_values=True,
     )
+    # Dropping the schema accepts every stored value still.
+    check_update(stored(schema={"maximum": 5}), fields(), has_values=True)
+
+
+@pytest.mark.parametrize(
+    "used", [{"has_values": True}, {"has_values": False, "in_algorithm": True}]
+)
+def test_a_new_schema_could_narrow_what_is_stored_or_written(used: dict[str, bool]) -> None:
+    with pytest.raises(ImmutableFieldError) as raised:
+        check_update(stored(), fields(schema={"maximum": 5}), **used)
+    assert raised.value.field == "schema"
+    assert "kept or removed" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"), [({"kind": "FLT"}, "kind"), ({"relative_path": "o.json"}, "relative_path")]
+)
+def test_kind_and_path_are_fixed_once_an_algorithm_uses_the_interface(
+    change: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ImmutableFieldError) as raised:
+        check_update(stored(), fields(**change), has_values=False, in_algorithm=True)
+    assert raised.value.field == field
+    assert "an algorithm uses this interface" in str(raised.value)
+    # Storage may still change: nothing is stored yet.
+    check_update(stored(), fields(store_in_database=False), has_values=False, in_algorithm=True)
 
 
 def test_overlay_segments_can_grow_but_not_change() -> None:

@@ -8,7 +8,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from gantry import shapes
+from gantry import access, shapes
+from gantry.access import Action
 from gantry.algorithms import AlgorithmFields, AlgorithmImageFields
 from gantry.context import Context
 from gantry.errors import NotFound
@@ -44,9 +45,7 @@ def build(ctx: Context) -> APIGatewayRouter:
                 algorithms = []
             count = len(algorithms)
         else:
-            algorithms, count = ctx.store.algorithms.page_for(
-                user.username, offset=offset, limit=limit
-            )
+            algorithms, count = catalog.algorithms_page(ctx, user, offset=offset, limit=limit)
         sockets = catalog.sockets_of(ctx, algorithms)
         results = [shapes.algorithm(a, sockets, urls) for a in algorithms]
         return shapes.page(results, count, offset, limit, urls, "algorithms/", {"slug": slug})
@@ -74,7 +73,7 @@ def build(ctx: Context) -> APIGatewayRouter:
         user = current_user(router)
         urls = urls_for(ctx, router)
         if algorithm is None:
-            algorithms, _ = ctx.store.algorithms.page_for(user.username, offset=0, limit=MAX_LIMIT)
+            algorithms, _ = catalog.algorithms_page(ctx, user, offset=0, limit=MAX_LIMIT)
         else:
             algorithms = [
                 catalog.visible_algorithm(ctx, user, urls.pk_from(algorithm, "algorithms/"))
@@ -82,8 +81,8 @@ def build(ctx: Context) -> APIGatewayRouter:
         images = [
             image
             for a in algorithms
-            if user.is_admin or a.can_edit(user.username)
             for image in ctx.store.algorithms.images_of(a.pk)
+            if access.algorithm_image(user, Action.READ, image, a)
         ]
         images.sort(key=lambda image: (image.created, image.pk))
         window = images[offset : offset + limit]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from gantry import shapes
+from gantry import access, shapes
+from gantry.access import Action
 from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.images import Image
@@ -15,7 +16,7 @@ from lambdas.api.files import redirect_to_object
 
 def visible_image(ctx: Context, user: User, pk: str) -> Image:
     image = ctx.store.images.get(pk)
-    if image.owner != user.username and not user.is_admin:
+    if not access.image(user, Action.READ, image):
         raise NotFound(f"Image {pk} not found")
     return image
 

@@ -9,8 +9,8 @@ from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from gantry import shapes
 from gantry.context import Context
-from gantry.errors import ValidationFailed
-from gantry.interfaces import ImmutableFieldError, InterfaceFields
+from gantry.interfaces import InterfaceFields
+from gantry.services import catalog
 from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 
 
@@ -46,10 +46,7 @@ def build(ctx: Context) -> APIGatewayRouter:
 
     @router.put("/components/interfaces/<pk>/", summary="Update an interface")
     def update_interface(pk: int, body: Annotated[InterfaceFields, Body()]) -> dict:
-        current_user(router)
-        try:
-            return shapes.interface(ctx.store.sockets.update(pk, body))
-        except ImmutableFieldError as error:
-            raise ValidationFailed(str(error), field=error.field) from error
+        user = current_user(router)
+        return shapes.interface(catalog.update_interface(ctx, user, pk, body))
 
     return router

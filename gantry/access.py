@@ -1,0 +1,106 @@
+"""Who may do what: the one access policy that routers, services and handlers ask.
+
+Four actions on every entity: READ (see it), USE (run or reference it: an algorithm in a job,
+an upload or image as a job's input), CHANGE and DELETE. Admins may do everything.
+
+- Interfaces are shared: anyone may read and use them; the creator changes and deletes.
+- Algorithms: members (creator, editors, users) read and use; creator and editors change.
+- Algorithm images: the algorithm's editors only (users run the desired one through jobs).
+- Jobs: the creator reads, changes (cancels) and deletes; the algorithm's editors read and
+  cancel (CHANGE) too.
+- Images, uploads and tokens belong to their owner alone.
+
+What a caller may not read is "not found" (404), never "forbidden": it must not learn that
+the thing exists. What it may read but not change is 403.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from gantry.algorithms import Algorithm, AlgorithmImage
+from gantry.errors import NotFound, PermissionDenied
+from gantry.images import Image
+from gantry.interfaces import Interface
+from gantry.jobs import Job
+from gantry.uploads import Upload
+from gantry.users import User
+
+
+class Action(StrEnum):
+    READ = "read"
+    USE = "use"
+    CHANGE = "change"
+    DELETE = "delete"
+
+
+def is_member(user: User, algorithm: Algorithm) -> bool:
+    name = user.username
+    return name == algorithm.creator or name in algorithm.editors or name in algorithm.users
+
+
+def is_editor(user: User, algorithm: Algorithm) -> bool:
+    return user.username == algorithm.creator or user.username in algorithm.editors
+
+
+def sees_everything(user: User) -> bool:
+    """Lists hold everyone's entities for this user (admins), not only the user's own."""
+    return user.is_admin
+
+
+def interface(user: User, action: Action, item: Interface, *, creator: str | None) -> bool:
+    if user.is_admin or action in (Action.READ, Action.USE):
+        return True
+    return creator is not None and creator == user.username
+
+
+def algorithm(user: User, action: Action, item: Algorithm) -> bool:
+    if user.is_admin:
+        return True
+    if action in (Action.READ, Action.USE):
+        return is_member(user, item)
+    return is_editor(user, item)
+
+
+def algorithm_image(user: User, action: Action, item: AlgorithmImage, owner: Algorithm) -> bool:
+    if owner.pk != item.algorithm:
+        raise ValueError(f"algorithm {owner.pk} is not the one of image {item.pk}")
+    return user.is_admin or is_editor(user, owner)
+
+
+def job(user: User, action: Action, item: Job, owner: Algorithm | None = None) -> bool:
+    """``owner`` (the job's algorithm) lets its editors read and cancel the job."""
+    if user.is_admin or user.username == item.creator:
+        return True
+    if owner is None or owner.pk != item.algorithm:
+        return False
+    return action in (Action.READ, Action.CHANGE) and is_editor(user, owner)
+
+
+def job_data(user: User, item: Job) -> bool:
+    """The job's input and output values (files, images): its creator's and admins' only."""
+    return user.is_admin or user.username == item.creator
+
+
+def image(user: User, action: Action, item: Image) -> bool:
+    return user.is_admin or user.username == item.owner
+
+
+def upload(user: User, action: Action, item: Upload) -> bool:
+    """Only the creator USEs an upload (as a job's input), admins included: the pipeline
+    re-checks a job's uploads against the job's creator alone."""
+    if action is Action.USE:
+        return user.username == item.creator
+    return user.is_admin or user.username == item.creator
+
+
+def token(user: User, action: Action, owner: str) -> bool:
+    return user.is_admin or user.username == owner
+
+
+def require(allowed_to_read: bool, allowed: bool, what: str, *, message: str = "") -> None:
+    """404 ``"<what> not found"`` unless readable; 403 (``message``) unless ``allowed``."""
+    if not allowed_to_read:
+        raise NotFound(f"{what} not found")
+    if not allowed:
+        raise PermissionDenied(message or f"You may not change {what}")

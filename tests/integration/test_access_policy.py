@@ -1,0 +1,352 @@
+"""The access policy through the API, with three users: the creator, another user, an admin.
+
+Every route of the OpenAPI document has a case here: a new route without one fails
+``test_every_route_has_a_policy_case``. Each case is tried by the other user first (who must
+get 403/404 and change nothing), then by the creator and the admin.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gantry import timeutil
+from gantry.images import Image, ImageFile, ImageType
+from gantry.jobs import SocketValue
+from tests.conftest import ApiClient
+
+OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
+ROLES = ("other", "creator", "admin")
+
+
+@dataclass
+class World:
+    ctx: Any
+    clients: dict[str, ApiClient]
+    interface: dict
+    algorithm: dict
+    algorithm_image: dict
+    job: dict
+    image: Image
+    upload: dict
+    names: dict[str, str] = field(
+        default_factory=lambda: {"creator": "alice", "other": "bob", "admin": "root"}
+    )
+
+    @property
+    def creator(self) -> ApiClient:
+        return self.clients["creator"]
+
+    def fresh_upload(self) -> dict:
+        status, body, _ = self.creator.post("uploads/", {"filename": "ct.mha"})
+        assert status == 201, body
+        return body
+
+
+def _input(interface: str, **given: Any) -> dict[str, Any]:
+    keys = ("value", "file", "image", "upload_session", "user_upload", "user_uploads")
+    return {"interface": interface, **dict.fromkeys(keys), "image_name": None, **given}
+
+
+@pytest.fixture
+def world(ctx, api_app) -> World:
+    clients = {
+        "creator": ApiClient(api_app, ctx.store.users.create_token("alice")),
+        "other": ApiClient(api_app, ctx.store.users.create_token("bob")),
+        "admin": ApiClient(api_app, ctx.store.users.create_token("root", is_admin=True)),
+    }
+    alice = clients["creator"]
+    for title, kind, path in (("Number", "Integer", "number.json"), ("Result", "Float", "r.json")):
+        status, interface, _ = alice.post(
+            "components/interfaces/", {"title": title, "kind": kind, "relative_path": path}
+        )
+        assert status == 201, interface
+    status, algorithm, _ = alice.post(
+        "algorithms/",
+        {"title": "Adder", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
+    )
+    assert status == 201, algorithm
+    status, algorithm_image, _ = alice.post(
+        "algorithms/images/", {"image": "local", "command": ["run"], "algorithm": algorithm["pk"]}
+    )
+    assert status == 201, algorithm_image
+    status, job, _ = alice.post(
+        "algorithms/jobs/",
+        {"algorithm": algorithm["api_url"], "inputs": [_input("number", value=1)]},
+    )
+    assert status == 201, job
+    # An output file, as a finished job has.
+    key = f"io/{job['pk']}/1/output/r.json"
+    ctx.clients.s3.put_object(Bucket=ctx.settings.bucket_name, Key=key, Body=b"1.5")
+    ctx.store.jobs.update(
+        job["pk"],
+        lambda j: j.model_copy(
+            update={"outputs": [SocketValue(pk=9000, socket="result", file=key)]}
+        ),
+    )
+    image_key = f"images/{uuid.uuid4()}/ct.mha"
+    ctx.clients.s3.put_object(Bucket=ctx.settings.bucket_name, Key=image_key, Body=b"x")
+    image = ctx.store.images.put(
+        Image(
+            pk=str(uuid.uuid4()),
+            name="ct.mha",
+            owner="alice",
+            created=timeutil.iso(),
+            files=[ImageFile(pk="f1", key=image_key, image_type=ImageType.MHD, filename="ct.mha")],
+        )
+    )
+    status, upload, _ = alice.post("uploads/", {"filename": "ct.mha"})
+    assert status == 201, upload
+    return World(ctx, clients, interface, algorithm, algorithm_image, job, image, upload)
+
+
+Call = Callable[[World, ApiClient, str], tuple[int, Any, dict]]
+
+
+@dataclass(frozen=True)
+class Case:
+    call: Call
+    # The expected status for the other user, the creator and the admin.
+    other: int
+    creator: int
+    admin: int
+
+
+def _upload_patch(action: str, body: Any) -> Call:
+    def call(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+        upload = w.fresh_upload()
+        return client.patch(f"uploads/{upload['pk']}/{upload['s3_upload_id']}/{action}/", body)
+
+    return call
+
+
+def _put_interface(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    body = {
+        "title": "Result",
+        "kind": "Float",
+        "relative_path": "r.json",
+        "description": f"by {role}",
+    }
+    return client.put(f"components/interfaces/{w.interface['pk']}/", body)
+
+
+def _post_interface(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    body = {"title": f"Mine {role}", "kind": "Float", "relative_path": f"{role}.json"}
+    return client.post("components/interfaces/", body)
+
+
+def _post_algorithm(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    body = {"title": f"Own {role}", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]}
+    return client.post("algorithms/", body)
+
+
+CASES: dict[tuple[str, str], Case] = {
+    ("GET", "/gcapi"): Case(lambda w, c, r: c.get("gcapi/"), 200, 200, 200),
+    ("GET", "/algorithms/{pk}"): Case(
+        lambda w, c, r: c.get(f"algorithms/{w.algorithm['pk']}/"), 404, 200, 200
+    ),
+    ("POST", "/algorithms"): Case(_post_algorithm, 201, 201, 201),
+    ("GET", "/algorithms/images/{pk}"): Case(
+        lambda w, c, r: c.get(f"algorithms/images/{w.algorithm_image['pk']}/"), 404, 200, 200
+    ),
+    ("POST", "/algorithms/images"): Case(
+        lambda w, c, r: c.post(
+            "algorithms/images/",
+            {"image": "local", "command": ["run"], "algorithm": w.algorithm["pk"]},
+        ),
+        404,
+        201,
+        201,
+    ),
+    ("GET", "/algorithms/jobs/{pk}"): Case(
+        lambda w, c, r: c.get(f"algorithms/jobs/{w.job['pk']}/"), 404, 200, 200
+    ),
+    ("POST", "/algorithms/jobs"): Case(
+        lambda w, c, r: c.post(
+            "algorithms/jobs/",
+            {"algorithm": w.algorithm["api_url"], "inputs": [_input("number", value=2)]},
+        ),
+        400,  # "Algorithm '…' not found", naming the field
+        201,
+        201,
+    ),
+    # Cancelling twice is harmless: the admin's repeat answers 200 too.
+    ("POST", "/algorithms/jobs/{pk}/cancel"): Case(
+        lambda w, c, r: c.post(f"algorithms/jobs/{w.job['pk']}/cancel/"), 404, 200, 200
+    ),
+    ("GET", "/algorithms/jobs/{pk}/values/{value_pk}/{filename}"): Case(
+        lambda w, c, r: c.get(f"algorithms/jobs/{w.job['pk']}/values/9000/r.json"), 404, 302, 302
+    ),
+    ("GET", "/cases/images/{pk}"): Case(
+        lambda w, c, r: c.get(f"cases/images/{w.image.pk}/"), 404, 200, 200
+    ),
+    ("GET", "/cases/images/{pk}/files/{file_pk}/{filename}"): Case(
+        lambda w, c, r: c.get(f"cases/images/{w.image.pk}/files/f1/ct.mha"), 404, 302, 302
+    ),
+    ("GET", "/components/interfaces/{pk}"): Case(
+        lambda w, c, r: c.get(f"components/interfaces/{w.interface['pk']}/"), 200, 200, 200
+    ),
+    ("PUT", "/components/interfaces/{pk}"): Case(_put_interface, 403, 200, 200),
+    ("POST", "/components/interfaces"): Case(_post_interface, 201, 201, 201),
+    ("GET", "/uploads/{pk}"): Case(
+        lambda w, c, r: c.get(f"uploads/{w.upload['pk']}/"), 404, 200, 200
+    ),
+    ("POST", "/uploads"): Case(
+        lambda w, c, r: c.post("uploads/", {"filename": "a.mha"}), 201, 201, 201
+    ),
+    ("PATCH", "/uploads/{pk}/{s3_upload_id}/generate-presigned-urls"): Case(
+        _upload_patch("generate-presigned-urls", {"part_numbers": [1]}), 404, 200, 200
+    ),
+    ("PATCH", "/uploads/{pk}/{s3_upload_id}/abort-multipart-upload"): Case(
+        _upload_patch("abort-multipart-upload", None), 404, 200, 200
+    ),
+    # No parts were uploaded, so completing is refused; but only the other user is "not found".
+    ("PATCH", "/uploads/{pk}/{s3_upload_id}/complete-multipart-upload"): Case(
+        _upload_patch("complete-multipart-upload", {"parts": [{"ETag": '"x"', "PartNumber": 1}]}),
+        404,
+        400,
+        400,
+    ),
+    ("GET", "/uploads/{pk}/{s3_upload_id}/list-parts"): Case(
+        lambda w, c, r: c.get(f"uploads/{w.upload['pk']}/{w.upload['s3_upload_id']}/list-parts/"),
+        404,
+        200,
+        200,
+    ),
+}
+
+# Lists: what each role must (and must not) find of the creator's entities.
+LISTS: dict[str, Callable[[World], str]] = {
+    "/algorithms": lambda w: w.algorithm["pk"],
+    "/algorithms/images": lambda w: w.algorithm_image["pk"],
+    "/algorithms/jobs": lambda w: w.job["pk"],
+    "/cases/images": lambda w: w.image.pk,
+    "/uploads": lambda w: w.upload["pk"],
+    "/components/interfaces": lambda w: w.interface["pk"],
+}
+# Interfaces are shared; an admin's list of algorithms holds every algorithm. Lists of jobs,
+# images and uploads hold one's own, for admins too (an admin reads others' by pk).
+SHARED_LISTS = {"/components/interfaces"}
+ADMIN_LISTS = {"/components/interfaces", "/algorithms", "/algorithms/images"}
+
+
+def _routes() -> set[tuple[str, str]]:
+    paths = json.loads(OPENAPI.read_text())["paths"]
+    return {(method.upper(), path) for path, methods in paths.items() for method in methods}
+
+
+def test_every_route_has_a_policy_case() -> None:
+    lists = {("GET", path) for path in LISTS}
+    missing = sorted(_routes() - set(CASES) - lists)
+    assert not missing, f"routes without an access-policy case: {missing}"
+    stale = sorted((set(CASES) | lists) - _routes())
+    assert not stale, f"policy cases for routes that no longer exist: {stale}"
+
+
+@pytest.mark.parametrize("route", sorted(CASES), ids=lambda r: f"{r[0]} {r[1]}")
+def test_route_answers_each_role(world: World, route: tuple[str, str]) -> None:
+    case = CASES[route]
+    before = world.creator.get(f"components/interfaces/{world.interface['pk']}/")[1]
+    for role in ROLES:
+        status, body, _ = case.call(world, world.clients[role], role)
+        assert status == getattr(case, role), (role, body)
+        if role == "other":
+            # A refused call changes nothing of the creator's.
+            after = world.creator.get(f"components/interfaces/{world.interface['pk']}/")[1]
+            assert after == before
+
+
+@pytest.mark.parametrize("path", sorted(LISTS))
+def test_lists_hold_nothing_of_another_user(world: World, path: str) -> None:
+    wanted = LISTS[path](world)
+    for role in ROLES:
+        status, page, _ = world.clients[role].get(path.lstrip("/") + "/", query={"limit": 1000})
+        assert status == 200, page
+        pks = [item["pk"] for item in page["results"]]
+        assert page["count"] == len(pks)
+        expected = (
+            role == "creator"
+            or (role == "other" and path in SHARED_LISTS)
+            or (role == "admin" and path in ADMIN_LISTS)
+        )
+        assert (wanted in pks) is expected, (role, pks)
+        if role == "other" and path not in SHARED_LISTS:
+            assert pks == []
+
+
+def test_interface_changes_keep_what_algorithms_rely_on(world: World) -> None:
+    admin = world.clients["admin"]
+    pk = world.interface["pk"]
+    base = {"title": "Result", "kind": "Float", "relative_path": "r.json"}
+    for change, field_name in (
+        ({"kind": "Integer"}, "kind"),
+        ({"relative_path": "other.json"}, "relative_path"),
+        ({"schema": {"type": "number", "maximum": 1}}, "schema"),
+    ):
+        status, body, _ = admin.put(f"components/interfaces/{pk}/", {**base, **change})
+        assert status == 400, body
+        assert field_name in body
+        assert "algorithm uses this interface" in body["detail"] or "values" in body["detail"]
+    status, body, _ = admin.put(f"components/interfaces/{pk}/", {**base, "description": "ok"})
+    assert status == 200, body
+
+
+def test_an_unused_interface_can_change_kind_by_its_creator(world: World) -> None:
+    alice = world.creator
+    status, created, _ = alice.post(
+        "components/interfaces/", {"title": "Spare", "kind": "Float", "relative_path": "s.json"}
+    )
+    assert status == 201
+    changed = {"title": "Spare", "kind": "Integer", "relative_path": "t.json"}
+    status, body, _ = world.clients["other"].put(f"components/interfaces/{created['pk']}/", changed)
+    assert status == 403, body
+    status, body, _ = alice.put(f"components/interfaces/{created['pk']}/", changed)
+    assert status == 200, body
+    assert body["kind"] == "Integer"
+
+
+def test_editors_read_a_users_job_without_its_data(world: World) -> None:
+    ctx = world.ctx
+    ctx.store.users.ensure_user("erin")
+    # bob uses the algorithm; erin edits it (added by the store, as a PATCH would).
+    _add_members(ctx, world.algorithm["pk"], users=["bob"], editors=["erin"])
+    bob = world.clients["other"]
+    status, job, _ = bob.post(
+        "algorithms/jobs/",
+        {"algorithm": world.algorithm["api_url"], "inputs": [_input("number", value=7)]},
+    )
+    assert status == 201, job
+    erin = ApiClient(world.creator.app, ctx.store.users.create_token("erin"))
+    status, seen, _ = erin.get(f"algorithms/jobs/{job['pk']}/")
+    assert status == 200, seen
+    assert seen["inputs"] == [] and seen["outputs"] == []
+    assert seen["status"] == "Queued"
+    # bob, a user of the algorithm, does not see alice's job.
+    assert bob.get(f"algorithms/jobs/{world.job['pk']}/")[0] == 404
+    # bob may not cancel alice's job; erin may cancel bob's.
+    assert bob.post(f"algorithms/jobs/{world.job['pk']}/cancel/")[0] == 404
+    status, cancelled, _ = erin.post(f"algorithms/jobs/{job['pk']}/cancel/")
+    assert status == 200, cancelled
+    assert cancelled["status"] == "Cancelled"
+    assert cancelled["inputs"] == []
+    # erin, an editor, may not download alice's values.
+    status, _, _ = erin.get(f"algorithms/jobs/{world.job['pk']}/values/9000/r.json")
+    assert status == 403
+
+
+def _add_members(ctx, algorithm_pk: str, *, users: list[str], editors: list[str]) -> None:
+    from gantry.store import keys
+
+    def mutate(stored):  # type: ignore[no-untyped-def]
+        doc = dict(stored.doc)
+        doc["users"] = [*doc["users"], *users]
+        doc["editors"] = [*doc["editors"], *editors]
+        return doc, {}
+
+    ctx.store.algorithms.table.update_doc(keys.algorithm(algorithm_pk), mutate)
