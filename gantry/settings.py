@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     batch_job_queue_gpu: str = "gantry-gpu"
     batch_job_queue_cpu: str = "gantry-cpu"
     batch_job_definition: str = "gantry-runner"
+    # vCPUs of every host of the CPU queue: a CPU job requests them all, so it has its host to
+    # itself (docs/deploy.md "Isolation"). 0: vCPUs by memory, hosts may be shared.
+    batch_cpu_host_vcpus: int = 0
     sagemaker_role_arn: str = ""
     sagemaker_runner_image: str = ""
     sagemaker_warm_pool_seconds: int = 0

@@ -56,8 +56,7 @@ RUNNER_COMMAND = (resources.RUNNER_BINARY_PATH, "invoke", "--file", "Ref::invoca
 # ECS can hand out). The backend overrides vCPU/memory per algorithm image.
 RUNNER_VCPUS = 4
 RUNNER_MEMORY = Size.mebibytes(14_336)
-# CPU-only default: fits a c6i.large (2 vCPU, 4 GiB) with room for the ECS agent.
-CPU_RUNNER_VCPUS = 2
+# CPU-only default: a whole CPU host's vCPUs (one job per host), memory that fits the smallest.
 CPU_RUNNER_MEMORY = Size.mebibytes(3_072)
 # Batch retries a job only when the host went away (spot reclaim, instance failure); an
 # algorithm's own failure is final for this attempt (the platform decides on a new attempt).
@@ -317,7 +316,7 @@ class Compute(Construct):
                 self,
                 f"{construct_id}Container",
                 image=ecs.ContainerImage.from_registry(config.runner_placeholder_image),
-                cpu=RUNNER_VCPUS if gpus else CPU_RUNNER_VCPUS,
+                cpu=RUNNER_VCPUS if gpus else config.cpu_host_vcpus,
                 memory=RUNNER_MEMORY if gpus else CPU_RUNNER_MEMORY,
                 gpu=gpus or None,
                 # Batch offers no per-capability switch; privileged is the only way to let the

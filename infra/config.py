@@ -63,7 +63,9 @@ class GantryConfig:
     # Compute
     gpu_instance_types: tuple[str, ...] = ("g4dn.xlarge", "g4dn.2xlarge", "g4dn.4xlarge")
     gpu_max_vcpus: int = 64
-    cpu_instance_types: tuple[str, ...] = ("c6i.large", "c6i.xlarge", "m6i.large", "m6i.xlarge")
+    # One size (8 vCPUs) in three memory ratios: every CPU job requests all of a host's vCPUs,
+    # so no two privileged runners share a host (docs/deploy.md "Isolation").
+    cpu_instance_types: tuple[str, ...] = ("c6i.2xlarge", "m6i.2xlarge", "r6i.2xlarge")
     cpu_max_vcpus: int = 32
     spot: bool = False
     capacity_wait_minutes: int = 30
@@ -106,6 +108,11 @@ class GantryConfig:
         """
         return "required" if self.runner_privileged else "auto"
 
+    @property
+    def cpu_host_vcpus(self) -> int:
+        """vCPUs of every CPU host, which each CPU job requests whole (one job per host)."""
+        return instance_vcpus(self.cpu_instance_types[0])
+
     @classmethod
     def from_node(cls, node: Node) -> GantryConfig:
         """Build from ``gantry:<camelCaseName>`` context values; unknown keys are ignored."""
@@ -132,6 +139,15 @@ class GantryConfig:
         for itype in self.gpu_instance_types:
             if itype.split(".")[0] not in gpu_families:
                 raise ValueError(f"gantry:gpuInstanceTypes: {itype!r} is not a GPU instance type")
+        if not self.cpu_instance_types:
+            raise ValueError("gantry:cpuInstanceTypes must name at least one instance type")
+        sizes = {itype: instance_vcpus(itype) for itype in self.cpu_instance_types}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(
+                "gantry:cpuInstanceTypes must all have the same number of vCPUs: each CPU job "
+                "takes a whole host so that no two jobs share one (docs/deploy.md, Isolation); "
+                + ", ".join(f"{itype} has {vcpus}" for itype, vcpus in sizes.items())
+            )
         if self.compute_backend not in {"batch", "sagemaker"}:
             raise ValueError("gantry:computeBackend must be 'batch' or 'sagemaker'")
         if self.sagemaker_sandbox not in {"required", "auto"}:
@@ -140,6 +156,23 @@ class GantryConfig:
             raise ValueError("gantry:domainName and gantry:certificateArn go together")
         if self.capacity_wait_minutes < 10 or self.misconfiguration_wait_minutes < 10:
             raise ValueError("Batch job-state time limits must be at least 10 minutes")
+
+
+def instance_vcpus(instance_type: str) -> int:
+    """vCPUs of an EC2 size as the general-purpose families have them: large 2, xlarge 4,
+    <n>xlarge 4n."""
+    size = instance_type.partition(".")[2]
+    if size == "large":
+        return 2
+    if size == "xlarge":
+        return 4
+    count = size.removesuffix("xlarge")
+    if size.endswith("xlarge") and count.isdigit():
+        return 4 * int(count)
+    raise ValueError(
+        f"gantry:cpuInstanceTypes: the vCPUs of {instance_type!r} are not known; use "
+        "large, xlarge or <n>xlarge sizes"
+    )
 
 
 def _camel(snake: str) -> str:

@@ -83,6 +83,7 @@ class GantryStack(Stack):
             "GANTRY_BATCH_JOB_QUEUE_GPU": settings.batch_job_queue_gpu,
             "GANTRY_BATCH_JOB_QUEUE_CPU": settings.batch_job_queue_cpu,
             "GANTRY_BATCH_JOB_DEFINITION": settings.batch_job_definition,
+            "GANTRY_BATCH_CPU_HOST_VCPUS": str(config.cpu_host_vcpus),
             "GANTRY_SAGEMAKER_ROLE_ARN": compute.sagemaker_role.role_arn,
             "GANTRY_EVENT_BUS_NAME": bus.event_bus_name,
             "GANTRY_UPLOADS_QUEUE_URL": data.uploads_queue.queue_url,

@@ -104,9 +104,13 @@ def vcpus_for(memory_gb: int) -> int:
     return max(1, memory_gb // 4)
 
 
-def resource_requirements(job: Job) -> list[dict[str, str]]:
+def resource_requirements(job: Job, cpu_host_vcpus: int = 0) -> list[dict[str, str]]:
+    """What the job asks of its host. A GPU job takes the single GPU of its host; a CPU job
+    takes every vCPU of its host when ``cpu_host_vcpus`` is set: either way one job per host,
+    which the privileged runner container needs (docs/deploy.md, "Isolation")."""
+    vcpus = cpu_host_vcpus if cpu_host_vcpus and not job.requires_gpu_type else None
     requirements = [
-        {"type": "VCPU", "value": str(vcpus_for(job.requires_memory_gb))},
+        {"type": "VCPU", "value": str(vcpus or vcpus_for(job.requires_memory_gb))},
         {"type": "MEMORY", "value": str(job.requires_memory_gb * 1024)},
     ]
     if job.requires_gpu_type:
@@ -196,7 +200,9 @@ class BatchBackend:
             "containerOverrides": {
                 "command": runner_command(invocation_uri),
                 "environment": [{"name": k, "value": v} for k, v in sorted(environment.items())],
-                "resourceRequirements": resource_requirements(job),
+                "resourceRequirements": resource_requirements(
+                    job, self.settings.batch_cpu_host_vcpus
+                ),
             },
             "timeout": {"attemptDurationSeconds": max(MIN_ATTEMPT_SECONDS, hard_time_limit(job))},
             "tags": job_tags(job),

@@ -56,6 +56,15 @@ def test_non_gpu_instance_types_are_refused() -> None:
         _config(gpuInstanceTypes="c6i.large")
 
 
+def test_cpu_hosts_are_one_size_so_each_job_takes_a_whole_one() -> None:
+    assert _config().cpu_host_vcpus == 8
+    assert _config(cpuInstanceTypes="c6i.4xlarge,r6i.4xlarge").cpu_host_vcpus == 16
+    with pytest.raises(ValueError, match=r"same number of vCPUs.*c6i\.large has 2"):
+        _config(cpuInstanceTypes="c6i.large,m6i.xlarge")
+    with pytest.raises(ValueError, match="not known"):
+        _config(cpuInstanceTypes="m6i.metal")
+
+
 def test_domain_needs_a_certificate() -> None:
     with pytest.raises(ValueError, match="go together"):
         _config(domainName="gantry.example.org")

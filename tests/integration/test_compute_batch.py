@@ -14,9 +14,12 @@ from moto import mock_aws
 from gantry.compute import SubmitError
 from gantry.compute.base import RUNNER_MARGIN_SECONDS
 from gantry.compute.batch import BatchBackend
+from gantry.job_credentials import claim_value
 from gantry.resources import (
     ENV_ALGORITHM_CMD,
     ENV_ALGORITHM_ENTRYPOINT,
+    ENV_CREDENTIALS_FUNCTION,
+    ENV_JOB_CLAIM,
     ENV_SIGNING_KEY,
     RUNNER_BINARY_PATH,
 )
@@ -103,6 +106,32 @@ def test_cpu_job_goes_to_the_cpu_queue_without_gpu(batch, settings):
     ]
     (described,) = client.describe_jobs(jobs=[job_id])["jobs"]
     assert described["jobQueue"].endswith(f":job-queue/{settings.batch_job_queue_cpu}")
+
+
+def test_cpu_job_takes_a_whole_host_and_the_environment_carries_no_secret(batch, settings):
+    # As deployed: CPU hosts of 8 vCPUs and the credentials function.
+    deployed = settings.model_copy(
+        update={"batch_cpu_host_vcpus": 8, "job_credentials_function": "gantry-job-credentials"}
+    )
+    client = batch["client"]
+    calls = recorder(client)
+    job = make_job(requires_gpu_type="", requires_memory_gb=4)
+    job_id = BatchBackend(deployed, client).submit(job, make_image(), URI)
+    (submitted,) = [params for name, params in calls if name == "SubmitJob"]
+    assert submitted["containerOverrides"]["resourceRequirements"] == [
+        {"type": "VCPU", "value": "8"},
+        {"type": "MEMORY", "value": "4096"},
+    ]
+    (described,) = client.describe_jobs(jobs=[job_id])["jobs"]
+    env = env_map(described["container"]["environment"])
+    assert ENV_SIGNING_KEY not in env
+    assert job.signing_key not in json.dumps(described)
+    assert env[ENV_CREDENTIALS_FUNCTION] == "gantry-job-credentials"
+    assert env[ENV_JOB_CLAIM] == claim_value(job)
+    # GPU jobs are alone on their host by their single GPU; their vCPUs follow memory.
+    BatchBackend(deployed, client).submit(make_job(requires_gpu_type="T4"), make_image(), URI)
+    gpu = [params for name, params in calls if name == "SubmitJob"][-1]
+    assert {"type": "GPU", "value": "1"} in gpu["containerOverrides"]["resourceRequirements"]
 
 
 def test_job_definition_per_image_is_a_copy_registered_once(batch, settings):
