@@ -107,6 +107,14 @@ def _system_binds() -> list[str]:
     return args
 
 
+def _probe_program(binary: str) -> list[str]:
+    """What a probe runs in its sandbox: ``true``, or in an image without one (distroless,
+    or no userland at all) the static runner's bwrap itself."""
+    if any(os.access(f"{directory}/true", os.X_OK) for directory in ("/usr/bin", "/bin")):
+        return ["--", "true"]
+    return ["--ro-bind", binary, binary, "--", binary, "--version"]
+
+
 @functools.lru_cache(maxsize=2)
 def probe(as_root: bool | None = None) -> Probe:
     """Can bwrap build a sandbox here? Asked once per process."""
@@ -115,7 +123,7 @@ def probe(as_root: bool | None = None) -> Probe:
         return Probe(False, "bwrap is not installed")
     root = os.geteuid() == 0 if as_root is None else as_root
     argv = [binary, *_namespace_flags(root), "--die-with-parent", "--cap-drop", "ALL"]
-    argv += [*_system_binds(), "--proc", "/proc", "--dev", "/dev", "--", "true"]
+    argv += [*_system_binds(), "--proc", "/proc", "--dev", "/dev", *_probe_program(binary)]
     try:
         done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError) as error:
@@ -236,7 +244,7 @@ def probe_user_namespace(uid: int | None, gid: int | None) -> Probe:
     argv = [binary, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
     if uid is not None and gid is not None:
         argv += ["--uid", str(uid), "--gid", str(gid)]
-    argv += [*_system_binds(), "--proc", "/proc", "--dev", "/dev", "--", "true"]
+    argv += [*_system_binds(), "--proc", "/proc", "--dev", "/dev", *_probe_program(binary)]
     extra: dict[str, object] = {}
     if os.geteuid() == 0 and uid is not None and gid is not None:
         extra = {"user": uid, "group": gid, "extra_groups": []}

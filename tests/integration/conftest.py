@@ -23,6 +23,7 @@ from batch_runner.invoke import run_invocation
 from batch_runner.logs import JsonLog
 from gantry.contract import InferenceResult, Invocation, new_signing_key, verify_result
 from gantry.resources import SIGNATURE_METADATA_KEY, result_key
+from tests.integration.runner_binary import run_binary, selected_binary
 
 RUNNER_BUCKET = "runner-test-bucket"
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +46,19 @@ class RunnerS3:
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With GANTRY_RUNNER_BINARY, tests that need the runner in this process skip."""
+    binary = selected_binary()
+    if binary is None:
+        return
+    skip = pytest.mark.skip(
+        reason=f"patches the runner's own code; runs with the module, not {binary}"
+    )
+    for item in items:
+        if item.get_closest_marker("in_process"):
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -143,6 +157,14 @@ class RunnerJob:
         return RunnerConfig(**values)
 
     def run(self, command: list[str], **overrides: Any) -> tuple[InferenceResult, list[dict]]:
+        binary = selected_binary()
+        if binary is not None:
+            # Through the static runner, configured as a backend configures it.
+            done, lines = run_binary(
+                binary, self.task(), self.config(command, **overrides), self.s3.env()
+            )
+            assert done.returncode == 0, f"runner exited {done.returncode}: {done.stderr}"
+            return self.verified(), lines
         sink = io.StringIO()
         result = run_invocation(
             self.invocation(),

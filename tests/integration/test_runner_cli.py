@@ -1,4 +1,5 @@
-"""``python -m batch_runner`` as the compute backend runs it: a subprocess with env only."""
+"""``python -m batch_runner`` (or the static runner, see runner_binary.py) as the compute backend
+runs it: a subprocess with env only."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from batch_runner.config import encode_b64j
+from tests.integration.runner_binary import runner_argv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +21,7 @@ def runner(
     args: list[str], env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "batch_runner", *args],
+        [*runner_argv(), *args],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.runner_binary import runner_argv
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,9 +38,7 @@ def peak_rss_kib(command: list[str], env: dict[str, str]) -> tuple[int, int]:
 @pytest.mark.slow
 def test_flood_is_streamed_with_bounded_memory(runner_s3, runner_job):
     command = [
-        sys.executable,
-        "-m",
-        "batch_runner",
+        *runner_argv(),
         "invoke",
         "--task",
         json.dumps(runner_job.task()),

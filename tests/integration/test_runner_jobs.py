@@ -12,6 +12,7 @@ import SimpleITK
 
 from gantry.contract import ResultVerificationError, verify_result
 from gantry.kinds import spec
+from tests.integration.runner_binary import selected_binary
 
 PY = sys.executable
 
@@ -227,10 +228,11 @@ def test_image_directory_with_two_images_and_unreadable_image(runner_job):
     tifffile.imwrite(f"{out}/images/tiff/d.tif", numpy.zeros((4, 4), numpy.uint8))
     """
     result, _ = runner_job.run(inline(code))
-    assert result.output_errors == {
-        "two": "Only 1 image should be produced in 'images/two', we found 2",
-        "broken": "The image 'c.mha' in 'images/broken' could not be read",
-    }
+    expected = {"two": "Only 1 image should be produced in 'images/two', we found 2"}
+    if selected_binary() is None:
+        # The static runner has no SimpleITK: image headers are left to the platform's checks.
+        expected["broken"] = "The image 'c.mha' in 'images/broken' could not be read"
+    assert result.output_errors == expected
 
 
 def test_symlink_in_output_is_rejected_and_nothing_uploaded(runner_job):

@@ -115,6 +115,7 @@ def test_input_is_read_only_and_nothing_outside_output_persists(runner_job):
     assert not os.path.exists(os.path.join(str(runner_job.config([]).workdir), marker))
 
 
+@pytest.mark.in_process
 def test_required_sandbox_fails_cleanly_when_unavailable(runner_job, monkeypatch):
     from batch_runner.sandbox import Probe
 
@@ -125,6 +126,7 @@ def test_required_sandbox_fails_cleanly_when_unavailable(runner_job, monkeypatch
     assert runner_job.verified().pk == runner_job.pk
 
 
+@pytest.mark.in_process
 def test_auto_falls_back_and_says_so(runner_job, monkeypatch):
     from batch_runner.sandbox import Probe
 

@@ -93,6 +93,7 @@ def test_hostile_zip_members_are_rejected(runner_job, members, links, message):
     assert runner_job.verified().return_code == 125
 
 
+@pytest.mark.in_process
 def test_zip_bomb_by_ratio_and_by_total_size(runner_job):
     runner_job.add_input(
         "files/bomb.zip", make_zip({"zeros": bytes(8 * 1024 * 1024)}), decompress=True
