@@ -225,6 +225,7 @@ def _prepare_archive(api: ApiOptions, client: Any, archive: Path) -> PreparedIma
     store = image_store_dir(api.state_dir)
     try:
         prepared = ImageStore(store).prepare(archive)
+        prepared.check_reachable()
     except ImageError as error:
         raise CliError(f"{archive}: {error}") from None
     except OSError as error:

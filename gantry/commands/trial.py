@@ -130,6 +130,7 @@ def _run(
     store = image_store_dir(state_dir)
     try:
         prepared = ImageStore(store).prepare(archive)
+        prepared.check_reachable()
     except ImageError as error:
         raise CliError(f"{archive}: {error}") from None
     except OSError as error:

@@ -162,6 +162,7 @@ class LocalBackend:
                 raise SubmitError("This local compute backend has no image store for OCI images")
             try:
                 prepared = ImageStore(self.image_store).prepare(image.image)
+                prepared.check_reachable()
             except ImageError as error:
                 raise SubmitError(str(error)) from None
             environment.update(prepared.runner_environment())

@@ -56,6 +56,19 @@ class PreparedImage:
     def ref(self) -> str:
         return image_ref(self.config.digest)
 
+    def check_reachable(self) -> None:
+        """A root runner drops to the image's USER before the sandbox starts: that user must
+        pass through every folder above the root filesystem (``o+x``)."""
+        if os.geteuid() != 0:
+            return  # the runner stays this user, who owns the store
+        for folder in [self.rootfs, *self.rootfs.absolute().parents]:
+            if not os.stat(folder).st_mode & 0o001:
+                raise ImageError(
+                    f"The image's user cannot reach its root filesystem: {folder} is not "
+                    "world-traversable; chmod o+x it or keep the image store elsewhere "
+                    "(--state-dir)"
+                )
+
     def runner_environment(self) -> dict[str, str]:
         """What the runner reads to run this image: its root, USER, ENV, WORKDIR, API method.
 

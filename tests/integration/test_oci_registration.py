@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +44,18 @@ def _decode(value: str) -> object:
     return json.loads(base64.b64decode(value))
 
 
-def test_the_backend_gives_the_runner_the_image_root_and_config(tmp_path):
-    store = ImageStore(tmp_path / "images")
+@pytest.fixture
+def traversable() -> Iterator[Path]:
+    """A folder everyone may pass through (pytest's are owner-only): a root runner reaches
+    the image's root filesystem as the image's USER."""
+    folder = Path(tempfile.mkdtemp(prefix="gantry-oci-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_backend_gives_the_runner_the_image_root_and_config(traversable):
+    store = ImageStore(traversable / "images")
     prepared = store.prepare(gc_template_image("invoke"))
     backend = LocalBackend(Settings(), image_store=store.root)
     try:
@@ -62,9 +75,24 @@ def test_the_backend_gives_the_runner_the_image_root_and_config(tmp_path):
         backend.shutdown()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root runner changes user")
+def test_a_store_the_images_user_cannot_reach_fails_the_job_with_why(tmp_path):
+    store = ImageStore(tmp_path / "images")  # under pytest's owner-only folders
+    prepared = store.prepare(static_threshold_image())
+    backend = LocalBackend(Settings(), image_store=store.root)
+    try:
+        image = make_image(image=prepared.ref, entrypoint=["/threshold"], command=None)
+
+        with pytest.raises(SubmitError, match=r"cannot reach its root filesystem: .* chmod o"):
+            backend.runner_environment_for(make_job(), image)
+    finally:
+        backend.shutdown()
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, Path]]:
-    state_dir = tmp_path_factory.mktemp("state")
+def stack() -> Iterator[tuple[LocalStack, Path]]:
+    state_dir = Path(tempfile.mkdtemp(prefix="gantry-oci-state-"))
+    state_dir.chmod(0o755)
     stack = serve_local_stack("gantry-oci", state_dir)
     try:
         token = stack.ctx.store.users.create_token("alice")
@@ -89,6 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack
         yield stack, state_dir
     finally:
         stack.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def gantry(state_dir: Path, *args: str) -> Result:
