@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo up test lint bench openapi setup runner
+.PHONY: demo up test lint bench openapi setup runner bioimageio-oracle
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,16 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 setup: $(BIN)/.installed
+
+# bioimageio.core, the bioimage.io runtime's test oracle and benchmark baseline, in its own
+# environment: core 0.11 pins bioimageio.spec 0.5.12, which needs pydantic<2.14.
+ORACLE ?= .venv-bioimageio
+$(ORACLE)/.installed:
+	$(PYTHON) -m venv $(ORACLE)
+	$(ORACLE)/bin/pip install -q "bioimageio.core==0.11.0" "pydantic>=2.11,<2.14" "onnxruntime>=1.20"
+	touch $@
+
+bioimageio-oracle: $(ORACLE)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/gantry demo

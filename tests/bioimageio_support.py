@@ -85,6 +85,73 @@ def unet_onnx(path: Path, *, ndim: int = 2, in_channels: int = 1, out_channels: 
     onnx.save(model, str(path))
 
 
+def pointwise_onnx(path: Path, *, in_channels: int = 2, out_channels: int = 3) -> None:
+    """A 1x1 convolution mixing channels: no halo, any size; for testing the processing."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    w = rng.normal(0, 1, (out_channels, in_channels, 1, 1)).astype(np.float32)
+    b = rng.normal(0, 0.5, out_channels).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w", "b"], ["output"])],
+        "pointwise",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", in_channels, "y", "x"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", out_channels, "y", "x"])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def build_processing_package(
+    directory: Path,
+    *,
+    preprocessing: list[dict[str, Any]],
+    postprocessing: list[dict[str, Any]],
+    input_type: str = "float32",
+    output_type: str = "float32",
+    test_input: np.ndarray,
+) -> Path:
+    """A 0.5 package of ``pointwise_onnx`` with the given processing; its test output is a
+    placeholder without a sha256 (these packages test the processing against an oracle)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pointwise_onnx(directory / "model.onnx")
+    np.save(directory / "test_input.npy", test_input)
+    placeholder = np.ones((1, 3, *test_input.shape[2:]), dtype=output_type)
+    np.save(directory / "test_output.npy", placeholder)
+    (directory / "README.md").write_text("# processing test model\n")
+
+    def axes(channels: int, output: bool) -> list[dict[str, Any]]:
+        spatial: list[dict[str, Any]] = [
+            {"type": "space", "id": a, "size": {"tensor_id": "raw", "axis_id": a}}
+            if output
+            else {"type": "space", "id": a, "size": {"min": 1, "step": 1}}
+            for a in ("y", "x")
+        ]
+        names = [f"c{i}" for i in range(channels)]
+        return [{"type": "batch"}, {"type": "channel", "channel_names": names}, *spatial]
+
+    rdf = rdf_05(2, sha256(directory / "model.onnx"), "", "")
+    rdf["inputs"][0].update(
+        axes=axes(2, False),
+        test_tensor={"source": "test_input.npy"},
+        data={"type": input_type},
+        preprocessing=preprocessing,
+    )
+    rdf["outputs"][0].update(
+        axes=axes(3, True),
+        test_tensor={"source": "test_output.npy"},
+        data={"type": output_type, "values": [False, True]}
+        if output_type == "bool"
+        else {"type": output_type},
+        postprocessing=postprocessing,
+    )
+    (directory / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+    return directory / "rdf.yaml"
+
+
 def run_onnx(path: Path, array: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
@@ -256,3 +323,31 @@ def build_package(
         for path in sorted(directory.iterdir()):
             archive.write(path, path.name)
     return Package(directory, zip_path, rdf, model_path, test_input, test_output)
+
+
+REPO = Path(__file__).resolve().parents[1]
+ORACLE_PYTHON = REPO / ".venv-bioimageio" / "bin" / "python"
+ORACLE_SCRIPT = REPO / "benchmarks" / "bioimageio_core.py"
+
+
+def core_predict(
+    rdf: Path, array: np.ndarray, output_ids: list[str], blocksize: int | None, workdir: Path
+) -> dict[str, np.ndarray]:
+    """bioimageio.core's prediction, run in its own environment (``make bioimageio-oracle``)."""
+    import json
+    import subprocess
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.save(workdir / "input.npy", array)
+    outputs = {o: str(workdir / f"{o}.npy") for o in output_ids}
+    request = {"rdf": str(rdf), "input": str(workdir / "input.npy"), "outputs": outputs}
+    (workdir / "request.json").write_text(json.dumps({**request, "blocksize": blocksize}))
+    done = subprocess.run(
+        [str(ORACLE_PYTHON), str(ORACLE_SCRIPT), str(workdir / "request.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"bioimageio.core failed: {done.stderr[-3000:]}")
+    return {o: np.load(p) for o, p in outputs.items()}
