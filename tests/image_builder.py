@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 MTIME = 1_700_000_000
 Layout = Literal["docker", "docker25", "oci"]
-Compression = Literal["none", "gzip", "xz"]
+Compression = Literal["none", "gzip", "xz", "zstd"]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -200,6 +200,9 @@ def _build(spec: ImageSpec, work: Path, layer_compression: Compression) -> _Buil
                 gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst,
             ):
                 shutil.copyfileobj(src, dst)
+        if layer_compression == "zstd":
+            blob, media_type = plain.with_suffix(".tar.zst"), OCI_LAYER + "+zstd"
+            subprocess.run(["zstd", "-q", "-o", str(blob), str(plain)], check=True)
         layers.append((blob, _file_sha(blob), diff_id, media_type))
     settings: dict[str, Any] = {"Env": spec.env, "Labels": spec.labels or None}
     if spec.entrypoint is not None:

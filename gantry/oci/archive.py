@@ -70,6 +70,9 @@ class ArchiveImage:
     config: ImageConfig
     layer_members: tuple[str, ...]
     layout: str  # "docker" (before 25), "oci" (OCI layout, including Docker 25+ saves)
+    # The exact bytes the digests name, for an importer that pushes the image on unchanged.
+    config_blob: bytes = b""
+    manifest_blob: bytes | None = None  # None for Docker < 25, which stores no manifest
 
     def layer_streams(self, wanted: set[str]) -> Iterator[tuple[Layer, IO[bytes]]]:
         """Stream the layers whose ``digest`` is in ``wanted``, each once, in archive order.
@@ -279,7 +282,8 @@ def _read_oci(path: Path, members: _Members) -> ArchiveImage:
             "('docker save IMAGE:TAG')"
         )
     descriptor = next(iter(unique.values()))
-    manifest = json.loads(_verified_blob(members, descriptor["digest"], "image manifest"))
+    raw_manifest = _verified_blob(members, descriptor["digest"], "image manifest")
+    manifest = json.loads(raw_manifest)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
         raise ImageError("The image manifest names no config: the archive is not an image")
     config_digest = manifest["config"].get("digest")
@@ -299,7 +303,7 @@ def _read_oci(path: Path, members: _Members) -> ArchiveImage:
             (digest, str(entry.get("mediaType", "")), size if isinstance(size, int) else None)
         )
     config = parse_config(raw_config, config_digest, layers, _tags(descriptor))
-    return ArchiveImage(path, config, tuple(layer_members), "oci")
+    return ArchiveImage(path, config, tuple(layer_members), "oci", raw_config, raw_manifest)
 
 
 # --- Docker before 25 --------------------------------------------------------------------------
@@ -344,4 +348,4 @@ def _read_docker(path: Path, members: _Members) -> ArchiveImage:
     layer_members = [_member(members, n) for n in names]
     tags = [str(t) for t in entry.get("RepoTags") or []]
     config = parse_config(raw_config, config_digest, layers, tags)
-    return ArchiveImage(path, config, tuple(layer_members), "docker")
+    return ArchiveImage(path, config, tuple(layer_members), "docker", raw_config, None)

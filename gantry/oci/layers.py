@@ -1,14 +1,15 @@
 """Unpack one layer safely, and apply unpacked layers in order into a root filesystem.
 
-``unpack_layer`` reads a layer blob as a stream (gzip, xz, bzip2 or uncompressed; zstd is
-refused with a message), checks the blob's digest and its uncompressed diff_id while it
-reads, and refuses a member that could touch anything outside the target directory:
-absolute names, ``..`` components, device nodes and FIFOs, hard links out of the layer or to
-a member not yet extracted, and any write whose path passes through a symbolic link. A symbolic
-link itself is only data: its target, absolute or not, is stored as is and resolves inside the
-root once that root is ``/``. Modes are kept without the setuid/setgid bits; mtimes are kept;
-ownership is kept when this process is root (the runner then drops to the image's USER, who
-must read what the image gave it), and left to the current user otherwise.
+``unpack_layer`` reads a layer blob as a stream (gzip, xz, bzip2, uncompressed, or zstd
+through the ``zstd`` command when the machine has it), checks the blob's digest and its
+uncompressed diff_id while it reads, and refuses a member that could touch anything outside
+the target directory: absolute names, ``..`` components, device nodes and FIFOs, hard links
+out of the layer or to a member not yet extracted, and any write whose path passes through a
+symbolic link. A symbolic link itself is only data: its target, absolute or not, is stored
+as is and resolves inside the root once that root is ``/``. Modes are kept without the
+setuid/setgid bits; mtimes are kept; ownership is kept when this process is root (the runner
+then drops to the image's USER, who must read what the image gave it), and left to the
+current user otherwise.
 
 ``apply_layers`` builds a root filesystem from unpacked layers, lowest first, honouring
 whiteouts (``.wh.<name>`` deletes ``<name>`` of lower layers) and opaque directories
@@ -26,7 +27,9 @@ import lzma
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -83,13 +86,53 @@ class _HashingReader:
         return "sha256:" + self.hash.hexdigest()
 
 
-def _decompressed(source: _HashingReader, layer: Layer) -> IO[bytes]:
+class _Zstd:
+    """zstd through the ``zstd`` command (the standard library has no zstd before 3.14): a
+    thread feeds it the blob, the caller reads the tar from its output."""
+
+    def __init__(self, source: _HashingReader) -> None:
+        self.process = subprocess.Popen(
+            ["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.source = source
+        self.feeder = threading.Thread(target=self._feed, daemon=True)
+        self.feeder.start()
+
+    def _feed(self) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            while chunk := self.source.read(COPY_CHUNK):
+                stdin.write(chunk)
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stdin.close()
+
+    def read(self, size: int = -1) -> bytes:
+        assert self.process.stdout is not None
+        return self.process.stdout.read(size)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> int:
+        """Stop it (early on an error); its exit status."""
+        if self.process.poll() is None and self.feeder.is_alive():
+            self.process.kill()
+        self.feeder.join()
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return self.process.wait()
+
+
+def _decompressed(source: _HashingReader, layer: Layer) -> IO[bytes] | _Zstd:
     magic = source.peek(6)
     if magic.startswith(b"\x28\xb5\x2f\xfd"):
-        raise ImageError(
-            f"Layer {layer.digest} is compressed with zstd, which Gantry cannot unpack yet: "
-            "build the image with gzip layers (docker buildx ... --output compression=gzip)"
-        )
+        if shutil.which("zstd") is None:
+            raise ImageError(
+                f"Layer {layer.digest} is compressed with zstd and this machine has no zstd "
+                "command: install zstd, or build the image with gzip layers"
+            )
+        return _Zstd(source)
     if magic.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
     if magic.startswith(b"\xfd7zXZ\x00"):
@@ -102,15 +145,21 @@ def _decompressed(source: _HashingReader, layer: Layer) -> IO[bytes]:
 def unpack_layer(stream: IO[bytes], layer: Layer, target: Path) -> None:
     """Unpack the layer blob in ``stream`` into the empty directory ``target``."""
     blob = _HashingReader(stream)
-    tar_stream = _HashingReader(_decompressed(blob, layer))
+    decompressed = _decompressed(blob, layer)
+    tar_stream = _HashingReader(decompressed)  # type: ignore[arg-type]
     where = f"Layer {layer.digest}"
     directories: list[tuple[Path, tarfile.TarInfo]] = []
     try:
-        with tarfile.open(fileobj=tar_stream, mode="r|") as archive:  # type: ignore[call-overload]
-            for member in archive:
-                _extract(archive, member, target, where, directories)
-        tar_stream.drain()
+        try:
+            with tarfile.open(fileobj=tar_stream, mode="r|") as archive:  # type: ignore[call-overload]
+                for member in archive:
+                    _extract(archive, member, target, where, directories)
+            tar_stream.drain()
+        finally:
+            status = decompressed.close() if isinstance(decompressed, _Zstd) else 0
         blob.drain()
+        if status != 0:
+            raise ImageError(f"{where} is not valid zstd data (zstd exited with {status})")
     except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as error:
         raise ImageError(f"{where} is not a valid tar archive: {error}") from None
     except OSError as error:

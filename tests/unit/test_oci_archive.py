@@ -75,6 +75,22 @@ def test_the_config_digest_is_the_sha256_of_the_config_blob(tmp_path):
         name = json.load(tar.extractfile("manifest.json"))[0]["Config"]
         raw = tar.extractfile(name).read()
     assert config.digest == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert read_archive(archive).config_blob == raw
+
+
+def test_an_oci_image_keeps_its_manifest_and_streams_every_layer_blob(tmp_path):
+    archive = write_archive(tmp_path / "image.tar", _spec(), layout="oci", layer_compression="gzip")
+
+    image = read_archive(archive)
+
+    manifest = json.loads(image.manifest_blob)
+    assert manifest["config"]["digest"] == image.config.digest
+    digests = {layer.digest for layer in image.config.layers}
+    streamed = {
+        layer.digest: "sha256:" + hashlib.sha256(stream.read()).hexdigest()
+        for layer, stream in image.layer_streams(digests)
+    }
+    assert streamed == {digest: digest for digest in digests}
 
 
 def test_shell_form_stays_distinguishable(tmp_path):

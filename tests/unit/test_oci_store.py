@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -228,3 +229,23 @@ def test_a_root_image_is_refused_before_unpacking(tmp_path):
         store.prepare(write_archive(tmp_path / "root.tar", spec))
 
     assert os.listdir(store.root / "layers/sha256") == []
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd command is not installed")
+def test_zstd_layers_unpack_through_the_zstd_command(tmp_path):
+    upper = [whiteout("etc/drop"), file("etc/keep", "changed\n")]
+    archive = _image(tmp_path, [BASE, upper], layer_compression="zstd")
+
+    prepared = ImageStore(tmp_path / "store").prepare(archive)
+
+    assert {layer.compression for layer in prepared.config.layers} == {"zstd"}
+    assert (prepared.rootfs / "etc/keep").read_text() == "changed\n"
+    assert not (prepared.rootfs / "etc/drop").exists()
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd command is not installed")
+def test_a_hostile_zstd_layer_stops_its_decompressor(tmp_path):
+    archive = _image(tmp_path, [BASE, [file("/etc/evil", "x")]], layer_compression="zstd")
+
+    with pytest.raises(ImageError, match="has an absolute path"):
+        ImageStore(tmp_path / "store").prepare(archive)
