@@ -34,7 +34,7 @@ from gantry.resources import (
 from gantry.settings import Settings
 from tests.conftest import serve_local_stack
 from tests.example_images import gc_template_image, static_threshold_image
-from tests.image_builder import ImageSpec, file, write_archive
+from tests.image_builder import Entry, ImageSpec, file, hardlink, write_archive
 from tests.unit.test_compute_base import make_image, make_job
 
 pytestmark = pytest.mark.slow
@@ -162,15 +162,38 @@ def test_an_archive_registers_as_an_oci_image_of_the_algorithm(stack):
     assert (prepared.rootfs / "threshold").is_file()
 
 
-def test_a_root_image_is_refused_with_its_reason(stack, tmp_path):
-    _, state_dir = stack
-    spec = ImageSpec(layers=[[file("run", "x", mode=0o755)]], cmd=["/run"], user="")
-    archive = write_archive(tmp_path / "root.tar", spec)
+RUN = file("run", "x", mode=0o755)
+REFUSED = {
+    "root user": (ImageSpec(layers=[[RUN]], cmd=["/run"], user=""), "runs as root"),
+    "arm64": (
+        ImageSpec(layers=[[RUN]], cmd=["/run"], user="1000", architecture="arm64"),
+        "built for linux/arm64",
+    ),
+    "dotdot layer": (
+        ImageSpec(layers=[[RUN], [file("app/../../x", "x")]], cmd=["/run"], user="1000"),
+        "contains '..'",
+    ),
+    "absolute hard link": (
+        ImageSpec(layers=[[RUN, hardlink("passwd", "/etc/passwd")]], cmd=["/run"], user="1000"),
+        "has an absolute path",
+    ),
+    "device node": (
+        ImageSpec(layers=[[RUN, Entry("dev/sda", "chardev")]], cmd=["/run"], user="1000"),
+        "device node",
+    ),
+}
 
-    result = _create(state_dir, "Root image", archive)
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_refused_image_is_reported_with_its_reason(stack, tmp_path, case):
+    _, state_dir = stack
+    spec, reason = REFUSED[case]
+    archive = write_archive(tmp_path / "image.tar", spec)
+
+    result = _create(state_dir, f"Refused {case}", archive)
 
     assert result.exit_code == 1
-    assert "runs as root" in result.output and "Traceback" not in result.output
+    assert reason in result.output and "Traceback" not in result.output
     assert "Created algorithm" not in result.output  # refused before anything was created
 
 
