@@ -8,13 +8,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from batch_runner.limits import ResourceLimits
 from gantry.resources import (
     ENV_ALGORITHM_CMD,
     ENV_ALGORITHM_ENTRYPOINT,
     ENV_ALGORITHM_ENV,
     ENV_ALGORITHM_USER,
+    ENV_MEMORY_LIMIT_MB,
     ENV_ROOTFS,
     ENV_SIGNING_KEY,
 )
@@ -27,6 +29,8 @@ ENV_OUTPUT_ROOT = "GANTRY_OUTPUT_ROOT"
 ENV_SANDBOX = "GANTRY_SANDBOX"
 ENV_RO_PATHS = "GANTRY_SANDBOX_RO_PATHS"
 ENV_KILL_GRACE = "GANTRY_KILL_GRACE_SECONDS"
+ENV_CPU_LIMIT = "GANTRY_CPU_LIMIT"
+ENV_PIDS_LIMIT = "GANTRY_PIDS_LIMIT"
 
 
 class ConfigError(ValueError):
@@ -115,6 +119,15 @@ class RunnerConfig:
     image_env: tuple[str, ...] | None = None
     ro_paths: tuple[Path, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    # Enforced on the algorithm's processes (batch_runner.limits); None: no limit.
+    memory_limit_mb: int | None = None
+    cpu_limit: float | None = 2.0
+    pids_limit: int | None = 512
+
+    @property
+    def resource_limits(self) -> ResourceLimits:
+        memory = self.memory_limit_mb * 1024 * 1024 if self.memory_limit_mb else None
+        return ResourceLimits(memory_bytes=memory, cpus=self.cpu_limit, pids=self.pids_limit)
 
     @property
     def is_image(self) -> bool:
@@ -154,6 +167,9 @@ class RunnerConfig:
             grace = float(env.get(ENV_KILL_GRACE, Limits.kill_grace_seconds))
         except ValueError as error:
             raise ConfigError(f"{ENV_KILL_GRACE} must be a number") from error
+        memory = _positive(env, ENV_MEMORY_LIMIT_MB, int, None)
+        cpus = _positive(env, ENV_CPU_LIMIT, float, 2.0)
+        pids = _positive(env, ENV_PIDS_LIMIT, int, 512)
         rootfs = env.get(ENV_ROOTFS) or None
         image_env = decode_env_list(env.get(ENV_ALGORITHM_ENV))
         if rootfs is not None and image_env is None:
@@ -173,4 +189,23 @@ class RunnerConfig:
             workdir=Path(workdir or env.get(ENV_WORKDIR) or default_workdir).absolute(),
             ro_paths=tuple(Path(p).absolute() for p in extra),
             limits=Limits(kill_grace_seconds=grace),
+            memory_limit_mb=memory,  # type: ignore[arg-type]
+            cpu_limit=cpus,
+            pids_limit=pids,  # type: ignore[arg-type]
         )
+
+
+def _positive(env: Mapping[str, str], name: str, kind: type, default: float | None) -> Any:
+    """A positive number from ``env``; ``0`` or ``none`` switches the limit off."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("0", "none"):
+        return None
+    try:
+        value = kind(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name} must be a positive number") from error
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number")
+    return value

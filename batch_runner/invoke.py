@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from batch_runner import __version__, checks, imageroot, process, sandbox
+from batch_runner import __version__, checks, imageroot, limits, process, sandbox
 from batch_runner.config import RunnerConfig
 from batch_runner.logs import JsonLog
 from batch_runner.staging import (
@@ -203,8 +204,10 @@ def _start(
     sandboxed: bool,
 ) -> process.Outcome:
     assert config.command is not None
+    confinement = limits.confine(config.resource_limits)
+    log.info(f"Resource limits {config.resource_limits} enforced by {confinement.mechanism}")
     try:
-        return process.run(
+        outcome = process.run(
             argv,
             env=env,
             cwd=cwd,
@@ -215,7 +218,12 @@ def _start(
             grace_seconds=config.limits.kill_grace_seconds,
             user=user,
             sandboxed=sandboxed,
+            preexec=confinement.preexec if confinement.mechanism != "none" else None,
         )
+        if confinement.oom_killed() and not outcome.timed_out:
+            log.error("The algorithm exceeded its memory limit")
+            outcome = dataclasses.replace(outcome, return_code=OOM_KILLED)
+        return outcome
     except PermissionError as error:
         raise SetupError(
             f"The algorithm command '{config.command[0]}' could not be started: permission denied",
@@ -229,6 +237,8 @@ def _start(
         raise SetupError(
             f"The algorithm command '{config.command[0]}' could not be started: {error.strerror}"
         ) from error
+    finally:
+        confinement.close()
 
 
 def _execute(

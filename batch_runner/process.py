@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -176,10 +176,17 @@ def run(
     grace_seconds: float,
     user: tuple[int, int] | None = None,
     sandboxed: bool = False,
+    preexec: Callable[[tuple[int, int] | None], Callable[[], None]] | None = None,
 ) -> Outcome:
-    """Run ``argv`` to completion or until ``timeout``; raises OSError if it cannot start."""
+    """Run ``argv`` to completion or until ``timeout``; raises OSError if it cannot start.
+
+    ``preexec(user)`` builds what the child runs after fork (join resource-limit groups,
+    then switch to ``user`` itself, as the groups are root's to join).
+    """
     extra: dict[str, object] = {}
-    if user is not None:
+    if preexec is not None:
+        extra = {"preexec_fn": preexec(user)}
+    elif user is not None:
         extra = {"user": user[0], "group": user[1], "extra_groups": []}
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

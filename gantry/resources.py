@@ -104,6 +104,9 @@ ENV_ALGORITHM_WORKDIR = "GANTRY_ALGORITHM_WORKDIR"
 ENV_API_METHOD = "GANTRY_API_METHOD"
 # One machine only: an unpacked image root filesystem that becomes / in the sandbox.
 ENV_ROOTFS = "GANTRY_ROOTFS"
+# One machine only: the algorithm's memory limit (its requires_memory_gb), which the runner
+# enforces on the algorithm's processes (on AWS the compute service does).
+ENV_MEMORY_LIMIT_MB = "GANTRY_MEMORY_LIMIT_MB"
 # An algorithm image's ``image`` value for an image in the local image store:
 # "oci:sha256:<config digest hex>" (gantry.oci.store).
 OCI_IMAGE_PREFIX = "oci:"

@@ -109,6 +109,20 @@ def algorithms_create(
     time_limit: Annotated[
         int | None, typer.Option(help="Seconds a job may run (300-86400).", show_default=False)
     ] = None,
+    memory_gb: Annotated[
+        int | None,
+        typer.Option(
+            help="Memory a job may use, in GB (requires_memory_gb); the local backend enforces "
+            "it on the algorithm's processes.",
+            show_default=False,
+        ),
+    ] = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            help="The GPU type a job needs (requires_gpu_type, e.g. T4).", show_default=False
+        ),
+    ] = None,
     user: Annotated[
         list[str] | None,
         typer.Option(
@@ -158,6 +172,10 @@ def algorithms_create(
         }
         if time_limit is not None:
             body["time_limit"] = time_limit
+        if memory_gb is not None:
+            body["requires_memory_gb"] = memory_gb
+        if gpu is not None:
+            body["requires_gpu_type"] = gpu
         with api.connect() as client:
             prepared = _prepare_archive(api, client, image_archive) if image_archive else None
             algorithm = client.post("algorithms/", body)

@@ -51,7 +51,12 @@ from gantry.compute.base import (
 from gantry.compute.events import batch_state
 from gantry.jobs import Job
 from gantry.oci import ImageError, ImageStore, is_image_ref
-from gantry.resources import BATCH_DETAIL_TYPE, BATCH_EVENT_SOURCE, ENV_SIGNING_KEY
+from gantry.resources import (
+    BATCH_DETAIL_TYPE,
+    BATCH_EVENT_SOURCE,
+    ENV_MEMORY_LIMIT_MB,
+    ENV_SIGNING_KEY,
+)
 from gantry.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -157,6 +162,8 @@ class LocalBackend:
     def runner_environment_for(self, job: Job, image: AlgorithmImage) -> dict[str, str]:
         """The runner's variables for this attempt; an OCI image adds its root and config."""
         environment = runner_environment(job, image)
+        # On AWS the compute service enforces the memory; here the runner does.
+        environment[ENV_MEMORY_LIMIT_MB] = str(job.requires_memory_gb * 1024)
         if is_image_ref(image.image):
             if self.image_store is None:
                 raise SubmitError("This local compute backend has no image store for OCI images")

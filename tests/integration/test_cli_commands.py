@@ -448,6 +448,21 @@ def test_drop_for_an_unknown_algorithm_reports_why_no_job_started(cli, tmp_path)
             ["algorithms", "create", "--title", "Bad", "--input", "xyz", "--output", "score"],
             "HTTP 400: interfaces: Unknown interface(s): xyz; create them first",
         ),
+        (
+            [
+                "algorithms",
+                "create",
+                "--title",
+                "Huge",
+                "--input",
+                "threshold",
+                "--output",
+                "score",
+                "--memory-gb",
+                "100000",
+            ],
+            "HTTP 400: requires_memory_gb: ",
+        ),
         (["jobs", "show", "0000"], "HTTP 404: "),
         (
             ["interfaces", "create", "--title", "X", "--kind", "Nope", "--relative-path", "x"],
@@ -516,3 +531,16 @@ def test_drop_errors_are_one_line(cli, tmp_path):
         )
     )
     assert nowhere.startswith("No drop folder to write to")
+
+
+def test_algorithms_create_takes_memory_and_gpu_like_the_api(cli):
+    output = ok(
+        cli(
+            "algorithms", "create", "--title", "Needs memory", "--input", "threshold",
+            "--output", "score", "--memory-gb", "6", "--gpu", "T4",
+        )
+    )  # fmt: skip
+    slug = re.search(r"Created algorithm (\S+)", output).group(1)
+    algorithm = cli.stack.ctx.store.algorithms.get_by_slug(slug)
+    assert algorithm.requires_memory_gb == 6
+    assert algorithm.requires_gpu_type.value == "T4"
