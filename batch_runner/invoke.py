@@ -205,7 +205,8 @@ def _start(
 ) -> process.Outcome:
     assert config.command is not None
     confinement = limits.confine(config.resource_limits)
-    log.info(f"Resource limits {config.resource_limits} enforced by {confinement.mechanism}")
+    group = f" ({confinement.groups[0].name})" if confinement.groups else ""
+    log.info(f"Resource limits {config.resource_limits} enforced by {confinement.mechanism}{group}")
     try:
         outcome = process.run(
             argv,
