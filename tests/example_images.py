@@ -15,6 +15,8 @@ Archives are cached by the hash of everything that goes into them (``cache_dir()
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -130,6 +132,7 @@ def static_threshold_image() -> Path:
     def build(target: Path) -> None:
         with tempfile.TemporaryDirectory() as scratch:
             binary = Path(scratch) / "threshold"
+            _ensure_compiler()
             subprocess.run(
                 ["gcc", "-static", "-O2", "-o", str(binary), str(STATIC_THRESHOLD / "threshold.c")],
                 check=True,
@@ -147,6 +150,18 @@ def static_threshold_image() -> Path:
             write_archive(target, spec, layout="docker")
 
     return _cached("static-threshold", _key(STATIC_THRESHOLD), build)
+
+
+def _ensure_compiler() -> None:
+    """gcc with a static libc; installed from Debian's archive when missing and root (CI)."""
+    if shutil.which("gcc") and Path("/usr/lib/x86_64-linux-gnu/libc.a").exists():
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError("building the static example needs gcc and libc6-dev")
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "gcc", "libc6-dev"]
+    if subprocess.run(install, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(install, check=True)
 
 
 def gc_template_model() -> Path:
