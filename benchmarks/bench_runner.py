@@ -1,4 +1,5 @@
-"""Job runner: staging throughput vs plain boto3, peak memory vs file size, sandbox overhead.
+"""Job runner: start-up and size of the static runner vs the Python runner (runner_startup.py),
+staging throughput vs plain boto3, peak memory vs file size, sandbox overhead.
 
 Against a moto server in its own process. Sizes by environment variables:
 ``GANTRY_BENCH_RUNNER_MB`` (total bytes moved each way, default 1024, in 8 files) and
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+
+from benchmarks import runner_startup
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-runner"
@@ -207,6 +210,7 @@ def _overhead(runs: int, work: Path) -> dict[str, tuple[float, float]]:
 
 
 def main() -> None:
+    runner_startup.main()
     total_mb = int(os.environ.get("GANTRY_BENCH_RUNNER_MB", "1024"))
     runs = int(os.environ.get("GANTRY_BENCH_RUNNER_RUNS", "10"))
     server, endpoint = _start_moto()
