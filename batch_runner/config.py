@@ -19,6 +19,7 @@ from gantry.resources import (
     ENV_MEMORY_LIMIT_MB,
     ENV_ROOTFS,
     ENV_SIGNING_KEY,
+    MODEL_DIR,
 )
 from gantry.resources import ENV_ALGORITHM_WORKDIR as ENV_WORKDIR
 
@@ -117,6 +118,8 @@ class RunnerConfig:
     rootfs: Path | None = None
     # The image's ENV ("K=V", image order); None when the algorithm is not an image.
     image_env: tuple[str, ...] | None = None
+    # Without an image root: where the model is extracted (the container's own folder).
+    model_root: Path = Path(MODEL_DIR)
     ro_paths: tuple[Path, ...] = ()
     limits: Limits = field(default_factory=Limits)
     # Enforced on the algorithm's processes (batch_runner.limits); None: no limit.

@@ -15,6 +15,7 @@ from typing import Any
 from batch_runner import __version__, checks, imageroot, limits, process, sandbox
 from batch_runner.config import RunnerConfig
 from batch_runner.logs import JsonLog
+from batch_runner.model import ModelError, fetch_model
 from batch_runner.staging import (
     StagingError,
     clear_root,
@@ -25,7 +26,7 @@ from batch_runner.staging import (
 from batch_runner.transfer import s3_client
 from batch_runner.users import ImageUser, UserError, resolve_image_user, resolve_user
 from gantry.contract import InferenceResult, Invocation, ResultOutput, sign
-from gantry.resources import SIGNATURE_METADATA_KEY, result_key
+from gantry.resources import MODEL_DIR, SIGNATURE_METADATA_KEY, result_key
 
 # Return codes of runs that never reached the algorithm, as docker run reports them.
 SETUP_FAILED = 125
@@ -144,6 +145,7 @@ def _execute_image(
     log: JsonLog,
     sandboxed: bool,
     user: ImageUser,
+    model_dir: Path | None = None,
 ) -> process.Outcome:
     """An image's command as its USER, with its ENV and WORKDIR."""
     assert config.command is not None
@@ -172,6 +174,7 @@ def _execute_image(
             output_root=config.output_root,
             workdir=workdir,
             user=(user.uid, user.gid),
+            model_dir=model_dir,
         )
     elif sandboxed:
         argv = sandbox.build_command(
@@ -240,6 +243,29 @@ def _start(
         ) from error
     finally:
         confinement.close()
+
+
+def _setup_model(
+    client: Any, invocation: Invocation, config: RunnerConfig, log: JsonLog, scratch: Path
+) -> Path | None:
+    """Extract the invocation's model before the algorithm starts; its host folder.
+
+    With an image root the model goes to a folder of the runner, bound read-only at
+    /opt/ml/model; in the algorithm's own container it goes to /opt/ml/model itself, as
+    sagemaker-shim does (the sandbox shows the container's /opt read-only).
+    """
+    if invocation.model is None:
+        return None
+    if config.rootfs is not None:
+        target = scratch / "model"
+    else:
+        target = config.model_root
+        if target.exists():
+            clear_root(target)
+    scratch.chmod(0o755)
+    size = fetch_model(client, invocation.model, target)
+    log.info(f"Model {invocation.model.bucket_key} extracted ({size} bytes) for {MODEL_DIR}")
+    return target
 
 
 def _execute(
@@ -312,6 +338,7 @@ def run_invocation(
     log.task = invocation.pk
     client = client or s3_client()
     result: dict[str, Any] = {"pk": invocation.pk, "return_code": SETUP_FAILED}
+    scratch = Path(tempfile.mkdtemp(prefix="gantry-runner-"))
     try:
         image_user = (
             resolve_image_user(config.algorithm_user, config.rootfs or Path("/"))
@@ -334,8 +361,9 @@ def run_invocation(
             if files is not None:
                 entry["extracted_files"] = len(files)
             log.info(f"Staged input {json.dumps(entry)}")
+        model_dir = _setup_model(client, invocation, config, log, scratch)
         if image_user is not None:
-            outcome = _execute_image(invocation, config, log, sandboxed, image_user)
+            outcome = _execute_image(invocation, config, log, sandboxed, image_user, model_dir)
         else:
             outcome = _execute(invocation, config, log, sandboxed)
         result.update(
@@ -348,6 +376,9 @@ def run_invocation(
         log.info(f"Algorithm finished with code {outcome.return_code} in {outcome.duration:.2f}s")
         if outcome.return_code == 0 and not outcome.timed_out:
             _collect(client, invocation, config, result)
+    except ModelError as error:
+        log.error(f"Could not set up model: {error}")
+        result["user_safe_error_message"] = f"Could not set up model: {error}"
     except (StagingError, UserError) as error:
         log.error(str(error))
         result["user_safe_error_message"] = str(error)
@@ -357,6 +388,8 @@ def run_invocation(
     except Exception as error:  # the result must be written whatever went wrong
         log.error(f"{MSG_INTERNAL}: {type(error).__name__}: {error}")
         result["user_safe_error_message"] = MSG_INTERNAL
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     result.update(invoke_duration=time.monotonic() - started, runner_version=__version__)
     final = InferenceResult.model_validate(result)
     write_result(client, invocation, final, config.signing_key_hex)

@@ -49,6 +49,16 @@ class ExpectedOutput(BaseModel):
         return validate_relative_path(value, allow_nested_json=True)
 
 
+class InvocationModel(BaseModel):
+    """The algorithm's active model: a tarball the runner extracts to /opt/ml/model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket_name: str = Field(min_length=3, max_length=63)
+    bucket_key: str = Field(min_length=1, max_length=1024)
+    sha256: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9a-f]{64}$")
+
+
 class Invocation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,8 +67,10 @@ class Invocation(BaseModel):
     output_bucket_name: str
     output_prefix: str
     timeout: int = Field(gt=0, le=86400 * 7)
-    # Gantry extension: optional, ignored by sagemaker-shim.
+    # Gantry extensions: optional, ignored by sagemaker-shim (which takes the model from
+    # its environment, GRAND_CHALLENGE_COMPONENT_MODEL).
     outputs: list[ExpectedOutput] | None = None
+    model: InvocationModel | None = None
 
     @field_validator("output_prefix")
     @classmethod
