@@ -20,7 +20,13 @@ from gantry import resources
 from infra.nag import acknowledge
 
 S3_READ = ("s3:GetObject",)
-S3_WRITE = ("s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
+# ListMultipartUploadParts: gcapi's list-parts endpoint (resuming an upload) asks S3.
+S3_WRITE = (
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+)
 TABLE_READ = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query")
 TABLE_WRITE = (
     "dynamodb:PutItem",

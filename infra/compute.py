@@ -384,16 +384,26 @@ class Compute(Construct):
         )
         return [
             iam.PolicyStatement(actions=["batch:SubmitJob"], resources=[*queues, definitions]),
+            # Registering with tags (tag-on-create) is authorised as TagResource on the new
+            # definition, as submitting with tags is on the new job.
             iam.PolicyStatement(
-                actions=["batch:RegisterJobDefinition", "batch:DeregisterJobDefinition"],
+                actions=[
+                    "batch:RegisterJobDefinition",
+                    "batch:DeregisterJobDefinition",
+                    "batch:TagResource",
+                ],
                 resources=[definitions],
             ),
             iam.PolicyStatement(
                 actions=["batch:TerminateJob", "batch:CancelJob", "batch:TagResource"],
                 resources=[jobs],
             ),
-            # DescribeJobs and ListJobs support no resource-level permissions.
-            iam.PolicyStatement(actions=["batch:DescribeJobs", "batch:ListJobs"], resources=["*"]),
+            # DescribeJobs, ListJobs and DescribeJobDefinitions support no resource-level
+            # permissions; the backend looks up each image's definition before submitting.
+            iam.PolicyStatement(
+                actions=["batch:DescribeJobs", "batch:ListJobs", "batch:DescribeJobDefinitions"],
+                resources=["*"],
+            ),
             iam.PolicyStatement(
                 actions=["iam:PassRole"],
                 resources=[self.job_role.role_arn, self.execution_role.role_arn],
@@ -424,10 +434,12 @@ class Compute(Construct):
             arn.format(
                 service="batch", resource=f"job-definition/{self._settings.batch_job_definition}*"
             ): "Revisions of the runner job definition (one per algorithm image) are created "
-            "at runtime; the wildcard covers only names starting with the runner's name.",
+            "(and tagged) at runtime; the wildcard covers only names starting with the "
+            "runner's name.",
             arn.format(service="sagemaker", resource=f"training-job/{prefix}*"): "Training "
             "jobs are named per job at runtime; only names with Gantry's prefix are allowed.",
-            "*": "batch:DescribeJobs and batch:ListJobs support no resource-level permissions.",
+            "*": "batch:DescribeJobs, batch:ListJobs and batch:DescribeJobDefinitions support no "
+            "resource-level permissions.",
         }
         for resource, reason in findings.items():
             acknowledge(scope, f"AwsSolutions-IAM5[Resource::{resource}]", reason)

@@ -4,16 +4,23 @@
 |--------------|----------------------------------|-------|-----------------------------------|
 | api          | API Gateway proxy                | rw    | uploads values io dropbox-results |
 | on_upload    | SQS (uploads/ notifications)     | rw    | uploads values io                 |
-| on_dropbox   | SQS (dropbox/ notifications)     | rw    | dropbox values io dropbox-results |
+| on_dropbox   | SQS (dropbox/ notifications)     | rw    | dropbox uploads values io         |
+|              |                                  |       | dropbox-results                   |
 | on_job_event | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results         |
-| sweeper      | schedule (rate 5 minutes)        | rw    | io                                |
+| sweeper      | schedule (rate 5 minutes)        | rw    | io values dropbox-results         |
 
 Every function may control compute jobs (submit, describe, cancel; register ``gantry-runner*``
 job definitions; pass the job roles): a job is submitted by whichever at-least-once handler
 completes its inputs (API for ready values, on_upload after an upload validates, on_dropbox
-for a dropped file, on_job_event for a retry attempt, the sweeper for a stuck one). Only
-on_job_event and the sweeper finish jobs, so only they may put ``Gantry Job …`` events.
-Functions that create jobs (api, on_dropbox, on_upload) may send "validate-inputs"
+for a dropped file, on_job_event for a retry attempt, the sweeper for a stuck one). Whoever
+submits may also fail the job (a submission refused for good; the API also cancels), so
+every function may put
+``Gantry Job …`` events: a lost "Gantry Job Failed" would leave a drop folder without its
+result file. The drop folder copies dropped files to ``uploads/`` (the upload records jobs
+are made from). The sweeper finishes jobs the callback missed, outputs and images included,
+and restarts jobs whose inputs live under ``values/``: it has the callback's prefixes and
+its imaging code package. The IAM rehearsal (tests/iam) checks these grants against the calls
+the code makes. Functions that create jobs (api, on_dropbox, on_upload) may send "validate-inputs"
 messages to the uploads queue, which on_upload consumes next to the S3 notifications.
 """
 
@@ -41,7 +48,6 @@ from infra.packaging import LambdaCode
 @dataclass(frozen=True)
 class Access:
     prefixes: tuple[str, ...]
-    put_events: bool = False
     # Sends "validate-inputs" messages to the uploads queue (jobs whose inputs need checking).
     send_uploads: bool = False
 
@@ -57,8 +63,6 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
         ),
         Access(
             (r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS),
-            # A cancelled job is announced by the API that cancelled it.
-            put_events=True,
             send_uploads=True,
         ),
     ),
@@ -83,7 +87,13 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             timeout_seconds=60,
         ),
         Access(
-            (r.PREFIX_DROPBOX, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS),
+            (
+                r.PREFIX_DROPBOX,
+                r.PREFIX_UPLOADS,
+                r.PREFIX_VALUES,
+                r.PREFIX_IO,
+                r.PREFIX_DROPBOX_RESULTS,
+            ),
             send_uploads=True,
         ),
     ),
@@ -97,17 +107,20 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             timeout_seconds=120,
             ephemeral_mib=4096,
         ),
-        Access((r.PREFIX_IO, r.PREFIX_VALUES, r.PREFIX_DROPBOX_RESULTS), put_events=True),
+        Access((r.PREFIX_IO, r.PREFIX_VALUES, r.PREFIX_DROPBOX_RESULTS)),
     ),
     "sweeper": (
         FunctionSpec(
             name="sweeper",
             handler="lambdas.sweeper.handler",
             description="Reconciles jobs whose events were lost or that outlived their limit",
-            memory_mib=512,
+            # It completes jobs as the callback does, image outputs included.
+            imaging=True,
+            memory_mib=2048,
             timeout_seconds=240,
+            ephemeral_mib=4096,
         ),
-        Access((r.PREFIX_IO,), put_events=True),
+        Access((r.PREFIX_IO, r.PREFIX_VALUES, r.PREFIX_DROPBOX_RESULTS)),
     ),
 }
 
@@ -153,8 +166,7 @@ class Handlers(Construct):
             for statement in compute.control_statements():
                 fn.add_to_role_policy(statement)
             compute.acknowledge_control(wrapper)
-            if access.put_events:
-                bus.grant_put_events_to(fn)
+            bus.grant_put_events_to(fn)
             if access.send_uploads:
                 uploads_queue.grant_send_messages(fn)
             self.functions[name] = fn
