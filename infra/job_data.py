@@ -73,10 +73,11 @@ class JobDataAccess(Construct):
         wrapper.role.add_to_policy(
             iam.PolicyStatement(actions=["sts:AssumeRole"], resources=[self.data_role.role_arn])
         )
-        # Reads the job, records the redeemed claim.
+        # Reads the job, records the redeemed claim (the job store's compare-and-set write is
+        # a conditional PutItem of the whole item).
         wrapper.role.add_to_policy(
             iam.PolicyStatement(
-                actions=["dynamodb:GetItem", "dynamodb:UpdateItem"],
+                actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
                 resources=[table.table_arn],
             )
         )

@@ -34,6 +34,9 @@ class Call:
     operation: str
     requests: tuple[Request, ...]
     presigned: bool = False
+    # A role session's policy (AssumeRole's Policy): the call needs its allow too.
+    session_policy: tuple[dict[str, Any], ...] = ()
+    params: dict[str, Any] | None = None
 
 
 class UnknownOperation(Exception):
@@ -214,6 +217,20 @@ def _sqs(operation: str, p: dict[str, Any]) -> list[Request]:
     raise UnknownOperation(f"sqs:{operation}")
 
 
+def _sts(operation: str, p: dict[str, Any]) -> list[Request]:
+    if operation == "AssumeRole":
+        return [R("sts:AssumeRole", p["RoleArn"])]
+    raise UnknownOperation(f"sts:{operation}")
+
+
+def _lambda(operation: str, p: dict[str, Any]) -> list[Request]:
+    if operation == "Invoke":
+        name = p["FunctionName"]
+        arn = name if name.startswith("arn:") else _arn("lambda", f"function:{name}")
+        return [R("lambda:InvokeFunction", arn)]
+    raise UnknownOperation(f"lambda:{operation}")
+
+
 SERVICES: dict[str, Callable[[str, dict[str, Any]], list[Request]]] = {
     "s3": _s3,
     "dynamodb": _dynamodb,
@@ -221,6 +238,8 @@ SERVICES: dict[str, Callable[[str, dict[str, Any]], list[Request]]] = {
     "sagemaker": _sagemaker,
     "events": _events,
     "sqs": _sqs,
+    "sts": _sts,
+    "lambda": _lambda,
 }
 
 
@@ -237,6 +256,7 @@ class Recorder:
         self.calls: list[Call] = []
         self.unknown: list[tuple[str, str]] = []
         self.principal: str | None = None
+        self.session_policy: tuple[dict[str, Any], ...] = ()
 
     def __call__(self, params: dict[str, Any], model: Any, context: Any = None, **_: Any) -> None:
         if self.principal is None:
@@ -248,18 +268,38 @@ class Recorder:
         except UnknownOperation as error:
             self.unknown.append((self.principal, str(error)))
             return
-        presigned = bool((context or {}).get("is_presign_request"))
-        self.calls.append(Call(self.principal, service, operation, requests, presigned))
+        self.record(
+            Call(
+                self.principal,
+                service,
+                operation,
+                requests,
+                presigned=bool((context or {}).get("is_presign_request")),
+                session_policy=self.session_policy,
+                params=dict(params),
+            )
+        )
+
+    def record(self, call: Call) -> None:
+        self.calls.append(call)
 
     @contextlib.contextmanager
-    def acting_as(self, principal: str) -> Iterator[None]:
+    def acting_as(
+        self, principal: str, session_policy: tuple[dict[str, Any], ...] = ()
+    ) -> Iterator[None]:
         """Attribute the calls made inside to ``principal`` (not per thread: s3transfer's
-        worker threads copy on the caller's behalf)."""
-        previous, self.principal = self.principal, principal
+        worker threads copy on the caller's behalf), limited by a session policy if any."""
+        previous = self.principal, self.session_policy
+        self.principal, self.session_policy = principal, session_policy
         try:
             yield
         finally:
-            self.principal = previous
+            self.principal, self.session_policy = previous
+
+    def last(self, principal: str, operation: str) -> Call:
+        return next(
+            c for c in reversed(self.calls) if c.principal == principal and c.operation == operation
+        )
 
     def principals(self) -> set[str]:
         return {c.principal for c in self.calls}

@@ -201,6 +201,13 @@ class Deployment:
                     found.append(logical_id)
         return found
 
+    def role_by_arn(self, arn: str) -> str:
+        """The logical id of the role with this (resolved) ARN."""
+        for logical_id, resource in self.resources.items():
+            if resource["Type"] == "AWS::IAM::Role" and self.get_att(logical_id, "Arn") == arn:
+                return logical_id
+        raise Unresolved(f"no role {arn}")
+
     def job_role(self, definition_name: str) -> str:
         """The logical id of the job role of the Batch job definition with this name."""
         for resource in self.resources.values():

@@ -33,7 +33,7 @@ from gantry.context import Context
 from gantry.provision import ensure_data
 from gantry.services.uploads import upload_key
 from gantry.settings import Settings
-from tests.iam.calls import Call, Recorder, recording
+from tests.iam.calls import Call, Recorder, recording, to_requests
 from tests.iam.evaluate import allowed
 from tests.iam.template import ACCOUNT, REGION, Deployment
 
@@ -45,9 +45,12 @@ HANDLERS = {
     "on_dropbox": "lambdas.on_dropbox.handler",
     "on_job_event": "lambdas.on_job_event.handler",
     "sweeper": "lambdas.sweeper.handler",
+    "job_credentials": "lambdas.job_credentials.handler",
 }
 RUNNER_ON_BATCH = "runner (Batch job role)"
 RUNNER_ON_SAGEMAKER = "runner (SageMaker role)"
+# The runner after its claim: a session of the job data role, limited by its session policy.
+RUNNER_SESSION = "runner (job data session)"
 ALICE = "alice"
 # The algorithm: writes a score and a PDF report.
 ALGORITHM = (
@@ -69,6 +72,9 @@ class Rehearsal:
             role = self.deployment.job_role(Settings.model_construct().batch_job_definition)
         elif principal == RUNNER_ON_SAGEMAKER:
             [role] = self.deployment.roles_assumed_by("sagemaker.amazonaws.com")
+        elif principal == RUNNER_SESSION:
+            environment = self.deployment.function_environment(HANDLERS["job_credentials"])
+            role = self.deployment.role_by_arn(environment["GANTRY_JOB_DATA_ROLE_ARN"])
         else:
             raise KeyError(principal)
         return self.deployment.statements(role)
@@ -80,7 +86,9 @@ class Rehearsal:
             if call.principal not in statements:
                 statements[call.principal] = self.principal_statements(call.principal)
             for request in call.requests:
-                if not allowed(statements[call.principal], request):
+                if not allowed(statements[call.principal], request) or (
+                    call.session_policy and not allowed(call.session_policy, request)
+                ):
                     found.append(_describe(call, request))
         return sorted(set(found))
 
@@ -366,35 +374,79 @@ class Platform:
         return self.ctx.store.jobs.get(pk)
 
     def run(self, pk: str, principal: str = RUNNER_ON_BATCH) -> None:
-        """The runner of the job's current attempt, in-process, as the job's role."""
+        """The runner of the job's current attempt, in-process, as the compute job starts it:
+        its environment is the compute job's, its role ``principal``, its data access the
+        session it claims from the credentials function."""
+        from batch_runner import credentials
         from batch_runner.cli import main
 
         job = self.job(pk)
         uri = f"s3://{self.ctx.settings.bucket_name}/{resources.invocation_key(pk, job.attempt)}"
         root = Path(tempfile.mkdtemp(dir=self.tmp))
         root.chmod(0o755)
-        environment = {"GANTRY_SIGNING_KEY_HEX": job.signing_key}
-        with _environment(environment), self.act(principal):
-            code = main(
-                [
-                    "invoke",
-                    "--file",
-                    uri,
-                    "--input-root",
-                    str(root / "input"),
-                    "--output-root",
-                    str(root / "output"),
-                    "--sandbox",
-                    "required",
-                    "--workdir",
-                    str(root),
-                    "--",
-                    "/usr/bin/python3",
-                    "-c",
-                    ALGORITHM,
-                ]
-            )
+        real_invoker = credentials.lambda_invoker
+        credentials.lambda_invoker = self._credentials_function  # type: ignore[assignment]
+        try:
+            with _environment(self.compute_environment(job)), self.act(principal):
+                code = main(
+                    [
+                        "invoke",
+                        "--file",
+                        uri,
+                        "--input-root",
+                        str(root / "input"),
+                        "--output-root",
+                        str(root / "output"),
+                        "--sandbox",
+                        "required",
+                        "--workdir",
+                        str(root),
+                        "--",
+                        "/usr/bin/python3",
+                        "-c",
+                        ALGORITHM,
+                    ]
+                )
+        finally:
+            credentials.lambda_invoker = real_invoker  # type: ignore[assignment]
         assert code == 0
+
+    def compute_environment(self, job: Any) -> dict[str, str]:
+        """The environment the compute service gives the job's container."""
+        ctx = self.contexts["api"]
+        if ctx.settings.compute_backend == "sagemaker":
+            # moto's DescribeTrainingJob leaves the environment out: the backend's request.
+            image = ctx.store.algorithms.get_image(job.algorithm_image)
+            uri = f"s3://{ctx.settings.bucket_name}/{resources.invocation_key(job.pk, job.attempt)}"
+            return dict(ctx.compute.create_request(job, image, uri)["Environment"])
+        [described] = self.ctx.clients.batch.describe_jobs(jobs=[job.compute_job_id])["jobs"]
+        return {e["name"]: e["value"] for e in described["container"]["environment"]}
+
+    def _credentials_function(self, function: str, region: str) -> Any:
+        """Lambda's invoke of the credentials function (moto runs no Lambda code without
+        Docker): the invoke is recorded as the runner's call, the handler's work as the
+        function's, and what the runner does next as the session it was given."""
+        from gantry.job_credentials import CredentialsRefused, CredentialsRequest, issue
+
+        def invoke(payload: dict[str, Any]) -> dict[str, Any]:
+            recorder = self.recorder
+            arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function}"
+            requests = tuple(to_requests("lambda", "Invoke", {"FunctionName": arn}))
+            recorder.record(Call(recorder.principal or "", "lambda", "Invoke", requests))
+            with self.act("job_credentials"):
+                try:
+                    answer = issue(
+                        self.contexts["job_credentials"], CredentialsRequest.model_validate(payload)
+                    )
+                except CredentialsRefused as error:
+                    return {"error": str(error)}
+            assumed = recorder.last("job_credentials", "AssumeRole")
+            policy = json.loads(assumed.params["Policy"])
+            recorder.principal = RUNNER_SESSION
+            recorder.session_policy = tuple(policy["Statement"])
+            return answer
+
+        return invoke
 
     def finish(self, pk: str, what: str = "succeeded") -> None:
         """The service's state-change event for the job's attempt, to on_job_event."""
@@ -519,7 +571,12 @@ def rehearsal(default_synth: Any, tmp_path_factory: pytest.TempPathFactory) -> R
 
 
 def test_every_principal_was_rehearsed(rehearsal: Rehearsal) -> None:
-    assert rehearsal.recorder.principals() == {*HANDLERS, RUNNER_ON_BATCH, RUNNER_ON_SAGEMAKER}
+    assert rehearsal.recorder.principals() == {
+        *HANDLERS,
+        RUNNER_ON_BATCH,
+        RUNNER_ON_SAGEMAKER,
+        RUNNER_SESSION,
+    }
 
 
 def test_every_call_is_one_the_rehearsal_can_judge(rehearsal: Rehearsal) -> None:
