@@ -15,11 +15,12 @@ completes its inputs (API for ready values, on_upload after an upload validates,
 for a dropped file, on_job_event for a retry attempt, the sweeper for a stuck one). Whoever
 submits may also fail the job (a submission refused for good; the API also cancels), so
 every function may put ``Gantry Job …`` events: a lost "Gantry Job Failed" would leave a
-drop folder without its result file. The drop folder copies dropped files to ``uploads/`` (the upload records jobs
-are made from). The sweeper finishes jobs the callback missed, outputs and images included,
-and restarts jobs whose inputs live under ``values/``: it has the callback's prefixes and
-its imaging code package. The IAM rehearsal (tests/iam) checks these grants against the calls
-the code makes. Functions that create jobs (api, on_dropbox, on_upload) may send "validate-inputs"
+drop folder without its result file. The drop folder copies dropped files to ``uploads/``
+(the upload records jobs are made from). The sweeper finishes jobs the callback missed,
+outputs and images included, and restarts jobs whose inputs live under ``values/``: it has
+the callback's prefixes and its imaging code package. The IAM rehearsal (tests/iam) checks
+these grants against the calls the code makes. Functions that create jobs (api, on_dropbox,
+on_upload) may send "validate-inputs"
 messages to the uploads queue, which on_upload consumes next to the S3 notifications.
 """
 
