@@ -26,6 +26,7 @@ from pathlib import Path
 from tests.image_builder import (
     ImageSpec,
     cache_dir,
+    cache_lock,
     debian_root,
     directory,
     file,
@@ -71,7 +72,9 @@ def _cached(name: str, key: str, build: Callable[[Path], None], suffix: str = ".
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}-{key}{suffix}"
     if not target.exists():
-        build(target)  # write_archive renames into place, so readers never see half
+        with cache_lock(name):
+            if not target.exists():
+                build(target)  # renamed into place when complete: readers never see half
     return target
 
 
@@ -168,7 +171,7 @@ def gc_template_model() -> Path:
     """The example's model tarball: ``weights.json`` at its root, as /opt/ml/model gets it."""
 
     def build(target: Path) -> None:
-        partial = target.with_name(target.name + ".partial")
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         with tarfile.open(partial, "w:gz") as tar:
             tar.add(GC_TEMPLATE / "model" / "weights.json", "weights.json")
         partial.rename(target)

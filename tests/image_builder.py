@@ -11,6 +11,8 @@ cached under ``GANTRY_TEST_CACHE`` (default ``~/.cache/gantry-tests``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -21,7 +23,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,14 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """One builder at a time for ``name`` across processes (pytest-xdist workers)."""
+    with (cache_dir() / f"{name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def cache_dir() -> Path:
@@ -266,7 +276,7 @@ def write_archive(
         else:
             _write_oci(root, built, docker_manifest=layout == "docker25", attestation=attestation)
         mode = {"none": "w", "gzip": "w:gz", "xz": "w:xz"}[compression]
-        partial = path.with_name(path.name + ".partial")
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         with tarfile.open(partial, mode) as tar:
             for member in sorted(root.rglob("*")):
                 tar.add(member, member.relative_to(root).as_posix(), recursive=False)
@@ -400,11 +410,12 @@ def debian_root(packages: Sequence[str], target: Path) -> Path:
     """
     debs = cache_dir() / "debs"
     debs.mkdir(exist_ok=True)
-    missing = [p for p in packages if not list(debs.glob(f"{p}_*.deb"))]
-    if missing and not _apt_download(missing, debs):
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        if not _apt_download(missing, debs):
-            raise RuntimeError(f"apt-get download {' '.join(missing)} failed")
+    with cache_lock("debs"):  # test workers share the cache
+        missing = [p for p in packages if not list(debs.glob(f"{p}_*.deb"))]
+        if missing and not _apt_download(missing, debs):
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            if not _apt_download(missing, debs):
+                raise RuntimeError(f"apt-get download {' '.join(missing)} failed")
     target.mkdir(parents=True, exist_ok=True)
     for package in packages:
         (deb,) = sorted(debs.glob(f"{package}_*.deb"))[-1:]
