@@ -185,6 +185,7 @@ def _execute_image(
             extra_ro_paths=config.ro_paths,
             drop_to=(user.uid, user.gid),
             user_namespace=True,
+            model_dir=model_dir,
         )
     log.info(
         f"Running {config.command!r} as {user.uid}:{user.gid} in "
@@ -246,17 +247,22 @@ def _start(
 
 
 def _setup_model(
-    client: Any, invocation: Invocation, config: RunnerConfig, log: JsonLog, scratch: Path
+    client: Any,
+    invocation: Invocation,
+    config: RunnerConfig,
+    log: JsonLog,
+    scratch: Path,
+    sandboxed: bool,
 ) -> Path | None:
     """Extract the invocation's model before the algorithm starts; its host folder.
 
-    With an image root the model goes to a folder of the runner, bound read-only at
-    /opt/ml/model; in the algorithm's own container it goes to /opt/ml/model itself, as
-    sagemaker-shim does (the sandbox shows the container's /opt read-only).
+    In the sandbox the model goes to a folder of the runner, bound read-only at
+    /opt/ml/model; unsandboxed (the compute environment isolates the container) it goes to
+    /opt/ml/model itself, as sagemaker-shim does.
     """
     if invocation.model is None:
         return None
-    if config.rootfs is not None:
+    if sandboxed:
         target = scratch / "model"
     else:
         target = config.model_root
@@ -269,7 +275,11 @@ def _setup_model(
 
 
 def _execute(
-    invocation: Invocation, config: RunnerConfig, log: JsonLog, sandboxed: bool
+    invocation: Invocation,
+    config: RunnerConfig,
+    log: JsonLog,
+    sandboxed: bool,
+    model_dir: Path | None = None,
 ) -> process.Outcome:
     assert config.command is not None
     user = resolve_user(config.algorithm_user)
@@ -294,6 +304,7 @@ def _execute(
                 workdir=config.workdir,
                 extra_ro_paths=[*config.ro_paths, *prefixes],
                 drop_to=user,
+                model_dir=model_dir,
             )
         log.info(f"Running {config.command!r} (sandboxed={sandboxed}, user={user})")
         outcome = _start(
@@ -361,11 +372,13 @@ def run_invocation(
             if files is not None:
                 entry["extracted_files"] = len(files)
             log.info(f"Staged input {json.dumps(entry)}")
-        model_dir = _setup_model(client, invocation, config, log, scratch)
+        model_dir = _setup_model(client, invocation, config, log, scratch, sandboxed)
+        if not sandboxed:
+            model_dir = None  # extracted in place
         if image_user is not None:
             outcome = _execute_image(invocation, config, log, sandboxed, image_user, model_dir)
         else:
-            outcome = _execute(invocation, config, log, sandboxed)
+            outcome = _execute(invocation, config, log, sandboxed, model_dir)
         result.update(
             return_code=outcome.return_code,
             exec_duration=outcome.duration,

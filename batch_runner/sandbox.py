@@ -98,8 +98,14 @@ def _namespace_flags(as_root: bool) -> list[str]:
 
 
 def _system_binds() -> list[str]:
+    return _system_binds_except()
+
+
+def _system_binds_except(*skipped: str) -> list[str]:
     args: list[str] = []
     for directory in SYSTEM_DIRS:
+        if directory in skipped:
+            continue
         if os.path.islink(directory):
             args += ["--symlink", os.readlink(directory), directory]
         elif os.path.isdir(directory):
@@ -181,6 +187,7 @@ def build_command(
     drop_to: tuple[int, int] | None = None,
     binary: str | None = None,
     user_namespace: bool = False,
+    model_dir: Path | None = None,
 ) -> list[str]:
     """The bwrap command line that runs ``argv`` inside the sandbox.
 
@@ -202,7 +209,17 @@ def build_command(
     elif as_root and drop_to is not None:
         # No setpriv in the image: a user namespace maps the uid (the mounts still confine it).
         args += ["--unshare-user", "--uid", str(drop_to[0]), "--gid", str(drop_to[1])]
-    args += _system_binds()
+    if model_dir is None:
+        args += _system_binds()
+    else:
+        # /opt/ml/model needs a mount point under the read-only /opt: /opt is rebuilt on the
+        # tmpfs root with the host's entries bound one by one (as for an image root).
+        args += [a for a in _system_binds_except("/opt")]
+        made: set[str] = set()
+        split = set(_ancestors(SANDBOX_MODEL))
+        args += _root_entries(Path("/"), "/", {SANDBOX_MODEL}, split, made, only={"opt"})
+        for ancestor in sorted(split - made, key=len):
+            args += ["--perms", "0755", "--dir", ancestor]
     args += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
     for name in sorted(os.listdir("/dev")) if os.path.isdir("/dev") else []:
         if name.startswith(_GPU_DEVICE_PREFIXES):
@@ -219,6 +236,8 @@ def build_command(
     # The roots last, so nothing bound above can shadow them.
     args += ["--ro-bind", str(input_root), SANDBOX_INPUT]
     args += ["--bind", str(output_root), SANDBOX_OUTPUT]
+    if model_dir is not None:
+        args += ["--ro-bind", str(model_dir), SANDBOX_MODEL]
     args += ["--chdir", str(workdir) if os.path.isdir(workdir) else "/"]
     args.append("--")
     if setpriv and drop_to is not None:
@@ -270,7 +289,12 @@ def _ancestors(path: str) -> list[str]:
 
 
 def _root_entries(
-    rootfs: Path, directory: str, mounts: set[str], split: set[str], made: set[str]
+    rootfs: Path,
+    directory: str,
+    mounts: set[str],
+    split: set[str],
+    made: set[str],
+    only: set[str] | None = None,
 ) -> list[str]:
     """bwrap arguments that rebuild ``directory`` of the image, entry by entry where needed.
 
@@ -287,7 +311,7 @@ def _root_entries(
         return args
     for name in names:
         inside = f"{directory.rstrip('/')}/{name}"
-        if inside in mounts:
+        if inside in mounts or (only is not None and name not in only):
             continue
         host = host_dir / name
         info = os.lstat(host)

@@ -79,12 +79,32 @@ class AlgorithmFields(BaseModel):
         return self
 
 
+class AlgorithmModel(BaseModel):
+    """A model tarball of the algorithm; the active one is extracted to /opt/ml/model.
+
+    Interim record, until model tarballs are versioned uploads beside images.
+    """
+
+    pk: str
+    sha256: str
+    key: str
+    size: int
+    is_active: bool = True
+    creator: str
+    created: str
+
+
 class Algorithm(AlgorithmFields):
     pk: str
     slug: str
     creator: str
     created: str
     modified: str
+    models: list[AlgorithmModel] = Field(default_factory=list)
+
+    @property
+    def active_model(self) -> AlgorithmModel | None:
+        return next((m for m in reversed(self.models) if m.is_active), None)
 
 
 class ImportStatus(StrEnum):

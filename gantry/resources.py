@@ -45,6 +45,7 @@ PREFIX_VALUES = "values/"
 PREFIX_IO = "io/"
 PREFIX_DROPBOX = "dropbox/"
 PREFIX_DROPBOX_RESULTS = "dropbox-results/"
+PREFIX_MODELS = "models/"
 # SageMaker's own model artifacts (an empty /opt/ml/model): written by the SageMaker role,
 # read by nobody, kept out of io/ so that role needs no access to any job's data.
 PREFIX_SAGEMAKER_OUTPUT = "sagemaker-output/"
@@ -67,6 +68,10 @@ def io_output_prefix(job_pk: str, attempt: int) -> str:
 
 def invocation_key(job_pk: str, attempt: int) -> str:
     return f"{io_prefix(job_pk, attempt)}invocation.json"
+
+
+def model_key(algorithm_pk: str, model_pk: str) -> str:
+    return f"{PREFIX_MODELS}{algorithm_pk}/{model_pk}.tar"
 
 
 def result_key(output_prefix: str) -> str:

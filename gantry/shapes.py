@@ -9,7 +9,7 @@ import posixpath
 from typing import Any
 
 from gantry import timeutil
-from gantry.algorithms import Algorithm, AlgorithmImage
+from gantry.algorithms import Algorithm, AlgorithmImage, AlgorithmModel
 from gantry.images import Image
 from gantry.interfaces import Interface, to_api
 from gantry.jobs import Job, SocketValue
@@ -60,6 +60,17 @@ def algorithm_image(image: AlgorithmImage, urls: Urls) -> dict[str, Any]:
         "command": image.command,
         "entrypoint": image.entrypoint,
         "status": image.status_message,
+    }
+
+
+def algorithm_model(model: AlgorithmModel, algorithm_pk: str, urls: Urls) -> dict[str, Any]:
+    return {
+        "pk": model.pk,
+        "algorithm": urls.algorithm(algorithm_pk),
+        "sha256": model.sha256,
+        "size_in_storage": model.size,
+        "is_desired_version": model.is_active,
+        "created": model.created,
     }
 
 

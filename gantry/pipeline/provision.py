@@ -75,6 +75,7 @@ def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> c
         )
         for slug in algorithm.interfaces[job.socket_set].outputs
     ]
+    active = algorithm.active_model
     return contract.Invocation(
         pk=job.pk,
         inputs=inputs,
@@ -82,6 +83,12 @@ def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> c
         output_prefix=resources.io_output_prefix(job.pk, job.attempt),
         timeout=job.time_limit,
         outputs=outputs,
+        # The runner extracts it to /opt/ml/model before the algorithm starts.
+        model=contract.InvocationModel(
+            bucket_name=bucket, bucket_key=active.key, sha256=active.sha256
+        )
+        if active
+        else None,
     )
 
 

@@ -544,3 +544,55 @@ def test_algorithms_create_takes_memory_and_gpu_like_the_api(cli):
     algorithm = cli.stack.ctx.store.algorithms.get_by_slug(slug)
     assert algorithm.requires_memory_gb == 6
     assert algorithm.requires_gpu_type.value == "T4"
+
+
+READS_MODEL = """
+import json
+weight = json.load(open("/opt/ml/model/weights.json"))["weight"]
+threshold = json.load(open("/input/threshold.json"))
+json.dump(threshold * weight, open("/output/score.json", "w"))
+"""
+
+
+def test_a_model_folder_added_to_an_algorithm_is_at_opt_ml_model_for_its_jobs(cli, tmp_path):
+    import shutil
+    import tempfile
+
+    code = Path(tempfile.mkdtemp(prefix="gantry-model-algorithm-"))
+    try:
+        code.chmod(0o755)
+        (code / "main.py").write_text(READS_MODEL)
+        (code / "main.py").chmod(0o644)
+        ok(
+            cli(
+                "algorithms", "create", "--title", "Weighted", "--input", "threshold",
+                "--output", "score", "--image", "local",
+                "--command", shlex.join([sys.executable, "main.py"]), "--workdir", str(code),
+            )
+        )  # fmt: skip
+        # Without a model the algorithm finds nothing there.
+        result = cli("jobs", "run", "weighted", "--input", "threshold=2", *WAIT)
+        assert "No such file or directory: '/opt/ml/model/weights.json'" in result.output
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "weights.json").write_text('{"weight": 3}')
+        added = ok(cli("algorithms", "models", "add", "weighted", str(model)))
+        assert "Added model" in added
+        out = tmp_path / "out"
+        output = ok(
+            cli(
+                "jobs", "run", "weighted", "--input", "threshold=2",
+                "--output-dir", str(out), *WAIT,
+            )
+        )  # fmt: skip
+        assert "Succeeded" in output
+        assert json.loads((out / "score.json").read_text()) == 6
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
+
+
+def test_a_model_must_be_a_tarball(cli, tmp_path):
+    not_a_tarball = tmp_path / "weights.json"
+    not_a_tarball.write_text("{}")
+    message = one_line_error(cli("algorithms", "models", "add", "json-io", str(not_a_tarball)))
+    assert "HTTP 400: user_upload: 'weights.json' is not a model tarball" in message
