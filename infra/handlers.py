@@ -7,7 +7,8 @@
 | on_dropbox   | SQS (dropbox/ notifications)     | rw    | dropbox uploads values io         |
 |              |                                  |       | dropbox-results                   |
 | on_job_event | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results         |
-| sweeper      | schedule (rate 5 minutes)        | rw    | io values dropbox-results         |
+| sweeper      | schedule (rate 5 minutes)        | rw    | io dropbox uploads values         |
+|              |                                  |       | dropbox-results                   |
 
 Every function may control compute jobs (submit, describe, cancel; register ``gantry-runner*``
 job definitions; pass the job roles): a job is submitted by whichever at-least-once handler
@@ -20,7 +21,8 @@ drop folder without its result file. The drop folder copies dropped files to ``u
 outputs and images included, and restarts jobs whose inputs live under ``values/``: it has
 the callback's prefixes and its imaging code package. The IAM rehearsal (tests/iam) checks
 these grants against the calls the code makes. Functions that create jobs (api, on_dropbox,
-on_upload) may send "validate-inputs"
+on_upload, the sweeper: it reconciles the drop folder and resends lost validations) may send
+"validate-inputs"
 messages to the uploads queue, which on_upload consumes next to the S3 notifications.
 """
 
@@ -107,7 +109,18 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             timeout_seconds=120,
             ephemeral_mib=4096,
         ),
-        Access((r.PREFIX_IO, r.PREFIX_VALUES, r.PREFIX_DROPBOX_RESULTS)),
+        # It also reconciles the drop folder (a drop whose notification was lost becomes its
+        # job through on_dropbox's code) and resends lost validation messages.
+        Access(
+            (
+                r.PREFIX_IO,
+                r.PREFIX_DROPBOX,
+                r.PREFIX_UPLOADS,
+                r.PREFIX_VALUES,
+                r.PREFIX_DROPBOX_RESULTS,
+            ),
+            send_uploads=True,
+        ),
     ),
     "sweeper": (
         FunctionSpec(
@@ -120,7 +133,18 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             timeout_seconds=240,
             ephemeral_mib=4096,
         ),
-        Access((r.PREFIX_IO, r.PREFIX_VALUES, r.PREFIX_DROPBOX_RESULTS)),
+        # It also reconciles the drop folder (a drop whose notification was lost becomes its
+        # job through on_dropbox's code) and resends lost validation messages.
+        Access(
+            (
+                r.PREFIX_IO,
+                r.PREFIX_DROPBOX,
+                r.PREFIX_UPLOADS,
+                r.PREFIX_VALUES,
+                r.PREFIX_DROPBOX_RESULTS,
+            ),
+            send_uploads=True,
+        ),
     ),
 }
 

@@ -119,6 +119,8 @@ def up(
         console.print(f"AWS      {stack.settings.endpoint_url or 'the account in the environment'}")
         if stack.recovered:
             console.print(f"Resumed {len(stack.recovered)} unfinished job(s)")
+        if stack.reconciled is not None and stack.reconciled.started:
+            console.print(f"Made {len(stack.reconciled.started)} job(s) for unhandled drops")
         console.print(
             "gcapi:   gcapi.Client(base_url=API, token=TOKEN, verify=CA_FILE)   "
             "Ctrl-C stops (state is kept)."

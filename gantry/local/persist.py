@@ -19,7 +19,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import signal
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
@@ -65,8 +67,43 @@ def _read_body(environ: dict[str, Any]) -> bytes:
     return body
 
 
+# A test hook: "<key prefix>:<n>" makes the process SIGKILL itself right after the response of
+# the n-th acknowledged S3 write under that prefix has been sent (crash-recovery tests).
+CRASH_AFTER_ENV = "GANTRY_LOCAL_CRASH_AFTER"
+
+
+class _CrashAfter:
+    def __init__(self, spec: str) -> None:
+        prefix, _, count = spec.rpartition(":")
+        self.prefix, self.left = prefix, int(count)
+        self._lock = threading.Lock()
+
+    def counts(self, environ: dict[str, Any]) -> bool:
+        """Whether this write is the one to crash after."""
+        if not environ.get("PATH_INFO", "").lstrip("/").partition("/")[2].startswith(self.prefix):
+            return False
+        with self._lock:
+            self.left -= 1
+            return self.left == 0
+
+
+class _ThenCrash:
+    """A response body whose ``close`` (called once it has been sent) kills the process."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+    def close(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def persisting(app: WsgiApp, store: DurableStore) -> WsgiApp:
     """``app`` with every acknowledged DynamoDB and S3 write stored before its response."""
+    crash_spec = os.environ.get(CRASH_AFTER_ENV)
+    crash = _CrashAfter(crash_spec) if crash_spec else None
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -87,7 +124,12 @@ def persisting(app: WsgiApp, store: DurableStore) -> WsgiApp:
             # an older version stored after a newer one.
             lock = key_locks[hash(environ.get("PATH_INFO")) % len(key_locks)]
             with lock:
-                return _after(app, environ, start_response, lambda: _s3(store, environ, touched()))
+                response = _after(
+                    app, environ, start_response, lambda: _s3(store, environ, touched())
+                )
+            if crash is not None and crash.counts(environ):
+                return _ThenCrash(response)
+            return response
         return app(environ, start_response)
 
     key_locks = [threading.Lock() for _ in range(64)]

@@ -49,6 +49,7 @@ class LocalStack:
     state_dir: Path | None = None
     queues: dict[str, str] = field(default_factory=dict)
     recovered: list[str] = field(default_factory=list)
+    reconciled: Any = None  # DropSweep of the start, when the stack recovered its state
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _stopping: bool = False
@@ -219,8 +220,11 @@ class LocalStack:
         logger.info("restored %s items and %s objects", items, objects)
 
     def recover(self) -> list[str]:
-        """Resume unfinished jobs after a (re)start: the queue messages and local compute
-        jobs they were waiting on did not survive it. Returns the pks resumed."""
+        """Re-derive the work after a (re)start from the state alone: the queue messages and
+        local compute jobs it was waiting on did not survive. Unfinished jobs resume (returns
+        their pks); drops that never became jobs become theirs, and finished drop-folder jobs
+        without results get them (``reconcile_drops``, with the same claim as the queue)."""
+        from gantry.pipeline.dropbox import reconcile_drops
         from gantry.pipeline.provision import start_job
         from gantry.pipeline.wiring import validate_inputs_message
 
@@ -238,6 +242,7 @@ class LocalStack:
             ):
                 start_job(self.ctx, job.pk)
             resumed.append(job.pk)
+        self.reconciled = reconcile_drops(self.ctx)
         return resumed
 
     # --- API ------------------------------------------------------------------------------
@@ -317,7 +322,9 @@ class LocalStack:
     def sweep(self) -> None:
         from gantry.pipeline.sweeper import sweep
 
-        sweep(self.ctx)
+        # Locally the sweep is the only other path for a drop: a minute is long enough for
+        # the queue to have handled a drop first.
+        sweep(self.ctx, drop_settle_seconds=SWEEP_EVERY_SECONDS)
 
     def _every(self, seconds: float, action: Callable[[], None], name: str) -> None:
         def loop() -> None:

@@ -209,36 +209,7 @@ def publish(
     ctx: Context, job: Job, loaded: tuple[Algorithm, dict[str, Interface]] | None = None
 ) -> None:
     """Tell downstream consumers (drop folder, users' rules) that a job ended."""
-    if loaded is None:
-        algorithm = ctx.store.algorithms.get(job.algorithm)
-        loaded = algorithm, catalog.sockets_of(ctx, [algorithm])
-    algorithm, sockets = loaded
-    outputs = []
-    for value in job.outputs:
-        socket = sockets.get(value.socket)
-        image_keys = [f.key for f in ctx.store.images.get(value.image).files] if value.image else []
-        outputs.append(
-            {
-                "socket": value.socket,
-                "relative_path": socket.relative_path if socket else None,
-                "value": value.value,
-                "key": value.file,
-                "image": value.image,
-                "image_keys": image_keys,
-            }
-        )
-    detail = {
-        "job": job.pk,
-        "algorithm": job.algorithm,
-        "algorithm_slug": algorithm.slug,
-        "status": job.status.label,
-        "error_message": job.error_message,
-        "source": job.source,
-        "source_ref": job.source_ref,
-        "exec_duration": job.exec_duration,
-        "invoke_duration": job.invoke_duration,
-        "outputs": outputs,
-    }
+    detail = job_event_detail(ctx, job, loaded)
     detail_type = (
         resources.DETAIL_TYPE_JOB_SUCCEEDED
         if job.status is JobStatus.SUCCESS
@@ -257,3 +228,39 @@ def publish(
         )
     except Exception:  # the job is final either way; a lost announcement must not undo it
         logger.exception("could not publish the end of job %s", job.pk)
+
+
+def job_event_detail(
+    ctx: Context, job: Job, loaded: tuple[Algorithm, dict[str, Interface]] | None = None
+) -> dict[str, Any]:
+    """The detail of the "Gantry Job …" event that announces the end of ``job``."""
+    if loaded is None:
+        algorithm = ctx.store.algorithms.get(job.algorithm)
+        loaded = algorithm, catalog.sockets_of(ctx, [algorithm])
+    algorithm, sockets = loaded
+    outputs = []
+    for value in job.outputs:
+        socket = sockets.get(value.socket)
+        image_keys = [f.key for f in ctx.store.images.get(value.image).files] if value.image else []
+        outputs.append(
+            {
+                "socket": value.socket,
+                "relative_path": socket.relative_path if socket else None,
+                "value": value.value,
+                "key": value.file,
+                "image": value.image,
+                "image_keys": image_keys,
+            }
+        )
+    return {
+        "job": job.pk,
+        "algorithm": job.algorithm,
+        "algorithm_slug": algorithm.slug,
+        "status": job.status.label,
+        "error_message": job.error_message,
+        "source": job.source,
+        "source_ref": job.source_ref,
+        "exec_duration": job.exec_duration,
+        "invoke_duration": job.invoke_duration,
+        "outputs": outputs,
+    }

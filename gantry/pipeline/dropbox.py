@@ -10,14 +10,20 @@ Layout in:
 Layout out (dropbox-results/<slug>/<case>/): the outputs at their relative paths, job.json,
 and error.json when no job could be made or the job failed.
 
+Work is re-derived from the bucket, not only from its notifications: ``reconcile_drops`` lists
+the drop folder and hands every drop without a newer result to the same handler (a drop whose
+notification was lost, or ended in a dead-letter queue, becomes its one job), and writes again
+the results of finished jobs whose announcement was lost.
+
 Jobs are made by the API's own service (``create_job``) from Upload records that point at
 server-side copies of the dropped objects, so the rules for inputs live in one place.
 
 Exactly once: S3 notifies at least once, so each job is guarded by a claim item
 (``IDEMPOTENCY#dropbox#<hash>``) written with a conditional put. The claim's identity is the
-object version that starts the job: bucket + key + (versionId or eTag) + sequencer for a
-single file, and the inputs.json object (its version, or eTag and last-modified time) for a
-case, so the late-file event and the inputs.json event of one case claim the same item.
+object version that starts the job, read from the object itself (its versionId, or its eTag
+and last-modified time): the dropped file for a single file, the inputs.json object for a
+case, so the late-file event and the inputs.json event of one case claim the same item, and
+the reconciling sweep (``reconcile_drops``) claims the same item as the notification would.
 A claim is IN_PROGRESS (with a lease) until the job exists, then COMPLETED with the job pk;
 a duplicate that finds a live lease fails its record so SQS redelivers it after the first
 one finished; an expired lease (a crashed handler) is taken over. The job's pk is derived
@@ -34,14 +40,15 @@ import logging
 import posixpath
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from gantry import access, resources
+from gantry import access, resources, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm
 from gantry.context import Context
@@ -179,28 +186,36 @@ class DropError(Exception):
 
 def handle_dropped_object(ctx: Context, event: S3ObjectEvent) -> str | None:
     """Start the job a dropped object completes; the job pk, or None when none starts."""
+    job_pk, made = _handle_drop(ctx, event)
+    return job_pk if made else None
+
+
+def _handle_drop(ctx: Context, event: S3ObjectEvent) -> tuple[str | None, bool]:
+    """(the drop's job pk if it has one, whether this call made it)."""
     drop = parse_drop_key(event.key)
     if drop is None or not event.created:
-        return None
+        return None, False
     try:
         algorithm = ctx.store.algorithms.get_by_slug(drop.slug)
     except NotFound:
         write_error(ctx, drop.ref, f"Unknown algorithm '{drop.slug}'")
-        return None
+        return None, False
     if drop.in_case_folder:
         manifest = _head(ctx, drop.folder + INPUTS_FILE)
         if manifest is not None:
             identity = _object_identity(event.bucket, drop.folder + INPUTS_FILE, manifest)
             return _start_case(ctx, algorithm, drop, identity)
         if drop.filename == INPUTS_FILE:
-            return None  # deleted again before this event was handled
+            return None, False  # deleted again before this event was handled
     single = _single_input(ctx, algorithm)
     if single is None:
-        return None  # several inputs: wait for inputs.json
-    # A redelivered notification repeats its record; a new drop of the same key has a new
-    # sequencer (and event time, for endpoints that send no sequencer).
-    version = event.version_id or event.etag or ""
-    identity = f"{event.bucket}/{event.key}#{version}#{event.sequencer or event.event_time}"
+        return None, False  # several inputs: wait for inputs.json
+    head = _head(ctx, event.key)
+    if head is None:
+        return None, False  # deleted again before this event was handled
+    # The object's own version: a redelivered notification and the reconciling sweep find
+    # the same identity; a new drop of the same key has a new one.
+    identity = _object_identity(event.bucket, event.key, head)
     return _create_once(ctx, identity, algorithm, drop, {single: drop.filename})
 
 
@@ -223,11 +238,15 @@ def _object_identity(bucket: str, key: str, head: dict[str, Any]) -> str:
     version = head.get("VersionId")
     if version and version != "null":
         return f"{bucket}/{key}#{version}"
-    # Unversioned buckets: the same content dropped again has the same eTag but a new time.
-    return f"{bucket}/{key}#{head.get('ETag', '')}@{head['LastModified'].isoformat()}"
+    # Unversioned buckets: the same content dropped again has the same eTag but a new time
+    # (S3 keeps whole seconds).
+    modified = head["LastModified"].astimezone(UTC).replace(microsecond=0)
+    return f"{bucket}/{key}#{head.get('ETag', '')}@{modified.isoformat()}"
 
 
-def _start_case(ctx: Context, algorithm: Algorithm, drop: Drop, identity: str) -> str | None:
+def _start_case(
+    ctx: Context, algorithm: Algorithm, drop: Drop, identity: str
+) -> tuple[str | None, bool]:
     case = dataclasses.replace(drop, filename=INPUTS_FILE)
     try:
         body = ctx.clients.s3.get_object(
@@ -236,10 +255,10 @@ def _start_case(ctx: Context, algorithm: Algorithm, drop: Drop, identity: str) -
         mapping = _parse_manifest(body)
     except DropError as error:
         write_error(ctx, drop.ref, str(error))
-        return None
+        return None, False
     for filename in mapping.values():
         if _head(ctx, drop.folder + filename) is None:
-            return None  # not all there yet: the last file's event starts the job
+            return None, False  # not all there yet: the last file's event starts the job
     return _create_once(ctx, identity, algorithm, case, mapping)
 
 
@@ -336,19 +355,20 @@ def _complete_claim(ctx: Context, claim_pk: str, *, job_pk: str | None, error: s
 
 def _create_once(
     ctx: Context, identity: str, algorithm: Algorithm, drop: Drop, mapping: dict[str, str]
-) -> str | None:
+) -> tuple[str | None, bool]:
+    """The one place a drop becomes a job: (job pk or None, whether this call made it)."""
     claim_pk = _claim_key(identity)
-    mine, _done_job = _claim(ctx, claim_pk, identity)
+    mine, done_job = _claim(ctx, claim_pk, identity)
     if not mine:
-        return None  # a duplicate: the drop already has its job (or its error.json)
+        return done_job, False  # a duplicate: the drop already has its job (or error.json)
     try:
         job = _create_job(ctx, identity, algorithm, drop, mapping)
     except DropError as error:
         write_error(ctx, drop.ref, str(error))
         _complete_claim(ctx, claim_pk, job_pk=None, error=str(error))
-        return None
+        return None, False
     _complete_claim(ctx, claim_pk, job_pk=job.pk)
-    return job.pk
+    return job.pk, True
 
 
 def _create_job(
@@ -430,8 +450,6 @@ def _upload_copy(
             raise DropError(f"The file '{filename}' is gone") from None
         raise
     size = ctx.clients.s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
-    from gantry import timeutil
-
     upload = Upload(
         pk=pk,
         creator=owner,
@@ -521,3 +539,76 @@ def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
 def _safe_ref(path: str) -> bool:
     parts = path.split("/")
     return bool(path) and not path.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
+# --- reconciling sweep ------------------------------------------------------------------------
+
+# Claims expire after CLAIM_TTL_SECONDS: older drops are never looked at again, or a drop whose
+# claim is gone would make a second job.
+RECONCILE_MAX_AGE_SECONDS = CLAIM_TTL_SECONDS - 24 * 3600
+
+
+@dataclass
+class DropSweep:
+    started: list[str] = field(default_factory=list)  # jobs made for drops nobody had handled
+    announced: list[str] = field(default_factory=list)  # finished jobs whose results were lost
+    busy: int = 0  # drops another handler is making a job for right now
+
+
+def reconcile_drops(ctx: Context, *, settle_seconds: float = 0.0) -> DropSweep:
+    """Make the job of every drop that has none, and write the results of finished drop-folder
+    jobs that have none, from the bucket's content alone.
+
+    Each drop without a result newer than itself goes through the same handler and claim as
+    its notification, so a drop that the queue also delivers still gets one job. Drops younger
+    than ``settle_seconds`` are left to their notification."""
+    from gantry.pipeline.callback import job_event_detail
+
+    report = DropSweep()
+    bucket = ctx.settings.bucket_name
+    now = timeutil.now()
+    newest = now - timedelta(seconds=settle_seconds)
+    oldest = now - timedelta(seconds=RECONCILE_MAX_AGE_SECONDS)
+    results = _result_times(ctx)
+    for key, modified, etag in _listing(ctx, resources.PREFIX_DROPBOX):
+        drop = parse_drop_key(key)
+        if drop is None or not oldest <= modified <= newest:
+            continue
+        result = results.get(drop.ref)
+        if result is not None and result >= modified:
+            continue  # handled: its job.json or error.json came after it
+        event = S3ObjectEvent(bucket, key, "ObjectCreated:Put", etag=etag)
+        try:
+            job_pk, made = _handle_drop(ctx, event)
+        except ClaimBusy:
+            report.busy += 1
+            continue
+        if made and job_pk:
+            logger.info("the reconciling sweep made job %s for %s", job_pk, key)
+            report.started.append(job_pk)
+            continue
+        job = ctx.store.jobs.find(job_pk) if job_pk else None
+        if job is not None and job.status.is_terminal and job.pk not in report.announced:
+            # Finished, but its announcement never reached the drop folder.
+            handle_job_event(ctx, {"detail": job_event_detail(ctx, job)})
+            report.announced.append(job.pk)
+    return report
+
+
+def _listing(ctx: Context, prefix: str) -> Any:
+    pages = ctx.clients.s3.get_paginator("list_objects_v2").paginate(
+        Bucket=ctx.settings.bucket_name, Prefix=prefix
+    )
+    for page in pages:
+        for entry in page.get("Contents", []):
+            yield entry["Key"], entry["LastModified"].astimezone(UTC), entry.get("ETag")
+
+
+def _result_times(ctx: Context) -> dict[str, datetime]:
+    """Case ref -> when its latest job.json or error.json was written."""
+    times: dict[str, datetime] = {}
+    for key, modified, _etag in _listing(ctx, resources.PREFIX_DROPBOX_RESULTS):
+        ref, _, name = key[len(resources.PREFIX_DROPBOX_RESULTS) :].rpartition("/")
+        if name in (JOB_FILE, ERROR_FILE) and (ref not in times or times[ref] < modified):
+            times[ref] = modified
+    return times

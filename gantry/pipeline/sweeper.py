@@ -2,7 +2,10 @@
 
 Runs on a schedule. For each unfinished job that has not changed for a while it asks the
 source of truth: the compute backend for running jobs (and applies what it says through the
-same callback path as an event would), the queue for jobs waiting to be provisioned.
+same callback path as an event would), the queue for jobs waiting to be provisioned; a job
+still validating its inputs long after its message was sent gets the message again. Then the
+drop folder is reconciled with its jobs (``dropbox.reconcile_drops``): drops whose
+notification was lost, or ended in a dead-letter queue, become their one job.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from gantry.job_states import IN_FLIGHT, JobStatus
 from gantry.jobs import Job
 from gantry.pipeline.callback import finish, handle_compute_event
 from gantry.pipeline.provision import start_job
+from gantry.pipeline.wiring import validate_inputs_message
 
 logger = logging.getLogger(__name__)
 STALE_PROVISIONING_SECONDS = 600
@@ -33,10 +37,30 @@ class SweepReport:
     started: list[str] = field(default_factory=list)
     reconciled: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    revalidated: list[str] = field(default_factory=list)
+    drops_started: list[str] = field(default_factory=list)
+    results_written: list[str] = field(default_factory=list)
 
 
-def sweep(ctx: Context, *, limit: int | None = None) -> SweepReport:
-    """Look at every unfinished job (or the ``limit`` least recently changed ones)."""
+def sweep(
+    ctx: Context, *, limit: int | None = None, drop_settle_seconds: float | None = None
+) -> SweepReport:
+    """Look at every unfinished job (or the ``limit`` least recently changed ones), then at
+    the drop folder's drops older than ``drop_settle_seconds`` (by default the sweeper's
+    margin: younger ones are left to their notification)."""
+    from gantry.pipeline.dropbox import reconcile_drops
+
+    report = _sweep_jobs(ctx, limit)
+    settle = (
+        ctx.settings.sweeper_margin_seconds if drop_settle_seconds is None else drop_settle_seconds
+    )
+    drops = reconcile_drops(ctx, settle_seconds=settle)
+    report.drops_started = drops.started
+    report.results_written = drops.announced
+    return report
+
+
+def _sweep_jobs(ctx: Context, limit: int | None) -> SweepReport:
     report = SweepReport()
     now = timeutil.now()
     jobs = ctx.store.jobs.iter_active_modified_before(timeutil.iso(now))
@@ -56,6 +80,13 @@ def sweep(ctx: Context, *, limit: int | None = None) -> SweepReport:
             if ctx.store.jobs.requeue(job.pk, attempt=job.attempt) is not None:
                 start_job(ctx, job.pk)
                 report.started.append(job.pk)
+        elif action == "revalidate":
+            # The validation message was lost (or its handler died): send it again; validation
+            # is idempotent.
+            ctx.clients.sqs.send_message(
+                QueueUrl=ctx.settings.uploads_queue_url, MessageBody=validate_inputs_message(job.pk)
+            )
+            report.revalidated.append(job.pk)
         elif action == "expire":
             finish(
                 ctx,
@@ -78,7 +109,9 @@ def _due(ctx: Context, job: Job, now: datetime) -> str | None:
     if job.status is JobStatus.PROVISIONING:
         return "requeue" if age > STALE_PROVISIONING_SECONDS else None
     if job.status is JobStatus.VALIDATING_INPUTS:
-        return "expire" if age > STALE_VALIDATION_SECONDS else None
+        if age > STALE_VALIDATION_SECONDS:
+            return "expire"
+        return "revalidate" if age > ctx.settings.sweeper_margin_seconds else None
     if job.status in FINISHING:
         # The compute job has ended and a callback was handling it: no time limit to wait.
         return "reconcile" if age > ctx.settings.sweeper_margin_seconds else None

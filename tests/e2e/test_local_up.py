@@ -35,9 +35,10 @@ GANTRY_LOCAL_UP = [sys.executable, "-m", "gantry.cli", "local", "up"]
 class LocalUp:
     """One ``gantry local up --port 0 --no-live`` process on a state directory."""
 
-    def __init__(self, state_dir: Path, log: Path) -> None:
+    def __init__(self, state_dir: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
         self.log_path = log
+        self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.connection: dict[str, Any] = {}
@@ -49,6 +50,7 @@ class LocalUp:
         # The process must not pick up settings meant for this test process.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GANTRY_")}
         env["PYTHONUNBUFFERED"] = "1"  # its output is read while it runs
+        env.update(self.extra_env)
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [*GANTRY_LOCAL_UP, "--state-dir", str(self.state_dir), "--port", "0", "--no-live"],
@@ -114,8 +116,8 @@ class LocalUp:
 def local_up(tmp_path: Path) -> Any:
     runs: list[LocalUp] = []
 
-    def run() -> LocalUp:
-        up = LocalUp(tmp_path / "state", tmp_path / f"run-{len(runs)}.log")
+    def run(env: dict[str, str] | None = None) -> LocalUp:
+        up = LocalUp(tmp_path / "state", tmp_path / f"run-{len(runs)}.log", env)
         runs.append(up)
         return up
 

@@ -357,7 +357,8 @@ def test_busy_duplicate_is_retried_not_dropped(drop) -> None:
     bodies = drain(ctx, queue_url)  # the s3:TestEvent, then the object's notification
     position = next(i for i, b in enumerate(bodies) if "Records" in json.loads(b))
     [event] = dropbox.s3_object_events(json.loads(bodies[position]))
-    identity = f"{event.bucket}/{event.key}#{event.etag}#{event.sequencer or event.event_time}"
+    head = ctx.clients.s3.head_object(Bucket=event.bucket, Key=event.key)
+    identity = dropbox._object_identity(event.bucket, event.key, head)
     dropbox._claim(ctx, dropbox._claim_key(identity), identity)  # another handler holds it
     assert deliver(ctx, bodies) == [f"m{position}"]
     assert dropbox_jobs(ctx) == []
@@ -393,3 +394,58 @@ def test_a_handler_crashing_right_after_it_made_the_job_leaves_one_job(drop, mon
     assert job.pk == made.pk and job.source_ref == "segmenter/case-c"
     assert heard == [made.pk]  # the pipeline hears of the job after all
     assert dropbox._claim(ctx, claim["PK"]["S"], "") == (False, made.pk)
+
+
+# --- reconciling sweep ----------------------------------------------------------------------
+
+
+def test_a_drop_whose_notification_was_lost_becomes_one_job(drop) -> None:
+    """One notification deleted from the queue, one moved to a dead-letter queue and one
+    delivered late, after the sweep: each drop still ends with exactly one job."""
+    ctx, queue_url = drop
+    for case in ("lost", "dead-lettered", "late"):
+        put(ctx, f"dropbox/segmenter/case-{case}/scan.mha", b"data")
+    bodies = [b for b in drain(ctx, queue_url) if "Records" in json.loads(b)]
+    assert len(bodies) == 3  # every notification taken off the queue, none handled
+    dlq = ctx.clients.sqs.create_queue(QueueName="gantry-dropbox-dlq")["QueueUrl"]
+    late = next(b for b in bodies if "case-late" in b)
+    ctx.clients.sqs.send_message(QueueUrl=dlq, MessageBody=next(b for b in bodies if "dead" in b))
+
+    swept = dropbox.reconcile_drops(ctx)
+    assert len(swept.started) == 3
+    assert deliver(ctx, [late]) == []  # the queue delivers one after all: no second job
+    assert dropbox.reconcile_drops(ctx).started == []  # nor on the next sweep
+
+    jobs = dropbox_jobs(ctx)
+    assert sorted(j.source_ref for j in jobs) == [
+        "segmenter/case-dead-lettered",
+        "segmenter/case-late",
+        "segmenter/case-lost",
+    ]
+    assert sorted(j.pk for j in jobs) == sorted(swept.started)
+
+
+def test_the_sweep_leaves_young_drops_to_their_notification(drop) -> None:
+    ctx, queue_url = drop
+    put(ctx, "dropbox/segmenter/case-young/scan.mha", b"data")
+    assert dropbox.reconcile_drops(ctx, settle_seconds=600).started == []
+    assert deliver(ctx, drain(ctx, queue_url)) == []
+    assert len(dropbox_jobs(ctx)) == 1
+    assert dropbox.reconcile_drops(ctx).started == []  # the notification's job counts
+
+
+def test_the_sweep_writes_results_whose_announcement_was_lost(drop, tmp_path: Path) -> None:
+    ctx, queue_url = drop
+    put(ctx, "dropbox/segmenter/case-quiet/scan.mha", mha_bytes(tmp_path))
+    assert deliver(ctx, drain(ctx, queue_url)) == []
+    [job] = dropbox_jobs(ctx)
+    outputs = [SocketValue(pk=100, socket="result", value={"score": 0.5})]
+    ctx.store.jobs.transition(
+        job.pk, attempt=job.attempt, status=JobStatus.SUCCESS, changes={"outputs": outputs}
+    )  # and the "Gantry Job Succeeded" event never came
+
+    swept = dropbox.reconcile_drops(ctx)
+    assert swept.started == [] and swept.announced == [job.pk]
+    assert result_json(ctx, "segmenter/case-quiet/results.json") == {"score": 0.5}
+    assert result_json(ctx, "segmenter/case-quiet/job.json")["status"] == "Succeeded"
+    assert dropbox.reconcile_drops(ctx).announced == []  # written once
