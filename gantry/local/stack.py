@@ -124,6 +124,7 @@ class LocalStack:
 
     def _provision(self, backend_options: dict[str, Any]) -> None:
         from gantry.compute.local import LocalBackend
+        from gantry.oci import ImageStore
         from gantry.pipeline import wiring
 
         clients = self.ctx.clients
@@ -141,7 +142,10 @@ class LocalStack:
         self._route_notifications()
         if self.state_dir is not None:
             # OCI images registered with this stack are unpacked here (gantry.oci).
-            backend_options.setdefault("image_store", image_store_dir(self.state_dir))
+            store = ImageStore(image_store_dir(self.state_dir))
+            for leftover in store.remove_leftovers():
+                logger.info("removed %s, left by an interrupted image unpack", leftover)
+            backend_options.setdefault("image_store", store.root)
         self.ctx.compute_backend = LocalBackend(
             self.settings, on_event=self._on_compute_event, **backend_options
         )

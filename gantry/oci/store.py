@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,17 @@ class ImageStore:
         self.root = Path(root)
         for folder in ("layers/sha256", "images/sha256", "tmp", "locks"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    def remove_leftovers(self, older_than_seconds: float = 24 * 3600) -> list[Path]:
+        """Remove work folders that an interrupted unpack left in ``tmp/`` (a live one is
+        younger: unpacking an image takes minutes, not a day)."""
+        removed = []
+        cutoff = time.time() - older_than_seconds
+        for entry in (self.root / "tmp").iterdir():
+            if entry.lstat().st_mtime < cutoff:
+                remove_tree(entry) if entry.is_dir() else entry.unlink()
+                removed.append(entry)
+        return removed
 
     # --- Paths --------------------------------------------------------------------------
 

@@ -249,3 +249,16 @@ def test_a_hostile_zstd_layer_stops_its_decompressor(tmp_path):
 
     with pytest.raises(ImageError, match="has an absolute path"):
         ImageStore(tmp_path / "store").prepare(archive)
+
+
+def test_leftovers_of_an_interrupted_unpack_are_removed_when_old(tmp_path):
+    store = ImageStore(tmp_path / "store")
+    old, fresh = store.root / "tmp/layer-old", store.root / "tmp/layer-fresh"
+    for folder in (old, fresh):
+        (folder / "usr").mkdir(parents=True)
+        (folder / "usr").chmod(0o555)  # as an image may leave it
+    os.utime(old, (0, 0))
+
+    assert store.remove_leftovers() == [old]
+
+    assert not old.exists() and fresh.exists()
