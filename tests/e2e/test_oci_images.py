@@ -18,7 +18,7 @@ from gantry.commands.local import connection_for
 from tests.conftest import serve_local_stack
 from tests.e2e.conftest import Platform, api_client, make_image, register_sockets
 from tests.e2e.test_gcapi import read_image, voxels, wait_until_done
-from tests.example_images import static_threshold_image
+from tests.example_images import gc_template_image, gc_template_model, static_threshold_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -69,6 +69,45 @@ def uncompressed(path: Path) -> Path:
     return path
 
 
+def check_segmentation(platform: Platform, client: Any, job: Any, case: Path) -> None:
+    """The segmentation output marks the voxels above 0 with the input's geometry."""
+    outputs = {output.interface.slug: output for output in job.outputs}
+    (downloaded,) = client.images.download(
+        url=outputs["segmentation"].image, output_directory=platform.workdir / job.pk
+    )
+    segmentation, ct = read_image(downloaded), read_image(case)
+    assert segmentation.GetSize() == ct.GetSize()
+    assert segmentation.GetSpacing() == pytest.approx(ct.GetSpacing())
+    assert segmentation.GetOrigin() == pytest.approx(ct.GetOrigin())
+    assert segmentation.GetDirection() == pytest.approx(ct.GetDirection())
+    assert (voxels(downloaded) == (voxels(case) > 0)).all()
+
+
+def test_the_gc_template_image_reads_inputs_json_as_its_user_with_its_model(
+    platform: Platform,
+) -> None:
+    slug = register(platform, "GC template", gc_template_image("exec"), ["segmentation", "results"])
+    state_dir = str(platform.stack.state_dir)
+    args = ["algorithms", "models", "add", slug, str(gc_template_model()), "--state-dir", state_dir]
+    added = CliRunner().invoke(app, args)
+    assert added.exit_code == 0, added.output
+    case = make_image(platform.workdir / "gc-template.mha")  # zlib-compressed .mha
+
+    client, job = run_job(platform, slug, case)
+
+    assert job.status == "Succeeded", (job.error_message, job.stderr)
+    results = {output.interface.slug: output for output in job.outputs}["results"].value
+    assert results == {
+        "foreground_voxels": int((voxels(case) > 0).sum()),
+        "threshold": 0,
+        "model_version": "weights-v1",  # read from /opt/ml/model/weights.json
+        "input_slugs": ["ct-image"],  # found in /input/inputs.json by socket slug
+        "user": "user",  # the image's USER, from its own /etc/passwd
+        "uid": 1000,
+    }
+    check_segmentation(platform, client, job, case)
+
+
 def test_the_static_image_without_libc_succeeds(platform: Platform) -> None:
     slug = register(
         platform, "Static threshold", static_threshold_image(), ["segmentation", "results"]
@@ -81,11 +120,4 @@ def test_the_static_image_without_libc_succeeds(platform: Platform) -> None:
     outputs = {output.interface.slug: output for output in job.outputs}
     expected = int((voxels(case) > 0).sum())
     assert outputs["results"].value == {"foreground_voxels": expected, "static": True}
-    (downloaded,) = client.images.download(
-        url=outputs["segmentation"].image, output_directory=platform.workdir / job.pk
-    )
-    segmentation, ct = read_image(downloaded), read_image(case)
-    assert segmentation.GetSize() == ct.GetSize()
-    assert segmentation.GetSpacing() == pytest.approx(ct.GetSpacing())
-    assert segmentation.GetOrigin() == pytest.approx(ct.GetOrigin())
-    assert (voxels(downloaded) == (voxels(case) > 0)).all()
+    check_segmentation(platform, client, job, case)
