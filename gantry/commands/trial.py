@@ -2,7 +2,8 @@
 a job would, without a running platform.
 
 An embedded local stack lives for this one run: the inputs become sockets of an algorithm
-(kind from the value: an image file, a .csv file, or a JSON value), the archive is unpacked
+(kind from the value: an image file, a .csv file, or a JSON value), ``--model`` its active
+model (extracted to ``/opt/ml/model``), the archive is unpacked
 into the image store (``.gantry/images`` by default, reused by later runs), and one job goes
 through the same path as on ``gantry local up``: provisioning (``/input/inputs.json`` in
 grand-challenge's shape), the runner and its sandbox with the image's root as ``/``, and the
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tarfile
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -99,14 +102,23 @@ def try_image(
         "gantry-try-output"
     ),
     time_limit: Annotated[int, typer.Option(help="Seconds the job may run (300-86400).")] = 300,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A model tarball (.tar, .tar.gz) or folder, extracted to /opt/ml/model.",
+            show_default=False,
+        ),
+    ] = None,
     state_dir: Annotated[
         Path, typer.Option(help="Whose image store to use (<state dir>/images).")
     ] = DEFAULT_STATE_DIR,
 ) -> None:
     """Run an image archive once, exactly as a job would, and show its outputs and logs."""
     with reported():
+        if model is not None and not model.exists():
+            raise CliError(f"--model {model} does not exist")
         wanted = outputs or ["results.json"]
-        _run(archive, _pairs(inputs), wanted, output_dir, time_limit, state_dir)
+        _run(archive, _pairs(inputs), wanted, output_dir, time_limit, state_dir, model)
 
 
 def _run(
@@ -116,6 +128,7 @@ def _run(
     output_dir: Path,
     time_limit: int,
     state_dir: Path,
+    model: Path | None = None,
 ) -> dict[str, Any]:
     from gantry.local import demo as steps
     from gantry.local.client import ApiError, InProcessApi
@@ -168,6 +181,13 @@ def _run(
                 "sha256": config.digest,
             },
         )
+        if model is not None:
+            with tempfile.TemporaryDirectory() as scratch:
+                upload = steps.upload_file(api, _model_tarball(model, Path(scratch)))
+            api.request(
+                "POST", f"algorithms/{algorithm['pk']}/models/", {"user_upload": upload["api_url"]}
+            )
+            say(f"Model {model} attached (/opt/ml/model)")
         job_inputs = []
         for slug, (socket, given) in sockets.items():
             entry: dict[str, Any] = {"interface": slug}
@@ -198,3 +218,14 @@ def _run(
         raise CliError(str(error)) from None
     finally:
         stack.stop()
+
+
+def _model_tarball(model: Path, scratch: Path) -> Path:
+    """The model as a tarball: a folder's content becomes /opt/ml/model's."""
+    if not model.is_dir():
+        return model
+    tarball = scratch / "model.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        for child in sorted(model.iterdir()):
+            archive.add(child, arcname=child.name)
+    return tarball

@@ -13,7 +13,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from gantry.cli import app
-from tests.example_images import static_threshold_image
+from tests.example_images import gc_template_image, gc_template_model, static_threshold_image
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +99,39 @@ def test_bad_arguments_are_one_line(state_dir, args, expected):
 
     assert result.exit_code == 1
     assert expected in result.output and "Traceback" not in result.output
+
+
+def test_the_gc_template_image_runs_with_its_model(state_dir, tmp_path):
+    case = _image(tmp_path / "case.mha", compressed=True)
+    out = tmp_path / "out"
+
+    result = gantry_try(
+        state_dir,
+        str(gc_template_image("exec")),
+        "--input",
+        f"ct-image={case}",
+        "--model",
+        str(gc_template_model()),
+        "--output",
+        "images/segmentation",
+        "--output",
+        "results.json",
+        "--output-dir",
+        str(out),
+    )
+
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["model_version"] == "weights-v1" and results["user"] == "user"
+    assert results["input_slugs"] == ["ct-image"]
+
+
+def test_without_its_model_the_gc_template_image_fails_as_its_job_would(state_dir, tmp_path):
+    case = _image(tmp_path / "case.mha", compressed=True)
+
+    result = gantry_try(state_dir, str(gc_template_image("exec")), "--input", f"ct-image={case}")
+
+    assert result.exit_code == 1
+    assert "/opt/ml/model/weights.json" in result.output  # the algorithm's traceback
+    last = [line for line in result.output.splitlines() if line.strip()][-1]
+    assert last.startswith("Job Failed:")
