@@ -11,11 +11,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batch_runner.limits import ResourceLimits
+from batch_runner.server import (
+    DEFAULT_CALL_TIMEOUT,
+    DEFAULT_PORT,
+    DEFAULT_START_TIMEOUT,
+    ServerSettings,
+)
 from gantry.resources import (
+    API_METHOD_EXEC,
+    API_METHOD_INVOKE,
     ENV_ALGORITHM_CMD,
     ENV_ALGORITHM_ENTRYPOINT,
     ENV_ALGORITHM_ENV,
     ENV_ALGORITHM_USER,
+    ENV_API_METHOD,
     ENV_MEMORY_LIMIT_MB,
     ENV_ROOTFS,
     ENV_SIGNING_KEY,
@@ -31,6 +40,10 @@ ENV_SANDBOX = "GANTRY_SANDBOX"
 ENV_RO_PATHS = "GANTRY_SANDBOX_RO_PATHS"
 ENV_KILL_GRACE = "GANTRY_KILL_GRACE_SECONDS"
 ENV_CPU_LIMIT = "GANTRY_CPU_LIMIT"
+# Invoke mode, as sagemaker-shim's GRAND_CHALLENGE_COMPONENT_* settings of the same names.
+ENV_INVOKE_PORT = "GANTRY_USER_WEBSERVER_PORT"
+ENV_START_TIMEOUT = "GANTRY_START_AND_HEALTH_TIMEOUT_SECONDS"
+ENV_CALL_TIMEOUT = "GANTRY_HEALTH_CHECK_CALL_TIMEOUT_SECONDS"
 ENV_PIDS_LIMIT = "GANTRY_PIDS_LIMIT"
 
 
@@ -126,6 +139,9 @@ class RunnerConfig:
     memory_limit_mb: int | None = None
     cpu_limit: float | None = 2.0
     pids_limit: int | None = 512
+    # exec: the command runs once per task; invoke: a server started once, POST /invoke.
+    api_method: str = API_METHOD_EXEC
+    server: ServerSettings = field(default_factory=ServerSettings)
 
     @property
     def resource_limits(self) -> ResourceLimits:
@@ -173,6 +189,16 @@ class RunnerConfig:
         memory = _positive(env, ENV_MEMORY_LIMIT_MB, int, None)
         cpus = _positive(env, ENV_CPU_LIMIT, float, 2.0)
         pids = _positive(env, ENV_PIDS_LIMIT, int, 512)
+        api_method = (env.get(ENV_API_METHOD) or API_METHOD_EXEC).lower()
+        if api_method not in (API_METHOD_EXEC, API_METHOD_INVOKE):
+            raise ConfigError(f"{ENV_API_METHOD} must be exec or invoke, not {api_method!r}")
+        server = ServerSettings(
+            port=int(_positive(env, ENV_INVOKE_PORT, int, DEFAULT_PORT) or DEFAULT_PORT),
+            start_timeout=_positive(env, ENV_START_TIMEOUT, float, DEFAULT_START_TIMEOUT)
+            or DEFAULT_START_TIMEOUT,
+            call_timeout=_positive(env, ENV_CALL_TIMEOUT, float, DEFAULT_CALL_TIMEOUT)
+            or DEFAULT_CALL_TIMEOUT,
+        )
         rootfs = env.get(ENV_ROOTFS) or None
         image_env = decode_env_list(env.get(ENV_ALGORITHM_ENV))
         if rootfs is not None and image_env is None:
@@ -195,6 +221,8 @@ class RunnerConfig:
             memory_limit_mb=memory,  # type: ignore[arg-type]
             cpu_limit=cpus,
             pids_limit=pids,  # type: ignore[arg-type]
+            api_method=api_method,
+            server=server,
         )
 
 

@@ -26,7 +26,7 @@ from batch_runner.staging import (
 from batch_runner.transfer import s3_client
 from batch_runner.users import ImageUser, UserError, resolve_image_user, resolve_user
 from gantry.contract import InferenceResult, Invocation, ResultOutput, sign
-from gantry.resources import MODEL_DIR, SIGNATURE_METADATA_KEY, result_key
+from gantry.resources import API_METHOD_INVOKE, MODEL_DIR, SIGNATURE_METADATA_KEY, result_key
 
 # Return codes of runs that never reached the algorithm, as docker run reports them.
 SETUP_FAILED = 125
@@ -139,15 +139,24 @@ def _writable_home(home: str | None) -> str:
     return sandbox.SANDBOX_TMP
 
 
-def _execute_image(
-    invocation: Invocation,
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """The command line (bwrap's, when sandboxed) that starts an image's command."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    drop: tuple[int, int] | None
+
+
+def _prepare_image(
     config: RunnerConfig,
     log: JsonLog,
     sandboxed: bool,
     user: ImageUser,
-    model_dir: Path | None = None,
-) -> process.Outcome:
-    """An image's command as its USER, with its ENV and WORKDIR."""
+    model_dir: Path | None,
+) -> Prepared:
+    """Check the image's WORKDIR and command, and build how to start it as its USER."""
     assert config.command is not None
     root = config.rootfs or Path("/")
     env = image_env(config, user)
@@ -190,10 +199,23 @@ def _execute_image(
     log.info(
         f"Running {config.command!r} as {user.uid}:{user.gid} in "
         f"{'the image root ' + str(config.rootfs) if config.rootfs else 'the container'} "
-        f"(sandboxed={sandboxed})"
+        f"(sandboxed={sandboxed}, api method {config.api_method})"
     )
+    return Prepared(argv, env, workdir if not sandboxed else "/", drop)
+
+
+def _execute_image(
+    invocation: Invocation,
+    config: RunnerConfig,
+    log: JsonLog,
+    sandboxed: bool,
+    user: ImageUser,
+    model_dir: Path | None = None,
+) -> process.Outcome:
+    """An image's command as its USER, with its ENV and WORKDIR, run once to its end."""
+    prepared = _prepare_image(config, log, sandboxed, user, model_dir)
     return _start(
-        invocation, config, log, argv, env, workdir if not sandboxed else "/", drop, sandboxed
+        invocation, config, log, prepared.argv, prepared.env, prepared.cwd, prepared.drop, sandboxed
     )
 
 
@@ -344,6 +366,14 @@ def run_invocation(
     log: JsonLog | None = None,
 ) -> InferenceResult:
     """Run the whole job and write its signed result; raises only if that write failed."""
+    if config.api_method == API_METHOD_INVOKE:
+        from batch_runner.serving import InvokeSession
+
+        session = InvokeSession(config, client=client, log=log or JsonLog(task=invocation.pk))
+        try:
+            return session.run(invocation)
+        finally:
+            session.close()
     started = time.monotonic()
     log = log or JsonLog(task=invocation.pk)
     log.task = invocation.pk

@@ -111,14 +111,21 @@ class Confinement:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
                 time.sleep(0.02)
-            for _ in range(50):
+            # Killed processes leave the group when the kernel has finished them: wait.
+            deadline = time.monotonic() + 10
+            while True:
                 try:
                     group.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
-                    time.sleep(0.02)
+                    if time.monotonic() > deadline:
+                        break
+                    for pid in _read_pids(group):
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.kill(pid, signal.SIGKILL)
+                    time.sleep(0.05)
 
 
 def _read_pids(group: Path) -> list[int]:

@@ -164,12 +164,62 @@ def terminate(process: subprocess.Popen[bytes], grace_seconds: float, sandboxed:
     process.wait()
 
 
-def run(
+@dataclass
+class Running:
+    """A started process whose output is being forwarded; ``finish`` waits for it."""
+
+    process: subprocess.Popen[bytes]
+    tails: dict[str, StreamTail]
+    pumps: list[threading.Thread]
+    started: float
+    sandboxed: bool
+    grace_seconds: float
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def finish(self, timeout: float | None) -> Outcome:
+        """Wait until it exits or ``timeout`` passes (then terminate it)."""
+        process = self.process
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            terminate(process, self.grace_seconds, self.sandboxed)
+        except BaseException:
+            terminate(process, 0, self.sandboxed)
+            raise
+        duration = time.monotonic() - self.started
+        if not self.sandboxed:
+            # Background processes left behind would hold the pipes open (and the machine).
+            _signal_group(process.pid, signal.SIGKILL)
+        for pump in self.pumps:
+            pump.join(timeout=10)
+        code = process.returncode
+        # Killed by a signal: report it as a shell (and bwrap) would, 128 + signal number.
+        return_code = 128 - code if code < 0 else code
+        return Outcome(
+            return_code=return_code,
+            timed_out=timed_out,
+            duration=duration,
+            stdout_tail=list(self.tails["stdout"].tail),
+            stderr_tail=list(self.tails["stderr"].tail),
+        )
+
+    def stop(self) -> Outcome:
+        """Terminate it (SIGTERM, the grace period, SIGKILL) and collect its outcome."""
+        if self.process.poll() is None:
+            terminate(self.process, self.grace_seconds, self.sandboxed)
+        return self.finish(None)
+
+
+def start(
     argv: Sequence[str],
     *,
     env: Mapping[str, str],
     cwd: str,
-    timeout: float,
     log: JsonLog,
     max_line_bytes: int,
     tail_lines: int,
@@ -177,8 +227,8 @@ def run(
     user: tuple[int, int] | None = None,
     sandboxed: bool = False,
     preexec: Callable[[tuple[int, int] | None], Callable[[], None]] | None = None,
-) -> Outcome:
-    """Run ``argv`` to completion or until ``timeout``; raises OSError if it cannot start.
+) -> Running:
+    """Start ``argv`` and forward its output; raises OSError if it cannot start.
 
     ``preexec(user)`` builds what the child runs after fork (join resource-limit groups,
     then switch to ``user`` itself, as the groups are root's to join).
@@ -219,28 +269,34 @@ def run(
     ]
     for pump in pumps:
         pump.start()
-    timed_out = False
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        terminate(process, grace_seconds, sandboxed)
-    except BaseException:
-        terminate(process, 0, sandboxed)
-        raise
-    duration = time.monotonic() - started
-    if not sandboxed:
-        # Background processes left behind would hold the pipes open (and the machine).
-        _signal_group(process.pid, signal.SIGKILL)
-    for pump in pumps:
-        pump.join(timeout=10)
-    code = process.returncode
-    # Killed by a signal: report it as a shell (and bwrap) would, 128 + signal number.
-    return_code = 128 - code if code < 0 else code
-    return Outcome(
-        return_code=return_code,
-        timed_out=timed_out,
-        duration=duration,
-        stdout_tail=list(tails["stdout"].tail),
-        stderr_tail=list(tails["stderr"].tail),
+    return Running(process, tails, pumps, started, sandboxed, grace_seconds)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    timeout: float,
+    log: JsonLog,
+    max_line_bytes: int,
+    tail_lines: int,
+    grace_seconds: float,
+    user: tuple[int, int] | None = None,
+    sandboxed: bool = False,
+    preexec: Callable[[tuple[int, int] | None], Callable[[], None]] | None = None,
+) -> Outcome:
+    """Run ``argv`` to completion or until ``timeout``; raises OSError if it cannot start."""
+    running = start(
+        argv,
+        env=env,
+        cwd=cwd,
+        log=log,
+        max_line_bytes=max_line_bytes,
+        tail_lines=tail_lines,
+        grace_seconds=grace_seconds,
+        user=user,
+        sandboxed=sandboxed,
+        preexec=preexec,
     )
+    return running.finish(timeout)
