@@ -45,3 +45,13 @@ class Conflict(GantryError):
 
 class PayloadTooLarge(GantryError):
     status_code = 413
+
+
+class TooManyRequests(GantryError):
+    """Over a limit for now; ``retry_after`` seconds is a fair time to try again."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # Seconds past a job's time limit before the sweeper asks the backend about it.
     sweeper_margin_seconds: int = 900
     presigned_url_seconds: int = 3600
+    # Unfinished jobs at once (grand-challenge's defaults): per user, per algorithm, in all.
+    max_active_jobs_per_user: int = Field(default=16, ge=1)
+    max_active_jobs_per_algorithm: int = Field(default=16, ge=1)
+    max_active_jobs: int = Field(default=128, ge=1)
 
 
 @lru_cache(maxsize=1)

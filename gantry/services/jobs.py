@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gantry import access, contract, timeutil
+from gantry import access, contract, quotas, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm, SocketSet
 from gantry.context import Context
@@ -98,11 +98,15 @@ def create_job(
     pk: str | None = None,
     source: str = "api",
     source_ref: str | None = None,
+    enforce_limits: bool = False,
 ) -> Job:
     """Check the inputs, store the job and hand it to the pipeline.
 
     ``pk`` lets a caller that must create a job exactly once (the drop folder) name it: a
-    second create with the same pk raises Conflict and stores nothing."""
+    second create with the same pk raises Conflict and stores nothing.
+
+    The job counts against the active-job limits; with ``enforce_limits`` (HTTP creation)
+    a full limit refuses it with TooManyRequests (429) instead."""
     try:
         algorithm = catalog.referenced_algorithm(ctx, user, urls, body.algorithm)
     except NotFound as error:
@@ -158,7 +162,8 @@ def create_job(
         source=source,
         source_ref=source_ref,
     )
-    ctx.store.jobs.create(job, input_images=input_images)
+    limits = quotas.limits_for(ctx.settings, job.creator, job.algorithm)
+    ctx.store.jobs.create(job, input_images=input_images, limits=limits, enforce=enforce_limits)
     ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])
     ctx.job_created(job)
     return job

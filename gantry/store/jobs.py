@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from gantry import timeutil
-from gantry.errors import Conflict, NotFound
+from gantry import quotas, timeutil
+from gantry.errors import Conflict, NotFound, TooManyRequests
 from gantry.job_states import JobStatus, can_transition
 from gantry.jobs import Job
+from gantry.quotas import RETRY_AFTER_SECONDS, Limit
 from gantry.store import keys
 from gantry.store.pagination import ListKey, Paginator, count_update
 from gantry.store.table import MAIN_SK, ConditionFailed, StoredDoc, Table
@@ -44,20 +45,45 @@ class JobStore:
         self.table = table
         self.paginator = Paginator(table)
 
-    def create(self, job: Job, *, input_images: list[str]) -> Job:
-        """Store a new job; Conflict (nothing written) if a job with its pk exists."""
+    def create(
+        self,
+        job: Job,
+        *,
+        input_images: list[str],
+        limits: Sequence[Limit] = (),
+        enforce: bool = False,
+    ) -> Job:
+        """Store a new job; Conflict (nothing written) if a job with its pk exists.
+
+        The job takes a slot of each of ``limits`` in the same transaction (it gives them
+        back when it ends, see ``update``); with ``enforce``, TooManyRequests naming the limit
+        (nothing written) when one is full."""
         attributes = {k: v for k, v in _attributes(job).items() if v is not None}
+        if limits:
+            attributes["slot"] = True
         item = self.table.item(keys.job(job.pk), MAIN_SK, _doc(job), **attributes)
         puts = [self._relation(job, image_pk, INPUT) for image_pk in dict.fromkeys(input_images)]
         updates = [
             count_update(keys.jobs_of(job.creator), 1),
             count_update(keys.jobs_of_algorithm(job.creator, job.algorithm), 1),
         ]
+        first_limit = len(puts) + 1 + len(updates)
+        updates += [_take_slot(limit, enforce=enforce) for limit in limits]
         try:
             self.table.transact_put(puts, unique=[item], updates=updates)
         except ConditionFailed as error:
+            full = [limits[i - first_limit] for i in error.failed if i >= first_limit]
+            if full:
+                raise TooManyRequests(
+                    full[0].refusal(), retry_after=RETRY_AFTER_SECONDS, limit=full[0].description
+                ) from error
             raise Conflict(f"Job {job.pk} already exists") from error
         return job
+
+    def active_count(self, scope: str) -> int:
+        """Counted jobs of a limit's scope ("USER#alice", ...) that have not ended."""
+        item = self.table.get_item(*_slot_key(scope))
+        return max(0, int(item["n"])) if item else 0
 
     def _relation(self, job: Job, image_pk: str, role: str) -> dict[str, Any]:
         return self.table.item(
@@ -113,6 +139,11 @@ class JobStore:
                 return None
             updated = updated.model_copy(update={"modified": timeutil.iso()})
             changed[:] = [updated]
+            if updated.status.is_terminal and stored.item.get("slot"):
+                # Ending is a conditional write that succeeds once: the slot is freed once.
+                scopes = quotas.scopes(updated.creator, updated.algorithm)
+                attributes = {**_attributes(updated), "slot": None}
+                return _doc(updated), attributes, [_give_slot_back(s) for s in scopes]
             return _doc(updated), _attributes(updated)
 
         stored = self.table.update_doc(keys.job(pk), mutate)
@@ -238,6 +269,34 @@ class JobStore:
             if "LastEvaluatedKey" not in response:
                 return
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+def _slot_key(scope: str) -> tuple[str, str]:
+    return f"ACTIVE#{scope}", "N"
+
+
+def _take_slot(limit: Limit, *, enforce: bool) -> dict[str, Any]:
+    pk, sk = _slot_key(limit.scope)
+    update: dict[str, Any] = {
+        "Key": {"PK": pk, "SK": sk},
+        "UpdateExpression": "ADD #n :one",
+        "ExpressionAttributeNames": {"#n": "n"},
+        "ExpressionAttributeValues": {":one": 1},
+    }
+    if enforce:
+        update["ConditionExpression"] = "attribute_not_exists(#n) OR #n < :limit"
+        update["ExpressionAttributeValues"] = {":one": 1, ":limit": limit.limit}
+    return update
+
+
+def _give_slot_back(scope: str) -> dict[str, Any]:
+    pk, sk = _slot_key(scope)
+    return {
+        "Key": {"PK": pk, "SK": sk},
+        "UpdateExpression": "ADD #n :minus",
+        "ExpressionAttributeNames": {"#n": "n"},
+        "ExpressionAttributeValues": {":minus": -1},
+    }
 
 
 def _doc(job: Job) -> dict[str, Any]:

@@ -27,12 +27,28 @@ MAX_OPTIMISTIC_RETRIES = 20
 
 
 class ConditionFailed(Exception):
-    """A conditional write found the item changed or already there."""
+    """A conditional write found the item changed or already there. ``failed``: for a
+    transaction, the positions of its actions whose condition failed (when DynamoDB says)."""
+
+    def __init__(self, message: str, failed: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
+def _failed_actions(error: ClientError) -> tuple[int, ...]:
+    reasons = error.response.get("CancellationReasons") or []
+    return tuple(
+        i for i, reason in enumerate(reasons) if reason.get("Code") == "ConditionalCheckFailed"
+    )
 
 
 def is_condition_failure(error: ClientError) -> bool:
     code = error.response.get("Error", {}).get("Code", "")
     return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+# What update_doc's ``mutate`` returns: (doc, attributes) or (doc, attributes, updates).
+Change = tuple[dict[str, Any], dict[str, Any]] | tuple[dict[str, Any], dict[str, Any], list]
 
 
 @dataclass
@@ -90,7 +106,9 @@ class Table:
         unique: Iterable[dict[str, Any]] = (),
         updates: Iterable[dict[str, Any]] = (),
     ) -> None:
-        """Write items all-or-nothing. ``unique`` items must not exist yet (uniqueness claims)."""
+        """Write items all-or-nothing. ``unique`` items must not exist yet (uniqueness claims).
+        An update may carry its own ``ConditionExpression``. On a failed condition,
+        ConditionFailed names the failed actions by position: puts, then unique, then updates."""
         actions: list[dict[str, Any]] = []
         for item in puts:
             actions.append({"Put": {"TableName": self.name, "Item": _ser(item)}})
@@ -110,7 +128,7 @@ class Table:
             self.clients.dynamodb.transact_write_items(TransactItems=actions)
         except ClientError as error:
             if is_condition_failure(error):
-                raise ConditionFailed(str(error)) from error
+                raise ConditionFailed(str(error), _failed_actions(error)) from error
             raise
 
     def put_if_absent(self, item: dict[str, Any]) -> bool:
@@ -134,8 +152,16 @@ class Table:
 
     # --- optimistic updates -----------------------------------------------------------
 
-    def replace(self, current: StoredDoc, doc: dict[str, Any], **attributes: Any) -> StoredDoc:
-        """Write ``doc`` if the item is still at ``current.version``; else ConditionFailed."""
+    def replace(
+        self,
+        current: StoredDoc,
+        doc: dict[str, Any],
+        *,
+        also: list[dict[str, Any]] | None = None,
+        **attributes: Any,
+    ) -> StoredDoc:
+        """Write ``doc`` if the item is still at ``current.version``; else ConditionFailed.
+        ``also``: updates of other items (counters) made in the same transaction."""
         item = {
             **{k: v for k, v in current.item.items() if k not in ("doc", "version")},
             **attributes,
@@ -144,6 +170,22 @@ class Table:
         new_version = current.version + 1
         item["doc"] = json.dumps(doc, separators=(",", ":"), allow_nan=False)
         item["version"] = new_version
+        if also:
+            put = {
+                "TableName": self.name,
+                "Item": _ser(item),
+                "ConditionExpression": "#v = :v",
+                "ExpressionAttributeNames": {"#v": "version"},
+                "ExpressionAttributeValues": _ser({":v": current.version}),
+            }
+            updates = [{"Update": {"TableName": self.name, **_ser_update(u)}} for u in also]
+            try:
+                self.clients.dynamodb.transact_write_items(TransactItems=[{"Put": put}, *updates])
+            except ClientError as error:
+                if is_condition_failure(error):
+                    raise ConditionFailed("changed concurrently") from error
+                raise
+            return StoredDoc(doc=doc, version=new_version, item=item)
         try:
             self._table.put_item(
                 Item=item,
@@ -160,11 +202,12 @@ class Table:
     def update_doc(
         self,
         pk: str,
-        mutate: Callable[[StoredDoc], tuple[dict[str, Any], dict[str, Any]] | None],
+        mutate: Callable[[StoredDoc], Change | None],
         sk: str = MAIN_SK,
     ) -> StoredDoc | None:
         """Read, let ``mutate`` return (new doc, attribute changes) or None to leave it, write
-        with a version check; on a concurrent change re-read and re-apply."""
+        with a version check; on a concurrent change re-read and re-apply. ``mutate`` may add
+        a third element: updates of other items written in the same transaction."""
         for _ in range(MAX_OPTIMISTIC_RETRIES):
             current = self.get(pk, sk)
             if current is None:
@@ -172,9 +215,9 @@ class Table:
             change = mutate(current)
             if change is None:
                 return current
-            doc, attributes = change
+            doc, attributes, *also = change
             try:
-                return self.replace(current, doc, **attributes)
+                return self.replace(current, doc, also=also[0] if also else None, **attributes)
             except ConditionFailed:
                 continue
         raise ConditionFailed(f"{pk} kept changing; gave up after {MAX_OPTIMISTIC_RETRIES} tries")

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from gantry.context import Context
 from gantry.errors import GantryError, PayloadTooLarge
 from gantry.users import parse_authorization
-from lambdas.api.routers import algorithms, gcapi, images, interfaces, jobs, uploads
+from lambdas.api.routers import algorithms, gcapi, images, interfaces, jobs, uploads, users
 
 logger = Logger(service="gantry-api")
 JSON = "application/json"
@@ -90,7 +90,12 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
 
     @app.exception_handler(GantryError)
     def gantry_error(error: GantryError) -> Response:
-        return _error(error.status_code, error.to_dict())
+        response = _error(error.status_code, error.to_dict())
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            # gcapi (httpx) and well-behaved clients wait this long before trying again.
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     def request_invalid(error: RequestValidationError) -> Response:
@@ -104,7 +109,7 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
     def not_found(_: NotFoundError) -> Response:
         return _error(404, {"detail": "Not found."})
 
-    for module in (gcapi, uploads, jobs, images, interfaces, algorithms):
+    for module in (gcapi, uploads, jobs, images, interfaces, algorithms, users):
         app.include_router(module.build(ctx))
     return app
 

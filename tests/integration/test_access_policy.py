@@ -146,8 +146,17 @@ def _post_algorithm(w: World, client: ApiClient, role: str) -> tuple[int, Any, d
     return client.post("algorithms/", body)
 
 
+def _me(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    status, body, headers = client.get("users/me/")
+    assert body["username"] == w.names[role]
+    assert body["active_jobs"] == (1 if role == "creator" else 0)
+    return status, body, headers
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("GET", "/gcapi"): Case(lambda w, c, r: c.get("gcapi/"), 200, 200, 200),
+    # Each user sees only themselves there.
+    ("GET", "/users/me"): Case(_me, 200, 200, 200),
     ("GET", "/algorithms/{pk}"): Case(
         lambda w, c, r: c.get(f"algorithms/{w.algorithm['pk']}/"), 404, 200, 200
     ),

@@ -1,0 +1,32 @@
+"""users/me/ (a Gantry extension): who the caller is, their limits and unfinished jobs."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
+
+from gantry import quotas
+from gantry.context import Context
+from lambdas.api.deps import current_user
+
+
+def build(ctx: Context) -> APIGatewayRouter:
+    router = APIGatewayRouter()
+
+    @router.get("/users/me/", summary="You: your limits and unfinished jobs")
+    def me() -> dict:
+        user = current_user(router)
+        settings = ctx.settings
+        user_scope, _, total_scope = quotas.scopes(user.username, "")
+        return {
+            "username": user.username,
+            "is_admin": user.is_admin,
+            "limits": {
+                "active_jobs_per_user": settings.max_active_jobs_per_user,
+                "active_jobs_per_algorithm": settings.max_active_jobs_per_algorithm,
+                "active_jobs": settings.max_active_jobs,
+            },
+            "active_jobs": ctx.store.jobs.active_count(user_scope),
+            "active_jobs_on_platform": ctx.store.jobs.active_count(total_scope),
+        }
+
+    return router
