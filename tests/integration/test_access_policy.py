@@ -7,7 +7,9 @@ get 403/404 and change nothing), then by the creator and the admin.
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from gantry import timeutil
 from gantry.images import Image, ImageFile, ImageType
 from gantry.jobs import SocketValue
 from tests.conftest import ApiClient
+from tests.integration.test_inputs_support import put_upload
 
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 ROLES = ("other", "creator", "admin")
@@ -153,6 +156,18 @@ def _me(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
     return status, body, headers
 
 
+def _post_model(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    # Each role offers a completed upload of its own (only one's own uploads may be used).
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        data = b"weights"
+        info = tarfile.TarInfo("weights.bin")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    upload = put_upload(w.ctx, "model.tar.gz", buffer.getvalue(), owner=w.names[role])
+    return client.post(f"algorithms/{w.algorithm['pk']}/models/", {"user_upload": upload.pk})
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("GET", "/gcapi"): Case(lambda w, c, r: c.get("gcapi/"), 200, 200, 200),
     # Each user sees only themselves there.
@@ -161,6 +176,7 @@ CASES: dict[tuple[str, str], Case] = {
         lambda w, c, r: c.get(f"algorithms/{w.algorithm['pk']}/"), 404, 200, 200
     ),
     ("POST", "/algorithms"): Case(_post_algorithm, 201, 201, 201),
+    ("POST", "/algorithms/{pk}/models"): Case(_post_model, 404, 201, 201),
     ("GET", "/algorithms/images/{pk}"): Case(
         lambda w, c, r: c.get(f"algorithms/images/{w.algorithm_image['pk']}/"), 404, 200, 200
     ),
