@@ -1,6 +1,7 @@
 """OCI and docker-save images on one machine without a container engine.
 
-- ``read_archive(path)``: the one runnable image of an archive, its typed ``ImageConfig``;
+- ``read_archive(path or opener)``: the one runnable image of an archive (a file, or a
+  stream opened twice, e.g. from S3), its typed ``ImageConfig``;
 - ``ImageStore(root).prepare(archive or ref)``: layers unpacked once per digest, a root
   filesystem per image (``PreparedImage``);
 - ``ImageError``: every refusal, with a message the image's author can act on.

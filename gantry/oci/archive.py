@@ -17,12 +17,13 @@ Layouts:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -50,6 +51,7 @@ MANIFEST_TYPES = frozenset(
 # BuildKit stores provenance/SBOM as extra manifests marked like this (platform unknown/unknown).
 ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
 RUNNABLE_PLATFORM = ("linux", "amd64")
+Opener = Callable[[], IO[bytes]]
 HOW_TO_SAVE = "create it with 'docker save IMAGE:TAG -o image.tar' (or an OCI image layout tar)"
 
 
@@ -66,7 +68,7 @@ class _Members:
 class ArchiveImage:
     """The one image of an archive: its config and, per layer, the member holding its blob."""
 
-    path: Path
+    path: Path | Opener  # a file, or how to open the archive again as a stream
     config: ImageConfig
     layer_members: tuple[str, ...]
     layout: str  # "docker" (before 25), "oci" (OCI layout, including Docker 25+ saves)
@@ -101,9 +103,13 @@ class ArchiveImage:
             raise ImageError(f"The archive changed while it was read: {missing} disappeared")
 
 
-def read_archive(path: str | Path) -> ArchiveImage:
-    """The archive's one runnable image, or an ImageError saying what to change."""
-    path = Path(path)
+def read_archive(path: str | Path | Opener) -> ArchiveImage:
+    """The archive's one runnable image, or an ImageError saying what to change.
+
+    ``path`` is a file, or a function that opens the archive as a fresh stream each time it
+    is called (an S3 object's body, say): it is read from the start twice, never seeked.
+    """
+    path = path if callable(path) else Path(path)
     members = _scan(path)
     names = set(members.files) | set(members.links)
     if "index.json" in names:
@@ -119,18 +125,43 @@ def read_archive(path: str | Path) -> ArchiveImage:
 # --- The first pass ---------------------------------------------------------------------------
 
 
-def _open(path: Path) -> tarfile.TarFile:
-    """A plain tar is read with seeks (headers only, data skipped); a compressed one as a
-    stream, each pass decompressing it once."""
-    with path.open("rb") as handle:
-        magic = handle.read(6)
-    if magic.startswith(b"\x28\xb5\x2f\xfd"):
-        raise ImageError("The archive is compressed with zstd; give it as .tar, .tar.gz or .tar.xz")
-    compressed = magic.startswith((b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh"))
-    try:
-        return tarfile.open(path, "r|*" if compressed else "r:")
-    except (tarfile.TarError, OSError, EOFError) as error:
-        raise ImageError(f"The file is not a tar archive ({error}): {HOW_TO_SAVE}") from None
+class _Prefixed:
+    """A stream with the bytes already read from it put back in front."""
+
+    def __init__(self, prefix: bytes, raw: IO[bytes]) -> None:
+        self.prefix, self.raw = prefix, raw
+
+    def read(self, size: int = -1) -> bytes:
+        prefix = self.prefix
+        if prefix and 0 <= size <= len(prefix):
+            self.prefix = prefix[size:]
+            return prefix[:size]
+        self.prefix = b""
+        return prefix + self.raw.read(-1 if size < 0 else size - len(prefix))
+
+
+@contextlib.contextmanager
+def _open(path: Path | Opener) -> Iterator[tarfile.TarFile]:
+    """A plain tar file is read with seeks (headers only, data skipped); a compressed one,
+    or any opened stream, as a stream that each pass reads once from the start."""
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(path() if callable(path) else path.open("rb"))
+        magic = raw.read(6)
+        if magic.startswith(b"\x28\xb5\x2f\xfd"):
+            raise ImageError(
+                "The archive is compressed with zstd; give it as .tar, .tar.gz or .tar.xz"
+            )
+        compressed = magic.startswith((b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh"))
+        if callable(path) or compressed:
+            source, mode = _Prefixed(magic, raw), "r|*"
+        else:
+            raw.seek(0)
+            source, mode = raw, "r:"
+        try:
+            archive = stack.enter_context(tarfile.open(fileobj=source, mode=mode))  # type: ignore[call-overload]
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise ImageError(f"The file is not a tar archive ({error}): {HOW_TO_SAVE}") from None
+        yield archive
 
 
 def _clean(name: str) -> str:
@@ -139,7 +170,7 @@ def _clean(name: str) -> str:
     return name.rstrip("/")
 
 
-def _scan(path: Path) -> _Members:
+def _scan(path: Path | Opener) -> _Members:
     members = _Members()
     kept_total = 0
     symlinks: dict[str, str] = {}
@@ -262,7 +293,7 @@ def _tags(descriptor: dict[str, Any]) -> list[str]:
     return []
 
 
-def _read_oci(path: Path, members: _Members) -> ArchiveImage:
+def _read_oci(path: Path | Opener, members: _Members) -> ArchiveImage:
     index = _json(members, "index.json", "image index")
     if not isinstance(index, dict):
         raise ImageError("index.json is not a JSON object")
@@ -309,7 +340,7 @@ def _read_oci(path: Path, members: _Members) -> ArchiveImage:
 # --- Docker before 25 --------------------------------------------------------------------------
 
 
-def _read_docker(path: Path, members: _Members) -> ArchiveImage:
+def _read_docker(path: Path | Opener, members: _Members) -> ArchiveImage:
     manifest = _json(members, "manifest.json", "manifest")
     if not isinstance(manifest, list) or not manifest:
         raise ImageError("manifest.json lists no image: " + HOW_TO_SAVE)

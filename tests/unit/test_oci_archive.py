@@ -224,3 +224,39 @@ def test_big_layers_are_not_held_in_memory(tmp_path, monkeypatch):
     read_archive(path)
 
     assert sum(len(v) for v in kept[0].values()) < 10_000
+
+
+class _OneWayStream:
+    """An S3-like body: read() only, no seek, no tell."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("rb")
+
+    def read(self, size: int = -1) -> bytes:
+        return self._handle.read(size)
+
+    def __enter__(self) -> _OneWayStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_an_archive_streams_from_an_opener_in_two_reads(tmp_path, compression):
+    from gantry.oci import ImageStore
+
+    path = write_archive(
+        tmp_path / "image.tar", _spec(), layout="docker25", compression=compression
+    )
+    opened: list[int] = []
+
+    def opener() -> _OneWayStream:
+        opened.append(1)
+        return _OneWayStream(path)
+
+    image = read_archive(opener)
+    prepared = ImageStore(tmp_path / "store").add(image)
+
+    assert (prepared.rootfs / "app/main.py").read_text() == "print('hi')\n"
+    assert len(opened) == 2  # the metadata pass and the layer pass
