@@ -34,7 +34,7 @@ roles.
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Duration, RemovalPolicy, Size, Stack
+from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
@@ -324,7 +324,8 @@ class Compute(Construct):
                 privileged=config.runner_privileged,
                 # Copied into every per-image definition by the Batch backend; the runner
                 # removes GANTRY_* before the algorithm starts.
-                environment={ENV_SANDBOX: config.runner_sandbox},
+                # The runner calls the credentials function and S3 in its own region.
+                environment={ENV_SANDBOX: config.runner_sandbox, "AWS_REGION": Aws.REGION},
                 command=list(RUNNER_COMMAND),
                 job_role=self.job_role,
                 execution_role=self.execution_role,

@@ -93,7 +93,6 @@ class GantryConfig:
     dropbox_owner: str = "dropbox"
     log_level: str = "INFO"
     log_retention_days: int = 30
-    powertools_layer_version: int = 27
     job_events_reserved_concurrency: int = 0
     sqs_max_concurrency: int = 10
     alarm_email: str = ""

@@ -17,8 +17,12 @@ Bucket decisions
 Table: on-demand (no idle cost), PITR, TTL on ``resources.TTL_ATTRIBUTE``, the GSIs of
 ``resources.GLOBAL_INDEXES`` projecting ALL (list pages are served from the index alone).
 
-RemovalPolicy RETAIN (and DynamoDB deletion protection) unless ``gantry:destroyOnDelete=true``:
-losing the table or bucket to a mistaken ``cdk destroy`` is not recoverable.
+Retained unless ``gantry:destroyOnDelete=true``: losing the table or bucket to a mistaken
+``cdk destroy`` is not recoverable. The policy is RetainExceptOnCreate: kept on delete and
+replacement, but removed when the deployment that created it rolls back, so a failed first
+deploy can simply be run again (a retained ``gantry`` table would block it: its name is
+fixed). No DynamoDB deletion protection for the same reason: it would make that rollback
+fail; the retain policy already keeps stack operations from deleting the table.
 """
 
 from __future__ import annotations
@@ -88,7 +92,11 @@ class DataStore(Construct):
         dropbox_visibility: Duration,
     ) -> None:
         super().__init__(scope, construct_id)
-        removal = RemovalPolicy.DESTROY if config.destroy_on_delete else RemovalPolicy.RETAIN
+        removal = (
+            RemovalPolicy.DESTROY
+            if config.destroy_on_delete
+            else RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE
+        )
         auto_delete = config.destroy_on_delete
 
         self.log_bucket = s3.Bucket(
@@ -144,7 +152,6 @@ class DataStore(Construct):
                 point_in_time_recovery_enabled=True
             ),
             time_to_live_attribute=resources.TTL_ATTRIBUTE,
-            deletion_protection=not config.destroy_on_delete,
             removal_policy=removal,
         )
         for gsi in resources.GLOBAL_INDEXES:

@@ -99,9 +99,11 @@ class GantryFunction(Construct):
         acknowledge(
             self.function,
             "AwsSolutions-L1",
-            "python3.13 is the newest runtime for which the Powertools v3 layer and the "
-            "SimpleITK/numpy/pydantic-core wheels are all published; moving to 3.14 is a "
-            "one-line change in infra/packaging.py once they are.",
+            "python3.13 on purpose: the Powertools layer the stack uses is the public "
+            "python313 layer of the release pyproject.toml pins (infra/packaging.py "
+            "POWERTOOLS_LAYERS), so the functions run what the tests run. A newer runtime "
+            "needs that release's layer for it and aarch64 wheels of SimpleITK, numpy and "
+            "pydantic-core for it; RUNTIME and PYTHON_VERSION change together then.",
         )
 
 

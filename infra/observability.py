@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
@@ -26,6 +27,7 @@ from constructs import Construct
 
 from infra.functions import METRICS_NAMESPACE, POWERTOOLS_SERVICE_NAME
 
+DASHBOARD_PREFIX = "gantry-"
 MIN_JOBS = 5
 FAILED_RATE_PERCENT = 20
 RATE_PERIOD = Duration.hours(1)
@@ -54,6 +56,22 @@ class Observability(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.topic = sns.Topic(self, "Alarms", display_name="Gantry alarms", enforce_ssl=True)
+        # enforce_ssl gives the topic a policy of its own, which replaces SNS's default one:
+        # without this statement CloudWatch may not publish and no alarm e-mail is sent.
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={
+                    "ArnLike": {
+                        "aws:SourceArn": f"arn:{Aws.PARTITION}:cloudwatch:{Aws.REGION}:"
+                        f"{Aws.ACCOUNT_ID}:alarm:*"
+                    },
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                },
+            )
+        )
         if alarm_email:
             self.topic.add_subscription(subs.EmailSubscription(alarm_email))
         action = cw_actions.SnsAction(self.topic)
@@ -107,7 +125,11 @@ class Observability(Construct):
         for alarm in self.alarms:
             alarm.add_alarm_action(action)
 
-        self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name="gantry")
+        # Dashboards are global to the account: the region in the name lets deployments in
+        # two regions of one account coexist.
+        self.dashboard = cw.Dashboard(
+            self, "Dashboard", dashboard_name=f"{DASHBOARD_PREFIX}{Aws.REGION}"
+        )
         self.dashboard.add_widgets(
             cw.GraphWidget(
                 title="Jobs finished",

@@ -56,6 +56,9 @@ PYTHON_VERSION = "3.13"
 # Lambda's python3.13 runs on Amazon Linux 2023 (glibc 2.34), so both tags load there.
 PIP_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64")
 POWERTOOLS_ACCOUNT = "017000801446"
+# Powertools release -> version of its public Python 3.13 layer. The release is the one
+# pyproject.toml pins, so the tests run the code the functions get.
+POWERTOOLS_LAYERS = {"3.23.0": 27}
 # Too large for a zip function (see LambdaCode); shipped as an archive gantry.sitk_loader unpacks.
 OUTSIDE_THE_ZIP = ("simpleitk",)
 # s3://bucket/key of that archive, set on the imaging functions only.
@@ -67,6 +70,31 @@ def _requirement_name(requirement: str) -> str:
     for stop in "[<>=!~; ":
         name = name.split(stop, 1)[0]
     return name.strip().lower()
+
+
+def pinned_version(package: str) -> str:
+    """The ``==`` version pyproject.toml pins for ``package``."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        if _requirement_name(requirement) == package and "==" in requirement:
+            return requirement.split("==", 1)[1].split(";", 1)[0].strip()
+    raise ValueError(f"pyproject.toml must pin {package} with ==")
+
+
+def powertools_layer_version() -> int:
+    version = pinned_version("aws-lambda-powertools")
+    try:
+        return POWERTOOLS_LAYERS[version]
+    except KeyError:
+        raise ValueError(
+            f"no Powertools layer version is known for {version}; add it to POWERTOOLS_LAYERS"
+        ) from None
+
+
+def layer_architecture(architecture: lambda_.Architecture) -> str:
+    """The layer name's architecture part. Compare names: jsii hands out a new proxy object on
+    every access, so ``==`` between two ``Architecture`` values is always False."""
+    return "arm64" if architecture.name == lambda_.Architecture.ARM_64.name else "x86_64"
 
 
 def project_requirements(*extras: str) -> tuple[str, ...]:
@@ -148,7 +176,7 @@ def code_asset(requirements: tuple[str, ...]) -> lambda_.Code:
 class LambdaCode(Construct):
     """The code assets and the Powertools layer, created once and shared by all functions."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, powertools_version: int) -> None:
+    def __init__(self, scope: Construct, construct_id: str) -> None:
         super().__init__(scope, construct_id)
         imaging = project_requirements("imaging")
         too_big = tuple(r for r in imaging if _requirement_name(r) in OUTSIDE_THE_ZIP)
@@ -164,14 +192,14 @@ class LambdaCode(Construct):
             asset_hash_type=AssetHashType.OUTPUT,
             bundling=bundling_options(too_big, copy_sources=False),
         )
-        arch = "arm64" if ARCHITECTURE == lambda_.Architecture.ARM_64 else "x86_64"
+        arch = layer_architecture(ARCHITECTURE)
         python = "python" + PYTHON_VERSION.replace(".", "")
         # The public layer is published in every commercial region under the same account.
         self.powertools = lambda_.LayerVersion.from_layer_version_arn(
             self,
             "Powertools",
             f"arn:{Aws.PARTITION}:lambda:{Aws.REGION}:{POWERTOOLS_ACCOUNT}:layer:"
-            f"AWSLambdaPowertoolsPythonV3-{python}-{arch}:{powertools_version}",
+            f"AWSLambdaPowertoolsPythonV3-{python}-{arch}:{powertools_layer_version()}",
         )
 
     def simpleitk_environment(self) -> dict[str, str]:

@@ -54,7 +54,7 @@ class GantryStack(Stack):
         settings = Settings.model_construct()
         removal = RemovalPolicy.DESTROY if config.destroy_on_delete else RemovalPolicy.RETAIN
 
-        code = LambdaCode(self, "Code", powertools_version=config.powertools_layer_version)
+        code = LambdaCode(self, "Code")
         data = DataStore(
             self,
             "Data",

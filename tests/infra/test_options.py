@@ -20,7 +20,7 @@ def test_destroy_on_delete_removes_data(options_synth: Synth) -> None:
         for name, resource in options_synth.resources(kind).items():
             assert resource.get("DeletionPolicy") == "Delete", name
     table = options_synth.one("AWS::DynamoDB::Table")["Properties"]
-    assert table["DeletionProtectionEnabled"] is False
+    assert not table.get("DeletionProtectionEnabled")
 
 
 def test_spot_environment_is_tried_first(options_synth: Synth) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ from aws_cdk.assertions import Match, Template
 from gantry import resources
 from gantry.settings import Settings
 from gantry.sitk_loader import ARCHIVE_ENV
+from infra.packaging import POWERTOOLS_LAYERS
 from tests.infra.conftest import Synth
 
 pytestmark = pytest.mark.slow
@@ -70,7 +72,6 @@ def test_table_keys_gsis_ttl_pitr_on_demand(template: Template) -> None:
                 "AttributeName": resources.TTL_ATTRIBUTE,
                 "Enabled": True,
             },
-            "DeletionProtectionEnabled": True,
             "GlobalSecondaryIndexes": [
                 {
                     "IndexName": gsi.name,
@@ -89,8 +90,12 @@ def test_table_keys_gsis_ttl_pitr_on_demand(template: Template) -> None:
 def test_data_is_retained_by_default(default_synth: Synth) -> None:
     for kind in ("AWS::DynamoDB::Table", "AWS::S3::Bucket"):
         for name, resource in default_synth.resources(kind).items():
-            assert resource.get("DeletionPolicy") == "Retain", name
+            # Kept on delete and replacement; removed if the deploy that made it rolls back,
+            # so a failed first deploy can be run again (the table's name is fixed).
+            assert resource.get("DeletionPolicy") == "RetainExceptOnCreate", name
             assert resource.get("UpdateReplacePolicy") == "Retain", name
+            # Deletion protection would make that rollback fail.
+            assert not resource["Properties"].get("DeletionProtectionEnabled"), name
 
 
 def test_buckets_block_public_access_encrypt_and_deny_plain_http(default_synth: Synth) -> None:
@@ -379,8 +384,12 @@ def test_handlers_and_environment(default_synth: Synth) -> None:
         ):
             assert required in env, (handler, required)
         assert env["GANTRY_SAGEMAKER_SANDBOX"] == "required"
-        assert props["Layers"], "Powertools layer"
-        assert "AWSLambdaPowertoolsPythonV3" in str(props["Layers"])
+        assert props["Architectures"] == ["arm64"]
+        assert len(props["Layers"]) == 1, "Powertools layer"
+        layer = props["Layers"][0]["Fn::Join"][1][-1]
+        # The layer of the functions' architecture, for the release the tests run.
+        version = POWERTOOLS_LAYERS[importlib.metadata.version("aws-lambda-powertools")]
+        assert layer.endswith(f":layer:AWSLambdaPowertoolsPythonV3-python313-arm64:{version}")
 
 
 def test_only_the_imaging_functions_fetch_the_simpleitk_archive(default_synth: Synth) -> None:
@@ -537,3 +546,31 @@ def test_failed_job_rate_alarm_and_dashboard(template: Template) -> None:
         },
     )
     template.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+
+
+def test_cloudwatch_may_publish_alarms_to_the_topic(default_synth: Synth) -> None:
+    """The topic's own policy (TLS only) replaces SNS's default: it must let CloudWatch in."""
+    [policy] = default_synth.resources("AWS::SNS::TopicPolicy").values()
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    publish = [
+        s
+        for s in statements
+        if s["Effect"] == "Allow"
+        and s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}
+        and "sns:Publish" in _as_list(s["Action"])
+    ]
+    assert len(publish) == 1
+    assert publish[0]["Condition"]["StringEquals"] == {
+        "aws:SourceAccount": {"Ref": "AWS::AccountId"}
+    }
+
+
+def test_two_regions_of_one_account_have_their_own_dashboard(default_synth: Synth) -> None:
+    dashboard = default_synth.one("AWS::CloudWatch::Dashboard")["Properties"]["DashboardName"]
+    assert {"Ref": "AWS::Region"} in dashboard["Fn::Join"][1]
+
+
+def test_the_runner_knows_its_region(default_synth: Synth) -> None:
+    for name, container in default_synth.runner_containers().items():
+        environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+        assert environment["AWS_REGION"] == {"Ref": "AWS::Region"}, name
