@@ -45,7 +45,57 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument(
         "--ro-path", action="append", default=[], help="extra path visible read-only"
     )
+    serve = commands.add_parser(
+        "serve", help="invoke mode: run tasks from stdin (JSON lines) against one server start"
+    )
+    serve.add_argument("--input-root", help="default $GANTRY_INPUT_ROOT or /input")
+    serve.add_argument("--output-root", help="default $GANTRY_OUTPUT_ROOT or /output")
+    serve.add_argument("--sandbox", choices=("off", "auto", "required"))
     return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Tasks from stdin, one JSON object per line: ``{"file": "s3://…", "signing_key_hex"}``.
+
+    Each gets its signed result as with ``invoke``, and a line ``{"served": pk,
+    "return_code": N}`` (or ``{"served": null, "error": …}`` for an unreadable task) on
+    stdout; the server stops at the end of the input. One machine only (the local backend).
+    """
+    from batch_runner.serving import InvokeSession
+
+    log = JsonLog()
+    try:
+        config = RunnerConfig.from_env(
+            input_root=args.input_root, output_root=args.output_root, sandbox=args.sandbox
+        )
+    except ConfigError as error:
+        print(f"python -m batch_runner: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    client = s3_client()
+    session = InvokeSession(config, client=client, log=log)
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            reply: dict[str, object]
+            try:
+                task = json.loads(line)
+                key = str(task["signing_key_hex"])
+                bytes.fromhex(key)
+                invocation = _load_task(argparse.Namespace(task=None, file=task["file"]), client)
+            except Exception as error:
+                reply = {"served": None, "error": f"cannot read the task: {error}"}
+            else:
+                try:
+                    result = session.run(invocation, key)
+                    reply = {"served": invocation.pk, "return_code": result.return_code}
+                except Exception as error:
+                    log.error(f"The result could not be written: {type(error).__name__}: {error}")
+                    reply = {"served": invocation.pk, "error": "no result written"}
+            log.raw(reply)
+    finally:
+        session.close()
+    return EXIT_OK
 
 
 def _load_task(args: argparse.Namespace, client: Any) -> Invocation:
@@ -70,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_in, command = args_in[:split], args_in[split + 1 :]
     parser = _parser()
     args = parser.parse_args(args_in)
+    if args.command == "serve":
+        return serve(args)
     log = JsonLog()
     try:
         config = RunnerConfig.from_env(

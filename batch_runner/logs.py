@@ -33,6 +33,13 @@ class JsonLog:
             stream.write(line + "\n")
             stream.flush()
 
+    def raw(self, document: dict) -> None:
+        """One JSON object of another shape on the same stream (serve mode's replies)."""
+        stream = self._stream if self._stream is not None else sys.stdout
+        with self._lock:
+            stream.write(json.dumps(document) + "\n")
+            stream.flush()
+
     def user(self, log: str, source: Literal["stdout", "stderr"], warning: bool = False) -> None:
         # grand-challenge marks the algorithm's stderr as warnings.
         level: Level = "WARNING" if warning or source == "stderr" else "INFO"

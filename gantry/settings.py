@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     # "required" fails a job the runner cannot sandbox rather than run it with network.
     sagemaker_sandbox: Literal["required", "auto", "off"] = "required"
     local_workers: int = 2
+    # Local backend: an invoke-mode image's server stays up this long after its last job.
+    local_invoke_idle_seconds: float = Field(default=300.0, gt=0)
     # Per-job data credentials (gantry.job_credentials): the function runners call for them
     # and the role it assumes. Empty: runners get the signing key in their environment and
     # use their own role (the local stack).

@@ -72,12 +72,15 @@ def remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def busybox_archive(path: Path, **config: object) -> Path:
-    """An image archive of the busybox root (two layers: the userland, then the app)."""
+def busybox_archive(path: Path, files: dict[str, str] | None = None, **config: object) -> Path:
+    """An image archive of the busybox root (two layers: the userland, then the app, which
+    holds ``files``: executable scripts by path under the WORKDIR)."""
     from tests.image_builder import ImageSpec, from_dir, write_archive
 
     root = build_busybox_root()
     try:
+        for name, text in (files or {}).items():
+            add_file(root, f"{WORKDIR}/{name}", text)
         app = root / WORKDIR.lstrip("/")
         base = [e for e in from_dir(root) if not e.name.startswith(WORKDIR.lstrip("/") + "/")]
         spec = ImageSpec(

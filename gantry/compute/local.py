@@ -13,6 +13,11 @@ this process or ``extra_env``) and ``settings.local_workers`` runner processes a
 algorithm image runs ``entrypoint + command`` with ``workdir`` as its working directory; an
 OCI image (``image`` = ``oci:sha256:…``) runs from its root filesystem in ``image_store``
 (``gantry.oci``), with its USER, ENV and WORKDIR.
+An invoke-mode image (label ``org.grand-challenge.api-method=invoke``) runs in a warm runner
+instead: ``python -m batch_runner serve``, one per image configuration, takes its jobs one
+after another on stdin, so the image's server (and the model it loads) starts once for many
+jobs; it stops after ``settings.local_invoke_idle_seconds`` without a job, or at shutdown.
+Each job still gets RUNNING and SUCCEEDED/FAILED events of its own.
 Events come from worker threads, possibly before ``submit``'s caller has stored the returned
 id: the callback should find the job by the name (``parse_compute_name``) or the tags.
 Call ``shutdown`` at exit; ``describe`` knows only this process's jobs.
@@ -22,8 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -52,8 +59,10 @@ from gantry.compute.events import batch_state
 from gantry.jobs import Job
 from gantry.oci import ImageError, ImageStore, is_image_ref
 from gantry.resources import (
+    API_METHOD_INVOKE,
     BATCH_DETAIL_TYPE,
     BATCH_EVENT_SOURCE,
+    ENV_API_METHOD,
     ENV_MEMORY_LIMIT_MB,
     ENV_SIGNING_KEY,
 )
@@ -114,8 +123,17 @@ class LocalBackend:
         extra_env: Mapping[str, str] | None = None,
         margin_seconds: int = RUNNER_MARGIN_SECONDS,
         image_store: str | Path | None = None,
+        invoke_idle_seconds: float | None = None,
     ) -> None:
         self.settings = settings
+        # Invoke-mode images: one warm runner (and server) per image configuration, stopped
+        # after this long without a job.
+        self.invoke_idle_seconds = invoke_idle_seconds or settings.local_invoke_idle_seconds
+        self._warm: dict[str, _Warm] = {}
+        self._warm_lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
+        self._closing = threading.Event()
+        self.warm_starts = 0
         self.image_store = Path(image_store) if image_store else None
         self.on_event = on_event
         self.python = python
@@ -191,6 +209,9 @@ class LocalBackend:
             for job_id in ids:
                 self._stop(job_id, REASON_SHUTDOWN)
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        self._closing.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=60)
 
     # --- Running one attempt --------------------------------------------------------------
 
@@ -230,6 +251,9 @@ class LocalBackend:
         return env
 
     def _run(self, record: LocalJob) -> None:
+        if record.environment.get(ENV_API_METHOD) == API_METHOD_INVOKE:
+            self._run_warm(record)
+            return
         scratch = Path(tempfile.mkdtemp(prefix="gantry-job-", dir=self.scratch_root))
         # The runner may drop to an unprivileged user, who must reach the roots.
         scratch.chmod(0o755)
@@ -266,6 +290,109 @@ class LocalBackend:
             self._finish(record, "FAILED", f"Task failed to start: {error}", None)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+    # --- Invoke mode: warm runners -------------------------------------------------------
+
+    def _warm_for(self, record: LocalJob) -> _Warm:
+        """The warm runner for this job's image configuration, started when there is none."""
+        settings = {k: v for k, v in record.environment.items() if k != ENV_SIGNING_KEY}
+        key = json.dumps(settings, sort_keys=True)
+        with self._warm_lock:
+            warm = self._warm.get(key)
+            if warm is not None and warm.process.poll() is None and not warm.closing:
+                warm.last_used = time.monotonic()
+                return warm
+            scratch = Path(tempfile.mkdtemp(prefix="gantry-serve-", dir=self.scratch_root))
+            scratch.chmod(0o755)
+            env = self._environment(record, scratch)
+            env.pop(ENV_SIGNING_KEY, None)
+            process = subprocess.Popen(
+                [self.python, "-m", "batch_runner", "serve"],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            warm = _Warm(key, process, scratch)
+            warm.reader = threading.Thread(target=warm.read, daemon=True, name="gantry-serve")
+            warm.reader.start()
+            self._warm[key] = warm
+            self.warm_starts += 1
+            if self._reaper is None:
+                self._reaper = threading.Thread(
+                    target=self._reap, daemon=True, name="gantry-serve-reaper"
+                )
+                self._reaper.start()
+            return warm
+
+    def _run_warm(self, record: LocalJob) -> None:
+        """One job through the image's warm runner: its server serves job after job."""
+        uri = record.command[record.command.index("--file") + 1]
+        try:
+            with self._lock:
+                cancelled = record.cancel_reason
+            if cancelled:
+                self._finish(record, "FAILED", cancelled, None)
+                return
+            warm = self._warm_for(record)
+            with warm.lock:
+                with self._lock:
+                    if record.cancel_reason:
+                        cancelled = record.cancel_reason
+                    else:
+                        record.process = warm.process
+                        record.status, record.started_at = "RUNNING", _now_ms()
+                if cancelled:
+                    self._finish(record, "FAILED", cancelled, None)
+                    return
+                self._emit(record)
+                task = {"file": uri, "signing_key_hex": record.environment[ENV_SIGNING_KEY]}
+                mark = warm.mark()
+                reply = warm.send(task, record.name, timeout=record.time_limit)
+                warm.last_used = time.monotonic()
+                record.output_tail = warm.since(mark)
+            if reply is None:
+                if warm.process.poll() is None:
+                    _terminate(warm.process)
+                    reason = record.cancel_reason or REASON_TIMEOUT
+                else:
+                    reason = record.cancel_reason or REASON_EXITED
+                self._finish(record, "FAILED", reason, warm.process.poll() or 1)
+            elif "return_code" in reply:
+                # The runner wrote the signed result; the callback decides from it.
+                self._finish(record, "SUCCEEDED", REASON_EXITED, 0)
+            else:
+                self._finish(record, "FAILED", REASON_EXITED, 1)
+        except Exception as error:
+            log.exception("local compute job %s could not run", record.name)
+            self._finish(record, "FAILED", f"Task failed to start: {error}", None)
+
+    def _reap(self) -> None:
+        """Stop warm runners idle for ``invoke_idle_seconds`` (and all at shutdown)."""
+        while True:
+            closing = self._closing.wait(timeout=min(1.0, self.invoke_idle_seconds / 2))
+            now = time.monotonic()
+            with self._warm_lock:
+                idle = [
+                    w
+                    for w in self._warm.values()
+                    if closing
+                    or w.process.poll() is not None
+                    or (not w.lock.locked() and now - w.last_used > self.invoke_idle_seconds)
+                ]
+                for warm in idle:
+                    warm.closing = True
+                    del self._warm[warm.key]
+            for warm in idle:
+                warm.close()
+            if closing:
+                return
+
+    @property
+    def warm_runners(self) -> int:
+        with self._warm_lock:
+            return len(self._warm)
 
     def _start(self, record: LocalJob, scratch: Path, log_path: Path) -> subprocess.Popen[bytes]:
         with log_path.open("wb") as output:
@@ -383,6 +510,73 @@ class LocalBackend:
 
 
 _FINAL = frozenset({"SUCCEEDED", "FAILED"})
+
+
+@dataclass
+class _Warm:
+    """A runner in serve mode: tasks in on stdin, log lines and replies out on stdout."""
+
+    key: str
+    process: subprocess.Popen[bytes]
+    scratch: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+    closing: bool = False
+    reader: threading.Thread | None = None
+    lines: list[str] = field(default_factory=list)
+    replies: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
+
+    def read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            text = raw.decode(errors="replace").rstrip("\n")
+            try:
+                document = json.loads(text)
+            except ValueError:
+                document = None
+            if isinstance(document, dict) and "served" in document:
+                self.replies.put(document)
+                continue
+            self.lines.append(text)
+            del self.lines[:-200]
+        self.replies.put(None)
+
+    def mark(self) -> int:
+        return len(self.lines)
+
+    def since(self, mark: int) -> str:
+        return "\n".join(self.lines[mark:])[-OUTPUT_TAIL_BYTES:]
+
+    def send(self, task: dict[str, str], name: str, timeout: float) -> dict[str, Any] | None:
+        """The runner's reply to ``task``; None when it died or ``timeout`` passed."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write((json.dumps(task) + "\n").encode())
+            self.process.stdin.flush()
+        except OSError:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = self.replies.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if reply is None:
+                self.replies.put(None)  # stays dead for later callers
+                return None
+            return reply
+
+    def close(self) -> None:
+        """End of input: the runner stops the server and exits."""
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _terminate(self.process)
+            self.process.wait()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

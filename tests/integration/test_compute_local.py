@@ -301,3 +301,86 @@ def test_an_unknown_image_reference_is_refused_at_submit(backend):
     image = make_image(image="oci:sha256:" + "0" * 64)
     with pytest.raises(SubmitError, match="no image store"):
         backend.submit(make_job(), image, "s3://bucket/key")
+
+
+@pytest.mark.slow
+def test_an_invoke_image_is_kept_warm_for_further_jobs(runner_s3, events, tmp_path):
+    import shutil
+    import tempfile
+
+    from gantry.oci import ImageStore
+    from tests.integration.test_runner_invoke import HANDLER, SERVER
+    from tests.runner_rootfs import WORKDIR, busybox_archive
+
+    archive = busybox_archive(
+        tmp_path / "invoke.tar",
+        files={"server": SERVER, "handler": HANDLER},
+        cmd=[f"{WORKDIR}/server"],
+        env=["PATH=/bin"],
+        labels={"org.grand-challenge.api-method": "invoke"},
+    )
+    store_root = Path(tempfile.mkdtemp(prefix="gantry-images-"))
+    store_root.chmod(0o755)
+    settings = Settings(
+        region="us-east-1",
+        endpoint_url=runner_s3.endpoint,
+        bucket_name=runner_s3.bucket,
+        compute_backend="local",
+        local_workers=2,
+    )
+    local = LocalBackend(
+        settings,
+        events,
+        extra_env=runner_s3.env(),
+        image_store=store_root,
+        invoke_idle_seconds=2,
+    )
+    try:
+        prepared = ImageStore(store_root).prepare(archive)
+        image = make_image(image=prepared.ref, entrypoint=None, command=prepared.config.cmd)
+
+        def run_job(threshold: int) -> dict[str, Any]:
+            job = make_job()
+            key = f"io/{job.pk}/1/input/threshold.json"
+            runner_s3.client.put_object(Bucket=runner_s3.bucket, Key=key, Body=b"%d" % threshold)
+            uri = invocation(runner_s3, job.pk)
+            body = json.loads(
+                runner_s3.client.get_object(Bucket=runner_s3.bucket, Key=uri.split("/", 3)[3])[
+                    "Body"
+                ].read()
+            )
+            body["inputs"] = [
+                {
+                    "relative_path": "threshold.json",
+                    "bucket_name": runner_s3.bucket,
+                    "bucket_key": key,
+                }
+            ]
+            runner_s3.client.put_object(
+                Bucket=runner_s3.bucket, Key=uri.split("/", 3)[3], Body=json.dumps(body).encode()
+            )
+            return {"job": job, "id": local.submit(job, image, uri)}
+
+        jobs = [run_job(n) for n in (1, 2, 3)]
+        servers = []
+        for n, submitted in zip((1, 2, 3), jobs, strict=True):
+            events.wait(submitted["id"], "SUCCEEDED")
+            prefix = io_output_prefix(submitted["job"].pk, 1)
+            body = runner_s3.client.get_object(Bucket=runner_s3.bucket, Key=prefix + "result.json")
+            output = json.loads(body["Body"].read())
+            assert output["threshold"] == n
+            servers.append(output["server"])
+        # Three jobs, one start of the image's server.
+        assert len(set(servers)) == 1
+        assert local.warm_starts == 1
+        # Idle past its time, the warm runner stops; the next job starts the server again.
+        deadline = time.monotonic() + 30
+        while local.warm_runners and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert local.warm_runners == 0
+        again = run_job(4)
+        events.wait(again["id"], "SUCCEEDED")
+        assert local.warm_starts == 2
+    finally:
+        local.shutdown(wait=True)
+        shutil.rmtree(store_root, ignore_errors=True)
