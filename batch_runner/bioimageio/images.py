@@ -26,6 +26,7 @@ class LoadedImage:
     array: np.ndarray  # canonical (1, c, *spatial), possibly a view on ``keep``
     geometry: Geometry
     keep: Any = None  # the object owning the pixels
+    file_shape: tuple[int, ...] | None = None  # the file's spatial shape, if not the array's
 
 
 def read(path: Path, tensor: InputPlan) -> LoadedImage:
@@ -42,7 +43,9 @@ def read(path: Path, tensor: InputPlan) -> LoadedImage:
     if components == 1:
         array = array[..., None]
     geometry = Geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    return LoadedImage(_canonical(array, tensor, path.name), geometry, image)
+    return LoadedImage(
+        _canonical(array, tensor, path.name), geometry, image, tuple(array.shape[:-1])
+    )
 
 
 def _read_tiff(path: Path, tensor: InputPlan) -> LoadedImage:
@@ -92,3 +95,66 @@ def write(path: Path, array: np.ndarray, geometry: Geometry) -> None:
         image.SetDirection(geometry.direction)
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=False)
+
+
+_MET_TYPES = {
+    "uint8": "MET_UCHAR",
+    "int8": "MET_CHAR",
+    "uint16": "MET_USHORT",
+    "int16": "MET_SHORT",
+    "uint32": "MET_UINT",
+    "int32": "MET_INT",
+    "uint64": "MET_ULONG_LONG",
+    "int64": "MET_LONG_LONG",
+    "float32": "MET_FLOAT",
+    "float64": "MET_DOUBLE",
+}
+
+
+class MhaWriter:
+    """An uncompressed .mha written band by band along the first spatial axis, so a large
+    output never has to be in memory as a whole. ``shape`` is the spatial shape (z, y, x or
+    y, x) the file gets; ``geometry`` the input's."""
+
+    def __init__(
+        self, path: Path, shape: tuple[int, ...], channels: int, dtype: np.dtype, geometry: Geometry
+    ) -> None:
+        self.dtype = np.dtype(np.uint8) if dtype == np.bool_ else np.dtype(dtype)
+        if self.dtype.name not in _MET_TYPES:
+            raise PredictionError(f"cannot write {self.dtype} images")
+        ndim = len(shape)
+        spacing = geometry.spacing if len(geometry.spacing) == ndim else (1.0,) * ndim
+        origin = geometry.origin if len(geometry.origin) == ndim else (0.0,) * ndim
+        direction = (
+            geometry.direction
+            if len(geometry.direction) == ndim * ndim
+            else tuple(float(i == j) for i in range(ndim) for j in range(ndim))
+        )
+        # MetaIO stores the direction matrix column by column.
+        matrix = [direction[j * ndim + i] for i in range(ndim) for j in range(ndim)]
+        header = [
+            "ObjectType = Image",
+            f"NDims = {ndim}",
+            "BinaryData = True",
+            "BinaryDataByteOrderMSB = False",
+            "CompressedData = False",
+            "TransformMatrix = " + " ".join(repr(float(v)) for v in matrix),
+            "Offset = " + " ".join(repr(float(v)) for v in origin),
+            "CenterOfRotation = " + " ".join("0" for _ in range(ndim)),
+            "ElementSpacing = " + " ".join(repr(float(v)) for v in spacing),
+            "DimSize = " + " ".join(str(n) for n in reversed(shape)),
+            *([f"ElementNumberOfChannels = {channels}"] if channels > 1 else []),
+            f"ElementType = {_MET_TYPES[self.dtype.name]}",
+            "ElementDataFile = LOCAL",
+        ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("wb")
+        self.file.write(("\n".join(header) + "\n").encode())
+
+    def write(self, band: np.ndarray) -> None:
+        """The next rows, canonical ``(1, c, rows, ...)``."""
+        pixels = np.moveaxis(band[0], 0, -1)  # channels interleaved, as MetaIO stores them
+        np.ascontiguousarray(pixels, dtype=self.dtype.newbyteorder("<")).tofile(self.file)
+
+    def close(self) -> None:
+        self.file.close()

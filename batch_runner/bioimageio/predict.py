@@ -22,8 +22,10 @@ from batch_runner.bioimageio import ops, stats
 from batch_runner.bioimageio.plan import InputPlan, ModelPlan, OutputPlan, SpatialAxis
 from batch_runner.bioimageio.weights import Weights
 
-DEFAULT_TILE = {2: 1024, 3: 160}
-TILE_BUDGET = 1 << 22  # voxels per forward call (all tiles of a batch together)
+# Tiles of these sides keep the activations of a U-Net-sized model in tens of MiB on the CPU
+# (bioimageio.core's default block is 224); a GPU run may ask for more (--max-tile).
+DEFAULT_TILE = {2: 256, 3: 128}
+TILE_BUDGET = 1 << 17  # input voxels per forward call, all tiles of a batch together
 
 
 @dataclass(frozen=True)
@@ -34,19 +36,33 @@ class AxisTiles:
     starts: tuple[int, ...]  # first kept output pixel of each tile
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def tile_axis(axis: SpatialAxis, length: int, target: int) -> AxisTiles:
-    """Tiles for one axis of ``length`` pixels, tile size at most ``target`` where possible."""
+    """Tiles for one axis of ``length`` pixels: as few tiles of at most ``target`` pixels as
+    cover it, then the smallest valid size that still does (so the last tile is not mostly
+    padding)."""
     halo = axis.halo
+    if axis.step == 0:  # one valid size
+        if length + 2 * halo <= axis.min:
+            return AxisTiles(axis.min, halo, length, (0,))
+        stride = axis.min - 2 * halo
+        return AxisTiles(axis.min, halo, stride, tuple(range(0, length, stride)))
     whole = axis.valid_size_at_least(length + 2 * halo)
-    if whole <= max(target, axis.min):
+    if whole <= max(target + target // 4, axis.min):  # a little over the target: one tile
         return AxisTiles(whole, halo, length, (0,))
-    size = axis.valid_size_at_most(max(target, axis.min))
-    stride = size - 2 * halo
-    if axis.step and stride >= axis.step:
-        stride -= stride % axis.step  # keep every tile on the pooling grid
-    if stride <= 0:
-        size = axis.valid_size_at_least(2 * halo + max(axis.step, 1))
-        stride = size - 2 * halo
+    largest = axis.valid_size_at_most(max(target, axis.min))
+    unit = axis.step or 1
+    widest = (largest - 2 * halo) // unit * unit  # strides stay on the model's step grid
+    if widest <= 0:
+        largest = axis.valid_size_at_least(2 * halo + unit)
+        widest = (largest - 2 * halo) // unit * unit
+    count = _ceil_div(length, widest)
+    inner = _ceil_div(_ceil_div(length, count), unit) * unit
+    size = axis.valid_size_at_least(inner + 2 * halo)
+    stride = (size - 2 * halo) // unit * unit
     return AxisTiles(size, halo, stride, tuple(range(0, length, stride)))
 
 
@@ -106,9 +122,100 @@ def _blockwise(tensor: OutputPlan) -> bool:
     return not any(s.tensor == tensor.id for s in ops.needed_stats(tensor.processing))
 
 
-def _slabs(length: int, rows: int) -> Iterator[slice]:
-    for start in range(0, length, rows):
-        yield slice(start, start + rows)
+def _batches(items: list[tuple[int, ...]], size: int) -> Iterator[list[tuple[int, ...]]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class Prediction:
+    """A prediction in progress: the tiling, the input's statistics, and ``bands()``."""
+
+    plan: ModelPlan
+    weights: Weights
+    raw: np.ndarray
+    tiles: list[AxisTiles]
+    per_call: int
+    measured: dict[ops.Stat, np.ndarray]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.raw.shape[2:])
+
+    @property
+    def streamable(self) -> bool:
+        """Every output is final band by band (no statistics of an output are needed)."""
+        return all(_blockwise(o) for o in self.plan.outputs)
+
+    def bands(self) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
+        """Bands of rows along the first spatial axis, in order, each complete: ``(rows,
+        {output id: (1, c, len(rows), *rest)})``. Outputs needing their own statistics come
+        raw (post-processing not applied)."""
+        tensor = self.plan.inputs[0]
+        first, rest = self.tiles[0], self.tiles[1:]
+        for band_start in first.starts:
+            rows = min(first.stride, self.shape[0] - band_start)
+            band: dict[str, np.ndarray] = {}
+            starts = [(band_start, *r) for r in itertools.product(*(t.starts for t in rest))]
+            for group in _batches(starts, self.per_call):
+                windows = [_window(self.raw, self.tiles, s, tensor) for s in group]
+                batch = ops.apply(tensor.processing, np.concatenate(windows), self.measured)
+                produced = self.weights(_to_model(batch, tensor))
+                for output, result in zip(self.plan.outputs, produced, strict=False):
+                    result = _from_model(result, output, len(group))
+                    if _blockwise(output):
+                        result = ops.apply(output.processing, result, self.measured)
+                    if output.id not in band:
+                        band_shape = (1, output.channels, rows, *self.shape[1:])
+                        band[output.id] = np.empty(band_shape, dtype=result.dtype)
+                    for index, tile_starts in enumerate(group):
+                        keep: list[slice] = [slice(None)]
+                        target: list[slice] = [slice(None)]
+                        for axis, start, length in zip(
+                            self.tiles, tile_starts, self.shape, strict=True
+                        ):
+                            count = min(axis.stride, length - start)
+                            keep.append(slice(axis.halo, axis.halo + count))
+                            target.append(slice(start, start + count))
+                        target[1] = slice(0, rows)  # rows within the band
+                        band[output.id][0][tuple(target)] = result[index][tuple(keep)]
+            yield slice(band_start, band_start + rows), band
+
+    def finish(self, output: OutputPlan, raw_output: np.ndarray) -> np.ndarray:
+        """Post-process a whole raw output that needs its own statistics, slab by slab."""
+        own = [s for s in ops.needed_stats(output.processing) if s.tensor == output.id]
+        self.measured.update(stats.compute(raw_output, own))
+        rows = max(1, stats.SLAB_ELEMENTS // max(1, raw_output[0, :, 0].size))
+        final: np.ndarray | None = None
+        for start in range(0, self.shape[0], rows):
+            part = slice(start, start + rows)
+            done = ops.apply(output.processing, raw_output[:, :, part], self.measured)
+            if final is None:
+                same = done.dtype == raw_output.dtype
+                final = raw_output if same else np.empty(raw_output.shape, dtype=done.dtype)
+            final[:, :, part] = done
+        assert final is not None
+        return final
+
+
+def start(
+    plan: ModelPlan,
+    weights: Weights,
+    raw: np.ndarray,
+    *,
+    max_tile: int | None = None,
+    batch_size: int | None = None,
+) -> Prediction:
+    """Measure the input's statistics (whole image, before tiling) and plan the tiles."""
+    tensor = plan.inputs[0]
+    wanted = [s for s in ops.needed_stats(tensor.processing) if s.tensor == tensor.id]
+    for output in plan.outputs:
+        wanted += [s for s in ops.needed_stats(output.processing) if s.tensor == tensor.id]
+    measured = stats.compute(raw, list(dict.fromkeys(wanted)))
+    tiles = plan_tiles(tensor, tuple(raw.shape[2:]), max_tile)
+    tile_voxels = math.prod(t.size for t in tiles) * tensor.channels
+    per_call = tensor.batch_size or batch_size or max(1, min(TILE_BUDGET // tile_voxels, 8))
+    return Prediction(plan, weights, raw, tiles, per_call, measured)
 
 
 def predict_array(
@@ -119,69 +226,18 @@ def predict_array(
     max_tile: int | None = None,
     batch_size: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Outputs (canonical ``(1, c, *spatial)``) of the model for ``raw`` (canonical input)."""
-    tensor = plan.inputs[0]
-    shape = raw.shape[2:]
-    wanted = [s for s in ops.needed_stats(tensor.processing) if s.tensor == tensor.id]
-    for output in plan.outputs:
-        wanted += [s for s in ops.needed_stats(output.processing) if s.tensor == tensor.id]
-    measured: dict[ops.Stat, np.ndarray] = stats.compute(raw, list(dict.fromkeys(wanted)))
-
-    tiles = plan_tiles(tensor, shape, max_tile)
-    tile_voxels = math.prod(t.size for t in tiles) * tensor.channels
-    fits = max(1, TILE_BUDGET // tile_voxels)
-    per_call = tensor.batch_size or batch_size or min(fits, 8)
-
+    """Outputs (canonical ``(1, c, *spatial)``) of the model for ``raw`` (canonical input),
+    all in memory."""
+    prediction = start(plan, weights, raw, max_tile=max_tile, batch_size=batch_size)
     results: dict[str, np.ndarray] = {}
+    for rows, band in prediction.bands():
+        for output in plan.outputs:
+            part = band[output.id]
+            if output.id not in results:
+                shape = (1, output.channels, *prediction.shape)
+                results[output.id] = np.empty(shape, dtype=part.dtype)
+            results[output.id][:, :, rows] = part
     for output in plan.outputs:
         if not _blockwise(output):
-            results[output.id] = np.empty((1, output.channels, *shape), dtype=np.float32)
-
-    def emit(starts_batch: list[tuple[int, ...]]) -> None:
-        windows = [_window(raw, tiles, s, tensor) for s in starts_batch]
-        batch = ops.apply(tensor.processing, np.concatenate(windows), measured)
-        produced = weights(_to_model(batch, tensor))
-        for output, result in zip(plan.outputs, produced, strict=False):
-            result = _from_model(result, output, len(starts_batch))
-            if _blockwise(output):
-                result = ops.apply(output.processing, result, measured)
-            for index, starts in enumerate(starts_batch):
-                keep = [slice(None)]
-                target = [slice(None), slice(None)]
-                for axis, start, length in zip(tiles, starts, shape, strict=True):
-                    count = min(axis.stride, length - start)
-                    keep.append(slice(axis.halo, axis.halo + count))
-                    target.append(slice(start, start + count))
-                block = result[index][tuple(keep)]
-                if output.id not in results:
-                    results[output.id] = np.empty((1, output.channels, *shape), dtype=block.dtype)
-                results[output.id][0][tuple(target[1:])] = block
-
-    pending: list[tuple[int, ...]] = []
-    for starts in itertools.product(*(t.starts for t in tiles)):
-        pending.append(starts)
-        if len(pending) == per_call:
-            emit(pending)
-            pending = []
-    if pending:
-        emit(pending)
-
-    for output in plan.outputs:
-        if _blockwise(output):
-            continue
-        raw_output = results[output.id]
-        own = [s for s in ops.needed_stats(output.processing) if s.tensor == output.id]
-        measured.update(stats.compute(raw_output, own))
-        rows = max(1, stats.SLAB_ELEMENTS // max(1, raw_output[0, :, 0].size))
-        final: np.ndarray | None = None
-        for part in _slabs(shape[0], rows):
-            done = ops.apply(output.processing, raw_output[:, :, part], measured)
-            if final is None:
-                final = (
-                    raw_output
-                    if done.dtype == raw_output.dtype
-                    else np.empty(raw_output.shape, dtype=done.dtype)
-                )
-            final[:, :, part] = done
-        results[output.id] = final if final is not None else raw_output
+            results[output.id] = prediction.finish(output, results[output.id])
     return results

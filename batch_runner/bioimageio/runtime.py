@@ -58,12 +58,50 @@ def predict_files(
         raise PredictionError(f"{tensor.id}: no input file given")
     loaded = images.read(Path(inputs[tensor.id]), tensor)
     runner = runner or weights.load(plan, device)
-    results = predict.predict_array(
-        plan, runner, loaded.array, max_tile=max_tile, batch_size=batch_size
-    )
-    for output in plan.outputs:
-        if output.id in outputs:
+    predict_loaded(plan, loaded, outputs, runner, max_tile=max_tile, batch_size=batch_size)
+
+
+def predict_loaded(
+    plan: ModelPlan,
+    loaded: images.LoadedImage,
+    outputs: dict[str, Path],
+    runner: weights.Weights,
+    *,
+    max_tile: int | None = None,
+    batch_size: int | None = None,
+) -> None:
+    """Predict on an image already read and write the outputs: .mha files band by band as
+    the tiles complete them (unless an output needs statistics of itself)."""
+    prediction = predict.start(plan, runner, loaded.array, max_tile=max_tile, batch_size=batch_size)
+    wanted = [o for o in plan.outputs if o.id in outputs]
+    if not prediction.streamable or any(
+        not Path(outputs[o.id]).name.lower().endswith(".mha") for o in wanted
+    ):
+        results = predict.predict_array(
+            plan, runner, loaded.array, max_tile=max_tile, batch_size=batch_size
+        )
+        for output in wanted:
             images.write(Path(outputs[output.id]), results[output.id], loaded.geometry)
+        return
+    # The file keeps the input's dimensionality (a 2D model on a one-slice volume).
+    file_shape = loaded.file_shape or prediction.shape
+    writers: dict[str, images.MhaWriter] = {}
+    try:
+        for _, band in prediction.bands():
+            for output in wanted:
+                part = band[output.id]
+                if output.id not in writers:
+                    writers[output.id] = images.MhaWriter(
+                        Path(outputs[output.id]),
+                        file_shape,
+                        output.channels,
+                        part.dtype,
+                        loaded.geometry,
+                    )
+                writers[output.id].write(part)
+    finally:
+        for writer in writers.values():
+            writer.close()
 
 
 def run_job(

@@ -209,3 +209,19 @@ def test_an_archive_escaping_its_folder_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(PackageError, match="unsafe path"):
         validate_package(archive)
+
+
+def test_the_api_import_path_loads_no_bioimageio_code() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, lambdas.api.app, lambdas.on_upload, lambdas.on_job_event, gantry.cli; "
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('bioimageio', 'onnxruntime', 'onnx', 'torch') "
+        "or m.startswith('batch_runner.bioimageio')]; "
+        "print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+
+    assert done.stdout.strip() == "[]"
