@@ -101,13 +101,14 @@ def test_bad_arguments_are_one_line(state_dir, args, expected):
     assert expected in result.output and "Traceback" not in result.output
 
 
-def test_the_gc_template_image_runs_with_its_model(state_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["exec", "invoke"])
+def test_the_gc_template_image_runs_with_its_model(state_dir, tmp_path, mode):
     case = _image(tmp_path / "case.mha", compressed=True)
     out = tmp_path / "out"
 
     result = gantry_try(
         state_dir,
-        str(gc_template_image("exec")),
+        str(gc_template_image(mode)),
         "--input",
         f"ct-image={case}",
         "--model",
