@@ -93,22 +93,11 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
 
-@token_app.command("create")
-def token_create(
-    user: Annotated[str, typer.Option(help="The user the token belongs to (created if new).")],
-    admin: Annotated[bool, typer.Option(help="Let the user see and manage everything.")] = False,
-) -> None:
-    """Create a token in the table named by GANTRY_TABLE_NAME (AWS credentials from the
-    environment); only its hash is stored, so this is the one time it is shown."""
-    from gantry.context import Context
-    from gantry.settings import get_settings
+from gantry.commands import tokens  # noqa: E402
 
-    try:
-        token = Context.create(get_settings()).store.users.create_token(user, is_admin=admin)
-    except Exception as error:  # one clear line, not a traceback
-        console.print(f"[red]Could not create a token:[/] {error}")
-        raise typer.Exit(1) from error
-    print(token)
+token_app.command("create")(tokens.create_token)
+token_app.command("list")(tokens.list_tokens)
+token_app.command("revoke")(tokens.revoke_token)
 
 
 if __name__ == "__main__":

@@ -92,5 +92,13 @@ def token(token_hash: str) -> str:
     return f"TOKEN#{token_hash}"
 
 
+def token_ref(pk: str) -> str:
+    return f"TOKENREF#{pk}"
+
+
+def tokens_of(username: str) -> ListKey:
+    return ListKey(BY_OWNER, f"TOKENS#{username}")
+
+
 def idempotency(key: str) -> str:
     return f"IDEMPOTENCY#{key}"

@@ -131,6 +131,24 @@ class Table:
                 raise ConditionFailed(str(error), _failed_actions(error)) from error
             raise
 
+    def transact_delete(
+        self, deletes: Iterable[dict[str, Any]], *, updates: Iterable[dict[str, Any]] = ()
+    ) -> None:
+        """Delete items (``{"Key": …, "ConditionExpression"?: …}``) and update counters
+        all-or-nothing; ConditionFailed if a condition fails."""
+        actions: list[dict[str, Any]] = []
+        for delete in deletes:
+            actions.append(
+                {"Delete": {"TableName": self.name, **delete, "Key": _ser(delete["Key"])}}
+            )
+        actions.extend({"Update": {"TableName": self.name, **_ser_update(u)}} for u in updates)
+        try:
+            self.clients.dynamodb.transact_write_items(TransactItems=actions)
+        except ClientError as error:
+            if is_condition_failure(error):
+                raise ConditionFailed(str(error), _failed_actions(error)) from error
+            raise
+
     def put_if_absent(self, item: dict[str, Any]) -> bool:
         try:
             self._table.put_item(

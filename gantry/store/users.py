@@ -1,16 +1,38 @@
-"""Users and their API tokens (stored as SHA-256 hashes only)."""
+"""Users and their API tokens (stored as SHA-256 hashes only).
+
+A token is two items: ``TOKEN#<hash>`` (what authentication reads) and ``TOKENREF#<pk>`` (its
+public id, in its owner's list), written and deleted together. Tokens made before the list
+existed have no reference item: they still work, but are not listed.
+"""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel
+
 from gantry import timeutil
+from gantry.errors import NotFound
 from gantry.store import keys
-from gantry.store.table import MAIN_SK, Table
+from gantry.store.pagination import Paginator, count_update
+from gantry.store.table import MAIN_SK, ConditionFailed, Table
 from gantry.users import User, hash_token, new_token
+
+
+class TokenInfo(BaseModel):
+    """What is known of a token besides its secret."""
+
+    pk: str
+    user: str
+    created: str
+    expires: str | None = None
 
 
 class UserStore:
     def __init__(self, table: Table) -> None:
         self.table = table
+        self.paginator = Paginator(table)
 
     def ensure_user(self, username: str, *, is_admin: bool = False) -> User:
         user = User(username=username, is_admin=is_admin)
@@ -21,24 +43,83 @@ class UserStore:
         assert stored is not None
         return User.model_validate(stored.doc)
 
+    def find_user(self, username: str) -> User | None:
+        stored = self.table.get(keys.user(username))
+        return User.model_validate(stored.doc) if stored else None
+
     def create_token(self, username: str, *, is_admin: bool = False) -> str:
         """A new token for ``username`` (created if needed); only its hash is kept."""
+        return self.issue_token(username, is_admin=is_admin)[0]
+
+    def issue_token(
+        self, username: str, *, is_admin: bool = False, expires: datetime | None = None
+    ) -> tuple[str, TokenInfo]:
+        """A new token (shown this once) and its record; it stops working at ``expires``."""
         self.ensure_user(username, is_admin=is_admin)
         token = new_token()
-        self.table.put(
-            self.table.item(
-                keys.token(hash_token(token)),
-                MAIN_SK,
-                None,
-                username=username,
-                created=timeutil.iso(),
-            )
+        token_hash = hash_token(token)
+        info = TokenInfo(
+            pk=str(uuid.uuid4()),
+            user=username,
+            created=timeutil.iso(),
+            expires=timeutil.iso(expires) if expires else None,
         )
-        return token
+        list_key = keys.tokens_of(username)
+        secret = self.table.item(
+            keys.token(token_hash),
+            MAIN_SK,
+            None,
+            username=username,
+            created=info.created,
+            expires=info.expires,
+            token_pk=info.pk,
+        )
+        reference = self.table.item(
+            keys.token_ref(info.pk),
+            MAIN_SK,
+            info.model_dump(),
+            token_hash=token_hash,
+            GSI1PK=list_key.value,
+            GSI1SK=f"{info.created}#{info.pk}",
+        )
+        self.table.transact_put([secret, reference], updates=[count_update(list_key, 1)])
+        return token, info
 
     def user_for_token(self, token: str) -> User | None:
         item = self.table.get_item(keys.token(hash_token(token)), MAIN_SK)
         if item is None:
             return None
-        stored = self.table.get(keys.user(str(item["username"])))
-        return User.model_validate(stored.doc) if stored else None
+        expires = item.get("expires")
+        if expires and timeutil.parse_iso(str(expires)) <= timeutil.now():
+            return None
+        return self.find_user(str(item["username"]))
+
+    def get_token(self, pk: str) -> TokenInfo:
+        stored = self.table.get(keys.token_ref(pk))
+        if stored is None:
+            raise NotFound(f"Token {pk} not found")
+        return TokenInfo.model_validate(stored.doc)
+
+    def tokens_page(self, username: str, *, offset: int, limit: int) -> tuple[list[TokenInfo], int]:
+        list_key = keys.tokens_of(username)
+        docs = self.paginator.page(list_key, offset=offset, limit=limit)
+        return [TokenInfo.model_validate(d.doc) for d in docs], self.paginator.count(list_key)
+
+    def revoke_token(self, pk: str) -> None:
+        """The token stops working at once; revoking it again changes nothing."""
+        item = self.table.get_item(keys.token_ref(pk), MAIN_SK)
+        if item is None:
+            return
+        list_key = keys.tokens_of(TokenInfo.model_validate_json(item["doc"]).user)
+        deletes = [
+            {"Key": {"PK": keys.token(str(item["token_hash"])), "SK": MAIN_SK}},
+            {
+                "Key": {"PK": keys.token_ref(pk), "SK": MAIN_SK},
+                "ConditionExpression": "attribute_exists(PK)",
+            },
+        ]
+        try:
+            self.table.transact_delete(deletes, updates=[count_update(list_key, -1)])
+        except ConditionFailed:
+            return  # revoked concurrently: counted once
+        self.paginator.clear(list_key)

@@ -21,7 +21,16 @@ from pydantic import ValidationError
 from gantry.context import Context
 from gantry.errors import GantryError, PayloadTooLarge
 from gantry.users import parse_authorization
-from lambdas.api.routers import algorithms, gcapi, images, interfaces, jobs, uploads, users
+from lambdas.api.routers import (
+    algorithms,
+    gcapi,
+    images,
+    interfaces,
+    jobs,
+    tokens,
+    uploads,
+    users,
+)
 
 logger = Logger(service="gantry-api")
 JSON = "application/json"
@@ -109,7 +118,7 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
     def not_found(_: NotFoundError) -> Response:
         return _error(404, {"detail": "Not found."})
 
-    for module in (gcapi, uploads, jobs, images, interfaces, algorithms, users):
+    for module in (gcapi, uploads, jobs, images, interfaces, algorithms, users, tokens):
         app.include_router(module.build(ctx))
     return app
 

@@ -41,6 +41,7 @@ class World:
     names: dict[str, str] = field(
         default_factory=lambda: {"creator": "alice", "other": "bob", "admin": "root"}
     )
+    token_pk: str = ""
 
     @property
     def creator(self) -> ApiClient:
@@ -106,7 +107,10 @@ def world(ctx, api_app) -> World:
     )
     status, upload, _ = alice.post("uploads/", {"filename": "ct.mha"})
     assert status == 201, upload
-    return World(ctx, clients, interface, algorithm, algorithm_image, job, image, upload)
+    _, token = ctx.store.users.issue_token("alice")
+    return World(
+        ctx, clients, interface, algorithm, algorithm_image, job, image, upload, token_pk=token.pk
+    )
 
 
 Call = Callable[[World, ApiClient, str], tuple[int, Any, dict]]
@@ -177,6 +181,15 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("POST", "/algorithms"): Case(_post_algorithm, 201, 201, 201),
     ("POST", "/algorithms/{pk}/models"): Case(_post_model, 404, 201, 201),
+    ("POST", "/tokens"): Case(lambda w, c, r: c.post("tokens/", {"user": "alice"}), 403, 201, 201),
+    ("DELETE", "/tokens/{pk}"): Case(
+        lambda w, c, r: c.request(
+            "DELETE", f"tokens/{w.ctx.store.users.issue_token('alice')[1].pk}/"
+        ),
+        404,
+        204,
+        204,
+    ),
     ("GET", "/algorithms/images/{pk}"): Case(
         lambda w, c, r: c.get(f"algorithms/images/{w.algorithm_image['pk']}/"), 404, 200, 200
     ),
@@ -254,6 +267,7 @@ LISTS: dict[str, Callable[[World], str]] = {
     "/cases/images": lambda w: w.image.pk,
     "/uploads": lambda w: w.upload["pk"],
     "/components/interfaces": lambda w: w.interface["pk"],
+    "/tokens": lambda w: w.token_pk,
 }
 # Interfaces are shared; an admin's list of algorithms holds every algorithm. Lists of jobs,
 # images and uploads hold one's own, for admins too (an admin reads others' by pk).
@@ -301,8 +315,8 @@ def test_lists_hold_nothing_of_another_user(world: World, path: str) -> None:
             or (role == "admin" and path in ADMIN_LISTS)
         )
         assert (wanted in pks) is expected, (role, pks)
-        if role == "other" and path not in SHARED_LISTS:
-            assert pks == []
+        if role == "other" and path not in SHARED_LISTS | {"/tokens"}:
+            assert pks == []  # (bob's token list holds the token he signed in with)
 
 
 def test_interface_changes_keep_what_algorithms_rely_on(world: World) -> None:

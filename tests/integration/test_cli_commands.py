@@ -329,6 +329,30 @@ def api_job_compute_id(cli: Cli, pk: str) -> str:
     return job_id
 
 
+def test_token_create_list_and_revoke_against_the_running_stack(cli):
+    def as_user(token: str) -> list[str]:
+        return [*cli.options[:2], "--token", token, *cli.options[4:]]
+
+    # A user makes a token of their own through the API the other commands use.
+    token = ok(cli("token", "create", "--expires-in", "7")).strip()
+    assert token.startswith("gnt_")
+    ok(cli.invoke("algorithms", "list", *as_user(token)))  # the new token works
+    listed = ok(cli("token", "list"))
+    rows = [line for line in listed.splitlines() if " alice " in f" {line} "]
+    assert len(rows) == 2  # the one the commands use, and the new one (which expires)
+    [row] = [line for line in rows if "never" not in line]
+    pk = row.split()[0]
+    assert f"Token {pk} revoked" in ok(cli("token", "revoke", pk))
+    assert "Invalid token" in one_line_error(cli.invoke("algorithms", "list", *as_user(token)))
+
+    # Others' tokens are an admin's to make (as the README's `--user alice` with local up's).
+    assert "Only admins" in one_line_error(cli("token", "create", "--user", "erin"))
+    admin = cli.stack.ctx.store.users.create_token("local", is_admin=True)
+    erins = ok(cli.invoke("token", "create", "--user", "erin", *as_user(admin))).strip()
+    ok(cli.invoke("algorithms", "list", *as_user(erins)))
+    assert "--admin works only" in one_line_error(cli("token", "create", "--admin"))
+
+
 def test_no_wait_returns_at_once_and_the_job_appears_in_the_list(cli):
     output = ok(
         cli(
