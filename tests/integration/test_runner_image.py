@@ -169,3 +169,17 @@ def test_runner_reads_the_image_configuration_from_its_environment(rootfs, tmp_p
     env[ENV_ALGORITHM_ENV] = encode_b64j(["no-equals-sign"])
     with pytest.raises(ValueError, match="K=V"):
         RunnerConfig.from_env(env)
+
+
+def test_an_image_in_its_own_container_runs_as_its_user_without_the_images_setpriv(runner_job):
+    """The runner as an image's entry point (no GANTRY_ROOTFS): the container's / is the
+    image; USER is looked up in its /etc/passwd and the uid drop needs none of its tools."""
+    command = ["/bin/sh", "-c", 'echo "[$(id -u), \\"$GREETING\\", \\"$HOME\\"]" > /output/id.json']
+    result, lines = runner_job.run(
+        command,
+        image_env=("GREETING=hi",),
+        algorithm_user="nobody",
+        workdir=Path("/"),
+    )
+    assert result.return_code == 0, (result.user_safe_error_message, lines)
+    assert json.loads(runner_job.read_output("id.json")) == [65534, "hi", "/tmp"]
