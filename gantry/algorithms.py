@@ -94,6 +94,24 @@ class AlgorithmModel(BaseModel):
     created: str
 
 
+class AlgorithmUpdate(BaseModel):
+    """A PATCH of an algorithm: the fields given replace the stored ones. ``interfaces`` is
+    the whole new list: socket sets may be added, and removed only while no job used them."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    title: str | None = Field(default=None, min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=10_000)
+    interfaces: list[SocketSet] | None = Field(
+        default=None, min_length=1, max_length=MAX_SOCKET_SETS
+    )
+    time_limit: int | None = Field(default=None, ge=MIN_TIME_LIMIT, le=MAX_TIME_LIMIT)
+    requires_gpu_type: GPUType | None = None
+    requires_memory_gb: int | None = Field(default=None, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
+    editors: list[str] | None = Field(default=None, max_length=100)
+    users: list[str] | None = Field(default=None, max_length=1000)
+
+
 class Algorithm(AlgorithmFields):
     pk: str
     slug: str

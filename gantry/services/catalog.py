@@ -10,6 +10,8 @@ from gantry.algorithms import (
     AlgorithmImage,
     AlgorithmImageFields,
     AlgorithmModel,
+    AlgorithmUpdate,
+    SocketSet,
 )
 from gantry.context import Context
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
@@ -23,15 +25,16 @@ def sockets_of(ctx: Context, algorithms: list[Algorithm]) -> dict[str, Interface
     return ctx.store.sockets.get_many_by_slug(sorted(slugs))
 
 
-def create_algorithm(ctx: Context, user: User, fields: AlgorithmFields) -> Algorithm:
-    slugs = sorted({slug for s in fields.interfaces for slug in (*s.inputs, *s.outputs)})
+def _check_socket_sets(ctx: Context, socket_sets: list[SocketSet]) -> dict[str, Interface]:
+    """Every socket exists, and no two inputs (or outputs) of a set share a relative path."""
+    slugs = sorted({slug for s in socket_sets for slug in (*s.inputs, *s.outputs)})
     found = ctx.store.sockets.get_many_by_slug(slugs)
     missing = [slug for slug in slugs if slug not in found]
     if missing:
         raise ValidationFailed(
             f"Unknown interface(s): {', '.join(missing)}; create them first", field="interfaces"
         )
-    for index, socket_set in enumerate(fields.interfaces):
+    for index, socket_set in enumerate(socket_sets):
         for role, members in (("inputs", socket_set.inputs), ("outputs", socket_set.outputs)):
             paths: dict[str, str] = {}
             for slug in members:
@@ -43,9 +46,43 @@ def create_algorithm(ctx: Context, user: User, fields: AlgorithmFields) -> Algor
                         field="interfaces",
                     )
                 paths[path] = slug
+    return found
+
+
+def create_algorithm(ctx: Context, user: User, fields: AlgorithmFields) -> Algorithm:
+    found = _check_socket_sets(ctx, fields.interfaces)
     algorithm = ctx.store.algorithms.create(fields, creator=user.username)
-    ctx.store.sockets.mark_used([found[slug] for slug in slugs], flag="in_algorithm")
+    ctx.store.sockets.mark_used(list(found.values()), flag="in_algorithm")
     return algorithm
+
+
+def update_algorithm(ctx: Context, user: User, pk: str, patch: AlgorithmUpdate) -> Algorithm:
+    """An editor's (or admin's) change. Jobs refer to their socket set by position, so every
+    set a job used stays where it is; others may go, and new ones come after."""
+    algorithm = visible_algorithm(ctx, user, pk)
+    if not access.algorithm(user, Action.CHANGE, algorithm):
+        raise PermissionDenied("Only the algorithm's editors can change it")
+    given = patch.model_dump(exclude_unset=True)
+    found = _check_socket_sets(ctx, patch.interfaces) if patch.interfaces is not None else {}
+
+    def change(current: Algorithm, used: set[int]) -> AlgorithmFields:
+        merged = {**current.model_dump(include=set(AlgorithmFields.model_fields)), **given}
+        fields = AlgorithmFields.model_validate(merged)
+        for index in sorted(used):
+            old = current.interfaces[index]
+            new = fields.interfaces[index] if index < len(fields.interfaces) else None
+            if new != old:
+                raise ValidationFailed(
+                    f"interfaces[{index}] ({', '.join(old.inputs)} -> "
+                    f"{', '.join(old.outputs)}) cannot be removed or changed: jobs used it",
+                    field="interfaces",
+                )
+        return fields
+
+    updated = ctx.store.algorithms.update(algorithm.pk, change)
+    if found:
+        ctx.store.sockets.mark_used(list(found.values()), flag="in_algorithm")
+    return updated
 
 
 def update_interface(ctx: Context, user: User, pk: int, fields: InterfaceFields) -> Interface:

@@ -165,6 +165,7 @@ def create_job(
     limits = quotas.limits_for(ctx.settings, job.creator, job.algorithm)
     ctx.store.jobs.create(job, input_images=input_images, limits=limits, enforce=enforce_limits)
     ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])
+    ctx.store.algorithms.mark_set_used(algorithm.pk, index)
     ctx.job_created(job)
     return job
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from gantry import timeutil
 from gantry.algorithms import (
@@ -73,6 +74,64 @@ class AlgorithmStore:
                 f"An algorithm with the slug '{slug}' already exists", field="title"
             ) from error
         return algorithm
+
+    def update(
+        self, pk: str, change: Callable[[Algorithm, set[int]], AlgorithmFields]
+    ) -> Algorithm:
+        """Replace the algorithm's fields with ``change(current, used socket sets)``; its
+        member items (everyone's lists) follow in the same transaction."""
+        updated: list[Algorithm] = []
+        removed: set[str] = set()
+
+        def mutate(stored):  # type: ignore[no-untyped-def]
+            current = Algorithm.model_validate(stored.doc)
+            used = {int(i) for i in stored.item.get("used_sets") or ()}
+            fields = change(current, used)
+            new = Algorithm(
+                **fields.model_dump(),
+                **current.model_dump(include={"pk", "slug", "creator", "created"}),
+                modified=timeutil.iso(),
+            )
+            updated[:] = [new]
+            before = set(_members(current))
+            after = set(_members(new))
+            removed.clear()
+            removed.update(before - after)
+            actions: list[dict] = []
+            for member in sorted(after - before):
+                list_key = keys.algorithms_of(member)
+                actions.append({"Put": self._member_item(new, member, timeutil.iso())})
+                actions.append(count_update(list_key, 1))
+            for member in sorted(before - after):
+                actions.append({"Delete": {"PK": keys.algorithm(pk), "SK": f"MEMBER#{member}"}})
+                actions.append(count_update(keys.algorithms_of(member), -1))
+            return _doc(new), {}, actions
+
+        stored = self.table.update_doc(keys.algorithm(pk), mutate)
+        if stored is None:
+            raise NotFound(f"Algorithm {pk} not found")
+        for member in removed:  # a deletion moves the offsets of that member's list
+            self.paginator.clear(keys.algorithms_of(member))
+        return updated[0]
+
+    def _member_item(self, algorithm: Algorithm, member: str, moment: str) -> dict:
+        return self.table.item(
+            keys.algorithm(algorithm.pk),
+            f"MEMBER#{member}",
+            None,
+            GSI1PK=keys.algorithms_of(member).value,
+            GSI1SK=f"{moment}#{algorithm.pk}",
+            algorithm_pk=algorithm.pk,
+        )
+
+    def mark_set_used(self, pk: str, index: int) -> None:
+        """A job used socket set ``index``: from now on it cannot be removed."""
+        self.table._table.update_item(
+            Key={"PK": keys.algorithm(pk), "SK": MAIN_SK},
+            UpdateExpression="ADD used_sets :i",
+            ConditionExpression="attribute_exists(PK)",
+            ExpressionAttributeValues={":i": {index}},
+        )
 
     def get(self, pk: str) -> Algorithm:
         stored = self.table.get(keys.algorithm(pk))
@@ -175,6 +234,10 @@ class AlgorithmStore:
             if image.is_desired_version and image.import_status == "Completed"
         ]
         return max(ready, key=lambda image: image.created) if ready else None
+
+
+def _members(algorithm: Algorithm) -> list[str]:
+    return list(dict.fromkeys([algorithm.creator, *algorithm.editors, *algorithm.users]))
 
 
 def _doc(algorithm: Algorithm) -> dict:

@@ -179,7 +179,8 @@ class Table:
         **attributes: Any,
     ) -> StoredDoc:
         """Write ``doc`` if the item is still at ``current.version``; else ConditionFailed.
-        ``also``: updates of other items (counters) made in the same transaction."""
+        ``also``: changes of other items made in the same transaction: updates (counters), or
+        ``{"Put": item}`` / ``{"Delete": key}``."""
         item = {
             **{k: v for k, v in current.item.items() if k not in ("doc", "version")},
             **attributes,
@@ -196,7 +197,7 @@ class Table:
                 "ExpressionAttributeNames": {"#v": "version"},
                 "ExpressionAttributeValues": _ser({":v": current.version}),
             }
-            updates = [{"Update": {"TableName": self.name, **_ser_update(u)}} for u in also]
+            updates = [self._action(change) for change in also]
             try:
                 self.clients.dynamodb.transact_write_items(TransactItems=[{"Put": put}, *updates])
             except ClientError as error:
@@ -216,6 +217,13 @@ class Table:
                 raise ConditionFailed("changed concurrently") from error
             raise
         return StoredDoc(doc=doc, version=new_version, item=item)
+
+    def _action(self, change: dict[str, Any]) -> dict[str, Any]:
+        if "Put" in change:
+            return {"Put": {"TableName": self.name, "Item": _ser(change["Put"])}}
+        if "Delete" in change:
+            return {"Delete": {"TableName": self.name, "Key": _ser(change["Delete"])}}
+        return {"Update": {"TableName": self.name, **_ser_update(change)}}
 
     def update_doc(
         self,

@@ -180,6 +180,12 @@ CASES: dict[tuple[str, str], Case] = {
         lambda w, c, r: c.get(f"algorithms/{w.algorithm['pk']}/"), 404, 200, 200
     ),
     ("POST", "/algorithms"): Case(_post_algorithm, 201, 201, 201),
+    ("PATCH", "/algorithms/{pk}"): Case(
+        lambda w, c, r: c.patch(f"algorithms/{w.algorithm['pk']}/", {"description": r}),
+        404,
+        200,
+        200,
+    ),
     ("POST", "/algorithms/{pk}/models"): Case(_post_model, 404, 201, 201),
     ("POST", "/tokens"): Case(lambda w, c, r: c.post("tokens/", {"user": "alice"}), 403, 201, 201),
     ("DELETE", "/tokens/{pk}"): Case(

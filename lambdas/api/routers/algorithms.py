@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gantry import access, shapes
 from gantry.access import Action
-from gantry.algorithms import AlgorithmFields, AlgorithmImageFields
+from gantry.algorithms import AlgorithmFields, AlgorithmImageFields, AlgorithmUpdate
 from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.services import catalog
@@ -71,6 +71,13 @@ def build(ctx: Context) -> APIGatewayRouter:
         algorithm = catalog.create_algorithm(ctx, user, body)
         sockets = catalog.sockets_of(ctx, [algorithm])
         return shapes.algorithm(algorithm, sockets, urls_for(ctx, router)), 201
+
+    @router.patch("/algorithms/<pk>/", summary="Change an algorithm (its editors)")
+    def update_algorithm(pk: str, body: Annotated[AlgorithmUpdate, Body()]) -> dict:
+        user = current_user(router)
+        algorithm = catalog.update_algorithm(ctx, user, pk, body)
+        sockets = catalog.sockets_of(ctx, [algorithm])
+        return shapes.algorithm(algorithm, sockets, urls_for(ctx, router))
 
     @router.post(
         "/algorithms/<pk>/models/",
