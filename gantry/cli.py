@@ -89,6 +89,10 @@ from gantry.commands import trial  # noqa: E402
 
 app.command("try")(trial.try_image)
 
+from gantry.commands import doctor  # noqa: E402
+
+app.command("doctor")(doctor.run_doctor)
+
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 

@@ -196,3 +196,36 @@ def test_template_deploys_and_a_dropped_case_succeeds_through_the_deployed_wirin
             "lambdas.job_credentials.handler",
             "lambdas.on_job_event.handler",
         }
+
+
+def test_doctor_reads_the_deployed_stack_and_names_what_to_fix(synth: Synth, endpoint: str) -> None:
+    from typer.testing import CliRunner
+
+    from gantry.cli import app
+
+    with deployed_stack(synth.template, endpoint):
+        result = CliRunner().invoke(
+            app,
+            [
+                "doctor",
+                "--endpoint-url",
+                endpoint,
+                "--region",
+                "us-east-1",
+                "--api-url",
+                "https://127.0.0.1:9/api/v1/",
+                "--skip-job",
+            ],
+        )
+    lines = result.output.splitlines()
+    assert result.exit_code == 1, result.output
+    assert lines[0] == "✓ stack: Gantry is CREATE_COMPLETE with all its outputs"
+    assert lines[1].startswith("✗ api: The API at https://127.0.0.1:9/api/v1/gcapi/ did not")
+    # moto has no EC2 quotas: read from the deployed GPU environment, reported as unreadable.
+    assert lines[2].startswith("✗ gpu quota: EC2 quota 'Running On-Demand G and VT instances'")
+    assert "at least 4 vCPUs are needed for one g4dn.xlarge" in lines[2]
+    # moto creates neither the alarms nor the topic's policy.
+    assert "✗ alarms: Stack Gantry has no alarms: deploy it again" in lines
+    assert any(line.startswith("✗ alarms: The alarm topic's policy") for line in lines)
+    assert "! cpu job: skipped (--skip-job)" in lines
+    assert lines[-1].endswith("check(s) failed")
