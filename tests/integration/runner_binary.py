@@ -10,6 +10,8 @@ skip in that mode.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from batch_runner.config import (
+    ENV_CPU_LIMIT,
     ENV_INPUT_ROOT,
     ENV_KILL_GRACE,
     ENV_OUTPUT_ROOT,
+    ENV_PIDS_LIMIT,
     ENV_RO_PATHS,
     ENV_SANDBOX,
     Limits,
@@ -30,6 +34,7 @@ from gantry.resources import (
     ENV_ALGORITHM_ENV,
     ENV_ALGORITHM_USER,
     ENV_ALGORITHM_WORKDIR,
+    ENV_MEMORY_LIMIT_MB,
     ENV_ROOTFS,
     ENV_SIGNING_KEY,
     RUNNER_BINARY_PATH,
@@ -56,32 +61,52 @@ def built_binary() -> Path | None:
 
 
 def _encode_env(values: tuple[str, ...]) -> str:
-    import base64
-
     return base64.b64encode(json.dumps(list(values)).encode()).decode()
 
 
+def _limit(value: float | None) -> str:
+    return "none" if value is None else str(value)
+
+
+# How each field of RunnerConfig reaches a runner subprocess (None: it is the command).
+_FIELD_ENV: dict[str, Any] = {
+    "input_root": lambda c: {ENV_INPUT_ROOT: str(c.input_root)},
+    "output_root": lambda c: {ENV_OUTPUT_ROOT: str(c.output_root)},
+    "signing_key_hex": lambda c: {ENV_SIGNING_KEY: c.signing_key_hex or ""},
+    "command": None,
+    "sandbox": lambda c: {ENV_SANDBOX: c.sandbox},
+    "algorithm_user": lambda c: {ENV_ALGORITHM_USER: c.algorithm_user or ""},
+    "workdir": lambda c: {ENV_ALGORITHM_WORKDIR: str(c.workdir)},
+    "rootfs": lambda c: {ENV_ROOTFS: str(c.rootfs) if c.rootfs else ""},
+    "image_env": lambda c: (
+        {ENV_ALGORITHM_ENV: _encode_env(c.image_env)} if c.image_env is not None else {}
+    ),
+    "ro_paths": lambda c: {ENV_RO_PATHS: ":".join(str(path) for path in c.ro_paths)},
+    "limits": lambda c: {ENV_KILL_GRACE: str(c.limits.kill_grace_seconds)},
+    "memory_limit_mb": lambda c: {ENV_MEMORY_LIMIT_MB: _limit(c.memory_limit_mb)},
+    "cpu_limit": lambda c: {ENV_CPU_LIMIT: _limit(c.cpu_limit)},
+    "pids_limit": lambda c: {ENV_PIDS_LIMIT: _limit(c.pids_limit)},
+}
+
+
 def config_environment(config: RunnerConfig) -> dict[str, str]:
-    """What a backend would set for ``config``; refuses what only an in-process run can set."""
+    """What a backend would set for ``config``; refuses what only an in-process run can set,
+    and a field this module does not know yet (map it above)."""
     if config.limits != Limits(kill_grace_seconds=config.limits.kill_grace_seconds):
         raise ValueError("only the kill grace of Limits reaches a runner subprocess")
-    env = {
-        ENV_INPUT_ROOT: str(config.input_root),
-        ENV_OUTPUT_ROOT: str(config.output_root),
-        ENV_SANDBOX: config.sandbox,
-        ENV_ALGORITHM_WORKDIR: str(config.workdir),
-        ENV_KILL_GRACE: str(config.limits.kill_grace_seconds),
-    }
-    if config.signing_key_hex:
-        env[ENV_SIGNING_KEY] = config.signing_key_hex
-    if config.algorithm_user:
-        env[ENV_ALGORITHM_USER] = config.algorithm_user
-    if config.rootfs is not None:
-        env[ENV_ROOTFS] = str(config.rootfs)
-    if config.image_env is not None:
-        env[ENV_ALGORITHM_ENV] = _encode_env(config.image_env)
-    if config.ro_paths:
-        env[ENV_RO_PATHS] = ":".join(str(path) for path in config.ro_paths)
+    env: dict[str, str] = {}
+    for item in dataclasses.fields(RunnerConfig):
+        if item.name in _FIELD_ENV:
+            to_env = _FIELD_ENV[item.name]
+            env.update(to_env(config) if to_env else {})
+            continue
+        default = (
+            item.default_factory()  # type: ignore[misc]
+            if item.default_factory is not dataclasses.MISSING
+            else item.default
+        )
+        if getattr(config, item.name) != default:
+            raise ValueError(f"RunnerConfig.{item.name} cannot reach a runner subprocess")
     return env
 
 
@@ -93,10 +118,10 @@ def run_binary(
     timeout: float = 300,
 ) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """Run one job through ``binary``; returns the process and its JSON log lines."""
-    env = {**os.environ, **s3_env, **config_environment(config)}
-    for name in (ENV_RO_PATHS, ENV_ALGORITHM_USER, ENV_ROOTFS, ENV_ALGORITHM_ENV):
-        if name not in config_environment(config):
-            env.pop(name, None)
+    settings = config_environment(config)
+    env = {**os.environ, **s3_env, **settings}
+    if ENV_ALGORITHM_ENV not in settings:
+        env.pop(ENV_ALGORITHM_ENV, None)
     done = subprocess.run(
         [str(binary), "invoke", "--task", json.dumps(task), "--", *(config.command or [])],
         cwd=REPO,

@@ -96,6 +96,7 @@ def test_a_fork_bomb_is_bounded_and_ends_with_the_time_limit(runner_job, rootfs)
     assert leftover_groups(lines) == []
 
 
+@pytest.mark.in_process
 def test_without_cgroups_rlimits_still_bound_memory(runner_job, rootfs, monkeypatch):
     monkeypatch.setattr(limits, "_try_v2", lambda *_: None)
     monkeypatch.setattr(limits, "_try_v1", lambda *_: None)
