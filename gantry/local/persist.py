@@ -26,6 +26,7 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -107,6 +108,9 @@ def persisting(app: WsgiApp, store: DurableStore) -> WsgiApp:
 
     def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
+        if method == "GET" and _service(environ) == "s3":
+            served = _serve_stored(store, environ, start_response)
+            return served if served is not None else app(environ, start_response)
         if method not in ("PUT", "POST", "DELETE"):
             return app(environ, start_response)
         service = _service(environ)
@@ -365,3 +369,98 @@ def restore_objects(store: DurableStore) -> int:
         bucket.keys[obj.key] = fake
         count += 1
     return count
+
+
+# --- reads at disk speed ------------------------------------------------------------------------
+
+READ_CHUNK = 1024 * 1024
+_PLAIN_QUERY = re.compile(r"^(X-Amz-[A-Za-z-]+|x-id)$")
+
+
+def _serve_stored(
+    store: DurableStore, environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes] | None:
+    """A plain GetObject (whole or one byte range) of a stored object, streamed from its file:
+    moto would read the whole object into memory for every request, ranged ones included.
+    None for anything else (conditional requests, parts, checksums), which moto answers."""
+    bucket_name, key_name = _split_path(environ.get("PATH_INFO", ""))
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    if not key_name or any(not _PLAIN_QUERY.match(name) for name in query):
+        return None
+    conditions = {name for name in environ if name.startswith("HTTP_IF_")}
+    if conditions - {"HTTP_IF_MATCH"}:
+        return None
+    bucket = _bucket(bucket_name)
+    fake = bucket.keys.get(key_name) if bucket is not None else None
+    buffer = getattr(fake, "_value_buffer", None)
+    if not isinstance(buffer, io.BufferedReader) or Path(buffer.name).parent != store.objects:
+        return None
+    if conditions and environ["HTTP_IF_MATCH"] not in (fake.etag, "*"):
+        return None  # moto answers 412 (ranged downloads send If-Match with the ETag)
+    size = int(fake.size)
+    byte_range = _byte_range(environ.get("HTTP_RANGE"), size)
+    if byte_range is False:
+        return None  # moto answers malformed or unsatisfiable ranges as S3 does
+    headers: dict[str, str] = {str(k): str(v) for k, v in fake.response_dict.items()}
+    headers.update({str(k): str(v) for k, v in fake.metadata.items()})
+    headers["Accept-Ranges"] = "bytes"
+    if fake.version_id != "null":
+        headers["x-amz-version-id"] = fake.version_id
+    path = Path(buffer.name)
+    status = "200 OK"
+    begin, end = 0, size - 1
+    if byte_range:
+        begin, end = byte_range
+        status = "206 Partial Content"
+        headers["content-range"] = f"bytes {begin}-{end}/{size}"
+    elif environ.get("HTTP_X_AMZ_CHECKSUM_MODE") == "ENABLED" and fake.checksum_algorithm:
+        # As moto does: the stored checksum of the whole object (none for a range).
+        checksum = fake.checksum_value
+        if fake.checksum_type == "COMPOSITE":
+            checksum = f"{checksum}-{fake.checksum_parts}"
+        headers[f"x-amz-checksum-{fake.checksum_algorithm.lower()}"] = str(checksum)
+        if fake.checksum_type:
+            headers["x-amz-checksum-type"] = str(fake.checksum_type)
+    headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+    headers["Content-Length"] = str(end - begin + 1)
+    try:
+        # Opened before answering: a newer version may replace (and unlink) the file later.
+        handle = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    start_response(status, list(headers.items()))
+    return _file_chunks(handle, begin, end - begin + 1)
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
+    """(first, last) of a single byte range; None for the whole object; False when moto
+    should answer."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        return False
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first:
+            begin = int(first)
+            end = min(int(last), size - 1) if last else size - 1
+        else:
+            suffix = int(last)
+            begin, end = max(size - suffix, 0), size - 1
+    except ValueError:
+        return False
+    if size == 0 or begin > end or begin >= size:
+        return False
+    return begin, end
+
+
+def _file_chunks(handle: io.BufferedReader, offset: int, length: int) -> Iterator[bytes]:
+    with handle:
+        handle.seek(offset)
+        while length > 0:
+            chunk = handle.read(min(READ_CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk

@@ -246,7 +246,9 @@ class LocalStack:
             ):
                 start_job(self.ctx, job.pk)
             resumed.append(job.pk)
-        self.reconciled = reconcile_drops(self.ctx)
+        # Before the queues are read: no handler of this process holds a claim yet, and those
+        # of the previous one are gone.
+        self.reconciled = reconcile_drops(self.ctx, orphaned=True)
         return resumed
 
     # --- API ------------------------------------------------------------------------------

@@ -190,8 +190,11 @@ def handle_dropped_object(ctx: Context, event: S3ObjectEvent) -> str | None:
     return job_pk if made else None
 
 
-def _handle_drop(ctx: Context, event: S3ObjectEvent) -> tuple[str | None, bool]:
-    """(the drop's job pk if it has one, whether this call made it)."""
+def _handle_drop(
+    ctx: Context, event: S3ObjectEvent, *, orphaned: bool = False
+) -> tuple[str | None, bool]:
+    """(the drop's job pk if it has one, whether this call made it). ``orphaned``: no other
+    handler can be alive (a restart), so a claim in progress is taken over at once."""
     drop = parse_drop_key(event.key)
     if drop is None or not event.created:
         return None, False
@@ -204,7 +207,7 @@ def _handle_drop(ctx: Context, event: S3ObjectEvent) -> tuple[str | None, bool]:
         manifest = _head(ctx, drop.folder + INPUTS_FILE)
         if manifest is not None:
             identity = _object_identity(event.bucket, drop.folder + INPUTS_FILE, manifest)
-            return _start_case(ctx, algorithm, drop, identity)
+            return _start_case(ctx, algorithm, drop, identity, orphaned=orphaned)
         if drop.filename == INPUTS_FILE:
             return None, False  # deleted again before this event was handled
     single = _single_input(ctx, algorithm)
@@ -216,7 +219,7 @@ def _handle_drop(ctx: Context, event: S3ObjectEvent) -> tuple[str | None, bool]:
     # The object's own version: a redelivered notification and the reconciling sweep find
     # the same identity; a new drop of the same key has a new one.
     identity = _object_identity(event.bucket, event.key, head)
-    return _create_once(ctx, identity, algorithm, drop, {single: drop.filename})
+    return _create_once(ctx, identity, algorithm, drop, {single: drop.filename}, orphaned=orphaned)
 
 
 def _single_input(ctx: Context, algorithm: Algorithm) -> str | None:
@@ -245,7 +248,7 @@ def _object_identity(bucket: str, key: str, head: dict[str, Any]) -> str:
 
 
 def _start_case(
-    ctx: Context, algorithm: Algorithm, drop: Drop, identity: str
+    ctx: Context, algorithm: Algorithm, drop: Drop, identity: str, *, orphaned: bool = False
 ) -> tuple[str | None, bool]:
     case = dataclasses.replace(drop, filename=INPUTS_FILE)
     try:
@@ -259,7 +262,7 @@ def _start_case(
     for filename in mapping.values():
         if _head(ctx, drop.folder + filename) is None:
             return None, False  # not all there yet: the last file's event starts the job
-    return _create_once(ctx, identity, algorithm, case, mapping)
+    return _create_once(ctx, identity, algorithm, case, mapping, orphaned=orphaned)
 
 
 def _parse_manifest(body: bytes) -> dict[str, str]:
@@ -290,8 +293,11 @@ def _claim_key(identity: str) -> str:
     return keys.idempotency("dropbox#" + hashlib.sha256(identity.encode()).hexdigest())
 
 
-def _claim(ctx: Context, claim_pk: str, identity: str) -> tuple[bool, str | None]:
-    """(True, None) when this handler must make the job; (False, job pk) when it is done."""
+def _claim(
+    ctx: Context, claim_pk: str, identity: str, *, orphaned: bool = False
+) -> tuple[bool, str | None]:
+    """(True, None) when this handler must make the job; (False, job pk) when it is done.
+    ``orphaned``: the lease of a claim in progress counts as expired (its holder is gone)."""
     table = ctx.store.table
     now = int(time.time())
     fresh = table.item(
@@ -313,7 +319,7 @@ def _claim(ctx: Context, claim_pk: str, identity: str) -> tuple[bool, str | None
         # under a random pk) stopped before completing the claim: that job stands.
         _complete_claim(ctx, claim_pk, job_pk=str(item["job_pk"]))
         return False, str(item["job_pk"])
-    if int(item.get("lease_until", 0)) > now:
+    if int(item.get("lease_until", 0)) > now and not orphaned:
         raise ClaimBusy(f"the drop {identity} is being handled")
     try:  # take over an expired lease; of two takers only one passes the condition
         table._table.update_item(
@@ -354,11 +360,17 @@ def _complete_claim(ctx: Context, claim_pk: str, *, job_pk: str | None, error: s
 
 
 def _create_once(
-    ctx: Context, identity: str, algorithm: Algorithm, drop: Drop, mapping: dict[str, str]
+    ctx: Context,
+    identity: str,
+    algorithm: Algorithm,
+    drop: Drop,
+    mapping: dict[str, str],
+    *,
+    orphaned: bool = False,
 ) -> tuple[str | None, bool]:
     """The one place a drop becomes a job: (job pk or None, whether this call made it)."""
     claim_pk = _claim_key(identity)
-    mine, done_job = _claim(ctx, claim_pk, identity)
+    mine, done_job = _claim(ctx, claim_pk, identity, orphaned=orphaned)
     if not mine:
         return done_job, False  # a duplicate: the drop already has its job (or error.json)
     try:
@@ -555,13 +567,17 @@ class DropSweep:
     busy: int = 0  # drops another handler is making a job for right now
 
 
-def reconcile_drops(ctx: Context, *, settle_seconds: float = 0.0) -> DropSweep:
+def reconcile_drops(
+    ctx: Context, *, settle_seconds: float = 0.0, orphaned: bool = False
+) -> DropSweep:
     """Make the job of every drop that has none, and write the results of finished drop-folder
     jobs that have none, from the bucket's content alone.
 
     Each drop without a result newer than itself goes through the same handler and claim as
     its notification, so a drop that the queue also delivers still gets one job. Drops younger
-    than ``settle_seconds`` are left to their notification."""
+    than ``settle_seconds`` are left to their notification. ``orphaned``: no handler of the
+    drop folder runs (a start after a crash), so claims left in progress are taken over now
+    rather than when their lease runs out."""
     from gantry.pipeline.callback import job_event_detail
 
     report = DropSweep()
@@ -579,7 +595,7 @@ def reconcile_drops(ctx: Context, *, settle_seconds: float = 0.0) -> DropSweep:
             continue  # handled: its job.json or error.json came after it
         event = S3ObjectEvent(bucket, key, "ObjectCreated:Put", etag=etag)
         try:
-            job_pk, made = _handle_drop(ctx, event)
+            job_pk, made = _handle_drop(ctx, event, orphaned=orphaned)
         except ClaimBusy:
             report.busy += 1
             continue

@@ -449,3 +449,20 @@ def test_the_sweep_writes_results_whose_announcement_was_lost(drop, tmp_path: Pa
     assert result_json(ctx, "segmenter/case-quiet/results.json") == {"score": 0.5}
     assert result_json(ctx, "segmenter/case-quiet/job.json")["status"] == "Succeeded"
     assert dropbox.reconcile_drops(ctx).announced == []  # written once
+
+
+def test_after_a_crash_the_sweep_takes_over_claims_left_in_progress(drop) -> None:
+    """A handler claimed the drop and died before making the job; on the restart of the one
+    machine nobody else can hold the claim, so the sweep does not wait for its lease."""
+    ctx, queue_url = drop
+    put(ctx, "dropbox/segmenter/case-held/scan.mha", b"data")
+    drain(ctx, queue_url)
+    key = "dropbox/segmenter/case-held/scan.mha"
+    head = ctx.clients.s3.head_object(Bucket=ctx.settings.bucket_name, Key=key)
+    identity = dropbox._object_identity(ctx.settings.bucket_name, key, head)
+    assert dropbox._claim(ctx, dropbox._claim_key(identity), identity) == (True, None)
+
+    assert dropbox.reconcile_drops(ctx).busy == 1  # on AWS: wait for the lease
+    swept = dropbox.reconcile_drops(ctx, orphaned=True)
+    assert len(swept.started) == 1
+    assert [j.source_ref for j in dropbox_jobs(ctx)] == ["segmenter/case-held"]
