@@ -46,26 +46,24 @@ from constructs import Construct
 
 from batch_runner.config import ENV_SANDBOX
 from gantry import resources
+from gantry.algorithms import MIN_MEMORY_GB
+from gantry.compute.batch import CPU_DEFINITION_SUFFIX, ecs_memory_mib
 from gantry.settings import Settings
 from infra.access import bucket_arn_placeholder
 from infra.config import GantryConfig
 from infra.nag import acknowledge
 
 RUNNER_COMMAND = (resources.RUNNER_BINARY_PATH, "invoke", "--file", "Ref::invocation")
-# Job size for the default definition: fits a g4dn.xlarge (4 vCPU, 16 GiB, ~15.3 GiB of which
-# ECS can hand out). The backend overrides vCPU/memory per algorithm image.
+# Job size for the default definition: a 16 GB job, which fits a g4dn.xlarge (4 vCPU, 16 GiB,
+# ~15.3 GiB of which ECS can hand out). The backend overrides vCPU/memory per job.
 RUNNER_VCPUS = 4
-RUNNER_MEMORY = Size.mebibytes(14_336)
-# CPU-only default: a whole CPU host's vCPUs (one job per host), memory that fits the smallest.
-CPU_RUNNER_MEMORY = Size.mebibytes(3_072)
-# Batch retries a job only when the host went away (spot reclaim, instance failure); an
-# algorithm's own failure is final for this attempt (the platform decides on a new attempt).
-HOST_FAILURE_REASON = "Host EC2*"
+RUNNER_MEMORY = Size.mebibytes(ecs_memory_mib(16))
+# CPU-only default: a whole CPU host's vCPUs (one job per host), the smallest job's memory.
+CPU_RUNNER_MEMORY = Size.mebibytes(ecs_memory_mib(MIN_MEMORY_GB))
 ECS_INSTANCE_POLICY_FINDING = (
     "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
     "AmazonEC2ContainerServiceforEC2Role]"
 )
-BATCH_RETRY_ATTEMPTS = 3
 
 
 class Compute(Construct):
@@ -303,7 +301,7 @@ class Compute(Construct):
 
     @property
     def cpu_job_definition_name(self) -> str:
-        return f"{self._settings.batch_job_definition}-cpu"
+        return f"{self._settings.batch_job_definition}{CPU_DEFINITION_SUFFIX}"
 
     def _runner_definition(
         self, construct_id: str, name: str, config: GantryConfig, *, gpus: int
@@ -331,13 +329,9 @@ class Compute(Construct):
                 execution_role=self.execution_role,
                 logging=ecs.LogDriver.aws_logs(stream_prefix="runner", log_group=self.job_logs),
             ),
-            retry_attempts=BATCH_RETRY_ATTEMPTS,
-            retry_strategies=[
-                batch.RetryStrategy.of(
-                    batch.Action.RETRY, batch.Reason.custom(on_status_reason=HOST_FAILURE_REASON)
-                ),
-                batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_reason="*")),
-            ],
+            # No Batch retries: the platform owns them. A host failure ends the attempt and
+            # the job callback starts a new one (a new io/ prefix, counted against
+            # max_attempts), so a job runs at most max_attempts times, not 3 x that.
             timeout=Duration.minutes(config.job_timeout_minutes),
             propagate_tags=True,
         )

@@ -17,6 +17,7 @@ from typing import Any
 from constructs import Node
 
 from batch_runner.config import SandboxMode
+from gantry.algorithms import MAX_MEMORY_GB
 
 PREFIX = "gantry:"
 
@@ -147,6 +148,17 @@ class GantryConfig:
                 "takes a whole host so that no two jobs share one (docs/deploy.md, Isolation); "
                 + ", ".join(f"{itype} has {vcpus}" for itype, vcpus in sizes.items())
             )
+        # Every memory size the API accepts must fit some host of each kind (the backend asks
+        # for 7/8 of it, what ECS can hand out: gantry.compute.batch.ecs_memory_mib).
+        for key, types in (
+            ("gpuInstanceTypes", self.gpu_instance_types),
+            ("cpuInstanceTypes", self.cpu_instance_types),
+        ):
+            if types and max(instance_memory_gib(t) for t in types) < MAX_MEMORY_GB:
+                raise ValueError(
+                    f"gantry:{key} must include an instance type with at least "
+                    f"{MAX_MEMORY_GB} GiB: algorithms may ask for up to {MAX_MEMORY_GB} GB"
+                )
         if self.compute_backend not in {"batch", "sagemaker"}:
             raise ValueError("gantry:computeBackend must be 'batch' or 'sagemaker'")
         if self.sagemaker_sandbox not in {"required", "auto"}:
@@ -172,6 +184,19 @@ def instance_vcpus(instance_type: str) -> int:
         f"gantry:cpuInstanceTypes: the vCPUs of {instance_type!r} are not known; use "
         "large, xlarge or <n>xlarge sizes"
     )
+
+
+# GiB per vCPU of the instance families Gantry is deployed on (at least: p3 has 7.6).
+MEMORY_PER_VCPU = {"c": 2, "m": 4, "r": 8, "g": 4, "p": 7}
+
+
+def instance_memory_gib(instance_type: str) -> int:
+    """Nominal memory of an EC2 size (at least) from its family's GiB per vCPU."""
+    family = instance_type[:1]
+    if family not in MEMORY_PER_VCPU:
+        known = ", ".join(MEMORY_PER_VCPU)
+        raise ValueError(f"the memory of {instance_type!r} is not known (families {known})")
+    return MEMORY_PER_VCPU[family] * instance_vcpus(instance_type)
 
 
 def _camel(snake: str) -> str:

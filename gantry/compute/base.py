@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from gantry.resources import (
     ENV_SIGNING_KEY,
     RUNNER_BINARY_PATH,
 )
+
+logger = logging.getLogger(__name__)
 
 ComputeStatus = Literal["running", "succeeded", "failed"]
 
@@ -58,6 +61,51 @@ class CapacityError(ComputeError):
 
 class SubmitError(ComputeError):
     """Permanent for this job; the message is safe to show to the job's creator."""
+
+
+# --- What a user may read of the compute service's words ----------------------------------
+# AWS's error and status texts name ARNs, roles, instance ids and account details: they go to
+# the operators' logs, and the job's creator reads one of these instead.
+
+REFUSED_MESSAGE = (
+    "The compute service refused to start the job; an operator can find why in the logs"
+)
+_PUBLIC_REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^Host EC2|spot|instance.*terminat", re.I), "its compute host went away"),
+    (
+        re.compile(r"CAPACITY|InsufficientCapacity|CapacityError|ResourceLimitExceeded", re.I),
+        "no compute instance could be had for it",
+    ),
+    (re.compile(r"MISCONFIGURATION", re.I), "no compute environment can run a job of its size"),
+    (
+        re.compile(r"CannotPullContainer|ImagePull|image", re.I),
+        "its container image could not be pulled",
+    ),
+    (
+        re.compile(r"CannotStartContainer|ResourceInitialization|Task failed to start", re.I),
+        "its container could not be started",
+    ),
+    (re.compile(r"Cancelled by Gantry", re.I), "it was cancelled"),
+    (re.compile(r"Essential container in task exited", re.I), "its container exited early"),
+    (re.compile(r"^AlgorithmError", re.I), "its container exited with an error"),
+    (re.compile(r"stopped", re.I), "it was stopped"),
+    (re.compile(r"no longer knows", re.I), "the compute service no longer knows it"),
+)
+
+
+def refused(action: str, code: str, message: str) -> SubmitError:
+    """A permanent refusal by the service: the details for the log, a plain message for the
+    user."""
+    logger.error("%s refused: %s: %s", action, code, message)
+    return SubmitError(REFUSED_MESSAGE)
+
+
+def public_reason(reason: str) -> str:
+    """Why a compute job ended, in words that name nothing of the account."""
+    for pattern, words in _PUBLIC_REASONS:
+        if pattern.search(reason):
+            return words
+    return "the compute service stopped it"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from gantry.compute.base import (
     SubmitError,
     hard_time_limit,
     job_tags,
+    refused,
     runner_command,
     runner_environment,
     sagemaker_name,
@@ -143,7 +144,7 @@ class SageMakerBackend:
                 return name
             if code in CAPACITY_CODES or status >= 500:
                 raise CapacityError(f"create_training_job: {code}: {message}") from error
-            raise SubmitError(f"The job could not be started ({code}: {message})") from error
+            raise refused("create_training_job", code, message) from error
         except BotoCoreError as error:
             raise CapacityError(f"create_training_job: {error}") from error
         return name

@@ -15,7 +15,7 @@ from typing import Any
 
 from gantry import contract, resources, timeutil
 from gantry.algorithms import Algorithm
-from gantry.compute.base import ComputeState
+from gantry.compute.base import ComputeState, public_reason
 from gantry.context import Context
 from gantry.images import Image
 from gantry.interfaces import Interface
@@ -97,7 +97,10 @@ def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
             return finish(ctx, job, JobStatus.FAILURE, {"error_message": TIMEOUT_MESSAGE})
         if event.exit_code == 137:
             return finish(ctx, job, JobStatus.FAILURE, {"error_message": MEMORY_MESSAGE})
-        reason = event.reason or "the compute job ended without a result"
+        logger.warning(
+            "job %s attempt %s ended without a result: %s", job.pk, attempt, event.reason
+        )
+        reason = public_reason(event.reason) if event.reason else "it ended without a result"
         return finish(
             ctx, job, JobStatus.FAILURE, {"error_message": f"The job did not finish: {reason}"}
         )
@@ -179,7 +182,10 @@ def _retry_or_fail(ctx: Context, job: Job, event: ComputeState) -> Job | None:
             ctx,
             job,
             JobStatus.FAILURE,
-            {"error_message": f"The compute host failed {host_attempts} times: {event.reason}"},
+            {
+                "error_message": f"The job was started {host_attempts} times and did not "
+                f"finish: {public_reason(event.reason)}"
+            },
         )
     logger.warning(
         "job %s attempt %s lost its host (%s): retrying", job.pk, job.attempt, event.reason

@@ -163,7 +163,13 @@ def _record_submission(ctx: Context, job_pk: str, attempt: int, compute_id: str)
 def _back_off(ctx: Context, job: Job, reason: str) -> None:
     retries = job.capacity_retries + 1
     if retries > ctx.settings.max_capacity_retries:
-        fail(ctx, job.pk, job.attempt, f"No compute capacity was available: {reason}")
+        logger.warning("job %s: no capacity after %s tries: %s", job.pk, retries - 1, reason)
+        fail(
+            ctx,
+            job.pk,
+            job.attempt,
+            f"No compute capacity was available after {retries - 1} tries; please try again later",
+        )
         return
     delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (retries - 1))
     not_before = timeutil.iso(timeutil.now() + timedelta(seconds=delay))

@@ -27,6 +27,15 @@ def test_defaults_are_cheap_and_safe() -> None:
     assert config.sagemaker_sandbox == "required"
 
 
+def test_every_memory_size_the_api_accepts_has_a_host() -> None:
+    # The default CPU hosts: 16, 32 and 64 GiB; the GPU hosts 16, 32 and 64 GiB.
+    _config()
+    with pytest.raises(ValueError, match=r"cpuInstanceTypes must include .* 32 GiB"):
+        _config(cpuInstanceTypes="c6i.2xlarge")
+    with pytest.raises(ValueError, match=r"gpuInstanceTypes must include .* 32 GiB"):
+        _config(gpuInstanceTypes="g4dn.xlarge")
+
+
 def test_an_unknown_sagemaker_sandbox_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="sagemakerSandbox"):
         _config(sagemakerSandbox="off")
@@ -42,12 +51,12 @@ def test_context_strings_are_parsed() -> None:
     config = _config(
         destroyOnDelete="true",
         spot="false",
-        gpuInstanceTypes="g4dn.xlarge, g5.xlarge",
+        gpuInstanceTypes="g4dn.xlarge, g5.2xlarge",
         gpuMaxVcpus="8",
     )
     assert config.destroy_on_delete is True
     assert config.spot is False
-    assert config.gpu_instance_types == ("g4dn.xlarge", "g5.xlarge")
+    assert config.gpu_instance_types == ("g4dn.xlarge", "g5.2xlarge")
     assert config.gpu_max_vcpus == 8
 
 

@@ -24,10 +24,12 @@ from batch_runner.invoke import write_result
 from gantry import resources
 from gantry.algorithms import Algorithm
 from gantry.compute.base import TAG_ATTEMPT, TAG_JOB, compute_name, sagemaker_name
+from gantry.compute.batch import CPU_DEFINITION_SUFFIX
 from gantry.context import Context
 from gantry.contract import InferenceResult, Invocation, ResultOutput
 from gantry.jobs import Job
 from gantry.pipeline.provision import start_job
+from gantry.resources import RUNNER_BINARY_PATH
 from gantry.services.jobs import JobInput
 from gantry.settings import Settings
 from lambdas.on_job_event import process
@@ -77,7 +79,7 @@ def pipeline_settings(backend: str, **overrides: Any) -> Settings:
 
 def create_batch_resources(iam: Any, batch: Any, settings: Settings) -> str:
     """What the stack deploys for Batch: a compute environment, both queues, the shared
-    runner job definition (the stack's GPU size, the Host EC2 retry rule); the job role."""
+    runner job definitions (GPU and CPU); the job role."""
     role = iam.create_role(RoleName="gantry-job", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     environment = batch.create_compute_environment(
         computeEnvironmentName="gantry-test-env",
@@ -92,26 +94,25 @@ def create_batch_resources(iam: Any, batch: Any, settings: Settings) -> str:
             priority=1,
             computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
         )
-    batch.register_job_definition(
-        jobDefinitionName=settings.batch_job_definition,
-        type="container",
-        containerProperties={
-            "image": "public.ecr.aws/docker/library/busybox:latest",
-            "command": [resources.RUNNER_BINARY_PATH, "invoke", "--file", "Ref::invocation"],
-            "jobRoleArn": role,
-            "executionRoleArn": role,
-            "resourceRequirements": [
-                {"type": "VCPU", "value": "4"},
-                {"type": "MEMORY", "value": "14336"},
-            ],
-        },
-        retryStrategy={
-            "attempts": 3,
-            "evaluateOnExit": [{"onStatusReason": "Host EC2*", "action": "RETRY"}],
-        },
-        timeout={"attemptDurationSeconds": 7200},
-        propagateTags=True,
-    )
+    # The stack's two shared definitions: GPU, and CPU (no GPU requirement); no Batch retries.
+    base = settings.batch_job_definition
+    for name, gpu in ((base, True), (f"{base}{CPU_DEFINITION_SUFFIX}", False)):
+        requirements = [{"type": "VCPU", "value": "4"}, {"type": "MEMORY", "value": "14336"}]
+        if gpu:
+            requirements.append({"type": "GPU", "value": "1"})
+        batch.register_job_definition(
+            jobDefinitionName=name,
+            type="container",
+            containerProperties={
+                "image": "public.ecr.aws/docker/library/busybox:latest",
+                "command": [RUNNER_BINARY_PATH, "invoke", "--file", "Ref::invocation"],
+                "jobRoleArn": role,
+                "executionRoleArn": role,
+                "resourceRequirements": requirements,
+            },
+            timeout={"attemptDurationSeconds": 7200},
+            propagateTags=True,
+        )
     return role
 
 

@@ -71,9 +71,10 @@ def test_submit_gpu_job_exact_request(batch, settings):
 
     (submitted,) = [params for name, params in calls if name == "SubmitJob"]
     assert submitted["jobName"] == f"gantry-{job.pk}-2"
+    # A 16 GB job asks for what ECS can give on a 16 GiB g4dn.xlarge, not the nominal 16 GiB.
     assert submitted["containerOverrides"]["resourceRequirements"] == [
         {"type": "VCPU", "value": "4"},
-        {"type": "MEMORY", "value": "16384"},
+        {"type": "MEMORY", "value": "14336"},
         {"type": "GPU", "value": "1"},
     ]
     assert submitted["propagateTags"] is True
@@ -98,14 +99,21 @@ def test_cpu_job_goes_to_the_cpu_queue_without_gpu(batch, settings):
     client = batch["client"]
     calls = recorder(client)
     backend = BatchBackend(settings, client)
-    job_id = backend.submit(make_job(requires_gpu_type="", requires_memory_gb=4), make_image(), URI)
+    image = make_image()
+    job_id = backend.submit(make_job(requires_gpu_type="", requires_memory_gb=4), image, URI)
     (submitted,) = [params for name, params in calls if name == "SubmitJob"]
     assert submitted["containerOverrides"]["resourceRequirements"] == [
         {"type": "VCPU", "value": "1"},
-        {"type": "MEMORY", "value": "4096"},
+        {"type": "MEMORY", "value": "3584"},
     ]
     (described,) = client.describe_jobs(jobs=[job_id])["jobs"]
     assert described["jobQueue"].endswith(f":job-queue/{settings.batch_job_queue_cpu}")
+    # A copy of the CPU definition: an override cannot drop the GPU definition's GPU.
+    definition = client.describe_job_definitions(jobDefinitions=[described["jobDefinition"]])
+    (copied,) = definition["jobDefinitions"]
+    assert copied["jobDefinitionName"] == f"{settings.batch_job_definition}-cpu-{image.pk}"
+    types = {r["type"] for r in copied["containerProperties"]["resourceRequirements"]}
+    assert "GPU" not in types
 
 
 def test_cpu_job_takes_a_whole_host_and_the_environment_carries_no_secret(batch, settings):
@@ -120,7 +128,7 @@ def test_cpu_job_takes_a_whole_host_and_the_environment_carries_no_secret(batch,
     (submitted,) = [params for name, params in calls if name == "SubmitJob"]
     assert submitted["containerOverrides"]["resourceRequirements"] == [
         {"type": "VCPU", "value": "8"},
-        {"type": "MEMORY", "value": "4096"},
+        {"type": "MEMORY", "value": "3584"},
     ]
     (described,) = client.describe_jobs(jobs=[job_id])["jobs"]
     env = env_map(described["container"]["environment"])
@@ -163,17 +171,66 @@ def test_job_definition_per_image_is_a_copy_registered_once(batch, settings):
     assert container["jobRoleArn"] == batch["role"]
     assert container["executionRoleArn"] == batch["role"]
     assert container["command"][-1] == "Ref::invocation"
-    assert definition["retryStrategy"]["attempts"] == 3
     assert definition["propagateTags"] is True
-    assert registered[0]["tags"] == {"gantry:algorithm-image": image.pk}
+    assert registered[0]["tags"] == {
+        "gantry:algorithm-image": image.pk,
+        "gantry:base-definition": base_arn(client, settings.batch_job_definition),
+    }
+
+
+def base_arn(client: Any, name: str) -> str:
+    definitions = client.describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
+    return max(definitions["jobDefinitions"], key=lambda d: d["revision"])["jobDefinitionArn"]
+
+
+def test_a_changed_shared_definition_reaches_the_next_job_of_every_image(batch, settings):
+    """A stack update that registers a new revision of the shared definition (a new role,
+    environment or log setting) is copied into each image's definition on its next job."""
+    client = batch["client"]
+    backend = BatchBackend(settings, client)
+    image = make_image()
+    first = client.describe_jobs(jobs=[backend.submit(make_job(), image, URI)])["jobs"][0]
+
+    (shared,) = client.describe_job_definitions(
+        jobDefinitionName=settings.batch_job_definition, status="ACTIVE"
+    )["jobDefinitions"]
+    container = shared["containerProperties"]
+    container["environment"] = [{"name": "AWS_REGION", "value": REGION}]
+    client.register_job_definition(
+        jobDefinitionName=settings.batch_job_definition,
+        type="container",
+        containerProperties={
+            k: container[k]
+            for k in (
+                "image",
+                "command",
+                "jobRoleArn",
+                "executionRoleArn",
+                "resourceRequirements",
+                "environment",
+            )
+        },
+    )
+
+    # The same warm backend, and a new process.
+    for submitter in (backend, BatchBackend(settings, client)):
+        job_id = submitter.submit(make_job(), image, URI)
+        (described,) = client.describe_jobs(jobs=[job_id])["jobs"]
+        assert described["jobDefinition"] != first["jobDefinition"]
+        (used,) = client.describe_job_definitions(jobDefinitions=[described["jobDefinition"]])[
+            "jobDefinitions"
+        ]
+        assert {"name": "AWS_REGION", "value": REGION} in used["containerProperties"]["environment"]
 
 
 def test_missing_shared_definition_is_a_submit_error(batch, settings):
     backend = BatchBackend(
         settings.model_copy(update={"batch_job_definition": "nope"}), batch["client"]
     )
-    with pytest.raises(SubmitError, match="not set up"):
+    with pytest.raises(SubmitError, match="not set up") as raised:
         backend.submit(make_job(), make_image(), URI)
+    # The user's message names no AWS resource; the operators' log does.
+    assert "nope" not in str(raised.value)
 
 
 def test_describe_and_cancel(batch, settings):

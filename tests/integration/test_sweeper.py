@@ -125,7 +125,7 @@ def test_a_compute_job_the_service_no_longer_knows_fails_the_job(world, clock):
     failed = world.get(job)
     assert failed.status is JobStatus.FAILURE
     assert failed.error_message == (
-        "The job did not finish: the compute service no longer knows its compute job"
+        "The job did not finish: the compute service no longer knows it"
     )
     assert world.published() == [resources.DETAIL_TYPE_JOB_FAILED]
 
