@@ -63,9 +63,11 @@ class JobStore:
             attributes["slot"] = True
         item = self.table.item(keys.job(job.pk), MAIN_SK, _doc(job), **attributes)
         puts = [self._relation(job, image_pk, INPUT) for image_pk in dict.fromkeys(input_images)]
+        puts += [self._listing(job, name, key) for name, key in self._shared_lists(job)]
         updates = [
             count_update(keys.jobs_of(job.creator), 1),
             count_update(keys.jobs_of_algorithm(job.creator, job.algorithm), 1),
+            *(count_update(key, 1) for _, key in self._shared_lists(job)),
         ]
         first_limit = len(puts) + 1 + len(updates)
         updates += [_take_slot(limit, enforce=enforce) for limit in limits]
@@ -84,6 +86,45 @@ class JobStore:
         """Counted jobs of a limit's scope ("USER#alice", ...) that have not ended."""
         item = self.table.get_item(*_slot_key(scope))
         return max(0, int(item["n"])) if item else 0
+
+    @staticmethod
+    def _shared_lists(job: Job) -> list[tuple[str, ListKey]]:
+        """The lists beyond the creator's that hold the job: its algorithm's (for editors)
+        and everyone's (for admins)."""
+        return [("ALG", keys.jobs_of_algorithm_all(job.algorithm)), ("ALL", keys.ALL_JOBS)]
+
+    def _listing(self, job: Job, name: str, list_key: ListKey) -> dict[str, Any]:
+        return self.table.item(
+            keys.job(job.pk),
+            f"LISTED#{name}",
+            None,
+            **{
+                list_key.index.partition_key: list_key.value,
+                list_key.index.sort_key: f"{job.created}#{job.pk}",
+            },
+            job_pk=job.pk,
+        )
+
+    def page_shared(self, list_key: ListKey, *, offset: int, limit: int) -> tuple[list[Job], int]:
+        """A page of an algorithm's or everyone's jobs, oldest first."""
+        listed = self.paginator.page(list_key, offset=offset, limit=limit)
+        wanted = [(keys.job(item.item["job_pk"]), MAIN_SK) for item in listed]
+        found = self.table.batch_get_docs(wanted)
+        jobs = [Job.model_validate(found[k].doc) for k in wanted if k in found]
+        return jobs, self.paginator.count(list_key)
+
+    def all_of(self, list_key: ListKey, *, shared: bool) -> list[Job]:
+        """Every job of a list, oldest first (for filters the index cannot apply)."""
+        jobs: list[Job] = []
+        while True:
+            if shared:
+                page, _ = self.page_shared(list_key, offset=len(jobs), limit=1000)
+            else:
+                docs = self.paginator.page(list_key, offset=len(jobs), limit=1000)
+                page = [Job.model_validate(d.doc) for d in docs]
+            jobs += page
+            if len(page) < 1000:
+                return jobs
 
     def _relation(self, job: Job, image_pk: str, role: str) -> dict[str, Any]:
         return self.table.item(
@@ -218,6 +259,10 @@ class JobStore:
         list_key: ListKey = (
             keys.jobs_of_algorithm(username, algorithm) if algorithm else keys.jobs_of(username)
         )
+        return self.page_list(list_key, offset=offset, limit=limit)
+
+    def page_list(self, list_key: ListKey, *, offset: int, limit: int) -> tuple[list[Job], int]:
+        """A page of one user's list (the job items themselves are in it)."""
         docs = self.paginator.page(list_key, offset=offset, limit=limit)
         return [Job.model_validate(d.doc) for d in docs], self.paginator.count(list_key)
 

@@ -61,6 +61,14 @@ def jobs_of_algorithm(username: str, algorithm_pk: str) -> ListKey:
     return ListKey(BY_PARENT, f"JOBS#{username}#ALG#{algorithm_pk}")
 
 
+# Every user's jobs of one algorithm (its editors' view), and every job (admins'); usernames
+# cannot contain "*" or "#ALL#", so no user's own list has these names.
+def jobs_of_algorithm_all(algorithm_pk: str) -> ListKey:
+    return ListKey(BY_PARENT, f"JOBS#*#ALG#{algorithm_pk}")
+
+
+ALL_JOBS = ListKey(BY_OWNER, "JOBS#*")
+
 ACTIVE_JOBS = "ACTIVE"
 
 

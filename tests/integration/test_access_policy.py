@@ -275,10 +275,10 @@ LISTS: dict[str, Callable[[World], str]] = {
     "/components/interfaces": lambda w: w.interface["pk"],
     "/tokens": lambda w: w.token_pk,
 }
-# Interfaces are shared; an admin's list of algorithms holds every algorithm. Lists of jobs,
-# images and uploads hold one's own, for admins too (an admin reads others' by pk).
+# Interfaces are shared; an admin's lists of algorithms and jobs hold everyone's. Lists of
+# images, uploads and tokens hold one's own, for admins too (an admin reads others' by pk).
 SHARED_LISTS = {"/components/interfaces"}
-ADMIN_LISTS = {"/components/interfaces", "/algorithms", "/algorithms/images"}
+ADMIN_LISTS = {"/components/interfaces", "/algorithms", "/algorithms/images", "/algorithms/jobs"}
 
 
 def _routes() -> set[tuple[str, str]]:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import posixpath
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Literal
 
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from gantry import access, shapes
+from gantry import access, shapes, timeutil
 from gantry.access import Action
 from gantry.context import Context
-from gantry.errors import NotFound, PermissionDenied
+from gantry.errors import NotFound, PermissionDenied, ValidationFailed
+from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.pipeline.cancel import cancel_job
 from gantry.services import catalog
 from gantry.services.jobs import JobCreate, create_job
+from gantry.store import keys
 from gantry.store.jobs import INPUT, OUTPUT
+from gantry.store.pagination import ListKey
 from gantry.users import User
 from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 from lambdas.api.files import redirect_to_object
@@ -37,6 +41,54 @@ def visible_job(ctx: Context, user: User, pk: str, action: Action = Action.READ)
     return job
 
 
+def _scope(ctx: Context, user: User, algorithm_pk: str | None) -> tuple[ListKey, bool]:
+    """Which list a job listing reads, and whether it is a shared one (everyone's jobs):
+    an algorithm's editors (and admins) see all of its jobs, admins every job."""
+    if algorithm_pk:
+        found = ctx.store.algorithms.find(algorithm_pk)
+        if found is not None and access.algorithm(user, Action.CHANGE, found):
+            return keys.jobs_of_algorithm_all(algorithm_pk), True
+        return keys.jobs_of_algorithm(user.username, algorithm_pk), False
+    if access.sees_everything(user):
+        return keys.ALL_JOBS, True
+    return keys.jobs_of(user.username), False
+
+
+def job_filter(
+    status: str | None, created_gte: str | None, created_lt: str | None
+) -> Callable[[Job], bool] | None:
+    """The filters of a job listing as one test; None when there are none."""
+    if status is None and created_gte is None and created_lt is None:
+        return None
+    wanted = None
+    if status is not None:
+        try:
+            wanted = JobStatus.from_label(status)
+        except ValueError as error:
+            raise ValidationFailed(
+                f"Unknown status '{status}'; use a label such as 'Succeeded'", field="status"
+            ) from error
+    bounds = []
+    for name, text in (("created__gte", created_gte), ("created__lt", created_lt)):
+        try:
+            bounds.append(timeutil.parse_iso(text) if text else None)
+        except ValueError as error:
+            raise ValidationFailed(
+                f"'{text}' is not an ISO 8601 date and time", field=name
+            ) from error
+    low, high = bounds
+
+    def keep(job: Job) -> bool:
+        created = timeutil.parse_iso(job.created)
+        return (
+            (wanted is None or job.status is wanted)
+            and (low is None or created >= low)
+            and (high is None or created < high)
+        )
+
+    return keep
+
+
 def build(ctx: Context) -> APIGatewayRouter:
     router = APIGatewayRouter()
     path = "algorithms/jobs/"
@@ -47,16 +99,26 @@ def build(ctx: Context) -> APIGatewayRouter:
         sockets = catalog.sockets_of(ctx, algorithms)
         return [shapes.job(j, sockets, urls, with_data=access.job_data(user, j)) for j in jobs]
 
-    @router.get("/algorithms/jobs/", summary="List your jobs")
+    @router.get(
+        "/algorithms/jobs/",
+        summary="List jobs: yours; with an algorithm you edit, all of its jobs; admins all",
+    )
     def list_jobs(
         algorithm_image__algorithm: Ref = None,
         input_image: Ref = None,
+        image: Ref = None,
         output_image: Ref = None,
+        status: Annotated[str | None, Query(max_length=64)] = None,
+        created__gte: Annotated[str | None, Query(max_length=64)] = None,
+        created__lt: Annotated[str | None, Query(max_length=64)] = None,
+        ordering: Annotated[Literal["created", "-created"] | None, Query()] = None,
         limit: Limit = DEFAULT_LIMIT,
         offset: Offset = 0,
     ) -> dict:
         user = current_user(router)
         urls = urls_for(ctx, router)
+        # gcapi's by_input_image sends ?image=.
+        input_image = input_image or image
         algorithm = (
             urls.pk_from(algorithm_image__algorithm, "algorithms/")
             if algorithm_image__algorithm
@@ -66,24 +128,40 @@ def build(ctx: Context) -> APIGatewayRouter:
             "algorithm_image__algorithm": algorithm_image__algorithm,
             "input_image": input_image,
             "output_image": output_image,
+            "status": status,
+            "created__gte": created__gte,
+            "created__lt": created__lt,
+            "ordering": ordering,
         }
+        keep = job_filter(status, created__gte, created__lt)
         image_filter = [
             (urls.pk_from(ref, "cases/images/"), role)
             for ref, role in ((input_image, INPUT), (output_image, OUTPUT))
             if ref
         ]
         if image_filter:
-            # Few jobs per image: filter them all, then cut the page.
+            # Few jobs per image (one's own: the data is the creator's): filter them all.
             image_pk, role = image_filter[0]
             jobs = ctx.store.jobs.for_image(user.username, image_pk, role, algorithm=algorithm)
             for other_pk, other_role in image_filter[1:]:
-                keep = {j.pk for j in ctx.store.jobs.for_image(user.username, other_pk, other_role)}
-                jobs = [j for j in jobs if j.pk in keep]
-            window, count = jobs[offset : offset + limit], len(jobs)
+                keep_pks = {
+                    j.pk for j in ctx.store.jobs.for_image(user.username, other_pk, other_role)
+                }
+                jobs = [j for j in jobs if j.pk in keep_pks]
         else:
-            window, count = ctx.store.jobs.page_for(
-                user.username, offset=offset, limit=limit, algorithm=algorithm
-            )
+            list_key, shared = _scope(ctx, user, algorithm)
+            if keep is None and ordering != "-created":
+                if shared:
+                    window, count = ctx.store.jobs.page_shared(list_key, offset=offset, limit=limit)
+                else:
+                    window, count = ctx.store.jobs.page_list(list_key, offset=offset, limit=limit)
+                return shapes.page(render(user, window), count, offset, limit, urls, path, query)
+            jobs = ctx.store.jobs.all_of(list_key, shared=shared)
+        if keep is not None:
+            jobs = [j for j in jobs if keep(j)]
+        if ordering == "-created":
+            jobs = jobs[::-1]
+        window, count = jobs[offset : offset + limit], len(jobs)
         return shapes.page(render(user, window), count, offset, limit, urls, path, query)
 
     @router.get("/algorithms/jobs/<pk>/", summary="Get a job")
