@@ -152,6 +152,46 @@ def build_processing_package(
     return directory / "rdf.yaml"
 
 
+def unet_torchscript(path: Path, *, ndim: int = 2) -> None:
+    """The same two-level U-Net as ``unet_onnx``, in torch, scripted (needs torch)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(7)
+    conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+    pool = nn.MaxPool2d if ndim == 2 else nn.MaxPool3d
+
+    class UNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.e0 = conv(1, 4, 3, padding=1)
+            self.e1 = conv(4, 6, 3, padding=1)
+            self.bottom = conv(6, 8, 3, padding=1)
+            self.d1 = conv(14, 6, 3, padding=1)
+            self.d0 = conv(10, 4, 3, padding=1)
+            self.out = conv(4, 2, 1)
+            self.pool = pool(2)
+            self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            e0 = torch.relu(self.e0(x))
+            e1 = torch.relu(self.e1(self.pool(e0)))
+            bottom = torch.relu(self.bottom(self.pool(e1)))
+            d1 = torch.relu(self.d1(torch.cat([self.up(bottom), e1], 1)))
+            d0 = torch.relu(self.d0(torch.cat([self.up(d1), e0], 1)))
+            return self.out(d0)
+
+    torch.jit.script(UNet().eval()).save(str(path))
+
+
+def run_torchscript(path: Path, array: np.ndarray) -> np.ndarray:
+    import torch
+
+    module = torch.jit.load(str(path)).eval()
+    with torch.no_grad():
+        return module(torch.from_numpy(array.astype(np.float32))).numpy()
+
+
 def run_onnx(path: Path, array: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
@@ -167,7 +207,10 @@ def reference_predict(model_path: Path, image: np.ndarray, ndim: int) -> np.ndar
     x = ((x - x.mean()) / (x.std() + 1e-6)).astype(np.float32)
     pad = [(0, 0)] + [(HALO, HALO)] * ndim
     padded = np.pad(x, pad, mode="symmetric")
-    y = run_onnx(model_path, padded[None])[0]
+    if model_path.suffix == ".pt":
+        y = run_torchscript(model_path, padded[None])[0]
+    else:
+        y = run_onnx(model_path, padded[None])[0]
     crop = (slice(None),) + (slice(HALO, -HALO),) * ndim
     y = y[crop].astype(np.float32)
     return (1.0 / (1.0 + np.exp(-y))).astype(np.float32)
@@ -295,11 +338,16 @@ def build_package(
     ndim: int = 2,
     test_shape: tuple[int, ...] | None = None,
     edit: Any = None,
+    weights: str = "onnx",
 ) -> Package:
     """Write a package folder and its zip; ``edit(rdf)`` may change the description."""
     directory.mkdir(parents=True, exist_ok=True)
-    model_path = directory / "model.onnx"
-    unet_onnx(model_path, ndim=ndim)
+    if weights == "torchscript":
+        model_path = directory / "model.pt"
+        unet_torchscript(model_path, ndim=ndim)
+    else:
+        model_path = directory / "model.onnx"
+        unet_onnx(model_path, ndim=ndim)
     rng = np.random.default_rng(3)
     shape = test_shape or (64,) * ndim
     image = rng.gamma(2.0, 20.0, shape).astype(np.float32)
@@ -315,6 +363,9 @@ def build_package(
         sha256(directory / "test_output.npy"),
     )
     rdf = rdf_05(ndim, *shas) if format_version == "0.5" else rdf_04(ndim, *shas)
+    if weights == "torchscript":
+        entry = {"source": "model.pt", "sha256": shas[0], "pytorch_version": "2.13"}
+        rdf["weights"] = {"torchscript": entry}
     if edit is not None:
         edit(rdf)
     (directory / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))

@@ -14,7 +14,7 @@ import numpy as np
 
 from batch_runner.bioimageio.ops import Stat
 
-SLAB_ELEMENTS = 1 << 19  # elements per slab: 4 MiB as float64
+SLAB_ELEMENTS = 1 << 18  # elements per slab: 2 MiB as float64
 
 
 def _slabs(array: np.ndarray) -> Iterable[np.ndarray]:

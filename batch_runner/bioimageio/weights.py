@@ -25,7 +25,12 @@ class OnnxWeights:
             providers.insert(0, "CUDAExecutionProvider")
         elif device == "cuda":
             raise PackageError("onnxruntime has no CUDA provider here")
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        # Memory patterns pre-plan one buffer per input shape seen; tiles come in a few shapes
+        # and the arena reuses its blocks anyway, so without them the peak is about a third
+        # lower (same speed, measured on the tests' U-Net).
+        options.enable_mem_pattern = False
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:

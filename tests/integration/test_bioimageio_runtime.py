@@ -151,3 +151,25 @@ def test_outputs_stream_to_the_file_band_by_band(tmp_path: Path) -> None:
     assert written.GetDirection() == itk.GetDirection()
     in_memory = predict.predict_array(plan, runner, volume[None, None], max_tile=64)["prob"]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), np.moveaxis(in_memory[0], 0, -1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("format_version", "ndim"), [("0.5", 2), ("0.4", 3)])
+def test_torchscript_weights_run_where_torch_is_installed(
+    tmp_path: Path, format_version: str, ndim: int
+) -> None:
+    pytest.importorskip("torch", reason="TorchScript weights need torch (not in the extras)")
+    from batch_runner.bioimageio.runtime import check_test_tensors
+
+    shape = (96, 80) if ndim == 2 else (32, 48, 32)
+    package = build_package(
+        tmp_path / "model",
+        format_version=format_version,
+        ndim=ndim,
+        test_shape=shape,
+        weights="torchscript",
+    )
+    plan = load_plan(package.directory)
+    assert plan.weights_format == "torchscript"
+
+    assert check_test_tensors(plan, max_tile=64)["prob"] < 1e-5
