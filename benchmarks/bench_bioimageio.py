@@ -7,7 +7,7 @@ highest (``/proc/self/clear_refs`` resets the high-water mark first). bioimageio
 its own environment (``make bioimageio-oracle``), tiled with its default block size (2D) or
 the largest block that fits the volume (3D: core's default block is larger than 128 slices),
 and untiled for 2D; its output stays in memory. The runtime goes from the image it read to
-an .mha file written band by band (its job path). Outputs are compared in the same run.
+an .mha file written tile by tile (its job path). Outputs are compared in the same run.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _rss(field: str) -> int:
 
 
 def runtime_worker(request_path: str) -> None:
-    """In a fresh process: the runtime from a read image to an .mha written band by band;
+    """In a fresh process: the runtime from a read image to an .mha written tile by tile;
     prints ``{seconds, peak_bytes}``."""
     from batch_runner.bioimageio import images, predict, weights
     from batch_runner.bioimageio.package import load_plan

@@ -23,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
         "--test", action="store_true", help="also reproduce the package's test outputs"
     )
     run = commands.add_parser("run", help="run the model on a job's input folder")
+    for command in (validate, run):
+        command.add_argument(
+            "--allow-custom-ops",
+            action="store_true",
+            help="run the package's own Python operations (id: custom)",
+        )
     run.add_argument("--model", required=True, help="the unpacked package (e.g. /opt/ml/model)")
     run.add_argument("--input-dir", required=True)
     run.add_argument("--output-dir", required=True)
@@ -35,11 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "validate":
-            summary = package.validate_package(args.package)
+            allow = args.allow_custom_ops
+            summary = package.validate_package(args.package, allow_custom_ops=allow)
             if args.test:
                 with package.unpacked(args.package) as folder:
                     summary["test_max_difference"] = runtime.check_test_tensors(
-                        package.load_plan(folder)
+                        package.load_plan(folder, allow_custom_ops=allow)
                     )
             print(json.dumps(summary, indent=2))
         else:
@@ -48,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.input_dir,
                 args.output_dir,
                 device=args.device,
+                allow_custom_ops=args.allow_custom_ops,
                 max_tile=args.max_tile,
                 batch_size=args.batch_size,
             )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,19 @@ _MET_TYPES = {
 
 
 class MhaWriter:
-    """An uncompressed .mha written band by band along the first spatial axis, so a large
-    output never has to be in memory as a whole. ``shape`` is the spatial shape (z, y, x or
-    y, x) the file gets; ``geometry`` the input's."""
+    """An uncompressed .mha whose pixels are written block by block through a memory map, so
+    a large output never has to be in memory as a whole: written pages are flushed and
+    dropped from the process every ``flush_bytes``. ``shape`` is the spatial shape (z, y, x
+    or y, x) the file gets; ``geometry`` the input's."""
 
     def __init__(
-        self, path: Path, shape: tuple[int, ...], channels: int, dtype: np.dtype, geometry: Geometry
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        channels: int,
+        dtype: np.dtype,
+        geometry: Geometry,
+        flush_bytes: int = 64 << 20,
     ) -> None:
         self.dtype = np.dtype(np.uint8) if dtype == np.bool_ else np.dtype(dtype)
         if self.dtype.name not in _MET_TYPES:
@@ -147,14 +155,40 @@ class MhaWriter:
             f"ElementType = {_MET_TYPES[self.dtype.name]}",
             "ElementDataFile = LOCAL",
         ]
+        text = ("\n".join(header) + "\n").encode()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = path.open("wb")
-        self.file.write(("\n".join(header) + "\n").encode())
+        self.shape = shape
+        size = int(np.prod(shape)) * channels * self.dtype.itemsize
+        with path.open("wb") as file:
+            file.write(text)
+            file.truncate(len(text) + size)
+        self.pixels = np.memmap(
+            path,
+            dtype=self.dtype.newbyteorder("<"),
+            mode="r+",
+            offset=len(text),
+            shape=(*shape, channels),
+        )
+        self.flush_bytes = flush_bytes
+        self.pending = 0
 
-    def write(self, band: np.ndarray) -> None:
-        """The next rows, canonical ``(1, c, rows, ...)``."""
-        pixels = np.moveaxis(band[0], 0, -1)  # channels interleaved, as MetaIO stores them
-        np.ascontiguousarray(pixels, dtype=self.dtype.newbyteorder("<")).tofile(self.file)
+    def write(self, target: tuple[slice, ...], block: np.ndarray) -> None:
+        """Pixels of ``target`` (spatial slices) from canonical ``(1, c, *block)``; a file with
+        a leading one-slice axis (a 2D model on a one-slice volume) takes 2D targets."""
+        pixels = np.moveaxis(block[0], 0, -1)  # channels interleaved, as MetaIO stores them
+        view = self.pixels.reshape((*self.shape[len(self.shape) - len(target) :], -1))
+        view[target] = pixels
+        self.pending += pixels.nbytes
+        if self.pending >= self.flush_bytes:
+            self._release()
+
+    def _release(self) -> None:
+        self.pixels.flush()
+        mapping = getattr(self.pixels, "_mmap", None)
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)  # written back: drop the pages from memory
+        self.pending = 0
 
     def close(self) -> None:
-        self.file.close()
+        self._release()
+        del self.pixels

@@ -12,8 +12,11 @@ use numpy's ``linear`` method, except ``clip`` with per-sample percentiles (``in
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,9 +46,11 @@ def _per_channel(values: float | list[float], ndim: int) -> float | np.ndarray:
 
 
 class Op:
-    """One processing step; ``stats`` lists the measures it reads."""
+    """One processing step; ``stats`` lists the measures it reads; ``whole`` steps need the
+    whole tensor at once (not tile by tile)."""
 
     name = ""
+    whole = False
 
     @property
     def stats(self) -> tuple[Stat, ...]:
@@ -191,6 +196,36 @@ class ScaleMeanVariance(Op):
         std = stats[self.std] + self.eps
         ref_std = stats[self.ref_std] + self.eps
         return (x - stats[self.mean]) / std * ref_std + stats[self.ref_mean]
+
+
+@dataclass
+class Custom(Op):
+    """A package's own Python operation (spec 0.5 ``id: custom``), run only when allowed:
+    ``factory(**kwargs)`` once, then ``callable(array)`` on the whole tensor, in the canonical
+    ``(batch, channel, *spatial)`` layout; it must keep the shape."""
+
+    source: Path
+    callable_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name = "custom"
+    whole = True
+
+    def __post_init__(self) -> None:
+        spec = importlib.util.spec_from_file_location(
+            f"bioimageio_custom_{abs(hash(self.source))}", self.source
+        )
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot load {self.source.name}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        factory = getattr(module, self.callable_name)
+        self._run = factory(**self.kwargs)
+
+    def __call__(self, x: np.ndarray, stats: Stats) -> np.ndarray:
+        result = np.asarray(self._run(x))
+        if result.shape != x.shape:
+            raise ValueError(f"custom {self.callable_name} changed the shape {x.shape}")
+        return result
 
 
 def apply(ops: list[Op], x: np.ndarray, stats: Stats) -> np.ndarray:

@@ -174,7 +174,14 @@ def _channel_only(axis: Any, where: str) -> None:
         raise PackageError(f"{where}: per-axis parameters are supported along 'channel' only")
 
 
-def _convert_op(step: Any, tensor_id: str, spatial: tuple[str, ...], where: str) -> ops.Op:
+def _convert_op(
+    step: Any,
+    tensor_id: str,
+    spatial: tuple[str, ...],
+    where: str,
+    custom: Path | None = None,
+) -> ops.Op:
+    """``custom``: the package folder when its own Python operations may run."""
     kind = str(getattr(step, "id", ""))
     kwargs = getattr(step, "kwargs", None)
     if kind == "ensure_dtype":
@@ -231,10 +238,15 @@ def _convert_op(step: Any, tensor_id: str, spatial: tuple[str, ...], where: str)
             ops.Stat(ref, "std", axes),
             kwargs.eps,
         )
+    if kind == "custom" and custom is not None:
+        try:
+            return ops.Custom(custom / str(step.source), str(step.callable), dict(kwargs or {}))
+        except Exception as error:  # the package's own code failed to load
+            raise PackageError(f"{where}: custom operation does not load: {error}") from None
     if kind == "custom":
         raise PackageError(
             f"{where}: custom Python operations ('{getattr(step, 'callable', '?')}') run "
-            "the package's own code and are not supported"
+            "the package's own code and run only when allowed (--allow-custom-ops)"
         )
     raise PackageError(f"{where}: unknown operation '{kind}'")
 
@@ -274,7 +286,7 @@ def _dtype(tensor: Any) -> str:
     return str((data[0] if isinstance(data, list | tuple) else data).type)
 
 
-def _input_plan(tensor: Any, root: Path) -> InputPlan:
+def _input_plan(tensor: Any, root: Path, custom: Path | None) -> InputPlan:
     from bioimageio.spec.model import v0_5
 
     where = f"inputs.{tensor.id}"
@@ -299,7 +311,7 @@ def _input_plan(tensor: Any, root: Path) -> InputPlan:
         spatial=spatial_ids,
         dtype=_dtype(tensor),
         processing=[
-            _convert_op(s, str(tensor.id), spatial_ids, f"{where}.preprocessing.{i}")
+            _convert_op(s, str(tensor.id), spatial_ids, f"{where}.preprocessing.{i}", custom)
             for i, s in enumerate(steps)
         ],
         test_tensor=_local(tensor.test_tensor, root),
@@ -311,7 +323,7 @@ def _input_plan(tensor: Any, root: Path) -> InputPlan:
     )
 
 
-def _output_plan(tensor: Any, source: InputPlan, root: Path) -> OutputPlan:
+def _output_plan(tensor: Any, source: InputPlan, root: Path, custom: Path | None) -> OutputPlan:
     from bioimageio.spec.model import v0_5
 
     where = f"outputs.{tensor.id}"
@@ -341,7 +353,7 @@ def _output_plan(tensor: Any, source: InputPlan, root: Path) -> OutputPlan:
         spatial=spatial_ids,
         dtype=_dtype(tensor),
         processing=[
-            _convert_op(s, str(tensor.id), spatial_ids, f"{where}.postprocessing.{i}")
+            _convert_op(s, str(tensor.id), spatial_ids, f"{where}.postprocessing.{i}", custom)
             for i, s in enumerate(tensor.postprocessing)
         ],
         test_tensor=_local(tensor.test_tensor, root),
@@ -366,8 +378,9 @@ def _tolerances(descr: Any, outputs: list[OutputPlan]) -> None:
                 output.abs_tolerance = float(entry.absolute_tolerance)
 
 
-def load_plan(model_dir: str | os.PathLike[str]) -> ModelPlan:
-    """Validate the package unpacked in ``model_dir`` and return what the runtime runs."""
+def load_plan(model_dir: str | os.PathLike[str], *, allow_custom_ops: bool = False) -> ModelPlan:
+    """Validate the package unpacked in ``model_dir`` and return what the runtime runs;
+    ``allow_custom_ops`` loads the package's own Python operations (its code runs here)."""
     root = _check_source(model_dir)
     if not root.is_dir():
         raise PackageError(f"'{root}' is not a folder (unpack the package first)")
@@ -391,8 +404,9 @@ def load_plan(model_dir: str | os.PathLike[str]) -> ModelPlan:
         raise PackageError(
             f"inputs: models with {len(descr.inputs)} inputs are not supported (one input)"
         )
-    source = _input_plan(descr.inputs[0], base)
-    outputs = [_output_plan(t, source, base) for t in descr.outputs]
+    custom = base if allow_custom_ops else None
+    source = _input_plan(descr.inputs[0], base, custom)
+    outputs = [_output_plan(t, source, base, custom) for t in descr.outputs]
     # The input is padded by the largest output halo (all outputs share its grid).
     halo = [max((o.halo[i] for o in outputs), default=0) for i in range(len(source.axes))]
     source.axes = tuple(
@@ -460,10 +474,12 @@ def interfaces(plan: ModelPlan) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def validate_package(package: str | os.PathLike[str]) -> dict[str, Any]:
+def validate_package(
+    package: str | os.PathLike[str], *, allow_custom_ops: bool = False
+) -> dict[str, Any]:
     """Validate a package (zip, folder or rdf.yaml): its name, format, weights and interfaces."""
     with unpacked(package) as folder:
-        plan = load_plan(folder)
+        plan = load_plan(folder, allow_custom_ops=allow_custom_ops)
         return {
             "name": plan.name,
             "format_version": plan.format_version,

@@ -119,6 +119,8 @@ def _from_model(result: np.ndarray, tensor: OutputPlan, batch: int) -> np.ndarra
 
 def _blockwise(tensor: OutputPlan) -> bool:
     """Post-processing that needs no statistics of the output runs tile by tile."""
+    if any(op.whole for op in tensor.processing):
+        return False
     return not any(s.tensor == tensor.id for s in ops.needed_stats(tensor.processing))
 
 
@@ -129,7 +131,7 @@ def _batches(items: list[tuple[int, ...]], size: int) -> Iterator[list[tuple[int
 
 @dataclass
 class Prediction:
-    """A prediction in progress: the tiling, the input's statistics, and ``bands()``."""
+    """A prediction in progress: the tiling, the input's statistics, and ``blocks()``."""
 
     plan: ModelPlan
     weights: Weights
@@ -137,6 +139,7 @@ class Prediction:
     tiles: list[AxisTiles]
     per_call: int
     measured: dict[ops.Stat, np.ndarray]
+    tile_ops: list[ops.Op]  # the input's processing applied tile by tile
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -144,42 +147,33 @@ class Prediction:
 
     @property
     def streamable(self) -> bool:
-        """Every output is final band by band (no statistics of an output are needed)."""
+        """Every output is final tile by tile (no statistics of an output are needed)."""
         return all(_blockwise(o) for o in self.plan.outputs)
 
-    def bands(self) -> Iterator[tuple[slice, dict[str, np.ndarray]]]:
-        """Bands of rows along the first spatial axis, in order, each complete: ``(rows,
-        {output id: (1, c, len(rows), *rest)})``. Outputs needing their own statistics come
-        raw (post-processing not applied)."""
+    def blocks(self) -> Iterator[tuple[tuple[slice, ...], dict[str, np.ndarray]]]:
+        """Each tile's kept output: ``(spatial slices in the image, {output id: (1, c,
+        *block)})``. Outputs needing their own statistics come raw (post-processing not
+        applied)."""
         tensor = self.plan.inputs[0]
-        first, rest = self.tiles[0], self.tiles[1:]
-        for band_start in first.starts:
-            rows = min(first.stride, self.shape[0] - band_start)
-            band: dict[str, np.ndarray] = {}
-            starts = [(band_start, *r) for r in itertools.product(*(t.starts for t in rest))]
-            for group in _batches(starts, self.per_call):
-                windows = [_window(self.raw, self.tiles, s, tensor) for s in group]
-                batch = ops.apply(tensor.processing, np.concatenate(windows), self.measured)
-                produced = self.weights(_to_model(batch, tensor))
-                for output, result in zip(self.plan.outputs, produced, strict=False):
-                    result = _from_model(result, output, len(group))
-                    if _blockwise(output):
-                        result = ops.apply(output.processing, result, self.measured)
-                    if output.id not in band:
-                        band_shape = (1, output.channels, rows, *self.shape[1:])
-                        band[output.id] = np.empty(band_shape, dtype=result.dtype)
-                    for index, tile_starts in enumerate(group):
-                        keep: list[slice] = [slice(None)]
-                        target: list[slice] = [slice(None)]
-                        for axis, start, length in zip(
-                            self.tiles, tile_starts, self.shape, strict=True
-                        ):
-                            count = min(axis.stride, length - start)
-                            keep.append(slice(axis.halo, axis.halo + count))
-                            target.append(slice(start, start + count))
-                        target[1] = slice(0, rows)  # rows within the band
-                        band[output.id][0][tuple(target)] = result[index][tuple(keep)]
-            yield slice(band_start, band_start + rows), band
+        starts = list(itertools.product(*(t.starts for t in self.tiles)))
+        for group in _batches(starts, self.per_call):
+            windows = [_window(self.raw, self.tiles, s, tensor) for s in group]
+            batch = ops.apply(self.tile_ops, np.concatenate(windows), self.measured)
+            produced = self.weights(_to_model(batch, tensor))
+            results = {}
+            for output, result in zip(self.plan.outputs, produced, strict=False):
+                result = _from_model(result, output, len(group))
+                if _blockwise(output):
+                    result = ops.apply(output.processing, result, self.measured)
+                results[output.id] = result
+            for index, tile_starts in enumerate(group):
+                keep: list[slice] = [slice(index, index + 1), slice(None)]
+                target: list[slice] = []
+                for axis, start, length in zip(self.tiles, tile_starts, self.shape, strict=True):
+                    count = min(axis.stride, length - start)
+                    keep.append(slice(axis.halo, axis.halo + count))
+                    target.append(slice(start, start + count))
+                yield tuple(target), {o: r[tuple(keep)] for o, r in results.items()}
 
     def finish(self, output: OutputPlan, raw_output: np.ndarray) -> np.ndarray:
         """Post-process a whole raw output that needs its own statistics, slab by slab."""
@@ -212,10 +206,15 @@ def start(
     for output in plan.outputs:
         wanted += [s for s in ops.needed_stats(output.processing) if s.tensor == tensor.id]
     measured = stats.compute(raw, list(dict.fromkeys(wanted)))
+    tile_ops = tensor.processing
+    whole = [i for i, op in enumerate(tensor.processing) if op.whole]
+    if whole:  # steps up to the last whole-tensor one run on the whole image first
+        raw = ops.apply(tensor.processing[: whole[-1] + 1], raw, measured)
+        tile_ops = tensor.processing[whole[-1] + 1 :]
     tiles = plan_tiles(tensor, tuple(raw.shape[2:]), max_tile)
     tile_voxels = math.prod(t.size for t in tiles) * tensor.channels
     per_call = tensor.batch_size or batch_size or max(1, min(TILE_BUDGET // tile_voxels, 8))
-    return Prediction(plan, weights, raw, tiles, per_call, measured)
+    return Prediction(plan, weights, raw, tiles, per_call, measured, tile_ops)
 
 
 def predict_array(
@@ -230,13 +229,13 @@ def predict_array(
     all in memory."""
     prediction = start(plan, weights, raw, max_tile=max_tile, batch_size=batch_size)
     results: dict[str, np.ndarray] = {}
-    for rows, band in prediction.bands():
+    for target, blocks in prediction.blocks():
         for output in plan.outputs:
-            part = band[output.id]
+            block = blocks[output.id]
             if output.id not in results:
                 shape = (1, output.channels, *prediction.shape)
-                results[output.id] = np.empty(shape, dtype=part.dtype)
-            results[output.id][:, :, rows] = part
+                results[output.id] = np.empty(shape, dtype=block.dtype)
+            results[output.id][(slice(None), slice(None), *target)] = block
     for output in plan.outputs:
         if not _blockwise(output):
             results[output.id] = prediction.finish(output, results[output.id])

@@ -70,8 +70,8 @@ def predict_loaded(
     max_tile: int | None = None,
     batch_size: int | None = None,
 ) -> None:
-    """Predict on an image already read and write the outputs: .mha files band by band as
-    the tiles complete them (unless an output needs statistics of itself)."""
+    """Predict on an image already read and write the outputs: .mha files tile by tile as
+    the tiles are computed (unless an output needs statistics of itself)."""
     prediction = predict.start(plan, runner, loaded.array, max_tile=max_tile, batch_size=batch_size)
     wanted = [o for o in plan.outputs if o.id in outputs]
     if not prediction.streamable or any(
@@ -87,18 +87,18 @@ def predict_loaded(
     file_shape = loaded.file_shape or prediction.shape
     writers: dict[str, images.MhaWriter] = {}
     try:
-        for _, band in prediction.bands():
+        for target, blocks in prediction.blocks():
             for output in wanted:
-                part = band[output.id]
+                block = blocks[output.id]
                 if output.id not in writers:
                     writers[output.id] = images.MhaWriter(
                         Path(outputs[output.id]),
                         file_shape,
                         output.channels,
-                        part.dtype,
+                        block.dtype,
                         loaded.geometry,
                     )
-                writers[output.id].write(part)
+                writers[output.id].write(target, block)
     finally:
         for writer in writers.values():
             writer.close()
@@ -108,11 +108,13 @@ def run_job(
     model_dir: str | os.PathLike[str],
     input_dir: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
+    *,
+    allow_custom_ops: bool = False,
     **options: object,
 ) -> list[Path]:
     """A job: ``<input>/images/<input-id>/<image>`` in, ``<output>/images/<output-id>/output.mha``
     out. Returns the files written."""
-    plan = load_plan(model_dir)
+    plan = load_plan(model_dir, allow_custom_ops=allow_custom_ops)
     inputs = {t.id: find_input(Path(input_dir), t) for t in plan.inputs}
     outputs = {o.id: Path(output_dir) / "images" / o.id / OUTPUT_NAME for o in plan.outputs}
     predict_files(plan, inputs, outputs, **options)  # type: ignore[arg-type]

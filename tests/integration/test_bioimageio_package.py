@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("bioimageio.spec")
@@ -187,6 +188,23 @@ def test_custom_python_operations_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(PackageError, match="custom Python operations"):
         load_plan(package.directory)
+
+    # Allowed, the package's own function runs on the whole output (here: y > 0.5 on the
+    # raw model output, then the float32 the description ends with).
+    plan = load_plan(package.directory, allow_custom_ops=True)
+    from batch_runner.bioimageio import predict, weights
+    from tests.bioimageio_support import run_onnx
+
+    image = np.random.default_rng(3).normal(0, 1, (1, 1, 96, 80)).astype(np.float32)
+    result = predict.predict_array(plan, weights.load(plan), image)["prob"]
+    padded = np.pad(
+        (image - image.mean()) / (image.std() + 1e-6),
+        [(0, 0)] * 2 + [(16, 16)] * 2,
+        mode="symmetric",
+    )
+    raw = run_onnx(package.model_path, padded)[:, :, 16:-16, 16:-16]
+    assert result.dtype == np.float32
+    assert np.mean(result != (raw > 0.5)) < 1e-3
 
 
 @pytest.mark.parametrize(

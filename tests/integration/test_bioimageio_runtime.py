@@ -173,3 +173,17 @@ def test_torchscript_weights_run_where_torch_is_installed(
     assert plan.weights_format == "torchscript"
 
     assert check_test_tensors(plan, max_tile=64)["prob"] < 1e-5
+
+
+def test_a_one_slice_volume_runs_on_a_2d_model_and_stays_3d(tmp_path: Path) -> None:
+    package = build_package(tmp_path / "model")
+    (tmp_path / "in" / "images" / "raw").mkdir(parents=True)
+    volume = sitk.GetImageFromArray(np.random.default_rng(4).normal(0, 1, (1, 70, 90)))
+    volume.SetSpacing((0.5, 0.5, 3.0))
+    sitk.WriteImage(volume, str(tmp_path / "in" / "images" / "raw" / "slice.mha"))
+
+    assert main(_run_args(package.directory, tmp_path)) == 0
+
+    result = sitk.ReadImage(str(tmp_path / "out" / "images" / "prob" / "output.mha"))
+    assert result.GetSize() == (90, 70, 1)
+    assert result.GetSpacing() == (0.5, 0.5, 3.0)
