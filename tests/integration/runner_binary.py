@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from batch_runner.config import (
+    ENV_CALL_TIMEOUT,
     ENV_CPU_LIMIT,
     ENV_INPUT_ROOT,
+    ENV_INVOKE_PORT,
     ENV_KILL_GRACE,
     ENV_OUTPUT_ROOT,
     ENV_PIDS_LIMIT,
     ENV_RO_PATHS,
     ENV_SANDBOX,
+    ENV_START_TIMEOUT,
     Limits,
     RunnerConfig,
 )
@@ -34,6 +37,7 @@ from gantry.resources import (
     ENV_ALGORITHM_ENV,
     ENV_ALGORITHM_USER,
     ENV_ALGORITHM_WORKDIR,
+    ENV_API_METHOD,
     ENV_MEMORY_LIMIT_MB,
     ENV_ROOTFS,
     ENV_SIGNING_KEY,
@@ -86,6 +90,12 @@ _FIELD_ENV: dict[str, Any] = {
     "memory_limit_mb": lambda c: {ENV_MEMORY_LIMIT_MB: _limit(c.memory_limit_mb)},
     "cpu_limit": lambda c: {ENV_CPU_LIMIT: _limit(c.cpu_limit)},
     "pids_limit": lambda c: {ENV_PIDS_LIMIT: _limit(c.pids_limit)},
+    "api_method": lambda c: {ENV_API_METHOD: c.api_method},
+    "server": lambda c: {
+        ENV_INVOKE_PORT: str(c.server.port),
+        ENV_START_TIMEOUT: str(c.server.start_timeout),
+        ENV_CALL_TIMEOUT: str(c.server.call_timeout),
+    },
 }
 
 
