@@ -113,9 +113,10 @@ _MET_TYPES = {
 
 
 class MhaWriter:
-    """An uncompressed .mha whose pixels are written block by block through a memory map, so
-    a large output never has to be in memory as a whole: written pages are flushed and
-    dropped from the process every ``flush_bytes``. ``shape`` is the spatial shape (z, y, x
+    """An uncompressed .mha whose pixels are written block by block through a shared memory
+    map, so a large output never has to be in memory as a whole: every ``release_bytes`` the
+    written pages are dropped from the process (they stay in the page cache, which writes
+    them back). ``shape`` is the spatial shape (z, y, x
     or y, x) the file gets; ``geometry`` the input's."""
 
     def __init__(
@@ -125,7 +126,7 @@ class MhaWriter:
         channels: int,
         dtype: np.dtype,
         geometry: Geometry,
-        flush_bytes: int = 64 << 20,
+        release_bytes: int = 4 << 20,
     ) -> None:
         self.dtype = np.dtype(np.uint8) if dtype == np.bool_ else np.dtype(dtype)
         if self.dtype.name not in _MET_TYPES:
@@ -169,7 +170,7 @@ class MhaWriter:
             offset=len(text),
             shape=(*shape, channels),
         )
-        self.flush_bytes = flush_bytes
+        self.release_bytes = release_bytes
         self.pending = 0
 
     def write(self, target: tuple[slice, ...], block: np.ndarray) -> None:
@@ -179,16 +180,17 @@ class MhaWriter:
         view = self.pixels.reshape((*self.shape[len(self.shape) - len(target) :], -1))
         view[target] = pixels
         self.pending += pixels.nbytes
-        if self.pending >= self.flush_bytes:
+        if self.pending >= self.release_bytes:
             self._release()
 
     def _release(self) -> None:
-        self.pixels.flush()
         mapping = getattr(self.pixels, "_mmap", None)
         if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-            mapping.madvise(mmap.MADV_DONTNEED)  # written back: drop the pages from memory
+            # A shared file mapping keeps the data in the page cache: only our pages go.
+            mapping.madvise(mmap.MADV_DONTNEED)
         self.pending = 0
 
     def close(self) -> None:
+        self.pixels.flush()
         self._release()
         del self.pixels
