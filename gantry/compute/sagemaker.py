@@ -7,9 +7,15 @@ included, which needs a second, SageMaker-only mode of the runner and a second w
 job callback to find results. Instead the training job runs like a Batch job: the runner
 (with the job's role) stages data from and to S3 itself, strips every AWS credential from the
 algorithm's environment and starts the algorithm in a bubblewrap sandbox with an empty network
-namespace, so the algorithm has no network while the runner does. Where user namespaces are
-unavailable, ``required`` (``settings.sagemaker_sandbox``, the default) fails the job; ``auto``
-runs it unsandboxed and records ``sandboxed: false`` in the result. Deployments that want a
+namespace, so the algorithm has no network while the runner does. SageMaker runs training
+containers unprivileged under Docker's default seccomp profile, which refuses those
+namespaces: with ``required`` (``settings.sagemaker_sandbox``, the default) the backend refuses
+the job at submission with a message saying so, instead of starting an instance whose runner
+would refuse it; ``auto`` runs it unsandboxed and records ``sandboxed: false`` in the result.
+
+Entry point: ``ContainerEntrypoint`` is the runner itself and ``ContainerArguments`` its
+arguments (``invoke --file <invocation>``), so the runner starts whatever the image's own
+entry point is, and SageMaker's default ``train`` argument never reaches it. Deployments that want a
 second fence can add a VPC config with no route out but an S3 gateway endpoint (not modelled
 in settings yet).
 
@@ -59,6 +65,11 @@ CPU_INSTANCES: tuple[tuple[int, str], ...] = (
     (64, "ml.m5.4xlarge"),
 )
 VOLUME_GB = 100
+UNSANDBOXABLE = (
+    "This platform runs jobs on SageMaker, which cannot start the algorithm in the sandbox "
+    "that keeps it off the network, and the sandbox is required; an operator can run jobs on "
+    "AWS Batch instead or allow SageMaker jobs without it (gantry:sagemakerSandbox=auto)"
+)
 # SageMaker's limit on one Environment value.
 MAX_ENV_VALUE = 512
 CAPACITY_CODES = frozenset(
@@ -95,6 +106,11 @@ class SageMakerBackend:
     def create_request(self, job: Job, image: AlgorithmImage, invocation_uri: str) -> dict:
         if not self.settings.sagemaker_role_arn:
             raise SubmitError("The compute service is not set up (no SageMaker role)")
+        if self.sandbox == "required":
+            # SageMaker runs training containers unprivileged under Docker's default seccomp
+            # profile, which refuses the namespaces bwrap needs: the runner would refuse the
+            # job only after an instance was started for it. Refuse it now, saying why.
+            raise SubmitError(UNSANDBOXABLE)
         environment = runner_environment(job, image, self.settings.job_credentials_function)
         if self.sandbox:
             environment["GANTRY_SANDBOX"] = self.sandbox
@@ -112,12 +128,16 @@ class SageMakerBackend:
         if self.settings.sagemaker_warm_pool_seconds > 0:
             resources["KeepAlivePeriodInSeconds"] = self.settings.sagemaker_warm_pool_seconds
         output_path = f"s3://{self.settings.bucket_name}/{PREFIX_SAGEMAKER_OUTPUT}"
+        command = runner_command(invocation_uri)
         return {
             "TrainingJobName": sagemaker_name(job.pk, job.attempt),
             "AlgorithmSpecification": {
                 "TrainingImage": self.training_image(image),
                 "TrainingInputMode": "File",
-                "ContainerEntrypoint": runner_command(invocation_uri),
+                # The runner is the entry point and gets its arguments; without
+                # ContainerArguments SageMaker would pass "train".
+                "ContainerEntrypoint": command[:1],
+                "ContainerArguments": command[1:],
             },
             "RoleArn": self.settings.sagemaker_role_arn,
             # Not read by the runner (its command has the URI); shown in the console.

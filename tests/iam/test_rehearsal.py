@@ -478,7 +478,10 @@ class Platform:
 
     def use_backend(self, backend: str) -> None:
         for name, handler in HANDLERS.items():
-            settings = deployed_settings(self.deployment, handler, compute_backend=backend)
+            # SageMaker cannot sandbox: the operator has allowed jobs without it.
+            settings = deployed_settings(
+                self.deployment, handler, compute_backend=backend, sagemaker_sandbox="auto"
+            )
             self.contexts[name] = self._context(settings)
         self.api = type(self.api)(
             __import__("lambdas.api.app", fromlist=["create_app"]).create_app(self.contexts["api"]),

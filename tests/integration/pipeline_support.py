@@ -72,6 +72,8 @@ def pipeline_settings(backend: str, **overrides: Any) -> Settings:
         "api_base_url": "https://api.gantry.test/api/v1/",
         "compute_backend": backend,
         "sagemaker_role_arn": SAGEMAKER_ROLE,
+        # SageMaker cannot sandbox; "required" would refuse every job at submission.
+        "sagemaker_sandbox": "auto",
     }
     values.update(overrides)
     return Settings(**values)

@@ -63,7 +63,7 @@ def test_training_job_exact_request(client):
     spec = described["AlgorithmSpecification"]
     assert spec["TrainingImage"] == image.image
     assert spec["TrainingInputMode"] == "File"
-    assert spec["ContainerEntrypoint"] == [RUNNER_BINARY_PATH, "invoke", "--file", URI]
+    assert spec["ContainerEntrypoint"] == [RUNNER_BINARY_PATH]
     assert described["RoleArn"] == ROLE
     assert described["HyperParameters"] == {"invocation": URI}
     assert described["ResourceConfig"] == {
@@ -81,6 +81,8 @@ def test_training_job_exact_request(client):
     assert {t["Key"]: t["Value"] for t in tags} == {"gantry:job": job.pk, "gantry:attempt": "2"}
     # Moto does not return Environment: the request itself shows it.
     (request,) = calls
+    # The runner starts and gets its arguments (moto does not return ContainerArguments).
+    assert request["AlgorithmSpecification"]["ContainerArguments"] == ["invoke", "--file", URI]
     environment = request["Environment"]
     assert environment[ENV_SIGNING_KEY] == job.signing_key
     assert json.loads(base64.b64decode(environment[ENV_ALGORITHM_CMD])) == image.command
@@ -89,12 +91,23 @@ def test_training_job_exact_request(client):
 
 def test_no_warm_pool_by_default_and_sandbox_mode(client):
     calls = recorder(client)
-    backend = SageMakerBackend(settings(), client, sandbox="required")
+    backend = SageMakerBackend(settings(), client, sandbox="auto")
     backend.submit(make_job(requires_gpu_type="", requires_memory_gb=4), make_image(), URI)
     (request,) = calls
     assert "KeepAlivePeriodInSeconds" not in request["ResourceConfig"]
     assert request["ResourceConfig"]["InstanceType"] == "ml.m5.large"
-    assert request["Environment"]["GANTRY_SANDBOX"] == "required"
+    assert request["Environment"]["GANTRY_SANDBOX"] == "auto"
+
+
+def test_a_job_that_must_be_sandboxed_is_refused_at_once(client):
+    """SageMaker cannot give the algorithm its network-less sandbox: the job fails at
+    submission, saying why and what an operator can change, and no instance is started."""
+    calls = recorder(client)
+    backend = SageMakerBackend(settings(), client, sandbox="required")
+    with pytest.raises(SubmitError, match="sandbox") as raised:
+        backend.submit(make_job(), make_image(), URI)
+    assert "gantry:sagemakerSandbox=auto" in str(raised.value)
+    assert calls == []
 
 
 def test_runner_image_template(client):
