@@ -157,3 +157,20 @@ def test_unknown_gpu_and_long_commands_are_refused(client):
     long_image = make_image(command=["--flag-" + "x" * 40] * 20)
     with pytest.raises(SubmitError, match="too long"):
         backend.submit(make_job(), long_image, URI)
+
+
+def test_training_job_environment_carries_a_claim_not_the_signing_key(client):
+    """As deployed (a credentials function): DescribeTrainingJob would show no secret."""
+    from gantry.job_credentials import claim_value
+    from gantry.resources import ENV_CREDENTIALS_FUNCTION, ENV_JOB_CLAIM
+
+    calls = recorder(client)
+    backend = SageMakerBackend(settings(job_credentials_function="gantry-job-credentials"), client)
+    job = make_job()
+    backend.submit(job, make_image(), URI)
+    (request,) = calls
+    environment = request["Environment"]
+    assert ENV_SIGNING_KEY not in environment
+    assert job.signing_key not in json.dumps(request)
+    assert environment[ENV_CREDENTIALS_FUNCTION] == "gantry-job-credentials"
+    assert environment[ENV_JOB_CLAIM] == claim_value(job)
