@@ -343,3 +343,23 @@ def test_runner_given_another_jobs_input_cannot_read_it(
     assert result.return_code != 0
     assert result.user_safe_error_message
     assert result.outputs == []
+
+
+def test_session_policy_judged_by_the_iam_rehearsals_evaluator() -> None:
+    """The same verdicts from the evaluator tests/iam applies to every recorded call."""
+    from gantry.job_credentials import session_policy
+    from tests.iam.evaluate import Request, allowed
+
+    bucket = "arn:aws:s3:::gantry-data"
+    statements = session_policy(bucket, "job-a", 2)["Statement"]
+
+    def may(action: str, key: str) -> bool:
+        return allowed(statements, Request(action=action, resource=f"{bucket}/{key}"))
+
+    assert may("s3:GetObject", "io/job-a/2/input/case.json")
+    assert may("s3:PutObject", "io/job-a/2/output/.sagemaker_shim/inference_result.json")
+    assert not may("s3:GetObject", "io/job-b/2/input/case.json")
+    assert not may("s3:PutObject", "io/job-a/1/output/score.json")
+    assert not may("s3:GetObject", "io/job-a/20/input/case.json")
+    assert not may("s3:DeleteObject", "io/job-a/2/input/case.json")
+    assert not may("s3:GetObject", "values/job-a/score.json")
