@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-import requests
 from moto.server import ThreadedMotoServer
 
 from batch_runner import cli, credentials
@@ -64,8 +64,8 @@ def endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
     # One moto state per process: start from nothing; Batch places no container (no Docker).
-    requests.post(f"{url}/moto-api/reset", timeout=10)
-    requests.post(f"{url}/moto-api/config", json={"batch": {"use_docker": False}}, timeout=10)
+    httpx.post(f"{url}/moto-api/reset", timeout=10)
+    httpx.post(f"{url}/moto-api/config", json={"batch": {"use_docker": False}}, timeout=10)
     try:
         yield url
     finally:
