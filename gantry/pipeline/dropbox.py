@@ -52,7 +52,7 @@ from gantry import access, resources, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm
 from gantry.context import Context
-from gantry.errors import Conflict, GantryError, NotFound
+from gantry.errors import Conflict, GantryError, NotFound, TooManyRequests
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.kinds import spec
@@ -68,6 +68,8 @@ JOB_FILE = "job.json"
 ERROR_FILE = "error.json"
 # Longer than any one job creation; a crashed handler's claim is taken over after it.
 CLAIM_LEASE_SECONDS = 300
+# Present while drops wait for a slot of the drop-folder user (start_waiting_drops).
+WAITING_KEY = "DROPBOX#WAITING"
 # Claims are kept long enough to absorb S3's late duplicates, then expire (table TTL).
 CLAIM_TTL_SECONDS = 30 * 24 * 3600
 IN_PROGRESS = "IN_PROGRESS"
@@ -180,13 +182,20 @@ def parse_drop_key(key: str) -> Drop | None:
 # --- dropped files -> jobs -------------------------------------------------------------------
 
 
+class DropWaiting(Exception):
+    """The drop-folder user is at a limit of unfinished jobs: the drop waits, unclaimed."""
+
+
 class DropError(Exception):
     """Why a drop gives no job; written to error.json for the user."""
 
 
 def handle_dropped_object(ctx: Context, event: S3ObjectEvent) -> str | None:
     """Start the job a dropped object completes; the job pk, or None when none starts."""
-    job_pk, made = _handle_drop(ctx, event)
+    try:
+        job_pk, made = _handle_drop(ctx, event)
+    except DropWaiting:
+        return None
     return job_pk if made else None
 
 
@@ -375,6 +384,13 @@ def _create_once(
         return done_job, False  # a duplicate: the drop already has its job (or error.json)
     try:
         job = _create_job(ctx, identity, algorithm, drop, mapping)
+    except DropWaiting as waiting:
+        # No result and no claim: the drop starts when a slot frees (a drop-folder job's end,
+        # or the reconciling sweep), through this same claim.
+        logger.info("drop %s waits: %s", drop.ref, waiting)
+        ctx.store.table.delete(claim_pk, MAIN_SK)
+        ctx.store.table.put(ctx.store.table.item(WAITING_KEY, MAIN_SK, None, since=timeutil.iso()))
+        raise
     except DropError as error:
         write_error(ctx, drop.ref, str(error))
         _complete_claim(ctx, claim_pk, job_pk=None, error=str(error))
@@ -417,7 +433,18 @@ def _create_job(
     urls = Urls(ctx.settings.api_base_url or "https://localhost/api/v1/")
     body = JobCreate(algorithm=algorithm.pk, inputs=inputs)
     try:
-        return create_job(ctx, owner, body, urls, pk=pk, source=SOURCE, source_ref=drop.ref)
+        return create_job(
+            ctx,
+            owner,
+            body,
+            urls,
+            pk=pk,
+            source=SOURCE,
+            source_ref=drop.ref,
+            enforce_limits=True,
+        )
+    except TooManyRequests as error:
+        raise DropWaiting(error.message) from None
     except Conflict:
         made = ctx.store.jobs.get(pk)
         # The crash may have come before the pipeline heard of the job; telling it again is
@@ -545,7 +572,20 @@ def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
     _put_json(ctx, prefix + JOB_FILE, summary)
     if detail.get("status") == "Failed":
         write_error(ctx, ref, summary["error_message"] or "The job failed", job=detail.get("job"))
+    start_waiting_drops(ctx)
     return True
+
+
+def start_waiting_drops(ctx: Context) -> DropSweep | None:
+    """A drop-folder job ended, so a slot may be free: start the drops that wait for one.
+    Only when some wait (a marker item), so ordinary job ends list nothing."""
+    response = ctx.store.table._table.delete_item(
+        Key={resources.PARTITION_KEY: WAITING_KEY, resources.SORT_KEY: MAIN_SK},
+        ReturnValues="ALL_OLD",
+    )
+    if not response.get("Attributes"):
+        return None
+    return reconcile_drops(ctx)
 
 
 def _safe_ref(path: str) -> bool:
@@ -565,6 +605,7 @@ class DropSweep:
     started: list[str] = field(default_factory=list)  # jobs made for drops nobody had handled
     announced: list[str] = field(default_factory=list)  # finished jobs whose results were lost
     busy: int = 0  # drops another handler is making a job for right now
+    waiting: bool = False  # drops wait for a slot of the drop-folder user
 
 
 def reconcile_drops(
@@ -599,6 +640,11 @@ def reconcile_drops(
         except ClaimBusy:
             report.busy += 1
             continue
+        except DropWaiting:
+            # The drop-folder user is at a limit: later drops would wait too. The next end
+            # of a drop-folder job (start_waiting_drops) or sweep goes on from here.
+            report.waiting = True
+            break
         if made and job_pk:
             logger.info("the reconciling sweep made job %s for %s", job_pk, key)
             report.started.append(job_pk)

@@ -105,8 +105,9 @@ def create_job(
     ``pk`` lets a caller that must create a job exactly once (the drop folder) name it: a
     second create with the same pk raises Conflict and stores nothing.
 
-    The job counts against the active-job limits; with ``enforce_limits`` (HTTP creation)
-    a full limit refuses it with TooManyRequests (429) instead."""
+    The job counts against the active-job limits; with ``enforce_limits`` a full limit
+    refuses it with TooManyRequests instead (HTTP answers 429; the drop folder leaves the drop
+    waiting)."""
     try:
         algorithm = catalog.referenced_algorithm(ctx, user, urls, body.algorithm)
     except NotFound as error:

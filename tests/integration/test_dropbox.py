@@ -32,6 +32,24 @@ OWNER = "dropbox"
 
 
 @pytest.fixture
+def settings():
+    """Roomy limits: these tests start many drops at once (tests/integration/
+    test_dropbox_limits.py: drops over the limits wait)."""
+    from gantry.settings import Settings
+
+    return Settings(
+        table_name="gantry-test",
+        bucket_name="gantry-test-data",
+        region="us-east-1",
+        api_base_url="https://api.gantry.test/api/v1/",
+        compute_backend="local",
+        max_active_jobs_per_user=1000,
+        max_active_jobs_per_algorithm=1000,
+        max_active_jobs=1000,
+    )
+
+
+@pytest.fixture
 def drop(ctx):
     """The drop-folder queue fed by the bucket's notifications and the job-event rule."""
     ctx.compute_backend = RecordingCompute()
