@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     max_capacity_retries: int = 20
     # Seconds past a job's time limit before the sweeper asks the backend about it.
     sweeper_margin_seconds: int = 900
+    # Seconds a submitted job may wait for an instance (Batch RUNNABLE) before it fails.
+    compute_start_timeout_seconds: int = Field(default=3600, ge=300)
     presigned_url_seconds: int = 3600
     # Unfinished jobs at once (grand-challenge's defaults): per user, per algorithm, in all.
     max_active_jobs_per_user: int = Field(default=16, ge=1)

@@ -72,6 +72,8 @@ class GantryConfig:
     capacity_wait_minutes: int = 30
     misconfiguration_wait_minutes: int = 10
     job_timeout_minutes: int = 120
+    # A job still waiting for an instance after this long fails, saying what to check.
+    start_timeout_minutes: int = 60
     root_volume_gib: int = 100
     availability_zones: tuple[str, ...] = ()
     runner_placeholder_image: str = "public.ecr.aws/docker/library/python:3.12-slim"

@@ -88,6 +88,7 @@ class GantryStack(Stack):
             "GANTRY_EVENT_BUS_NAME": bus.event_bus_name,
             "GANTRY_UPLOADS_QUEUE_URL": data.uploads_queue.queue_url,
             "GANTRY_DROPBOX_OWNER": config.dropbox_owner,
+            "GANTRY_COMPUTE_START_TIMEOUT_SECONDS": str(config.start_timeout_minutes * 60),
             "GANTRY_JOB_CREDENTIALS_FUNCTION": resources.DEFAULT_JOB_CREDENTIALS_FUNCTION,
         }
         if config.sagemaker_runner_image:

@@ -28,6 +28,15 @@ logger = logging.getLogger(__name__)
 STALE_PROVISIONING_SECONDS = 600
 STALE_VALIDATION_SECONDS = 3600
 LOST_REASON = "the compute service no longer knows its compute job"
+# Batch's words for a job that was accepted but has no instance to run on yet.
+WAITING_FOR_AN_INSTANCE = frozenset({"SUBMITTED", "PENDING", "RUNNABLE"})
+NOT_STARTED_MESSAGE = (
+    "The job waited {minutes} minutes for a {kind} instance and was not started. No instance "
+    "could be launched for it: an operator should check the account's EC2 service quota for "
+    "this instance family in this region (for GPUs 'Running On-Demand G and VT instances'; "
+    "new accounts often have 0) and that the compute environment's instance types can hold "
+    "a job of {memory} GB. Please try again once that is fixed."
+)
 # The compute job has ended; only the callback's own work remained.
 FINISHING = frozenset({JobStatus.EXECUTED, JobStatus.PARSING})
 
@@ -87,6 +96,11 @@ def _sweep_jobs(ctx: Context, limit: int | None) -> SweepReport:
                 QueueUrl=ctx.settings.uploads_queue_url, MessageBody=validate_inputs_message(job.pk)
             )
             report.revalidated.append(job.pk)
+        elif action == "start-timeout":
+            if _fail_unstarted(ctx, job):
+                report.failed.append(job.pk)
+            elif _reconcile(ctx, job.pk):
+                report.reconciled.append(job.pk)
         elif action == "expire":
             finish(
                 ctx,
@@ -116,8 +130,33 @@ def _due(ctx: Context, job: Job, now: datetime) -> str | None:
         # The compute job has ended and a callback was handling it: no time limit to wait.
         return "reconcile" if age > ctx.settings.sweeper_margin_seconds else None
     if job.status in IN_FLIGHT:
-        return "reconcile" if age > _deadline(ctx, job.time_limit) else None
+        if age > _deadline(ctx, job.time_limit):
+            return "reconcile"
+        # Submitted and never reported running: maybe stuck waiting for an instance.
+        if job.status is JobStatus.PROVISIONED and age > ctx.settings.compute_start_timeout_seconds:
+            return "start-timeout"
     return None
+
+
+def _fail_unstarted(ctx: Context, job: Job) -> bool:
+    """Fail a job the compute service still holds waiting for an instance (a GPU quota of 0
+    would hold it for ever), saying why and what to check; False if it is not waiting."""
+    state = ctx.compute.describe(job.compute_job_id) if job.compute_job_id else None
+    if state is None or state.raw_status not in WAITING_FOR_AN_INSTANCE:
+        return False
+    logger.warning(
+        "job %s waited for an instance past the start timeout: %s %s",
+        job.pk,
+        state.raw_status,
+        state.reason,
+    )
+    ctx.compute.cancel(job.compute_job_id)
+    message = NOT_STARTED_MESSAGE.format(
+        minutes=ctx.settings.compute_start_timeout_seconds // 60,
+        kind=f"{job.requires_gpu_type} GPU" if job.requires_gpu_type else "CPU",
+        memory=job.requires_memory_gb,
+    )
+    return finish(ctx, job, JobStatus.FAILURE, {"error_message": message}) is not None
 
 
 def _deadline(ctx: Context, time_limit: int) -> float:

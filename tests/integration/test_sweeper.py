@@ -13,6 +13,9 @@ import pytest
 
 from gantry import resources, timeutil
 from gantry.compute import sagemaker_name
+from gantry.compute.base import ComputeState
+from gantry.compute.batch import BatchBackend
+from gantry.compute.events import batch_state
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.pipeline.provision import start_job
@@ -241,3 +244,51 @@ def test_many_jobs_still_running_do_not_hide_one_that_is_due(world, clock):
     assert report.started == [due.pk]
     assert report.reconciled == []
     assert all(world.get(job).status is JobStatus.PROVISIONED for job in running[:3])
+
+
+# --- Jobs that never start -----------------------------------------------------------------------
+
+
+class WaitingBatch(BatchBackend):
+    """Moto's Batch, whose jobs run at once, reporting what Batch reports for a job that has
+    no instance to run on (a GPU quota of 0): RUNNABLE, for as long as anyone asks."""
+
+    def describe(self, compute_job_id: str) -> ComputeState | None:
+        [job] = self.client.describe_jobs(jobs=[compute_job_id])["jobs"]
+        job.update(status="RUNNABLE", statusReason="")
+        for key in ("startedAt", "stoppedAt", "attempts", "container"):
+            job.pop(key, None)
+        return batch_state(job)
+
+
+def test_a_job_that_never_gets_an_instance_fails_saying_what_to_check(world, clock):
+    world.ctx.compute_backend = WaitingBatch(world.ctx.settings, world.ctx.clients.batch)
+    job = world.job()
+    assert job.status is JobStatus.PROVISIONED
+    timeout = world.ctx.settings.compute_start_timeout_seconds
+    assert timeout < job.time_limit + world.ctx.settings.sweeper_margin_seconds
+
+    clock.advance(timeout - 60)
+    assert sweep(world.ctx).failed == []
+    clock.advance(120)
+    assert sweep(world.ctx).failed == [job.pk]
+    failed = world.get(job)
+    assert failed.status is JobStatus.FAILURE
+    assert failed.error_message.startswith(
+        f"The job waited {timeout // 60} minutes for a CPU instance and was not started"
+    )
+    assert "service quota" in failed.error_message
+    assert world.published() == [resources.DETAIL_TYPE_JOB_FAILED]
+    # The compute job is cancelled, so it cannot start later for a job that has failed.
+    [described] = world.ctx.clients.batch.describe_jobs(jobs=[job.compute_job_id])["jobs"]
+    assert described["status"] in {"FAILED", "SUCCEEDED"}  # moto ran it already
+
+
+def test_a_job_past_the_start_timeout_that_did_run_is_completed_not_failed(world, clock):
+    """Its events were lost, but the service ran it (moto runs jobs at once): the sweeper
+    applies what the service says instead of failing it as never started."""
+    job = world.job()
+    run_attempt(world.ctx, job)
+    clock.advance(world.ctx.settings.compute_start_timeout_seconds + 60)
+    assert sweep(world.ctx).reconciled == [job.pk]
+    assert world.get(job).status is JobStatus.SUCCESS
