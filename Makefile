@@ -48,6 +48,10 @@ RUNNER_VENV := build/runner/venv
 RUNNER_TOOLS := gcc readelf dpkg-source apt-get
 
 $(RUNNER_VENV)/.installed: packaging/runner/requirements.txt
+	@test -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 \
+		&& /usr/bin/python3 -c 'import ensurepip' 2>/dev/null \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends python3-venv libpython3.11; }
 	/usr/bin/python3 -m venv $(RUNNER_VENV)
 	$(RUNNER_VENV)/bin/pip install -q --no-deps -r packaging/runner/requirements.txt
 	touch $@
@@ -55,6 +59,6 @@ $(RUNNER_VENV)/.installed: packaging/runner/requirements.txt
 runner: $(RUNNER_VENV)/.installed
 	@test -e /usr/include/x86_64-linux-gnu/sys/capability.h -o -e /usr/include/sys/capability.h \
 		&& command -v dpkg-source >/dev/null \
-		|| DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-			gcc libc6-dev libcap-dev dpkg-dev binutils xz-utils
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends gcc libc6-dev libcap-dev dpkg-dev binutils xz-utils; }
 	$(RUNNER_VENV)/bin/python packaging/runner/build.py
