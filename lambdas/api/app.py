@@ -135,10 +135,10 @@ def normalise_path(event: dict[str, Any]) -> dict[str, Any]:
 _app: APIGatewayRestResolver | None = None
 
 
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def handler(event: dict[str, Any], lambda_context: LambdaContext) -> dict[str, Any]:
     global _app
     if _app is None:
         from lambdas.runtime import context
 
         _app = create_app(context())
-    return _app.resolve(normalise_path(event), context)
+    return _app.resolve(normalise_path(event), lambda_context)
