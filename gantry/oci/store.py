@@ -31,9 +31,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
-from gantry.oci.archive import ArchiveImage, read_archive
-from gantry.oci.config import ImageConfig
+from gantry.oci.archive import read_archive
+from gantry.oci.config import ImageConfig, Layer
 from gantry.oci.errors import ImageError
 from gantry.oci.layers import apply_layers, remove_tree, unpack_layer
 from gantry.resources import (
@@ -83,6 +84,15 @@ class PreparedImage:
             ENV_ALGORITHM_WORKDIR: self.config.working_dir or "/",
             ENV_API_METHOD: self.config.api_method,
         }
+
+
+class ImageSource(Protocol):
+    """Where an image's layers come from: an archive (``ArchiveImage``) or a registry."""
+
+    @property
+    def config(self) -> ImageConfig: ...
+
+    def layer_streams(self, wanted: set[str]) -> Iterator[tuple[Layer, IO[bytes]]]: ...
 
 
 def image_ref(digest: str) -> str:
@@ -146,7 +156,7 @@ class ImageStore:
             ) from None
         return PreparedImage(folder / "rootfs", ImageConfig.model_validate_json(raw))
 
-    def add(self, image: ArchiveImage) -> PreparedImage:
+    def add(self, image: ImageSource) -> PreparedImage:
         """Unpack the archive's missing layers and build its root filesystem, once."""
         config = image.config
         config.check_runnable()
@@ -172,7 +182,7 @@ class ImageStore:
                     remove_tree(work)
         return self.get(config.digest)
 
-    def _unpack_missing(self, image: ArchiveImage) -> None:
+    def _unpack_missing(self, image: ImageSource) -> None:
         missing = {
             layer.digest
             for layer in image.config.layers
