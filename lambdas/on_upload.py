@@ -1,5 +1,6 @@
-"""SQS handler of the uploads queue: S3 notifications for ``uploads/`` and
-``{"gantry": "validate-inputs", "job": pk}`` messages.
+"""SQS handler of the uploads queue: S3 notifications for ``uploads/``,
+``{"gantry": "validate-inputs", "job": pk}`` and ``{"gantry": "start-job", "job": pk}``
+messages (jobs the API created with ready inputs: this function provisions them).
 
 Partial batch responses: one failing record is retried alone (and ends in the DLQ after the
 queue's receive count), never the whole batch. Problems a user must fix never raise: they
@@ -14,7 +15,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
-from gantry.pipeline.wiring import VALIDATE_INPUTS
+from gantry.pipeline.wiring import START_JOB, VALIDATE_INPUTS
 from lambdas.runtime import context, process_sqs_batch, unknown_message
 
 logger = Logger(service="gantry-on-upload")
@@ -24,11 +25,17 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
     from gantry.pipeline.dropbox import is_s3_notification, s3_object_events
     from gantry.pipeline.inputs import record_uploaded_object, validate_pending_inputs
 
-    if message.get("gantry") == VALIDATE_INPUTS:
+    if message.get("gantry") in (VALIDATE_INPUTS, START_JOB):
         job_pk = message.get("job")
         if not isinstance(job_pk, str) or not job_pk:
-            raise ValueError("validate-inputs message without a job pk")
-        validate_pending_inputs(ctx, job_pk)
+            raise ValueError(f"{message['gantry']} message without a job pk")
+        if message["gantry"] == START_JOB:
+            from gantry.pipeline.provision import start_job
+
+            # Queued by the API: copy the inputs and submit (a no-op if already started).
+            start_job(ctx, job_pk)
+        else:
+            validate_pending_inputs(ctx, job_pk)
         return
     if is_s3_notification(message):
         for event in s3_object_events(message):

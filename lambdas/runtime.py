@@ -19,14 +19,16 @@ from gantry.context import Context
 _context: Context | None = None
 
 
-def context() -> Context:
-    """The process's Context with the pipeline wired, built on first use, kept while warm."""
+def context(*, provision_on_queue: bool = False) -> Context:
+    """The process's Context with the pipeline wired, built on first use, kept while warm.
+    ``provision_on_queue``: ready jobs are provisioned by the uploads queue's handler (for the
+    API, which must answer within API Gateway's 29 s)."""
     global _context
     if _context is None:
         from gantry.pipeline.wiring import install
         from gantry.settings import get_settings
 
-        _context = install(Context.create(get_settings()))
+        _context = install(Context.create(get_settings()), provision_on_queue=provision_on_queue)
     return _context
 
 

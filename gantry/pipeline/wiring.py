@@ -1,4 +1,10 @@
-"""Connect job creation to the pipeline: validate pending inputs, or provision at once."""
+"""Connect job creation to the pipeline: validate pending inputs, or provision.
+
+Provisioning copies every input (a study may be gigabytes) and submits to the compute
+service: the API Lambda must answer within API Gateway's 29 s, so there it only queues a
+``start-job`` message on the uploads queue, whose handler (on_upload) provisions. Other
+functions, already off a request's path, provision at once.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,15 @@ from gantry.job_states import JobStatus
 from gantry.jobs import Job
 
 VALIDATE_INPUTS = "validate-inputs"
+START_JOB = "start-job"
 
 
 def validate_inputs_message(job_pk: str) -> str:
     return json.dumps({"gantry": VALIDATE_INPUTS, "job": job_pk})
+
+
+def start_job_message(job_pk: str) -> str:
+    return json.dumps({"gantry": START_JOB, "job": job_pk})
 
 
 def on_job_created(ctx: Context, job: Job) -> None:
@@ -27,7 +38,19 @@ def on_job_created(ctx: Context, job: Job) -> None:
         start_job(ctx, job.pk)
 
 
-def install(ctx: Context) -> Context:
-    if on_job_created not in ctx.job_listeners:
-        ctx.job_listeners.append(on_job_created)
+def on_job_created_queued(ctx: Context, job: Job) -> None:
+    """As ``on_job_created``, but a ready job is provisioned by the queue's handler."""
+    if job.status is JobStatus.PENDING:
+        ctx.clients.sqs.send_message(
+            QueueUrl=ctx.settings.uploads_queue_url, MessageBody=start_job_message(job.pk)
+        )
+    else:
+        on_job_created(ctx, job)
+
+
+def install(ctx: Context, *, provision_on_queue: bool = False) -> Context:
+    """Wire job creation; ``provision_on_queue``: for a request's path (the API)."""
+    listener = on_job_created_queued if provision_on_queue else on_job_created
+    if listener not in ctx.job_listeners:
+        ctx.job_listeners.append(listener)
     return ctx

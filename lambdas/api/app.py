@@ -140,5 +140,6 @@ def handler(event: dict[str, Any], lambda_context: LambdaContext) -> dict[str, A
     if _app is None:
         from lambdas.runtime import context
 
-        _app = create_app(context())
+        # Creating a job answers at once; on_upload copies the inputs and submits.
+        _app = create_app(context(provision_on_queue=True))
     return _app.resolve(normalise_path(event), lambda_context)

@@ -224,7 +224,10 @@ class Platform:
         self.recorder = recorder
         self.tmp = tmp
         self.contexts = {
-            name: self._context(deployed_settings(deployment, handler))
+            # The API provisions through the queue, as lambdas.api.app.handler wires it.
+            name: self._context(
+                deployed_settings(deployment, handler), provision_on_queue=name == "api"
+            )
             for name, handler in HANDLERS.items()
         }
         self.ctx = self.contexts["api"]
@@ -235,10 +238,10 @@ class Platform:
         self.api = ApiClient(create_app(self.contexts["api"]), self.token)
 
     @staticmethod
-    def _context(settings: Settings) -> Context:
+    def _context(settings: Settings, *, provision_on_queue: bool = False) -> Context:
         from gantry.pipeline.wiring import install
 
-        return install(Context.create(settings))
+        return install(Context.create(settings), provision_on_queue=provision_on_queue)
 
     def act(self, principal: str) -> contextlib.AbstractContextManager[None]:
         return self.recorder.acting_as(principal)
@@ -294,7 +297,10 @@ class Platform:
         return image["pk"]
 
     def create_job(self, slug: str, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        return self.call_api("POST", "algorithms/jobs/", {"algorithm": slug, "inputs": inputs})
+        """The API creates the job; on_upload checks or provisions it from the queue."""
+        job = self.call_api("POST", "algorithms/jobs/", {"algorithm": slug, "inputs": inputs})
+        self.deliver_uploads()
+        return job
 
     def upload(self, filename: str, body: bytes) -> dict[str, Any]:
         """gcapi's multipart upload: create, presign a part, PUT it, list parts, complete."""
@@ -482,7 +488,7 @@ class Platform:
             settings = deployed_settings(
                 self.deployment, handler, compute_backend=backend, sagemaker_sandbox="auto"
             )
-            self.contexts[name] = self._context(settings)
+            self.contexts[name] = self._context(settings, provision_on_queue=name == "api")
         self.api = type(self.api)(
             __import__("lambdas.api.app", fromlist=["create_app"]).create_app(self.contexts["api"]),
             self.token,
@@ -509,7 +515,8 @@ def drive(platform: Platform) -> None:
     """Every path a deployed job can take, each step by the principal that takes it."""
     slug, single_input = platform.create_catalog()
 
-    # A job with a value input: the API provisions, Batch runs, the callback finishes it.
+    # A job with a value input: the API queues it, on_upload provisions, Batch runs, the
+    # callback finishes it.
     job = platform.create_job(slug, [{"interface": "threshold", "value": 2.5}])
     platform.run(job["pk"])
     platform.finish(job["pk"])
@@ -558,7 +565,7 @@ def drive(platform: Platform) -> None:
     job = platform.create_job(slug, [{"interface": "threshold", "value": 3.5}])
     platform.run(job["pk"], RUNNER_ON_SAGEMAKER)
     platform.finish(job["pk"])
-    # A job SageMaker cannot start: the API fails it at once (and announces it).
+    # A job SageMaker cannot start: provisioning fails it at once (and announces it).
     long_command = platform.add_image(slug, ["/usr/bin/python3", "-c", "#" * 600])
     job = platform.create_job(slug, [{"interface": "threshold", "value": 4.5}])
     assert platform.job(job["pk"]).algorithm_image == long_command
