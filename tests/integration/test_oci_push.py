@@ -20,6 +20,7 @@ import boto3
 import pytest
 
 from batch_runner.config import RunnerConfig
+from batch_runner.sandbox import bwrap_binary
 from gantry.oci import ImageError, ImageStore, read_archive
 from gantry.oci.local_registry import local_registry, registry_binary
 from gantry.oci.mutate import (
@@ -33,6 +34,7 @@ from gantry.oci.registry import Registry, RegistryError
 from gantry.resources import ENV_ALGORITHM_ENV, RUNNER_BINARY_PATH
 from tests.example_images import static_threshold_image
 from tests.image_builder import ImageSpec, directory, file, layer_tar, whiteout, write_archive
+from tests.integration.test_example_images import _roots, _run
 
 pytestmark = pytest.mark.slow
 
@@ -185,6 +187,8 @@ def test_pull_into_the_store_runs_as_the_algorithm(
 
     prepared = pull(registry, "pulled", "v1", ImageStore(tmp_path / "store"))
     assert prepared.config.digest == pushed.config_digest
+    # The image record's oci:sha256:… reference finds it, as the local backend looks it up.
+    assert ImageStore(tmp_path / "store").prepare(prepared.ref) == prepared
     root = prepared.rootfs
     assert (root / RUNNER_BINARY_PATH.lstrip("/")).is_file()
     assert (root / "gantry/bin/bwrap").is_file()
@@ -231,6 +235,17 @@ def test_static_example_through_the_registry(
     assert prepared.config.user == image.config.user
     assert (prepared.rootfs / "threshold").stat().st_mode & 0o111
     assert (prepared.rootfs / RUNNER_BINARY_PATH.lstrip("/")).is_file()
+    if bwrap_binary() is None:
+        return
+    # What the registry holds runs: the algorithm's own command as its own user.
+    (tmp_path / "job").mkdir()
+    roots = _roots(tmp_path / "job", compressed=False)
+    done = _run(prepared, roots)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((roots["output"] / "results.json").read_text()) == {
+        "foreground_voxels": 29,
+        "static": True,
+    }
 
 
 def test_damaged_blob_is_not_committed(registry: Registry) -> None:
