@@ -2,7 +2,8 @@
 
 The codes and labels are grand-challenge's, so the API speaks its vocabulary and algorithms
 built for grand-challenge find their inputs where they expect them. This module is on the
-API Lambdas' cold path: stdlib and jsonschema only.
+API Lambdas' cold path: stdlib at import; jsonschema is imported when a JSON value or schema
+is first checked (most requests check none).
 """
 
 from __future__ import annotations
@@ -13,19 +14,10 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema.exceptions
-import referencing.exceptions
-from jsonschema.protocols import Validator
-from jsonschema.validators import (
-    Draft3Validator,
-    Draft4Validator,
-    Draft6Validator,
-    Draft7Validator,
-    validator_for,
-)
-from jsonschema_specifications import REGISTRY as _METASCHEMAS
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 
 class InterfaceKind(StrEnum):
@@ -565,25 +557,27 @@ def accepts_upload(
 
 # --- Validation -------------------------------------------------------------------------------
 
-SUPPORTED_VALIDATORS: tuple[type[Validator], ...] = (
-    Draft7Validator,
-    Draft6Validator,
-    Draft4Validator,
-    Draft3Validator,
-)
 _MAX_ERRORS = 20
 _MAX_MESSAGE = 300
 
 
 def validator_class(schema: Mapping[str, Any]) -> type[Validator]:
     """The validator for the schema's ``$schema`` (Draft 7 if none); only Draft 7/6/4/3."""
+    from jsonschema.validators import (
+        Draft3Validator,
+        Draft4Validator,
+        Draft6Validator,
+        Draft7Validator,
+        validator_for,
+    )
+
     declared = schema.get("$schema")
     if declared is None:
         return Draft7Validator
     if not isinstance(declared, str):
         raise InvalidSchemaError("'$schema' must be a string")
     cls = validator_for(schema, default=None)
-    if cls not in SUPPORTED_VALIDATORS:
+    if cls not in (Draft7Validator, Draft6Validator, Draft4Validator, Draft3Validator):
         raise InvalidSchemaError(
             f"'$schema' {declared!r} is not supported: only Draft 7, 6, 4 or 3 schemas are"
         )
@@ -606,6 +600,8 @@ def check_schema(schema: Any) -> type[Validator]:
     Usable also means self-contained: a ``$ref`` may point inside the schema ('#/...'), to an
     ``$id`` the schema itself declares, or to a JSON Schema meta-schema; nothing is fetched.
     """
+    import jsonschema.exceptions
+
     if not isinstance(schema, dict):
         raise InvalidSchemaError("must be a JSON object")
     cls = validator_class(schema)
@@ -632,6 +628,9 @@ def check_schema(schema: Any) -> type[Validator]:
 
 
 def _is_metaschema(uri: str) -> bool:
+    import referencing.exceptions
+    from jsonschema_specifications import REGISTRY as _METASCHEMAS
+
     try:
         _METASCHEMAS.contents(uri)
     except referencing.exceptions.NoSuchResource:
@@ -653,6 +652,9 @@ def _short(message: str) -> str:
 @functools.lru_cache(maxsize=512)
 def _compiled(schema_json: str) -> Validator | str:
     """A compiled validator for a canonical schema text, or the reason there is none."""
+    import jsonschema.exceptions
+    from jsonschema_specifications import REGISTRY as _METASCHEMAS
+
     schema = json.loads(schema_json)
     try:
         cls = validator_class(schema)
@@ -679,6 +681,8 @@ def _canonical(schema: Any) -> str:
 
 
 def _errors(validator: Validator | str, value: Any) -> list[str]:
+    import referencing.exceptions
+
     if isinstance(validator, str):
         return [validator]
     messages: list[str] = []

@@ -15,7 +15,6 @@ from gantry.context import Context
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
-from gantry.pipeline.cancel import cancel_job
 from gantry.services import catalog
 from gantry.services.jobs import JobCreate, create_job
 from gantry.store import keys
@@ -178,6 +177,9 @@ def build(ctx: Context) -> APIGatewayRouter:
 
     @router.post("/algorithms/jobs/<pk>/cancel/", summary="Cancel a job")
     def cancel(pk: str) -> dict:
+        # The pipeline (compute backends, events) loads on the first cancel, not every cold start.
+        from gantry.pipeline.cancel import cancel_job
+
         user = current_user(router)
         visible_job(ctx, user, pk, Action.CHANGE)
         return render(user, [cancel_job(ctx, pk, by=user.username)])[0]
