@@ -160,12 +160,10 @@ class Prediction:
             windows = [_window(self.raw, self.tiles, s, tensor) for s in group]
             batch = ops.apply(self.tile_ops, np.concatenate(windows), self.measured)
             produced = self.weights(_to_model(batch, tensor))
-            results = {}
-            for output, result in zip(self.plan.outputs, produced, strict=False):
-                result = _from_model(result, output, len(group))
-                if _blockwise(output):
-                    result = ops.apply(output.processing, result, self.measured)
-                results[output.id] = result
+            results = {
+                output.id: _from_model(result, output, len(group))
+                for output, result in zip(self.plan.outputs, produced, strict=False)
+            }
             for index, tile_starts in enumerate(group):
                 keep: list[slice] = [slice(index, index + 1), slice(None)]
                 target: list[slice] = []
@@ -173,7 +171,13 @@ class Prediction:
                     count = min(axis.stride, length - start)
                     keep.append(slice(axis.halo, axis.halo + count))
                     target.append(slice(start, start + count))
-                yield tuple(target), {o: r[tuple(keep)] for o, r in results.items()}
+                blocks = {}
+                for output in self.plan.outputs:
+                    block = results[output.id][tuple(keep)]
+                    if _blockwise(output):  # pointwise: only the kept pixels need it
+                        block = ops.apply(output.processing, block, self.measured)
+                    blocks[output.id] = block
+                yield tuple(target), blocks
 
     def finish(self, output: OutputPlan, raw_output: np.ndarray) -> np.ndarray:
         """Post-process a whole raw output that needs its own statistics, slab by slab."""
