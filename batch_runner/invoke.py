@@ -173,6 +173,8 @@ def _prepare_image(
     as_root = os.geteuid() == 0
     if as_root:
         os.chown(config.output_root, user.uid, user.gid)
+        if config.rootfs is not None:
+            _check_reachable(config.rootfs, user, log)
     drop = (user.uid, user.gid) if as_root else None
     argv = list(config.command)
     if config.rootfs is not None:
@@ -202,6 +204,24 @@ def _prepare_image(
         f"(sandboxed={sandboxed}, api method {config.api_method})"
     )
     return Prepared(argv, env, workdir if not sandboxed else "/", drop)
+
+
+MSG_ROOT_UNREACHABLE = "The image could not be started: its files are not reachable by its USER"
+
+
+def _check_reachable(rootfs: Path, user: ImageUser, log: JsonLog) -> None:
+    """bwrap runs as the image's user: every folder down to the image root must let it in."""
+    for folder in [*reversed(rootfs.parents), rootfs]:
+        info = folder.stat()
+        if info.st_uid == user.uid:
+            allowed = info.st_mode & 0o100
+        elif info.st_gid == user.gid:
+            allowed = info.st_mode & 0o010
+        else:
+            allowed = info.st_mode & 0o001
+        if not allowed:
+            log.error(f"{folder} cannot be entered by uid {user.uid}: the image root is below it")
+            raise SetupError(MSG_ROOT_UNREACHABLE)
 
 
 def _execute_image(

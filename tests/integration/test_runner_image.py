@@ -183,3 +183,18 @@ def test_an_image_in_its_own_container_runs_as_its_user_without_the_images_setpr
     )
     assert result.return_code == 0, (result.user_safe_error_message, lines)
     assert json.loads(runner_job.read_output("id.json")) == [65534, "hi", "/tmp"]
+
+
+def test_an_image_root_its_user_cannot_reach_fails_with_a_reason(runner_job, rootfs, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the runner drops to the image's user only as root")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    hidden = private / "rootfs"
+    hidden.symlink_to(rootfs)
+    result, lines = run_image(runner_job, hidden, ["report"])
+    assert result.return_code == 125
+    assert result.user_safe_error_message == (
+        "The image could not be started: its files are not reachable by its USER"
+    )
+    assert any("cannot be entered by uid 1000" in line["log"] for line in lines)
