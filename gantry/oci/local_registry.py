@@ -32,18 +32,26 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _config(storage: Path, port: int) -> str:
-    return (
+def _config(storage: Path, port: int, htpasswd: Path | None) -> str:
+    text = (
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
+    if htpasswd is not None:
+        text += f"auth:\n  htpasswd:\n    realm: gantry\n    path: {htpasswd}\n"
+    return text
 
 
 @contextlib.contextmanager
-def local_registry(root: str | Path, start_timeout: float = 30.0) -> Iterator[str]:
-    """Run a registry storing under ``root``; yields its URL (``http://127.0.0.1:PORT``)."""
+def local_registry(
+    root: str | Path, start_timeout: float = 30.0, htpasswd: Path | None = None
+) -> Iterator[str]:
+    """Run a registry storing under ``root``; yields its URL (``http://127.0.0.1:PORT``).
+
+    ``htpasswd``: a file of ``user:<bcrypt hash>`` lines; the registry then asks for them
+    (HTTP Basic)."""
     binary = registry_binary()
     if binary is None:
         raise ImageError(f"The local registry needs '{REGISTRY_BINARY}': {INSTALL_HINT}")
@@ -51,7 +59,7 @@ def local_registry(root: str | Path, start_timeout: float = 30.0) -> Iterator[st
     (root / "storage").mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = root / "config.yml"
-    config.write_text(_config(root / "storage", port))
+    config.write_text(_config(root / "storage", port, htpasswd))
     log = (root / "registry.log").open("ab")
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -61,6 +69,10 @@ def local_registry(root: str | Path, start_timeout: float = 30.0) -> Iterator[st
             try:
                 with urllib.request.urlopen(url + "/v2/", timeout=2):
                     break
+            except urllib.error.HTTPError as error:
+                if error.code == 401:
+                    break  # up, and asking for credentials
+                raise
             except (urllib.error.URLError, OSError):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise ImageError(

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,6 +267,29 @@ def test_runner_layer_is_added_once(runner_layer: LayerFile, tmp_path: Path) -> 
     once = with_runner_layer(image.config_blob, runner_layer.digest)
     with pytest.raises(ImageError, match="already carries Gantry's runner"):
         with_runner_layer(once, runner_layer.digest)
+
+
+def test_a_registry_that_asks_for_credentials(tmp_path: Path) -> None:
+    _ensure_registry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # glibc's bcrypt, as the registry's htpasswd file wants it (crypt leaves Python 3.13).
+        crypt = pytest.importorskip("crypt")
+        hashed = crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH))
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"pusher:{hashed}\n")
+    data = os.urandom(50_000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with local_registry(tmp_path / "registry", htpasswd=htpasswd) as url:
+        with pytest.raises(RegistryError, match="needs a user name and password"):
+            Registry(url).blob_size("private", digest)
+        wrong = Registry(url, username="pusher", password="wrong")
+        with pytest.raises(RegistryError, match="401"):
+            wrong.blob_size("private", digest)
+        registry = Registry(url, username="pusher", password="s3cret", chunk_bytes=16_384)
+        assert registry.push_blob("private", digest, io.BytesIO(data)) == len(data)
+        assert registry.blob_size("private", digest) == len(data)
+        assert _blob(registry, "private", digest) == data
 
 
 def test_ecr_registry_from_the_authorization_token(aws) -> None:
