@@ -302,6 +302,9 @@ class LocalBackend:
             if warm is not None and warm.process.poll() is None and not warm.closing:
                 warm.last_used = time.monotonic()
                 return warm
+            if warm is not None and warm.process.poll() is not None:
+                # Dead (cancelled): its process has exited, only its folder is left.
+                shutil.rmtree(warm.scratch, ignore_errors=True)
             scratch = Path(tempfile.mkdtemp(prefix="gantry-serve-", dir=self.scratch_root))
             scratch.chmod(0o755)
             env = self._environment(record, scratch)
@@ -335,8 +338,14 @@ class LocalBackend:
             if cancelled:
                 self._finish(record, "FAILED", cancelled, None)
                 return
-            warm = self._warm_for(record)
-            with warm.lock:
+            while True:
+                warm = self._warm_for(record)
+                warm.lock.acquire()
+                # A runner that died (cancelled with its job) while this job waited: anew.
+                if warm.process.poll() is None:
+                    break
+                warm.lock.release()
+            try:
                 with self._lock:
                     if record.cancel_reason:
                         cancelled = record.cancel_reason
@@ -352,6 +361,8 @@ class LocalBackend:
                 reply = warm.send(task, record.name, timeout=record.time_limit)
                 warm.last_used = time.monotonic()
                 record.output_tail = warm.since(mark)
+            finally:
+                warm.lock.release()
             if reply is None:
                 if warm.process.poll() is None:
                     _terminate(warm.process)
