@@ -55,6 +55,8 @@ class AlgorithmFields(BaseModel):
     time_limit: int = Field(default=DEFAULT_TIME_LIMIT, ge=MIN_TIME_LIMIT, le=MAX_TIME_LIMIT)
     requires_gpu_type: GPUType = GPUType.NONE
     requires_memory_gb: int = Field(default=DEFAULT_MEMORY_GB, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
+    # Credits a job costs at least (see gantry.credits); grand-challenge's default and range.
+    minimum_credits_per_job: int = Field(default=20, ge=20, le=1000)
     editors: list[str] = Field(default_factory=list, max_length=100)
     users: list[str] = Field(default_factory=list, max_length=1000)
 
@@ -108,6 +110,7 @@ class AlgorithmUpdate(BaseModel):
     time_limit: int | None = Field(default=None, ge=MIN_TIME_LIMIT, le=MAX_TIME_LIMIT)
     requires_gpu_type: GPUType | None = None
     requires_memory_gb: int | None = Field(default=None, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
+    minimum_credits_per_job: int | None = Field(default=None, ge=20, le=1000)
     editors: list[str] | None = Field(default=None, max_length=100)
     users: list[str] | None = Field(default=None, max_length=1000)
 

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     max_active_jobs_per_user: int = Field(default=16, ge=1)
     max_active_jobs_per_algorithm: int = Field(default=16, ge=1)
     max_active_jobs: int = Field(default=128, ge=1)
+    # Credits a user may spend a calendar month, and the compute cost (US cents) they buy;
+    # a job costs at least monthly_credits / max_jobs_per_month (grand-challenge's defaults).
+    monthly_credits: int = Field(default=1000, ge=0)
+    monthly_credit_cents: int = Field(default=1000, ge=1)
+    max_jobs_per_month: int = Field(default=50, ge=1)
 
 
 @lru_cache(maxsize=1)

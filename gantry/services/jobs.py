@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gantry import access, contract, quotas, timeutil
+from gantry import access, contract, credits, quotas, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm, SocketSet
 from gantry.context import Context
@@ -107,7 +107,9 @@ def create_job(
 
     The job counts against the active-job limits; with ``enforce_limits`` a full limit
     refuses it with TooManyRequests instead (HTTP answers 429; the drop folder leaves the drop
-    waiting)."""
+    waiting). An API job spends the creator's monthly credits (gantry.credits); with
+    ``enforce_limits`` too few left refuses it with ValidationFailed (HTTP 400, as
+    grand-challenge answers; gcapi retries 429s, which would not help until next month)."""
     try:
         algorithm = catalog.referenced_algorithm(ctx, user, urls, body.algorithm)
     except NotFound as error:
@@ -145,7 +147,8 @@ def create_job(
     pks = ctx.store.table.next_ids("socket_value", len(drafts))
     values = [SocketValue(pk=pk, **draft) for pk, draft in zip(pks, drafts, strict=True)]
     pending = any(v.pending_upload or v.pending_uploads for v in values)
-    moment = timeutil.iso()
+    now = timeutil.now()
+    moment = timeutil.iso(now)
     job = Job(
         pk=pk or str(uuid.uuid4()),
         algorithm=algorithm.pk,
@@ -164,7 +167,11 @@ def create_job(
         source_ref=source_ref,
     )
     limits = quotas.limits_for(ctx.settings, job.creator, job.algorithm)
-    ctx.store.jobs.create(job, input_images=input_images, limits=limits, enforce=enforce_limits)
+    # Drop-folder jobs are free: writing to the bucket already takes the operator's access.
+    charge = None if source == "dropbox" else credits.charge_for(ctx.settings, user, algorithm, now)
+    ctx.store.jobs.create(
+        job, input_images=input_images, limits=limits, enforce=enforce_limits, charge=charge
+    )
     ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])
     ctx.store.algorithms.mark_set_used(algorithm.pk, index)
     ctx.job_created(job)

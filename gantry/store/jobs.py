@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from gantry import quotas, timeutil
+from gantry.credits import Charge
 from gantry.errors import Conflict, NotFound, TooManyRequests
 from gantry.job_states import JobStatus, can_transition
 from gantry.jobs import Job
@@ -52,12 +53,15 @@ class JobStore:
         input_images: list[str],
         limits: Sequence[Limit] = (),
         enforce: bool = False,
+        charge: Charge | None = None,
     ) -> Job:
         """Store a new job; Conflict (nothing written) if a job with its pk exists.
 
         The job takes a slot of each of ``limits`` in the same transaction (it gives them
         back when it ends, see ``update``); with ``enforce``, TooManyRequests naming the limit
-        (nothing written) when one is full."""
+        (nothing written) when one is full. It spends ``charge`` (credits) in the same
+        transaction; with ``enforce``, ValidationFailed naming the credits left and the cost
+        (nothing written) when too few are left."""
         attributes = {k: v for k, v in _attributes(job).items() if v is not None}
         if limits:
             attributes["slot"] = True
@@ -71,10 +75,17 @@ class JobStore:
         ]
         first_limit = len(puts) + 1 + len(updates)
         updates += [_take_slot(limit, enforce=enforce) for limit in limits]
+        credits_at = len(puts) + 1 + len(updates)
+        if charge is not None and charge.cost:
+            if enforce and charge.cost > charge.monthly:
+                raise charge.refusal(self.credits_spent(charge.user, charge.month))
+            updates.append(_spend(charge, enforce=enforce))
         try:
             self.table.transact_put(puts, unique=[item], updates=updates)
         except ConditionFailed as error:
-            full = [limits[i - first_limit] for i in error.failed if i >= first_limit]
+            if charge is not None and credits_at in error.failed:
+                raise charge.refusal(self.credits_spent(charge.user, charge.month)) from error
+            full = [limits[i - first_limit] for i in error.failed if first_limit <= i < credits_at]
             if full:
                 raise TooManyRequests(
                     full[0].refusal(), retry_after=RETRY_AFTER_SECONDS, limit=full[0].description
@@ -86,6 +97,11 @@ class JobStore:
         """Counted jobs of a limit's scope ("USER#alice", ...) that have not ended."""
         item = self.table.get_item(*_slot_key(scope))
         return max(0, int(item["n"])) if item else 0
+
+    def credits_spent(self, username: str, month: str) -> int:
+        """Credits ``username`` spent in ``month`` ("YYYY-MM")."""
+        item = self.table.get_item(*_credits_key(username, month))
+        return int(item["spent"]) if item else 0
 
     @staticmethod
     def _shared_lists(job: Job) -> list[tuple[str, ListKey]]:
@@ -331,6 +347,25 @@ def _take_slot(limit: Limit, *, enforce: bool) -> dict[str, Any]:
     if enforce:
         update["ConditionExpression"] = "attribute_not_exists(#n) OR #n < :limit"
         update["ExpressionAttributeValues"] = {":one": 1, ":limit": limit.limit}
+    return update
+
+
+def _credits_key(username: str, month: str) -> tuple[str, str]:
+    return f"CREDITS#USER#{username}", month
+
+
+def _spend(charge: Charge, *, enforce: bool) -> dict[str, Any]:
+    pk, sk = _credits_key(charge.user, charge.month)
+    update: dict[str, Any] = {
+        "Key": {"PK": pk, "SK": sk},
+        "UpdateExpression": "ADD #s :cost",
+        "ExpressionAttributeNames": {"#s": "spent"},
+        "ExpressionAttributeValues": {":cost": charge.cost},
+    }
+    if enforce:
+        # Enough left after this job: spent + cost <= monthly.
+        update["ConditionExpression"] = "attribute_not_exists(#s) OR #s <= :room"
+        update["ExpressionAttributeValues"][":room"] = charge.monthly - charge.cost
     return update
 
 

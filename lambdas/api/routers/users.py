@@ -1,10 +1,11 @@
-"""users/me/ (a Gantry extension): who the caller is, their limits and unfinished jobs."""
+"""users/me/ (a Gantry extension): who the caller is, their limits, unfinished jobs and
+credits left this month."""
 
 from __future__ import annotations
 
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from gantry import quotas
+from gantry import credits, quotas, timeutil
 from gantry.context import Context
 from lambdas.api.deps import current_user
 
@@ -12,7 +13,7 @@ from lambdas.api.deps import current_user
 def build(ctx: Context) -> APIGatewayRouter:
     router = APIGatewayRouter()
 
-    @router.get("/users/me/", summary="You: your limits and unfinished jobs")
+    @router.get("/users/me/", summary="You: your limits, unfinished jobs and credits")
     def me() -> dict:
         user = current_user(router)
         settings = ctx.settings
@@ -27,6 +28,19 @@ def build(ctx: Context) -> APIGatewayRouter:
             },
             "active_jobs": ctx.store.jobs.active_count(user_scope),
             "active_jobs_on_platform": ctx.store.jobs.active_count(total_scope),
+            "credits": _credits(user.username),
+        }
+
+    def _credits(username: str) -> dict:
+        month = credits.month_of(timeutil.now())
+        monthly = ctx.settings.monthly_credits
+        spent = ctx.store.jobs.credits_spent(username, month)
+        return {
+            "monthly": monthly,
+            "spent": spent,
+            "left": max(0, monthly - spent),
+            "month": month,
+            "renewed": credits.next_month_start(month),
         }
 
     return router
