@@ -74,7 +74,9 @@ _PUBLIC_REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^Host EC2|spot|instance.*terminat", re.I), "its compute host went away"),
     (
         re.compile(r"CAPACITY|InsufficientCapacity|CapacityError|ResourceLimitExceeded", re.I),
-        "no compute instance could be had for it",
+        "no compute instance could be had for it; an operator should check the account's "
+        "EC2 service quota for the instance family and the compute environment's instance "
+        "types",
     ),
     (re.compile(r"MISCONFIGURATION", re.I), "no compute environment can run a job of its size"),
     (

@@ -321,7 +321,8 @@ def test_host_failures_start_new_attempts_up_to_the_limit(world):
     reason = (
         "its compute host went away"
         if world.backend == "batch"
-        else "no compute instance could be had for it"
+        else "no compute instance could be had for it; an operator should check the account's "
+        "EC2 service quota for the instance family and the compute environment's instance types"
     )
     # The service's own words (instance ids, AWS texts) stay in the operators' log.
     assert failed.error_message == f"The job was started 3 times and did not finish: {reason}"
