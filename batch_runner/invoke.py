@@ -59,8 +59,33 @@ def algorithm_env(environ: Mapping[str, str], home: str, input_dir: str, output_
     return env
 
 
-def check_command(argv: list[str], env: Mapping[str, str], workdir: str) -> None:
-    """Fail early, with a clear message, when the command cannot be started at all."""
+def _closed_folder(path: Path, uid: int, gid: int) -> Path | None:
+    """The first folder down to ``path`` (itself included if a folder) that uid:gid cannot
+    enter, by the permission bits; None when it can reach ``path``."""
+    path = Path(os.path.abspath(path))
+    folders = [*reversed(path.parents)] + ([path] if path.is_dir() else [])
+    for folder in folders:
+        info = folder.stat()
+        if info.st_uid == uid:
+            allowed = info.st_mode & 0o100
+        elif info.st_gid == gid:
+            allowed = info.st_mode & 0o010
+        else:
+            allowed = info.st_mode & 0o001
+        if not allowed:
+            return folder
+    return None
+
+
+def check_command(
+    argv: list[str],
+    env: Mapping[str, str],
+    workdir: str,
+    user: tuple[int, int] | None = None,
+) -> None:
+    """Fail early, with a clear message, when the command cannot be started at all; with
+    ``user`` (the algorithm runs as that uid:gid, outside the sandbox), also when that user
+    cannot reach the command (by the permission bits: it has no supplementary groups)."""
     name = argv[0]
     if "/" in name:
         path: str | None = name if name.startswith("/") else os.path.join(workdir, name)
@@ -72,6 +97,19 @@ def check_command(argv: list[str], env: Mapping[str, str], workdir: str) -> None
         raise SetupError(f"The algorithm command '{name}' was not found", NOT_FOUND)
     if os.path.isdir(path) or not os.stat(path).st_mode & 0o111:
         raise SetupError(f"The algorithm command '{name}' is not executable", NOT_EXECUTABLE)
+    # The child enters the work directory before it becomes the user, so only the path of an
+    # absolute command is walked as that user (a relative one starts from the work directory).
+    if user is None or not os.path.isabs(path):
+        return
+    closed = _closed_folder(Path(path), *user)
+    if closed is not None:
+        raise SetupError(
+            f"The algorithm command '{path}' cannot be reached by the algorithm user "
+            f"{user[0]}:{user[1]}: it may not enter {closed}. Without the sandbox the algorithm "
+            "runs as that user: keep its command in folders every user may enter, or name "
+            "another user",
+            NOT_EXECUTABLE,
+        )
 
 
 def error_message(outcome: process.Outcome) -> str | None:
@@ -211,17 +249,10 @@ MSG_ROOT_UNREACHABLE = "The image could not be started: its files are not reacha
 
 def _check_reachable(rootfs: Path, user: ImageUser, log: JsonLog) -> None:
     """bwrap runs as the image's user: every folder down to the image root must let it in."""
-    for folder in [*reversed(rootfs.parents), rootfs]:
-        info = folder.stat()
-        if info.st_uid == user.uid:
-            allowed = info.st_mode & 0o100
-        elif info.st_gid == user.gid:
-            allowed = info.st_mode & 0o010
-        else:
-            allowed = info.st_mode & 0o001
-        if not allowed:
-            log.error(f"{folder} cannot be entered by uid {user.uid}: the image root is below it")
-            raise SetupError(MSG_ROOT_UNREACHABLE)
+    folder = _closed_folder(rootfs, user.uid, user.gid)
+    if folder is not None:
+        log.error(f"{folder} cannot be entered by uid {user.uid}: the image root is below it")
+        raise SetupError(MSG_ROOT_UNREACHABLE)
 
 
 def _execute_image(
@@ -335,7 +366,7 @@ def _execute(
                 os.chown(home, *user)
             env = algorithm_env(os.environ, home, str(config.input_root), str(config.output_root))
         workdir = str(config.workdir)
-        check_command(config.command, env, workdir)
+        check_command(config.command, env, workdir, None if sandboxed else user)
         argv = list(config.command)
         if sandboxed:
             prefixes = sandbox.executable_prefixes(argv[0], env.get("PATH"), config.workdir)

@@ -191,3 +191,42 @@ def test_executable_prefixes_include_link_targets(tmp_path):
     (venv / "python").symlink_to(real / "python")
     prefixes = sandbox.executable_prefixes(str(venv / "python"), None, Path("/"))
     assert prefixes == [str(tmp_path / "venv"), str(tmp_path / "real")]
+
+
+@pytest.fixture
+def open_dir():
+    """A folder every user may enter down to it (pytest's own tmp_path may sit below a folder
+    only its owner enters)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder)
+        path.chmod(0o755)
+        yield path
+
+
+def test_an_unsandboxed_command_its_user_cannot_reach_fails_saying_where(open_dir):
+    """Outside the sandbox the algorithm runs as the algorithm user (nobody, for a root
+    runner): a command below a folder only its owner may enter fails before it starts, naming
+    that folder, instead of a bare 'permission denied'."""
+    from batch_runner.invoke import SetupError, check_command
+
+    closed = open_dir / "checkout"
+    (closed / "bin").mkdir(parents=True)
+    command = closed / "bin" / "algorithm"
+    command.write_text("#!/bin/sh\n")
+    command.chmod(0o755)
+    closed.chmod(0o700)
+    env = {"PATH": "/usr/bin:/bin"}
+    other = (os.geteuid() + 1, os.getegid() + 1)
+
+    with pytest.raises(SetupError) as raised:
+        check_command([str(command)], env, str(open_dir), other)
+
+    assert f"it may not enter {closed}" in str(raised.value)
+    assert f"{other[0]}:{other[1]}" in str(raised.value)
+    # The runner's own user, and any user once the folder lets others in, can start it.
+    check_command([str(command)], env, str(open_dir), (os.geteuid(), os.getegid()))
+    check_command([str(command)], env, str(open_dir))
+    closed.chmod(0o711)
+    check_command([str(command)], env, str(open_dir), other)
