@@ -131,6 +131,7 @@ class Algorithm(AlgorithmFields):
 class ImportStatus(StrEnum):
     INITIALIZED = "Initialized"
     QUEUED = "Queued"
+    RE_QUEUED = "Re-Queued"
     STARTED = "Started"
     COMPLETED = "Completed"
     FAILED = "Failed"
@@ -157,6 +158,10 @@ class AlgorithmImageFields(BaseModel):
         return self
 
 
+# grand-challenge's limit on an uploaded container image archive.
+MAX_IMAGE_ARCHIVE_BYTES = 10 * 1024**3
+
+
 class AlgorithmImage(AlgorithmImageFields):
     pk: str
     algorithm: str
@@ -164,3 +169,14 @@ class AlgorithmImage(AlgorithmImageFields):
     created: str
     import_status: ImportStatus = ImportStatus.COMPLETED
     status_message: str = ""
+    # An imported image: the upload it came from, and what the import found.
+    user_upload: str | None = None
+    is_manifest_valid: bool | None = None
+    is_in_registry: bool = False
+
+    @model_validator(mode="after")
+    def _runnable(self) -> AlgorithmImage:
+        # An image still being imported has no command yet; the import fills it in.
+        if self.import_status is ImportStatus.COMPLETED and not (self.entrypoint or self.command):
+            raise ValueError("command: give the image's command or entrypoint to run")
+        return self

@@ -21,6 +21,9 @@ class Context:
     job_listeners: list[Callable[[Context, Job], None]] = field(default_factory=list)
     # The compute backend (gantry.compute); built from the settings on first use.
     compute_backend: Any = None
+    # Stores an imported container image where the compute backend runs it
+    # (gantry.pipeline.image_import.Publisher); None: imports fail with a message.
+    image_publisher: Any = None
 
     @property
     def compute(self) -> Any:

@@ -9,7 +9,7 @@ import posixpath
 from typing import Any
 
 from gantry import timeutil
-from gantry.algorithms import Algorithm, AlgorithmImage, AlgorithmModel
+from gantry.algorithms import Algorithm, AlgorithmImage, AlgorithmModel, ImportStatus
 from gantry.images import Image
 from gantry.interfaces import Interface, to_api
 from gantry.jobs import Job, SocketValue
@@ -56,10 +56,16 @@ def algorithm_image(image: AlgorithmImage, urls: Urls) -> dict[str, Any]:
         "import_status": image.import_status.value,
         "image": image.image,
         "is_desired_version": image.is_desired_version,
+        "is_manifest_valid": image.is_manifest_valid,
+        # A registered image (no upload) names where it already is.
+        "is_in_registry": image.is_in_registry
+        or (image.user_upload is None and image.import_status is ImportStatus.COMPLETED),
+        "image_sha256": image.sha256,
         "sha256": image.sha256,
         "command": image.command,
         "entrypoint": image.entrypoint,
         "status": image.status_message,
+        "user_upload": urls.upload(image.user_upload) if image.user_upload else None,
     }
 
 

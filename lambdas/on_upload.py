@@ -1,6 +1,7 @@
 """SQS handler of the uploads queue: S3 notifications for ``uploads/``,
 ``{"gantry": "validate-inputs", "job": pk}`` and ``{"gantry": "start-job", "job": pk}``
-messages (jobs the API created with ready inputs: this function provisions them).
+messages (jobs the API created with ready inputs: this function provisions them), and
+``{"gantry": "import-image", "image": pk}`` (an uploaded container image to import).
 
 Partial batch responses: one failing record is retried alone (and ends in the DLQ after the
 queue's receive count), never the whole batch. Problems a user must fix never raise: they
@@ -15,7 +16,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
-from gantry.pipeline.wiring import START_JOB, VALIDATE_INPUTS
+from gantry.pipeline.wiring import IMPORT_IMAGE, START_JOB, VALIDATE_INPUTS
 from lambdas.runtime import context, process_sqs_batch, unknown_message
 
 logger = Logger(service="gantry-on-upload")
@@ -36,6 +37,14 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
             start_job(ctx, job_pk)
         else:
             validate_pending_inputs(ctx, job_pk)
+        return
+    if message.get("gantry") == IMPORT_IMAGE:
+        from gantry.pipeline.image_import import import_image
+
+        image_pk = message.get("image")
+        if not isinstance(image_pk, str) or not image_pk:
+            raise ValueError("import-image message without an image pk")
+        import_image(ctx, image_pk)
         return
     if is_s3_notification(message):
         for event in s3_object_events(message):

@@ -313,3 +313,53 @@ def models_add(
                 f"Added model {model['pk']} ({model['size_in_storage']} bytes, "
                 f"sha256 {model['sha256'][:12]}) to [bold]{escape(algorithm)}[/]"
             )
+
+
+images_app = typer.Typer(
+    help="Container images: upload a docker-save archive, imported and checked by Gantry.",
+    no_args_is_help=True,
+)
+algorithms_app.add_typer(images_app, name="images")
+
+IMPORT_POLL_SECONDS = 0.5
+IMPORT_ENDED = ("Completed", "Failed", "Cancelled")
+
+
+@images_app.command("upload")
+@api_command
+def images_upload(
+    api: ApiOptions,
+    algorithm: Annotated[str, typer.Argument(help="The algorithm's slug.")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="An image archive: docker save IMAGE | gzip > image.tar.gz"),
+    ],
+) -> None:
+    """Upload a container image and follow its import; once completed, it is the version
+    the algorithm's next jobs run."""
+    import time
+
+    from gantry.commands.client import spinner, transfer_progress
+
+    with reported():
+        if not path.is_file():
+            raise CliError(f"{path} is not a file")
+        with api.connect() as client:
+            found = client.algorithm_by_slug(algorithm)
+            with transfer_progress() as progress:
+                upload = client.upload(path, progress)
+            image = client.post(
+                "algorithms/images/",
+                {"algorithm": found["api_url"], "user_upload": upload["api_url"]},
+            )
+            with spinner(f"Importing image {image['pk']}") as status:
+                while image["import_status"] not in IMPORT_ENDED:
+                    status.update(f"Importing image {image['pk']}: {image['import_status']}")
+                    time.sleep(IMPORT_POLL_SECONDS)
+                    image = client.get(f"algorithms/images/{image['pk']}/")
+        if image["import_status"] != "Completed":
+            raise CliError(f"Image import {image['import_status']}: {image['status']}")
+        say(
+            f"Imported image {image['pk']} (sha256 {str(image['image_sha256'])[:19]}); "
+            f"[bold]{escape(algorithm)}[/]'s jobs now run it"
+        )

@@ -146,6 +146,10 @@ class LocalStack:
             for leftover in store.remove_leftovers():
                 logger.info("removed %s, left by an interrupted image unpack", leftover)
             backend_options.setdefault("image_store", store.root)
+        if backend_options.get("image_store"):
+            from gantry.pipeline.image_import import store_publisher
+
+            self.ctx.image_publisher = store_publisher(backend_options["image_store"])
         self.ctx.compute_backend = LocalBackend(
             self.settings, on_event=self._on_compute_event, **backend_options
         )

@@ -16,6 +16,7 @@ from gantry.jobs import Job
 
 VALIDATE_INPUTS = "validate-inputs"
 START_JOB = "start-job"
+IMPORT_IMAGE = "import-image"
 
 
 def validate_inputs_message(job_pk: str) -> str:
@@ -24,6 +25,10 @@ def validate_inputs_message(job_pk: str) -> str:
 
 def start_job_message(job_pk: str) -> str:
     return json.dumps({"gantry": START_JOB, "job": job_pk})
+
+
+def import_image_message(image_pk: str) -> str:
+    return json.dumps({"gantry": IMPORT_IMAGE, "image": image_pk})
 
 
 def on_job_created(ctx: Context, job: Job) -> None:

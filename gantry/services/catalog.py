@@ -16,6 +16,7 @@ from gantry.algorithms import (
 from gantry.context import Context
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.interfaces import ImmutableFieldError, Interface, InterfaceFields
+from gantry.uploads import Upload
 from gantry.urls import Urls
 from gantry.users import User
 
@@ -143,6 +144,59 @@ def create_algorithm_image(
     return ctx.store.algorithms.create_image(algorithm, fields, creator=user.username)
 
 
+IMAGE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz")
+
+
+def import_algorithm_image(
+    ctx: Context, user: User, algorithm: Algorithm, upload_ref: str, urls: Urls
+) -> AlgorithmImage:
+    """Queue the import of an upload of the user's as a new image of the algorithm (its
+    editors only); the upload handler checks and stores it (gantry.pipeline.image_import)."""
+    from gantry.algorithms import ImportStatus
+    from gantry.pipeline.image_import import size_problem
+    from gantry.pipeline.wiring import import_image_message
+
+    if not access.algorithm(user, Action.CHANGE, algorithm):
+        raise PermissionDenied("Only the algorithm's editors can add container images")
+    upload = _completed_upload(ctx, user, upload_ref, urls)
+    if not upload.filename.lower().endswith(IMAGE_SUFFIXES):
+        raise ValidationFailed(
+            f"'{upload.filename}' is not a container image archive ({', '.join(IMAGE_SUFFIXES)}"
+            "; docker save IMAGE | gzip > image.tar.gz)",
+            field="user_upload",
+        )
+    problem = size_problem(upload.size)
+    if problem:
+        raise ValidationFailed(problem, field="user_upload")
+    image = ctx.store.algorithms.create_image(
+        algorithm,
+        None,
+        creator=user.username,
+        image="upload",
+        user_upload=upload.pk,
+        import_status=ImportStatus.QUEUED,
+        is_desired_version=False,
+    )
+    ctx.clients.sqs.send_message(
+        QueueUrl=ctx.settings.uploads_queue_url, MessageBody=import_image_message(image.pk)
+    )
+    return image
+
+
+def _completed_upload(ctx: Context, user: User, upload_ref: str, urls: Urls) -> Upload:
+    from gantry.uploads import UploadStatus
+
+    try:
+        upload = ctx.store.uploads.get(urls.pk_from(upload_ref, "uploads/"))
+    except (ValueError, NotFound) as error:
+        raise ValidationFailed(f"upload '{upload_ref}' not found", field="user_upload") from error
+    if not access.upload(user, Action.USE, upload):
+        raise ValidationFailed(f"upload '{upload_ref}' not found", field="user_upload")
+    if upload.status is not UploadStatus.COMPLETED:
+        raise ValidationFailed(f"upload '{upload.filename}' is not completed", field="user_upload")
+    return upload
+
+
 MODEL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 
 
@@ -158,18 +212,10 @@ def add_model(
     import uuid
 
     from gantry import resources, timeutil
-    from gantry.uploads import UploadStatus
 
     if not access.algorithm(user, Action.CHANGE, algorithm):
         raise PermissionDenied("Only the algorithm's editors can add models")
-    try:
-        upload = ctx.store.uploads.get(urls.pk_from(upload_ref, "uploads/"))
-    except (ValueError, NotFound) as error:
-        raise ValidationFailed(f"upload '{upload_ref}' not found", field="user_upload") from error
-    if not access.upload(user, Action.USE, upload):
-        raise ValidationFailed(f"upload '{upload_ref}' not found", field="user_upload")
-    if upload.status is not UploadStatus.COMPLETED:
-        raise ValidationFailed(f"upload '{upload.filename}' is not completed", field="user_upload")
+    upload = _completed_upload(ctx, user, upload_ref, urls)
     if not upload.filename.lower().endswith(MODEL_SUFFIXES):
         raise ValidationFailed(
             f"'{upload.filename}' is not a model tarball ({', '.join(MODEL_SUFFIXES)})",

@@ -118,9 +118,7 @@ def create_job(
         ) from error
     image = ctx.store.algorithms.desired_image(algorithm.pk)
     if image is None:
-        raise ValidationFailed(
-            f"Algorithm '{algorithm.slug}' has no ready container image", field="algorithm"
-        )
+        raise ValidationFailed("Algorithm image is not ready to be used", field="algorithm")
 
     by_slug: dict[str, JobInput] = {}
     for item in body.inputs:

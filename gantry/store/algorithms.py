@@ -179,10 +179,18 @@ class AlgorithmStore:
     # --- algorithm images -----------------------------------------------------------------
 
     def create_image(
-        self, algorithm: Algorithm, fields: AlgorithmImageFields, *, creator: str
+        self,
+        algorithm: Algorithm,
+        fields: AlgorithmImageFields | None,
+        *,
+        creator: str,
+        **extra: object,
     ) -> AlgorithmImage:
+        """Store a new image: ``fields`` of a registered one, or ``extra`` fields of one that
+        an import fills in (``import_status``, ``user_upload``, ...)."""
         image = AlgorithmImage(
-            **fields.model_dump(),
+            **(fields.model_dump() if fields is not None else {}),
+            **extra,  # type: ignore[arg-type]
             pk=str(uuid.uuid4()),
             algorithm=algorithm.pk,
             creator=creator,
@@ -210,6 +218,25 @@ class AlgorithmStore:
                 return {**stored.doc, "is_desired_version": False}, {}
 
             self.table.update_doc(keys.algorithm_image(other.pk), mutate)
+
+    def update_image(
+        self, pk: str, change: Callable[[AlgorithmImage], AlgorithmImage]
+    ) -> AlgorithmImage:
+        """Replace the stored image with ``change(current)`` (read, change, conditional write);
+        a desired version makes the algorithm's other images undesired."""
+        updated: list[AlgorithmImage] = []
+
+        def mutate(stored):  # type: ignore[no-untyped-def]
+            new = change(AlgorithmImage.model_validate(stored.doc))
+            updated[:] = [new]
+            return new.model_dump(mode="json"), {}
+
+        if self.table.update_doc(keys.algorithm_image(pk), mutate) is None:
+            raise NotFound(f"Algorithm image {pk} not found")
+        image = updated[0]
+        if image.is_desired_version:
+            self._undesire_others(image.algorithm, keep=image.pk)
+        return image
 
     def get_image(self, pk: str) -> AlgorithmImage:
         stored = self.table.get(keys.algorithm_image(pk))

@@ -121,3 +121,42 @@ def test_the_static_image_without_libc_succeeds(platform: Platform) -> None:
     expected = int((voxels(case) > 0).sum())
     assert outputs["results"].value == {"foreground_voxels": expected, "static": True}
     check_segmentation(platform, client, job, case)
+
+
+def test_the_static_image_uploaded_and_imported_runs_a_job(platform: Platform) -> None:
+    """The import path: upload through the CLI, the stack's upload handler imports it, and
+    the algorithm's next job runs it."""
+    state_dir = str(platform.stack.state_dir)
+    args = ["algorithms", "create", "--title", "Uploaded static", "--input", "ct-image"]
+    args += ["--output", "segmentation", "--output", "results", "--state-dir", state_dir]
+    created = CliRunner().invoke(app, args)
+    assert created.exit_code == 0, created.output
+    runner = CliRunner()
+    archive = str(static_threshold_image())
+    upload_args = ["algorithms", "images", "upload", "uploaded-static", archive]
+    upload_args += ["--state-dir", state_dir]
+    uploaded = runner.invoke(
+        app,
+        upload_args,
+        env={"COLUMNS": "200"},
+    )
+    assert uploaded.exit_code == 0, uploaded.output
+    assert "Imported image" in uploaded.output
+    # The same image again: refused by the import, with the reason, exit status 1.
+    again = runner.invoke(
+        app,
+        upload_args,
+        env={"COLUMNS": "200"},
+    )
+    assert again.exit_code == 1, again.output
+    assert "already been uploaded to this algorithm" in again.output
+    case = uncompressed(make_image(platform.workdir / "uploaded.mha"))
+
+    _, job = run_job(platform, "uploaded-static", case)
+
+    assert job.status == "Succeeded", (job.error_message, job.stderr)
+    outputs = {output.interface.slug: output for output in job.outputs}
+    assert outputs["results"].value == {
+        "foreground_voxels": int((voxels(case) > 0).sum()),
+        "static": True,
+    }

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gantry import access, shapes
 from gantry.access import Action
@@ -17,10 +17,43 @@ from gantry.services import catalog
 from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
 
 
-class AlgorithmImageCreate(AlgorithmImageFields):
+class AlgorithmImageCreate(BaseModel):
+    """Either ``user_upload`` (a completed upload of an image archive, imported
+    asynchronously, as grand-challenge does) or an image registered where it already is."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     algorithm: str = Field(min_length=1, max_length=1024, description="api_url, pk or slug")
+    user_upload: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="api_url or pk of a completed upload (docker save archive, .tar[.gz])",
+    )
+    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    entrypoint: list[str] | None = Field(default=None, max_length=64)
+    command: list[str] | None = Field(default=None, max_length=256)
+    workdir: str | None = Field(default=None, max_length=1024)
+    sha256: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9a-f]{64}$")
+    is_desired_version: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AlgorithmImageCreate:
+        registered = self.model_dump(exclude={"algorithm", "user_upload", "is_desired_version"})
+        if self.user_upload is not None:
+            given = sorted(name for name, value in registered.items() if value is not None)
+            if given:
+                raise ValueError(f"user_upload brings its own image: leave out {given}")
+            return self
+        if self.image is None:
+            raise ValueError("user_upload: give the upload of an image archive (or an image)")
+        try:
+            AlgorithmImageFields(**registered, is_desired_version=self.is_desired_version)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"{where}: {first['msg']}" if where else first["msg"]) from None
+        return self
 
 
 class _Empty(BaseModel):
@@ -129,8 +162,11 @@ def build(ctx: Context) -> APIGatewayRouter:
         user = current_user(router)
         urls = urls_for(ctx, router)
         algorithm = catalog.referenced_algorithm(ctx, user, urls, body.algorithm)
-        fields = AlgorithmImageFields(**body.model_dump(exclude={"algorithm"}))
-        image = catalog.create_algorithm_image(ctx, user, algorithm.pk, fields)
+        if body.user_upload is not None:
+            image = catalog.import_algorithm_image(ctx, user, algorithm, body.user_upload, urls)
+        else:
+            fields = AlgorithmImageFields(**body.model_dump(exclude={"algorithm", "user_upload"}))
+            image = catalog.create_algorithm_image(ctx, user, algorithm.pk, fields)
         return shapes.algorithm_image(image, urls), 201
 
     return router
