@@ -106,6 +106,18 @@ class RunnerJob:
     def prefix(self) -> str:
         return f"io/{self.pk}/1/output/"
 
+    def reachable(self, script: str) -> str:
+        """A copy of the checkout's ``script`` that the algorithm user can read without the
+        sandbox's mounts: the checkout itself may sit in a folder only its owner may enter (a
+        fresh ``mktemp -d`` as root), where nobody cannot open it."""
+        copy = self.tmp / "scripts" / script
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / script, copy)
+        copy.chmod(0o644)
+        for folder in copy.relative_to(self.tmp).parents:
+            (self.tmp / folder).chmod(0o755)
+        return str(copy)
+
     @property
     def input_root(self) -> Path:
         return self.tmp / "input"

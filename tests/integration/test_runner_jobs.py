@@ -152,8 +152,10 @@ def test_killed_by_sigkill_is_reported_as_out_of_memory(runner_job):
 @pytest.mark.parametrize("sandbox", ["required", "off"])
 def test_timeout_kills_the_whole_process_tree(runner_job, sandbox):
     runner_job.timeout = 1
-    python = PY if sandbox == "required" else "/usr/bin/python3"
-    result, _ = runner_job.run(example("timeout", python), sandbox=sandbox)
+    command = example("timeout")
+    if sandbox == "off":
+        command = ["/usr/bin/python3", runner_job.reachable(command[1])]
+    result, _ = runner_job.run(command, sandbox=sandbox)
     assert result.user_safe_error_message == "Time limit exceeded"
     assert result.exec_duration < 10
     leftovers = []

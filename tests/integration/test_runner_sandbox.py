@@ -64,7 +64,9 @@ def test_no_network_inside_the_sandbox(runner_job, listening_server):
 def test_the_same_algorithm_reaches_the_server_without_sandbox(runner_job, listening_server):
     # The control: proves the test above can fail.
     port, received = listening_server
-    result, _ = runner_job.run(network_command(port, "/usr/bin/python3"), sandbox="off")
+    command = network_command(port, "/usr/bin/python3")
+    command[1] = runner_job.reachable(command[1])
+    result, _ = runner_job.run(command, sandbox="off")
     assert result.sandboxed is False
     assert json.loads(runner_job.read_output("network.json"))["connected"] is True
     assert received == [b"hello\n"]
@@ -132,7 +134,8 @@ def test_auto_falls_back_and_says_so(runner_job, monkeypatch):
 
     monkeypatch.setattr(sandbox, "probe", lambda: Probe(False, "not here"))
     result, lines = runner_job.run(
-        ["/usr/bin/python3", "examples/algorithms/noop/main.py"], sandbox="auto"
+        ["/usr/bin/python3", runner_job.reachable("examples/algorithms/noop/main.py")],
+        sandbox="auto",
     )
     assert result.return_code == 0
     assert result.sandboxed is False
