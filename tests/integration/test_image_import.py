@@ -240,3 +240,36 @@ def test_refused_before_queueing(ctx, api, platform, tmp_path, monkeypatch) -> N
     assert status in (400, 422)
     assert "user_upload" in json.dumps(refused)
     assert drain(ctx) == 0
+
+
+def test_an_import_interrupted_while_started_is_run_again(ctx, api, platform, tmp_path) -> None:
+    """A handler that died mid-import leaves the image Started; the queue's redelivery runs
+    the import again to its end (as Re-Queued while it runs)."""
+    from gantry.algorithms import ImportStatus
+    from gantry.pipeline.wiring import import_image_message
+
+    done = upload(ctx, api, write_archive(tmp_path / "i.tar", spec()))
+    body = {"algorithm": platform["api_url"], "user_upload": done["api_url"]}
+    _, image, _ = api.post("algorithms/images/", body)
+    # The first handler marked it Started and died; its message comes back.
+    ctx.store.algorithms.update_image(
+        image["pk"],
+        lambda current: current.model_copy(update={"import_status": ImportStatus.STARTED}),
+    )
+    seen: list[str] = []
+    publish = ctx.image_publisher
+
+    def watching(ctx_, record, archive):  # the status while the image is being stored
+        seen.append(ctx_.store.algorithms.get_image(record.pk).import_status.value)
+        return publish(ctx_, record, archive)
+
+    ctx.image_publisher = watching
+    assert drain(ctx) == 1
+    assert seen == ["Re-Queued"]
+    assert api.get(f"algorithms/images/{image['pk']}/")[1]["import_status"] == "Completed"
+    # A finished import is not run again by a late duplicate message.
+    ctx.clients.sqs.send_message(
+        QueueUrl=ctx.settings.uploads_queue_url, MessageBody=import_image_message(image["pk"])
+    )
+    assert drain(ctx) == 1
+    assert seen == ["Re-Queued"]
