@@ -152,9 +152,10 @@ def test_killed_by_sigkill_is_reported_as_out_of_memory(runner_job):
 @pytest.mark.parametrize("sandbox", ["required", "off"])
 def test_timeout_kills_the_whole_process_tree(runner_job, sandbox):
     runner_job.timeout = 1
-    command = example("timeout")
+    # Tagged with the job, so a run of this test on another worker is not taken for ours.
+    command = [*example("timeout"), runner_job.pk]
     if sandbox == "off":
-        command = ["/usr/bin/python3", runner_job.reachable(command[1])]
+        command = ["/usr/bin/python3", runner_job.reachable(command[1]), runner_job.pk]
     result, _ = runner_job.run(command, sandbox=sandbox)
     assert result.user_safe_error_message == "Time limit exceeded"
     assert result.exec_duration < 10
@@ -164,7 +165,8 @@ def test_timeout_kills_the_whole_process_tree(runner_job, sandbox):
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"time.sleep(3600)" in handle.read():
+                cmdline = handle.read()
+                if b"time.sleep(3600)" in cmdline and runner_job.pk.encode() in cmdline:
                     leftovers.append(pid)
         except OSError:
             pass
