@@ -9,6 +9,8 @@ an upload or image as a job's input), CHANGE and DELETE. Admins may do everythin
 - Jobs: the creator reads, changes (cancels) and deletes; the algorithm's editors read and
   cancel (CHANGE) too.
 - Images, uploads and tokens belong to their owner alone.
+- Access requests: anyone may ask to use an algorithm they know the pk of; the requester
+  reads their own request; the algorithm's editors read and answer (CHANGE) all of them.
 
 What a caller may not read is "not found" (404), never "forbidden": it must not learn that
 the thing exists. What it may read but not change is 403.
@@ -96,6 +98,13 @@ def upload(user: User, action: Action, item: Upload) -> bool:
 
 def token(user: User, action: Action, owner: str) -> bool:
     return user.is_admin or user.username == owner
+
+
+def access_request(user: User, action: Action, requester: str, owner: Algorithm) -> bool:
+    """``owner`` is the algorithm asked for; ``requester`` the user who asked."""
+    if user.is_admin or is_editor(user, owner):
+        return True
+    return action is Action.READ and user.username == requester
 
 
 def require(allowed_to_read: bool, allowed: bool, what: str, *, message: str = "") -> None:

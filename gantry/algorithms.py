@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gantry.access_requests import AccessRequestHandling
+
 MIN_TIME_LIMIT = 300
 MAX_TIME_LIMIT = 86400
 DEFAULT_TIME_LIMIT = 3600
@@ -57,6 +59,8 @@ class AlgorithmFields(BaseModel):
     requires_memory_gb: int = Field(default=DEFAULT_MEMORY_GB, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
     # Credits a job costs at least (see gantry.credits); grand-challenge's default and range.
     minimum_credits_per_job: int = Field(default=20, ge=20, le=1000)
+    # How users' requests to use the algorithm are answered (gantry.access_requests).
+    access_request_handling: AccessRequestHandling = AccessRequestHandling.MANUAL_REVIEW
     editors: list[str] = Field(default_factory=list, max_length=100)
     users: list[str] = Field(default_factory=list, max_length=1000)
 
@@ -111,6 +115,7 @@ class AlgorithmUpdate(BaseModel):
     requires_gpu_type: GPUType | None = None
     requires_memory_gb: int | None = Field(default=None, ge=MIN_MEMORY_GB, le=MAX_MEMORY_GB)
     minimum_credits_per_job: int | None = Field(default=None, ge=20, le=1000)
+    access_request_handling: AccessRequestHandling | None = None
     editors: list[str] | None = Field(default=None, max_length=100)
     users: list[str] | None = Field(default=None, max_length=1000)
 

@@ -22,6 +22,7 @@ from gantry.context import Context
 from gantry.errors import GantryError, PayloadTooLarge
 from gantry.users import parse_authorization
 from lambdas.api.routers import (
+    access_requests,
     algorithms,
     gcapi,
     images,
@@ -118,7 +119,8 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
     def not_found(_: NotFoundError) -> Response:
         return _error(404, {"detail": "Not found."})
 
-    for module in (gcapi, uploads, jobs, images, interfaces, algorithms, users, tokens):
+    routers = (gcapi, uploads, jobs, images, interfaces, algorithms, access_requests, users, tokens)
+    for module in routers:
         app.include_router(module.build(ctx))
     return app
 

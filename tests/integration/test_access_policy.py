@@ -172,6 +172,26 @@ def _post_model(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]
     return client.post(f"algorithms/{w.algorithm['pk']}/models/", {"user_upload": upload.pk})
 
 
+def _answer_request(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    from gantry.services.access_requests import request_access
+
+    algorithm = w.ctx.store.algorithms.get(w.algorithm["pk"])
+    if "dave" not in algorithm.users:  # an earlier role accepted it already
+        request_access(w.ctx, w.ctx.store.users.ensure_user("dave"), algorithm.pk)
+    path = f"algorithms/{w.algorithm['pk']}/access-requests/dave/"
+    return client.patch(path, {"status": "ACCEPTED"})
+
+
+def _list_requests(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    from gantry.services.access_requests import request_access
+
+    request_access(w.ctx, w.ctx.store.users.ensure_user("bob"), w.algorithm["pk"])
+    status, body, headers = client.get(f"algorithms/{w.algorithm['pk']}/access-requests/")
+    # The other user asked (their own request only); the creator and admin see it.
+    assert [r["user"] for r in body["results"]] == ["bob"]
+    return status, body, headers
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("GET", "/gcapi"): Case(lambda w, c, r: c.get("gcapi/"), 200, 200, 200),
     # Each user sees only themselves there.
@@ -187,6 +207,12 @@ CASES: dict[tuple[str, str], Case] = {
         200,
     ),
     ("POST", "/algorithms/{pk}/models"): Case(_post_model, 404, 201, 201),
+    # Anyone may ask to use an algorithm; its members already may (400).
+    ("POST", "/algorithms/{pk}/access-requests"): Case(
+        lambda w, c, r: c.post(f"algorithms/{w.algorithm['pk']}/access-requests/"), 201, 400, 400
+    ),
+    ("GET", "/algorithms/{pk}/access-requests"): Case(_list_requests, 200, 200, 200),
+    ("PATCH", "/algorithms/{pk}/access-requests/{username}"): Case(_answer_request, 404, 200, 200),
     ("POST", "/tokens"): Case(lambda w, c, r: c.post("tokens/", {"user": "alice"}), 403, 201, 201),
     ("DELETE", "/tokens/{pk}"): Case(
         lambda w, c, r: c.request(
