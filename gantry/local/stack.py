@@ -50,6 +50,7 @@ class LocalStack:
     queues: dict[str, str] = field(default_factory=dict)
     recovered: list[str] = field(default_factory=list)
     reconciled: Any = None  # DropSweep of the start, when the stack recovered its state
+    resumed_imports: list[str] = field(default_factory=list)  # image imports re-queued
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _stopping: bool = False
@@ -253,7 +254,30 @@ class LocalStack:
         # Before the queues are read: no handler of this process holds a claim yet, and those
         # of the previous one are gone.
         self.reconciled = reconcile_drops(self.ctx, orphaned=True)
+        self.resumed_imports = self._resume_imports()
         return resumed
+
+    def _resume_imports(self) -> list[str]:
+        """Image imports the previous process queued or started: their messages are gone."""
+        from gantry.algorithms import ImportStatus
+        from gantry.pipeline.wiring import import_image_message
+
+        unfinished = (ImportStatus.QUEUED, ImportStatus.STARTED, ImportStatus.RE_QUEUED)
+        resumed: list[str] = []
+        offset = 0
+        while True:
+            algorithms, count = self.ctx.store.algorithms.page_all(offset=offset, limit=100)
+            for algorithm in algorithms:
+                for image in self.ctx.store.algorithms.images_of(algorithm.pk):
+                    if image.user_upload and image.import_status in unfinished:
+                        self.ctx.clients.sqs.send_message(
+                            QueueUrl=self.settings.uploads_queue_url,
+                            MessageBody=import_image_message(image.pk),
+                        )
+                        resumed.append(image.pk)
+            offset += len(algorithms)
+            if not algorithms or offset >= count:
+                return resumed
 
     # --- API ------------------------------------------------------------------------------
 

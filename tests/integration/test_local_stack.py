@@ -281,3 +281,54 @@ def test_queues_allow_exactly_the_bucket_and_the_drop_folder_rule_to_send(stack)
             ("events.amazonaws.com", rule_arn),
         },
     }
+
+
+def test_recovery_resumes_an_interrupted_image_import(stack, tmp_path):
+    """An import that was Started when the stack stopped is queued again on start and ends."""
+    from gantry.algorithms import ImportStatus
+    from gantry.services import uploads
+    from gantry.uploads import CompletedPart, CompleteUpload, UploadCreate
+    from tests.image_builder import ImageSpec, directory, file, write_archive
+
+    ctx = stack.ctx
+    user = ctx.store.users.ensure_user("alice")
+    algorithm = _json_io_algorithm(stack)
+    layer = [directory("bin"), file("bin/algorithm", b"x", mode=0o755)]
+    archive = write_archive(
+        tmp_path / "image.tar",
+        ImageSpec(layers=[layer], entrypoint=["/bin/algorithm"], user="1000"),
+    )
+    upload = uploads.create(ctx, user, UploadCreate(filename="image.tar"))
+    part = ctx.clients.s3.upload_part(
+        Bucket=ctx.settings.bucket_name,
+        Key=upload.key,
+        UploadId=upload.s3_upload_id,
+        PartNumber=1,
+        Body=archive.read_bytes(),
+    )
+    upload = uploads.complete(
+        ctx, upload, CompleteUpload(parts=[CompletedPart(ETag=part["ETag"], PartNumber=1)])
+    )
+    # What a stop in the middle of the import leaves behind: Started, its message gone.
+    image = ctx.store.algorithms.create_image(
+        algorithm,
+        None,
+        creator="alice",
+        image="upload",
+        user_upload=upload.pk,
+        import_status=ImportStatus.STARTED,
+        is_desired_version=False,
+    )
+
+    stack.recover()
+
+    assert image.pk in stack.resumed_imports
+    deadline = time.monotonic() + 60
+    ended = (ImportStatus.COMPLETED, ImportStatus.FAILED)
+    while (found := ctx.store.algorithms.get_image(image.pk)).import_status not in ended:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.2)
+    # This module's stack lives in a folder only its owner may enter, so the image's USER
+    # cannot reach the store: the import ends saying so (it completes where it can).
+    assert found.import_status is ImportStatus.COMPLETED or "cannot" in found.status_message
+    assert found.sha256 is not None and found.is_manifest_valid is True
