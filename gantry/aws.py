@@ -71,3 +71,18 @@ class Clients:
     @cached_property
     def sts(self) -> Any:
         return self.client("sts")
+
+
+# One CopyObject request copies up to 5 GiB. Below this size a copy is that one request (on one
+# machine, a hard link of the stored file) rather than a multipart copy in 8 MiB parts.
+SINGLE_COPY_LIMIT = 1024**3
+
+
+def copy_object(s3: Any, bucket: str, source_key: str, key: str) -> None:
+    """Server-side copy within ``bucket``, metadata included; the managed multipart copy only
+    for objects above ``SINGLE_COPY_LIMIT``. A missing source raises ClientError (404)."""
+    size = s3.head_object(Bucket=bucket, Key=source_key)["ContentLength"]
+    if size <= SINGLE_COPY_LIMIT:
+        s3.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": source_key})
+    else:
+        s3.copy({"Bucket": bucket, "Key": source_key}, bucket, key)

@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
+from xml.sax.saxutils import escape
 
 from gantry.local.durable import COPY_CHUNK, DurableStore, StoredObject, item_key
 
@@ -128,8 +129,13 @@ def persisting(app: WsgiApp, store: DurableStore) -> WsgiApp:
             # an older version stored after a newer one.
             lock = key_locks[hash(environ.get("PATH_INFO")) % len(key_locks)]
             with lock:
-                response = _after(
-                    app, environ, start_response, lambda: _s3(store, environ, touched())
+                linked = _link_copy(store, environ, start_response)
+                response = (
+                    linked
+                    if linked is not None
+                    else _after(
+                        app, environ, start_response, lambda: _s3(store, environ, touched())
+                    )
                 )
             if crash is not None and crash.counts(environ):
                 return _ThenCrash(response)
@@ -464,3 +470,82 @@ def _file_chunks(handle: io.BufferedReader, offset: int, length: int) -> Iterato
                 return
             length -= len(chunk)
             yield chunk
+
+
+# --- copies at no I/O -------------------------------------------------------------------------
+
+# Headers that make a CopyObject more than a copy of the bytes and metadata: moto handles those.
+_COPY_EXTRAS = re.compile(
+    r"^HTTP_X_AMZ_(METADATA_DIRECTIVE|TAGGING|STORAGE_CLASS|SERVER_SIDE|WEBSITE|OBJECT_LOCK|"
+    r"COPY_SOURCE_IF|COPY_SOURCE_SERVER|CHECKSUM|META_|ACL|GRANT)"
+)
+
+
+def _link_copy(
+    store: DurableStore, environ: dict[str, Any], start_response: Callable[..., Any]
+) -> Iterable[bytes] | None:
+    """A plain CopyObject of a stored object as a hard link of its file: moto would read the
+    whole source into memory and write it again. None for any other request."""
+    if environ["REQUEST_METHOD"] != "PUT" or environ.get("QUERY_STRING"):
+        return None
+    copied_from = _copy_source(environ)
+    if copied_from is None or any(_COPY_EXTRAS.match(name) for name in environ):
+        return None
+    bucket_name, key_name = _split_path(environ.get("PATH_INFO", ""))
+    if not key_name or copied_from == (bucket_name, key_name):
+        return None
+    source_bucket, target_bucket = _bucket(copied_from[0]), _bucket(bucket_name)
+    source = source_bucket.keys.get(copied_from[1]) if source_bucket is not None else None
+    stored = store.get_object(*copied_from)
+    if target_bucket is None or source is None or stored is None or stored.etag != source.etag:
+        return None
+    from moto.s3 import notifications
+    from moto.s3.models import s3_backends
+
+    path = store.link_file(stored.path)
+    backend = s3_backends[target_bucket.account_id][target_bucket.partition]
+    copy = backend.put_object(bucket_name, key_name, b"", disable_notification=True)
+    with copy.lock:
+        copy._value_buffer.close()
+        copy._value_buffer = open(path, "rb")  # noqa: SIM115
+        copy.contentsize = stored.size
+        copy._etag = stored.etag.strip('"')
+    copy.set_metadata(dict(source.metadata))
+    if source.checksum_value:
+        copy.checksum_value, copy.checksum_algorithm = (
+            source.checksum_value,
+            source.checksum_algorithm,
+        )
+    store.put_object(
+        StoredObject(
+            bucket=bucket_name,
+            key=key_name,
+            path=path,
+            etag=stored.etag,
+            size=stored.size,
+            last_modified=copy.last_modified.isoformat(),
+            meta={
+                "metadata": dict(copy.metadata),
+                "checksum_algorithm": copy.checksum_algorithm,
+                "checksum_value": copy.checksum_value,
+            },
+        )
+    )
+    # As S3 (and moto's own copy): an ObjectCreated:Copy notification, once the copy is stored.
+    notifications.send_event(
+        target_bucket.account_id,
+        notifications.S3NotificationEvent.OBJECT_CREATED_COPY_EVENT,
+        target_bucket,
+        copy,
+    )
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<CopyObjectResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<ETag>{escape(copy.etag)}</ETag>"
+        f"<LastModified>{copy.last_modified_ISO8601}</LastModified>"
+        "</CopyObjectResult>"
+    ).encode()
+    start_response(
+        "200 OK", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+    )
+    return [body]

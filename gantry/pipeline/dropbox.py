@@ -51,6 +51,7 @@ from pydantic import ValidationError
 from gantry import access, resources, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm
+from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.errors import Conflict, GantryError, NotFound, TooManyRequests
 from gantry.job_states import JobStatus
@@ -483,7 +484,7 @@ def _upload_copy(
     key = upload_key(owner, pk, filename)
     bucket = ctx.settings.bucket_name
     try:
-        ctx.clients.s3.copy({"Bucket": bucket, "Key": source}, bucket, key)
+        copy_object(ctx.clients.s3, bucket, source, key)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             raise DropError(f"The file '{filename}' is gone") from None
@@ -545,10 +546,10 @@ def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
         if output.get("image_keys"):
             for source in output["image_keys"]:
                 target = f"{prefix}{relative}/{posixpath.basename(source)}"
-                ctx.clients.s3.copy({"Bucket": bucket, "Key": source}, bucket, target)
+                copy_object(ctx.clients.s3, bucket, source, target)
                 keys_out.append(target)
         elif output.get("key"):
-            ctx.clients.s3.copy({"Bucket": bucket, "Key": output["key"]}, bucket, prefix + relative)
+            copy_object(ctx.clients.s3, bucket, output["key"], prefix + relative)
             keys_out.append(prefix + relative)
         else:
             _put_json(ctx, prefix + relative, output.get("value"))

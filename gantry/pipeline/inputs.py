@@ -18,6 +18,7 @@ from typing import Any
 
 from gantry import access, resources, timeutil
 from gantry.access import Action
+from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.interfaces import MAX_JSON_BYTES, Interface, InterfaceValueError, validate_value
@@ -301,8 +302,8 @@ def _check_text(ctx: Context, kind: InterfaceKind, upload: Upload) -> None:
 
 def _copy(ctx: Context, upload: Upload, key: str) -> str:
     bucket = ctx.settings.bucket_name
-    # Managed copy: server side, multipart above 8 MiB, never through this handler's memory.
-    ctx.clients.s3.copy({"Bucket": bucket, "Key": upload.key}, bucket, key)
+    # Server side, never through this handler's memory.
+    copy_object(ctx.clients.s3, bucket, upload.key, key)
     return key
 
 

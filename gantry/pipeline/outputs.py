@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gantry import resources, timeutil
+from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.images import Image
 from gantry.interfaces import Interface, value_errors
@@ -95,7 +96,7 @@ def _keep(ctx: Context, job: Job, socket: Interface, source_key: str) -> str:
     name = posixpath.basename(source_key)
     key = f"{resources.PREFIX_VALUES}{job.pk}/{job.attempt}/{socket.slug}/{name}"
     bucket = ctx.settings.bucket_name
-    ctx.clients.s3.copy({"Bucket": bucket, "Key": source_key}, bucket, key)
+    copy_object(ctx.clients.s3, bucket, source_key, key)
     return key
 
 
@@ -174,7 +175,7 @@ def _image_output(
     image_pk = str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:{job.pk}:{job.attempt}:{socket.slug}"))
     key = f"{resources.PREFIX_VALUES}images/{image_pk}/{name}"
     bucket = ctx.settings.bucket_name
-    ctx.clients.s3.copy({"Bucket": bucket, "Key": source_key}, bucket, key)
+    copy_object(ctx.clients.s3, bucket, source_key, key)
     image = imaging.image_from(
         info, pk=image_pk, name=name, owner=job.creator, key=key, created=timeutil.iso()
     )

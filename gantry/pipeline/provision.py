@@ -17,6 +17,7 @@ import logging
 from datetime import timedelta
 
 from gantry import contract, resources, shapes, timeutil
+from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.interfaces import Interface
 from gantry.job_states import JobStatus, can_transition
@@ -45,11 +46,11 @@ def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> c
             source = next((f for f in image.files if f.image_type == "MHD"), image.files[0])
             relative_path = f"{socket.relative_path}/{source.filename}"
             key = base + relative_path
-            s3.copy({"Bucket": bucket, "Key": source.key}, bucket, key)
+            copy_object(s3, bucket, source.key, key)
         elif value.file:
             relative_path = socket.relative_path
             key = base + relative_path
-            s3.copy({"Bucket": bucket, "Key": value.file}, bucket, key)
+            copy_object(s3, bucket, value.file, key)
         else:
             relative_path = socket.relative_path
             key = base + relative_path

@@ -13,6 +13,7 @@ from gantry.algorithms import (
     AlgorithmUpdate,
     SocketSet,
 )
+from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.interfaces import ImmutableFieldError, Interface, InterfaceFields
@@ -225,7 +226,7 @@ def add_model(
     pk = str(uuid.uuid4())
     key = resources.model_key(algorithm.pk, pk)
     s3 = ctx.clients.s3
-    s3.copy({"Bucket": bucket, "Key": upload.key}, bucket, key)
+    copy_object(s3, bucket, upload.key, key)
     digest = hashlib.sha256()
     size = 0
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]

@@ -205,9 +205,20 @@ def test_stored_objects_are_read_whole_or_by_range(tmp_path: Path) -> None:
         target = tmp_path / "down"
         s3.download_file(name, "values/big", str(target))
         assert target.read_bytes() == body
-        # Overwritten: readers get the new bytes.
+        # A copy is a hard link of the stored file: same bytes, ETag and metadata.
+        s3.copy_object(
+            Bucket=name, Key="values/copy", CopySource={"Bucket": name, "Key": "values/big"}
+        )
+        copied = s3.get_object(Bucket=name, Key="values/copy")
+        assert copied["Body"].read() == body and copied["ETag"] == whole["ETag"]
+        assert copied["Metadata"] == {"signature_hmac_sha256": "abc"}
+        assert copied["ContentType"] == "application/x-test"
+        files = list((tmp_path / "data" / "objects").iterdir())
+        assert sorted(f.stat().st_nlink for f in files if f.stat().st_size == len(body)) == [2, 2]
+        # Overwritten: readers get the new bytes; the copy keeps its own.
         s3.put_object(Bucket=name, Key="values/big", Body=b"new")
         assert s3.get_object(Bucket=name, Key="values/big")["Body"].read() == b"new"
+        assert s3.get_object(Bucket=name, Key="values/copy")["Body"].read() == body
     finally:
         endpoint.stop()
 
