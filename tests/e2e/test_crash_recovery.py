@@ -82,10 +82,19 @@ def _keys(connection: dict[str, Any], prefix: str) -> list[str]:
     return [entry["Key"] for page in pages for entry in page.get("Contents", [])]
 
 
-def _until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+def _until(
+    condition: Callable[[], bool],
+    what: str,
+    timeout: float = DEADLINE,
+    up: Any = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"not {what} after {timeout} s"
+        if time.monotonic() > deadline:
+            # What the jobs were doing, and what the platform printed, for the failure report.
+            statuses = [job["status"] for job in _stored_jobs(up.state_dir)] if up else []
+            output = up.output()[-3000:] if up else ""
+            raise AssertionError(f"not {what} after {timeout} s; job statuses {statuses}\n{output}")
         time.sleep(0.1)
 
 
@@ -151,19 +160,25 @@ def test_a_sigkill_at_any_moment_loses_no_drop(local_up: Any) -> None:  # noqa: 
     assert not acknowledged & set(retry)
     _drop(connection, slug, retry, acknowledged)
     assert _absent(connection, slug) == []
-    _until(lambda: bool(_keys(connection, resources.PREFIX_IO)), "a job running")
+    _until(lambda: bool(_keys(connection, resources.PREFIX_IO)), "a job running", up=third)
     third.kill()
 
     # 4. Restarted; killed while results are being written.
     fourth = local_up()
     connection = fourth.start()
-    _until(lambda: len(_results(connection, slug, "job.json")) >= 5, "results being written")
+    _until(
+        lambda: len(_results(connection, slug, "job.json")) >= 5, "results being written", up=fourth
+    )
     fourth.kill()
 
     # 5. Restarted for good: every case ends with one Succeeded job and one result set.
     last = local_up()
     connection = last.start()
-    _until(lambda: len(_results(connection, slug, "job.json")) >= CASES, "every result written")
+    _until(
+        lambda: len(_results(connection, slug, "job.json")) >= CASES,
+        "every result written",
+        up=last,
+    )
     assert _results(connection, slug, "error.json") == {}
     assert sorted(_results(connection, slug, "slept.json")) == list(range(CASES))
     s3 = _s3(connection)
