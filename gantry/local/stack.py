@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,9 +99,12 @@ class LocalStack:
             # Clients reach the embedded S3 through the gateway, on the API's https host.
             updates["presign_endpoint_url"] = gateway.base_url
         settings = (settings or Settings()).model_copy(update=updates)
+        ctx = Context.create(settings)
+        # Every drop-folder handler of an earlier run of this machine's stack is gone.
+        ctx.claims_orphaned_before = int(time.time())
         stack = cls(
             settings=settings,
-            ctx=Context.create(settings),
+            ctx=ctx,
             endpoint=endpoint,
             gateway=gateway,
             state_dir=state_dir,

@@ -329,6 +329,9 @@ def _claim(
         # under a random pk) stopped before completing the claim: that job stands.
         _complete_claim(ctx, claim_pk, job_pk=str(item["job_pk"]))
         return False, str(item["job_pk"])
+    taken_at = int(item.get("lease_until", 0)) - CLAIM_LEASE_SECONDS
+    if ctx.claims_orphaned_before is not None and taken_at < ctx.claims_orphaned_before:
+        orphaned = True  # taken by a run of the stack that has ended (a crash)
     if int(item.get("lease_until", 0)) > now and not orphaned:
         raise ClaimBusy(f"the drop {identity} is being handled")
     try:  # take over an expired lease; of two takers only one passes the condition

@@ -484,3 +484,23 @@ def test_after_a_crash_the_sweep_takes_over_claims_left_in_progress(drop) -> Non
     swept = dropbox.reconcile_drops(ctx, orphaned=True)
     assert len(swept.started) == 1
     assert [j.source_ref for j in dropbox_jobs(ctx)] == ["segmenter/case-held"]
+
+
+def test_a_claim_of_an_earlier_run_is_taken_over_by_any_later_handler(drop) -> None:
+    """On one machine a claim taken before the stack started belongs to a run that crashed:
+    the drops that waited for a slot (or a redelivered message) make the job at once instead
+    of waiting for the claim's lease."""
+    ctx, queue_url = drop
+    put(ctx, "dropbox/segmenter/case-old/scan.mha", b"data")
+    drain(ctx, queue_url)
+    key = "dropbox/segmenter/case-old/scan.mha"
+    head = ctx.clients.s3.head_object(Bucket=ctx.settings.bucket_name, Key=key)
+    identity = dropbox._object_identity(ctx.settings.bucket_name, key, head)
+    assert dropbox._claim(ctx, dropbox._claim_key(identity), identity) == (True, None)
+    assert dropbox.reconcile_drops(ctx).busy == 1  # the holder may still be running
+
+    ctx.claims_orphaned_before = int(time.time()) + 1  # the stack (re)started after the claim
+    swept = dropbox.reconcile_drops(ctx)
+    assert swept.busy == 0 and len(swept.started) == 1
+    assert [j.source_ref for j in dropbox_jobs(ctx)] == ["segmenter/case-old"]
+    assert dropbox.reconcile_drops(ctx).started == []  # one job, whoever asks again
