@@ -241,6 +241,14 @@ def _prepare_archive(api: ApiOptions, client: Any, archive: Path) -> PreparedIma
             f"state in {api.state_dir}); this API is not that stack"
         )
     store = image_store_dir(api.state_dir)
+    prepared = unpack_archive(store, archive)
+    config = prepared.config
+    say(f"Unpacked image {config.short_id} ({len(config.layers)} layers) into {store}")
+    return prepared
+
+
+def unpack_archive(store: Path, archive: Path) -> PreparedImage:
+    """The archive's image unpacked into the store, runnable by its USER; errors for the CLI."""
     try:
         prepared = ImageStore(store).prepare(archive)
         prepared.check_reachable()
@@ -248,8 +256,6 @@ def _prepare_archive(api: ApiOptions, client: Any, archive: Path) -> PreparedIma
         raise CliError(f"{archive}: {error}") from None
     except OSError as error:
         raise CliError(f"Cannot read {archive}: {error.strerror or error}") from None
-    config = prepared.config
-    say(f"Unpacked image {config.short_id} ({len(config.layers)} layers) into {store}")
     return prepared
 
 

@@ -130,10 +130,10 @@ def _run(
     state_dir: Path,
     model: Path | None = None,
 ) -> dict[str, Any]:
+    from gantry.commands.catalog import unpack_archive
     from gantry.local import demo as steps
     from gantry.local.client import ApiError, InProcessApi
     from gantry.local.stack import LocalStack
-    from gantry.oci import ImageError, ImageStore
     from gantry.settings import Settings
 
     sockets = {slug: input_socket(slug, value) for slug, value in inputs}
@@ -141,13 +141,7 @@ def _run(
     if clash := set(sockets) & set(out_sockets):
         raise CliError(f"{', '.join(sorted(clash))}: both an input and an output")
     store = image_store_dir(state_dir)
-    try:
-        prepared = ImageStore(store).prepare(archive)
-        prepared.check_reachable()
-    except ImageError as error:
-        raise CliError(f"{archive}: {error}") from None
-    except OSError as error:
-        raise CliError(f"Cannot read {archive}: {error.strerror or error}") from None
+    prepared = unpack_archive(store, archive)
     config = prepared.config
     say(f"Image {config.short_id}: {len(config.layers)} layers, root in {prepared.rootfs}")
     # The job's own messages and logs are printed below; the backend's copy would repeat them.
