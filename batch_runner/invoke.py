@@ -409,6 +409,24 @@ def _collect(
             result["user_safe_error_message"] = next(iter(found.values()))
 
 
+def record_failure(error: Exception, result: dict[str, Any], log: JsonLog) -> bool:
+    """Put what went wrong around the algorithm's run into the result; False when the error
+    was unexpected (the user sees only that the runner failed internally)."""
+    if isinstance(error, ModelError):
+        message = f"Could not set up model: {error}"
+    elif isinstance(error, StagingError | UserError | SetupError):
+        message = str(error)
+        if isinstance(error, SetupError):
+            result["return_code"] = error.return_code
+    else:
+        log.error(f"{MSG_INTERNAL}: {type(error).__name__}: {error}")
+        result["user_safe_error_message"] = MSG_INTERNAL
+        return False
+    log.error(message)
+    result["user_safe_error_message"] = message
+    return True
+
+
 def run_invocation(
     invocation: Invocation,
     config: RunnerConfig,
@@ -470,18 +488,8 @@ def run_invocation(
         log.info(f"Algorithm finished with code {outcome.return_code} in {outcome.duration:.2f}s")
         if outcome.return_code == 0 and not outcome.timed_out:
             _collect(client, invocation, config, result)
-    except ModelError as error:
-        log.error(f"Could not set up model: {error}")
-        result["user_safe_error_message"] = f"Could not set up model: {error}"
-    except (StagingError, UserError) as error:
-        log.error(str(error))
-        result["user_safe_error_message"] = str(error)
-    except SetupError as error:
-        log.error(str(error))
-        result.update(return_code=error.return_code, user_safe_error_message=str(error))
     except Exception as error:  # the result must be written whatever went wrong
-        log.error(f"{MSG_INTERNAL}: {type(error).__name__}: {error}")
-        result["user_safe_error_message"] = MSG_INTERNAL
+        record_failure(error, result, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result.update(invoke_duration=time.monotonic() - started, runner_version=__version__)

@@ -24,7 +24,6 @@ from typing import Any
 from batch_runner import __version__, limits, process
 from batch_runner.config import RunnerConfig
 from batch_runner.invoke import (
-    MSG_INTERNAL,
     MSG_OOM,
     MSG_TIMEOUT,
     OOM_KILLED,
@@ -34,14 +33,14 @@ from batch_runner.invoke import (
     _prepare_image,
     _setup_model,
     _use_sandbox,
+    record_failure,
     write_result,
 )
 from batch_runner.logs import JsonLog
-from batch_runner.model import ModelError
 from batch_runner.server import MSG_START_FAILED, InferenceServer, ServerError
-from batch_runner.staging import StagingError, clear_root, stage_inputs
+from batch_runner.staging import clear_root, stage_inputs
 from batch_runner.transfer import s3_client
-from batch_runner.users import UserError, resolve_image_user
+from batch_runner.users import resolve_image_user
 from gantry.contract import InferenceResult, Invocation
 
 
@@ -177,19 +176,9 @@ class InvokeSession:
             result["user_safe_error_message"] = message
             if self.server is not None and self.server.exited() is not None:
                 self.stop()
-        except ModelError as error:
-            log.error(f"Could not set up model: {error}")
-            result["user_safe_error_message"] = f"Could not set up model: {error}"
-        except (StagingError, UserError) as error:
-            log.error(str(error))
-            result["user_safe_error_message"] = str(error)
-        except SetupError as error:
-            log.error(str(error))
-            result.update(return_code=error.return_code, user_safe_error_message=str(error))
         except Exception as error:  # the result must be written whatever went wrong
-            log.error(f"{MSG_INTERNAL}: {type(error).__name__}: {error}")
-            result["user_safe_error_message"] = MSG_INTERNAL
-            self.stop()
+            if not record_failure(error, result, log):
+                self.stop()  # the server's state is unknown: it does not serve again
         result.update(invoke_duration=time.monotonic() - started, runner_version=__version__)
         final = InferenceResult.model_validate(result)
         write_result(self.client, invocation, final, key_hex or config.signing_key_hex)
