@@ -21,6 +21,28 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 
+def sqs_event(
+    bodies: list[str], *, queue: str = "gantry-uploads", first: int = 0
+) -> dict[str, Any]:
+    """An SQS event for a Lambda handler, as the event source mapping delivers it."""
+    return {
+        "Records": [
+            {
+                "messageId": f"m{first + i}",
+                "receiptHandle": f"r{first + i}",
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
+                "awsRegion": "us-east-1",
+            }
+            for i, body in enumerate(bodies)
+        ]
+    }
+
+
 @pytest.fixture
 def aws() -> Iterator[None]:
     from moto import mock_aws

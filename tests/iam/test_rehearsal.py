@@ -33,6 +33,7 @@ from gantry.context import Context
 from gantry.provision import ensure_data
 from gantry.services.uploads import upload_key
 from gantry.settings import Settings
+from tests.conftest import sqs_event
 from tests.iam.calls import Call, Recorder, recording, to_requests
 from tests.iam.evaluate import allowed
 from tests.iam.template import ACCOUNT, REGION, Deployment
@@ -191,25 +192,6 @@ def drain(ctx: Context, url: str) -> list[str]:
     return bodies
 
 
-def sqs_event(bodies: list[str]) -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "messageId": f"m{i}",
-                "receiptHandle": f"r{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": f"arn:aws:sqs:{REGION}:{ACCOUNT}:queue",
-                "awsRegion": REGION,
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
-
-
 # --- The scenarios --------------------------------------------------------------------------
 
 
@@ -334,7 +316,7 @@ class Platform:
         url = self.ctx.settings.uploads_queue_url
         while bodies := drain(self.ctx, url):
             with self.act("on_upload"):
-                response = process(self.contexts["on_upload"], sqs_event(bodies))
+                response = process(self.contexts["on_upload"], sqs_event(bodies, queue="queue"))
             assert response["batchItemFailures"] == []
 
     def s3_notification(self, key: str, size: int) -> str:
@@ -363,7 +345,8 @@ class Platform:
         self.ctx.clients.s3.put_object(Bucket=self.ctx.settings.bucket_name, Key=key, Body=body)
         with self.act("on_dropbox"):
             response = process(
-                self.contexts["on_dropbox"], sqs_event([self.s3_notification(key, len(body))])
+                self.contexts["on_dropbox"],
+                sqs_event([self.s3_notification(key, len(body))], queue="queue"),
             )
         assert response["batchItemFailures"] == []
 
@@ -373,7 +356,7 @@ class Platform:
 
         bodies = drain(self.ctx, self.events_url)
         with self.act("on_dropbox"):
-            response = process(self.contexts["on_dropbox"], sqs_event(bodies))
+            response = process(self.contexts["on_dropbox"], sqs_event(bodies, queue="queue"))
         assert response["batchItemFailures"] == []
 
     def job(self, pk: str) -> Any:

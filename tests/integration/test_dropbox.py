@@ -21,6 +21,7 @@ from gantry.pipeline import dropbox
 from gantry.pipeline.inputs import validate_pending_inputs
 from gantry.store import keys
 from lambdas.on_dropbox import process
+from tests.conftest import sqs_event
 from tests.integration.test_inputs_support import (
     RecordingCompute,
     make_algorithm,
@@ -114,30 +115,13 @@ def drain(ctx, queue_url: str) -> list[str]:
             )
 
 
-def sqs_batch(bodies: list[str], start: int) -> dict:
-    return {
-        "Records": [
-            {
-                "messageId": f"m{start + i}",
-                "receiptHandle": f"r{start + i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:gantry-dropbox",
-                "awsRegion": "us-east-1",
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
-
-
 def deliver(ctx, bodies: list[str]) -> list[str]:
     """Hand the bodies to the handler in SQS batches of 10; the failed message ids."""
     failed: list[str] = []
     for start in range(0, len(bodies), 10):
-        response = process(ctx, sqs_batch(bodies[start : start + 10], start))
+        response = process(
+            ctx, sqs_event(bodies[start : start + 10], queue="gantry-dropbox", first=start)
+        )
         failed += [item["itemIdentifier"] for item in response["batchItemFailures"]]
     return failed
 

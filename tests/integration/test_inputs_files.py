@@ -11,6 +11,7 @@ from gantry.job_states import JobStatus
 from gantry.pipeline.inputs import validate_pending_inputs
 from gantry.services.jobs import JobInput
 from lambdas.on_upload import process
+from tests.conftest import sqs_event
 from tests.integration.test_inputs_support import (
     RecordingCompute,
     make_algorithm,
@@ -130,25 +131,6 @@ def test_invalid_json_file_fails_the_job(setup, body, message) -> None:
     assert message in done.error_message
 
 
-def sqs_event(*bodies: str) -> dict:
-    return {
-        "Records": [
-            {
-                "messageId": f"m{i}",
-                "receiptHandle": f"r{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:gantry-uploads",
-                "awsRegion": "us-east-1",
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
-
-
 def test_upload_handler_reports_only_the_bad_record(setup) -> None:
     ctx, algorithms = setup
     good = put_upload(ctx, "report.pdf", PDF)
@@ -173,11 +155,13 @@ def test_upload_handler_reports_only_the_bad_record(setup) -> None:
     response = process(
         ctx,
         sqs_event(
-            json.dumps({"gantry": "validate-inputs", "job": job_ok.pk}),
-            json.dumps({"gantry": "validate-inputs", "job": job_bad.pk}),
-            json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}),
-            json.dumps(s3_note),
-            "not json at all",
+            [
+                json.dumps({"gantry": "validate-inputs", "job": job_ok.pk}),
+                json.dumps({"gantry": "validate-inputs", "job": job_bad.pk}),
+                json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}),
+                json.dumps(s3_note),
+                "not json at all",
+            ]
         ),
     )
     # The user's bad PDF is handled (job failed); only the unreadable message is retried.

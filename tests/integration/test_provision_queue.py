@@ -12,27 +12,8 @@ from gantry.job_states import JobStatus
 from gantry.pipeline.wiring import START_JOB, install
 from lambdas.api.app import create_app
 from lambdas.on_upload import process
-from tests.conftest import ApiClient
+from tests.conftest import ApiClient, sqs_event
 from tests.integration.test_inputs_support import RecordingCompute, make_algorithm, make_socket
-
-
-def sqs_event(bodies: list[str]) -> dict:
-    return {
-        "Records": [
-            {
-                "messageId": f"m{i}",
-                "receiptHandle": f"r{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:gantry-uploads",
-                "awsRegion": "us-east-1",
-            }
-            for i, body in enumerate(bodies)
-        ]
-    }
 
 
 def test_the_api_queues_a_ready_job_and_on_upload_provisions_it(ctx, alice_token) -> None:
