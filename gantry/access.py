@@ -8,7 +8,11 @@ an upload or image as a job's input), CHANGE and DELETE. Admins may do everythin
 - Algorithm images: the algorithm's editors only (users run the desired one through jobs).
 - Jobs: the creator reads, changes (cancels) and deletes; the algorithm's editors read and
   cancel (CHANGE) too.
-- Images, uploads and tokens belong to their owner alone.
+- Images, uploads and tokens belong to their owner alone; an image in an archive is also
+  read and used by the archive's members.
+- Archives: members (creator, editors, uploaders, users) read and use them (see their items
+  and images, run algorithms over them); editors change the archive (title, members);
+  editors and uploaders add items and values (archive_item CHANGE).
 - Access requests: anyone may ask to use an algorithm they know the pk of; the requester
   reads their own request; the algorithm's editors read and answer (CHANGE) all of them.
 
@@ -18,9 +22,11 @@ the thing exists. What it may read but not change is 403.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from gantry.algorithms import Algorithm, AlgorithmImage
+from gantry.archives import Archive
 from gantry.errors import NotFound, PermissionDenied
 from gantry.images import Image
 from gantry.interfaces import Interface
@@ -84,8 +90,28 @@ def job_data(user: User, item: Job) -> bool:
     return user.is_admin or user.username == item.creator
 
 
-def image(user: User, action: Action, item: Image) -> bool:
-    return user.is_admin or user.username == item.owner
+def image(user: User, action: Action, item: Image, archives: Iterable[Archive] = ()) -> bool:
+    """``archives``: the archives that hold the image; their members read and use it."""
+    if user.is_admin or user.username == item.owner:
+        return True
+    return action in (Action.READ, Action.USE) and any(
+        archive(user, Action.READ, a) for a in archives
+    )
+
+
+def archive(user: User, action: Action, item: Archive) -> bool:
+    if user.is_admin:
+        return True
+    if action in (Action.READ, Action.USE):
+        return user.username in item.members()
+    return user.username == item.creator or user.username in item.editors
+
+
+def archive_item(user: User, action: Action, owner: Archive) -> bool:
+    """Items of ``owner``: its members read them, its editors and uploaders add and change."""
+    if action in (Action.READ, Action.USE):
+        return archive(user, action, owner)
+    return archive(user, Action.CHANGE, owner) or user.username in owner.uploaders
 
 
 def upload(user: User, action: Action, item: Upload) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 from gantry import timeutil
 from gantry.algorithms import Algorithm, AlgorithmImage, AlgorithmModel, ImportStatus
+from gantry.archives import Archive, ArchiveItem
 from gantry.images import Image
 from gantry.interfaces import Interface, to_api
 from gantry.jobs import Job, SocketValue
@@ -151,6 +152,91 @@ def job_post(job: Job, sockets: dict[str, Interface]) -> dict[str, Any]:
             for v in job.inputs
         ],
         "status": job.status.label,
+    }
+
+
+def archive(arc: Archive, urls: Urls) -> dict[str, Any]:
+    """grand-challenge's archive; ``name`` and ``id`` as its older API had them (the
+    algorithms tutorial reads both)."""
+    return {
+        "pk": arc.pk,
+        "title": arc.title,
+        "logo": "",
+        "description": arc.description,
+        "api_url": urls.archive(arc.pk),
+        "url": urls.site(f"archives/{arc.slug}/"),
+        # Gantry's additions
+        "id": arc.pk,
+        "name": arc.title,
+        "slug": arc.slug,
+        "editors": arc.editors,
+        "uploaders": arc.uploaders,
+        "users": arc.users,
+        "creator": arc.creator,
+        "created": arc.created,
+        "modified": arc.modified,
+    }
+
+
+def archive_item(item: ArchiveItem, sockets: dict[str, Interface], urls: Urls) -> dict[str, Any]:
+    """grand-challenge's archive item; values still being imported are left out (listed in
+    ``pending``), values that could not be added are named in ``errors``."""
+    values = []
+    for value in item.values:
+        if value.pending_upload or value.pending_uploads:
+            continue
+        socket = to_api(sockets[value.socket]) if value.socket in sockets else None
+        file_url = (
+            urls.archive_item_file(item.pk, value.pk, posixpath.basename(value.file))
+            if value.file
+            else None
+        )
+        values.append(
+            {
+                "socket": socket,
+                "interface": socket,
+                "value": value.value,
+                "file": file_url,
+                "image": urls.image(value.image) if value.image else None,
+                "pk": value.pk,
+            }
+        )
+    return {
+        "pk": item.pk,
+        "title": item.title,
+        "archive": urls.archive(item.archive),
+        "values": values,
+        "hanging_protocol": None,
+        "optional_hanging_protocols": [],
+        "view_content": {},
+        # Gantry's additions
+        "api_url": urls.archive_item(item.pk),
+        "pending": sorted({v.socket for v in item.values if v.pending_upload or v.pending_uploads}),
+        "errors": item.errors,
+        "created": item.created,
+        "modified": item.modified,
+    }
+
+
+def archive_item_post(item: ArchiveItem, urls: Urls) -> dict[str, Any]:
+    """The body grand-challenge returns when an item is created or changed (gcapi's
+    ArchiveItemPost): values name their interface by slug."""
+    return {
+        **archive_item(item, {}, urls),
+        "values": [
+            {
+                "interface": v.socket,
+                "value": v.value,
+                "file": urls.archive_item_file(item.pk, v.pk, posixpath.basename(v.file))
+                if v.file
+                else None,
+                "image": urls.image(v.image) if v.image else None,
+                "pk": v.pk,
+                "image_name": None,
+            }
+            for v in item.values
+            if not (v.pending_upload or v.pending_uploads)
+        ],
     }
 
 

@@ -40,6 +40,15 @@ class Urls:
     def value_file(self, job_pk: str, value_pk: int, filename: str) -> str:
         return self.path(f"algorithms/jobs/{job_pk}/values/{value_pk}/{quote(filename)}")
 
+    def archive(self, pk: str) -> str:
+        return self.path(f"archives/{pk}/")
+
+    def archive_item(self, pk: str) -> str:
+        return self.path(f"archives/items/{pk}/")
+
+    def archive_item_file(self, item_pk: str, value_pk: int, filename: str) -> str:
+        return self.path(f"archives/items/{item_pk}/values/{value_pk}/{quote(filename)}")
+
     def upload(self, pk: str) -> str:
         return self.path(f"uploads/{pk}/")
 

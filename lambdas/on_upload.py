@@ -1,7 +1,8 @@
 """SQS handler of the uploads queue: S3 notifications for ``uploads/``,
 ``{"gantry": "validate-inputs", "job": pk}`` and ``{"gantry": "start-job", "job": pk}``
 messages (jobs the API created with ready inputs: this function provisions them), and
-``{"gantry": "import-image", "image": pk}`` (an uploaded container image to import).
+``{"gantry": "import-image", "image": pk}`` (an uploaded container image to import) and
+``{"gantry": "import-item-values", "item": pk}`` (uploaded values of an archive item).
 
 Partial batch responses: one failing record is retried alone (and ends in the DLQ after the
 queue's receive count), never the whole batch. Problems a user must fix never raise: they
@@ -16,7 +17,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
-from gantry.pipeline.wiring import IMPORT_IMAGE, START_JOB, VALIDATE_INPUTS
+from gantry.pipeline.wiring import IMPORT_IMAGE, IMPORT_ITEM_VALUES, START_JOB, VALIDATE_INPUTS
 from lambdas.runtime import context, process_sqs_batch, unknown_message
 
 logger = Logger(service="gantry-on-upload")
@@ -45,6 +46,14 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         if not isinstance(image_pk, str) or not image_pk:
             raise ValueError("import-image message without an image pk")
         import_image(ctx, image_pk)
+        return
+    if message.get("gantry") == IMPORT_ITEM_VALUES:
+        from gantry.pipeline.archive_values import import_item_values
+
+        item_pk = message.get("item")
+        if not isinstance(item_pk, str) or not item_pk:
+            raise ValueError("import-item-values message without an item pk")
+        import_item_values(ctx, item_pk)
         return
     if is_s3_notification(message):
         for event in s3_object_events(message):

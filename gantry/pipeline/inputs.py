@@ -69,8 +69,9 @@ def image_pk_for(job_pk: str, socket_slug: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:{job_pk}:input:{socket_slug}"))
 
 
-def value_key(job_pk: str, value_pk: int, filename: str) -> str:
-    return f"{resources.PREFIX_VALUES}{job_pk}/{value_pk}/{filename}"
+def value_key(scope: str, value_pk: int, filename: str) -> str:
+    """Where an uploaded file value is kept: ``scope`` is its job's (or archive item's) pk."""
+    return f"{resources.PREFIX_VALUES}{scope}/{value_pk}/{filename}"
 
 
 def validate_pending_inputs(ctx: Context, job_pk: str) -> None:
@@ -88,7 +89,10 @@ def validate_pending_inputs(ctx: Context, job_pk: str) -> None:
                 if socket is None:
                     raise InputError("the interface no longer exists")
                 work = Path(scratch) / str(value.pk)
-                resolved[value.pk] = _resolve(ctx, job, socket, value, work)
+                image_pk = image_pk_for(job.pk, socket.slug)
+                resolved[value.pk] = resolve_upload(
+                    ctx, job.creator, job.pk, socket, value, work, image_pk=image_pk
+                )
             except InputError as error:
                 errors[value.socket] = str(error)
     if errors:
@@ -132,30 +136,40 @@ def _fail(ctx: Context, job: Job, errors: dict[str, str]) -> None:
     )
 
 
-def _resolve(
-    ctx: Context, job: Job, socket: Interface, value: SocketValue, work: Path
+def resolve_upload(
+    ctx: Context,
+    owner: str,
+    scope: str,
+    socket: Interface,
+    value: SocketValue,
+    work: Path,
+    *,
+    image_pk: str,
 ) -> dict[str, Any]:
+    """Check the uploads of a pending value of ``owner`` and turn them into the value: an
+    image (stored as ``image_pk``), a file copied under ``values/<scope>/``, or inline JSON.
+    InputError says what the user must fix. Deterministic, so a rerun overwrites."""
     kind = spec(socket.kind)
     upload_pks = value.pending_uploads or ([value.pending_upload] if value.pending_upload else [])
-    uploads = [_upload(ctx, job, pk) for pk in upload_pks]
+    uploads = [_upload(ctx, owner, pk) for pk in upload_pks]
     if kind.is_image:
-        return _import_image(ctx, job, socket, uploads, work)
+        return _import_image(ctx, owner, image_pk, socket, uploads, work)
     if len(uploads) != 1:
         raise InputError(f"expected one uploaded file, got {len(uploads)}")
     if kind.is_json:
-        return _json_file(ctx, job, socket, value, uploads[0])
-    return _plain_file(ctx, job, socket, value, uploads[0])
+        return _json_file(ctx, scope, socket, value, uploads[0])
+    return _plain_file(ctx, scope, socket, value, uploads[0])
 
 
-def _upload(ctx: Context, job: Job, pk: str) -> Upload:
+def _upload(ctx: Context, owner: str, pk: str) -> Upload:
     try:
         upload = ctx.store.uploads.get(pk)
     except NotFound:
         raise InputError(f"the upload {pk} no longer exists") from None
-    # Checked at job creation too; repeated because this handler trusts no message.
-    owner = User(username=job.creator)
-    if not access.upload(owner, Action.USE, upload) or upload.status is not UploadStatus.COMPLETED:
-        raise InputError(f"the upload {pk} is not a completed upload of the job's creator")
+    # Checked when the value was given too; repeated because this handler trusts no message.
+    user = User(username=owner)
+    if not access.upload(user, Action.USE, upload) or upload.status is not UploadStatus.COMPLETED:
+        raise InputError(f"the upload {pk} is not a completed upload of {owner}")
     return upload
 
 
@@ -186,7 +200,7 @@ def _missing(error: Exception) -> bool:
 
 
 def _import_image(
-    ctx: Context, job: Job, socket: Interface, uploads: list[Upload], work: Path
+    ctx: Context, owner: str, image_pk: str, socket: Interface, uploads: list[Upload], work: Path
 ) -> dict[str, Any]:
     from gantry import imaging
 
@@ -206,7 +220,6 @@ def _import_image(
     except _SegmentError as error:
         raise InputError(str(error)) from None
 
-    image_pk = image_pk_for(job.pk, socket.slug)
     key = f"{resources.PREFIX_VALUES}images/{image_pk}/{prepared.name}"
     ctx.clients.s3.upload_file(str(prepared.path), ctx.settings.bucket_name, key)
     primary, _ = imaging.primary_file(paths)
@@ -214,7 +227,7 @@ def _import_image(
         prepared.info,
         pk=image_pk,
         name=primary.name,
-        owner=job.creator,
+        owner=owner,
         key=key,
         created=timeutil.iso(),
     )
@@ -240,7 +253,7 @@ def _check_segments(socket: Interface, values: list[int]) -> None:
 
 
 def _plain_file(
-    ctx: Context, job: Job, socket: Interface, value: SocketValue, upload: Upload
+    ctx: Context, scope: str, socket: Interface, value: SocketValue, upload: Upload
 ) -> dict[str, Any]:
     kind = spec(socket.kind)
     name = upload.filename
@@ -259,7 +272,7 @@ def _plain_file(
             )
     if socket.kind in _TEXT_KINDS:
         _check_text(ctx, socket.kind, upload)
-    return {"file": _copy(ctx, upload, value_key(job.pk, value.pk, name))}
+    return {"file": _copy(ctx, upload, value_key(scope, value.pk, name))}
 
 
 def _head(ctx: Context, upload: Upload) -> bytes:
@@ -315,7 +328,7 @@ def _reject_constant(name: str) -> Any:
 
 
 def _json_file(
-    ctx: Context, job: Job, socket: Interface, value: SocketValue, upload: Upload
+    ctx: Context, scope: str, socket: Interface, value: SocketValue, upload: Upload
 ) -> dict[str, Any]:
     name = upload.filename
     try:
@@ -348,7 +361,7 @@ def _json_file(
                 f"at most {MAX_JSON_BYTES // 1024} KiB"
             )
         return {"value": parsed}
-    return {"file": _copy(ctx, upload, value_key(job.pk, value.pk, name))}
+    return {"file": _copy(ctx, upload, value_key(scope, value.pk, name))}
 
 
 # --- upload notifications ---------------------------------------------------------------------

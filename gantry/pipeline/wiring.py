@@ -17,6 +17,7 @@ from gantry.jobs import Job
 VALIDATE_INPUTS = "validate-inputs"
 START_JOB = "start-job"
 IMPORT_IMAGE = "import-image"
+IMPORT_ITEM_VALUES = "import-item-values"
 
 
 def validate_inputs_message(job_pk: str) -> str:
@@ -29,6 +30,10 @@ def start_job_message(job_pk: str) -> str:
 
 def import_image_message(image_pk: str) -> str:
     return json.dumps({"gantry": IMPORT_IMAGE, "image": image_pk})
+
+
+def import_item_values_message(item_pk: str) -> str:
+    return json.dumps({"gantry": IMPORT_ITEM_VALUES, "item": item_pk})
 
 
 def on_job_created(ctx: Context, job: Job) -> None:

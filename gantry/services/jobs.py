@@ -137,7 +137,7 @@ def create_job(
         if given is None:
             drafts.append({"socket": slug, "value": socket.default_value})
             continue
-        draft = _check_input(ctx, user, socket, given, urls)
+        draft = check_input(ctx, user, socket, given, urls)
         if draft.get("image"):
             input_images.append(draft["image"])
         drafts.append(draft)
@@ -176,7 +176,7 @@ def create_job(
     return job
 
 
-def _check_input(
+def check_input(
     ctx: Context, user: User, socket: Interface, given: JobInput, urls: Urls
 ) -> dict[str, Any]:
     kind = spec(socket.kind)
@@ -209,7 +209,9 @@ def _check_input(
             raise ValidationFailed(
                 f"Input '{socket.slug}': image '{given.image}' not found", field="inputs"
             ) from error
-        if not access.image(user, Action.USE, image):
+        # Images of an archive are usable by its members (looked up only for others' images).
+        holding = ctx.store.archives.holding(image.pk)
+        if not access.image(user, Action.USE, image, holding):
             raise ValidationFailed(
                 f"Input '{socket.slug}': image '{given.image}' not found", field="inputs"
             )

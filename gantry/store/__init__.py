@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gantry.aws import Clients
 from gantry.settings import Settings
 from gantry.store.algorithms import AlgorithmStore
+from gantry.store.archives import ArchiveStore
 from gantry.store.images import ImageStore
 from gantry.store.jobs import JobStore
 from gantry.store.sockets import SocketStore
@@ -24,6 +25,7 @@ class Store:
     images: ImageStore
     uploads: UploadStore
     users: UserStore
+    archives: ArchiveStore
 
     @classmethod
     def create(cls, clients: Clients, settings: Settings) -> Store:
@@ -36,4 +38,5 @@ class Store:
             images=ImageStore(table),
             uploads=UploadStore(table),
             users=UserStore(table),
+            archives=ArchiveStore(table),
         )

@@ -110,3 +110,36 @@ def tokens_of(username: str) -> ListKey:
 
 def idempotency(key: str) -> str:
     return f"IDEMPOTENCY#{key}"
+
+
+def archive(pk: str) -> str:
+    return f"ARCHIVE#{pk}"
+
+
+def archive_slug(slug: str) -> str:
+    return f"ARCHIVESLUG#{slug}"
+
+
+def archives_of(username: str) -> ListKey:
+    return ListKey(BY_OWNER, f"ARCHIVES#{username}")
+
+
+# Usernames cannot contain "*": no user's own list is this one (an admin's list).
+ALL_ARCHIVES = ListKey(BY_OWNER, "ARCHIVES#*")
+
+
+def archive_item(pk: str) -> str:
+    return f"ARCHIVEITEM#{pk}"
+
+
+def archive_items_of(archive_pk: str) -> ListKey:
+    return ListKey(BY_PARENT, f"ARCHIVEITEMS#{archive_pk}")
+
+
+def archive_image(archive_pk: str, image_pk: str) -> str:
+    """One image of an archive, listed once however many of its items hold it."""
+    return f"ARCHIVEIMG#{archive_pk}#{image_pk}"
+
+
+def archive_images_of(archive_pk: str) -> ListKey:
+    return ListKey(BY_PARENT, f"ARCHIVEIMAGES#{archive_pk}")

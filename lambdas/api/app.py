@@ -24,6 +24,7 @@ from gantry.users import parse_authorization
 from lambdas.api.routers import (
     access_requests,
     algorithms,
+    archives,
     gcapi,
     images,
     interfaces,
@@ -119,7 +120,18 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
     def not_found(_: NotFoundError) -> Response:
         return _error(404, {"detail": "Not found."})
 
-    routers = (gcapi, uploads, jobs, images, interfaces, algorithms, access_requests, users, tokens)
+    routers = (
+        gcapi,
+        uploads,
+        jobs,
+        images,
+        interfaces,
+        algorithms,
+        access_requests,
+        users,
+        tokens,
+        archives,
+    )
     for module in routers:
         app.include_router(module.build(ctx))
     return app

@@ -42,6 +42,8 @@ class World:
         default_factory=lambda: {"creator": "alice", "other": "bob", "admin": "root"}
     )
     token_pk: str = ""
+    archive: dict = field(default_factory=dict)
+    item: dict = field(default_factory=dict)
 
     @property
     def creator(self) -> ApiClient:
@@ -108,8 +110,33 @@ def world(ctx, api_app) -> World:
     status, upload, _ = alice.post("uploads/", {"filename": "ct.mha"})
     assert status == 201, upload
     _, token = ctx.store.users.issue_token("alice")
+    status, archive, _ = alice.post("archives/", {"title": "Cases"})
+    assert status == 201, archive
+    status, item, _ = alice.post(
+        "archives/items/", {"archive": archive["pk"], "values": [_input("number", value=3)]}
+    )
+    assert status == 201, item
+    # A file value, as an uploaded one becomes.
+    item_key = f"values/{item['pk']}/9001/r.json"
+    ctx.clients.s3.put_object(Bucket=ctx.settings.bucket_name, Key=item_key, Body=b"2.5")
+    ctx.store.archives.update_item(
+        item["pk"],
+        lambda i: i.model_copy(
+            update={"values": [*i.values, SocketValue(pk=9001, socket="result", file=item_key)]}
+        ),
+    )
     return World(
-        ctx, clients, interface, algorithm, algorithm_image, job, image, upload, token_pk=token.pk
+        ctx,
+        clients,
+        interface,
+        algorithm,
+        algorithm_image,
+        job,
+        image,
+        upload,
+        token_pk=token.pk,
+        archive=archive,
+        item=item,
     )
 
 
@@ -193,6 +220,28 @@ def _list_requests(w: World, client: ApiClient, role: str) -> tuple[int, Any, di
 
 
 CASES: dict[tuple[str, str], Case] = {
+    ("POST", "/archives"): Case(
+        lambda w, c, r: c.post("archives/", {"title": f"Archive of {r}"}), 201, 201, 201
+    ),
+    ("GET", "/archives/{pk}"): Case(
+        lambda w, c, r: c.get(f"archives/{w.archive['pk']}/"), 404, 200, 200
+    ),
+    ("PATCH", "/archives/{pk}"): Case(
+        lambda w, c, r: c.patch(f"archives/{w.archive['pk']}/", {"description": r}), 404, 200, 200
+    ),
+    # Not a member: the archive is not found, naming the field.
+    ("POST", "/archives/items"): Case(
+        lambda w, c, r: c.post("archives/items/", {"archive": w.archive["pk"]}), 400, 201, 201
+    ),
+    ("GET", "/archives/items/{pk}"): Case(
+        lambda w, c, r: c.get(f"archives/items/{w.item['pk']}/"), 404, 200, 200
+    ),
+    ("PATCH", "/archives/items/{pk}"): Case(
+        lambda w, c, r: c.patch(f"archives/items/{w.item['pk']}/", {"title": r}), 404, 200, 200
+    ),
+    ("GET", "/archives/items/{pk}/values/{value_pk}/{filename}"): Case(
+        lambda w, c, r: c.get(f"archives/items/{w.item['pk']}/values/9001/r.json"), 404, 302, 302
+    ),
     ("GET", "/gcapi"): Case(lambda w, c, r: c.get("gcapi/"), 200, 200, 200),
     # Each user sees only themselves there.
     ("GET", "/users/me"): Case(_me, 200, 200, 200),
@@ -300,11 +349,20 @@ LISTS: dict[str, Callable[[World], str]] = {
     "/uploads": lambda w: w.upload["pk"],
     "/components/interfaces": lambda w: w.interface["pk"],
     "/tokens": lambda w: w.token_pk,
+    "/archives": lambda w: w.archive["pk"],
+    "/archives/items": lambda w: w.item["pk"],
 }
 # Interfaces are shared; an admin's lists of algorithms and jobs hold everyone's. Lists of
 # images, uploads and tokens hold one's own, for admins too (an admin reads others' by pk).
 SHARED_LISTS = {"/components/interfaces"}
-ADMIN_LISTS = {"/components/interfaces", "/algorithms", "/algorithms/images", "/algorithms/jobs"}
+ADMIN_LISTS = {
+    "/components/interfaces",
+    "/algorithms",
+    "/algorithms/images",
+    "/algorithms/jobs",
+    "/archives",
+    "/archives/items",
+}
 
 
 def _routes() -> set[tuple[str, str]]:

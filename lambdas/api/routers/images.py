@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from gantry import access, shapes
@@ -9,6 +12,7 @@ from gantry.access import Action
 from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.images import Image
+from gantry.services.archives import referenced_archive
 from gantry.users import User
 from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 from lambdas.api.files import redirect_to_object
@@ -16,7 +20,7 @@ from lambdas.api.files import redirect_to_object
 
 def visible_image(ctx: Context, user: User, pk: str) -> Image:
     image = ctx.store.images.get(pk)
-    if not access.image(user, Action.READ, image):
+    if not access.image(user, Action.READ, image, ctx.store.archives.holding(pk)):
         raise NotFound(f"Image {pk} not found")
     return image
 
@@ -24,13 +28,24 @@ def visible_image(ctx: Context, user: User, pk: str) -> Image:
 def build(ctx: Context) -> APIGatewayRouter:
     router = APIGatewayRouter()
 
-    @router.get("/cases/images/", summary="List your images")
-    def list_images(limit: Limit = DEFAULT_LIMIT, offset: Offset = 0) -> dict:
+    @router.get("/cases/images/", summary="List your images, or an archive's (?archive=)")
+    def list_images(
+        archive: Annotated[str | None, Query(max_length=1024)] = None,
+        limit: Limit = DEFAULT_LIMIT,
+        offset: Offset = 0,
+    ) -> dict:
         user = current_user(router)
         urls = urls_for(ctx, router)
-        images, count = ctx.store.images.page_for(user.username, offset=offset, limit=limit)
+        if archive is not None:
+            found = referenced_archive(ctx, user, urls, archive)
+            pks, count = ctx.store.archives.page_images(found.pk, offset=offset, limit=limit)
+            by_pk = ctx.store.images.get_many(pks)
+            images = [by_pk[pk] for pk in pks if pk in by_pk]
+        else:
+            images, count = ctx.store.images.page_for(user.username, offset=offset, limit=limit)
         results = [shapes.image(i, urls) for i in images]
-        return shapes.page(results, count, offset, limit, urls, "cases/images/", {})
+        query = {"archive": archive}
+        return shapes.page(results, count, offset, limit, urls, "cases/images/", query)
 
     @router.get("/cases/images/<pk>/", summary="Get an image")
     def get_image(pk: str) -> dict:

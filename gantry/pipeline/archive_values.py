@@ -1,0 +1,79 @@
+"""Import the uploaded values of an archive item (``import-item-values`` messages).
+
+Runs from the uploads queue's handler, at least once and possibly twice at the same time:
+image pks and S3 keys derive from the item and value, so a rerun overwrites, and the item
+changes in one versioned write that replaces only values still pending with the same pk.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from gantry.archives import ArchiveItem
+from gantry.context import Context
+from gantry.errors import NotFound
+from gantry.pipeline.inputs import InputError, resolve_upload
+
+logger = logging.getLogger(__name__)
+
+
+def item_image_pk(item_pk: str, value_pk: int) -> str:
+    """The pk of the image imported for an item's value: the same on every rerun."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:archive-item:{item_pk}:{value_pk}"))
+
+
+def import_item_values(ctx: Context, item_pk: str) -> ArchiveItem | None:
+    try:
+        item = ctx.store.archives.get_item(item_pk)
+    except NotFound:
+        return None
+    pending = [v for v in item.values if v.pending_upload or v.pending_uploads]
+    if not pending:
+        return item  # a duplicate message after another run finished
+    sockets = ctx.store.sockets.get_many_by_slug(sorted({v.socket for v in pending}))
+    resolved: dict[int, dict[str, Any]] = {}
+    errors: dict[int, tuple[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="gantry-item-") as scratch:
+        for value in pending:
+            socket = sockets.get(value.socket)
+            try:
+                if socket is None:
+                    raise InputError("the interface no longer exists")
+                resolved[value.pk] = resolve_upload(
+                    ctx,
+                    item.creator,
+                    item.pk,
+                    socket,
+                    value,
+                    Path(scratch) / str(value.pk),
+                    image_pk=item_image_pk(item.pk, value.pk),
+                )
+            except InputError as error:
+                errors[value.pk] = (value.socket, str(error))
+
+    def change(current: ArchiveItem) -> ArchiveItem | None:
+        values, failed = [], dict(current.errors)
+        touched = False
+        for value in current.values:
+            if value.pk in resolved and (value.pending_upload or value.pending_uploads):
+                update = {**resolved[value.pk], "pending_upload": None, "pending_uploads": None}
+                values.append(value.model_copy(update=update))
+                touched = True
+            elif value.pk in errors:
+                slug, why = errors[value.pk]
+                failed[slug] = why  # the value is dropped; the reason stays with the item
+                touched = True
+            else:
+                values.append(value)
+        if not touched:
+            return None
+        return current.model_copy(update={"values": values, "errors": failed})
+
+    updated = ctx.store.archives.update_item(item.pk, change)
+    for slug, why in errors.values():
+        logger.info("archive item %s: value of %s not added: %s", item.pk, slug, why)
+    return updated
