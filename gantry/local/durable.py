@@ -11,6 +11,9 @@ Where it goes:
   interrupted one is rolled back on open, so the previous state stays whole). One row per item
   (``items``) and per object (``objects``); a write costs one B-tree update whatever the count,
   so the cost per request stays flat as the table grows.
+- ``uploads`` and ``parts``: multipart uploads in progress and each acknowledged part (its
+  bytes in a file of ``objects/`` too), so an upload cut by a restart goes on where it was;
+  completing one concatenates the part files into the object's file.
 - ``objects/``: each object's bytes in its own file, written to a temporary name, fsync'd and
   renamed, before the row that names it is committed; a file no row names (a crash between the
   two) is removed on start. Object files are never changed in place, so moto serves reads from
@@ -47,7 +50,33 @@ CREATE TABLE IF NOT EXISTS objects (
     size INTEGER NOT NULL, last_modified TEXT NOT NULL, meta TEXT NOT NULL,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    bucket TEXT NOT NULL, upload_id TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (bucket, upload_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parts (
+    bucket TEXT NOT NULL, upload_id TEXT NOT NULL, number INTEGER NOT NULL, file TEXT NOT NULL,
+    etag TEXT NOT NULL, size INTEGER NOT NULL, last_modified TEXT NOT NULL,
+    PRIMARY KEY (bucket, upload_id, number)
+) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    number: int
+    path: Path
+    etag: str
+    size: int
+    last_modified: str
+
+
+@dataclass(frozen=True)
+class StoredUpload:
+    bucket: str
+    upload_id: str
+    doc: dict[str, Any]
+    parts: list[StoredPart]
 
 
 @dataclass(frozen=True)
@@ -138,6 +167,22 @@ class DurableStore:
         _fsync_dir(self.objects)
         return path, size
 
+    def concatenate_files(self, sources: Iterable[Path]) -> tuple[Path, int]:
+        """A new, fsync'd object file holding the sources one after another, copied by the
+        kernel (nothing passes through this process's memory); (path, size)."""
+        path = self.new_object_path()
+        tmp = path.with_name(f".{path.name}.tmp")
+        size = 0
+        with open(tmp, "wb") as target:
+            for source in sources:
+                with open(source, "rb") as handle:
+                    length = os.fstat(handle.fileno()).st_size
+                    size += _copy_file(handle.fileno(), target.fileno(), length)
+            os.fsync(target.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.objects)
+        return path, size
+
     def link_file(self, source: Path) -> Path:
         """A new name for an existing (immutable) object file: a copy that costs no I/O."""
         path = self.new_object_path()
@@ -148,23 +193,104 @@ class DurableStore:
     def put_object(self, obj: StoredObject) -> None:
         """Record ``obj`` (its file already durable); the file it replaces is removed."""
         with self._lock:
+            replaced = self._put_object_row(obj)
+        for file in replaced:
+            (self.objects / file).unlink(missing_ok=True)
+
+    def _put_object_row(self, obj: StoredObject) -> list[str]:
+        """Write the row of ``obj`` (lock held); the file names it no longer uses."""
+        old = self._db.execute(
+            "SELECT file FROM objects WHERE bucket = ? AND key = ?", (obj.bucket, obj.key)
+        ).fetchone()
+        self._db.execute(
+            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                obj.bucket,
+                obj.key,
+                obj.path.name,
+                obj.etag,
+                obj.size,
+                obj.last_modified,
+                json.dumps(obj.meta, separators=(",", ":")),
+            ),
+        )
+        return [old[0]] if old and old[0] != obj.path.name else []
+
+    # --- multipart uploads in progress ----------------------------------------------------
+
+    def put_upload(self, bucket: str, upload_id: str, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?)",
+                (bucket, upload_id, json.dumps(doc, separators=(",", ":"))),
+            )
+
+    def put_part(self, bucket: str, upload_id: str, part: StoredPart) -> None:
+        """Record an uploaded part (its file already durable); a part it replaces is removed."""
+        with self._lock:
             old = self._db.execute(
-                "SELECT file FROM objects WHERE bucket = ? AND key = ?", (obj.bucket, obj.key)
+                "SELECT file FROM parts WHERE bucket = ? AND upload_id = ? AND number = ?",
+                (bucket, upload_id, part.number),
             ).fetchone()
             self._db.execute(
-                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    obj.bucket,
-                    obj.key,
-                    obj.path.name,
-                    obj.etag,
-                    obj.size,
-                    obj.last_modified,
-                    json.dumps(obj.meta, separators=(",", ":")),
+                    bucket,
+                    upload_id,
+                    part.number,
+                    part.path.name,
+                    part.etag,
+                    part.size,
+                    part.last_modified,
                 ),
             )
-        if old and old[0] != obj.path.name:
+        if old and old[0] != part.path.name:
             (self.objects / old[0]).unlink(missing_ok=True)
+
+    def uploads(self) -> Iterator[StoredUpload]:
+        with self._lock:
+            uploads = self._db.execute("SELECT bucket, upload_id, doc FROM uploads").fetchall()
+            parts = self._db.execute(
+                "SELECT bucket, upload_id, number, file, etag, size, last_modified FROM parts "
+                "ORDER BY number"
+            ).fetchall()
+        by_upload: dict[tuple[str, str], list[StoredPart]] = {}
+        for bucket, upload_id, number, file, etag, size, last_modified in parts:
+            by_upload.setdefault((bucket, upload_id), []).append(
+                StoredPart(int(number), self.objects / file, etag, int(size), last_modified)
+            )
+        for bucket, upload_id, doc in uploads:
+            yield StoredUpload(
+                bucket, upload_id, json.loads(doc), by_upload.get((bucket, upload_id), [])
+            )
+
+    def end_upload(self, bucket: str, upload_id: str, result: StoredObject | None = None) -> None:
+        """An upload is over: completed into ``result`` (recorded in the same transaction, so
+        a crash leaves either the upload or the object) or aborted. Its part files go."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                files = [
+                    row[0]
+                    for row in self._db.execute(
+                        "SELECT file FROM parts WHERE bucket = ? AND upload_id = ?",
+                        (bucket, upload_id),
+                    )
+                ]
+                self._db.execute(
+                    "DELETE FROM parts WHERE bucket = ? AND upload_id = ?", (bucket, upload_id)
+                )
+                self._db.execute(
+                    "DELETE FROM uploads WHERE bucket = ? AND upload_id = ?", (bucket, upload_id)
+                )
+                if result is not None:
+                    files += self._put_object_row(result)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        for file in files:
+            (self.objects / file).unlink(missing_ok=True)
 
     def delete_object(self, bucket: str, key: str) -> None:
         with self._lock:
@@ -199,6 +325,7 @@ class DurableStore:
         """Remove object files no row names: writes a crash interrupted."""
         with self._lock:
             named = {row[0] for row in self._db.execute("SELECT file FROM objects")}
+            named |= {row[0] for row in self._db.execute("SELECT file FROM parts")}
         removed = 0
         for path in self.objects.iterdir():
             if path.name not in named:
@@ -210,6 +337,17 @@ class DurableStore:
 def item_key(hash_value: Any, range_value: Any) -> str:
     """The stored key of an item, from its key attributes in DynamoDB's JSON."""
     return json.dumps([hash_value, range_value], sort_keys=True)
+
+
+def _copy_file(source: int, target: int, size: int) -> int:
+    """Copy ``size`` bytes from the current offsets of ``source`` to ``target`` in the kernel."""
+    left = size
+    while left > 0:
+        copied = os.copy_file_range(source, target, min(left, 1 << 30))
+        if copied == 0:
+            break
+        left -= copied
+    return size - left
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -98,13 +98,15 @@ class EmbeddedAws(ServerThread):
         super().__init__(self.app, host=host, port=port, name="gantry-aws")
 
     def restore(self) -> tuple[int, int]:
-        """Put the stored items and objects into the provisioned table and bucket:
-        (items, objects)."""
-        from gantry.local.persist import restore_items, restore_objects
+        """Put the stored items, objects and multipart uploads in progress into the
+        provisioned table and bucket: (items, objects)."""
+        from gantry.local.persist import restore_items, restore_objects, restore_uploads
 
         if self.store is None:
             return 0, 0
-        return restore_items(self.store), restore_objects(self.store)
+        counts = restore_items(self.store), restore_objects(self.store)
+        restore_uploads(self.store)
+        return counts
 
     @property
     def url(self) -> str:

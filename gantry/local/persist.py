@@ -8,14 +8,18 @@ leaves only once the write is on disk. Writes it covers:
 - DynamoDB: PutItem, UpdateItem, DeleteItem, BatchWriteItem, TransactWriteItems (one SQLite
   transaction per request, so a transaction is all or nothing on disk too);
 - S3: PutObject, CopyObject (a hard link to the source's file when the bytes are the same),
-  CompleteMultipartUpload, DeleteObject, DeleteObjects, and tag or ACL changes of an object.
-
-Parts of a multipart upload that is not complete yet are not kept: a client whose upload was
-cut by a restart starts it again (its upload record says so).
+  DeleteObject, DeleteObjects, and tag or ACL changes of an object;
+- S3 multipart uploads: each upload started and each part acknowledged (its own file), so an
+  upload cut by a restart goes on where it was; CompleteMultipartUpload concatenates the part
+  files into the object's file in the kernel, where moto would join every part in memory and
+  write the object again (several times the object's size in RAM).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import io
 import json
 import logging
@@ -31,7 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import escape
 
-from gantry.local.durable import COPY_CHUNK, DurableStore, StoredObject, item_key
+from gantry.local.durable import COPY_CHUNK, DurableStore, StoredObject, StoredPart, item_key
 
 logger = logging.getLogger(__name__)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -120,8 +124,13 @@ def persisting(app: WsgiApp, store: DurableStore) -> WsgiApp:
             if operation not in DYNAMODB_WRITES:
                 return app(environ, start_response)
             body = _read_body(environ)
-            return _after(app, environ, start_response, lambda: _dynamodb(store, operation, body))
+            return _after(
+                app, environ, start_response, lambda _body: _dynamodb(store, operation, body)
+            )
         if service == "s3":
+            upload = _upload_request(environ)
+            if upload is not None and upload[0] != "complete":
+                return _multipart(app, store, environ, start_response, upload)
             touched = _s3_targets(environ)
             if touched is None:
                 return app(environ, start_response)
@@ -129,14 +138,18 @@ def persisting(app: WsgiApp, store: DurableStore) -> WsgiApp:
             # an older version stored after a newer one.
             lock = key_locks[hash(environ.get("PATH_INFO")) % len(key_locks)]
             with lock:
-                linked = _link_copy(store, environ, start_response)
                 response = (
-                    linked
-                    if linked is not None
-                    else _after(
-                        app, environ, start_response, lambda: _s3(store, environ, touched())
-                    )
+                    _completed_from_files(store, environ, start_response, upload[1])
+                    if upload is not None
+                    else _link_copy(store, environ, start_response)
                 )
+                if response is None:
+                    response = _after(
+                        app,
+                        environ,
+                        start_response,
+                        lambda _body: _s3(store, environ, touched(), upload),
+                    )
             if crash is not None and crash.counts(environ):
                 return _ThenCrash(response)
             return response
@@ -150,9 +163,10 @@ def _after(
     app: WsgiApp,
     environ: dict[str, Any],
     start_response: Callable[..., Any],
-    persist: Callable[[], None],
+    persist: Callable[[list[bytes]], None],
 ) -> Iterable[bytes]:
-    """Run the request; on a 2xx, ``persist`` before the response is started."""
+    """Run the request; on a 2xx, ``persist`` (given the response body) before the response
+    is started."""
     started: list[tuple[Any, ...]] = []
 
     def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -163,7 +177,7 @@ def _after(
     status, headers, exc_info = started[-1]
     if status.startswith("2"):
         try:
-            persist()
+            persist(chunks)
         except Exception:
             logger.exception(
                 "could not store the result of %s %s",
@@ -298,7 +312,12 @@ def _copy_source(environ: dict[str, Any]) -> tuple[str, str] | None:
     return _split_path(unquote(source.split("?", 1)[0]))
 
 
-def _s3(store: DurableStore, environ: dict[str, Any], targets: list[tuple[str, str]]) -> None:
+def _s3(
+    store: DurableStore,
+    environ: dict[str, Any],
+    targets: list[tuple[str, str]],
+    upload: tuple[str, str] | None = None,
+) -> None:
     copied_from = _copy_source(environ)
     for bucket_name, key_name in targets:
         bucket = _bucket(bucket_name)
@@ -307,6 +326,8 @@ def _s3(store: DurableStore, environ: dict[str, Any], targets: list[tuple[str, s
             store.delete_object(bucket_name, key_name)
             continue
         _store_key(store, bucket_name, fake, copied_from)
+        if upload is not None:  # moto completed it (an upload with checksums): its parts go
+            store.end_upload(bucket_name, upload[1])
 
 
 def _store_key(
@@ -372,6 +393,8 @@ def restore_objects(store: DurableStore) -> int:
         fake.last_modified = datetime.fromisoformat(obj.last_modified)
         fake._metadata = LowercaseDict(obj.meta.get("metadata") or {})
         fake.checksum_algorithm = obj.meta.get("checksum_algorithm")
+        fake.checksum_type = obj.meta.get("checksum_type")
+        fake.checksum_parts = obj.meta.get("checksum_parts")
         bucket.keys[obj.key] = fake
         count += 1
     return count
@@ -549,3 +572,332 @@ def _link_copy(
         "200 OK", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
     )
     return [body]
+
+
+# --- multipart uploads on disk ------------------------------------------------------------------
+
+
+def _upload_request(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """("create" | "part" | "abort" | "complete", upload id) of a multipart upload request."""
+    method = environ["REQUEST_METHOD"]
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    _bucket_name, key_name = _split_path(environ.get("PATH_INFO", ""))
+    if not key_name:
+        return None
+    if method == "POST" and "uploads" in query:
+        return "create", ""
+    upload_id = (query.get("uploadId") or [""])[0]
+    if not upload_id:
+        return None
+    if method == "PUT" and "partNumber" in query:
+        return "part", upload_id
+    if method == "DELETE":
+        return "abort", upload_id
+    if method == "POST":
+        return "complete", upload_id
+    return None
+
+
+def _multipart(
+    app: WsgiApp,
+    store: DurableStore,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    upload: tuple[str, str],
+) -> Iterable[bytes]:
+    """Start, part and abort of a multipart upload, each stored before it is answered."""
+    kind, upload_id = upload
+    bucket_name, _key_name = _split_path(environ.get("PATH_INFO", ""))
+    if kind == "create":
+        return _after(
+            app,
+            environ,
+            start_response,
+            lambda body: _store_upload(store, bucket_name, _xml_text(b"".join(body), "UploadId")),
+        )
+    if kind == "part":
+        number = int(parse_qs(environ.get("QUERY_STRING", ""))["partNumber"][0])
+        return _after(
+            app,
+            environ,
+            start_response,
+            lambda _body: _store_part(store, bucket_name, upload_id, number),
+        )
+    bucket = _bucket(bucket_name)
+    multipart = bucket.multiparts.get(upload_id) if bucket is not None else None
+
+    def aborted(_body: list[bytes]) -> None:
+        store.end_upload(bucket_name, upload_id)
+        if multipart is not None:
+            multipart.dispose()  # closes the part files
+
+    return _after(app, environ, start_response, aborted)
+
+
+def _xml_text(body: bytes, tag: str) -> str:
+    for element in ET.fromstring(body).iter():
+        if element.tag.rsplit("}", 1)[-1] == tag:
+            return element.text or ""
+    raise ValueError(f"no {tag} in the response")
+
+
+def _store_upload(store: DurableStore, bucket_name: str, upload_id: str) -> None:
+    multipart = _bucket(bucket_name).multiparts[upload_id]
+    store.put_upload(
+        bucket_name,
+        upload_id,
+        {
+            "key": multipart.key_name,
+            "metadata": dict(multipart.metadata),
+            "storage": multipart.storage,
+            "tags": multipart.tags,
+            "sse_encryption": multipart.sse_encryption,
+            "kms_key_id": multipart.kms_key_id,
+        },
+    )
+
+
+def _store_part(store: DurableStore, bucket_name: str, upload_id: str, number: int) -> None:
+    bucket = _bucket(bucket_name)
+    multipart = bucket.multiparts.get(upload_id) if bucket is not None else None
+    part = multipart.parts.get(number) if multipart is not None else None
+    if part is None:
+        return  # completed or aborted meanwhile: nothing of it is kept
+    with part.lock:
+        etag = part.etag
+        path, size = store.write_file(_chunks(part._value_buffer))
+        # moto reads the part from its file from now on; its own copy is dropped.
+        old, part._value_buffer = part._value_buffer, open(path, "rb")  # noqa: SIM115
+        old.close()
+    store.put_part(
+        bucket_name,
+        upload_id,
+        StoredPart(number, path, etag, size, part.last_modified.isoformat()),
+    )
+
+
+def _stored_file(store: DurableStore, fake: Any) -> Path | None:
+    buffer = getattr(fake, "_value_buffer", None)
+    if not isinstance(buffer, io.BufferedReader) or Path(buffer.name).parent != store.objects:
+        return None
+    return Path(buffer.name)
+
+
+def _requested_parts(body: bytes) -> list[tuple[int, str]] | None:
+    """(part number, ETag) of a CompleteMultipartUpload body; None where moto should answer."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return None
+    parts: list[tuple[int, str]] = []
+    for element in root:
+        if element.tag.rsplit("}", 1)[-1] != "Part":
+            continue
+        fields = {child.tag.rsplit("}", 1)[-1]: (child.text or "") for child in element}
+        try:
+            number = int(fields["PartNumber"])
+        except (KeyError, ValueError):
+            return None
+        if "ETag" not in fields or (parts and number <= parts[-1][0]):
+            return None
+        parts.append((number, fields["ETag"].strip().strip('"')))
+    return parts or None
+
+
+def _completed_from_files(
+    store: DurableStore,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    upload_id: str,
+) -> Iterable[bytes] | None:
+    """CompleteMultipartUpload by concatenating the stored part files into the object's file.
+    None where moto answers: an unknown upload or part, a part too small, checksums,
+    encryption or conditions."""
+    from moto.s3 import notifications
+    from moto.s3.models import s3_backends
+    from moto.settings import S3_UPLOAD_PART_MIN_SIZE
+
+    bucket_name, key_name = _split_path(environ.get("PATH_INFO", ""))
+    bucket = _bucket(bucket_name)
+    multipart = bucket.multiparts.get(upload_id) if bucket is not None else None
+    if (
+        multipart is None
+        or multipart.key_name != key_name
+        or multipart.sse_encryption
+        or multipart.kms_key_id
+        or bucket.encryption
+        or any(name.startswith("HTTP_IF_") for name in environ)
+    ):
+        return None
+    requested = _requested_parts(_read_body(environ))
+    if requested is None:
+        return None
+    parts, files = [], []
+    for index, (number, etag) in enumerate(requested):
+        part = multipart.parts.get(number)
+        path = _stored_file(store, part) if part is not None else None
+        if part is None or path is None or part.etag.strip('"') != etag:
+            return None
+        if index < len(requested) - 1 and part.contentsize < S3_UPLOAD_PART_MIN_SIZE:
+            return None
+        parts.append(part)
+        files.append(path)
+    path, size = store.concatenate_files(files)
+    # S3's ETag of a multipart object: the MD5 of the parts' MD5s, and the part count.
+    digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts))
+    etag = f"{digest.hexdigest()}-{len(parts)}"
+    backend = s3_backends[bucket.account_id][bucket.partition]
+    del bucket.multiparts[upload_id]
+    key = backend.put_object(
+        bucket_name,
+        key_name,
+        b"",
+        storage=multipart.storage,
+        etag=etag,
+        multipart=multipart,
+        disable_notification=True,
+    )
+    with key.lock:
+        key._value_buffer.close()
+        key._value_buffer = open(path, "rb")  # noqa: SIM115
+        key.contentsize = size
+    key.set_metadata(multipart.metadata)
+    algorithm = multipart.metadata.get("x-amz-checksum-algorithm")
+    if algorithm:
+        # As moto (and S3): the checksum of the part checksums, or of the whole object.
+        kind = multipart.metadata.get("x-amz-checksum-type") or (
+            "FULL_OBJECT" if algorithm == "CRC64NVME" else "COMPOSITE"
+        )
+        key.checksum_algorithm, key.checksum_type = algorithm, kind
+        key.checksum_value, key.checksum_parts = _multipart_checksum(files, algorithm, kind)
+    backend.put_object_tagging(key, multipart.tags)
+    backend.put_object_acl(bucket_name, key.name, multipart.acl, disable_notification=True)
+    multipart.dispose()  # closes the part files, removed with the upload's rows
+    store.end_upload(
+        bucket_name,
+        upload_id,
+        StoredObject(
+            bucket=bucket_name,
+            key=key_name,
+            path=path,
+            etag=key.etag,
+            size=size,
+            last_modified=key.last_modified.isoformat(),
+            meta={
+                "metadata": dict(key.metadata),
+                "checksum_algorithm": key.checksum_algorithm,
+                "checksum_value": key.checksum_value,
+                "checksum_type": key.checksum_type,
+                "checksum_parts": key.checksum_parts,
+            },
+        ),
+    )
+    notifications.send_event(
+        bucket.account_id,
+        notifications.S3NotificationEvent.OBJECT_CREATED_COMPLETE_MULTIPART_UPLOAD_EVENT,
+        bucket,
+        key,
+    )
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<Location>http://{escape(bucket_name)}.s3.amazonaws.com/{escape(key_name)}</Location>"
+        f"<Bucket>{escape(bucket_name)}</Bucket><Key>{escape(key_name)}</Key>"
+        f"<ETag>{escape(key.etag)}</ETag>"
+        "</CompleteMultipartUploadResult>"
+    ).encode()
+    headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+    if key.version_id and key.version_id != "null":
+        headers.append(("x-amz-version-id", str(key.version_id)))
+    start_response("200 OK", headers)
+    return [body]
+
+
+def _multipart_checksum(files: list[Path], algorithm: str, kind: str) -> tuple[str, int]:
+    """(base64 value, part count) of a completed upload's checksum, read from the part files
+    a chunk at a time: COMPOSITE is the checksum of the parts' checksums, FULL_OBJECT the
+    checksum of all the bytes."""
+    if kind == "COMPOSITE":
+        joined = b"".join(_digest([path], algorithm) for path in files)
+        return base64.b64encode(_digest_bytes(joined, algorithm)).decode(), len(files)
+    return base64.b64encode(_digest(files, algorithm)).decode(), 1
+
+
+def _digest_bytes(data: bytes, algorithm: str) -> bytes:
+    from moto.s3.utils import compute_checksum
+
+    return bytes(compute_checksum(data, algorithm, encode_base64=False))
+
+
+def _digest(files: list[Path], algorithm: str) -> bytes:
+    """The raw checksum of the files' bytes one after another, as moto computes it (CRC32
+    where the library of CRC32C or CRC64NVME is missing)."""
+    from moto.s3.utils import HAS_CRT
+
+    if algorithm in ("SHA1", "SHA256") or algorithm not in ("CRC32", "CRC32C", "CRC64NVME"):
+        hasher = hashlib.sha1() if algorithm == "SHA1" else hashlib.sha256()
+        for chunk in _file_data(files):
+            hasher.update(chunk)
+        return hasher.digest()
+    if algorithm == "CRC64NVME" and HAS_CRT:
+        from awscrt import checksums
+
+        crc64 = 0
+        for chunk in _file_data(files):
+            crc64 = checksums.crc64nvme(chunk, crc64)
+        return crc64.to_bytes(8, "big")
+    update: Callable[[bytes, int], int] = binascii.crc32
+    if algorithm == "CRC32C":
+        try:
+            import crc32c
+
+            update = crc32c.crc32c
+        except ImportError:
+            pass
+    crc = 0
+    for chunk in _file_data(files):
+        crc = update(chunk, crc)
+    return crc.to_bytes(4, "big")
+
+
+def _file_data(files: list[Path]) -> Iterator[bytes]:
+    for path in files:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(COPY_CHUNK):
+                yield chunk
+
+
+def restore_uploads(store: DurableStore) -> int:
+    """Put every stored multipart upload in progress, with its parts (read from their files),
+    back into its bucket; the count."""
+    from moto.s3.models import FakeMultipart
+    from moto.utilities.utils import CaseInsensitiveDict
+
+    count = 0
+    for upload in store.uploads():
+        bucket = _bucket(upload.bucket)
+        if bucket is None:
+            logger.warning("no bucket %s for a stored upload", upload.bucket)
+            continue
+        doc = upload.doc
+        multipart = FakeMultipart(
+            doc["key"],
+            CaseInsensitiveDict(doc.get("metadata") or {}),
+            bucket.account_id,
+            bucket.region_name,
+            storage=doc.get("storage"),
+            tags=doc.get("tags"),
+            sse_encryption=doc.get("sse_encryption"),
+            kms_key_id=doc.get("kms_key_id"),
+        )
+        multipart.id = upload.upload_id
+        for part in upload.parts:
+            fake = multipart.set_part(part.number, b"")
+            fake._value_buffer.close()
+            fake._value_buffer = open(part.path, "rb")  # noqa: SIM115
+            fake.contentsize = part.size
+            fake._etag = part.etag.strip('"')
+            fake.last_modified = datetime.fromisoformat(part.last_modified)
+        bucket.multiparts[upload.upload_id] = multipart
+        count += 1
+    return count

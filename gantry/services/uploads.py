@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -68,11 +69,15 @@ def presigned_urls(ctx: Context, upload: Upload, body: PartNumbers) -> dict[str,
 
 
 def complete(ctx: Context, upload: Upload, body: CompleteUpload) -> Upload:
-    _require_open(upload)
+    """Complete the upload; a retry of a completion that S3 made (the first answer, or the
+    record's update, was lost) finds the object these parts made and answers as the first."""
     parts = sorted(
         ({"ETag": p.ETag, "PartNumber": p.PartNumber} for p in body.parts),
         key=lambda p: p["PartNumber"],
     )
+    if upload.status is UploadStatus.COMPLETED and _completed_size(ctx, upload, parts) is not None:
+        return upload
+    _require_open(upload)
     try:
         ctx.clients.s3.complete_multipart_upload(
             Bucket=ctx.settings.bucket_name,
@@ -81,10 +86,12 @@ def complete(ctx: Context, upload: Upload, body: CompleteUpload) -> Upload:
             MultipartUpload={"Parts": parts},
         )
     except ctx.clients.s3.exceptions.ClientError as error:
-        message = error.response.get("Error", {}).get("Message", "the parts do not match")
-        raise ValidationFailed(
-            f"Could not complete the upload: {message}", field="parts"
-        ) from error
+        # NoSuchUpload where S3 completed it before a crash kept the record from saying so.
+        if _completed_size(ctx, upload, parts) is None:
+            message = error.response.get("Error", {}).get("Message", "the parts do not match")
+            raise ValidationFailed(
+                f"Could not complete the upload: {message}", field="parts"
+            ) from error
     size = ctx.clients.s3.head_object(Bucket=ctx.settings.bucket_name, Key=upload.key)[
         "ContentLength"
     ]
@@ -93,6 +100,26 @@ def complete(ctx: Context, upload: Upload, body: CompleteUpload) -> Upload:
         return current.model_copy(update={"status": UploadStatus.COMPLETED, "size": size})
 
     return ctx.store.uploads.update(upload.pk, change)
+
+
+def multipart_etag(etags: list[str]) -> str | None:
+    """S3's ETag of an object completed from parts with these ETags (the MD5 of their MD5s
+    and the count); None where a part's ETag is not an MD5 (encrypted with KMS)."""
+    try:
+        digests = b"".join(bytes.fromhex(etag.strip('"')) for etag in etags)
+    except ValueError:
+        return None
+    return f'"{hashlib.md5(digests).hexdigest()}-{len(etags)}"'
+
+
+def _completed_size(ctx: Context, upload: Upload, parts: list[dict[str, Any]]) -> int | None:
+    """The size of the upload's object when it is the one these parts make; else None."""
+    expected = multipart_etag([part["ETag"] for part in parts])
+    try:
+        head = ctx.clients.s3.head_object(Bucket=ctx.settings.bucket_name, Key=upload.key)
+    except ctx.clients.s3.exceptions.ClientError:
+        return None
+    return int(head["ContentLength"]) if expected and head.get("ETag") == expected else None
 
 
 def abort(ctx: Context, upload: Upload) -> Upload:

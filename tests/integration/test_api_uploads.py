@@ -74,6 +74,29 @@ def test_full_upload(api, ctx) -> None:
     assert status == 400
 
 
+def test_a_retried_complete_finishes_an_upload_s3_completed(api, ctx) -> None:
+    """The platform died after S3 completed the upload and before the record said so: the
+    client's retry finds the object its parts made (S3 answers NoSuchUpload) and succeeds."""
+    upload = _start(api)
+    data = [b"a" * PART, b"tail"]
+    parts = _put_parts(ctx, upload, data)
+    ctx.clients.s3.complete_multipart_upload(
+        Bucket=ctx.settings.bucket_name,
+        Key=upload["key"],
+        UploadId=upload["s3_upload_id"],
+        MultipartUpload={"Parts": parts},
+    )
+    for _attempt in range(2):  # and a retry of the retry whose answer was lost
+        status, done, _ = api.patch(f"{_base(upload)}/complete-multipart-upload/", {"parts": parts})
+        assert status == 200, done
+        assert done["status"] == "Completed"
+    assert api.get(f"uploads/{upload['pk']}/")[1]["status"] == "Completed"
+    # Other parts than those that made the object are still refused.
+    wrong = [{"ETag": parts[0]["ETag"], "PartNumber": 1}]
+    status, body, _ = api.patch(f"{_base(upload)}/complete-multipart-upload/", {"parts": wrong})
+    assert status == 400, body
+
+
 def test_list_and_detail_parse_with_gcapi(api) -> None:
     uploads = [_start(api, f"f{i}.mha") for i in range(3)]
     status, body, _ = api.get("uploads/")

@@ -223,5 +223,168 @@ def test_stored_objects_are_read_whole_or_by_range(tmp_path: Path) -> None:
         endpoint.stop()
 
 
+PART = 5 * 1024 * 1024  # S3's smallest part but the last
+
+
+def _part(n: int) -> bytes:
+    return hashlib.sha256(f"part {n}".encode()).digest() * (PART // 32)
+
+
+def upload_parts_forever(data_dir: Path, name: str) -> None:
+    """The child: one multipart upload, its parts one after another, each acknowledgement
+    printed, until killed."""
+    endpoint, _settings = _start(data_dir, name)
+    s3, _dynamodb = _clients(endpoint.url)
+    upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/big")["UploadId"]
+    print(f"UPLOAD {upload_id}", flush=True)
+    for n in range(1, 10_000):
+        etag = s3.upload_part(
+            Bucket=name, Key="uploads/big", UploadId=upload_id, PartNumber=n, Body=_part(n)
+        )["ETag"]
+        print(f"ACK {n} {etag}", flush=True)
+
+
+def test_acknowledged_parts_of_an_unfinished_upload_survive_a_sigkill(tmp_path: Path) -> None:
+    name = f"gantry-parts-{uuid.uuid4().hex[:8]}"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.test_durable_endpoint",
+            str(tmp_path),
+            name,
+            "parts",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acknowledged: dict[int, str] = {}
+    upload_id = ""
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            words = line.split()
+            if words[0] == "UPLOAD":
+                upload_id = words[1]
+            elif words[0] == "ACK":
+                acknowledged[int(words[1])] = words[2]
+            if len(acknowledged) >= 3:
+                break
+        # Killed between parts, or while one is sent or stored.
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        for line in child.stdout:
+            if line.startswith("ACK"):
+                acknowledged[int(line.split()[1])] = line.split()[2]
+    finally:
+        child.kill()
+    assert len(acknowledged) >= 3 and upload_id
+
+    endpoint, _settings = _start(tmp_path, name)
+    try:
+        endpoint.restore()
+        s3, _dynamodb = _clients(endpoint.url)
+        listed = s3.list_parts(Bucket=name, Key="uploads/big", UploadId=upload_id)["Parts"]
+        found = {part["PartNumber"]: part["ETag"] for part in listed}
+        assert {n: found.get(n) for n in acknowledged} == acknowledged
+        # The upload goes on where it was: parts after the last acknowledged one, then done.
+        last = max(acknowledged) + 1
+        tail = s3.upload_part(
+            Bucket=name, Key="uploads/big", UploadId=upload_id, PartNumber=last, Body=b"end"
+        )["ETag"]
+        parts = [{"PartNumber": n, "ETag": acknowledged[n]} for n in sorted(acknowledged)]
+        s3.complete_multipart_upload(
+            Bucket=name,
+            Key="uploads/big",
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [*parts, {"PartNumber": last, "ETag": tail}]},
+        )
+    finally:
+        endpoint.stop()
+    expected = b"".join(_part(n) for n in sorted(acknowledged)) + b"end"
+
+    # The completed object is stored whole; the part files are gone.
+    endpoint, _settings = _start(tmp_path, name)
+    try:
+        endpoint.restore()
+        s3, _dynamodb = _clients(endpoint.url)
+        assert s3.get_object(Bucket=name, Key="uploads/big")["Body"].read() == expected
+        assert s3.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
+        sizes = [f.stat().st_size for f in (tmp_path / "objects").iterdir()]
+        assert sizes == [len(expected)]
+    finally:
+        endpoint.stop()
+
+
+def test_multipart_uploads_are_completed_from_files(tmp_path: Path) -> None:
+    """A managed upload (with checksums), a completion retried, a part too small, an abort:
+    the answers moto gives, from the part files."""
+    name = f"gantry-multipart-{uuid.uuid4().hex[:8]}"
+    endpoint, _settings = _start(tmp_path / "data", name)
+    memory = EmbeddedAws().start()
+    try:
+        source = tmp_path / "source"
+        source.write_bytes(b"".join(_part(n) for n in range(4)) + b"tail")
+        results = []
+        for url in (memory.url, endpoint.url):
+            s3, _dynamodb = _clients(url)
+            if url == memory.url:
+                s3.create_bucket(Bucket=name)
+            s3.upload_file(
+                str(source), name, "uploads/file", ExtraArgs={"ChecksumAlgorithm": "SHA256"}
+            )
+            head = s3.head_object(Bucket=name, Key="uploads/file", ChecksumMode="ENABLED")
+            results.append({k: v for k, v in head.items() if k.startswith(("Checksum", "ETag"))})
+        # As moto: the same ETag and checksum.
+        assert results[0] == results[1] and results[1]["ChecksumSHA256"]
+        assert s3.get_object(Bucket=name, Key="uploads/file")["Body"].read() == source.read_bytes()
+
+        upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/two")["UploadId"]
+        etags = [
+            s3.upload_part(
+                Bucket=name, Key="uploads/two", UploadId=upload_id, PartNumber=n, Body=_part(n)
+            )["ETag"]
+            for n in (1, 2)
+        ]
+        parts = {"Parts": [{"PartNumber": n, "ETag": etags[n - 1]} for n in (1, 2)]}
+        done = s3.complete_multipart_upload(
+            Bucket=name, Key="uploads/two", UploadId=upload_id, MultipartUpload=parts
+        )
+        again = s3.complete_multipart_upload(
+            Bucket=name, Key="uploads/two", UploadId=upload_id, MultipartUpload=parts
+        )
+        assert done["ETag"] == again["ETag"] and done["ETag"].endswith('-2"')
+        assert s3.get_object(Bucket=name, Key="uploads/two")["Body"].read() == _part(1) + _part(2)
+
+        # A part smaller than 5 MiB but the last is refused as S3 does.
+        upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/small")["UploadId"]
+        small = [
+            s3.upload_part(
+                Bucket=name, Key="uploads/small", UploadId=upload_id, PartNumber=n, Body=b"x"
+            )["ETag"]
+            for n in (1, 2)
+        ]
+        with pytest.raises(s3.exceptions.ClientError, match="EntityTooSmall"):
+            s3.complete_multipart_upload(
+                Bucket=name,
+                Key="uploads/small",
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": small[n - 1]} for n in (1, 2)]
+                },
+            )
+        s3.abort_multipart_upload(Bucket=name, Key="uploads/small", UploadId=upload_id)
+        # Only the objects' files are left: no part of a completed or aborted upload.
+        files = list((tmp_path / "data" / "objects").iterdir())
+        assert len(files) == 2
+    finally:
+        memory.stop()
+        endpoint.stop()
+
+
 if __name__ == "__main__":
-    write_forever(Path(sys.argv[1]), sys.argv[2])
+    if sys.argv[3:] == ["parts"]:
+        upload_parts_forever(Path(sys.argv[1]), sys.argv[2])
+    else:
+        write_forever(Path(sys.argv[1]), sys.argv[2])
