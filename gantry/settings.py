@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gantry import resources
 
+ENV_PREFIX = "gantry_"
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GANTRY_", extra="ignore")
+
+def _environment() -> dict[str, str]:
+    """``GANTRY_*`` variables by field name, the prefix in any case (as pydantic-settings
+    reads them: case-insensitive)."""
+    return {
+        name.lower().removeprefix(ENV_PREFIX): value
+        for name, value in os.environ.items()
+        if name.lower().startswith(ENV_PREFIX)
+    }
+
+
+class Settings(BaseModel):
+    """Values given to the constructor win over ``GANTRY_<FIELD>`` variables, which win over the
+    defaults. A plain model rather than pydantic-settings' BaseSettings: importing that costs
+    about as much as boto3 (it loads every settings source, cloud vaults included), and each
+    API cold start pays for it. Every field is a scalar, which pydantic parses from the
+    variable's text."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=True)
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_environment(), **values})
 
     table_name: str = resources.DEFAULT_TABLE_NAME
     bucket_name: str = resources.DEFAULT_BUCKET_NAME

@@ -15,6 +15,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
@@ -149,6 +150,9 @@ def normalise_path(event: dict[str, Any]) -> dict[str, Any]:
 _app: APIGatewayRestResolver | None = None
 
 
+# Every log line of a request carries Lambda's request id and API Gateway's (correlation_id),
+# which its access log and the client's x-amzn-requestid header show.
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
 def handler(event: dict[str, Any], lambda_context: LambdaContext) -> dict[str, Any]:
     global _app
     if _app is None:
@@ -156,4 +160,11 @@ def handler(event: dict[str, Any], lambda_context: LambdaContext) -> dict[str, A
 
         # Creating a job answers at once; on_upload copies the inputs and submits.
         _app = create_app(context(provision_on_queue=True))
-    return _app.resolve(normalise_path(event), lambda_context)
+    response = _app.resolve(normalise_path(event), lambda_context)
+    logger.info(
+        "answered",
+        method=event.get("httpMethod"),
+        path=event.get("path"),
+        status=response.get("statusCode"),
+    )
+    return response

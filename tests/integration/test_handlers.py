@@ -5,6 +5,7 @@ from a cold process state (settings from the environment, no Context built yet).
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,40 @@ def test_the_api_handler_passes_its_own_lambda_context_on_a_cold_start(cold) -> 
 
     again = app.handler(event, LambdaContext())
     assert again["statusCode"] == 200
+
+
+def test_the_api_logs_each_request_with_its_request_ids(cold) -> None:
+    from gantry.local.client import proxy_event
+    from lambdas.api import app
+
+    lines: list[dict[str, Any]] = []
+
+    class Keep(logging.Handler):
+        """The lines as the function's log shows them (Powertools' JSON formatter)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(app.logger.registered_formatter.format(record)))
+
+    keep = Keep()
+    app.logger.addHandler(keep)
+
+    token = cold.store.users.create_token("alice")
+    event = proxy_event(
+        "GET", "algorithms/", headers={"Authorization": f"Bearer {token}"}, stage="prod"
+    )
+    event["requestContext"]["requestId"] = "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    lambda_context = LambdaContext()
+
+    try:
+        app.handler(event, lambda_context)
+    finally:
+        app.logger.removeHandler(keep)
+
+    answered = [line for line in lines if line.get("message") == "answered"]
+    assert len(answered) == 1, lines
+    assert answered[0]["function_request_id"] == lambda_context.aws_request_id
+    assert answered[0]["correlation_id"] == "c6af9ac6-7b61-11e6-9a41-93e8deadbeef"
+    assert (answered[0]["method"], answered[0]["status"]) == ("GET", 200)
 
 
 def test_the_api_handler_answers_401_without_credentials(cold) -> None:
