@@ -8,8 +8,8 @@ an upload or image as a job's input), CHANGE and DELETE. Admins may do everythin
 - Algorithm images: the algorithm's editors only (users run the desired one through jobs).
 - Jobs: the creator reads, changes (cancels) and deletes; the algorithm's editors read and
   cancel (CHANGE) too.
-- Images, uploads and tokens belong to their owner alone; an image in an archive is also
-  read and used by the archive's members.
+- Images, uploads, upload sessions and tokens belong to their owner alone; an image in an
+  archive is also read and used by the archive's members.
 - Archives: members (creator, editors, uploaders, users) read and use them (see their items
   and images, run algorithms over them); editors change the archive (title, members);
   editors and uploaders add items and values (archive_item CHANGE).
@@ -120,6 +120,11 @@ def upload(user: User, action: Action, item: Upload) -> bool:
     if action is Action.USE:
         return user.username == item.creator
     return user.is_admin or user.username == item.creator
+
+
+def upload_session(user: User, action: Action, creator: str) -> bool:
+    """An upload session is its creator's, like the uploads in it."""
+    return user.is_admin or user.username == creator
 
 
 def token(user: User, action: Action, owner: str) -> bool:

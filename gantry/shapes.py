@@ -14,6 +14,7 @@ from gantry.archives import Archive, ArchiveItem
 from gantry.images import Image
 from gantry.interfaces import Interface, to_api
 from gantry.jobs import Job, SocketValue
+from gantry.upload_sessions import UploadSession
 from gantry.uploads import Upload
 from gantry.urls import Urls
 
@@ -39,6 +40,10 @@ def algorithm(alg: Algorithm, sockets: dict[str, Interface], urls: Urls) -> dict
             {"inputs": socket_list(s.inputs), "outputs": socket_list(s.outputs)}
             for s in alg.interfaces
         ],
+        # Before socket sets, an algorithm had one list of each; gcapi up to 0.12 reads them.
+        # They are the first socket set's, the one such clients can fill.
+        "inputs": socket_list(alg.interfaces[0].inputs) if alg.interfaces else [],
+        "outputs": socket_list(alg.interfaces[0].outputs) if alg.interfaces else [],
         "time_limit": alg.time_limit,
         "requires_gpu_type": alg.requires_gpu_type.value,
         "requires_memory_gb": alg.requires_memory_gb,
@@ -285,6 +290,24 @@ def upload(up: Upload, urls: Urls, **extra: Any) -> dict[str, Any]:
         "status": up.status.value,
         "api_url": urls.upload(up.pk),
         **extra,
+    }
+
+
+def upload_session(session: UploadSession, urls: Urls) -> dict[str, Any]:
+    upload_urls = [urls.upload(pk) for pk in session.uploads]
+    return {
+        "pk": session.pk,
+        # grand-challenge's creator is an integer user id; Gantry's users have names only.
+        "creator": None,
+        "status": session.status.value,
+        "error_message": session.error_message,
+        "image_set": [urls.image(pk) for pk in session.images],
+        "api_url": urls.upload_session(session.pk),
+        "user_uploads": upload_urls,
+        "uploads": upload_urls,
+        # Gantry's addition: why each file that failed is not an image
+        "file_errors": session.file_errors,
+        "created": session.created,
     }
 
 

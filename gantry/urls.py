@@ -52,6 +52,9 @@ class Urls:
     def upload(self, pk: str) -> str:
         return self.path(f"uploads/{pk}/")
 
+    def upload_session(self, pk: str) -> str:
+        return self.path(f"cases/upload-sessions/{pk}/")
+
     def site(self, path: str) -> str:
         """A human page URL; Gantry has no web UI, so these point at the API resource."""
         return self.path(path)

@@ -1,8 +1,9 @@
 """SQS handler of the uploads queue: S3 notifications for ``uploads/``,
 ``{"gantry": "validate-inputs", "job": pk}`` and ``{"gantry": "start-job", "job": pk}``
 messages (jobs the API created with ready inputs: this function provisions them), and
-``{"gantry": "import-image", "image": pk}`` (an uploaded container image to import) and
-``{"gantry": "import-item-values", "item": pk}`` (uploaded values of an archive item).
+``{"gantry": "import-image", "image": pk}`` (an uploaded container image to import),
+``{"gantry": "import-item-values", "item": pk}`` (uploaded values of an archive item) and
+``{"gantry": "import-upload-session", "session": pk}`` (uploaded medical images to import).
 
 Partial batch responses: one failing record is retried alone (and ends in the DLQ after the
 queue's receive count), never the whole batch. Problems a user must fix never raise: they
@@ -17,7 +18,13 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
-from gantry.pipeline.wiring import IMPORT_IMAGE, IMPORT_ITEM_VALUES, START_JOB, VALIDATE_INPUTS
+from gantry.pipeline.wiring import (
+    IMPORT_IMAGE,
+    IMPORT_ITEM_VALUES,
+    IMPORT_UPLOAD_SESSION,
+    START_JOB,
+    VALIDATE_INPUTS,
+)
 from lambdas.runtime import context, process_sqs_batch, unknown_message
 
 logger = Logger(service="gantry-on-upload")
@@ -54,6 +61,14 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         if not isinstance(item_pk, str) or not item_pk:
             raise ValueError("import-item-values message without an item pk")
         import_item_values(ctx, item_pk)
+        return
+    if message.get("gantry") == IMPORT_UPLOAD_SESSION:
+        from gantry.pipeline.upload_sessions import import_upload_session
+
+        session_pk = message.get("session")
+        if not isinstance(session_pk, str) or not session_pk:
+            raise ValueError("import-upload-session message without a session pk")
+        import_upload_session(ctx, session_pk)
         return
     if is_s3_notification(message):
         for event in s3_object_events(message):

@@ -21,6 +21,7 @@ from gantry.access import Action
 from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.errors import NotFound
+from gantry.images import Image
 from gantry.interfaces import MAX_JSON_BYTES, Interface, InterfaceValueError, validate_value
 from gantry.job_states import JobStatus
 from gantry.jobs import Job, SocketValue
@@ -173,7 +174,7 @@ def _upload(ctx: Context, owner: str, pk: str) -> Upload:
     return upload
 
 
-def _download(ctx: Context, upload: Upload, directory: Path) -> Path:
+def download_upload(ctx: Context, upload: Upload, directory: Path) -> Path:
     name = Path(upload.filename).name
     if name in ("", ".", "..") or name != upload.filename:
         raise InputError(f"the file name '{upload.filename}' is not allowed")
@@ -208,7 +209,7 @@ def _import_image(
         raise InputError("DICOM image sets are not supported yet; upload the image as .mha")
     if not uploads:
         raise InputError("no files were uploaded")
-    paths = [_download(ctx, upload, work / "upload") for upload in uploads]
+    paths = [download_upload(ctx, upload, work / "upload") for upload in uploads]
     names = ", ".join(f"'{p.name}'" for p in paths)
     what = f"the file {names} is" if len(paths) == 1 else f"the files {names} are"
     try:
@@ -219,6 +220,17 @@ def _import_image(
         raise InputError(f"{what} not a readable image: {error}") from None
     except _SegmentError as error:
         raise InputError(str(error)) from None
+
+    store_prepared_image(ctx, prepared, paths, image_pk=image_pk, owner=owner)
+    return {"image": image_pk}
+
+
+def store_prepared_image(
+    ctx: Context, prepared: Any, paths: list[Path], *, image_pk: str, owner: str
+) -> Image:
+    """Put a checked image file (``imaging.prepare_image``) in the bucket and record it,
+    named after the uploaded file that is the image. Rerun-safe for the same ``image_pk``."""
+    from gantry import imaging
 
     key = f"{resources.PREFIX_VALUES}images/{image_pk}/{prepared.name}"
     ctx.clients.s3.upload_file(str(prepared.path), ctx.settings.bucket_name, key)
@@ -232,7 +244,7 @@ def _import_image(
         created=timeutil.iso(),
     )
     ctx.store.images.put(image)
-    return {"image": image_pk}
+    return image
 
 
 class _SegmentError(Exception):

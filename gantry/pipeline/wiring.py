@@ -18,6 +18,7 @@ VALIDATE_INPUTS = "validate-inputs"
 START_JOB = "start-job"
 IMPORT_IMAGE = "import-image"
 IMPORT_ITEM_VALUES = "import-item-values"
+IMPORT_UPLOAD_SESSION = "import-upload-session"
 
 
 def validate_inputs_message(job_pk: str) -> str:
@@ -34,6 +35,10 @@ def import_image_message(image_pk: str) -> str:
 
 def import_item_values_message(item_pk: str) -> str:
     return json.dumps({"gantry": IMPORT_ITEM_VALUES, "item": item_pk})
+
+
+def import_upload_session_message(session_pk: str) -> str:
+    return json.dumps({"gantry": IMPORT_UPLOAD_SESSION, "session": session_pk})
 
 
 def on_job_created(ctx: Context, job: Job) -> None:

@@ -190,8 +190,8 @@ def check_input(
         sources = ["value"]
     if len(sources) > 1:
         raise ValidationFailed(
-            f"Input '{socket.slug}': give exactly one of value, image, user_upload or "
-            f"user_uploads (got {', '.join(sources)})",
+            f"Input '{socket.slug}': give exactly one of value, image, upload_session, "
+            f"user_upload or user_uploads (got {', '.join(sources)})",
             field="inputs",
         )
     source = sources[0]
@@ -216,6 +216,8 @@ def check_input(
                 f"Input '{socket.slug}': image '{given.image}' not found", field="inputs"
             )
         return {"socket": socket.slug, "image": image.pk}
+    if kind.is_image and source == "upload_session":
+        return _from_upload_session(ctx, user, socket, given.upload_session or "", urls)
     if kind.is_image and source == "user_uploads":
         uploads = [
             _own_completed_upload(ctx, user, socket, ref, urls) for ref in given.user_uploads or []
@@ -232,11 +234,50 @@ def check_input(
         upload_pk = _own_completed_upload(ctx, user, socket, given.user_upload or "", urls)
         return {"socket": socket.slug, "pending_upload": upload_pk}
     expected = (
-        "value" if kind.is_json else ("image or user_uploads" if kind.is_image else "user_upload")
+        "value"
+        if kind.is_json
+        else ("image, upload_session or user_uploads" if kind.is_image else "user_upload")
     )
     raise ValidationFailed(
         f"Input '{socket.slug}' is a {kind.label}: give {expected}, not {source}", field="inputs"
     )
+
+
+def _from_upload_session(
+    ctx: Context, user: User, socket: Interface, ref: str, urls: Urls
+) -> dict[str, Any]:
+    """An image input given as an upload session (gcapi up to 0.13): its one image once
+    imported; while the session is still importing, the job imports the same uploads itself
+    (so it never waits on the session)."""
+    from gantry.services import upload_sessions
+    from gantry.upload_sessions import UploadSessionStatus
+
+    try:
+        session_pk = urls.pk_from(ref, "cases/upload-sessions/")
+        session = upload_sessions.get_visible(ctx, user, session_pk)
+    except (ValueError, NotFound) as error:
+        raise ValidationFailed(
+            f"Input '{socket.slug}': upload session '{ref}' not found", field="inputs"
+        ) from error
+    if session.creator != user.username:
+        raise ValidationFailed(
+            f"Input '{socket.slug}': upload session '{ref}' not found", field="inputs"
+        )
+    if session.status is UploadSessionStatus.FAILED:
+        raise ValidationFailed(
+            f"Input '{socket.slug}': the upload session failed: {session.error_message}",
+            field="inputs",
+        )
+    if session.status is UploadSessionStatus.SUCCEEDED:
+        if len(session.images) != 1:
+            raise ValidationFailed(
+                f"Input '{socket.slug}': the upload session holds {len(session.images)} "
+                "images; an image input takes one",
+                field="inputs",
+            )
+        return {"socket": socket.slug, "image": session.images[0]}
+    uploads = [_own_completed_upload(ctx, user, socket, pk, urls) for pk in session.uploads]
+    return {"socket": socket.slug, "pending_uploads": uploads}
 
 
 def _own_completed_upload(ctx: Context, user: User, socket: Interface, ref: str, urls: Urls) -> str:

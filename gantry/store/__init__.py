@@ -12,6 +12,7 @@ from gantry.store.images import ImageStore
 from gantry.store.jobs import JobStore
 from gantry.store.sockets import SocketStore
 from gantry.store.table import Table
+from gantry.store.upload_sessions import UploadSessionStore
 from gantry.store.uploads import UploadStore
 from gantry.store.users import UserStore
 
@@ -26,6 +27,7 @@ class Store:
     uploads: UploadStore
     users: UserStore
     archives: ArchiveStore
+    upload_sessions: UploadSessionStore
 
     @classmethod
     def create(cls, clients: Clients, settings: Settings) -> Store:
@@ -39,4 +41,5 @@ class Store:
             uploads=UploadStore(table),
             users=UserStore(table),
             archives=ArchiveStore(table),
+            upload_sessions=UploadSessionStore(table),
         )

@@ -92,6 +92,14 @@ def uploads_of(username: str) -> ListKey:
     return ListKey(BY_OWNER, f"UPLOADS#{username}")
 
 
+def upload_session(pk: str) -> str:
+    return f"UPLOADSESSION#{pk}"
+
+
+def upload_sessions_of(username: str) -> ListKey:
+    return ListKey(BY_OWNER, f"UPLOADSESSIONS#{username}")
+
+
 def user(username: str) -> str:
     return f"USER#{username}"
 

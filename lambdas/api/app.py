@@ -31,6 +31,7 @@ from lambdas.api.routers import (
     interfaces,
     jobs,
     tokens,
+    upload_sessions,
     uploads,
     users,
 )
@@ -124,6 +125,7 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
     routers = (
         gcapi,
         uploads,
+        upload_sessions,
         jobs,
         images,
         interfaces,

@@ -160,6 +160,23 @@ def _upload_patch(action: str, body: Any) -> Call:
     return call
 
 
+def _session(w: World) -> str:
+    """An upload session of the creator's, stored as the API stores one."""
+    from gantry.upload_sessions import UploadSession
+
+    session = UploadSession(
+        pk=str(uuid.uuid4()), creator="alice", created=timeutil.iso(), uploads=["u"]
+    )
+    return w.ctx.store.upload_sessions.create(session).pk
+
+
+def _post_session(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    queue_url = w.ctx.clients.sqs.create_queue(QueueName="gantry-uploads")["QueueUrl"]
+    w.ctx.settings = w.ctx.settings.model_copy(update={"uploads_queue_url": queue_url})
+    upload = put_upload(w.ctx, "ct.mha", b"x", owner=w.names["creator"])
+    return client.post("cases/upload-sessions/", {"uploads": [upload.pk]})
+
+
 def _put_interface(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
     body = {
         "title": "Result",
@@ -308,6 +325,11 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/cases/images/{pk}/files/{file_pk}/{filename}"): Case(
         lambda w, c, r: c.get(f"cases/images/{w.image.pk}/files/f1/ct.mha"), 404, 302, 302
     ),
+    ("GET", "/cases/upload-sessions/{pk}"): Case(
+        lambda w, c, r: c.get(f"cases/upload-sessions/{_session(w)}/"), 404, 200, 200
+    ),
+    # Only the uploader may put an upload into a session (admins included): 400 naming it.
+    ("POST", "/cases/upload-sessions"): Case(_post_session, 400, 201, 400),
     ("GET", "/components/interfaces/{pk}"): Case(
         lambda w, c, r: c.get(f"components/interfaces/{w.interface['pk']}/"), 200, 200, 200
     ),
@@ -346,6 +368,7 @@ LISTS: dict[str, Callable[[World], str]] = {
     "/algorithms/images": lambda w: w.algorithm_image["pk"],
     "/algorithms/jobs": lambda w: w.job["pk"],
     "/cases/images": lambda w: w.image.pk,
+    "/cases/upload-sessions": _session,
     "/uploads": lambda w: w.upload["pk"],
     "/components/interfaces": lambda w: w.interface["pk"],
     "/tokens": lambda w: w.token_pk,
