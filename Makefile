@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo up test lint bench openapi setup runner bioimageio-oracle
+.PHONY: demo up test lint bench openapi setup runner bioimageio-oracle gcapi-clients
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ $(ORACLE)/.installed:
 	touch $@
 
 bioimageio-oracle: $(ORACLE)/.installed
+
+# Older gcapi releases, each in its own environment (they pin older httpx), for the e2e tests
+# that run the tutorial with them: 0.5.4 (run_external_job through upload sessions) and 0.12.0
+# (the last one before pydantic models; uploads file inputs as user uploads). tqdm, SimpleITK
+# and numpy are what the tutorial's code imports.
+GCAPI_OLD ?= 0.5.4 0.12.0
+.venv-gcapi-%/.installed:
+	$(PYTHON) -m venv .venv-gcapi-$*
+	.venv-gcapi-$*/bin/pip install -q "gcapi==$*" tqdm "SimpleITK>=2.4" "numpy>=1.26"
+	touch $@
+
+gcapi-clients: $(foreach v,$(GCAPI_OLD),.venv-gcapi-$(v)/.installed)
 
 demo: $(BIN)/.installed
 	$(BIN)/gantry demo
