@@ -174,10 +174,15 @@ def _upload(ctx: Context, owner: str, pk: str) -> Upload:
     return upload
 
 
-def download_upload(ctx: Context, upload: Upload, directory: Path) -> Path:
+def _file_name(upload: Upload) -> str:
     name = Path(upload.filename).name
     if name in ("", ".", "..") or name != upload.filename:
         raise InputError(f"the file name '{upload.filename}' is not allowed")
+    return name
+
+
+def download_upload(ctx: Context, upload: Upload, directory: Path) -> Path:
+    name = _file_name(upload)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     if target.exists():
@@ -209,6 +214,10 @@ def _import_image(
         raise InputError("DICOM image sets are not supported yet; upload the image as .mha")
     if not uploads:
         raise InputError("no files were uploaded")
+    if len(uploads) == 1 and socket.kind is not K.SEGMENTATION:
+        imported = _import_from_header(ctx, owner, image_pk, uploads[0], work)
+        if imported is not None:
+            return imported
     paths = [download_upload(ctx, upload, work / "upload") for upload in uploads]
     names = ", ".join(f"'{p.name}'" for p in paths)
     what = f"the file {names} is" if len(paths) == 1 else f"the files {names} are"
@@ -221,19 +230,30 @@ def _import_image(
     except _SegmentError as error:
         raise InputError(str(error)) from None
 
-    store_prepared_image(ctx, prepared, paths, image_pk=image_pk, owner=owner)
+    store_prepared_image(ctx, prepared, paths, image_pk=image_pk, owner=owner, uploads=uploads)
     return {"image": image_pk}
 
 
 def store_prepared_image(
-    ctx: Context, prepared: Any, paths: list[Path], *, image_pk: str, owner: str
+    ctx: Context,
+    prepared: Any,
+    paths: list[Path],
+    *,
+    image_pk: str,
+    owner: str,
+    uploads: list[Upload] | None = None,
 ) -> Image:
     """Put a checked image file (``imaging.prepare_image``) in the bucket and record it,
-    named after the uploaded file that is the image. Rerun-safe for the same ``image_pk``."""
+    named after the uploaded file that is the image. Rerun-safe for the same ``image_pk``.
+    A single upload (``uploads``) stored as it is is copied in the bucket, not uploaded."""
     from gantry import imaging
 
     key = f"{resources.PREFIX_VALUES}images/{image_pk}/{prepared.name}"
-    ctx.clients.s3.upload_file(str(prepared.path), ctx.settings.bucket_name, key)
+    if uploads and len(uploads) == 1 and prepared.path == paths[0]:
+        # A server-side copy (a link on one machine) instead of an upload of the same bytes.
+        copy_object(ctx.clients.s3, ctx.settings.bucket_name, uploads[0].key, key)
+    else:
+        ctx.clients.s3.upload_file(str(prepared.path), ctx.settings.bucket_name, key)
     primary, _ = imaging.primary_file(paths)
     image = imaging.image_from(
         prepared.info,
@@ -245,6 +265,38 @@ def store_prepared_image(
     )
     ctx.store.images.put(image)
     return image
+
+
+def _import_from_header(
+    ctx: Context, owner: str, image_pk: str, upload: Upload, work: Path
+) -> dict[str, Any] | None:
+    """A .mha image checked from its header alone and stored by a server-side copy: its
+    voxels are neither downloaded nor uploaded again. None where the header cannot be read
+    that way (then the file is downloaded)."""
+    from gantry import imaging
+    from gantry.pipeline.headers import fetch_mha_header
+
+    name = _file_name(upload)
+    bucket = ctx.settings.bucket_name
+    try:
+        header = fetch_mha_header(ctx.clients.s3, bucket, upload.key, work / "header" / name)
+    except ctx.clients.s3.exceptions.ClientError as error:
+        if _missing(error):
+            raise InputError(f"the uploaded file '{name}' no longer exists") from None
+        raise
+    if header is None:
+        return None
+    try:
+        info = imaging.read_image_info(header)
+    except imaging.ImageError as error:
+        raise InputError(f"the file '{name}' is not a readable image: {error}") from None
+    key = f"{resources.PREFIX_VALUES}images/{image_pk}/{name}"
+    copy_object(ctx.clients.s3, bucket, upload.key, key)
+    image = imaging.image_from(
+        info, pk=image_pk, name=name, owner=owner, key=key, created=timeutil.iso()
+    )
+    ctx.store.images.put(image)
+    return {"image": image_pk}
 
 
 class _SegmentError(Exception):

@@ -24,6 +24,7 @@ from gantry.images import Image
 from gantry.interfaces import Interface, value_errors
 from gantry.jobs import Job, SocketValue
 from gantry.kinds import spec
+from gantry.pipeline.headers import fetch_mha_header
 
 MAX_JSON_OUTPUT_BYTES = 16 * 1024 * 1024
 IMAGE_SUFFIXES = (".mha", ".mhd", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd")
@@ -165,7 +166,9 @@ def _image_output(
     name = posixpath.basename(source_key)
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / name
-        ctx.clients.s3.download_file(ctx.settings.bucket_name, source_key, str(local))
+        # The header is all that is read: a .mha's comes by a ranged GET, not a download.
+        if fetch_mha_header(ctx.clients.s3, ctx.settings.bucket_name, source_key, local) is None:
+            ctx.clients.s3.download_file(ctx.settings.bucket_name, source_key, str(local))
         try:
             info = imaging.read_image_info(local)
         except imaging.ImageError as error:

@@ -221,3 +221,26 @@ def test_unknown_job_and_finished_job_are_ignored(setup) -> None:
     ctx, _ = setup
     validate_pending_inputs(ctx, str(uuid.uuid4()))  # no error, nothing written
     assert ctx.compute.submitted == []
+
+
+def test_a_mha_header_is_read_without_the_voxels(ctx, tmp_path: Path) -> None:
+    """The header of a .mha comes by one ranged read; whatever cannot be read that way (an
+    empty object, another format, no data line near the start) is left to a download."""
+    from gantry.pipeline import headers
+
+    sitk.WriteImage(volume(), str(tmp_path / "scan.mha"))
+    whole = (tmp_path / "scan.mha").read_bytes()
+    s3, bucket = ctx.clients.s3, ctx.settings.bucket_name
+    s3.put_object(Bucket=bucket, Key="uploads/a/scan.mha", Body=whole)
+    header = headers.fetch_mha_header(s3, bucket, "uploads/a/scan.mha", tmp_path / "h" / "a.mha")
+    assert header is not None
+    text = header.read_bytes()
+    assert whole.startswith(text) and text.endswith(b"ElementDataFile = LOCAL\n")
+    assert len(text) < len(whole)
+    s3.put_object(Bucket=bucket, Key="uploads/a/empty.mha", Body=b"")
+    s3.put_object(Bucket=bucket, Key="uploads/a/long.mha", Body=b"x" * headers.HEADER_LIMIT + whole)
+    s3.put_object(Bucket=bucket, Key="uploads/a/scan.nrrd", Body=whole)
+    for key in ("uploads/a/empty.mha", "uploads/a/long.mha", "uploads/a/scan.nrrd"):
+        assert headers.fetch_mha_header(s3, bucket, key, tmp_path / "h" / "b.mha") is None, key
+    with pytest.raises(s3.exceptions.ClientError):
+        headers.fetch_mha_header(s3, bucket, "uploads/a/gone.mha", tmp_path / "h" / "c.mha")
