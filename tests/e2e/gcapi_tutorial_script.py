@@ -1,7 +1,7 @@
 # ruff: noqa
 """grand-challenge's "Using the API for algorithms" tutorial, its code blocks as written (line
 breaks restored), for the gcapi releases that have ``run_external_job`` with dict results
-(0.5 to 0.12). Run by tests/e2e/test_gcapi_old_clients.py with an old release's Python, in a
+(0.5 to 0.12). Run by tests/e2e/test_gcapi_tutorial.py with an old release's Python, in a
 folder holding io/case01.mha and io/case02.mha; it writes what it did to summary.json.
 
 Substituted, and nothing else: the personal token and grand-challenge's URL by the local

@@ -1,4 +1,5 @@
-"""The algorithms tutorial with older gcapi releases, against the local platform's HTTPS API.
+"""grand-challenge's algorithms tutorial against the local platform's HTTPS API: as written with
+older gcapi releases, and its equivalents with the current one (0.16.1).
 
 Each release runs in its own environment (``make gcapi-clients``; .ci/run makes them), since
 they pin older httpx: 0.5.4, which the tutorial was written for (``run_external_job`` reads
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, JOB_TIMEOUT, ROOT, Platform, checked, make_image
+from tests.e2e.conftest import EXAMPLES, JOB_TIMEOUT, ROOT, TERMINAL, Platform, checked, make_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -197,3 +198,122 @@ def test_tutorial_runs_as_written(
     assert all(f.endswith(".mha") for f in summary["output_image_files"])
     assert all(f.endswith(".tif") for f in summary["screenshot_files"])
     shutil.rmtree(tmp_path / "io")
+
+
+def wait_until_ended(client: Any, pks: list[str]) -> list[Any]:
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while True:
+        jobs = [client.algorithm_jobs.detail(pk) for pk in pks]
+        if all(job.status in TERMINAL for job in jobs):
+            return jobs
+        assert time.monotonic() < deadline, [job.status for job in jobs]
+        time.sleep(0.2)
+
+
+def download(client: Any, url: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(client(url=url, follow_redirects=True).content)
+    return path
+
+
+def test_tutorial_equivalents_with_current_gcapi(
+    tutorial_platform: Platform, tmp_path: Path
+) -> None:
+    """The same three sections with gcapi 0.16.1: ``start_algorithm_job`` with
+    ``SocketValueSpec``s instead of ``run_external_job``, models instead of dicts."""
+    from gcapi import SocketValueSpec
+
+    platform = tutorial_platform
+    client = platform.gcapi()
+    case01 = make_image(tmp_path / "case01.mha", offset=0.0)
+    case02 = make_image(tmp_path / "case02.mha", size=14, offset=5.0)
+
+    # Section 1: upload and run, then download each image output.
+    algorithm_1 = client.algorithms.detail(slug="pulmonary-lobe-segmentation")
+    assert [s.slug for s in algorithm_1.interfaces[0].inputs] == ["generic-medical-image"]
+    jobs = [
+        client.start_algorithm_job(
+            algorithm_slug="pulmonary-lobe-segmentation",
+            inputs=[SocketValueSpec(socket_slug="generic-medical-image", files=[str(path)])],
+        )
+        for path in (case01, case02)
+    ]
+    jobs = wait_until_ended(client, [job.pk for job in jobs])
+    assert [job.status for job in jobs] == ["Succeeded", "Succeeded"]
+    lungs = []
+    for job, ct in zip(jobs, (case01, case02), strict=True):
+        (output,) = [o for o in job.outputs if o.image is not None]
+        (file,) = client(url=output.image)["files"]
+        lobes = download(client, file["file"], ct.with_name(ct.stem + "_lobes.mha"))
+        assert ((voxels(lobes) > 0) == (voxels(ct) > -500)).all()
+        # Section 2's preparation: the lobes binarised into a lung mask.
+        import SimpleITK
+
+        mask = SimpleITK.ReadImage(str(lobes)) > 0
+        lungs.append(ct.with_name(ct.stem + "_lungs.mha"))
+        SimpleITK.WriteImage(SimpleITK.Cast(mask, SimpleITK.sitkUInt8), str(lungs[-1]), True)
+
+    # Section 2: four image inputs.
+    registration = client.start_algorithm_job(
+        algorithm_slug="deep-learning-based-ct-lung-registration",
+        inputs=[
+            SocketValueSpec(socket_slug="fixed-image", files=[str(case01)]),
+            SocketValueSpec(socket_slug="moving-image", files=[str(case02)]),
+            SocketValueSpec(socket_slug="fixed-mask", files=[str(lungs[0])]),
+            SocketValueSpec(socket_slug="moving-mask", files=[str(lungs[1])]),
+        ],
+    )
+    (registration,) = wait_until_ended(client, [registration.pk])
+    assert registration.status == "Succeeded"
+    (output,) = registration.outputs
+    assert output.interface.slug == "registered-moving-image"
+    (file,) = client(url=output.image)["files"]
+    registered = download(client, file["file"], tmp_path / "registered-moving-image.mha")
+    assert voxels(registered).shape == voxels(case01).shape
+
+    # Section 3: the archive's images by name, a job on each, results mapped back by image
+    # uuid, MHD and TIFF outputs downloaded.
+    archives = client(url=f"{platform.api_url}archives/")["results"]
+    archive = next(a for a in archives if a["name"] == "coronacases.org")
+    slug = "pulmonary-lobe-segmentation-for-covid-19-ct-scans"
+    names, response = {}, client(path="cases/images/", params={"archive": archive["id"]})
+    while True:
+        names.update({image["pk"]: image["name"] for image in response["results"]})
+        if response["next"] is None:
+            break
+        response = client(url=response["next"])
+    assert sorted(names.values()) == ["coronacase_001.mha", "coronacase_002.mha"]
+    started = [
+        client.start_algorithm_job(
+            algorithm_slug=slug,
+            inputs=[
+                SocketValueSpec(
+                    socket_slug="ct-image",
+                    existing_image_api_url=f"{platform.api_url}cases/images/{pk}/",
+                )
+            ],
+        )
+        for pk in names
+    ]
+    ended = wait_until_ended(client, [job.pk for job in started])
+    assert [job.status for job in ended] == ["Succeeded", "Succeeded"]
+    algorithm_pk = client(path="algorithms/", params={"slug": slug})["results"][0]["pk"]
+    scans = platform.workdir / "coronacases"
+    for image_uuid, name in names.items():
+        params = {"algorithm_image__algorithm": algorithm_pk, "input_image": image_uuid}
+        results = list(client.algorithm_jobs.iterate_all(params))
+        assert started[list(names).index(image_uuid)].pk in {r.pk for r in results}
+        mine = next(r for r in results if r.pk in {job.pk for job in started})
+        by_slug = {o.interface.slug: o for o in mine.outputs}
+        files = {
+            slug: {f["image_type"]: f["file"] for f in client(url=o.image)["files"]}
+            for slug, o in by_slug.items()
+        }
+        mhd = download(client, files["pulmonary-lobes"]["MHD"], tmp_path / "scans" / name)
+        assert ((voxels(mhd) > 0) == (voxels(scans / name) > -500)).all()
+        tif = download(
+            client,
+            files["pulmonary-lobes-screenshot"]["TIFF"],
+            tmp_path / "screenshots" / f"{Path(name).stem}_{image_uuid}.tif",
+        )
+        assert voxels(tif).shape == voxels(scans / name).shape[1:]
