@@ -73,6 +73,12 @@ class Settings(BaseModel):
     # SQS queue the upload handler reads: S3 upload events and "validate-inputs" messages.
     uploads_queue_url: str = ""
     dropbox_owner: str = "dropbox"
+    # Algorithm image import on AWS (docs/deploy.md "Importing an algorithm image"): the queue
+    # the API sends imports to (empty: the uploads queue), the ECR repository images are pushed
+    # to (empty: no registry; the local stack stores images itself), the runner layer file.
+    imports_queue_url: str = ""
+    image_repository: str = ""
+    runner_layer_path: str = "/opt/gantry-runner-layer.tar"
     # Attempts after host or spot failures; capacity back-offs do not count.
     max_attempts: int = 3
     max_capacity_retries: int = 20

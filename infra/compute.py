@@ -26,10 +26,10 @@ jobs that need no GPU. The GPU queue cancels jobs stuck RUNNABLE for lack of cap
 requirement no instance can meet, so a job fails with a reason instead of waiting forever.
 
 The job definition ``gantry-runner`` holds everything but the image: the image is the
-algorithm's image with the runner layer appended (docs/deploy.md "Runner images"), so the
-backend registers a revision (or a ``gantry-runner-…`` definition) per algorithm image;
-functions that submit jobs may register job definitions under that name and pass the two job
-roles.
+algorithm's image with the runner layer appended, as the import pushed it to the repository
+(docs/deploy.md "Importing an algorithm image"), so the backend registers a revision (or a
+``gantry-runner-…`` definition) per algorithm image; functions that submit jobs may register
+job definitions under that name and pass the two job roles.
 """
 
 from __future__ import annotations
@@ -121,9 +121,12 @@ class Compute(Construct):
             image_tag_mutability=ecr.TagMutability.IMMUTABLE,
             removal_policy=removal,
             empty_on_delete=config.destroy_on_delete,
+            # Only untagged manifests expire (an import that stopped before its tag): every
+            # imported image is tagged image-<pk>, and no rule matches a tagged image, so an
+            # image an algorithm uses (desired or not) is only removed by deleting it.
             lifecycle_rules=[
                 ecr.LifecycleRule(
-                    description="untagged layers left by re-pushes",
+                    description="untagged manifests of imports that did not finish",
                     tag_status=ecr.TagStatus.UNTAGGED,
                     max_image_age=Duration.days(7),
                 )

@@ -77,6 +77,9 @@ class GantryConfig:
     root_volume_gib: int = 100
     availability_zones: tuple[str, ...] = ()
     runner_placeholder_image: str = "public.ecr.aws/docker/library/python:3.12-slim"
+    # The runner layer ``make runner`` builds (relative to the repository), appended to every
+    # imported algorithm image; without it the stack deploys but imports fail with a reason.
+    runner_layer: str = "dist/runner/gantry-runner-layer.tar"
     # The algorithm's isolation (docs/deploy.md "Isolation"): a privileged runner container is
     # the only way bubblewrap can build its sandbox on Batch, and with it the runner refuses to
     # run a job unsandboxed. False trades the no-network guarantee for an unprivileged container.

@@ -78,7 +78,7 @@ def dead_letter_queue(scope: Construct, construct_id: str, *, queue_name: str) -
 
 
 class DataStore(Construct):
-    """Bucket, log bucket, table, and the uploads/dropbox notification queues."""
+    """Bucket, log bucket, table, the uploads/dropbox notification queues, the imports queue."""
 
     # Visibility timeout of the notification queues: 6x the consuming function's timeout, as
     # Lambda's SQS poller recommends, so a batch is not redelivered while still being worked.
@@ -90,6 +90,7 @@ class DataStore(Construct):
         config: GantryConfig,
         uploads_visibility: Duration,
         dropbox_visibility: Duration,
+        imports_visibility: Duration,
     ) -> None:
         super().__init__(scope, construct_id)
         removal = (
@@ -186,6 +187,18 @@ class DataStore(Construct):
             visibility_timeout=dropbox_visibility,
             dead_letter=self.dropbox_dlq,
         )
+        # Algorithm image imports: one message per uploaded archive, for the import function
+        # (minutes per message, hence a queue of its own).
+        self.imports_dlq = dead_letter_queue(
+            self, "ImportsDlq", queue_name=f"{resources.DEFAULT_IMPORTS_QUEUE}-dlq"
+        )
+        self.imports_queue = secure_queue(
+            self,
+            "ImportsQueue",
+            queue_name=resources.DEFAULT_IMPORTS_QUEUE,
+            visibility_timeout=imports_visibility,
+            dead_letter=self.imports_dlq,
+        )
         queues = {
             resources.DEFAULT_UPLOADS_QUEUE: self.uploads_queue,
             resources.DEFAULT_DROPBOX_QUEUE: self.dropbox_queue,
@@ -240,4 +253,8 @@ class DataStore(Construct):
 
     @property
     def dead_letter_queues(self) -> dict[str, sqs.IQueue]:
-        return {"uploads": self.uploads_dlq, "dropbox": self.dropbox_dlq}
+        return {
+            "uploads": self.uploads_dlq,
+            "dropbox": self.dropbox_dlq,
+            "imports": self.imports_dlq,
+        }

@@ -1,29 +1,32 @@
-"""The five Lambda functions and exactly what each may touch.
+"""The six Lambda functions and exactly what each may touch.
 
 | function     | trigger                          | table | S3 prefixes (read+write)          |
 |--------------|----------------------------------|-------|-----------------------------------|
 | api          | API Gateway proxy                | rw    | uploads values io dropbox-results |
 | on_upload    | SQS (uploads/ notifications)     | rw    | uploads values io                 |
+| on_import    | SQS (imports queue)              | rw    | uploads (read only); pushes to    |
+|              |                                  |       | the image repository (ECR)        |
 | on_dropbox   | SQS (dropbox/ notifications)     | rw    | dropbox uploads values io         |
 |              |                                  |       | dropbox-results                   |
 | on_job_event | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results         |
 | sweeper      | schedule (rate 5 minutes)        | rw    | io dropbox uploads values         |
 |              |                                  |       | dropbox-results                   |
 
-Every function may control compute jobs (submit, describe, cancel; register ``gantry-runner*``
-job definitions; pass the job roles): a job is submitted by whichever at-least-once handler
-completes its inputs (API for ready values, on_upload after an upload validates, on_dropbox
-for a dropped file, on_job_event for a retry attempt, the sweeper for a stuck one). Whoever
-submits may also fail the job (a submission refused for good; the API also cancels), so
-every function may put ``Gantry Job …`` events: a lost "Gantry Job Failed" would leave a
-drop folder without its result file. The drop folder copies dropped files to ``uploads/``
-(the upload records jobs are made from). The sweeper finishes jobs the callback missed,
-outputs and images included, and restarts jobs whose inputs live under ``values/``: it has
-the callback's prefixes and its imaging code package. The IAM rehearsal (tests/iam) checks
+Every function but on_import may control compute jobs (submit, describe, cancel; register
+``gantry-runner*`` job definitions; pass the job roles): a job is submitted by whichever
+at-least-once handler completes its inputs (API for ready values, on_upload after an upload
+validates, on_dropbox for a dropped file, on_job_event for a retry attempt, the sweeper for a
+stuck one). Whoever submits may also fail the job (a submission refused for good; the API also
+cancels), so each of them may put ``Gantry Job …`` events: a lost "Gantry Job Failed" would
+leave a drop folder without its result file. The drop folder copies dropped files to
+``uploads/`` (the upload records jobs are made from). The sweeper finishes jobs the callback
+missed, outputs and images included, and restarts jobs whose inputs live under ``values/``: it
+has the callback's prefixes and its imaging code package. The IAM rehearsal (tests/iam) checks
 these grants against the calls the code makes. Functions that create jobs (api, on_dropbox,
 on_upload, the sweeper: it reconciles the drop folder and resends lost validations) may send
-"validate-inputs"
-messages to the uploads queue, which on_upload consumes next to the S3 notifications.
+"validate-inputs" messages to the uploads queue, which on_upload consumes next to the S3
+notifications. The API sends "import-image" messages to the imports queue, which on_import
+consumes.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ class Access:
     prefixes: tuple[str, ...]
     # Sends "validate-inputs" messages to the uploads queue (jobs whose inputs need checking).
     send_uploads: bool = False
+    # Prefixes it only reads.
+    reads: tuple[str, ...] = ()
+    # Submits and ends compute jobs and announces them (every function that handles jobs).
+    jobs: bool = True
+    # Sends "import-image" messages to the imports queue (the API).
+    send_imports: bool = False
 
 
 SPECS: dict[str, tuple[FunctionSpec, Access]] = {
@@ -66,6 +75,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
         Access(
             (r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS),
             send_uploads=True,
+            send_imports=True,
         ),
     ),
     "on_upload": (
@@ -79,6 +89,20 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             ephemeral_mib=4096,
         ),
         Access((r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO), send_uploads=True),
+    ),
+    "on_import": (
+        FunctionSpec(
+            name="on_import",
+            handler="lambdas.on_import.handler",
+            description="Imports uploaded algorithm images: validates, adds the runner, "
+            "pushes to ECR",
+            # Memory buys network and CPU (layers are hashed as they stream); the archive
+            # streams from S3 to the registry, nothing of it is kept on disk.
+            memory_mib=2048,
+            timeout_seconds=900,
+        ),
+        # Reads the uploaded archive; pushes to the image repository (infra/image_import.py).
+        Access((), reads=(r.PREFIX_UPLOADS,), jobs=False),
     ),
     "on_dropbox": (
         FunctionSpec(
@@ -162,6 +186,7 @@ class Handlers(Construct):
         bucket: s3.IBucket,
         bus: events.IEventBus,
         uploads_queue: sqs.IQueue,
+        imports_queue: sqs.IQueue,
         compute: Compute,
         removal_policy: RemovalPolicy,
     ) -> None:
@@ -186,13 +211,16 @@ class Handlers(Construct):
             if spec.imaging:
                 code.grant_simpleitk(fn)
             grant_table(fn, table, write=True)
-            grant_prefixes(fn, bucket, write=access.prefixes)
-            for statement in compute.control_statements():
-                fn.add_to_role_policy(statement)
-            compute.acknowledge_control(wrapper)
-            bus.grant_put_events_to(fn)
+            grant_prefixes(fn, bucket, read=access.reads, write=access.prefixes)
+            if access.jobs:
+                for statement in compute.control_statements():
+                    fn.add_to_role_policy(statement)
+                compute.acknowledge_control(wrapper)
+                bus.grant_put_events_to(fn)
             if access.send_uploads:
                 uploads_queue.grant_send_messages(fn)
+            if access.send_imports:
+                imports_queue.grant_send_messages(fn)
             self.functions[name] = fn
 
     def __getitem__(self, name: str) -> lambda_.Function:

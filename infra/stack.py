@@ -10,7 +10,8 @@ The stack stays far below CloudFormation's 500-resource limit. Inside it, small 
 - ``Compute`` (compute.py): VPC, Batch environments/queues/job definition, job and SageMaker
   roles, the runner image repository.
 - ``Api`` (api.py): REST API, stage, access logs, optional custom domain and WAF.
-- ``Handlers`` (handlers.py): the five functions and their grants.
+- ``Handlers`` (handlers.py): the six functions and their grants.
+- ``ImageImport`` (image_import.py): the import function's queue, runner layer, ECR rights.
 - ``Events`` (events.py): EventBridge rules, schedule, SQS sources, DLQs; the job event bus.
 - ``Observability`` (observability.py): alarms on every DLQ and on failed jobs, dashboard.
 
@@ -34,6 +35,7 @@ from infra.config import FEATURE_FLAGS, GantryConfig
 from infra.data import DataStore
 from infra.events import Events, job_event_bus
 from infra.handlers import SPECS, Handlers
+from infra.image_import import ImageImport
 from infra.job_data import JobDataAccess
 from infra.observability import Observability
 from infra.packaging import LambdaCode
@@ -61,6 +63,7 @@ class GantryStack(Stack):
             config=config,
             uploads_visibility=_visibility("on_upload"),
             dropbox_visibility=_visibility("on_dropbox"),
+            imports_visibility=_visibility("on_import"),
         )
         compute = Compute(
             self,
@@ -87,6 +90,8 @@ class GantryStack(Stack):
             "GANTRY_SAGEMAKER_ROLE_ARN": compute.sagemaker_role.role_arn,
             "GANTRY_EVENT_BUS_NAME": bus.event_bus_name,
             "GANTRY_UPLOADS_QUEUE_URL": data.uploads_queue.queue_url,
+            "GANTRY_IMPORTS_QUEUE_URL": data.imports_queue.queue_url,
+            "GANTRY_IMAGE_REPOSITORY": compute.repository.repository_name,
             "GANTRY_DROPBOX_OWNER": config.dropbox_owner,
             "GANTRY_COMPUTE_START_TIMEOUT_SECONDS": str(config.start_timeout_minutes * 60),
             "GANTRY_JOB_CREDENTIALS_FUNCTION": resources.DEFAULT_JOB_CREDENTIALS_FUNCTION,
@@ -104,8 +109,17 @@ class GantryStack(Stack):
             bucket=data.bucket,
             bus=bus,
             uploads_queue=data.uploads_queue,
+            imports_queue=data.imports_queue,
             compute=compute,
             removal_policy=removal,
+        )
+        ImageImport(
+            self,
+            "ImageImport",
+            config=config,
+            function=handlers["on_import"],
+            queue=data.imports_queue,
+            repository=compute.repository,
         )
         JobDataAccess(
             self,
@@ -154,10 +168,6 @@ class GantryStack(Stack):
             outputs["CustomDomainTarget"] = api.domain.domain_name_alias_domain_name
         for name, value in outputs.items():
             CfnOutput(self, name, value=value)
-
-
-def _visibility(function: str) -> Duration:
-    return Duration.seconds(SPECS[function][0].timeout_seconds * VISIBILITY_FACTOR)
 
 
 def _visibility(function: str) -> Duration:

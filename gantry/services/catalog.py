@@ -179,7 +179,8 @@ def import_algorithm_image(
         is_desired_version=False,
     )
     ctx.clients.sqs.send_message(
-        QueueUrl=ctx.settings.uploads_queue_url, MessageBody=import_image_message(image.pk)
+        QueueUrl=ctx.settings.imports_queue_url or ctx.settings.uploads_queue_url,
+        MessageBody=import_image_message(image.pk),
     )
     return image
 

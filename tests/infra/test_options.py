@@ -75,3 +75,19 @@ def test_opting_out_of_the_privileged_runner_relaxes_the_sandbox(options_synth: 
     for definition, container in options_synth.runner_containers().items():
         assert container.get("Privileged") is not True, definition
         assert {"Name": "GANTRY_SANDBOX", "Value": "auto"} in container["Environment"]
+
+
+def test_a_destroyable_stack_lets_cloudformation_empty_the_image_repository(
+    options_synth: Synth,
+) -> None:
+    """The repository denies writes to all but the import function; deletions too, except in
+    a destroyable stack, which CloudFormation empties (EmptyOnDelete) with its own role."""
+    [repository] = options_synth.resources("AWS::ECR::Repository").values()
+    assert repository["Properties"]["EmptyOnDelete"] is True
+    [deny] = [
+        s
+        for s in repository["Properties"]["RepositoryPolicyText"]["Statement"]
+        if s["Effect"] == "Deny"
+    ]
+    assert "ecr:PutImage" in deny["Action"]
+    assert "ecr:BatchDeleteImage" not in deny["Action"]

@@ -22,6 +22,7 @@ HANDLERS = {
     "lambdas.api.app.handler",
     "lambdas.on_job_event.handler",
     "lambdas.on_upload.handler",
+    "lambdas.on_import.handler",
     "lambdas.on_dropbox.handler",
     "lambdas.sweeper.handler",
     "lambdas.job_credentials.handler",
@@ -395,7 +396,9 @@ def test_handlers_and_environment(default_synth: Synth) -> None:
             assert required in env, (handler, required)
         assert env["GANTRY_SAGEMAKER_SANDBOX"] == "required"
         assert props["Architectures"] == ["arm64"]
-        assert len(props["Layers"]) == 1, "Powertools layer"
+        # The import function also carries the runner layer it appends to images.
+        runner_layer = handler == "lambdas.on_import.handler"
+        assert len(props["Layers"]) == 1 + runner_layer, "Powertools layer"
         layer = props["Layers"][0]["Fn::Join"][1][-1]
         # The layer of the functions' architecture, for the release the tests run.
         version = POWERTOOLS_LAYERS[importlib.metadata.version("aws-lambda-powertools")]
@@ -519,7 +522,7 @@ def _logical_id(synth: Synth, kind: str, name: str | None = None) -> str:
 
 def test_sqs_sources_report_batch_item_failures(default_synth: Synth) -> None:
     mappings = default_synth.resources("AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == 2
+    assert len(mappings) == 3
     for mapping in mappings.values():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         assert mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"] >= 2
@@ -528,8 +531,11 @@ def test_sqs_sources_report_batch_item_failures(default_synth: Synth) -> None:
 def test_every_function_may_announce_a_job_it_ends(default_synth: Synth) -> None:
     """Every function submits jobs and so may fail one (a refused submission)."""
     puts = [s for _, s in _statements(default_synth) if "events:PutEvents" in _as_list(s["Action"])]
-    # All but the credentials function, which only hands out credentials.
-    assert len(puts) == len(HANDLERS - {"lambdas.job_credentials.handler"})
+    # All but the credentials function, which only hands out credentials, and the import
+    # function, which handles no jobs.
+    assert len(puts) == len(
+        HANDLERS - {"lambdas.job_credentials.handler", "lambdas.on_import.handler"}
+    )
     for statement in puts:
         assert statement["Resource"] != "*"
 
@@ -584,3 +590,99 @@ def test_the_runner_knows_its_region(default_synth: Synth) -> None:
     for name, container in default_synth.runner_containers().items():
         environment = {e["Name"]: e["Value"] for e in container["Environment"]}
         assert environment["AWS_REGION"] == {"Ref": "AWS::Region"}, name
+
+
+# --- Algorithm image import -----------------------------------------------------------------
+
+
+def _function(synth: Synth, handler: str) -> dict[str, Any]:
+    [props] = [
+        f["Properties"]
+        for f in synth.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("Handler") == handler
+    ]
+    return props
+
+
+def test_the_import_function_gets_the_whole_lambda_time_and_its_own_queue(
+    default_synth: Synth,
+) -> None:
+    props = _function(default_synth, "lambdas.on_import.handler")
+    assert props["Timeout"] == 900
+    [queue_id] = [
+        k
+        for k, q in default_synth.resources("AWS::SQS::Queue").items()
+        if q["Properties"].get("QueueName") == resources.DEFAULT_IMPORTS_QUEUE
+    ]
+    queue = default_synth.template["Resources"][queue_id]["Properties"]
+    # Lambda's advice for SQS sources: visibility at least 6x the function's timeout.
+    assert queue["VisibilityTimeout"] == 6 * 900
+    assert "RedrivePolicy" in queue
+    [mapping] = [
+        m["Properties"]
+        for m in default_synth.resources("AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["EventSourceArn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
+    ]
+    assert mapping["BatchSize"] == 1
+    # The runner layer reaches the function as a Lambda layer (under /opt).
+    assert any("Ref" in layer for layer in props["Layers"])
+    assert default_synth.resources("AWS::Lambda::LayerVersion")
+    # Every function may send imports there; the API does.
+    env = _function(default_synth, "lambdas.api.app.handler")["Environment"]["Variables"]
+    assert env["GANTRY_IMPORTS_QUEUE_URL"] == {"Ref": queue_id}
+    assert env["GANTRY_IMAGE_REPOSITORY"] == {"Ref": _repository_id(default_synth)}
+
+
+def _repository_id(synth: Synth) -> str:
+    [repository_id] = synth.resources("AWS::ECR::Repository")
+    return repository_id
+
+
+def test_only_the_import_function_may_push_and_only_to_the_image_repository(
+    default_synth: Synth,
+) -> None:
+    from infra.image_import import DELETE_ACTIONS, PUSH_ACTIONS
+
+    import_role = _function(default_synth, "lambdas.on_import.handler")["Role"]["Fn::GetAtt"][0]
+    repository_arn = {"Fn::GetAtt": [_repository_id(default_synth), "Arn"]}
+    writes = {"ecr:PutImage", "ecr:InitiateLayerUpload", "ecr:BatchDeleteImage"}
+    for name, statement in _statements(default_synth):
+        actions = set(_as_list(statement["Action"]))
+        if actions & writes:
+            policy = default_synth.template["Resources"][name]["Properties"]
+            assert policy["Roles"] == [{"Ref": import_role}], name
+            assert statement["Resource"] == repository_arn
+    statements = _statements_of(default_synth, import_role)
+    granted = {
+        action
+        for s in statements
+        if s.get("Resource") == repository_arn
+        for action in _as_list(s["Action"])
+    }
+    assert granted == {*PUSH_ACTIONS, *DELETE_ACTIONS}
+    assert any(
+        s["Action"] == "ecr:GetAuthorizationToken" and s["Resource"] == "*" for s in statements
+    )
+    # It handles no jobs: no Batch, SageMaker or events rights; it only reads uploads/.
+    actions = {a for s in statements for a in _as_list(s["Action"])}
+    assert not {a for a in actions if a.startswith(("batch:", "sagemaker:", "events:"))}
+    assert "s3:PutObject" not in actions
+
+
+def test_the_repository_keeps_every_tagged_image_and_only_the_import_function_writes(
+    default_synth: Synth,
+) -> None:
+    repository = default_synth.template["Resources"][_repository_id(default_synth)]["Properties"]
+    assert repository["ImageTagMutability"] == "IMMUTABLE"
+    rules = json.loads(repository["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
+    # Only untagged manifests expire; no rule selects a tagged (imported) image.
+    assert [rule["selection"]["tagStatus"] for rule in rules] == ["untagged"]
+    import_role = _function(default_synth, "lambdas.on_import.handler")["Role"]["Fn::GetAtt"][0]
+    [deny] = [s for s in repository["RepositoryPolicyText"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Principal"] == {"AWS": "*"}
+    assert {"ecr:PutImage", "ecr:BatchDeleteImage", "ecr:CompleteLayerUpload"} <= set(
+        deny["Action"]
+    )
+    assert deny["Condition"] == {
+        "ArnNotEquals": {"aws:PrincipalArn": {"Fn::GetAtt": [import_role, "Arn"]}}
+    }

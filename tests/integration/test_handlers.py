@@ -195,6 +195,28 @@ def test_the_uploads_handler_takes_an_sqs_batch(cold, settings) -> None:
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
 
 
+def test_the_import_handler_takes_one_import_with_the_time_it_has_left(cold, monkeypatch) -> None:
+    import time
+
+    from gantry.pipeline.registry_publisher import RegistryPublisher
+    from lambdas import on_import, runtime
+
+    monkeypatch.setenv("GANTRY_IMAGE_REPOSITORY", "gantry-algorithm-images")
+    gone = {"gantry": "import-image", "image": str(uuid.uuid4())}
+    event = _sqs_event(gone, {"not": "an import"}, queue="gantry-imports")
+
+    response = on_import.handler(event, LambdaContext(function_name="gantry-on-import"))
+
+    # An image deleted before its import is nothing to do; anything else comes back alone.
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+    # The deployment's publisher, stopping before the invocation's time (29 s here) runs out.
+    publisher = runtime.context().image_publisher
+    assert isinstance(publisher, RegistryPublisher)
+    assert publisher.repository == "gantry-algorithm-images"
+    assert publisher.deadline is not None
+    assert publisher.deadline - time.monotonic() < 29 - on_import.MARGIN_SECONDS + 1
+
+
 def test_the_drop_folder_handler_writes_why_a_drop_gives_no_job(cold, settings) -> None:
     from gantry.pipeline.dropbox import ERROR_FILE, results_prefix
     from lambdas import on_dropbox

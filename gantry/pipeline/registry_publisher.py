@@ -1,0 +1,172 @@
+"""The deployed publisher of imported images: the archive, with Gantry's runner layer, pushed to
+the deployment's ECR repository; what jobs run is the pushed manifest's digest.
+
+``import_image`` has validated the archive; this pushes it with ``gantry.oci.push``: each layer
+streams from the S3 object to the registry one chunk at a time (never the whole archive in
+memory or on the function's disk), blobs the repository already holds are not sent, the runner
+layer comes from the file the import function carries (a Lambda layer, ``/opt``), then the new
+config and manifest go up. Credentials come from ``ecr.get_authorization_token`` through boto3,
+so the function's role decides what it may push (docs/deploy.md "Importing an algorithm image").
+
+Every image is tagged ``image-<image pk>`` (``IMAGE_TAG_PREFIX``; the repository's tags are
+immutable): the repository's lifecycle policy expires untagged manifests only, so no image an
+algorithm can use is ever expired. A retried import (the handler that pushed died before it
+recorded the result) finds its tag and answers the manifest already there.
+
+The import runs inside the function's time limit: past ``deadline`` (set by the handler from
+the time the invocation has left) the push stops between two chunks and the import fails with
+a message saying so, instead of the function being killed mid-push and the queue retrying an
+import that cannot finish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from gantry.algorithms import AlgorithmImage
+from gantry.aws import Clients
+from gantry.context import Context
+from gantry.oci.errors import ImageError
+from gantry.oci.mutate import LayerFile
+from gantry.oci.registry import Registry, RegistryError
+from gantry.settings import Settings
+
+IMAGE_TAG_PREFIX = "image-"
+NO_RUNNER_LAYER = (
+    "This deployment's import function has no runner layer ({path}), so the image cannot be "
+    "made runnable; ask its operator to build it ('make runner') and deploy again"
+)
+TOO_LONG = (
+    "The import did not finish within the import function's time limit: the image is too "
+    "large to import here (about {pushed:.1f} GB of its layers were sent); make the image "
+    "smaller (fewer or smaller layers, no build tools or caches)"
+)
+
+
+def image_tag(image_pk: str) -> str:
+    """The tag an imported image carries in the repository (kept by the lifecycle policy)."""
+    return f"{IMAGE_TAG_PREFIX}{image_pk}"
+
+
+class ImportTimedOut(ImageError):
+    """The push ran past the handler's deadline."""
+
+
+@dataclass
+class RegistryPublisher:
+    """``(ctx, image, archive) -> reference`` (``gantry.pipeline.image_import.Publisher``)."""
+
+    repository: str
+    runner_layer_path: Path
+    # A registry with credentials, made per import (ECR tokens last 12 hours; warm functions
+    # live longer).
+    registry: Callable[[], Registry]
+    # time.monotonic() after which the push stops; None: no limit.
+    deadline: float | None = None
+    _runner: LayerFile | None = field(default=None, repr=False)
+
+    def __call__(self, ctx: Context, image: AlgorithmImage, archive: Any) -> str:
+        from gantry.oci.push import push_with_runner
+
+        runner = self.runner_layer()
+        registry = self.registry()
+        tag = image_tag(image.pk)
+        existing = _manifest_digest(registry, self.repository, tag)
+        if existing is not None:
+            return f"{registry.host}/{self.repository}@{existing}"
+        sent = _Counter()
+        source = _TimedArchive(archive, self.deadline, sent)
+        try:
+            pushed = push_with_runner(source, runner, registry, self.repository, tag)
+        except ImportTimedOut:
+            raise ImportTimedOut(TOO_LONG.format(pushed=sent.bytes / 1024**3)) from None
+        return pushed.reference
+
+    def runner_layer(self) -> LayerFile:
+        """The runner layer file, hashed once per process."""
+        if self._runner is None:
+            if not self.runner_layer_path.is_file():
+                raise ImageError(NO_RUNNER_LAYER.format(path=self.runner_layer_path))
+            self._runner = LayerFile.read(self.runner_layer_path)
+        return self._runner
+
+    def time_left(self, seconds: float) -> None:
+        """Stop pushing ``seconds`` from now (the handler's remaining time, less a margin)."""
+        self.deadline = time.monotonic() + seconds
+
+
+def ecr_publisher(settings: Settings, clients: Clients) -> RegistryPublisher:
+    """The publisher of a deployment: its ECR repository, the account's registry (the ECR
+    client is made on the first import, off the API's cold start)."""
+    return RegistryPublisher(
+        repository=settings.image_repository,
+        runner_layer_path=Path(settings.runner_layer_path),
+        registry=lambda: Registry.ecr(clients.client("ecr")),
+    )
+
+
+def ensure_publisher(ctx: Context) -> RegistryPublisher | None:
+    """The deployment's publisher on ``ctx`` (made once, when the settings name a repository);
+    None where images are published otherwise (the local stack) or not at all. Only the import
+    function makes it: the API never pushes and its cold start does not import this."""
+    if ctx.image_publisher is None and ctx.settings.image_repository:
+        ctx.image_publisher = ecr_publisher(ctx.settings, ctx.clients)
+    publisher = ctx.image_publisher
+    return publisher if isinstance(publisher, RegistryPublisher) else None
+
+
+def _manifest_digest(registry: Registry, repository: str, tag: str) -> str | None:
+    """The digest of ``repository:tag`` when the registry holds it."""
+    from gantry.oci.mutate import sha256_digest
+
+    try:
+        raw, _ = registry.get_manifest(repository, tag)
+    except RegistryError as error:
+        if "has no image" in str(error):
+            return None
+        raise
+    return sha256_digest(raw)
+
+
+@dataclass
+class _Counter:
+    bytes: int = 0
+
+
+class _TimedStream:
+    """A layer stream that raises ``ImportTimedOut`` once the deadline has passed."""
+
+    def __init__(self, stream: IO[bytes], deadline: float | None, sent: _Counter) -> None:
+        self._stream, self._deadline, self._sent = stream, deadline, sent
+
+    def read(self, size: int = -1) -> bytes:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise ImportTimedOut("deadline passed")
+        data = self._stream.read(size)
+        self._sent.bytes += len(data)
+        return data
+
+
+@dataclass
+class _TimedArchive:
+    """The archive as ``push_with_runner`` reads it, each layer stream under the deadline."""
+
+    archive: Any
+    deadline: float | None
+    sent: _Counter
+
+    @property
+    def config(self) -> Any:
+        return self.archive.config
+
+    @property
+    def config_blob(self) -> bytes:
+        return self.archive.config_blob  # type: ignore[no-any-return]
+
+    def layer_streams(self, wanted: set[str]) -> Iterator[tuple[Any, IO[bytes]]]:
+        for layer, stream in self.archive.layer_streams(wanted):
+            yield layer, _TimedStream(stream, self.deadline, self.sent)  # type: ignore[misc]

@@ -1,0 +1,54 @@
+"""SQS handler of the imports queue: ``{"gantry": "import-image", "image": pk}`` messages the API
+sends for an uploaded container image archive. The import (``gantry.pipeline.image_import``)
+validates the archive as a stream from S3 and pushes it, with the runner layer, to the
+deployment's ECR repository (``gantry.pipeline.registry_publisher``).
+
+A function of its own, not the upload handler: an import may take minutes (15 at most, a
+Lambda's limit), and it is the only function allowed to push to the image repository. The
+push stops a little before the invocation's time runs out, so a too-large image fails with a
+message instead of the function being killed and the import retried to no end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from gantry.context import Context
+from gantry.pipeline.wiring import IMPORT_IMAGE
+from lambdas.runtime import context, process_sqs_batch, unknown_message
+
+logger = Logger(service="gantry-on-import")
+# Seconds kept after a stopped push to record the failure.
+MARGIN_SECONDS = 30.0
+
+
+def handle_message(ctx: Context, message: dict[str, Any]) -> None:
+    from gantry.pipeline.image_import import import_image
+
+    if message.get("gantry") != IMPORT_IMAGE:
+        raise unknown_message(message)
+    image_pk = message.get("image")
+    if not isinstance(image_pk, str) or not image_pk:
+        raise ValueError("import-image message without an image pk")
+    import_image(ctx, image_pk)
+
+
+def process(
+    ctx: Context, event: dict[str, Any], lambda_context: LambdaContext | None = None
+) -> dict[str, Any]:
+    """Handle an SQS batch; the response lists the records to retry (batchItemFailures)."""
+    from gantry.pipeline.registry_publisher import ensure_publisher
+
+    publisher = ensure_publisher(ctx)
+    if publisher is not None and lambda_context is not None:
+        remaining = lambda_context.get_remaining_time_in_millis() / 1000
+        publisher.time_left(max(remaining - MARGIN_SECONDS, 0.0))
+    return process_sqs_batch(event, lambda_context, lambda message: handle_message(ctx, message))
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], lambda_context: LambdaContext) -> dict[str, Any]:
+    return process(context(), event, lambda_context)
