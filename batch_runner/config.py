@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from batch_runner.limits import ResourceLimits
 from batch_runner.server import (
@@ -166,9 +166,10 @@ class RunnerConfig:
         ro_paths: Sequence[str] = (),
     ) -> RunnerConfig:
         env = os.environ if environ is None else environ
-        mode = (sandbox or env.get(ENV_SANDBOX) or "auto").lower()
-        if mode not in ("off", "auto", "required"):
-            raise ConfigError(f"{ENV_SANDBOX} must be off, auto or required, not {mode!r}")
+        text = (sandbox or env.get(ENV_SANDBOX) or "auto").lower()
+        if text not in ("off", "auto", "required"):
+            raise ConfigError(f"{ENV_SANDBOX} must be off, auto or required, not {text!r}")
+        mode = cast(SandboxMode, text)
         argv = list(command) if command else command_from_env(env)
         if not argv:
             raise ConfigError(
@@ -213,14 +214,14 @@ class RunnerConfig:
             output_root=Path(output_root or env.get(ENV_OUTPUT_ROOT) or "/output").absolute(),
             signing_key_hex=key,
             command=argv,
-            sandbox=mode,  # type: ignore[arg-type]
+            sandbox=mode,
             algorithm_user=env.get(ENV_ALGORITHM_USER) or None,
             workdir=Path(workdir or env.get(ENV_WORKDIR) or default_workdir).absolute(),
             ro_paths=tuple(Path(p).absolute() for p in extra),
             limits=Limits(kill_grace_seconds=grace),
-            memory_limit_mb=memory,  # type: ignore[arg-type]
+            memory_limit_mb=memory,
             cpu_limit=cpus,
-            pids_limit=pids,  # type: ignore[arg-type]
+            pids_limit=pids,
             api_method=api_method,
             server=server,
         )

@@ -88,9 +88,8 @@ def check_command(
     cannot reach the command (by the permission bits: it has no supplementary groups)."""
     name = argv[0]
     if "/" in name:
-        path: str | None = name if name.startswith("/") else os.path.join(workdir, name)
-        if not os.path.exists(path):
-            path = None
+        candidate = name if name.startswith("/") else os.path.join(workdir, name)
+        path: str | None = candidate if os.path.exists(candidate) else None
     else:
         path = shutil.which(name, mode=os.F_OK, path=env.get("PATH"))
     if path is None:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from batch_runner.logs import JsonLog
 
@@ -233,7 +233,7 @@ def start(
     ``preexec(user)`` builds what the child runs after fork (join resource-limit groups,
     then switch to ``user`` itself, as the groups are root's to join).
     """
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if preexec is not None:
         extra = {"preexec_fn": preexec(user)}
     elif user is not None:
@@ -251,7 +251,7 @@ def start(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
-            **extra,  # type: ignore[arg-type]
+            **extra,
         )
     except BaseException:
         for fd in (out_r, out_w, err_r, err_w):

@@ -226,7 +226,7 @@ def build_command(
             args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
     args += ["--perms", "1777", "--tmpfs", SANDBOX_TMP]
     bound = [d for d in SYSTEM_DIRS if os.path.exists(d)] + ["/proc", "/dev", "/sys"]
-    made: set[str] = {SANDBOX_TMP}
+    made = {SANDBOX_TMP}
     for path in sorted({str(p) for p in (workdir, *extra_ro_paths)}, key=len):
         if path == "/" or _covered(path, bound) or not os.path.exists(path):
             continue

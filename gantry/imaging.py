@@ -246,9 +246,9 @@ def _tiff_info(path: Path) -> ImageInfo:
         raise ImageError(f"a TIFF image needs X and Y axes, got '{axes}'")
     # Planes beyond X/Y/S (Z, I, Q, ...) make a volume.
     depth = 1
-    for axis, size in shape.items():
+    for axis, length in shape.items():
         if axis not in "XYS":
-            depth *= int(size)
+            depth *= int(length)
     color_space = {
         "RGB": "RGBA" if samples == 4 else "RGB",
         "YCBCR": "YCBCR",
@@ -350,7 +350,7 @@ def _read_dicom_series(paths: list[Path]) -> Any:
     directory = paths[0].parent
     for path in paths:
         read_image_info(path)  # each slice must be a readable DICOM file
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or ()
+    series_ids = tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or ())
     if len(series_ids) != 1:
         raise ImageError(f"expected one DICOM series, found {len(series_ids)}")
     names = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), series_ids[0])

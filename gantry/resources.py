@@ -8,6 +8,7 @@ Pure data: no boto3 or CDK import.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # --- DynamoDB: one table -------------------------------------------------------------------
 
@@ -149,7 +150,7 @@ BUCKET_NOTIFICATIONS = (
 JOB_SOURCE_DROPBOX = "dropbox"
 # Finished drop-folder jobs go back to the drop-folder queue, which writes their results.
 DROPBOX_JOBS_RULE = "gantry-dropbox-jobs"
-DROPBOX_JOBS_PATTERN = {
+DROPBOX_JOBS_PATTERN: dict[str, Any] = {
     "source": [EVENT_SOURCE],
     "detail-type": [DETAIL_TYPE_JOB_SUCCEEDED, DETAIL_TYPE_JOB_FAILED],
     "detail": {"source": [JOB_SOURCE_DROPBOX]},

@@ -10,11 +10,13 @@ on each named GSI from ``gantry.resources`` (no ``index/*`` wildcard, no ``Scan`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from aws_cdk import Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
+from constructs import IConstruct
 
 from gantry import resources
 from infra.nag import acknowledge
@@ -76,7 +78,7 @@ def grant_prefixes(
         principal.grant_principal.add_to_principal_policy(statement)
     for prefix in sorted(set(read) | set(write)):
         acknowledge(
-            principal.grant_principal,  # a Role: its DefaultPolicy is a child
+            cast(IConstruct, principal.grant_principal),  # a Role: its DefaultPolicy is a child
             f"AwsSolutions-IAM5[Resource::{bucket_arn_placeholder(bucket)}/{prefix}*]",
             f"Object access is scoped to the {prefix} prefix this principal works in; the "
             "keys below it are per job/upload ids that cannot be known at deploy time.",

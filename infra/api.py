@@ -86,6 +86,7 @@ class Api(Construct):
                 ),
             ),
         )
+        self.domain: apigw.DomainName | None
         if config.domain_name:
             self.domain = apigw.DomainName(
                 self,

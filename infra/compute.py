@@ -34,6 +34,8 @@ job definitions under that name and pass the two job roles.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Size, Stack
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_ec2 as ec2
@@ -151,7 +153,7 @@ class Compute(Construct):
             ],
         )
         subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC)
-        common = {
+        common: dict[str, Any] = {
             "vpc": self.vpc,
             "vpc_subnets": subnets,
             "security_groups": [self.security_group],

@@ -47,12 +47,13 @@ def process_sqs_batch(
             raise ValueError("the message is not a JSON object")
         handle_message(message)
 
-    return process_partial_response(
+    response = process_partial_response(
         event=event,
         record_handler=record_handler,
         processor=BatchProcessor(event_type=EventType.SQS),
         context=lambda_context,
     )
+    return dict(response)
 
 
 def unknown_message(message: dict[str, Any]) -> ValueError:

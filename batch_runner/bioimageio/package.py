@@ -183,7 +183,8 @@ def _convert_op(
 ) -> ops.Op:
     """``custom``: the package folder when its own Python operations may run."""
     kind = str(getattr(step, "id", ""))
-    kwargs = getattr(step, "kwargs", None)
+    # The spec's kwargs model of this step kind (each kind reads its own fields).
+    kwargs: Any = getattr(step, "kwargs", None)
     if kind == "ensure_dtype":
         return ops.EnsureDtype(str(kwargs.dtype))
     if kind == "binarize":

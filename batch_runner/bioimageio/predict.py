@@ -88,7 +88,8 @@ def _window(
         return np.array(window)
     if tensor.pad_mode == "constant":
         return np.pad(window, pads, mode="constant", constant_values=tensor.pad_value)
-    return np.pad(window, pads, mode=tensor.pad_mode)
+    # numpy types ``mode`` as its literal names; the package's pad mode is one of them, as a str.
+    return np.pad(window, pads, mode=tensor.pad_mode)  # type: ignore[call-overload]
 
 
 def _to_model(batch: np.ndarray, tensor: InputPlan) -> np.ndarray:

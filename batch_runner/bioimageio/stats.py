@@ -62,7 +62,8 @@ def quantiles(
     small_integers = np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize <= 2
     if small_integers and keep == (1,) * len(keep):
         return _histogram_quantiles(array, qs, method)
-    values = np.quantile(array, qs, axis=axes, method=method, keepdims=True)
+    # numpy types ``method`` as its literal names; ours come from the same list as a str.
+    values = np.quantile(array, qs, axis=axes, method=method, keepdims=True)  # type: ignore[call-overload]
     return [np.asarray(v, dtype=np.float64).reshape(keep) for v in values]
 
 

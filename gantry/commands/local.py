@@ -46,7 +46,7 @@ def _job_table(jobs: list, slugs: dict[str, str] | None = None) -> Table:
     return table
 
 
-def _ensure_token(stack, state_dir: Path) -> str:  # type: ignore[no-untyped-def]
+def _ensure_token(stack: LocalStack, state_dir: Path) -> str:
     """Reuse the saved token while the restored table still knows it."""
     saved = Connection.read(state_dir)
     users = stack.ctx.store.users
@@ -131,7 +131,7 @@ def up(
             stack.stop(drain=False)
 
 
-def _wait(stack, live: bool, stopped: threading.Event) -> None:  # type: ignore[no-untyped-def]
+def _wait(stack: LocalStack, live: bool, stopped: threading.Event) -> None:
     if not (live and console.is_terminal):
         # Wake up now and then: the kernel may deliver the signal to another thread, and
         # Python runs its handler only once the main thread gets to run again.

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from gantry.context import Context
 
 
-class LambdaContextStub:
+class LambdaContextStub(LambdaContext):
     """The attributes Powertools reads from a Lambda context, for in-process calls."""
 
-    function_name = "gantry-api"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:gantry-api"
-    aws_request_id = "local"
+    _function_name = "gantry-api"
+    _memory_limit_in_mb = 512
+    _invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:gantry-api"
+    _aws_request_id = "local"
 
-    def get_remaining_time_in_millis(self) -> int:
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
         return 30_000
 
 

@@ -38,7 +38,7 @@ def make_ct_like_image(path: Path, size: int = 48) -> Path:
 
 
 def register_threshold_algorithm(api: InProcessApi) -> dict[str, Any]:
-    sockets = [
+    sockets: list[dict[str, Any]] = [
         {"title": "CT Image", "kind": "Image", "relative_path": "images/ct-image"},
         {
             "title": "Segmentation",

@@ -65,7 +65,9 @@ class ServerThread:
         self.server: BaseWSGIServer = make_server(
             host, port, app, threaded=True, ssl_context=ssl_context, request_handler=QuietHandler
         )
-        self.host, self.port = self.server.server_address[:2]
+        address, self.port = self.server.server_address[:2]
+        # typeshed allows a bytes host; an AF_INET server's is a str.
+        self.host: str = address if isinstance(address, str) else bytes(address).decode()
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name=name)
 
     def serve(self) -> None:

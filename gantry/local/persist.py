@@ -31,7 +31,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import escape
 
@@ -388,7 +388,8 @@ def restore_objects(store: DurableStore) -> int:
             checksum_value=obj.meta.get("checksum_value"),
         )
         fake._value_buffer.close()
-        fake._value_buffer = open(obj.path, "rb")  # noqa: SIM115
+        # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
+        fake._value_buffer = open(obj.path, "rb")  # type: ignore[assignment]  # noqa: SIM115
         fake.contentsize = obj.size
         fake.last_modified = datetime.fromisoformat(obj.last_modified)
         fake._metadata = LowercaseDict(obj.meta.get("metadata") or {})
@@ -422,7 +423,11 @@ def _serve_stored(
     bucket = _bucket(bucket_name)
     fake = bucket.keys.get(key_name) if bucket is not None else None
     buffer = getattr(fake, "_value_buffer", None)
-    if not isinstance(buffer, io.BufferedReader) or Path(buffer.name).parent != store.objects:
+    if (
+        fake is None
+        or not isinstance(buffer, io.BufferedReader)
+        or Path(buffer.name).parent != store.objects
+    ):
         return None
     if conditions and environ["HTTP_IF_MATCH"] not in (fake.etag, "*"):
         return None  # moto answers 412 (ranged downloads send If-Match with the ETag)
@@ -461,7 +466,7 @@ def _serve_stored(
     return _file_chunks(handle, begin, end - begin + 1)
 
 
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | Literal[False] | None:
     """(first, last) of a single byte range; None for the whole object; False when moto
     should answer."""
     if not header:
@@ -530,7 +535,8 @@ def _link_copy(
     copy = backend.put_object(bucket_name, key_name, b"", disable_notification=True)
     with copy.lock:
         copy._value_buffer.close()
-        copy._value_buffer = open(path, "rb")  # noqa: SIM115
+        # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
+        copy._value_buffer = open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
         copy.contentsize = stored.size
         copy._etag = stored.etag.strip('"')
     copy.set_metadata(dict(source.metadata))
@@ -759,7 +765,8 @@ def _completed_from_files(
     )
     with key.lock:
         key._value_buffer.close()
-        key._value_buffer = open(path, "rb")  # noqa: SIM115
+        # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
+        key._value_buffer = open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
         key.contentsize = size
     key.set_metadata(multipart.metadata)
     algorithm = multipart.metadata.get("x-amz-checksum-algorithm")
@@ -894,7 +901,8 @@ def restore_uploads(store: DurableStore) -> int:
         for part in upload.parts:
             fake = multipart.set_part(part.number, b"")
             fake._value_buffer.close()
-            fake._value_buffer = open(part.path, "rb")  # noqa: SIM115
+            # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
+            fake._value_buffer = open(part.path, "rb")  # type: ignore[assignment]  # noqa: SIM115
             fake.contentsize = part.size
             fake._etag = part.etag.strip('"')
             fake.last_modified = datetime.fromisoformat(part.last_modified)

@@ -43,8 +43,9 @@ def ensure_certificates(directory: Path) -> TlsFiles:
         _write_key(ca_key_file, ca_key)
         files.ca_file.write_bytes(_ca_certificate(ca_key).public_bytes(serialization.Encoding.PEM))
     if _needs_server_certificate(files):
-        ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        loaded = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        ca_key = loaded
         ca_cert = x509.load_pem_x509_certificate(files.ca_file.read_bytes())
         key = ec.generate_private_key(ec.SECP256R1())
         _write_key(files.key_file, key)

@@ -90,12 +90,12 @@ class ArchiveImage:
         with _open(self.path) as archive:
             for info in archive:
                 name = _clean(info.name)
-                layer = by_member.pop(name, None)
-                if layer is None or not info.isfile():
+                found = by_member.pop(name, None)
+                if found is None or not info.isfile():
                     continue
                 handle = archive.extractfile(info)
                 assert handle is not None
-                yield layer, handle
+                yield found, handle
                 if not by_member:
                     return
         if by_member:
@@ -152,6 +152,7 @@ def _open(path: Path | Opener) -> Iterator[tarfile.TarFile]:
                 "The archive is compressed with zstd; give it as .tar, .tar.gz or .tar.xz"
             )
         compressed = magic.startswith((b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh"))
+        source: IO[bytes] | _Prefixed
         if callable(path) or compressed:
             source, mode = _Prefixed(magic, raw), "r|*"
         else:
@@ -227,13 +228,17 @@ def _json(members: _Members, name: str, what: str) -> Any:
         raise ImageError(f"The {what} '{name}' is not valid JSON: {error}") from None
 
 
-def _blob_name(digest: Any, what: str) -> str:
+def _checked_digest(digest: Any, what: str) -> str:
     if not isinstance(digest, str) or not DIGEST.match(digest):
         raise ImageError(f"The {what} digest {digest!r} is not a sha256 digest")
-    return "blobs/sha256/" + digest.removeprefix("sha256:")
+    return digest
 
 
-def _verified_blob(members: _Members, digest: str, what: str) -> bytes:
+def _blob_name(digest: Any, what: str) -> str:
+    return "blobs/sha256/" + _checked_digest(digest, what).removeprefix("sha256:")
+
+
+def _verified_blob(members: _Members, digest: Any, what: str) -> bytes:
     name = _member(members, _blob_name(digest, what))
     raw = members.kept.get(name)
     if raw is None:
@@ -327,7 +332,7 @@ def _read_oci(path: Path | Opener, members: _Members) -> ArchiveImage:
     for entry in layers_field:
         if not isinstance(entry, dict):
             raise ImageError("The image manifest's layers must be descriptors")
-        digest = entry.get("digest")
+        digest = _checked_digest(entry.get("digest"), "layer")
         layer_members.append(_member(members, _blob_name(digest, "layer")))
         size = entry.get("size")
         layers.append(
@@ -375,7 +380,9 @@ def _read_docker(path: Path | Opener, members: _Members) -> ArchiveImage:
             f"manifest.json lists {len(names)} layers but the config {len(diff_ids)} diff_ids"
         )
     # Uncompressed tars: the blob's digest is its diff_id.
-    layers = [(str(d), MEDIA_TYPE_DOCKER_LAYER, None) for d in diff_ids]
+    layers: list[tuple[str, str, int | None]] = [
+        (str(d), MEDIA_TYPE_DOCKER_LAYER, None) for d in diff_ids
+    ]
     layer_members = [_member(members, n) for n in names]
     tags = [str(t) for t in entry.get("RepoTags") or []]
     config = parse_config(raw_config, config_digest, layers, tags)

@@ -115,7 +115,7 @@ class ImageConfig(BaseModel):
 
 
 def is_shell_form(argv: list[str] | None) -> bool:
-    return bool(argv) and tuple(argv[:2]) == SHELL_FORM_PREFIX and len(argv) == 3
+    return argv is not None and len(argv) == 3 and tuple(argv[:2]) == SHELL_FORM_PREFIX
 
 
 def compression_of(media_type: str) -> str:

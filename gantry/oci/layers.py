@@ -33,7 +33,7 @@ import threading
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from gantry.oci.config import Layer
 from gantry.oci.errors import ImageError
@@ -133,12 +133,13 @@ def _decompressed(source: _HashingReader, layer: Layer) -> IO[bytes] | _Zstd:
                 "command: install zstd, or build the image with gzip layers"
             )
         return _Zstd(source)
+    # _HashingReader has the read() these need, not the whole file protocol typeshed names.
     if magic.startswith(b"\x1f\x8b"):
-        return gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[arg-type]
+        return gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[call-overload]
     if magic.startswith(b"\xfd7zXZ\x00"):
         return lzma.LZMAFile(source)  # type: ignore[arg-type]
     if magic.startswith(b"BZh"):
-        return bz2.BZ2File(source)  # type: ignore[arg-type]
+        return bz2.BZ2File(source)  # type: ignore[call-overload]
     return source  # type: ignore[return-value]
 
 
@@ -224,7 +225,7 @@ def _remove(path: Path) -> None:
 def remove_tree(path: Path) -> None:
     """rmtree that also removes directories the image made read-only."""
 
-    def make_writable(function, failed, _exc) -> None:  # type: ignore[no-untyped-def]
+    def make_writable(function: Any, failed: str, _exc: Any) -> None:
         parent = os.path.dirname(failed)
         with contextlib.suppress(OSError):
             os.chmod(parent, 0o700)

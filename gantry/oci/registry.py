@@ -157,7 +157,7 @@ class Registry:
                     f"The registry {self.host} could not send the blob {digest} of "
                     f"{repository}: HTTP {response.status} {_error_text(body)}"
                 )
-            yield response  # type: ignore[misc]
+            yield response
         finally:
             connection.close()
 

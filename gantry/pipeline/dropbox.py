@@ -561,7 +561,7 @@ def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
             {"socket": output.get("socket"), "relative_path": relative, "keys": keys_out}
         )
     job = ctx.store.jobs.find(str(detail.get("job")))
-    summary = {
+    summary: dict[str, Any] = {
         "job": detail.get("job"),
         "algorithm": detail.get("algorithm_slug"),
         "status": detail.get("status"),

@@ -94,7 +94,7 @@ def _validate_and_publish(ctx: Context, image: AlgorithmImage) -> dict[str, Any]
         raise ImportRefused(problem)
 
     def opener() -> IO[bytes]:
-        return s3.get_object(Bucket=bucket, Key=upload.key)["Body"]  # type: ignore[no-any-return]
+        return s3.get_object(Bucket=bucket, Key=upload.key)["Body"]
 
     try:
         archive = read_archive(opener)

@@ -71,10 +71,10 @@ def presigned_urls(ctx: Context, upload: Upload, body: PartNumbers) -> dict[str,
 def complete(ctx: Context, upload: Upload, body: CompleteUpload) -> Upload:
     """Complete the upload; a retry of a completion that S3 made (the first answer, or the
     record's update, was lost) finds the object these parts made and answers as the first."""
-    parts = sorted(
-        ({"ETag": p.ETag, "PartNumber": p.PartNumber} for p in body.parts),
-        key=lambda p: p["PartNumber"],
-    )
+    parts: list[dict[str, Any]] = [
+        {"ETag": p.ETag, "PartNumber": p.PartNumber}
+        for p in sorted(body.parts, key=lambda p: p.PartNumber)
+    ]
     if upload.status is UploadStatus.COMPLETED and _completed_size(ctx, upload, parts) is not None:
         return upload
     _require_open(upload)

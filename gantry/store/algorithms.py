@@ -17,7 +17,7 @@ from gantry.errors import Conflict, NotFound
 from gantry.interfaces import slugify
 from gantry.store import keys
 from gantry.store.pagination import ListKey, Paginator, count_update
-from gantry.store.table import MAIN_SK, ConditionFailed, Table
+from gantry.store.table import MAIN_SK, Change, ConditionFailed, StoredDoc, Table
 
 
 class AlgorithmStore:
@@ -83,7 +83,7 @@ class AlgorithmStore:
         updated: list[Algorithm] = []
         removed: set[str] = set()
 
-        def mutate(stored):  # type: ignore[no-untyped-def]
+        def mutate(stored: StoredDoc) -> Change | None:
             current = Algorithm.model_validate(stored.doc)
             used = {int(i) for i in stored.item.get("used_sets") or ()}
             fields = change(current, used)
@@ -165,7 +165,7 @@ class AlgorithmStore:
     def add_model(self, algorithm_pk: str, model: AlgorithmModel) -> Algorithm:
         """Store ``model`` with the algorithm as its active model; earlier ones are kept."""
 
-        def mutate(stored):  # type: ignore[no-untyped-def]
+        def mutate(stored: StoredDoc) -> Change | None:
             models = [
                 {**m, "is_active": False} if model.is_active else m
                 for m in stored.doc.get("models", [])
@@ -190,7 +190,7 @@ class AlgorithmStore:
         an import fills in (``import_status``, ``user_upload``, ...)."""
         image = AlgorithmImage(
             **(fields.model_dump() if fields is not None else {}),
-            **extra,  # type: ignore[arg-type]
+            **extra,
             pk=str(uuid.uuid4()),
             algorithm=algorithm.pk,
             creator=creator,
@@ -214,7 +214,7 @@ class AlgorithmStore:
             if other.pk == keep or not other.is_desired_version:
                 continue
 
-            def mutate(stored):  # type: ignore[no-untyped-def]
+            def mutate(stored: StoredDoc) -> Change | None:
                 return {**stored.doc, "is_desired_version": False}, {}
 
             self.table.update_doc(keys.algorithm_image(other.pk), mutate)
@@ -226,7 +226,7 @@ class AlgorithmStore:
         a desired version makes the algorithm's other images undesired."""
         updated: list[AlgorithmImage] = []
 
-        def mutate(stored):  # type: ignore[no-untyped-def]
+        def mutate(stored: StoredDoc) -> Change | None:
             new = change(AlgorithmImage.model_validate(stored.doc))
             updated[:] = [new]
             return new.model_dump(mode="json"), {}

@@ -15,7 +15,7 @@ from gantry.jobs import Job
 from gantry.quotas import RETRY_AFTER_SECONDS, Limit
 from gantry.store import keys
 from gantry.store.pagination import ListKey, Paginator, count_update
-from gantry.store.table import MAIN_SK, ConditionFailed, StoredDoc, Table
+from gantry.store.table import MAIN_SK, Change, ConditionFailed, StoredDoc, Table
 
 INPUT = "IN"
 OUTPUT = "OUT"
@@ -186,7 +186,7 @@ class JobStore:
         """Apply ``change`` with optimistic concurrency. Returns the job if changed, else None."""
         changed: list[Job] = []
 
-        def mutate(stored: StoredDoc) -> tuple[dict, dict] | None:
+        def mutate(stored: StoredDoc) -> Change | None:
             # A lost compare-and-set re-runs this on the fresh item: forget what the failed
             # try would have written, or a caller is told its ignored change was applied.
             changed.clear()

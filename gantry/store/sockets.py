@@ -7,7 +7,7 @@ from gantry.errors import Conflict, NotFound
 from gantry.interfaces import Interface, InterfaceFields, check_update, slugify
 from gantry.store import keys
 from gantry.store.pagination import Paginator, count_update
-from gantry.store.table import MAIN_SK, ConditionFailed, Table
+from gantry.store.table import MAIN_SK, Change, ConditionFailed, StoredDoc, Table
 
 
 class SocketStore:
@@ -91,7 +91,7 @@ class SocketStore:
             )
 
     def update(self, pk: int, fields: InterfaceFields) -> Interface:
-        def mutate(stored):  # type: ignore[no-untyped-def]
+        def mutate(stored: StoredDoc) -> Change | None:
             existing = Interface.model_validate(stored.doc)
             if fields.title != existing.title:
                 raise Conflict("title cannot be changed", field="title")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from gantry.errors import NotFound
 from gantry.store import keys
 from gantry.store.pagination import Paginator, count_update
-from gantry.store.table import MAIN_SK, Table
+from gantry.store.table import MAIN_SK, Change, StoredDoc, Table
 from gantry.uploads import Upload
 
 
@@ -36,7 +36,7 @@ class UploadStore:
         return Upload.model_validate(stored.doc)
 
     def update(self, pk: str, change: Callable[[Upload], Upload | None]) -> Upload:
-        def mutate(stored):  # type: ignore[no-untyped-def]
+        def mutate(stored: StoredDoc) -> Change | None:
             updated = change(Upload.model_validate(stored.doc))
             return None if updated is None else (updated.model_dump(mode="json"), {})
 

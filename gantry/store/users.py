@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -111,7 +112,7 @@ class UserStore:
         if item is None:
             return
         list_key = keys.tokens_of(TokenInfo.model_validate_json(item["doc"]).user)
-        deletes = [
+        deletes: list[dict[str, Any]] = [
             {"Key": {"PK": keys.token(str(item["token_hash"])), "SK": MAIN_SK}},
             {
                 "Key": {"PK": keys.token_ref(pk), "SK": MAIN_SK},

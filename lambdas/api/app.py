@@ -16,6 +16,7 @@ from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
@@ -73,11 +74,12 @@ class GantryResolver(APIGatewayRestResolver):
         super().__init__(strip_prefixes=["/api/v1"], enable_validation=True)
         self.ctx = ctx
 
-    def resolve(self, event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
+    def resolve(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         early = self._gate(event)
         if early is not None:
             proxy = self._to_proxy_event(dict(event))
-            return ResponseBuilder(early, serializer=self._serializer).build(proxy, self._cors)
+            builder = ResponseBuilder[BaseProxyEvent](early, serializer=self._serializer)
+            return builder.build(proxy, self._cors)
         return super().resolve(event, context)
 
     def _gate(self, event: Mapping[str, Any]) -> Response | None:
