@@ -622,6 +622,9 @@ def _multipart(
             lambda body: _store_upload(store, bucket_name, _xml_text(b"".join(body), "UploadId")),
         )
     if kind == "part":
+        streamed = _part_to_file(store, environ, start_response, upload_id)
+        if streamed is not None:
+            return streamed
         number = int(parse_qs(environ.get("QUERY_STRING", ""))["partNumber"][0])
         return _after(
             app,
@@ -680,6 +683,73 @@ def _store_part(store: DurableStore, bucket_name: str, upload_id: str, number: i
         upload_id,
         StoredPart(number, path, etag, size, part.last_modified.isoformat()),
     )
+
+
+def _part_to_file(
+    store: DurableStore,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    upload_id: str,
+) -> Iterable[bytes] | None:
+    """UploadPart streamed from the request into the part's file, 1 MiB at a time, with its
+    MD5 (the ETag) computed on the way: moto would hold the part in memory several times and
+    spool it to a temporary file first. None where moto answers: a part copy, a chunked or
+    aws-chunked body, a checksum sent in a trailer, an unknown upload, a bad part number."""
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    algorithm = environ.get("HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM", "")
+    checksum_header = f"x-amz-checksum-{algorithm.lower()}"
+    checksum = environ.get("HTTP_" + checksum_header.upper().replace("-", "_"))
+    if (
+        environ.get("HTTP_X_AMZ_COPY_SOURCE")
+        or "aws-chunked" in environ.get("HTTP_CONTENT_ENCODING", "")
+        or environ.get("HTTP_TRANSFER_ENCODING")
+        or (algorithm and not checksum)
+    ):
+        return None
+    try:
+        number = int(query["partNumber"][0])
+        length = int(environ["CONTENT_LENGTH"])
+    except (KeyError, ValueError):
+        return None
+    bucket_name, _key_name = _split_path(environ.get("PATH_INFO", ""))
+    bucket = _bucket(bucket_name)
+    multipart = bucket.multiparts.get(upload_id) if bucket is not None else None
+    if multipart is None or not 1 <= number <= 10_000:
+        return None
+    md5 = hashlib.md5()
+
+    def body() -> Iterator[bytes]:
+        stream, left = environ["wsgi.input"], length
+        while left > 0:
+            chunk = stream.read(min(READ_CHUNK, left))
+            if not chunk:
+                return
+            md5.update(chunk)
+            left -= len(chunk)
+            yield chunk
+
+    path, size = store.write_file(body())
+    if size != length:
+        path.unlink(missing_ok=True)
+        error = b"<Error><Code>IncompleteBody</Code><Message>body cut short</Message></Error>"
+        start_response("400 Bad Request", [("Content-Length", str(len(error)))])
+        return [error]
+    part = multipart.set_part(number, b"")
+    with part.lock:
+        part._value_buffer.close()
+        part._value_buffer = open(path, "rb")  # noqa: SIM115
+        part.contentsize = size
+        part._etag = md5.hexdigest()
+    store.put_part(
+        bucket_name,
+        upload_id,
+        StoredPart(number, path, part.etag, size, part.last_modified.isoformat()),
+    )
+    headers = [("ETag", part.etag), ("Content-Length", "0")]
+    if checksum:
+        headers.append((checksum_header, checksum))  # as moto: echoed, not checked
+    start_response("200 OK", headers)
+    return [b""]
 
 
 def _stored_file(store: DurableStore, fake: Any) -> Path | None:
