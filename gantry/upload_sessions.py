@@ -3,7 +3,8 @@ turned into images off the request's path.
 
 Each image file of a session becomes one image (a .mhd header with its .raw/.zraw is one
 image, all .dcm files together one series); a file that cannot be read fails the session with
-a message per file. gcapi up to 0.13 starts jobs on uploaded images through a session.
+a message per file. gcapi up to 0.13 starts jobs on uploaded images through a session, and
+adds cases to an archive through one (``upload_cases``).
 """
 
 from __future__ import annotations
@@ -66,3 +67,8 @@ class UploadSession(BaseModel):
     error_message: str | None = None
     # file name -> why that file is not an image
     file_errors: dict[str, str] = Field(default_factory=dict)
+    # Where the images go besides their uploader: each a new item of ``archive``, or the one
+    # value of ``archive_item``, under the socket ``interface``.
+    archive: str | None = None
+    archive_item: str | None = None
+    interface: str | None = None

@@ -79,6 +79,13 @@ def import_upload_session(ctx: Context, session_pk: str) -> UploadSession | None
                 for path in group:
                     errors[path.name] = str(error)
 
+    if session.archive_item is not None and len(images) > 1:
+        errors["archive_item"] = (
+            f"an archive item's value takes one image; the files hold {len(images)}"
+        )
+    elif session.archive is not None or session.archive_item is not None:
+        _place(ctx, session, images)
+
     def finish(current: UploadSession) -> UploadSession | None:
         if current.status.is_final:
             return None
@@ -93,6 +100,51 @@ def import_upload_session(ctx: Context, session_pk: str) -> UploadSession | None
         return current.model_copy(update={**update, "images": images})
 
     return ctx.store.upload_sessions.update(session_pk, finish)
+
+
+def _place(ctx: Context, session: UploadSession, images: list[str]) -> None:
+    """Each image a new item of the session's archive, or the value of its archive item, under
+    its interface. Rerun-safe: an item's pk derives from its image, and a value already there
+    is left alone."""
+    from gantry import timeutil
+    from gantry.archives import ArchiveItem
+    from gantry.jobs import SocketValue
+    from gantry.services.archives import with_values
+    from gantry.store.table import ConditionFailed
+
+    socket = session.interface or ""
+    pks = ctx.store.table.next_ids("socket_value", len(images))
+    values = [
+        SocketValue(pk=pk, socket=socket, image=image)
+        for pk, image in zip(pks, images, strict=True)
+    ]
+    if session.archive_item is not None:
+        for value in values:
+
+            def change(item: ArchiveItem, value: SocketValue = value) -> ArchiveItem | None:
+                current = item.value_of(socket)
+                if current is not None and current.image == value.image:
+                    return None
+                return with_values(item, [value])
+
+            ctx.store.archives.update_item(session.archive_item, change)
+        return
+    for value in values:
+        moment = timeutil.iso()
+        item = ArchiveItem(
+            pk=str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:upload-session-item:{value.image}")),
+            archive=session.archive or "",
+            title=ctx.store.images.get(value.image or "").name,
+            values=[value],
+            creator=session.creator,
+            created=moment,
+            modified=moment,
+        )
+        try:
+            ctx.store.archives.create_item(item)
+        except ConditionFailed:
+            # A rerun: the item is there; list its image in case the first run stopped short.
+            ctx.store.archives.relate_images(ctx.store.archives.get_item(item.pk))
 
 
 def _upload(ctx: Context, session: UploadSession, pk: str) -> Upload:

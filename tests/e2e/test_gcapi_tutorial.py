@@ -317,3 +317,56 @@ def test_tutorial_equivalents_with_current_gcapi(
             tmp_path / "screenshots" / f"{Path(name).stem}_{image_uuid}.tif",
         )
         assert voxels(tif).shape == voxels(scans / name).shape[1:]
+
+
+UPLOAD_CASES = """
+import json, os, sys, time
+from pathlib import Path
+import gcapi
+
+client = gcapi.Client(
+    token=os.environ["GANTRY_TOKEN"], base_url=os.environ["GANTRY_API_URL"],
+    verify=os.environ["GANTRY_CA"],
+)
+session = client.upload_cases(files=[Path(p) for p in sys.argv[2:]], archive=sys.argv[1])
+while session["status"] not in ("Succeeded", "Failed"):
+    time.sleep(0.2)
+    session = client.raw_image_upload_sessions.detail(session["pk"])
+print(json.dumps(session))
+"""
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_upload_cases_adds_an_item_per_image_to_an_archive(
+    tutorial_platform: Platform, tmp_path: Path, release: str
+) -> None:
+    python = python_of(release)
+    if not python.exists():
+        pytest.skip(f"gcapi {release} is not installed: run `make gcapi-clients`")
+    platform = tutorial_platform
+    archive = checked(platform.http.post("archives/", json={"title": f"Uploads {release}"}))
+    files = [make_image(tmp_path / f"scan{n}.mha", size=8 + n) for n in range(2)]
+    env = {
+        **os.environ,
+        "GANTRY_API_URL": platform.api_url,
+        "GANTRY_TOKEN": platform.token,
+        "GANTRY_CA": platform.ca_file,
+    }
+    run = subprocess.run(
+        [str(python), "-c", UPLOAD_CASES, archive["slug"], *map(str, files)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    session = json.loads(run.stdout.splitlines()[-1])
+    assert session["status"] == "Succeeded", session["error_message"]
+    items = checked(platform.http.get("archives/items/", params={"archive": archive["pk"]}))
+    assert sorted(i["title"] for i in items["results"]) == ["scan0.mha", "scan1.mha"]
+    # grand-challenge's default interface for cases added without one.
+    slugs = {v["interface"]["slug"] for i in items["results"] for v in i["values"]}
+    assert slugs == {"generic-medical-image"}
+    assert sorted(v["image"] for i in items["results"] for v in i["values"]) == sorted(
+        session["image_set"]
+    )

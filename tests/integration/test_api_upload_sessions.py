@@ -136,10 +136,27 @@ def test_files_that_are_not_images_fail_the_session_each_with_its_reason(
         ({"user_uploads": ["https://elsewhere.test/api/v1/jobs/1/"]}, "user_uploads", "not found"),
         ({"uploads": ["OTHER"]}, "uploads", "not found"),
         ({"uploads": ["OPEN"]}, "uploads", "is not completed"),
-        ({"uploads": ["MINE"], "archive": "coronacases"}, "archive", "not supported"),
+        ({"uploads": ["MINE"], "answer": "a1"}, "answer", "not supported"),
+        ({"uploads": ["MINE"], "interface": "ct-image"}, "interface", "only be given with"),
+        ({"uploads": ["MINE"], "archive": "no-such-archive"}, "archive", "not found"),
+        (
+            {"uploads": ["MINE"], "archive_item": "no-such-item", "interface": "ct-image"},
+            "archive_item",
+            "not found",
+        ),
+        ({"uploads": ["MINE"], "archive_item": "ITEM"}, "interface", "Name the interface"),
+        (
+            {"uploads": ["MINE"], "archive": "cases", "interface": "threshold"},
+            "interface",
+            "not an image",
+        ),
+        ({"uploads": ["MINE"], "archive": "cases", "interface": "nope"}, "interface", "not found"),
+        ({"uploads": ["MINE"], "archive": "bobs-cases"}, "archive", "not found"),
     ],
 )
-def test_bad_sessions_are_refused_naming_the_field(ctx, api, body, field, text) -> None:
+def test_bad_sessions_are_refused_naming_the_field(
+    ctx, api, api_bob, algorithm, body, field, text
+) -> None:
     from gantry import timeutil
     from gantry.uploads import Upload
 
@@ -155,7 +172,10 @@ def test_bad_sessions_are_refused_naming_the_field(ctx, api, body, field, text) 
             created=timeutil.iso(),
         )
     )
-    names = {"MINE": mine.pk, "OTHER": other.pk, "OPEN": open_upload.pk}
+    assert api.post("archives/", {"title": "Cases"})[0] == 201
+    assert api_bob.post("archives/", {"title": "Bobs Cases"})[0] == 201
+    item = api.post("archives/items/", {"archive": "cases", "values": []})[1]
+    names = {"MINE": mine.pk, "OTHER": other.pk, "OPEN": open_upload.pk, "ITEM": item["pk"]}
     body = {
         k: [names.get(v, v) for v in val] if isinstance(val, list) else val
         for k, val in body.items()
@@ -269,3 +289,47 @@ def test_files_are_grouped_into_images() -> None:
         ["c.zraw"],
         ["x.dcm", "y.dcm"],
     ]
+
+
+def test_session_into_an_archive_makes_an_item_per_image(ctx, api, api_bob, algorithm, tmp_path):
+    # gcapi 0.5's upload_cases(files=..., archive=slug): each image a new item.
+    archive = api.post("archives/", {"title": "Cases", "uploaders": ["bob"]})[1]
+    a = put_upload(ctx, "a.mha", volume(tmp_path / "a.mha", 1), owner="bob")
+    b = put_upload(ctx, "b.mha", volume(tmp_path / "b.mha", 2), owner="bob")
+    status, session, _ = api_bob.post(
+        "cases/upload-sessions/",
+        {"uploads": [a.pk, b.pk], "archive": archive["slug"], "interface": "ct-image"},
+    )
+    assert status == 201, session
+    import_upload_session(ctx, session["pk"])
+    import_upload_session(ctx, session["pk"])  # a duplicate message adds nothing
+    done = api_bob.get(f"cases/upload-sessions/{session['pk']}/")[1]
+    assert done["status"] == "Succeeded"
+    items = api.get("archives/items/", query={"archive": archive["pk"]})[1]["results"]
+    assert sorted(i["title"] for i in items) == ["a.mha", "b.mha"]
+    assert sorted(i["values"][0]["image"] for i in items) == sorted(done["image_set"])
+    assert {i["values"][0]["interface"]["slug"] for i in items} == {"ct-image"}
+    images = api.get("cases/images/", query={"archive": archive["pk"]})[1]
+    assert images["count"] == 2
+
+
+def test_session_into_an_archive_item_sets_its_value(ctx, api, algorithm, tmp_path) -> None:
+    archive = api.post("archives/", {"title": "Cases"})[1]
+    item = api.post(
+        "archives/items/",
+        {"archive": archive["pk"], "values": [{"interface": "threshold", "value": 1.5}]},
+    )[1]
+    first = put_upload(ctx, "a.mha", volume(tmp_path / "a.mha", 1))
+    second = put_upload(ctx, "b.mha", volume(tmp_path / "b.mha", 2))
+    for upload in (first, second):
+        session = create_session(
+            api, {"uploads": [upload.pk], "archive_item": item["pk"], "interface": "ct-image"}
+        )
+        import_upload_session(ctx, session["pk"])
+    [image_url] = api.get(f"cases/upload-sessions/{session['pk']}/")[1]["image_set"]
+    values = {
+        v["interface"]["slug"]: v for v in api.get(f"archives/items/{item['pk']}/")[1]["values"]
+    }
+    # The second upload replaced the first; the value given before stays.
+    assert values["ct-image"]["image"] == image_url
+    assert values["threshold"]["value"] == 1.5
