@@ -186,8 +186,14 @@ class InvokeSession:
 
 
 def _model_key(invocation: Invocation) -> tuple[str, str]:
+    """Which model the server holds: its sha256 when known (each job names its own copy of
+    the model, so the same bytes under another key are the same model), else its key."""
     model = invocation.model
-    return ("", "") if model is None else (model.bucket_key, model.sha256 or "")
+    if model is None:
+        return ("", "")
+    return (
+        ("sha256", model.sha256.removeprefix("sha256:")) if model.sha256 else (model.bucket_key, "")
+    )
 
 
 __all__ = ["MSG_START_FAILED", "InvokeSession"]

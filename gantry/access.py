@@ -5,7 +5,8 @@ an upload or image as a job's input), CHANGE and DELETE. Admins may do everythin
 
 - Interfaces are shared: anyone may read and use them; the creator changes and deletes.
 - Algorithms: members (creator, editors, users) read and use; creator and editors change.
-- Algorithm images: the algorithm's editors only (users run the desired one through jobs).
+- Algorithm images and models: the algorithm's editors only (users run the desired ones
+  through jobs).
 - Jobs: the creator reads, changes (cancels) and deletes; the algorithm's editors read and
   cancel (CHANGE) too.
 - Images, uploads, upload sessions and tokens belong to their owner alone; an image in an
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from gantry.algorithms import Algorithm, AlgorithmImage
+from gantry.algorithms import Algorithm, AlgorithmImage, AlgorithmModel
 from gantry.archives import Archive
 from gantry.errors import NotFound, PermissionDenied
 from gantry.images import Image
@@ -73,6 +74,12 @@ def algorithm(user: User, action: Action, item: Algorithm) -> bool:
 def algorithm_image(user: User, action: Action, item: AlgorithmImage, owner: Algorithm) -> bool:
     if owner.pk != item.algorithm:
         raise ValueError(f"algorithm {owner.pk} is not the one of image {item.pk}")
+    return user.is_admin or is_editor(user, owner)
+
+
+def algorithm_model(user: User, action: Action, item: AlgorithmModel, owner: Algorithm) -> bool:
+    if owner.pk != item.algorithm:
+        raise ValueError(f"algorithm {owner.pk} is not the one of model {item.pk}")
     return user.is_admin or is_editor(user, owner)
 
 

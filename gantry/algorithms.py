@@ -85,21 +85,6 @@ class AlgorithmFields(BaseModel):
         return self
 
 
-class AlgorithmModel(BaseModel):
-    """A model tarball of the algorithm; the active one is extracted to /opt/ml/model.
-
-    Interim record, until model tarballs are versioned uploads beside images.
-    """
-
-    pk: str
-    sha256: str
-    key: str
-    size: int
-    is_active: bool = True
-    creator: str
-    created: str
-
-
 class AlgorithmUpdate(BaseModel):
     """A PATCH of an algorithm: the fields given replace the stored ones. ``interfaces`` is
     the whole new list: socket sets may be added, and removed only while no job used them."""
@@ -121,16 +106,14 @@ class AlgorithmUpdate(BaseModel):
 
 
 class Algorithm(AlgorithmFields):
+    # Stored documents may hold fields of earlier versions (a "models" list): ignored.
+    model_config = ConfigDict(extra="ignore")
+
     pk: str
     slug: str
     creator: str
     created: str
     modified: str
-    models: list[AlgorithmModel] = Field(default_factory=list)
-
-    @property
-    def active_model(self) -> AlgorithmModel | None:
-        return next((m for m in reversed(self.models) if m.is_active), None)
 
 
 class ImportStatus(StrEnum):
@@ -185,3 +168,29 @@ class AlgorithmImage(AlgorithmImageFields):
         if self.import_status is ImportStatus.COMPLETED and not (self.entrypoint or self.command):
             raise ValueError("command: give the image's command or entrypoint to run")
         return self
+
+
+# grand-challenge accepts a model as a gzipped tarball only.
+MODEL_SUFFIXES = (".tar.gz", ".tgz")
+
+
+class AlgorithmModel(BaseModel):
+    """A model tarball of an algorithm (grand-challenge's AlgorithmModel), imported from a
+    user upload; the desired one is extracted to /opt/ml/model for the algorithm's jobs.
+    Which one is desired is kept apart (one pointer per algorithm), so switching is one write.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    pk: str
+    algorithm: str
+    creator: str
+    created: str
+    import_status: ImportStatus = ImportStatus.QUEUED
+    status_message: str = ""
+    user_upload: str | None = None
+    comment: str = ""
+    # Filled in by the import: "sha256:<hex>" of the tarball's bytes, its size, its S3 key.
+    sha256: str | None = None
+    size_in_storage: int = 0
+    key: str | None = None

@@ -33,6 +33,11 @@ class Job(BaseModel):
     pk: str
     algorithm: str
     algorithm_image: str
+    # Provenance, fixed when the job is created: what it runs with, whatever the algorithm's
+    # desired versions are later (the image's config sha256; the model tarball's pk, sha256).
+    algorithm_image_sha256: str | None = None
+    algorithm_model: str | None = None
+    algorithm_model_sha256: str | None = None
     socket_set: int = 0
     creator: str
     status: JobStatus = JobStatus.VALIDATING_INPUTS

@@ -72,7 +72,12 @@ def invocation_key(job_pk: str, attempt: int) -> str:
 
 
 def model_key(algorithm_pk: str, model_pk: str) -> str:
-    return f"{PREFIX_MODELS}{algorithm_pk}/{model_pk}.tar"
+    return f"{PREFIX_MODELS}{algorithm_pk}/{model_pk}.tar.gz"
+
+
+def io_model_key(job_pk: str, attempt: int) -> str:
+    """The job's copy of its model, where the runner's per-job credentials reach it."""
+    return f"{io_prefix(job_pk, attempt)}model.tar.gz"
 
 
 def result_key(output_prefix: str) -> str:

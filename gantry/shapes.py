@@ -75,14 +75,20 @@ def algorithm_image(image: AlgorithmImage, urls: Urls) -> dict[str, Any]:
     }
 
 
-def algorithm_model(model: AlgorithmModel, algorithm_pk: str, urls: Urls) -> dict[str, Any]:
+def algorithm_model(model: AlgorithmModel, urls: Urls, *, desired: bool) -> dict[str, Any]:
+    """grand-challenge's AlgorithmModel fields (its serializer's and the Tarball's)."""
     return {
         "pk": model.pk,
-        "algorithm": urls.algorithm(algorithm_pk),
-        "sha256": model.sha256,
-        "size_in_storage": model.size,
-        "is_desired_version": model.is_active,
+        "api_url": urls.algorithm_model(model.pk),
+        "algorithm": urls.algorithm(model.algorithm),
         "created": model.created,
+        "import_status": model.import_status.value,
+        "status": model.status_message,
+        "is_desired_version": desired,
+        "sha256": model.sha256,
+        "size_in_storage": model.size_in_storage,
+        "comment": model.comment,
+        "user_upload": urls.upload(model.user_upload) if model.user_upload else None,
     }
 
 
@@ -138,6 +144,13 @@ def job(
         "requires_memory_gb": job.requires_memory_gb,
         "runtime_metrics": job.runtime_metrics,
         "creator": job.creator,
+        # What the job runs with, so that its result can be reproduced: grand-challenge's
+        # algorithm_model link, the image's config sha256 and the model tarball's sha256.
+        "algorithm_model": urls.algorithm_model(job.algorithm_model)
+        if job.algorithm_model
+        else None,
+        "algorithm_image_sha256": job.algorithm_image_sha256,
+        "algorithm_model_sha256": job.algorithm_model_sha256,
     }
 
 

@@ -25,6 +25,9 @@ class Urls:
     def algorithm_image(self, pk: str) -> str:
         return self.path(f"algorithms/images/{pk}/")
 
+    def algorithm_model(self, pk: str) -> str:
+        return self.path(f"algorithms/models/{pk}/")
+
     def job(self, pk: str) -> str:
         return self.path(f"algorithms/jobs/{pk}/")
 

@@ -3,14 +3,14 @@
 | function     | trigger                          | table | S3 prefixes (read+write)          |
 |--------------|----------------------------------|-------|-----------------------------------|
 | api          | API Gateway proxy                | rw    | uploads values io dropbox-results |
-| on_upload    | SQS (uploads/ notifications)     | rw    | uploads values io                 |
+| on_upload    | SQS (uploads/ notifications)     | rw    | uploads values io models          |
 | on_import    | SQS (imports queue)              | rw    | uploads (read only); pushes to    |
 |              |                                  |       | the image repository (ECR)        |
 | on_dropbox   | SQS (dropbox/ notifications)     | rw    | dropbox uploads values io         |
-|              |                                  |       | dropbox-results                   |
-| on_job_event | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results         |
+|              |                                  |       | dropbox-results models            |
+| on_job_event | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results models  |
 | sweeper      | schedule (rate 5 minutes)        | rw    | io dropbox uploads values         |
-|              |                                  |       | dropbox-results                   |
+|              |                                  |       | dropbox-results models            |
 
 Every function but on_import may control compute jobs (submit, describe, cancel; register
 ``gantry-runner*`` job definitions; pass the job roles): a job is submitted by whichever
@@ -26,7 +26,9 @@ these grants against the calls the code makes. Functions that create jobs (api, 
 on_upload, the sweeper: it reconciles the drop folder and resends lost validations) may send
 "validate-inputs" messages to the uploads queue, which on_upload consumes next to the S3
 notifications. The API sends "import-image" messages to the imports queue, which on_import
-consumes.
+consumes. on_upload imports model tarballs into ``models/``; whoever provisions a job copies
+its model from there into the job's ``io/`` prefix, the only one its runner's credentials
+reach.
 """
 
 from __future__ import annotations
@@ -88,7 +90,9 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             timeout_seconds=120,
             ephemeral_mib=4096,
         ),
-        Access((r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO), send_uploads=True),
+        Access(
+            (r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_MODELS), send_uploads=True
+        ),
     ),
     "on_import": (
         FunctionSpec(
@@ -119,6 +123,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
                 r.PREFIX_VALUES,
                 r.PREFIX_IO,
                 r.PREFIX_DROPBOX_RESULTS,
+                r.PREFIX_MODELS,
             ),
             send_uploads=True,
         ),
@@ -142,6 +147,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
                 r.PREFIX_UPLOADS,
                 r.PREFIX_VALUES,
                 r.PREFIX_DROPBOX_RESULTS,
+                r.PREFIX_MODELS,
             ),
             send_uploads=True,
         ),
@@ -166,6 +172,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
                 r.PREFIX_UPLOADS,
                 r.PREFIX_VALUES,
                 r.PREFIX_DROPBOX_RESULTS,
+                r.PREFIX_MODELS,
             ),
             send_uploads=True,
         ),

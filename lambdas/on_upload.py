@@ -2,6 +2,7 @@
 ``{"gantry": "validate-inputs", "job": pk}`` and ``{"gantry": "start-job", "job": pk}``
 messages (jobs the API created with ready inputs: this function provisions them), and
 ``{"gantry": "import-image", "image": pk}`` (an uploaded container image to import),
+``{"gantry": "import-model", "model": pk}`` (an uploaded model tarball to import),
 ``{"gantry": "import-item-values", "item": pk}`` (uploaded values of an archive item) and
 ``{"gantry": "import-upload-session", "session": pk}`` (uploaded medical images to import).
 
@@ -21,6 +22,7 @@ from gantry.context import Context
 from gantry.pipeline.wiring import (
     IMPORT_IMAGE,
     IMPORT_ITEM_VALUES,
+    IMPORT_MODEL,
     IMPORT_UPLOAD_SESSION,
     START_JOB,
     VALIDATE_INPUTS,
@@ -69,6 +71,14 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         if not isinstance(session_pk, str) or not session_pk:
             raise ValueError("import-upload-session message without a session pk")
         import_upload_session(ctx, session_pk)
+        return
+    if message.get("gantry") == IMPORT_MODEL:
+        from gantry.pipeline.model_import import import_model
+
+        model_pk = message.get("model")
+        if not isinstance(model_pk, str) or not model_pk:
+            raise ValueError("import-model message without a model pk")
+        import_model(ctx, model_pk)
         return
     if is_s3_notification(message):
         for event in s3_object_events(message):

@@ -278,47 +278,9 @@ def _split(command: str) -> list[str]:
     return argv
 
 
-models_app = typer.Typer(
-    help="Model tarballs, extracted to /opt/ml/model for an algorithm's jobs.",
-    no_args_is_help=True,
-)
+from gantry.commands.models import models_app  # noqa: E402
+
 algorithms_app.add_typer(models_app, name="models")
-
-
-@models_app.command("add")
-@api_command
-def models_add(
-    api: ApiOptions,
-    algorithm: Annotated[str, typer.Argument(help="The algorithm's slug.")],
-    path: Annotated[
-        Path,
-        typer.Argument(help="A model tarball (.tar, .tar.gz, .tgz) or a folder to pack as one."),
-    ],
-) -> None:
-    """Upload a model and make it the algorithm's active model (its next jobs use it)."""
-    import tarfile
-    import tempfile
-
-    with reported():
-        if not path.exists():
-            raise CliError(f"{path} does not exist")
-        with api.connect() as client, tempfile.TemporaryDirectory() as scratch:
-            found = client.algorithm_by_slug(algorithm)
-            tarball = path
-            if path.is_dir():
-                # The folder's content is the model: /opt/ml/model/<its files>.
-                tarball = Path(scratch) / f"{path.name or 'model'}.tar.gz"
-                with tarfile.open(tarball, "w:gz") as archive:
-                    for child in sorted(path.iterdir()):
-                        archive.add(child, arcname=child.name)
-            upload = client.upload(tarball)
-            model = client.post(
-                f"algorithms/{found['pk']}/models/", {"user_upload": upload["api_url"]}
-            )
-            say(
-                f"Added model {model['pk']} ({model['size_in_storage']} bytes, "
-                f"sha256 {model['sha256'][:12]}) to [bold]{escape(algorithm)}[/]"
-            )
 
 
 images_app = typer.Typer(

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -176,11 +174,18 @@ def _run(
             },
         )
         if model is not None:
-            with tempfile.TemporaryDirectory() as scratch:
-                upload = steps.upload_file(api, _model_tarball(model, Path(scratch)))
-            api.request(
-                "POST", f"algorithms/{algorithm['pk']}/models/", {"user_upload": upload["api_url"]}
+            from gantry.commands.models import model_tarball
+
+            with model_tarball(model) as tarball:
+                upload = steps.upload_file(api, tarball)
+            imported = api.request(
+                "POST",
+                "algorithms/models/",
+                {"algorithm": algorithm["api_url"], "user_upload": upload["api_url"]},
             )
+            imported = steps.wait_for_import(api, f"algorithms/models/{imported['pk']}/")
+            if imported["import_status"] != "Completed":
+                raise CliError(f"--model {model}: {imported['status']}")
             say(f"Model {model} attached (/opt/ml/model)")
         job_inputs = []
         for slug, (socket, given) in sockets.items():
@@ -212,14 +217,3 @@ def _run(
         raise CliError(str(error)) from None
     finally:
         stack.stop()
-
-
-def _model_tarball(model: Path, scratch: Path) -> Path:
-    """The model as a tarball: a folder's content becomes /opt/ml/model's."""
-    if not model.is_dir():
-        return model
-    tarball = scratch / "model.tar.gz"
-    with tarfile.open(tarball, "w:gz") as archive:
-        for child in sorted(model.iterdir()):
-            archive.add(child, arcname=child.name)
-    return tarball

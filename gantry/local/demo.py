@@ -124,6 +124,17 @@ def wait_for(
     raise TimeoutError(f"job {job_pk} did not finish in {timeout} s")
 
 
+def wait_for_import(api: InProcessApi, path: str, timeout: float = 300) -> dict[str, Any]:
+    """Poll an image or model at ``path`` until its import has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = api.request("GET", path)
+        if item["import_status"] in ("Completed", "Failed", "Cancelled"):
+            return item
+        time.sleep(0.2)
+    raise TimeoutError(f"{path}: the import did not end in {timeout} s")
+
+
 def fetch_outputs(api: InProcessApi, job: dict[str, Any], out_dir: Path) -> list[Path]:
     written: list[Path] = []
     for output in job["outputs"]:

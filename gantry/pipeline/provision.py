@@ -76,7 +76,6 @@ def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> c
         )
         for slug in algorithm.interfaces[job.socket_set].outputs
     ]
-    active = algorithm.active_model
     return contract.Invocation(
         pk=job.pk,
         inputs=inputs,
@@ -84,12 +83,24 @@ def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> c
         output_prefix=resources.io_output_prefix(job.pk, job.attempt),
         timeout=job.time_limit,
         outputs=outputs,
-        # The runner extracts it to /opt/ml/model before the algorithm starts.
-        model=contract.InvocationModel(
-            bucket_name=bucket, bucket_key=active.key, sha256=active.sha256
-        )
-        if active
-        else None,
+        model=_model_of(ctx, job),
+    )
+
+
+def _model_of(ctx: Context, job: Job) -> contract.InvocationModel | None:
+    """The model the job was created with (never the algorithm's desired one of now), copied
+    S3 to S3 beside the job's inputs: the runner's credentials reach only the job's own
+    prefix. The runner extracts it to /opt/ml/model and refuses bytes with another sha256."""
+    if job.algorithm_model is None:
+        return None
+    model = ctx.store.models.get(job.algorithm_model)
+    if model.key is None:
+        raise ValueError(f"algorithm model {model.pk} of job {job.pk} has no tarball")
+    bucket = ctx.settings.bucket_name
+    key = resources.io_model_key(job.pk, job.attempt)
+    copy_object(ctx.clients.s3, bucket, model.key, key)
+    return contract.InvocationModel(
+        bucket_name=bucket, bucket_key=key, sha256=job.algorithm_model_sha256
     )
 
 

@@ -19,6 +19,7 @@ START_JOB = "start-job"
 IMPORT_IMAGE = "import-image"
 IMPORT_ITEM_VALUES = "import-item-values"
 IMPORT_UPLOAD_SESSION = "import-upload-session"
+IMPORT_MODEL = "import-model"
 
 
 def validate_inputs_message(job_pk: str) -> str:
@@ -39,6 +40,10 @@ def import_item_values_message(item_pk: str) -> str:
 
 def import_upload_session_message(session_pk: str) -> str:
     return json.dumps({"gantry": IMPORT_UPLOAD_SESSION, "session": session_pk})
+
+
+def import_model_message(model_pk: str) -> str:
+    return json.dumps({"gantry": IMPORT_MODEL, "model": model_pk})
 
 
 def on_job_created(ctx: Context, job: Job) -> None:

@@ -9,11 +9,9 @@ from gantry.algorithms import (
     AlgorithmFields,
     AlgorithmImage,
     AlgorithmImageFields,
-    AlgorithmModel,
     AlgorithmUpdate,
     SocketSet,
 )
-from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.interfaces import ImmutableFieldError, Interface, InterfaceFields
@@ -197,53 +195,6 @@ def _completed_upload(ctx: Context, user: User, upload_ref: str, urls: Urls) -> 
     if upload.status is not UploadStatus.COMPLETED:
         raise ValidationFailed(f"upload '{upload.filename}' is not completed", field="user_upload")
     return upload
-
-
-MODEL_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
-
-def add_model(
-    ctx: Context, user: User, algorithm: Algorithm, upload_ref: str, urls: Urls
-) -> AlgorithmModel:
-    """An upload of the user's becomes the algorithm's active model (its editors only).
-
-    Interim: until model tarballs are versioned uploads beside images. The object is copied
-    S3 to S3 and its sha256 computed by streaming it once; the runner checks it again.
-    """
-    import hashlib
-    import uuid
-
-    from gantry import resources, timeutil
-
-    if not access.algorithm(user, Action.CHANGE, algorithm):
-        raise PermissionDenied("Only the algorithm's editors can add models")
-    upload = _completed_upload(ctx, user, upload_ref, urls)
-    if not upload.filename.lower().endswith(MODEL_SUFFIXES):
-        raise ValidationFailed(
-            f"'{upload.filename}' is not a model tarball ({', '.join(MODEL_SUFFIXES)})",
-            field="user_upload",
-        )
-    bucket = ctx.settings.bucket_name
-    pk = str(uuid.uuid4())
-    key = resources.model_key(algorithm.pk, pk)
-    s3 = ctx.clients.s3
-    copy_object(s3, bucket, upload.key, key)
-    digest = hashlib.sha256()
-    size = 0
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-    while chunk := body.read(1024 * 1024):
-        digest.update(chunk)
-        size += len(chunk)
-    model = AlgorithmModel(
-        pk=pk,
-        sha256=digest.hexdigest(),
-        key=key,
-        size=size,
-        creator=user.username,
-        created=timeutil.iso(),
-    )
-    ctx.store.algorithms.add_model(algorithm.pk, model)
-    return model
 
 
 def visible_algorithm_image(ctx: Context, user: User, pk: str) -> AlgorithmImage:

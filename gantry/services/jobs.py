@@ -119,6 +119,7 @@ def create_job(
     image = ctx.store.algorithms.desired_image(algorithm.pk)
     if image is None:
         raise ValidationFailed("Algorithm image is not ready to be used", field="algorithm")
+    model = ctx.store.models.desired(algorithm.pk)
 
     by_slug: dict[str, JobInput] = {}
     for item in body.inputs:
@@ -151,6 +152,9 @@ def create_job(
         pk=pk or str(uuid.uuid4()),
         algorithm=algorithm.pk,
         algorithm_image=image.pk,
+        algorithm_image_sha256=image.sha256,
+        algorithm_model=model.pk if model else None,
+        algorithm_model_sha256=model.sha256 if model else None,
         socket_set=index,
         creator=user.username,
         status=JobStatus.VALIDATING_INPUTS if pending else JobStatus.PENDING,

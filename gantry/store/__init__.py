@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gantry.aws import Clients
 from gantry.settings import Settings
+from gantry.store.algorithm_models import AlgorithmModelStore
 from gantry.store.algorithms import AlgorithmStore
 from gantry.store.archives import ArchiveStore
 from gantry.store.images import ImageStore
@@ -22,6 +23,7 @@ class Store:
     table: Table
     sockets: SocketStore
     algorithms: AlgorithmStore
+    models: AlgorithmModelStore
     jobs: JobStore
     images: ImageStore
     uploads: UploadStore
@@ -36,6 +38,7 @@ class Store:
             table=table,
             sockets=SocketStore(table),
             algorithms=AlgorithmStore(table),
+            models=AlgorithmModelStore(table),
             jobs=JobStore(table),
             images=ImageStore(table),
             uploads=UploadStore(table),

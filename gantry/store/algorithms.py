@@ -11,7 +11,6 @@ from gantry.algorithms import (
     AlgorithmFields,
     AlgorithmImage,
     AlgorithmImageFields,
-    AlgorithmModel,
 )
 from gantry.errors import Conflict, NotFound
 from gantry.interfaces import slugify
@@ -161,20 +160,6 @@ class AlgorithmStore:
         found = self.table.batch_get_docs(wanted)
         algorithms = [Algorithm.model_validate(found[k].doc) for k in wanted if k in found]
         return algorithms, self.paginator.count(list_key)
-
-    def add_model(self, algorithm_pk: str, model: AlgorithmModel) -> Algorithm:
-        """Store ``model`` with the algorithm as its active model; earlier ones are kept."""
-
-        def mutate(stored: StoredDoc) -> Change | None:
-            models = [
-                {**m, "is_active": False} if model.is_active else m
-                for m in stored.doc.get("models", [])
-            ]
-            models.append(model.model_dump(mode="json"))
-            return {**stored.doc, "models": models, "modified": timeutil.iso()}, {}
-
-        self.table.update_doc(keys.algorithm(algorithm_pk), mutate)
-        return self.get(algorithm_pk)
 
     # --- algorithm images -----------------------------------------------------------------
 

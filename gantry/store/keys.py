@@ -49,6 +49,24 @@ def algorithm_images_of(algorithm_pk: str) -> ListKey:
     return ListKey(BY_PARENT, f"ALGIMGS#{algorithm_pk}")
 
 
+def algorithm_model(pk: str) -> str:
+    return f"ALGMODEL#{pk}"
+
+
+def algorithm_models_of(algorithm_pk: str) -> ListKey:
+    return ListKey(BY_PARENT, f"ALGMODELS#{algorithm_pk}")
+
+
+def algorithm_model_sha256(algorithm_pk: str, sha256: str) -> str:
+    """Claimed by the one model of the algorithm with these bytes."""
+    return f"ALGMODELSHA#{algorithm_pk}#{sha256}"
+
+
+def desired_model(algorithm_pk: str) -> str:
+    """The algorithm's desired model: a pointer, so that switching is one write."""
+    return f"ALGMODELDESIRED#{algorithm_pk}"
+
+
 def job(pk: str) -> str:
     return f"JOB#{pk}"
 

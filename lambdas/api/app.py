@@ -25,6 +25,7 @@ from gantry.errors import GantryError, PayloadTooLarge
 from gantry.users import parse_authorization
 from lambdas.api.routers import (
     access_requests,
+    algorithm_models,
     algorithms,
     archives,
     gcapi,
@@ -131,6 +132,7 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
         jobs,
         images,
         interfaces,
+        algorithm_models,
         algorithms,
         access_requests,
         users,

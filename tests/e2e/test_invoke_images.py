@@ -19,7 +19,15 @@ def test_three_jobs_are_served_by_one_start_of_the_invoke_server(platform: Platf
         platform, "GC template invoke", gc_template_image("invoke"), ["segmentation", "results"]
     )
     state_dir = str(platform.stack.state_dir)
-    args = ["algorithms", "models", "add", slug, str(gc_template_model()), "--state-dir", state_dir]
+    args = [
+        "algorithms",
+        "models",
+        "upload",
+        slug,
+        str(gc_template_model()),
+        "--state-dir",
+        state_dir,
+    ]
     added = CliRunner().invoke(app, args)
     assert added.exit_code == 0, added.output
     served = []

@@ -88,7 +88,15 @@ def test_the_gc_template_image_reads_inputs_json_as_its_user_with_its_model(
 ) -> None:
     slug = register(platform, "GC template", gc_template_image("exec"), ["segmentation", "results"])
     state_dir = str(platform.stack.state_dir)
-    args = ["algorithms", "models", "add", slug, str(gc_template_model()), "--state-dir", state_dir]
+    args = [
+        "algorithms",
+        "models",
+        "upload",
+        slug,
+        str(gc_template_model()),
+        "--state-dir",
+        state_dir,
+    ]
     added = CliRunner().invoke(app, args)
     assert added.exit_code == 0, added.output
     case = make_image(platform.workdir / "gc-template.mha")  # zlib-compressed .mha

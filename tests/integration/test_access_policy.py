@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from gantry import timeutil
+from gantry.errors import NotFound
 from gantry.images import Image, ImageFile, ImageType
 from gantry.jobs import SocketValue
 from tests.conftest import ApiClient
@@ -204,8 +205,41 @@ def _me(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
     return status, body, headers
 
 
-def _post_model(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+def _models_queue(w: World) -> None:
+    # Model imports are queued for the upload handler.
+    if not w.ctx.settings.uploads_queue_url:
+        url = w.ctx.clients.sqs.create_queue(QueueName="gantry-uploads")["QueueUrl"]
+        w.ctx.settings = w.ctx.settings.model_copy(update={"uploads_queue_url": url})
+
+
+def _model(w: World) -> str:
+    """The pk of an imported model of the creator's algorithm (made once)."""
+    from gantry.algorithms import AlgorithmModel, ImportStatus
+
+    pk = "0b7d2c1e-5a43-4f6e-9a51-6f1e0c7a9d20"
+    try:
+        w.ctx.store.models.get(pk)
+    except NotFound:
+        w.ctx.store.models.create(
+            AlgorithmModel(
+                pk=pk,
+                algorithm=w.algorithm["pk"],
+                creator="alice",
+                created=timeutil.iso(),
+                import_status=ImportStatus.COMPLETED,
+                sha256="sha256:" + "b" * 64,
+                size_in_storage=1,
+                key=f"models/{w.algorithm['pk']}/{pk}.tar.gz",
+            )
+        )
+    return pk
+
+
+def _post_model(
+    w: World, client: ApiClient, role: str, path: str | None = None
+) -> tuple[int, Any, dict]:
     # Each role offers a completed upload of its own (only one's own uploads may be used).
+    _models_queue(w)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         data = b"weights"
@@ -213,7 +247,9 @@ def _post_model(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]
         info.size = len(data)
         archive.addfile(info, io.BytesIO(data))
     upload = put_upload(w.ctx, "model.tar.gz", buffer.getvalue(), owner=w.names[role])
-    return client.post(f"algorithms/{w.algorithm['pk']}/models/", {"user_upload": upload.pk})
+    if path is None:
+        return client.post(f"algorithms/{w.algorithm['pk']}/models/", {"user_upload": upload.pk})
+    return client.post(path, {"algorithm": w.algorithm["pk"], "user_upload": upload.pk})
 
 
 def _answer_request(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
@@ -273,6 +309,18 @@ CASES: dict[tuple[str, str], Case] = {
         200,
     ),
     ("POST", "/algorithms/{pk}/models"): Case(_post_model, 404, 201, 201),
+    ("POST", "/algorithms/models"): Case(
+        lambda w, c, r: _post_model(w, c, r, "algorithms/models/"), 404, 201, 201
+    ),
+    ("GET", "/algorithms/models/{pk}"): Case(
+        lambda w, c, r: c.get(f"algorithms/models/{_model(w)}/"), 404, 200, 200
+    ),
+    ("PATCH", "/algorithms/models/{pk}"): Case(
+        lambda w, c, r: c.patch(f"algorithms/models/{_model(w)}/", {"is_desired_version": True}),
+        404,
+        200,
+        200,
+    ),
     # Anyone may ask to use an algorithm; its members already may (400).
     ("POST", "/algorithms/{pk}/access-requests"): Case(
         lambda w, c, r: c.post(f"algorithms/{w.algorithm['pk']}/access-requests/"), 201, 400, 400
@@ -366,6 +414,7 @@ CASES: dict[tuple[str, str], Case] = {
 LISTS: dict[str, Callable[[World], str]] = {
     "/algorithms": lambda w: w.algorithm["pk"],
     "/algorithms/images": lambda w: w.algorithm_image["pk"],
+    "/algorithms/models": _model,
     "/algorithms/jobs": lambda w: w.job["pk"],
     "/cases/images": lambda w: w.image.pk,
     "/cases/upload-sessions": _session,
@@ -382,6 +431,7 @@ ADMIN_LISTS = {
     "/components/interfaces",
     "/algorithms",
     "/algorithms/images",
+    "/algorithms/models",
     "/algorithms/jobs",
     "/archives",
     "/archives/items",

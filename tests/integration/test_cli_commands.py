@@ -578,7 +578,7 @@ json.dump(threshold * weight, open("/output/score.json", "w"))
 """
 
 
-def test_a_model_folder_added_to_an_algorithm_is_at_opt_ml_model_for_its_jobs(cli, tmp_path):
+def test_models_uploaded_to_an_algorithm_are_at_opt_ml_model_and_jobs_name_theirs(cli, tmp_path):
     import shutil
     import tempfile
 
@@ -597,20 +597,40 @@ def test_a_model_folder_added_to_an_algorithm_is_at_opt_ml_model_for_its_jobs(cl
         # Without a model the algorithm finds nothing there.
         result = cli("jobs", "run", "weighted", "--input", "threshold=2", *WAIT)
         assert "No such file or directory: '/opt/ml/model/weights.json'" in result.output
-        model = tmp_path / "model"
-        model.mkdir()
-        (model / "weights.json").write_text('{"weight": 3}')
-        added = ok(cli("algorithms", "models", "add", "weighted", str(model)))
-        assert "Added model" in added
-        out = tmp_path / "out"
-        output = ok(
-            cli(
-                "jobs", "run", "weighted", "--input", "threshold=2",
-                "--output-dir", str(out), *WAIT,
-            )
-        )  # fmt: skip
-        assert "Succeeded" in output
-        assert json.loads((out / "score.json").read_text()) == 6
+
+        def upload(weight: int) -> str:
+            model = tmp_path / f"model-{weight}"
+            model.mkdir()
+            (model / "weights.json").write_text(f'{{"weight": {weight}}}')
+            uploaded = ok(cli("algorithms", "models", "upload", "weighted", str(model)))
+            assert "next jobs use it" in uploaded
+            return re.search(r"Imported model (\S+)", uploaded).group(1)
+
+        def run(name: str) -> tuple[float, dict]:
+            out = tmp_path / name
+            output = ok(
+                cli(
+                    "jobs", "run", "weighted", "--input", "threshold=2",
+                    "--output-dir", str(out), *WAIT,
+                )
+            )  # fmt: skip
+            pk = re.search(r"Job (\S+) started", output).group(1)
+            job = cli.stack.ctx.store.jobs.get(pk)
+            return json.loads((out / "score.json").read_text()), job
+
+        first = upload(3)
+        second = upload(5)
+        assert run("second")[0] == 10
+        ok(cli("algorithms", "models", "activate", first))
+        score, job = run("first")
+        assert score == 6
+        models = cli.stack.ctx.store.models
+        assert (job.algorithm_model, job.algorithm_model_sha256) == (
+            first,
+            models.get(first).sha256,
+        )
+        listed = ok(cli("algorithms", "models", "list", "weighted"))
+        assert first in listed and second in listed
     finally:
         shutil.rmtree(code, ignore_errors=True)
 
@@ -618,5 +638,5 @@ def test_a_model_folder_added_to_an_algorithm_is_at_opt_ml_model_for_its_jobs(cl
 def test_a_model_must_be_a_tarball(cli, tmp_path):
     not_a_tarball = tmp_path / "weights.json"
     not_a_tarball.write_text("{}")
-    message = one_line_error(cli("algorithms", "models", "add", "json-io", str(not_a_tarball)))
+    message = one_line_error(cli("algorithms", "models", "upload", "json-io", str(not_a_tarball)))
     assert "HTTP 400: user_upload: 'weights.json' is not a model tarball" in message

@@ -60,14 +60,6 @@ class _Empty(BaseModel):
     pass
 
 
-class AlgorithmModelCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-    user_upload: str = Field(
-        min_length=1, max_length=1024, description="api_url or pk of a completed upload (.tar[.gz])"
-    )
-
-
 def build(ctx: Context) -> APIGatewayRouter:
     router = APIGatewayRouter()
 
@@ -111,19 +103,6 @@ def build(ctx: Context) -> APIGatewayRouter:
         algorithm = catalog.update_algorithm(ctx, user, pk, body)
         sockets = catalog.sockets_of(ctx, [algorithm])
         return shapes.algorithm(algorithm, sockets, urls_for(ctx, router))
-
-    @router.post(
-        "/algorithms/<pk>/models/",
-        summary="Add a model tarball, extracted to /opt/ml/model for the algorithm's jobs",
-    )
-    def add_algorithm_model(
-        pk: str, body: Annotated[AlgorithmModelCreate, Body()]
-    ) -> tuple[dict, int]:
-        user = current_user(router)
-        urls = urls_for(ctx, router)
-        algorithm = catalog.referenced_algorithm(ctx, user, urls, pk)
-        model = catalog.add_model(ctx, user, algorithm, body.user_upload, urls)
-        return shapes.algorithm_model(model, algorithm.pk, urls), 201
 
     @router.get("/algorithms/images/", summary="List container images of your algorithms")
     def list_algorithm_images(

@@ -1,0 +1,113 @@
+"""Model tarballs of algorithms: queue an import, list them, pick the desired one.
+
+Editors (and admins) only, as grand-challenge: an algorithm's users run its desired model
+through jobs and never see the models themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from gantry import access, timeutil
+from gantry.access import Action
+from gantry.algorithms import MODEL_SUFFIXES, Algorithm, AlgorithmModel, ImportStatus
+from gantry.context import Context
+from gantry.errors import NotFound, PermissionDenied, ValidationFailed
+from gantry.services import catalog
+from gantry.urls import Urls
+from gantry.users import User
+
+EDITORS_ONLY = "Only the algorithm's editors can add or change its models"
+
+
+def queue_import(
+    ctx: Context, user: User, algorithm: Algorithm, upload_ref: str, urls: Urls, comment: str = ""
+) -> AlgorithmModel:
+    """A new model of ``algorithm`` from a completed upload of the user's, Queued for the
+    upload handler (gantry.pipeline.model_import)."""
+    from gantry.pipeline.model_import import size_problem
+    from gantry.pipeline.wiring import import_model_message
+
+    if not access.algorithm(user, Action.CHANGE, algorithm):
+        raise PermissionDenied(EDITORS_ONLY)
+    upload = catalog._completed_upload(ctx, user, upload_ref, urls)
+    if not upload.filename.lower().endswith(MODEL_SUFFIXES):
+        raise ValidationFailed(
+            f"'{upload.filename}' is not a model tarball ({', '.join(MODEL_SUFFIXES)}; "
+            "tar -czf model.tar.gz -C MODEL_FOLDER .)",
+            field="user_upload",
+        )
+    problem = size_problem(upload.size)
+    if problem:
+        raise ValidationFailed(problem, field="user_upload")
+    model = ctx.store.models.create(
+        AlgorithmModel(
+            pk=str(uuid.uuid4()),
+            algorithm=algorithm.pk,
+            creator=user.username,
+            created=timeutil.iso(),
+            user_upload=upload.pk,
+            comment=comment,
+        )
+    )
+    ctx.clients.sqs.send_message(
+        QueueUrl=ctx.settings.uploads_queue_url, MessageBody=import_model_message(model.pk)
+    )
+    return model
+
+
+def visible_model(ctx: Context, user: User, pk: str) -> tuple[AlgorithmModel, Algorithm]:
+    """The model and its algorithm, if the user may see the model; else "not found"."""
+    try:
+        model = ctx.store.models.get(pk)
+        algorithm = ctx.store.algorithms.get(model.algorithm)
+    except NotFound as error:
+        raise NotFound(f"Algorithm model {pk} not found") from error
+    if not access.algorithm_model(user, Action.READ, model, algorithm):
+        raise NotFound(f"Algorithm model {pk} not found")
+    return model, algorithm
+
+
+def models_of(ctx: Context, user: User, algorithms: list[Algorithm]) -> list[AlgorithmModel]:
+    """The models of ``algorithms`` the user may see, oldest first."""
+    found = [
+        model
+        for algorithm in algorithms
+        for model in ctx.store.models.models_of(algorithm.pk)
+        if access.algorithm_model(user, Action.READ, model, algorithm)
+    ]
+    found.sort(key=lambda model: (model.created, model.pk))
+    return found
+
+
+def desired_pks(ctx: Context, algorithm_pks: set[str]) -> set[str]:
+    """The pks of these algorithms' desired models."""
+    desired = (ctx.store.models.desired(pk) for pk in sorted(algorithm_pks))
+    return {d.pk for d in desired if d is not None}
+
+
+def change_model(
+    ctx: Context,
+    user: User,
+    pk: str,
+    *,
+    is_desired_version: bool | None = None,
+    comment: str | None = None,
+) -> AlgorithmModel:
+    """Activate (``is_desired_version=True``: the algorithm's next jobs use it) or deactivate
+    a model (no model for the next jobs), and change its comment."""
+    model, algorithm = visible_model(ctx, user, pk)
+    if not access.algorithm_model(user, Action.CHANGE, model, algorithm):
+        raise PermissionDenied(EDITORS_ONLY)
+    if comment is not None:
+        model = ctx.store.models.update(pk, lambda m: m.model_copy(update={"comment": comment}))
+    if is_desired_version is True:
+        if model.import_status is not ImportStatus.COMPLETED:
+            raise ValidationFailed(
+                f"Model {pk} cannot be activated: its import is {model.import_status.value}",
+                field="is_desired_version",
+            )
+        ctx.store.models.make_desired(model)
+    elif is_desired_version is False:
+        ctx.store.models.clear_desired(algorithm.pk, pk)
+    return model

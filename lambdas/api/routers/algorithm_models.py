@@ -1,0 +1,117 @@
+"""algorithms/models/: model tarballs of an algorithm, extracted to /opt/ml/model for its jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from gantry import shapes
+from gantry.context import Context
+from gantry.services import algorithm_models, catalog
+from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
+
+UPLOAD_HELP = "api_url or pk of a completed upload of a model tarball (.tar.gz)"
+
+
+class AlgorithmModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    algorithm: str = Field(min_length=1, max_length=1024, description="api_url, pk or slug")
+    user_upload: str = Field(min_length=1, max_length=1024, description=UPLOAD_HELP)
+    comment: str = Field(default="", max_length=10_000)
+
+
+class AlgorithmModelUpload(BaseModel):
+    """The body of ``algorithms/<pk>/models/``: the algorithm is in the path."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    user_upload: str = Field(min_length=1, max_length=1024, description=UPLOAD_HELP)
+    comment: str = Field(default="", max_length=10_000)
+
+
+class AlgorithmModelChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    is_desired_version: bool | None = Field(
+        default=None,
+        description="true: the algorithm's next jobs use this model; false: no model",
+    )
+    comment: str | None = Field(default=None, max_length=10_000)
+
+
+def build(ctx: Context) -> APIGatewayRouter:
+    router = APIGatewayRouter()
+
+    def shaped(model, urls) -> dict:  # type: ignore[no-untyped-def]
+        desired = algorithm_models.desired_pks(ctx, {model.algorithm})
+        return shapes.algorithm_model(model, urls, desired=model.pk in desired)
+
+    @router.get("/algorithms/models/", summary="List model tarballs of your algorithms")
+    def list_algorithm_models(
+        algorithm: Annotated[str | None, Query(max_length=1024)] = None,
+        limit: Limit = DEFAULT_LIMIT,
+        offset: Offset = 0,
+    ) -> dict:
+        user = current_user(router)
+        urls = urls_for(ctx, router)
+        if algorithm is None:
+            algorithms, _ = catalog.algorithms_page(ctx, user, offset=0, limit=MAX_LIMIT)
+        else:
+            algorithms = [catalog.referenced_algorithm(ctx, user, urls, algorithm)]
+        models = algorithm_models.models_of(ctx, user, algorithms)
+        window = models[offset : offset + limit]
+        desired = algorithm_models.desired_pks(ctx, {m.algorithm for m in window})
+        results = [shapes.algorithm_model(m, urls, desired=m.pk in desired) for m in window]
+        query = {"algorithm": algorithm}
+        return shapes.page(results, len(models), offset, limit, urls, "algorithms/models/", query)
+
+    @router.get("/algorithms/models/<pk>/", summary="Get a model tarball and its import status")
+    def get_algorithm_model(pk: str) -> dict:
+        user = current_user(router)
+        model, _ = algorithm_models.visible_model(ctx, user, pk)
+        return shaped(model, urls_for(ctx, router))
+
+    @router.post(
+        "/algorithms/models/",
+        summary="Add a model tarball from a completed upload; imported asynchronously",
+    )
+    def create_algorithm_model(body: Annotated[AlgorithmModelCreate, Body()]) -> tuple[dict, int]:
+        user = current_user(router)
+        urls = urls_for(ctx, router)
+        algorithm = catalog.referenced_algorithm(ctx, user, urls, body.algorithm)
+        model = algorithm_models.queue_import(
+            ctx, user, algorithm, body.user_upload, urls, body.comment
+        )
+        return shaped(model, urls), 201
+
+    @router.post(
+        "/algorithms/<pk>/models/",
+        summary="Add a model tarball to this algorithm (as POST algorithms/models/)",
+    )
+    def add_algorithm_model(
+        pk: str, body: Annotated[AlgorithmModelUpload, Body()]
+    ) -> tuple[dict, int]:
+        user = current_user(router)
+        urls = urls_for(ctx, router)
+        algorithm = catalog.referenced_algorithm(ctx, user, urls, pk)
+        model = algorithm_models.queue_import(
+            ctx, user, algorithm, body.user_upload, urls, body.comment
+        )
+        return shaped(model, urls), 201
+
+    @router.patch(
+        "/algorithms/models/<pk>/",
+        summary="Activate or deactivate a model (its algorithm's editors), or change its comment",
+    )
+    def change_algorithm_model(pk: str, body: Annotated[AlgorithmModelChange, Body()]) -> dict:
+        user = current_user(router)
+        model = algorithm_models.change_model(
+            ctx, user, pk, is_desired_version=body.is_desired_version, comment=body.comment
+        )
+        return shaped(model, urls_for(ctx, router))
+
+    return router
