@@ -11,6 +11,7 @@ import logging
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 from gantry.context import Context
 from gantry.errors import NotFound
@@ -65,16 +66,17 @@ def import_upload_session(ctx: Context, session_pk: str) -> UploadSession | None
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="gantry-session-") as scratch:
         work = Path(scratch)
-        paths: list[Path] = []
+        uploads: dict[Path, Upload] = {}
         for upload_pk in session.uploads:
             try:
                 upload = _upload(ctx, session, upload_pk)
-                paths.append(download_upload(ctx, upload, work / "upload"))
+                uploads[download_upload(ctx, upload, work / "upload")] = upload
             except InputError as error:
                 errors[upload_pk] = str(error)
-        for number, group in enumerate(group_image_files(paths)):
+        for number, group in enumerate(group_image_files(list(uploads))):
             try:
-                images.append(_import(ctx, session, group, work / f"image-{number}"))
+                sources = [uploads[path] for path in group]
+                images.append(_import(ctx, session, group, sources, work / f"image-{number}"))
             except InputError as error:
                 for path in group:
                     errors[path.name] = str(error)
@@ -89,6 +91,7 @@ def import_upload_session(ctx: Context, session_pk: str) -> UploadSession | None
     def finish(current: UploadSession) -> UploadSession | None:
         if current.status.is_final:
             return None
+        update: dict[str, Any]
         if errors:
             count = len(errors)
             files = "file" if count == 1 else "files"
@@ -158,7 +161,9 @@ def _upload(ctx: Context, session: UploadSession, pk: str) -> Upload:
     return upload
 
 
-def _import(ctx: Context, session: UploadSession, files: list[Path], work: Path) -> str:
+def _import(
+    ctx: Context, session: UploadSession, files: list[Path], sources: list[Upload], work: Path
+) -> str:
     from gantry import imaging
 
     names = ", ".join(f"'{p.name}'" for p in files)
@@ -169,5 +174,5 @@ def _import(ctx: Context, session: UploadSession, files: list[Path], work: Path)
         what = f"the file {names} is" if len(files) == 1 else f"the files {names} are"
         raise InputError(f"{what} not a readable image: {error}") from None
     pk = image_pk_for(session.pk, primary.name)
-    store_prepared_image(ctx, prepared, files, image_pk=pk, owner=session.creator)
+    store_prepared_image(ctx, prepared, files, image_pk=pk, owner=session.creator, uploads=sources)
     return pk

@@ -74,7 +74,10 @@ def _target(
                 "editors to make you an uploader",
                 field="archive",
             )
-        target = {"archive": archive.pk, "interface": body.interface or DEFAULT_ARCHIVE_INTERFACE}
+        target: dict[str, str | None] = {
+            "archive": archive.pk,
+            "interface": body.interface or DEFAULT_ARCHIVE_INTERFACE,
+        }
     else:
         if body.interface is None:
             raise ValidationFailed(
@@ -88,7 +91,7 @@ def _target(
                 f"Archive item '{body.archive_item}' not found", field="archive_item"
             ) from error
         target = {"archive_item": item.pk, "interface": body.interface}
-    slug = target["interface"]
+    slug = target["interface"] or ""
     try:
         socket = ctx.store.sockets.get_by_slug(slug)
     except NotFound as error:
