@@ -247,3 +247,40 @@ def test_every_job_created_through_gcapi_survives_a_sigkill(local_up: Any, tmp_p
         )
         assert wait_for_job(http, str(job.pk))["status"] == "Succeeded"
     second.stop()
+
+
+def test_an_upload_completed_just_before_a_sigkill_completes_on_retry(local_up: Any) -> None:  # noqa: F811
+    """Killed right after S3 completed an upload, before the API recorded it (the client got
+    no answer): after the restart the client's retry of the same completion succeeds, and
+    the upload feeds a job."""
+    import httpx
+
+    first = local_up({CRASH_AFTER_ENV: f"{resources.PREFIX_UPLOADS}:1"})
+    first.start()
+    with first.http() as http:
+        register_sockets(http)
+        sleep = register_algorithm(http, "sleep")
+        created = http.post("uploads/", json={"filename": "seconds.json"}).json()
+        base = f"uploads/{created['pk']}/{created['s3_upload_id']}/"
+        urls = http.patch(base + "generate-presigned-urls/", json={"part_numbers": [1]}).json()
+        put = httpx.put(urls["presigned_urls"]["1"], content=b"0.1", verify=first.ca_file)
+        put.raise_for_status()
+        parts = {"parts": [{"ETag": put.headers["ETag"], "PartNumber": 1}]}
+        with pytest.raises(httpx.TransportError):
+            http.patch(base + "complete-multipart-upload/", json=parts)
+    assert first.process.wait(timeout=60) < 0, first.output()
+
+    second = local_up()
+    second.start()
+    with second.http() as http:
+        retried = http.patch(base + "complete-multipart-upload/", json=parts)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["status"] == "Completed"
+        empty = dict.fromkeys(("value", "file", "image", "upload_session", "user_uploads"))
+        value = {"interface": "seconds", **empty, "user_upload": created["pk"], "image_name": None}
+        job = http.post("algorithms/jobs/", json={"algorithm": sleep["api_url"], "inputs": [value]})
+        assert job.status_code == 201, job.text
+        done = wait_for_job(http, job.json()["pk"])
+        assert done["status"] == "Succeeded", done["error_message"]
+        assert [o["value"] for o in done["outputs"]] == [0.1]
+    second.stop()

@@ -427,6 +427,26 @@ def test_a_drop_whose_notification_was_lost_becomes_one_job(drop) -> None:
     assert sorted(j.pk for j in jobs) == sorted(swept.started)
 
 
+def test_the_aws_sweeper_turns_a_dead_lettered_drop_into_one_job(drop) -> None:
+    """On AWS the scheduled sweeper does it: a notification that ended in the dead-letter
+    queue still gives its drop one job, and redriving that message later makes no other."""
+    from gantry.pipeline.sweeper import sweep
+
+    ctx, queue_url = drop
+    put(ctx, "dropbox/segmenter/case-dlq/scan.mha", b"data")
+    [body] = [b for b in drain(ctx, queue_url) if "Records" in json.loads(b)]
+    dlq = ctx.clients.sqs.create_queue(QueueName="gantry-dropbox-dlq")["QueueUrl"]
+    ctx.clients.sqs.send_message(QueueUrl=dlq, MessageBody=body)
+
+    report = sweep(ctx, drop_settle_seconds=0)
+    [job] = dropbox_jobs(ctx)
+    assert report.drops_started == [job.pk] and job.source_ref == "segmenter/case-dlq"
+    [redriven] = drain(ctx, dlq)
+    assert deliver(ctx, [redriven]) == []
+    assert sweep(ctx, drop_settle_seconds=0).drops_started == []
+    assert [j.pk for j in dropbox_jobs(ctx)] == [job.pk]
+
+
 def test_the_sweep_leaves_young_drops_to_their_notification(drop) -> None:
     ctx, queue_url = drop
     put(ctx, "dropbox/segmenter/case-young/scan.mha", b"data")
