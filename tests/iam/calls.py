@@ -15,6 +15,7 @@ unknown and fails the check: a new AWS call needs a line here before it can pass
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from urllib.parse import unquote, urlparse
 import boto3
 from botocore import handlers as botocore_handlers
 
+from gantry.oci.registry import Registry
 from tests.iam.evaluate import Request
 from tests.iam.template import ACCOUNT, PARTITION, REGION
 
@@ -231,6 +233,51 @@ def _lambda(operation: str, p: dict[str, Any]) -> list[Request]:
     raise UnknownOperation(f"lambda:{operation}")
 
 
+def _ecr_repository(name: str) -> str:
+    return _arn("ecr", f"repository/{name}")
+
+
+def _ecr(operation: str, p: dict[str, Any]) -> list[Request]:
+    if operation == "GetAuthorizationToken":
+        # No resource-level permissions.
+        return [R("ecr:GetAuthorizationToken", "*")]
+    if operation in ("BatchDeleteImage", "BatchGetImage", "DescribeImages", "PutImage"):
+        return [R(f"ecr:{operation}", _ecr_repository(p["repositoryName"]))]
+    raise UnknownOperation(f"ecr:{operation}")
+
+
+# ECR's OCI distribution API, as IAM authorises it (ECR's "Amazon ECR API permissions" page):
+# (method, the path's kind) -> the actions of the repository it needs.
+_REGISTRY_ACTIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("HEAD", "blobs"): ("ecr:BatchCheckLayerAvailability",),
+    ("GET", "blobs"): ("ecr:GetDownloadUrlForLayer",),
+    ("POST", "uploads"): ("ecr:InitiateLayerUpload",),
+    ("PATCH", "uploads"): ("ecr:UploadLayerPart",),
+    ("PUT", "uploads"): ("ecr:CompleteLayerUpload",),
+    # A PUT with the blob in its body (a small config) uploads and completes at once.
+    ("PUT+body", "uploads"): ("ecr:UploadLayerPart", "ecr:CompleteLayerUpload"),
+    ("PUT", "manifests"): ("ecr:PutImage",),
+    ("GET", "manifests"): ("ecr:BatchGetImage",),
+    ("HEAD", "manifests"): ("ecr:BatchGetImage",),
+    ("DELETE", "manifests"): ("ecr:BatchDeleteImage",),
+}
+_REGISTRY_PATH = re.compile(r"^/v2/(?P<repository>.+?)/(?P<kind>blobs/uploads|blobs|manifests)\b")
+
+
+def registry_requests(method: str, url: str, body: bytes | None) -> tuple[str, list[Request]]:
+    """An HTTP request of the OCI distribution API to ECR: its name, what IAM checks."""
+    match = _REGISTRY_PATH.match(urlparse(url).path)
+    if not match:
+        raise UnknownOperation(f"ecr: {method} {urlparse(url).path}")
+    kind = "uploads" if match["kind"] == "blobs/uploads" else match["kind"]
+    with_body = method == "PUT" and kind == "uploads" and bool(body)
+    key = (f"{method}+body" if with_body else method, kind)
+    if key not in _REGISTRY_ACTIONS:
+        raise UnknownOperation(f"ecr: {method} {kind}")
+    resource = _ecr_repository(match["repository"])
+    return f"{method} {kind}", [R(action, resource) for action in _REGISTRY_ACTIONS[key]]
+
+
 SERVICES: dict[str, Callable[[str, dict[str, Any]], list[Request]]] = {
     "s3": _s3,
     "dynamodb": _dynamodb,
@@ -240,6 +287,7 @@ SERVICES: dict[str, Callable[[str, dict[str, Any]], list[Request]]] = {
     "sqs": _sqs,
     "sts": _sts,
     "lambda": _lambda,
+    "ecr": _ecr,
 }
 
 
@@ -303,6 +351,26 @@ class Recorder:
 
     def principals(self) -> set[str]:
         return {c.principal for c in self.calls}
+
+
+def recording_registry(recorder: Recorder, registry: Registry) -> Registry:
+    """``registry`` whose every request is recorded as the ECR call IAM would judge (the
+    registry itself, on loopback, asks for nothing but the token's credentials)."""
+
+    class Recording(Registry):
+        def _open(
+            self, method: str, url: str, headers: dict[str, str], body: bytes | None = None
+        ) -> Any:
+            if recorder.principal is not None and urlparse(url).path.startswith("/v2/"):
+                try:
+                    operation, requests = registry_requests(method, url, body)
+                except UnknownOperation as error:
+                    recorder.unknown.append((recorder.principal, str(error)))
+                else:
+                    recorder.record(Call(recorder.principal, "ecr", operation, tuple(requests)))
+            return super()._open(method, url, headers, body)
+
+    return Recording(registry.url, registry.username, registry.password, registry.chunk_bytes)
 
 
 @contextlib.contextmanager

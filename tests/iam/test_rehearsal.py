@@ -6,9 +6,11 @@ the template's. Every call is recorded (tests/iam/calls.py) and attributed to th
 that would make it in AWS: the function whose handler runs, the runner under the Batch job
 role or under the SageMaker role. Each call is then evaluated against that principal's policy
 statements in the template (tests/iam/evaluate.py); a call they do not allow fails the test
-with the principal, action and resource.
+with the principal, action and resource. The import function's push goes over ECR's OCI
+distribution API, not boto3: each of its HTTP requests is recorded as the ECR action IAM
+checks for it (``calls.registry_requests``), against a real registry on loopback.
 
-What this cannot see: resource policies (bucket, queue, topic and key policies), service
+What this cannot see: resource policies (bucket, queue, topic, repository and key policies), service
 control policies and permission boundaries; what AWS services do with their own service
 roles (SageMaker pulling the image, the ECS agent with the execution role); and calls the
 code would make only on paths no scenario here drives.
@@ -34,7 +36,7 @@ from gantry.provision import ensure_data
 from gantry.services.uploads import upload_key
 from gantry.settings import Settings
 from tests.conftest import sqs_event
-from tests.iam.calls import Call, Recorder, recording, to_requests
+from tests.iam.calls import Call, Recorder, recording, recording_registry, to_requests
 from tests.iam.evaluate import allowed
 from tests.iam.template import ACCOUNT, REGION, Deployment
 
@@ -43,6 +45,7 @@ pytestmark = pytest.mark.slow
 HANDLERS = {
     "api": "lambdas.api.app.handler",
     "on_upload": "lambdas.on_upload.handler",
+    "on_import": "lambdas.on_import.handler",
     "on_dropbox": "lambdas.on_dropbox.handler",
     "on_job_event": "lambdas.on_job_event.handler",
     "sweeper": "lambdas.sweeper.handler",
@@ -307,7 +310,45 @@ class Platform:
         )
         return upload
 
+    def import_image(self, slug: str, archive: Path) -> dict[str, Any]:
+        """An editor's image upload: the API queues its import, the import function pushes
+        it to the deployment's repository (a registry on loopback stands in for ECR's)."""
+        upload = self.upload(archive.name, archive.read_bytes())
+        image = self.call_api(
+            "POST", "algorithms/images/", {"algorithm": slug, "user_upload": upload["api_url"]}
+        )
+        self.deliver_imports()
+        return self.call_api("GET", f"algorithms/images/{image['pk']}/")
+
+    def use_registry(self, url: str, runner_layer: Path) -> None:
+        """The import function's publisher, as deployed, with ECR's endpoint replaced by
+        ``url``; every registry request recorded as the ECR call it would be."""
+        from gantry.oci.registry import Registry
+        from gantry.pipeline.registry_publisher import ensure_publisher
+
+        ctx = self.contexts["on_import"]
+        publisher = ensure_publisher(ctx)
+        assert publisher is not None, "the import function's settings name no repository"
+
+        def registry() -> Registry:
+            token = Registry.ecr(ctx.clients.client("ecr"))  # as the function, through boto3
+            local = Registry(url, token.username, token.password)
+            return recording_registry(self.recorder, local)
+
+        publisher.registry = registry
+        publisher.runner_layer_path = runner_layer
+
     # Event-driven functions ----------------------------------------------------------------
+
+    def deliver_imports(self) -> None:
+        """The imports queue's messages to the import function."""
+        from lambdas.on_import import process
+
+        url = self.ctx.settings.imports_queue_url
+        while bodies := drain(self.ctx, url):
+            with self.act("on_import"):
+                response = process(self.contexts["on_import"], sqs_event(bodies, queue="queue"))
+            assert response["batchItemFailures"] == []
 
     def deliver_uploads(self) -> None:
         """The uploads queue's messages (S3 notifications, validate-inputs) to on_upload."""
@@ -498,6 +539,15 @@ def drive(platform: Platform) -> None:
     """Every path a deployed job can take, each step by the principal that takes it."""
     slug, single_input = platform.create_catalog()
 
+    # An editor uploads an algorithm image: the API queues the import, the import function
+    # reads the archive from S3 and pushes it, with the runner layer, to the repository.
+    from tests.image_builder import write_archive
+    from tests.integration.test_image_import import spec
+
+    archive = write_archive(platform.tmp / "algorithm.tar.gz", spec(), compression="gzip")
+    imported = platform.import_image(slug, archive)
+    assert imported["import_status"] == "Completed", imported["status"]
+
     # A job with a value input: the API queues it, on_upload provisions, Batch runs, the
     # callback finishes it.
     job = platform.create_job(slug, [{"interface": "threshold", "value": 2.5}])
@@ -557,9 +607,21 @@ def drive(platform: Platform) -> None:
 
 @pytest.fixture(scope="module")
 def rehearsal(default_synth: Any, tmp_path_factory: pytest.TempPathFactory) -> Rehearsal:
+    from gantry.oci.local_registry import local_registry
+    from tests.infra.conftest import runner_layer_stand_in
+    from tests.integration.test_oci_push import _ensure_registry
+
+    _ensure_registry()
     deployment = Deployment(default_synth.template)
-    with mock_aws(config={"batch": {"use_docker": False}}), recording() as recorder:
-        drive(Platform(deployment, recorder, tmp_path_factory.mktemp("rehearsal")))
+    tmp = tmp_path_factory.mktemp("rehearsal")
+    with (
+        local_registry(tmp / "registry") as registry_url,
+        mock_aws(config={"batch": {"use_docker": False}}),
+        recording() as recorder,
+    ):
+        platform = Platform(deployment, recorder, tmp)
+        platform.use_registry(registry_url, runner_layer_stand_in(tmp / "runner"))
+        drive(platform)
     return Rehearsal(deployment, recorder)
 
 
@@ -574,6 +636,25 @@ def test_every_principal_was_rehearsed(rehearsal: Rehearsal) -> None:
 
 def test_every_call_is_one_the_rehearsal_can_judge(rehearsal: Rehearsal) -> None:
     assert rehearsal.recorder.unknown == []
+
+
+def test_the_import_pushed_through_ecrs_api(rehearsal: Rehearsal) -> None:
+    """The push's calls were recorded as the ECR actions they are, by the import function."""
+    actions = {
+        request.action
+        for call in rehearsal.recorder.calls
+        if call.principal == "on_import" and call.service == "ecr"
+        for request in call.requests
+    }
+    assert {
+        "ecr:GetAuthorizationToken",
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:InitiateLayerUpload",
+        "ecr:UploadLayerPart",
+        "ecr:CompleteLayerUpload",
+        "ecr:PutImage",
+        "ecr:BatchGetImage",
+    } <= actions
 
 
 def test_every_call_is_allowed_by_its_principals_policies(rehearsal: Rehearsal) -> None:
