@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from gantry.algorithms import AlgorithmImage
 from gantry.aws import Clients
@@ -34,6 +34,9 @@ from gantry.oci.errors import ImageError
 from gantry.oci.mutate import LayerFile
 from gantry.oci.registry import Registry, RegistryError
 from gantry.settings import Settings
+
+if TYPE_CHECKING:
+    from gantry.oci.archive import ArchiveImage
 
 IMAGE_TAG_PREFIX = "image-"
 NO_RUNNER_LAYER = (
@@ -79,7 +82,8 @@ class RegistryPublisher:
         if existing is not None:
             return f"{registry.host}/{self.repository}@{existing}"
         sent = _Counter()
-        source = _TimedArchive(archive, self.deadline, sent)
+        # push_with_runner reads only config, config_blob and layer_streams of the archive.
+        source = cast("ArchiveImage", _TimedArchive(archive, self.deadline, sent))
         try:
             pushed = push_with_runner(source, runner, registry, self.repository, tag)
         except ImportTimedOut:
@@ -165,7 +169,7 @@ class _TimedArchive:
 
     @property
     def config_blob(self) -> bytes:
-        return self.archive.config_blob  # type: ignore[no-any-return]
+        return bytes(self.archive.config_blob)
 
     def layer_streams(self, wanted: set[str]) -> Iterator[tuple[Any, IO[bytes]]]:
         for layer, stream in self.archive.layer_streams(wanted):
