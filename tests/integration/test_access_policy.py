@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from gantry import timeutil
@@ -451,6 +452,17 @@ def test_every_route_has_a_policy_case() -> None:
     assert not stale, f"policy cases for routes that no longer exist: {stale}"
 
 
+def assert_documented(route: tuple[str, str], status: int, body: Any) -> None:
+    """The document declares ``status`` for the route, and the body has its schema."""
+    spec = json.loads(OPENAPI.read_text())
+    method, path = route
+    responses = spec["paths"][path][method.lower()]["responses"]
+    assert str(status) in responses, f"{route} answered {status}, documented: {list(responses)}"
+    schema = responses[str(status)].get("content", {}).get("application/json", {}).get("schema")
+    if schema and body not in (None, ""):
+        jsonschema.validate(body, {**schema, "components": spec["components"]})
+
+
 @pytest.mark.parametrize("route", sorted(CASES), ids=lambda r: f"{r[0]} {r[1]}")
 def test_route_answers_each_role(world: World, route: tuple[str, str]) -> None:
     case = CASES[route]
@@ -458,6 +470,7 @@ def test_route_answers_each_role(world: World, route: tuple[str, str]) -> None:
     for role in ROLES:
         status, body, _ = case.call(world, world.clients[role], role)
         assert status == getattr(case, role), (role, body)
+        assert_documented(route, status, body)
         if role == "other":
             # A refused call changes nothing of the creator's.
             after = world.creator.get(f"components/interfaces/{world.interface['pk']}/")[1]

@@ -57,3 +57,23 @@ def test_document_describes_every_resource_and_the_auth() -> None:
     # Request bodies are documented from the same models that validate them.
     job_post = spec["paths"]["/algorithms/jobs"]["post"]["requestBody"]
     assert "JobCreate" in json.dumps(job_post)
+
+
+def test_document_gives_the_statuses_the_api_answers() -> None:
+    spec = json.loads(document())
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            # Validation errors are answered 400 with the API's own body, never 422.
+            assert "422" not in responses, (method, path)
+            if path != "/gcapi":
+                invalid = responses["400"]["content"]["application/json"]["schema"]
+                assert invalid == {"$ref": "#/components/schemas/InvalidRequest"}
+                assert "401" in responses
+    paths = spec["paths"]
+    assert min(paths["/algorithms/jobs"]["post"]["responses"]) == "201"
+    assert min(paths["/algorithms/jobs/{pk}/cancel"]["post"]["responses"]) == "200"
+    assert min(paths["/tokens/{pk}"]["delete"]["responses"]) == "204"
+    job = paths["/algorithms/jobs/{pk}"]["get"]["responses"]["200"]["content"]
+    assert job["application/json"]["schema"] == {"$ref": "#/components/schemas/HyperlinkedJob"}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
