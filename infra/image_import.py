@@ -10,10 +10,10 @@ layer, and its rights on the image repository (docs/deploy.md "Importing an algo
 - The function alone may push to and delete from the repository: upload actions, PutImage,
   BatchGetImage (a retried import finds its tag), BatchDeleteImage (removing an image), all on
   this repository only; GetAuthorizationToken has no resource-level permissions. The
-  repository's own policy denies writes and deletions to every other principal (deletions
-  stay open in a destroyable stack, which CloudFormation empties on delete), so a desired
-  image cannot be overwritten or removed behind the platform's back; its lifecycle policy
-  (infra/compute.py) expires untagged manifests only.
+  repository's own policy denies deleting images to every other principal (not in a
+  destroyable stack, which CloudFormation empties on delete), and its tags are immutable, so
+  an image an algorithm uses cannot be replaced or removed behind the platform's back; its
+  lifecycle policy (infra/compute.py) expires untagged manifests only.
 """
 
 from __future__ import annotations
@@ -42,14 +42,6 @@ PUSH_ACTIONS = (
     "ecr:BatchGetImage",
 )
 DELETE_ACTIONS = ("ecr:BatchDeleteImage",)
-# Writes the repository policy keeps to the import function.
-GUARDED_ACTIONS = (
-    "ecr:InitiateLayerUpload",
-    "ecr:UploadLayerPart",
-    "ecr:CompleteLayerUpload",
-    "ecr:PutImage",
-    "ecr:BatchDeleteImage",
-)
 
 
 def runner_layer_file(config: GantryConfig) -> Path:
@@ -119,21 +111,23 @@ class ImageImport(Construct):
     def _guard(
         repository: ecr.Repository, function: lambda_.Function, config: GantryConfig
     ) -> None:
-        """Deny writes and deletions on the repository to anyone but the import function.
+        """Deny deleting images to anyone but the import function (which removes an image
+        when its record is deleted).
 
-        A destroyable stack (``gantry:destroyOnDelete``) keeps deletions open: CloudFormation
-        empties the repository (``EmptyOnDelete``) with the deployer's role when the stack goes.
+        Pushes stay open to the account's administrators (an image for ``gantry doctor``, or
+        one registered by reference): tags are immutable, so a push cannot replace an image
+        an algorithm uses. A destroyable stack (``gantry:destroyOnDelete``) gets no such policy:
+        CloudFormation empties the repository (``EmptyOnDelete``) with the deployer's role.
         """
         assert function.role is not None
-        actions = [*GUARDED_ACTIONS]
         if config.destroy_on_delete:
-            actions = [a for a in actions if a not in DELETE_ACTIONS]
+            return
         repository.add_to_resource_policy(
             iam.PolicyStatement(
-                sid="OnlyTheImportFunctionWrites",
+                sid="OnlyTheImportFunctionDeletesImages",
                 effect=iam.Effect.DENY,
                 principals=[iam.AnyPrincipal()],
-                actions=actions,
+                actions=list(DELETE_ACTIONS),
                 conditions={"ArnNotEquals": {"aws:PrincipalArn": function.role.role_arn}},
             )
         )

@@ -110,8 +110,8 @@ def run_doctor(
                     "cpu job",
                     False,
                     "No image to run: push a runner image with /bin/sh to the "
-                    "RunnerRepositoryUri repository (docs/deploy.md, Runner images) and pass "
-                    "--image <uri>:<tag>, or --skip-job",
+                    "RunnerRepositoryUri repository (docs/deploy.md, Importing an algorithm "
+                    "image) and pass --image <uri>:<tag>, or --skip-job",
                 )
             ]
         )

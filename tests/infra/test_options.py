@@ -80,14 +80,9 @@ def test_opting_out_of_the_privileged_runner_relaxes_the_sandbox(options_synth: 
 def test_a_destroyable_stack_lets_cloudformation_empty_the_image_repository(
     options_synth: Synth,
 ) -> None:
-    """The repository denies writes to all but the import function; deletions too, except in
-    a destroyable stack, which CloudFormation empties (EmptyOnDelete) with its own role."""
+    """A destroyable stack's repository has no policy denying deletions: CloudFormation
+    empties it (EmptyOnDelete) with its own role when the stack is deleted."""
     [repository] = options_synth.resources("AWS::ECR::Repository").values()
     assert repository["Properties"]["EmptyOnDelete"] is True
-    [deny] = [
-        s
-        for s in repository["Properties"]["RepositoryPolicyText"]["Statement"]
-        if s["Effect"] == "Deny"
-    ]
-    assert "ecr:PutImage" in deny["Action"]
-    assert "ecr:BatchDeleteImage" not in deny["Action"]
+    statements = (repository["Properties"].get("RepositoryPolicyText") or {}).get("Statement", [])
+    assert not [s for s in statements if s["Effect"] == "Deny"]
