@@ -20,11 +20,15 @@ from __future__ import annotations
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Protocol, cast
 
 MAX_MODEL_BYTES = 64 * 1024**3
 MAX_MODEL_MEMBERS = 100_000
 _CHUNK = 1024 * 1024
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class ModelTarballError(Exception):
@@ -98,15 +102,17 @@ def link_source(member: tarfile.TarInfo) -> str:
     return _clean(member.linkname)
 
 
-def open_stream(stream: IO[bytes]) -> tarfile.TarFile:
+def open_stream(stream: Readable) -> tarfile.TarFile:
     """``stream`` as a tar read front to back (any compression tarfile knows)."""
     try:
-        return tarfile.open(fileobj=stream, mode="r|*")
+        # A stream mode reads only: any object with read() will do. Reads of 1 MiB, not
+        # tarfile's 10 KiB records: an S3 body costs a call per read.
+        return tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|*", bufsize=_CHUNK)
     except (tarfile.TarError, OSError, EOFError) as error:
         raise ModelTarballError("The model is not a tar archive") from error
 
 
-def scan(stream: IO[bytes], rule: ModelTarballRule | None = None) -> ModelTarballRule:
+def scan(stream: Readable, rule: ModelTarballRule | None = None) -> ModelTarballRule:
     """Check every member of the tarball in ``stream`` without writing anything, and read
     ``stream`` to its end (so a digest taken while reading covers every byte)."""
     rule = rule or ModelTarballRule()

@@ -254,6 +254,9 @@ def show_job(
             ("started", job.get("started_at")),
             ("completed", job.get("completed_at")),
             ("duration", _seconds(job.get("exec_duration"))),
+            # What it ran with, whatever the algorithm's desired versions are now.
+            ("image", job.get("algorithm_image_sha256")),
+            ("model", job.get("algorithm_model_sha256")),
             ("error", job.get("error_message")),
             ("details", job.get("detailed_error_message")),
         ):

@@ -18,7 +18,16 @@ from botocore.exceptions import ClientError
 from gantry.algorithms import AlgorithmModel, ImportStatus
 from gantry.errors import NotFound
 from gantry.store import keys
-from gantry.store.table import MAIN_SK, PK, SK, ConditionFailed, Table, is_condition_failure
+from gantry.store.table import (
+    MAIN_SK,
+    PK,
+    SK,
+    Change,
+    ConditionFailed,
+    StoredDoc,
+    Table,
+    is_condition_failure,
+)
 
 
 class DuplicateModel(Exception):
@@ -78,7 +87,7 @@ class AlgorithmModelStore:
         """Replace the stored model with ``change(current)`` (None: leave it)."""
         updated: list[AlgorithmModel] = []
 
-        def mutate(stored):  # type: ignore[no-untyped-def]
+        def mutate(stored: StoredDoc) -> Change | None:
             current = AlgorithmModel.model_validate(stored.doc)
             new = change(current)
             updated[:] = [new or current]

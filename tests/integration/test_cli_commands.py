@@ -629,6 +629,8 @@ def test_models_uploaded_to_an_algorithm_are_at_opt_ml_model_and_jobs_name_their
             first,
             models.get(first).sha256,
         )
+        shown = ok(cli("jobs", "show", job.pk))
+        assert re.search(r"model\s+" + re.escape(models.get(first).sha256 or "-"), shown)
         listed = ok(cli("algorithms", "models", "list", "weighted"))
         assert first in listed and second in listed
     finally:

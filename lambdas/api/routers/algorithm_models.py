@@ -9,8 +9,10 @@ from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from gantry import shapes
+from gantry.algorithms import AlgorithmModel
 from gantry.context import Context
 from gantry.services import algorithm_models, catalog
+from gantry.urls import Urls
 from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
 
 UPLOAD_HELP = "api_url or pk of a completed upload of a model tarball (.tar.gz)"
@@ -46,7 +48,7 @@ class AlgorithmModelChange(BaseModel):
 def build(ctx: Context) -> APIGatewayRouter:
     router = APIGatewayRouter()
 
-    def shaped(model, urls) -> dict:  # type: ignore[no-untyped-def]
+    def shaped(model: AlgorithmModel, urls: Urls) -> dict:
         desired = algorithm_models.desired_pks(ctx, {model.algorithm})
         return shapes.algorithm_model(model, urls, desired=model.pk in desired)
 
