@@ -173,7 +173,12 @@ def test_a_sigkill_at_any_moment_loses_no_drop(local_up: Any) -> None:  # noqa: 
 
     # 5. Restarted for good: every case ends with one Succeeded job and one result set.
     last = local_up()
-    connection = last.start()
+    _each_case_ends_once(last, last.start(), slug)
+
+
+def _each_case_ends_once(last: Any, connection: dict[str, Any], slug: str) -> None:
+    """On the platform started for good: every case ends with one Succeeded job and one
+    result set, no error.json, no second job for any case."""
     _until(
         lambda: len(_results(connection, slug, "job.json")) >= CASES,
         "every result written",
@@ -197,6 +202,53 @@ def test_a_sigkill_at_any_moment_loses_no_drop(local_up: Any) -> None:  # noqa: 
     assert not doubled, doubled
     assert refs == [f"{slug}/case-{case:03d}" for case in range(CASES)]  # one each
     assert {job["pk"] for job in jobs} == {summary["job"] for summary in summaries}
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["after an acknowledgement", "during the drops", "while jobs run", "while results are written"],
+)
+def test_one_sigkill_at_each_moment_loses_no_drop(local_up: Any, moment: str) -> None:  # noqa: F811
+    """Each moment on its own: 50 concurrent drops, one SIGKILL, a restart (the client drops
+    again what is not there), and every case ends in exactly one finished job."""
+    acknowledged: set[int] = set()
+    hook = {CRASH_AFTER_ENV: f"{resources.PREFIX_DROPBOX}:20"}
+    first = local_up(hook if moment == "after an acknowledgement" else None)
+    connection = first.start()
+    with first.http() as http:
+        register_sockets(http)
+        slug = register_algorithm(http, "sleep", users=["dropbox"])["slug"]
+    if moment == "after an acknowledgement":
+        _drop(connection, slug, range(CASES), acknowledged)
+        assert first.process.wait(timeout=60) < 0, first.output()  # killed, not exited
+    elif moment == "during the drops":
+        dropper = threading.Thread(
+            target=_drop, args=(connection, slug, range(CASES), acknowledged)
+        )
+        dropper.start()
+        _until(lambda: len(acknowledged) >= CASES // 2, "half the drops acknowledged", 60)
+        first.kill()
+        dropper.join()
+    else:
+        _drop(connection, slug, range(CASES), acknowledged)
+        if moment == "while jobs run":
+            _until(lambda: bool(_keys(connection, resources.PREFIX_IO)), "a job running", up=first)
+        else:
+            _until(
+                lambda: len(_results(connection, slug, "job.json")) >= 5,
+                "results being written",
+                up=first,
+            )
+        first.kill()
+
+    # Restarted: what was acknowledged is there; the client drops again what is not.
+    again = local_up()
+    connection = again.start()
+    retry = _absent(connection, slug)
+    assert not acknowledged & set(retry)
+    _drop(connection, slug, retry, acknowledged)
+    assert acknowledged == set(range(CASES))
+    _each_case_ends_once(again, connection, slug)
 
 
 def test_every_job_created_through_gcapi_survives_a_sigkill(local_up: Any, tmp_path: Path) -> None:  # noqa: F811
