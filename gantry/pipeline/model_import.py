@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from gantry import resources
 from gantry.algorithms import AlgorithmModel, ImportStatus
@@ -108,7 +108,8 @@ def _copy_and_check(ctx: Context, model: AlgorithmModel, key: str) -> tuple[str,
     copy_object(s3, bucket, upload.key, key)
     stream = _Hashing(s3.get_object(Bucket=bucket, Key=key)["Body"])
     try:
-        scan(stream)
+        # scan reads the tarball as a stream: read() is all it calls.
+        scan(cast("IO[bytes]", stream))
     except ModelTarballError as error:
         raise ModelTarballError(f"{upload.filename}: {error}") from None
     return f"sha256:{stream.digest.hexdigest()}", stream.size
