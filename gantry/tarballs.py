@@ -17,6 +17,7 @@ Standard library only: the runner's bundle imports it.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
@@ -125,3 +126,22 @@ def scan(stream: Readable, rule: ModelTarballRule | None = None) -> ModelTarball
     while stream.read(_CHUNK):
         pass
     return rule
+
+
+class Digesting:
+    """A read-only stream that takes the sha256 and size of what passes through it."""
+
+    def __init__(self, body: Readable) -> None:
+        self.body = body
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        chunk = self.body.read(size)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+    @property
+    def sha256(self) -> str:
+        return f"sha256:{self.digest.hexdigest()}"

@@ -12,9 +12,8 @@ infrastructure errors raise (the queue retries them, and the retry is "Re-Queued
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from typing import IO, Any, cast
+from typing import Any
 
 from gantry import resources
 from gantry.algorithms import AlgorithmModel, ImportStatus
@@ -22,7 +21,7 @@ from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.store.algorithm_models import DuplicateModel
-from gantry.tarballs import MAX_MODEL_BYTES, ModelTarballError, scan
+from gantry.tarballs import MAX_MODEL_BYTES, Digesting, ModelTarballError, scan
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +39,6 @@ def size_problem(size: int | None) -> str | None:
             f"{MAX_MODEL_BYTES // 1024**3} GB"
         )
     return None
-
-
-class _Hashing:
-    """A read-only stream that digests what passes through it."""
-
-    def __init__(self, body: IO[bytes]) -> None:
-        self.body = body
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self.body.read(size)
-        self.digest.update(chunk)
-        self.size += len(chunk)
-        return chunk
 
 
 def import_model(ctx: Context, pk: str) -> AlgorithmModel | None:
@@ -106,13 +90,12 @@ def _copy_and_check(ctx: Context, model: AlgorithmModel, key: str) -> tuple[str,
     if problem:
         raise ModelTarballError(problem)
     copy_object(s3, bucket, upload.key, key)
-    stream = _Hashing(s3.get_object(Bucket=bucket, Key=key)["Body"])
+    stream = Digesting(s3.get_object(Bucket=bucket, Key=key)["Body"])
     try:
-        # scan reads the tarball as a stream: read() is all it calls.
-        scan(cast("IO[bytes]", stream))
+        scan(stream)
     except ModelTarballError as error:
         raise ModelTarballError(f"{upload.filename}: {error}") from None
-    return f"sha256:{stream.digest.hexdigest()}", stream.size
+    return stream.sha256, stream.size
 
 
 def _set(ctx: Context, pk: str, **fields: Any) -> AlgorithmModel:
