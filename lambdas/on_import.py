@@ -1,7 +1,9 @@
 """SQS handler of the imports queue: ``{"gantry": "import-image", "image": pk}`` messages the API
 sends for an uploaded container image archive. The import (``gantry.pipeline.image_import``)
 validates the archive as a stream from S3 and pushes it, with the runner layer, to the
-deployment's ECR repository (``gantry.pipeline.registry_publisher``).
+deployment's ECR repository (``gantry.pipeline.registry_publisher``). ``{"gantry":
+"delete-image", "reference": …}`` deletes a removed image from that repository
+(``registry_publisher.queue_deletion`` sends it).
 
 A function of its own, not the upload handler: an import may take minutes (15 at most, a
 Lambda's limit), and it is the only function allowed to push to the image repository. The
@@ -27,7 +29,15 @@ MARGIN_SECONDS = 30.0
 
 def handle_message(ctx: Context, message: dict[str, Any]) -> None:
     from gantry.pipeline.image_import import import_image
+    from gantry.pipeline.registry_publisher import DELETE_IMAGE, delete_image
 
+    if message.get("gantry") == DELETE_IMAGE:
+        reference = message.get("reference")
+        if not isinstance(reference, str) or not reference:
+            raise ValueError("delete-image message without a reference")
+        if not delete_image(ctx, reference):
+            logger.info("nothing to delete", reference=reference)
+        return
     if message.get("gantry") != IMPORT_IMAGE:
         raise unknown_message(message)
     image_pk = message.get("image")

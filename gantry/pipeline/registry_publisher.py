@@ -123,6 +123,58 @@ def ensure_publisher(ctx: Context) -> RegistryPublisher | None:
     return publisher if isinstance(publisher, RegistryPublisher) else None
 
 
+# Message on the imports queue: delete an image from the repository (only the import function
+# may, the repository's policy says so).
+DELETE_IMAGE = "delete-image"
+
+
+def delete_image_message(reference: str) -> str:
+    import json
+
+    return json.dumps({"gantry": DELETE_IMAGE, "reference": reference})
+
+
+def repository_digest(settings: Settings, reference: str) -> str | None:
+    """The digest of ``<registry>/<repository>@sha256:…`` when it is an image of this
+    deployment's repository; None for anything else (an image registered by reference)."""
+    name, _, digest = reference.partition("@")
+    repository = name.partition("/")[2]
+    if not settings.image_repository or repository != settings.image_repository:
+        return None
+    return digest if digest.startswith("sha256:") else None
+
+
+def queue_deletion(ctx: Context, image: AlgorithmImage) -> bool:
+    """Ask the import function to delete ``image`` from the repository (its record is being
+    removed); False when the image is not in this deployment's repository."""
+    if repository_digest(ctx.settings, image.image) is None:
+        return False
+    ctx.clients.sqs.send_message(
+        QueueUrl=ctx.settings.imports_queue_url or ctx.settings.uploads_queue_url,
+        MessageBody=delete_image_message(image.image),
+    )
+    return True
+
+
+def delete_image(ctx: Context, reference: str) -> bool:
+    """Delete the manifest ``reference`` names (every tag of it) from the repository, through
+    ECR's API; False when it is not this repository's or was already gone. Its layers go with
+    it once no image uses them (ECR collects them)."""
+    digest = repository_digest(ctx.settings, reference)
+    if digest is None:
+        return False
+    answer = ctx.clients.client("ecr").batch_delete_image(
+        repositoryName=ctx.settings.image_repository, imageIds=[{"imageDigest": digest}]
+    )
+    for failure in answer.get("failures", []):
+        if failure.get("failureCode") != "ImageNotFound":
+            raise RegistryError(
+                f"ECR could not delete {reference}: {failure.get('failureCode')} "
+                f"{failure.get('failureReason', '')}"
+            )
+    return bool(answer.get("imageIds"))
+
+
 def _manifest_digest(registry: Registry, repository: str, tag: str) -> str | None:
     """The digest of ``repository:tag`` when the registry holds it."""
     from gantry.oci.mutate import sha256_digest

@@ -320,6 +320,28 @@ class Platform:
         self.deliver_imports()
         return self.call_api("GET", f"algorithms/images/{image['pk']}/")
 
+    def delete_image(self, pk: str) -> None:
+        """The image's deletion from the repository, as its removal asks for it."""
+        from gantry.oci.mutate import MEDIA_TYPE_OCI_MANIFEST
+        from gantry.pipeline.registry_publisher import queue_deletion
+
+        ctx = self.contexts["on_import"]
+        image = ctx.store.algorithms.get_image(pk)
+        # What the push left in ECR (moto's ECR keeps no pushes over the registry API).
+        ecr = ctx.clients.client("ecr")
+        ecr.create_repository(repositoryName=ctx.settings.image_repository)
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST})
+        pushed = ecr.put_image(
+            repositoryName=ctx.settings.image_repository, imageManifest=manifest
+        )["image"]["imageId"]["imageDigest"]
+        image = image.model_copy(update={"image": image.image.rpartition("@")[0] + "@" + pushed})
+        with self.act("api"):
+            assert queue_deletion(self.contexts["api"], image)
+        self.deliver_imports()
+        assert (
+            ecr.describe_images(repositoryName=ctx.settings.image_repository)["imageDetails"] == []
+        )
+
     def use_registry(self, url: str, runner_layer: Path) -> None:
         """The import function's publisher, as deployed, with ECR's endpoint replaced by
         ``url``; every registry request recorded as the ECR call it would be."""
@@ -547,6 +569,8 @@ def drive(platform: Platform) -> None:
     archive = write_archive(platform.tmp / "algorithm.tar.gz", spec(), compression="gzip")
     imported = platform.import_image(slug, archive)
     assert imported["import_status"] == "Completed", imported["status"]
+    # Removed again: the API queues the deletion, the import function deletes it in ECR.
+    platform.delete_image(imported["pk"])
 
     # A job with a value input: the API queues it, on_upload provisions, Batch runs, the
     # callback finishes it.
@@ -654,6 +678,7 @@ def test_the_import_pushed_through_ecrs_api(rehearsal: Rehearsal) -> None:
         "ecr:CompleteLayerUpload",
         "ecr:PutImage",
         "ecr:BatchGetImage",
+        "ecr:BatchDeleteImage",
     } <= actions
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gantry.oci.local_registry import local_registry
-from gantry.oci.mutate import MEDIA_TYPE_LAYER_TAR, LayerFile
+from gantry.oci.mutate import MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_OCI_MANIFEST, LayerFile
 from gantry.oci.registry import Registry
 from gantry.pipeline.registry_publisher import RegistryPublisher, ensure_publisher, image_tag
 from gantry.resources import ENV_ALGORITHM_CMD, ENV_ALGORITHM_ENTRYPOINT, RUNNER_BINARY_PATH
@@ -248,3 +248,29 @@ def test_a_deployment_without_the_runner_layer_fails_imports_with_a_reason(
     assert image["import_status"] == "Failed"
     assert "no runner layer" in image["status"]
     assert "make runner" in image["status"]
+
+
+def test_a_removed_image_is_deleted_from_the_repository_by_the_import_function(
+    ctx, deployed
+) -> None:
+    """Removing an image queues its deletion for the import function (the one principal the
+    repository lets delete), which deletes it through ECR's API (moto's ECR here)."""
+    from gantry.pipeline.registry_publisher import queue_deletion
+    from tests.unit.test_compute_base import make_image
+
+    ecr = ctx.clients.client("ecr")
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST, "layers": []})
+    pushed = ecr.put_image(repositoryName=REPOSITORY, imageManifest=manifest, imageTag="image-1")
+    digest = pushed["image"]["imageId"]["imageDigest"]
+    host = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    image = make_image(image=f"{host}/{REPOSITORY}@{digest}")
+    elsewhere = make_image(image=f"{host}/someone-elses@{digest}")
+    queue = deployed["queues"]["gantry-imports"]
+
+    assert queue_deletion(ctx, elsewhere) is False  # not this deployment's repository
+    assert queue_deletion(ctx, image) is True
+    assert deliver_imports(ctx, queue) == 1
+    assert ecr.describe_images(repositoryName=REPOSITORY)["imageDetails"] == []
+    # A second deletion (a duplicate message) finds nothing and is not an error.
+    assert queue_deletion(ctx, image) is True
+    assert deliver_imports(ctx, queue) == 1
