@@ -8,9 +8,14 @@ an upload or image as a job's input), CHANGE and DELETE. Admins may do everythin
 - Algorithm images and models: the algorithm's editors only (users run the desired ones
   through jobs).
 - Jobs: the creator reads, changes (cancels) and deletes; the algorithm's editors read and
-  cancel (CHANGE) too.
+  cancel (CHANGE) too. A job's data (its input and output values, files and images) is its
+  creator's: editors see status, durations, errors and logs, not the data, until the creator
+  shares it (grand-challenge's job viewers): with named users (``viewers``, who then read the
+  job and its data) or with the algorithm's editors (``share_with_editors``). Only the creator
+  (and admins) share.
 - Images, uploads, upload sessions and tokens belong to their owner alone; an image in an
-  archive is also read and used by the archive's members.
+  archive is also read and used by the archive's members, and an image is readable by whoever
+  may see the data of a job that used or produced it.
 - Archives: members (creator, editors, uploaders, users) read and use them (see their items
   and images, run algorithms over them); editors change the archive (title, members);
   editors and uploaders add items and values (archive_item CHANGE).
@@ -83,27 +88,49 @@ def algorithm_model(user: User, action: Action, item: AlgorithmModel, owner: Alg
     return user.is_admin or is_editor(user, owner)
 
 
+def _edits_owner(user: User, item: Job, owner: Algorithm | None) -> bool:
+    return owner is not None and owner.pk == item.algorithm and is_editor(user, owner)
+
+
 def job(user: User, action: Action, item: Job, owner: Algorithm | None = None) -> bool:
     """``owner`` (the job's algorithm) lets its editors read and cancel the job."""
     if user.is_admin or user.username == item.creator:
         return True
-    if owner is None or owner.pk != item.algorithm:
-        return False
-    return action in (Action.READ, Action.CHANGE) and is_editor(user, owner)
+    if action is Action.READ and user.username in item.viewers:
+        return True
+    return action in (Action.READ, Action.CHANGE) and _edits_owner(user, item, owner)
 
 
-def job_data(user: User, item: Job) -> bool:
-    """The job's input and output values (files, images): its creator's and admins' only."""
+def job_data(user: User, item: Job, owner: Algorithm | None = None) -> bool:
+    """The job's input and output values (files, images): the creator's, admins', and those
+    the creator shared them with (``viewers``; the editors of ``owner``, the job's algorithm,
+    with ``share_with_editors``)."""
+    if user.is_admin or user.username == item.creator or user.username in item.viewers:
+        return True
+    return item.share_with_editors and _edits_owner(user, item, owner)
+
+
+def share_job(user: User, item: Job) -> bool:
+    """Who decides who sees a job's data: its creator (and admins), not the editors."""
     return user.is_admin or user.username == item.creator
 
 
-def image(user: User, action: Action, item: Image, archives: Iterable[Archive] = ()) -> bool:
-    """``archives``: the archives that hold the image; their members read and use it."""
+def image(
+    user: User,
+    action: Action,
+    item: Image,
+    archives: Iterable[Archive] = (),
+    *,
+    jobs: Iterable[tuple[Job, Algorithm | None]] = (),
+) -> bool:
+    """``archives``: the archives that hold the image; their members read and use it.
+    ``jobs``: the jobs that used or produced the image, each with its algorithm; who may see
+    one's data may READ the image (only its owner USEs it as a job's input)."""
     if user.is_admin or user.username == item.owner:
         return True
-    return action in (Action.READ, Action.USE) and any(
-        archive(user, Action.READ, a) for a in archives
-    )
+    if action in (Action.READ, Action.USE) and any(archive(user, Action.READ, a) for a in archives):
+        return True
+    return action is Action.READ and any(job_data(user, j, owner) for j, owner in jobs)
 
 
 def archive(user: User, action: Action, item: Archive) -> bool:

@@ -4,7 +4,11 @@ credits by what it may use, as grand-challenge charges.
 A job's cost is its worst case: the algorithm's time limit on the instance its GPU type runs
 on, priced in US cents an hour, converted at ``monthly_credits`` per ``monthly_credit_cents``,
 rounded to tens; at least ``monthly_credits / max_jobs_per_month`` and at least the
-algorithm's ``minimum_credits_per_job``. The algorithm's creator and editors run it free.
+algorithm's ``minimum_credits_per_job``. The algorithm's creator and editors run each of its
+images ``complimentary_editor_jobs`` times free (all editors together, as grand-challenge:
+enough to try a new image); beyond that their jobs cost credits like anyone's. The free jobs
+are a counter per algorithm image (``COMPLIMENTARY#ALGIMG#<pk>``), taken in the job's create
+transaction only while below the cap.
 
 Spending is a counter item per user and month (``CREDITS#USER#<name>``, sort key
 ``YYYY-MM``) moved in the job's own create transaction, only while enough is left, so
@@ -42,6 +46,9 @@ class Charge:
     month: str  # "YYYY-MM", UTC
     cost: int
     monthly: int
+    # An editor's job: the algorithm image whose free jobs it takes first, and their number.
+    complimentary_image: str | None = None
+    complimentary_jobs: int = 0
 
     def refusal(self, spent: int) -> ValidationFailed:
         left = max(0, self.monthly - spent)
@@ -73,6 +80,16 @@ def credits_per_job(settings: Settings, algorithm: Algorithm) -> int:
     return max(algorithm.minimum_credits_per_job, by_use, floor)
 
 
-def charge_for(settings: Settings, user: User, algorithm: Algorithm, moment: datetime) -> Charge:
-    cost = 0 if access.is_editor(user, algorithm) else credits_per_job(settings, algorithm)
-    return Charge(user.username, month_of(moment), cost, settings.monthly_credits)
+def charge_for(
+    settings: Settings, user: User, algorithm: Algorithm, image_pk: str, moment: datetime
+) -> Charge:
+    """What a job of ``user`` on ``algorithm``'s image ``image_pk`` spends."""
+    editor = access.is_editor(user, algorithm)
+    return Charge(
+        user.username,
+        month_of(moment),
+        credits_per_job(settings, algorithm),
+        settings.monthly_credits,
+        complimentary_image=image_pk if editor else None,
+        complimentary_jobs=settings.complimentary_editor_jobs if editor else 0,
+    )

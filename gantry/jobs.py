@@ -67,6 +67,13 @@ class Job(BaseModel):
     capacity_retries: int = 0
     # The attempt whose runner redeemed its credentials claim (gantry.job_credentials).
     credentials_claimed: int = 0
+    # Credits it spent when created (0: a drop-folder job, or one of an editor's free jobs).
+    credits_consumed: int = 0
+    is_complimentary: bool = False
+    # Shared data (gantry.access.job_data): users besides the creator who see the inputs and
+    # outputs, and whether the algorithm's editors do.
+    viewers: list[str] = Field(default_factory=list)
+    share_with_editors: bool = False
 
     @field_validator("error_message")
     @classmethod

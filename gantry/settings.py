@@ -96,6 +96,9 @@ class Settings(BaseModel):
     monthly_credits: int = Field(default=1000, ge=0)
     monthly_credit_cents: int = Field(default=1000, ge=1)
     max_jobs_per_month: int = Field(default=50, ge=1)
+    # Free jobs of each algorithm image for its algorithm's editors (all editors together),
+    # before their jobs spend credits like anyone's (grand-challenge's default).
+    complimentary_editor_jobs: int = Field(default=5, ge=0)
 
 
 @lru_cache(maxsize=1)

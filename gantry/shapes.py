@@ -151,6 +151,8 @@ def job(
         else None,
         "algorithm_image_sha256": job.algorithm_image_sha256,
         "algorithm_model_sha256": job.algorithm_model_sha256,
+        "viewers": job.viewers,
+        "share_with_editors": job.share_with_editors,
     }
 
 

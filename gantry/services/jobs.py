@@ -16,7 +16,7 @@ from gantry import access, contract, credits, quotas, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm, SocketSet
 from gantry.context import Context
-from gantry.errors import NotFound, ValidationFailed
+from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.interfaces import Interface, InterfaceValueError, validate_value
 from gantry.job_states import JobStatus
 from gantry.jobs import Job, SocketValue
@@ -28,6 +28,7 @@ from gantry.users import User
 
 MAX_INPUTS = 64
 MAX_UPLOADS_PER_INPUT = 2048
+MAX_VIEWERS = 100
 
 
 class JobInput(BaseModel):
@@ -43,6 +44,22 @@ class JobInput(BaseModel):
     user_upload: str | None = None
     user_uploads: list[str] | None = Field(default=None, max_length=MAX_UPLOADS_PER_INPUT)
     image_name: str | None = Field(default=None, max_length=255)
+
+
+class JobSharing(BaseModel):
+    """Who besides the creator sees a job's data (a Gantry extension of grand-challenge's job
+    viewers): each given field replaces what is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    viewers: list[str] | None = Field(
+        default=None,
+        max_length=MAX_VIEWERS,
+        description="user names who see the job and its inputs and outputs",
+    )
+    share_with_editors: bool | None = Field(
+        default=None, description="the algorithm's editors see the inputs and outputs too"
+    )
 
 
 class JobCreate(BaseModel):
@@ -170,14 +187,37 @@ def create_job(
     )
     limits = quotas.limits_for(ctx.settings, job.creator, job.algorithm)
     # Drop-folder jobs are free: writing to the bucket already takes the operator's access.
-    charge = None if source == "dropbox" else credits.charge_for(ctx.settings, user, algorithm, now)
-    ctx.store.jobs.create(
+    charge = (
+        None
+        if source == "dropbox"
+        else credits.charge_for(ctx.settings, user, algorithm, image.pk, now)
+    )
+    job = ctx.store.jobs.create(
         job, input_images=input_images, limits=limits, enforce=enforce_limits, charge=charge
     )
     ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])
     ctx.store.algorithms.mark_set_used(algorithm.pk, index)
     ctx.job_created(job)
     return job
+
+
+def share_job(ctx: Context, user: User, job: Job, body: JobSharing) -> Job:
+    """Change who sees ``job``'s data; only its creator and admins may (403 otherwise)."""
+    if not access.share_job(user, job):
+        raise PermissionDenied("Only the job's creator can share its data")
+    update: dict[str, Any] = {}
+    if body.viewers is not None:
+        viewers = list(dict.fromkeys(name for name in body.viewers if name != job.creator))
+        unknown = [name for name in viewers if ctx.store.users.find_user(name) is None]
+        if unknown:
+            raise ValidationFailed(f"Unknown users: {', '.join(unknown)}", field="viewers")
+        update["viewers"] = viewers
+    if body.share_with_editors is not None:
+        update["share_with_editors"] = body.share_with_editors
+    if not update:
+        return job
+    changed = ctx.store.jobs.update(job.pk, lambda j: j.model_copy(update=update))
+    return changed or ctx.store.jobs.get(job.pk)
 
 
 def check_input(

@@ -55,13 +55,35 @@ class JobStore:
         enforce: bool = False,
         charge: Charge | None = None,
     ) -> Job:
-        """Store a new job; Conflict (nothing written) if a job with its pk exists.
+        """Store a new job; Conflict (nothing written) if a job with its pk exists. Returns the
+        stored job (with what it spent).
 
         The job takes a slot of each of ``limits`` in the same transaction (it gives them
         back when it ends, see ``update``); with ``enforce``, TooManyRequests naming the limit
         (nothing written) when one is full. It spends ``charge`` (credits) in the same
-        transaction; with ``enforce``, ValidationFailed naming the credits left and the cost
-        (nothing written) when too few are left."""
+        transaction, or takes one of the charge's free editor jobs while any is left; with
+        ``enforce``, ValidationFailed naming the credits left and the cost (nothing written)
+        when too few are left."""
+        if charge is not None and charge.complimentary_image and charge.complimentary_jobs:
+            free = job.model_copy(update={"is_complimentary": True, "credits_consumed": 0})
+            try:
+                return self._create(free, input_images, limits, enforce, charge, free=True)
+            except _NoFreeJobLeft:
+                pass  # all taken (perhaps concurrently): the job costs credits
+        spent = charge.cost if charge is not None else 0
+        job = job.model_copy(update={"is_complimentary": False, "credits_consumed": spent})
+        return self._create(job, input_images, limits, enforce, charge, free=False)
+
+    def _create(
+        self,
+        job: Job,
+        input_images: list[str],
+        limits: Sequence[Limit],
+        enforce: bool,
+        charge: Charge | None,
+        *,
+        free: bool,
+    ) -> Job:
         attributes = {k: v for k, v in _attributes(job).items() if v is not None}
         if limits:
             attributes["slot"] = True
@@ -76,7 +98,9 @@ class JobStore:
         first_limit = len(puts) + 1 + len(updates)
         updates += [_take_slot(limit, enforce=enforce) for limit in limits]
         credits_at = len(puts) + 1 + len(updates)
-        if charge is not None and charge.cost:
+        if charge is not None and free:
+            updates.append(_take_free_job(charge))
+        elif charge is not None and charge.cost:
             if enforce and charge.cost > charge.monthly:
                 raise charge.refusal(self.credits_spent(charge.user, charge.month))
             updates.append(_spend(charge, enforce=enforce))
@@ -84,6 +108,8 @@ class JobStore:
             self.table.transact_put(puts, unique=[item], updates=updates)
         except ConditionFailed as error:
             if charge is not None and credits_at in error.failed:
+                if free:
+                    raise _NoFreeJobLeft from error
                 raise charge.refusal(self.credits_spent(charge.user, charge.month)) from error
             full = [limits[i - first_limit] for i in error.failed if first_limit <= i < credits_at]
             if full:
@@ -92,6 +118,11 @@ class JobStore:
                 ) from error
             raise Conflict(f"Job {job.pk} already exists") from error
         return job
+
+    def complimentary_jobs_taken(self, algorithm_image_pk: str) -> int:
+        """Free editor jobs of an algorithm image taken so far."""
+        item = self.table.get_item(*_free_jobs_key(algorithm_image_pk))
+        return int(item["n"]) if item else 0
 
     def active_count(self, scope: str) -> int:
         """Counted jobs of a limit's scope ("USER#alice", ...) that have not ended."""
@@ -302,6 +333,19 @@ class JobStore:
         found = self.table.batch_get_docs(wanted)
         return [Job.model_validate(found[k].doc) for k in wanted if k in found]
 
+    def of_image(self, image_pk: str) -> list[Job]:
+        """Every job that used or produced an image, whoever created it."""
+        relations = self.table.query_all(
+            index=None,
+            key_name="PK",
+            key_value=keys.image(image_pk),
+            sort_key="SK",
+            begins_with="JOB#",
+        )
+        wanted = list(dict.fromkeys((keys.job(item["job_pk"]), MAIN_SK) for item in relations))
+        found = self.table.batch_get_docs(wanted)
+        return [Job.model_validate(found[k].doc) for k in wanted if k in found]
+
     def active_modified_before(self, cutoff_iso: str, *, limit: int = 100) -> list[Job]:
         """Unfinished jobs untouched since ``cutoff_iso`` (oldest first), at most ``limit``."""
         return list(itertools.islice(self.iter_active_modified_before(cutoff_iso), limit))
@@ -367,6 +411,26 @@ def _spend(charge: Charge, *, enforce: bool) -> dict[str, Any]:
         update["ConditionExpression"] = "attribute_not_exists(#s) OR #s <= :room"
         update["ExpressionAttributeValues"][":room"] = charge.monthly - charge.cost
     return update
+
+
+class _NoFreeJobLeft(Exception):
+    """The algorithm image's free editor jobs are all taken."""
+
+
+def _free_jobs_key(algorithm_image_pk: str) -> tuple[str, str]:
+    return f"COMPLIMENTARY#ALGIMG#{algorithm_image_pk}", "N"
+
+
+def _take_free_job(charge: Charge) -> dict[str, Any]:
+    assert charge.complimentary_image is not None
+    pk, sk = _free_jobs_key(charge.complimentary_image)
+    return {
+        "Key": {"PK": pk, "SK": sk},
+        "UpdateExpression": "ADD #n :one",
+        "ConditionExpression": "attribute_not_exists(#n) OR #n < :cap",
+        "ExpressionAttributeNames": {"#n": "n"},
+        "ExpressionAttributeValues": {":one": 1, ":cap": charge.complimentary_jobs},
+    }
 
 
 def _give_slot_back(scope: str) -> dict[str, Any]:

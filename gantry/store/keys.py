@@ -102,6 +102,10 @@ def images_of(username: str) -> ListKey:
     return ListKey(BY_OWNER, f"IMAGES#{username}")
 
 
+# Everyone's images, uploads and tokens (admins' lists; gantry.store.listings).
+ALL_IMAGES = ListKey(BY_OWNER, "IMAGES#*")
+
+
 def upload(pk: str) -> str:
     return f"UPLOAD#{pk}"
 
@@ -110,12 +114,18 @@ def uploads_of(username: str) -> ListKey:
     return ListKey(BY_OWNER, f"UPLOADS#{username}")
 
 
+ALL_UPLOADS = ListKey(BY_OWNER, "UPLOADS#*")
+
+
 def upload_session(pk: str) -> str:
     return f"UPLOADSESSION#{pk}"
 
 
 def upload_sessions_of(username: str) -> ListKey:
     return ListKey(BY_OWNER, f"UPLOADSESSIONS#{username}")
+
+
+ALL_UPLOAD_SESSIONS = ListKey(BY_OWNER, "UPLOADSESSIONS#*")
 
 
 def user(username: str) -> str:
@@ -132,6 +142,9 @@ def token_ref(pk: str) -> str:
 
 def tokens_of(username: str) -> ListKey:
     return ListKey(BY_OWNER, f"TOKENS#{username}")
+
+
+ALL_TOKENS = ListKey(BY_OWNER, "TOKENS#*")
 
 
 def idempotency(key: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gantry.errors import NotFound
-from gantry.store import keys
+from gantry.store import keys, listings
 from gantry.store.pagination import Paginator, count_update
 from gantry.store.table import MAIN_SK, StoredDoc, Table
 from gantry.upload_sessions import UploadSession
@@ -18,14 +18,16 @@ class UploadSessionStore:
 
     def create(self, session: UploadSession) -> UploadSession:
         list_key = keys.upload_sessions_of(session.creator)
+        sort = f"{session.created}#{session.pk}"
+        entity = keys.upload_session(session.pk)
         item = self.table.item(
-            keys.upload_session(session.pk),
-            MAIN_SK,
-            session.model_dump(mode="json"),
-            GSI1PK=list_key.value,
-            GSI1SK=f"{session.created}#{session.pk}",
+            entity, MAIN_SK, session.model_dump(mode="json"), GSI1PK=list_key.value, GSI1SK=sort
         )
-        self.table.transact_put([item], updates=[count_update(list_key, 1)])
+        everyone = listings.listing(self.table, entity, keys.ALL_UPLOAD_SESSIONS, sort)
+        self.table.transact_put(
+            [item, everyone],
+            updates=[count_update(list_key, 1), count_update(keys.ALL_UPLOAD_SESSIONS, 1)],
+        )
         return session
 
     def get(self, pk: str) -> UploadSession:
@@ -53,3 +55,10 @@ class UploadSessionStore:
         list_key = keys.upload_sessions_of(username)
         docs = self.paginator.page(list_key, offset=offset, limit=limit)
         return [UploadSession.model_validate(d.doc) for d in docs], self.paginator.count(list_key)
+
+    def page_all(self, *, offset: int, limit: int) -> tuple[list[UploadSession], int]:
+        """Everyone's upload sessions, oldest first (admins' list)."""
+        found, count = listings.page(
+            self.table, self.paginator, keys.ALL_UPLOAD_SESSIONS, offset=offset, limit=limit
+        )
+        return [UploadSession.model_validate(d.doc) for d in found], count

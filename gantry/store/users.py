@@ -1,8 +1,9 @@
 """Users and their API tokens (stored as SHA-256 hashes only).
 
 A token is two items: ``TOKEN#<hash>`` (what authentication reads) and ``TOKENREF#<pk>`` (its
-public id, in its owner's list), written and deleted together. Tokens made before the list
-existed have no reference item: they still work, but are not listed.
+public id, in its owner's list, and beside it its listing in everyone's list), written and
+deleted together. Tokens made before the lists existed are given theirs by
+``gantry.store.backfill``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 
 from gantry import timeutil
 from gantry.errors import NotFound
-from gantry.store import keys
+from gantry.store import keys, listings
 from gantry.store.pagination import Paginator, count_update
 from gantry.store.table import MAIN_SK, ConditionFailed, Table
 from gantry.users import User, hash_token, new_token
@@ -83,7 +84,12 @@ class UserStore:
             GSI1PK=list_key.value,
             GSI1SK=f"{info.created}#{info.pk}",
         )
-        self.table.transact_put([secret, reference], updates=[count_update(list_key, 1)])
+        sort = f"{info.created}#{info.pk}"
+        everyone = listings.listing(self.table, keys.token_ref(info.pk), keys.ALL_TOKENS, sort)
+        self.table.transact_put(
+            [secret, reference, everyone],
+            updates=[count_update(list_key, 1), count_update(keys.ALL_TOKENS, 1)],
+        )
         return token, info
 
     def user_for_token(self, token: str) -> User | None:
@@ -106,6 +112,13 @@ class UserStore:
         docs = self.paginator.page(list_key, offset=offset, limit=limit)
         return [TokenInfo.model_validate(d.doc) for d in docs], self.paginator.count(list_key)
 
+    def tokens_page_all(self, *, offset: int, limit: int) -> tuple[list[TokenInfo], int]:
+        """Everyone's tokens, oldest first (admins' list)."""
+        found, count = listings.page(
+            self.table, self.paginator, keys.ALL_TOKENS, offset=offset, limit=limit
+        )
+        return [TokenInfo.model_validate(d.doc) for d in found], count
+
     def revoke_token(self, pk: str) -> None:
         """The token stops working at once; revoking it again changes nothing."""
         item = self.table.get_item(keys.token_ref(pk), MAIN_SK)
@@ -119,8 +132,13 @@ class UserStore:
                 "ConditionExpression": "attribute_exists(PK)",
             },
         ]
+        counts = [count_update(list_key, -1)]
+        if self.table.get_item(keys.token_ref(pk), listings.LISTED_ALL):
+            deletes.append(listings.delete_listing(keys.token_ref(pk)))
+            counts.append(count_update(keys.ALL_TOKENS, -1))
         try:
-            self.table.transact_delete(deletes, updates=[count_update(list_key, -1)])
+            self.table.transact_delete(deletes, updates=counts)
         except ConditionFailed:
             return  # revoked concurrently: counted once
         self.paginator.clear(list_key)
+        self.paginator.clear(keys.ALL_TOKENS)

@@ -362,6 +362,13 @@ CASES: dict[tuple[str, str], Case] = {
         201,
     ),
     # Cancelling twice is harmless: the admin's repeat answers 200 too.
+    # Sharing a job's data is its creator's (and admins') decision.
+    ("PATCH", "/algorithms/jobs/{pk}"): Case(
+        lambda w, c, r: c.patch(f"algorithms/jobs/{w.job['pk']}/", {"share_with_editors": True}),
+        404,
+        200,
+        200,
+    ),
     ("POST", "/algorithms/jobs/{pk}/cancel"): Case(
         lambda w, c, r: c.post(f"algorithms/jobs/{w.job['pk']}/cancel/"), 404, 200, 200
     ),
@@ -425,18 +432,9 @@ LISTS: dict[str, Callable[[World], str]] = {
     "/archives": lambda w: w.archive["pk"],
     "/archives/items": lambda w: w.item["pk"],
 }
-# Interfaces are shared; an admin's lists of algorithms and jobs hold everyone's. Lists of
-# images, uploads and tokens hold one's own, for admins too (an admin reads others' by pk).
+# Interfaces are shared; an admin's lists hold everyone's entities; others' lists their own.
 SHARED_LISTS = {"/components/interfaces"}
-ADMIN_LISTS = {
-    "/components/interfaces",
-    "/algorithms",
-    "/algorithms/images",
-    "/algorithms/models",
-    "/algorithms/jobs",
-    "/archives",
-    "/archives/items",
-}
+ADMIN_LISTS = set(LISTS)
 
 
 def _routes() -> set[tuple[str, str]]:
@@ -553,6 +551,107 @@ def test_editors_read_a_users_job_without_its_data(world: World) -> None:
     # erin, an editor, may not download alice's values.
     status, _, _ = erin.get(f"algorithms/jobs/{world.job['pk']}/values/9000/r.json")
     assert status == 403
+
+
+def _image_of(ctx, owner: str, name: str) -> Image:
+    key = f"images/{uuid.uuid4()}/{name}"
+    ctx.clients.s3.put_object(Bucket=ctx.settings.bucket_name, Key=key, Body=b"x")
+    return ctx.store.images.put(
+        Image(
+            pk=str(uuid.uuid4()),
+            name=name,
+            owner=owner,
+            created=timeutil.iso(),
+            files=[ImageFile(pk="f1", key=key, image_type=ImageType.MHD, filename=name)],
+        )
+    )
+
+
+def test_a_jobs_data_is_seen_only_once_its_creator_shares_it(world: World) -> None:
+    """grand-challenge's job viewers: editors see a user's job without its inputs, outputs and
+    images until the creator shares them with the editors or names viewers."""
+    ctx = world.ctx
+    for name in ("erin", "carol"):
+        ctx.store.users.ensure_user(name)
+    _add_members(ctx, world.algorithm["pk"], users=["bob"], editors=["erin"])
+    bob = world.clients["other"]
+    erin = ApiClient(world.creator.app, ctx.store.users.create_token("erin"))
+    carol = ApiClient(world.creator.app, ctx.store.users.create_token("carol"))
+    status, job, _ = bob.post(
+        "algorithms/jobs/",
+        {"algorithm": world.algorithm["api_url"], "inputs": [_input("number", value=7)]},
+    )
+    assert status == 201, job
+    # What a finished job holds: an output file and an output image of bob's.
+    key = f"io/{job['pk']}/1/output/r.json"
+    ctx.clients.s3.put_object(Bucket=ctx.settings.bucket_name, Key=key, Body=b"2.5")
+    stored = ctx.store.jobs.update(
+        job["pk"],
+        lambda j: j.model_copy(
+            update={"outputs": [SocketValue(pk=9001, socket="result", file=key)]}
+        ),
+    )
+    image = _image_of(ctx, "bob", "seg.mha")
+    ctx.store.jobs.add_output_images(stored, [image.pk])
+    job_path = f"algorithms/jobs/{job['pk']}/"
+    routes = {
+        "value": f"{job_path}values/9001/r.json",
+        "image": f"cases/images/{image.pk}/",
+        "image file": f"cases/images/{image.pk}/files/f1/seg.mha",
+    }
+
+    def sees_data(client: ApiClient) -> bool:
+        status, seen, _ = client.get(job_path)
+        assert status == 200, seen
+        listed = client.get(
+            "algorithms/jobs/", query={"algorithm_image__algorithm": world.algorithm["api_url"]}
+        )[1]["results"]
+        in_list = [j for j in listed if j["pk"] == job["pk"]]
+        with_data = bool(seen["inputs"])
+        assert with_data == bool(seen["outputs"])
+        # The list shows what the detail shows (a viewer's list holds only their own jobs).
+        assert all(bool(j["inputs"]) == with_data for j in in_list)
+        answers = {name: client.get(path)[0] for name, path in routes.items()}
+        if with_data:
+            assert seen["inputs"][0]["value"] == 7
+            assert answers == {"value": 302, "image": 200, "image file": 302}, answers
+        else:
+            assert answers == {"value": 403, "image": 404, "image file": 404}, answers
+        return with_data
+
+    assert not sees_data(erin)
+    assert carol.get(job_path)[0] == 404
+    for name, path in routes.items():
+        assert carol.get(path)[0] == 404, name
+    # Editors and strangers cannot share it; the creator can.
+    status, body, _ = erin.patch(job_path, {"share_with_editors": True})
+    assert status == 403, body
+    assert carol.patch(job_path, {"viewers": ["carol"]})[0] == 404
+    assert not sees_data(erin)
+
+    status, shared, _ = bob.patch(job_path, {"share_with_editors": True})
+    assert status == 200, shared
+    assert shared["share_with_editors"] is True and shared["viewers"] == []
+    assert sees_data(erin)
+    assert carol.get(job_path)[0] == 404
+
+    status, shared, _ = bob.patch(job_path, {"viewers": ["carol", "bob", "carol"]})
+    assert status == 200, shared
+    assert shared["viewers"] == ["carol"]  # the creator needs no place; repeats collapse
+    assert sees_data(carol)
+    # A viewer sees; cancelling and sharing stay the creator's and the editors'.
+    assert carol.post(f"{job_path}cancel/")[0] == 403
+    assert carol.patch(job_path, {"viewers": []})[0] == 403
+    # Only the job's creator USEs its images as inputs, viewers do not.
+    assert carol.get("cases/images/")[1]["results"] == []
+
+    status, body, _ = bob.patch(job_path, {"viewers": ["nobody-here"]})
+    assert status == 400 and "viewers" in body and "nobody-here" in body["detail"], body
+    status, body, _ = bob.patch(job_path, {"viewers": [], "share_with_editors": False})
+    assert status == 200, body
+    assert not sees_data(erin)
+    assert carol.get(job_path)[0] == 404
+    assert carol.get(routes["image"])[0] == 404
 
 
 def _add_members(ctx, algorithm_pk: str, *, users: list[str], editors: list[str]) -> None:

@@ -1,6 +1,7 @@
 """Monthly credits: a job costs credits by its time limit and GPU type (at least the
 algorithm's minimum); too few left refuses it with HTTP 400 naming what is left and the cost;
-concurrent creates cannot overspend; a new month brings the credits back; editors run free."""
+concurrent creates cannot overspend; a new month brings the credits back; editors run each
+algorithm image a few times free."""
 
 from __future__ import annotations
 
@@ -162,15 +163,59 @@ def test_a_job_costing_more_than_a_month_is_refused(ctx, algorithm) -> None:
     assert count == 0
 
 
-def test_the_algorithms_creator_and_editors_run_it_free(ctx, algorithm) -> None:
-    ctx.settings = ctx.settings.model_copy(update={"monthly_credits": 0})
-    for username in ("alice", "carol", "alice", "carol"):
-        _create(ctx, username, algorithm)
+def test_editors_run_each_image_a_few_times_free_then_pay(ctx, algorithm) -> None:
+    """grand-challenge's complimentary editor jobs: a number per algorithm image, shared by
+    all its editors; beyond them an editor's job costs credits like anyone's."""
+    ctx.settings = ctx.settings.model_copy(
+        update={"monthly_credits": 20, "complimentary_editor_jobs": 3}
+    )
+    jobs = [_create(ctx, username, algorithm) for username in ("alice", "carol", "alice")]
+    assert [j.is_complimentary for j in jobs] == [True] * 3
+    assert [j.credits_consumed for j in jobs] == [0] * 3
+    assert ctx.store.jobs.get(jobs[0].pk).is_complimentary
     month = credits.month_of(timeutil.now())
     assert ctx.store.jobs.credits_spent("alice", month) == 0
-    assert ctx.store.jobs.credits_spent("carol", month) == 0
+    # The fourth editor job spends alice's credits (20: all she has), the fifth is refused.
+    fourth = _create(ctx, "alice", algorithm)
+    assert (fourth.is_complimentary, fourth.credits_consumed) == (False, 20)
+    assert ctx.store.jobs.credits_spent("alice", month) == 20
     with pytest.raises(ValidationFailed, match="Not enough credits"):
-        _create(ctx, "bob", algorithm)
+        _create(ctx, "alice", algorithm)
+    # Users never get free jobs.
+    bob_job = _create(ctx, "bob", algorithm)
+    assert (bob_job.is_complimentary, bob_job.credits_consumed) == (False, 20)
+    # A new image of the algorithm brings new free jobs.
+    image = AlgorithmImageFields(image="local:2", command=["run"])
+    new_image = ctx.store.algorithms.create_image(algorithm, image, creator="alice")
+    again = _create(ctx, "carol", algorithm)
+    assert again.is_complimentary and again.algorithm_image == new_image.pk
+    assert ctx.store.jobs.complimentary_jobs_taken(new_image.pk) == 1
+
+
+@pytest.mark.usefixtures("atomic_dynamodb")
+def test_concurrent_editor_jobs_take_no_more_free_jobs_than_the_cap(ctx, algorithm) -> None:
+    ctx.settings = ctx.settings.model_copy(
+        update={"monthly_credits": 0, "complimentary_editor_jobs": 3}
+    )
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def start(username: str) -> None:
+        barrier.wait()
+        try:
+            _create(ctx, username, algorithm)
+            outcomes.append("created")
+        except ValidationFailed:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in ["alice", "carol"] * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    image = ctx.store.algorithms.desired_image(algorithm.pk)
+    assert ctx.store.jobs.complimentary_jobs_taken(image.pk) == 3
 
 
 def test_editors_set_the_algorithms_minimum(ctx, api_app, algorithm) -> None:

@@ -22,9 +22,20 @@ from lambdas.api.files import redirect_to_object
 Ref = Annotated[str | None, Query(max_length=1024)]
 
 
+def readable(ctx: Context, user: User, image: Image) -> bool:
+    """Whether the user may read the image: its owner, an admin, a member of an archive that
+    holds it, or one who may see the data of a job that used or produced it."""
+    if access.image(user, Action.READ, image, ctx.store.archives.holding(image.pk)):
+        return True
+    jobs = ctx.store.jobs.of_image(image.pk)
+    owners = {a: ctx.store.algorithms.find(a) for a in {j.algorithm for j in jobs}}
+    return access.image(user, Action.READ, image, jobs=[(j, owners[j.algorithm]) for j in jobs])
+
+
 def visible_image(ctx: Context, user: User, pk: str) -> Image:
+    """The image if the user may read it; else 404."""
     image = ctx.store.images.get(pk)
-    if not access.image(user, Action.READ, image, ctx.store.archives.holding(pk)):
+    if not readable(ctx, user, image):
         raise NotFound(f"Image {pk} not found")
     return image
 
@@ -38,7 +49,7 @@ def _job_images(ctx: Context, user: User, ref: str, urls: Urls, role: str) -> li
         job = visible_job(ctx, user, urls.pk_from(ref, "algorithms/jobs/"))
     except (ValueError, NotFound):
         return []
-    if not access.job_data(user, job):
+    if not access.job_data(user, job, ctx.store.algorithms.find(job.algorithm)):
         return []
     values = job.inputs if role == "input" else job.outputs
     return [v.image for v in values if v.image]
@@ -57,8 +68,8 @@ def build(ctx: Context) -> APIGatewayRouter:
 
     @router.get(
         "/cases/images/",
-        summary="List your images, or an archive's; filter by a job's inputs or outputs or an "
-        "upload session",
+        summary="List your images (admins: everyone's), or an archive's; filter by a job's "
+        "inputs or outputs or an upload session",
     )
     def list_images(
         archive: Ref = None,
@@ -90,6 +101,8 @@ def build(ctx: Context) -> APIGatewayRouter:
             )
             by_pk = ctx.store.images.get_many(pks)
             images = [by_pk[pk] for pk in pks if pk in by_pk]
+        elif not selections and access.sees_everything(user):
+            images, count = ctx.store.images.page_all(offset=offset, limit=limit)
         elif not selections:
             images, count = ctx.store.images.page_for(user.username, offset=offset, limit=limit)
         else:
@@ -104,7 +117,7 @@ def build(ctx: Context) -> APIGatewayRouter:
                     and found_archive.pk not in ctx.store.archives.archives_of_image(pk)
                 ):
                     continue
-                if access.image(user, Action.READ, image, ctx.store.archives.holding(pk)):
+                if readable(ctx, user, image):
                     visible.append(image)
             images, count = visible[offset : offset + limit], len(visible)
         results = [shapes.image(i, urls) for i in images]

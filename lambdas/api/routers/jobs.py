@@ -16,7 +16,7 @@ from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.services import catalog
-from gantry.services.jobs import JobCreate, create_job
+from gantry.services.jobs import JobCreate, JobSharing, create_job, share_job
 from gantry.store import keys
 from gantry.store.jobs import INPUT, OUTPUT
 from gantry.store.pagination import ListKey
@@ -28,7 +28,7 @@ Ref = Annotated[str | None, Query(max_length=1024)]
 
 
 def visible_job(ctx: Context, user: User, pk: str, action: Action = Action.READ) -> Job:
-    """The job if the user may read it (creator, the algorithm's editors, admins); 404 if
+    """The job if the user may read it (creator, viewers, the algorithm's editors, admins); 404 if
     not, 403 if readable but ``action`` is not the user's."""
     job = ctx.store.jobs.get(pk)
     owner = None if job.creator == user.username else ctx.store.algorithms.find(job.algorithm)
@@ -94,9 +94,14 @@ def build(ctx: Context) -> APIGatewayRouter:
 
     def render(user: User, jobs: list[Job]) -> list[dict]:
         urls = urls_for(ctx, router)
-        algorithms = [ctx.store.algorithms.get(pk) for pk in {j.algorithm for j in jobs}]
-        sockets = catalog.sockets_of(ctx, algorithms)
-        return [shapes.job(j, sockets, urls, with_data=access.job_data(user, j)) for j in jobs]
+        algorithms = {pk: ctx.store.algorithms.get(pk) for pk in {j.algorithm for j in jobs}}
+        sockets = catalog.sockets_of(ctx, list(algorithms.values()))
+        return [
+            shapes.job(
+                j, sockets, urls, with_data=access.job_data(user, j, algorithms[j.algorithm])
+            )
+            for j in jobs
+        ]
 
     @router.get(
         "/algorithms/jobs/",
@@ -175,6 +180,14 @@ def build(ctx: Context) -> APIGatewayRouter:
         sockets = catalog.sockets_of(ctx, [ctx.store.algorithms.get(job.algorithm)])
         return shapes.job_post(job, sockets), 201
 
+    @router.patch(
+        "/algorithms/jobs/<pk>/",
+        summary="Share a job's data: viewers, or the algorithm's editors (its creator only)",
+    )
+    def patch_job(pk: str, body: Annotated[JobSharing, Body()]) -> dict:
+        user = current_user(router)
+        return render(user, [share_job(ctx, user, visible_job(ctx, user, pk), body)])[0]
+
     @router.post("/algorithms/jobs/<pk>/cancel/", summary="Cancel a job")
     def cancel(pk: str) -> dict:
         # The pipeline (compute backends, events) loads on the first cancel, not every cold start.
@@ -188,8 +201,10 @@ def build(ctx: Context) -> APIGatewayRouter:
     def get_value_file(pk: str, value_pk: int, filename: str):
         user = current_user(router)
         job = visible_job(ctx, user, pk)
-        if not access.job_data(user, job):
-            raise PermissionDenied("Only the job's creator can download its values")
+        if not access.job_data(user, job, ctx.store.algorithms.find(job.algorithm)):
+            raise PermissionDenied(
+                "Only the job's creator and those it shares its data with can download its values"
+            )
         for value in (*job.inputs, *job.outputs):
             if value.pk == value_pk and value.file and posixpath.basename(value.file) == filename:
                 return redirect_to_object(ctx, value.file, filename)

@@ -1,7 +1,7 @@
 """tokens/ (a Gantry extension): list, create (with an expiry) and revoke API tokens.
 
-Users manage their own; admins anyone's (``?user=`` / ``"user"``). A token's secret is shown
-once, in the answer that creates it; only its hash is stored.
+Users manage their own; admins anyone's (``?user=`` / ``"user"``) and list everyone's. A
+token's secret is shown once, in the answer that creates it; only its hash is stored.
 """
 
 from __future__ import annotations
@@ -49,15 +49,18 @@ def _owner(caller: User, named: str | None) -> str:
 def build(ctx: Context) -> APIGatewayRouter:
     router = APIGatewayRouter()
 
-    @router.get("/tokens/", summary="List your API tokens (admins: ?user=)")
+    @router.get("/tokens/", summary="List your API tokens (admins: everyone's, or ?user=)")
     def list_tokens(
         user: Annotated[str | None, Query(max_length=150)] = None,
         limit: Limit = DEFAULT_LIMIT,
         offset: Offset = 0,
     ) -> dict:
         caller = current_user(router)
-        owner = _owner(caller, user)
-        tokens, count = ctx.store.users.tokens_page(owner, offset=offset, limit=limit)
+        if user is None and access.sees_everything(caller):
+            tokens, count = ctx.store.users.tokens_page_all(offset=offset, limit=limit)
+        else:
+            owner = _owner(caller, user)
+            tokens, count = ctx.store.users.tokens_page(owner, offset=offset, limit=limit)
         urls = urls_for(ctx, router)
         results = [t.model_dump() for t in tokens]
         return shapes.page(results, count, offset, limit, urls, "tokens/", {"user": user})

@@ -8,7 +8,7 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from gantry import shapes
+from gantry import access, shapes
 from gantry.context import Context
 from gantry.services import upload_sessions
 from gantry.upload_sessions import UploadSessionCreate
@@ -26,11 +26,15 @@ def build(ctx: Context) -> APIGatewayRouter:
         urls = urls_for(ctx, router)
         return shapes.upload_session(upload_sessions.create(ctx, user, body, urls), urls), 201
 
-    @router.get(f"/{PATH}", summary="List your upload sessions")
+    @router.get(f"/{PATH}", summary="List your upload sessions (admins: everyone's)")
     def list_sessions(limit: Limit = DEFAULT_LIMIT, offset: Offset = 0) -> dict:
         user = current_user(router)
         urls = urls_for(ctx, router)
-        items, count = ctx.store.upload_sessions.page_for(user.username, offset=offset, limit=limit)
+        if access.sees_everything(user):
+            items, count = ctx.store.upload_sessions.page_all(offset=offset, limit=limit)
+        else:
+            sessions = ctx.store.upload_sessions
+            items, count = sessions.page_for(user.username, offset=offset, limit=limit)
         results = [shapes.upload_session(s, urls) for s in items]
         return shapes.page(results, count, offset, limit, urls, PATH, {})
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler.openapi.params import Body
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from gantry import shapes
+from gantry import access, shapes
 from gantry.context import Context
 from gantry.services import uploads
 from gantry.uploads import CompleteUpload, PartNumbers, UploadCreate
@@ -24,11 +24,14 @@ def build(ctx: Context) -> APIGatewayRouter:
         user = current_user(router)
         return shapes.upload(uploads.create(ctx, user, body), urls_for(ctx, router)), 201
 
-    @router.get("/uploads/", summary="List your uploads")
+    @router.get("/uploads/", summary="List your uploads (admins: everyone's)")
     def list_uploads(limit: Limit = DEFAULT_LIMIT, offset: Offset = 0) -> dict:
         user = current_user(router)
         urls = urls_for(ctx, router)
-        items, count = ctx.store.uploads.page_for(user.username, offset=offset, limit=limit)
+        if access.sees_everything(user):
+            items, count = ctx.store.uploads.page_all(offset=offset, limit=limit)
+        else:
+            items, count = ctx.store.uploads.page_for(user.username, offset=offset, limit=limit)
         results = [shapes.upload(u, urls) for u in items]
         return shapes.page(results, count, offset, limit, urls, "uploads/", {})
 
