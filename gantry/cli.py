@@ -103,6 +103,10 @@ token_app.command("create")(tokens.create_token)
 token_app.command("list")(tokens.list_tokens)
 token_app.command("revoke")(tokens.revoke_token)
 
+from gantry.commands import backfill  # noqa: E402
+
+app.command("backfill")(backfill.run_backfill)
+
 
 if __name__ == "__main__":
     app()

@@ -51,6 +51,7 @@ class LocalStack:
     queues: dict[str, str] = field(default_factory=dict)
     recovered: list[str] = field(default_factory=list)
     reconciled: Any = None  # DropSweep of the start, when the stack recovered its state
+    backfilled: dict[str, int] = field(default_factory=dict)  # what the start's backfill added
     resumed_imports: list[str] = field(default_factory=list)  # image imports re-queued
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -236,8 +237,15 @@ class LocalStack:
         """Re-derive the work after a (re)start from the state alone: the queue messages and
         local compute jobs it was waiting on did not survive. Unfinished jobs resume (returns
         their pks); drops that never became jobs become theirs, and finished drop-folder jobs
-        without results get them (``reconcile_drops``, with the same claim as the queue)."""
+        without results get them (``reconcile_drops``, with the same claim as the queue).
+        First, records an older version saved get the lists and counters added since
+        (``gantry.store.backfill``): unfinished jobs must hold their slots before they end."""
         from gantry.pipeline.dropbox import reconcile_drops
+        from gantry.store.backfill import backfill
+
+        self.backfilled = backfill(self.ctx.store.table)
+        if self.backfilled:
+            logger.info("backfilled %s", self.backfilled)
         from gantry.pipeline.provision import start_job
         from gantry.pipeline.wiring import validate_inputs_message
 

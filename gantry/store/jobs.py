@@ -89,11 +89,11 @@ class JobStore:
             attributes["slot"] = True
         item = self.table.item(keys.job(job.pk), MAIN_SK, _doc(job), **attributes)
         puts = [self._relation(job, image_pk, INPUT) for image_pk in dict.fromkeys(input_images)]
-        puts += [self._listing(job, name, key) for name, key in self._shared_lists(job)]
+        puts += [self._listing(job, name, key) for name, key in self.shared_lists(job)]
         updates = [
             count_update(keys.jobs_of(job.creator), 1),
             count_update(keys.jobs_of_algorithm(job.creator, job.algorithm), 1),
-            *(count_update(key, 1) for _, key in self._shared_lists(job)),
+            *(count_update(key, 1) for _, key in self.shared_lists(job)),
         ]
         first_limit = len(puts) + 1 + len(updates)
         updates += [_take_slot(limit, enforce=enforce) for limit in limits]
@@ -119,6 +119,24 @@ class JobStore:
             raise Conflict(f"Job {job.pk} already exists") from error
         return job
 
+    def take_missing_slot(self, pk: str) -> bool:
+        """An unfinished job stored before the limits existed takes its slots now, in the
+        write that marks it (so it frees them when it ends); True if it took them. An ended
+        job, or one that holds its slots, takes none."""
+        taken: list[bool] = []
+
+        def mutate(stored: StoredDoc) -> tuple[dict, dict, list] | None:
+            taken.clear()
+            job = Job.model_validate(stored.doc)
+            if stored.item.get("slot") or job.status.is_terminal:
+                return None
+            taken.append(True)
+            scopes = quotas.scopes(job.creator, job.algorithm)
+            return stored.doc, {"slot": True}, [_move_slot(s, 1) for s in scopes]
+
+        self.table.update_doc(keys.job(pk), mutate)
+        return bool(taken)
+
     def complimentary_jobs_taken(self, algorithm_image_pk: str) -> int:
         """Free editor jobs of an algorithm image taken so far."""
         item = self.table.get_item(*_free_jobs_key(algorithm_image_pk))
@@ -135,7 +153,7 @@ class JobStore:
         return int(item["spent"]) if item else 0
 
     @staticmethod
-    def _shared_lists(job: Job) -> list[tuple[str, ListKey]]:
+    def shared_lists(job: Job) -> list[tuple[str, ListKey]]:
         """The lists beyond the creator's that hold the job: its algorithm's (for editors)
         and everyone's (for admins)."""
         return [("ALG", keys.jobs_of_algorithm_all(job.algorithm)), ("ALL", keys.ALL_JOBS)]
@@ -231,7 +249,7 @@ class JobStore:
                 # Ending is a conditional write that succeeds once: the slot is freed once.
                 scopes = quotas.scopes(updated.creator, updated.algorithm)
                 attributes = {**_attributes(updated), "slot": None}
-                return _doc(updated), attributes, [_give_slot_back(s) for s in scopes]
+                return _doc(updated), attributes, [_move_slot(s, -1) for s in scopes]
             return _doc(updated), _attributes(updated)
 
         stored = self.table.update_doc(keys.job(pk), mutate)
@@ -433,13 +451,13 @@ def _take_free_job(charge: Charge) -> dict[str, Any]:
     }
 
 
-def _give_slot_back(scope: str) -> dict[str, Any]:
+def _move_slot(scope: str, delta: int) -> dict[str, Any]:
     pk, sk = _slot_key(scope)
     return {
         "Key": {"PK": pk, "SK": sk},
-        "UpdateExpression": "ADD #n :minus",
+        "UpdateExpression": "ADD #n :delta",
         "ExpressionAttributeNames": {"#n": "n"},
-        "ExpressionAttributeValues": {":minus": -1},
+        "ExpressionAttributeValues": {":delta": delta},
     }
 
 

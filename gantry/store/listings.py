@@ -42,23 +42,34 @@ def page(
     return [found[k] for k in wanted if k in found], paginator.count(list_key)
 
 
-def add_listing(table: Table, entity_key: str, list_key: ListKey, sort: str) -> bool:
-    """List an entity stored before its shared list existed; False if it is listed already
-    or no longer exists."""
+def add_listing(
+    table: Table,
+    entity_key: str,
+    list_key: ListKey,
+    sort: str,
+    *,
+    sk: str = LISTED_ALL,
+    **attributes: Any,
+) -> bool:
+    """List an entity stored before a list existed (a listing item ``sk`` beside it, with
+    ``attributes``); False if it is listed already or no longer exists."""
+    item = table.item(
+        entity_key,
+        sk,
+        None,
+        **{list_key.index.partition_key: list_key.value, list_key.index.sort_key: sort},
+        **attributes,
+    )
     # Only while the entity's item exists: a listing of a deleted entity would be counted.
     exists = {
         "Key": {PK: entity_key, "SK": MAIN_SK},
         "UpdateExpression": "SET #listed = :yes",
         "ConditionExpression": "attribute_exists(#pk)",
-        "ExpressionAttributeNames": {"#listed": "listed_all", "#pk": PK},
+        "ExpressionAttributeNames": {"#listed": "backfilled", "#pk": PK},
         "ExpressionAttributeValues": {":yes": True},
     }
     try:
-        table.transact_put(
-            [],
-            unique=[listing(table, entity_key, list_key, sort)],
-            updates=[count_update(list_key, 1), exists],
-        )
+        table.transact_put([], unique=[item], updates=[count_update(list_key, 1), exists])
     except ConditionFailed:
         return False
     return True

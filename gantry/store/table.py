@@ -317,6 +317,17 @@ class Table:
         )
         return response.get("Items", [])
 
+    def scan_all(self, condition: Any) -> Iterator[dict[str, Any]]:
+        """Every item of the table that ``condition`` (a boto3 ``Attr`` filter) keeps, page by
+        page: for maintenance (gantry.store.backfill), never on a request's path."""
+        kwargs: dict[str, Any] = {"FilterExpression": condition, "ConsistentRead": True}
+        while True:
+            response = self._table.scan(**kwargs)
+            yield from response.get("Items", [])
+            if "LastEvaluatedKey" not in response:
+                return
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
     def query_all(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         start = None
         while True:

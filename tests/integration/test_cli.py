@@ -26,6 +26,39 @@ def test_token_create_stores_only_a_hash_and_the_token_authenticates(ctx, monkey
     assert token not in raw
 
 
+def test_backfill_gives_an_old_token_an_id_once(ctx, monkeypatch):
+    from gantry import timeutil
+    from gantry.settings import get_settings
+    from gantry.store import keys
+    from gantry.store.table import MAIN_SK
+    from gantry.users import hash_token
+
+    result = CliRunner().invoke(app, ["backfill"])
+    assert result.exit_code == 1 and "GANTRY_TABLE_NAME" in result.output
+    # A token as versions before token ids stored it.
+    ctx.store.users.ensure_user("carol")
+    item = ctx.store.table.item(
+        keys.token(hash_token("old-secret")),
+        MAIN_SK,
+        None,
+        username="carol",
+        created=timeutil.iso(),
+    )
+    ctx.store.table.put(item)
+    monkeypatch.setenv("GANTRY_TABLE_NAME", ctx.settings.table_name)
+    get_settings.cache_clear()
+    try:
+        first = CliRunner().invoke(app, ["backfill"])
+        again = CliRunner().invoke(app, ["backfill"])
+    finally:
+        get_settings.cache_clear()
+    assert first.exit_code == 0, first.output
+    assert "token ids: 1 added" in first.output
+    assert "Nothing to add" in again.output
+    tokens, count = ctx.store.users.tokens_page("carol", offset=0, limit=10)
+    assert count == 1 and tokens[0].user == "carol"
+
+
 @pytest.mark.slow
 def test_demo_runs_a_segmentation_job_end_to_end(tmp_path):
     import SimpleITK

@@ -332,3 +332,20 @@ def test_recovery_resumes_an_interrupted_image_import(stack, tmp_path):
     # cannot reach the store: the import ends saying so (it completes where it can).
     assert found.import_status is ImportStatus.COMPLETED or "cannot" in found.status_message
     assert found.sha256 is not None and found.is_manifest_valid is True
+
+
+def test_recovery_backfills_what_an_older_version_saved(stack):
+    """A start brings records of an older version up to date before resuming work: here a
+    finished job stored without its algorithm's and everyone's listings."""
+    from gantry.store import keys
+    from tests.integration.test_backfill import _old_job
+
+    algorithm = _json_io_algorithm(stack)
+    image = stack.ctx.store.algorithms.desired_image(algorithm.pk)
+    job = _old_job(stack.ctx, algorithm.pk, image.pk, JobStatus.SUCCESS)
+    shared = stack.ctx.store.jobs.all_of(keys.jobs_of_algorithm_all(algorithm.pk), shared=True)
+    assert shared == []
+    stack.recover()
+    assert stack.backfilled.get("job listings", 0) >= 2
+    shared = stack.ctx.store.jobs.all_of(keys.jobs_of_algorithm_all(algorithm.pk), shared=True)
+    assert [j.pk for j in shared] == [job.pk]
