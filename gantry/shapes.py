@@ -153,6 +153,8 @@ def job(
         "algorithm_model_sha256": job.algorithm_model_sha256,
         "viewers": job.viewers,
         "share_with_editors": job.share_with_editors,
+        "credits_consumed": job.credits_consumed,
+        "is_complimentary": job.is_complimentary,
     }
 
 

@@ -62,13 +62,20 @@ class Paginator:
         start_key = self._seek(list_key, offset) if offset > 0 else None
         if offset > 0 and start_key is None:
             return []
-        items, last = self.table.query(
-            index=list_key.index.name,
-            key_name=list_key.index.partition_key,
-            key_value=list_key.value,
-            limit=limit,
-            start_key=start_key,
-        )
+        items: list[dict[str, Any]] = []
+        last = start_key
+        # One Query reads at most 1 MB: a page of large items takes several.
+        while True:
+            more, last = self.table.query(
+                index=list_key.index.name,
+                key_name=list_key.index.partition_key,
+                key_value=list_key.value,
+                limit=limit - len(items),
+                start_key=last,
+            )
+            items += more
+            if last is None or len(items) >= limit:
+                break
         if last and len(items) == limit:
             self._checkpoint(list_key, offset + limit, last)
         return [_stored(item) for item in items]

@@ -475,9 +475,40 @@ def test_route_answers_each_role(world: World, route: tuple[str, str]) -> None:
             assert after == before
 
 
+def _others_entities(w: World) -> dict[str, str]:
+    """The other user's own algorithm, algorithm image, job, image, upload and token: what
+    the creator's lists must not hold (and the admin's must)."""
+    bob = w.clients["other"]
+    status, algorithm, _ = bob.post(
+        "algorithms/",
+        {"title": "Bobs", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
+    )
+    assert status == 201, algorithm
+    status, algorithm_image, _ = bob.post(
+        "algorithms/images/", {"image": "local", "command": ["run"], "algorithm": algorithm["pk"]}
+    )
+    assert status == 201, algorithm_image
+    status, job, _ = bob.post(
+        "algorithms/jobs/",
+        {"algorithm": algorithm["api_url"], "inputs": [_input("number", value=3)]},
+    )
+    assert status == 201, job
+    status, upload, _ = bob.post("uploads/", {"filename": "b.mha"})
+    assert status == 201, upload
+    return {
+        "/algorithms": algorithm["pk"],
+        "/algorithms/images": algorithm_image["pk"],
+        "/algorithms/jobs": job["pk"],
+        "/cases/images": _image_of(w.ctx, "bob", "b.mha").pk,
+        "/uploads": upload["pk"],
+        "/tokens": w.ctx.store.users.issue_token("bob")[1].pk,
+    }
+
+
 @pytest.mark.parametrize("path", sorted(LISTS))
 def test_lists_hold_nothing_of_another_user(world: World, path: str) -> None:
     wanted = LISTS[path](world)
+    others = _others_entities(world)
     for role in ROLES:
         status, page, _ = world.clients[role].get(path.lstrip("/") + "/", query={"limit": 1000})
         assert status == 200, page
@@ -489,8 +520,15 @@ def test_lists_hold_nothing_of_another_user(world: World, path: str) -> None:
             or (role == "admin" and path in ADMIN_LISTS)
         )
         assert (wanted in pks) is expected, (role, pks)
-        if role == "other" and path not in SHARED_LISTS | {"/tokens"}:
-            assert pks == []  # (bob's token list holds the token he signed in with)
+        if path in others:
+            # The other user's entity: in their list and the admin's, never the creator's.
+            assert (others[path] in pks) is (role != "creator"), (role, pks)
+        if role == "creator" and path not in SHARED_LISTS:
+            owners = {
+                item.get("creator") or item.get("owner") or item.get("user")
+                for item in page["results"]
+            }
+            assert owners <= {"alice", None}, owners
 
 
 def test_interface_changes_keep_what_algorithms_rely_on(world: World) -> None:

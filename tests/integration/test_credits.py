@@ -163,7 +163,7 @@ def test_a_job_costing_more_than_a_month_is_refused(ctx, algorithm) -> None:
     assert count == 0
 
 
-def test_editors_run_each_image_a_few_times_free_then_pay(ctx, algorithm) -> None:
+def test_editors_run_each_image_a_few_times_free_then_pay(ctx, api_app, algorithm) -> None:
     """grand-challenge's complimentary editor jobs: a number per algorithm image, shared by
     all its editors; beyond them an editor's job costs credits like anyone's."""
     ctx.settings = ctx.settings.model_copy(
@@ -181,9 +181,12 @@ def test_editors_run_each_image_a_few_times_free_then_pay(ctx, algorithm) -> Non
     assert ctx.store.jobs.credits_spent("alice", month) == 20
     with pytest.raises(ValidationFailed, match="Not enough credits"):
         _create(ctx, "alice", algorithm)
-    # Users never get free jobs.
+    # Users never get free jobs; the job shows what it spent.
     bob_job = _create(ctx, "bob", algorithm)
     assert (bob_job.is_complimentary, bob_job.credits_consumed) == (False, 20)
+    alice = ApiClient(api_app, ctx.store.users.create_token("alice"))
+    shown = alice.get(f"algorithms/jobs/{jobs[0].pk}/")[1]
+    assert (shown["is_complimentary"], shown["credits_consumed"]) == (True, 0)
     # A new image of the algorithm brings new free jobs.
     image = AlgorithmImageFields(image="local:2", command=["run"])
     new_image = ctx.store.algorithms.create_image(algorithm, image, creator="alice")
