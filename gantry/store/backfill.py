@@ -3,8 +3,8 @@
 Lists and counters are kept in the same transaction as the write they follow, from the
 version that introduced them on; what was stored before lacks them:
 
-- algorithms, jobs, images, uploads and tokens are missing from everyone's lists (admins')
-  and jobs from their algorithm's list (its editors' view);
+- algorithms, jobs, images, uploads, upload sessions and tokens are missing from everyone's
+  lists (admins'), and jobs from their algorithm's list (its editors' view);
 - unfinished jobs hold no slot of the active-job limits (they would neither count nor free
   one; freeing is tied to the job's own ``slot`` attribute, so no counter goes negative);
 - tokens have no public id (``TOKENREF#``): they work but cannot be listed or revoked by id.
@@ -30,7 +30,7 @@ from gantry.store.pagination import count_update
 from gantry.store.table import MAIN_SK, PK, SK, ConditionFailed, StoredDoc, Table, _stored
 from gantry.uploads import Upload
 
-PREFIXES = ("ALG#", "JOB#", "IMG#", "UPLOAD#", "TOKEN#", "TOKENREF#")
+PREFIXES = ("ALG#", "JOB#", "IMG#", "UPLOAD#", "UPLOADSESSION#", "TOKEN#", "TOKENREF#")
 
 
 def backfill(table: Table) -> dict[str, int]:
@@ -61,6 +61,12 @@ def backfill(table: Table) -> dict[str, int]:
             sort = f"{upload.created}#{upload.pk}"
             added["upload listings"] += listings.add_listing(
                 table, entity_key, keys.ALL_UPLOADS, sort
+            )
+        elif prefix == "UPLOADSESSION#" and listings.LISTED_ALL not in sort_keys:
+            doc = main.doc
+            sort = f"{doc['created']}#{doc['pk']}"
+            added["upload session listings"] += listings.add_listing(
+                table, entity_key, keys.ALL_UPLOAD_SESSIONS, sort
             )
         elif prefix == "TOKENREF#" and listings.LISTED_ALL not in sort_keys:
             doc = main.doc
