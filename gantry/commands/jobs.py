@@ -292,6 +292,43 @@ def cancel_job(
             say(f"Job {escape(job['pk'])} had ended already: {_styled(job['status'])}")
 
 
+@jobs_app.command("share")
+@api_command
+def share_job(
+    api: ApiOptions,
+    pk: Annotated[str, typer.Argument(help="The job's id.")],
+    viewer: Annotated[
+        list[str] | None,
+        typer.Option(help="A user who may see the job and its data (repeat: the whole list)."),
+    ] = None,
+    no_viewers: Annotated[bool, typer.Option(help="Take the data away from every viewer.")] = False,
+    editors: Annotated[
+        bool | None,
+        typer.Option(
+            "--editors/--no-editors",
+            help="Whether the algorithm's editors see the job's inputs and outputs.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Share a job's inputs and outputs (its creator only): with named users, or with the
+    algorithm's editors, who otherwise see its status, errors and logs alone."""
+    if viewer and no_viewers:
+        fail("Give --viewer or --no-viewers, not both")
+    body: dict[str, Any] = {}
+    if viewer or no_viewers:
+        body["viewers"] = list(viewer or [])
+    if editors is not None:
+        body["share_with_editors"] = editors
+    if not body:
+        fail("Nothing to change: give --viewer, --no-viewers, --editors or --no-editors")
+    with reported(), api.connect() as client:
+        job = client.patch(f"algorithms/jobs/{quote(pk, safe='')}/", body)
+    viewers = ", ".join(job["viewers"]) or "nobody"
+    seen = "see" if job["share_with_editors"] else "do not see"
+    say(f"Job [bold]{escape(job['pk'])}[/]: viewers {escape(viewers)}; editors {seen} its data")
+
+
 def _describe(value: dict[str, Any]) -> str:
     if value.get("image"):
         return f"image {value['image']}"

@@ -28,6 +28,7 @@ from gantry.store import keys, listings
 from gantry.store.jobs import JobStore
 from gantry.store.pagination import count_update
 from gantry.store.table import MAIN_SK, PK, SK, ConditionFailed, StoredDoc, Table, _stored
+from gantry.store.users import TokenInfo
 from gantry.uploads import Upload
 
 PREFIXES = ("ALG#", "JOB#", "IMG#", "UPLOAD#", "UPLOADSESSION#", "TOKEN#", "TOKENREF#")
@@ -112,30 +113,31 @@ def _job(table: Table, main: StoredDoc, sort_keys: set[str]) -> Counter[str]:
 def _token_reference(table: Table, secret: dict[str, Any]) -> bool:
     """A public id for a token made before tokens had one: listed, and revocable by it."""
     username = str(secret["username"])
-    info = {
-        "pk": str(uuid.uuid4()),
-        "user": username,
-        "created": str(secret.get("created") or timeutil.iso()),
-        "expires": secret.get("expires"),
-    }
-    sort = f"{info['created']}#{info['pk']}"
+    expires = secret.get("expires")
+    info = TokenInfo(
+        pk=str(uuid.uuid4()),
+        user=username,
+        created=str(secret.get("created") or timeutil.iso()),
+        expires=str(expires) if expires else None,
+    )
+    sort = f"{info.created}#{info.pk}"
     own = keys.tokens_of(username)
     reference = table.item(
-        keys.token_ref(info["pk"]),
+        keys.token_ref(info.pk),
         MAIN_SK,
-        info,
+        info.model_dump(),
         token_hash=str(secret[PK]).removeprefix("TOKEN#"),
         GSI1PK=own.value,
         GSI1SK=sort,
     )
-    everyone = listings.listing(table, keys.token_ref(info["pk"]), keys.ALL_TOKENS, sort)
+    everyone = listings.listing(table, keys.token_ref(info.pk), keys.ALL_TOKENS, sort)
     # Only if the token still exists and has no id yet (a concurrent run gave it one).
     mark = {
         "Key": {PK: secret[PK], SK: MAIN_SK},
         "UpdateExpression": "SET #id = :id",
         "ConditionExpression": "attribute_exists(#pk) AND attribute_not_exists(#id)",
         "ExpressionAttributeNames": {"#id": "token_pk", "#pk": PK},
-        "ExpressionAttributeValues": {":id": info["pk"]},
+        "ExpressionAttributeValues": {":id": info.pk},
     }
     try:
         table.transact_put(

@@ -353,6 +353,35 @@ def test_token_create_list_and_revoke_against_the_running_stack(cli):
     assert "--admin works only" in one_line_error(cli("token", "create", "--admin"))
 
 
+def test_share_a_jobs_data_with_viewers_and_editors(cli):
+    output = ok(
+        cli(
+            "jobs",
+            "run",
+            "json-io",
+            "--input",
+            "threshold=3",
+            "--input",
+            f"bounding-box={json.dumps(BOX)}",
+            "--no-wait",
+        )
+    )
+    pk = started_job(output)
+    cli.stack.ctx.store.users.ensure_user("erin")
+    shown = ok(cli("jobs", "share", pk, "--viewer", "erin", "--editors"))
+    assert f"Job {pk}: viewers erin; editors see its data" in " ".join(shown.split())
+    job = api_get(cli, f"algorithms/jobs/{pk}/")
+    assert (job["viewers"], job["share_with_editors"]) == (["erin"], True)
+    shown = ok(cli("jobs", "share", pk, "--no-viewers", "--no-editors"))
+    assert "viewers nobody; editors do not see its data" in " ".join(shown.split())
+    job = api_get(cli, f"algorithms/jobs/{pk}/")
+    assert (job["viewers"], job["share_with_editors"]) == ([], False)
+    assert "Unknown users: nobody-here" in one_line_error(
+        cli("jobs", "share", pk, "--viewer", "nobody-here")
+    )
+    assert "Nothing to change" in one_line_error(cli("jobs", "share", pk))
+
+
 def test_no_wait_returns_at_once_and_the_job_appears_in_the_list(cli):
     output = ok(
         cli(
