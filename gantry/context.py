@@ -24,6 +24,8 @@ class Context:
     # Stores an imported container image where the compute backend runs it
     # (gantry.pipeline.image_import.Publisher); None: imports fail with a message.
     image_publisher: Any = None
+    # Deletes a removed image from that registry (gantry.pipeline.image_import.Remover).
+    image_remover: Any = None
     # Epoch seconds: claims in progress taken before then belong to handlers that are gone (a
     # one-machine stack sets its start time; on AWS only a claim's lease tells).
     claims_orphaned_before: int | None = None

@@ -331,3 +331,63 @@ def images_upload(
             f"Imported image {image['pk']} (sha256 {str(image['image_sha256'])[:19]}); "
             f"[bold]{escape(algorithm)}[/]'s jobs now run it"
         )
+
+
+@images_app.command("list")
+@api_command
+def images_list(
+    api: ApiOptions,
+    algorithm: Annotated[str, typer.Argument(help="The algorithm's slug.")],
+) -> None:
+    """List the algorithm's images, oldest first; the desired one runs its jobs."""
+    with reported(), api.connect() as client:
+        found = client.algorithm_by_slug(algorithm)
+        table = Table(title=f"Images of {escape(algorithm)}")
+        for column in ("pk", "created", "import", "desired", "sha256", "status"):
+            table.add_column(column, overflow="fold")
+        for image in client.iterate("algorithms/images/", algorithm=found["pk"]):
+            table.add_row(
+                escape(image["pk"]),
+                escape(str(image["created"])[:19]),
+                escape(image["import_status"]),
+                "yes" if image["is_desired_version"] else "",
+                escape(str(image["image_sha256"] or "")[:19]),
+                escape(image["status"] or ""),
+            )
+        render(table)
+
+
+@images_app.command("activate")
+@api_command
+def images_activate(
+    api: ApiOptions,
+    image: Annotated[str, typer.Argument(help="The image's pk (gantry algorithms images list).")],
+) -> None:
+    """Make a completed image the desired version: the algorithm's next jobs run it."""
+    with reported(), api.connect() as client:
+        done = client.patch(f"algorithms/images/{image}/", {"is_desired_version": True})
+        say(f"Image {escape(done['pk'])} is now the desired version")
+
+
+@images_app.command("cancel")
+@api_command
+def images_cancel(
+    api: ApiOptions,
+    image: Annotated[str, typer.Argument(help="The image's pk.")],
+) -> None:
+    """Cancel an image import that has not ended."""
+    with reported(), api.connect() as client:
+        done = client.post(f"algorithms/images/{image}/cancel/", None)
+        say(f"Image import {escape(done['pk'])}: {escape(done['import_status'])}")
+
+
+@images_app.command("remove")
+@api_command
+def images_remove(
+    api: ApiOptions,
+    image: Annotated[str, typer.Argument(help="The image's pk.")],
+) -> None:
+    """Remove an image that is not the desired version; it is deleted from the registry."""
+    with reported(), api.connect() as client:
+        client.request("DELETE", f"algorithms/images/{image}/")
+        say(f"Removed image {escape(image)}")

@@ -84,11 +84,19 @@ def up(
     ] = None,
     workers: Annotated[int, typer.Option(help="Jobs that run at the same time.")] = 2,
     live: Annotated[bool, typer.Option(help="Show a live table of jobs.")] = True,
+    registry: Annotated[
+        str,
+        typer.Option(
+            help="Where imported images go: 'distribution' (Debian's docker-registry), "
+            "'layout' (an OCI image layout store) or 'auto' (the first if installed)."
+        ),
+    ] = "auto",
 ) -> None:
     """Start the embedded AWS endpoint, the HTTPS API, the event dispatcher, the local
     compute backend and the sweeper; Ctrl-C stops them and saves the state."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from gantry.local.stack import LocalStack
+    from gantry.oci.errors import ImageError
     from gantry.settings import Settings
 
     try:
@@ -100,9 +108,13 @@ def up(
                 state_dir=state_dir,
                 serve_api=True,
                 api_port=port,
+                registry=registry,
             )
     except OSError as error:
         console.print(f"[red]Could not start:[/] {error} (is another `gantry local up` running?)")
+        raise typer.Exit(1) from error
+    except ImageError as error:  # the image registry asked for cannot be had
+        console.print(f"[red]Could not start:[/] {error}")
         raise typer.Exit(1) from error
     # From here a Ctrl-C (or SIGTERM) asks for an orderly stop, however early it comes.
     stopped = threading.Event()
@@ -117,6 +129,8 @@ def up(
         console.print(f"CA file  {ca_file}")
         console.print(f"Token    {token}  (user '{LOCAL_USER}', admin; also in {saved})")
         console.print(f"AWS      {stack.settings.endpoint_url or 'the account in the environment'}")
+        if stack.registry is not None:
+            console.print(f"Registry {stack.registry.describe()}")
         if stack.recovered:
             console.print(f"Resumed {len(stack.recovered)} unfinished job(s)")
         if stack.reconciled is not None and stack.reconciled.started:

@@ -12,7 +12,8 @@ local S3 endpoint (the runner gets it as AWS_ENDPOINT_URL, plus region and crede
 this process or ``extra_env``) and ``settings.local_workers`` runner processes at most. An
 algorithm image runs ``entrypoint + command`` with ``workdir`` as its working directory; an
 OCI image (``image`` = ``oci:sha256:…``) runs from its root filesystem in ``image_store``
-(``gantry.oci``), with its USER, ENV and WORKDIR.
+(``gantry.oci``), with its USER, ENV and WORKDIR; an imported image (``host/repository@sha256:…``)
+is first pulled from ``registry`` into that store.
 An invoke-mode image (label ``org.grand-challenge.api-method=invoke``) runs in a warm runner
 instead: ``python -m batch_runner serve``, one per image configuration, takes its jobs one
 after another on stdin, so the image's server (and the model it loads) starts once for many
@@ -58,6 +59,8 @@ from gantry.compute.base import (
 from gantry.compute.events import batch_state
 from gantry.jobs import Job
 from gantry.oci import ImageError, ImageStore, is_image_ref
+from gantry.oci.push import pull
+from gantry.oci.registry import split_reference
 from gantry.resources import (
     API_METHOD_INVOKE,
     BATCH_DETAIL_TYPE,
@@ -124,6 +127,7 @@ class LocalBackend:
         margin_seconds: int = RUNNER_MARGIN_SECONDS,
         image_store: str | Path | None = None,
         invoke_idle_seconds: float | None = None,
+        registry: Any = None,
     ) -> None:
         self.settings = settings
         # Invoke-mode images: one warm runner (and server) per image configuration, stopped
@@ -135,6 +139,8 @@ class LocalBackend:
         self._closing = threading.Event()
         self.warm_starts = 0
         self.image_store = Path(image_store) if image_store else None
+        # Imported images: pulled from here into the image store (gantry.local.images).
+        self.registry = registry
         self.on_event = on_event
         self.python = python
         self.sandbox = sandbox
@@ -182,11 +188,19 @@ class LocalBackend:
         environment = runner_environment(job, image)
         # On AWS the compute service enforces the memory; here the runner does.
         environment[ENV_MEMORY_LIMIT_MB] = str(job.requires_memory_gb * 1024)
-        if is_image_ref(image.image):
+        pushed = split_reference(image.image) if self.registry is not None else None
+        if is_image_ref(image.image) or pushed:
             if self.image_store is None:
                 raise SubmitError("This local compute backend has no image store for OCI images")
             try:
-                prepared = ImageStore(self.image_store).prepare(image.image)
+                store = ImageStore(self.image_store)
+                if pushed:
+                    # The stack has one registry (its port may differ from the push's run):
+                    # the image is pulled by repository and manifest digest, unpacked once.
+                    _, repository, digest = pushed
+                    prepared = pull(self.registry, repository, digest, store)
+                else:
+                    prepared = store.prepare(image.image)
                 prepared.check_reachable()
             except ImageError as error:
                 raise SubmitError(str(error)) from None

@@ -53,6 +53,8 @@ class LocalStack:
     reconciled: Any = None  # DropSweep of the start, when the stack recovered its state
     backfilled: dict[str, int] = field(default_factory=dict)  # what the start's backfill added
     resumed_imports: list[str] = field(default_factory=list)  # image imports re-queued
+    registry: Any = None  # gantry.local.images.LocalRegistry, when the stack stores images
+    _exits: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _stopping: bool = False
@@ -70,9 +72,11 @@ class LocalStack:
         api_port: int = 0,
         dispatch: bool = True,
         sweep_every: float | None = SWEEP_EVERY_SECONDS,
+        registry: str = "auto",
         **backend_options: Any,
     ) -> LocalStack:
         """Start the stack. ``port`` is the embedded endpoint's, ``api_port`` the gateway's.
+        ``registry``: where imported images go (``gantry.local.images.REGISTRY_CHOICES``).
         Without the embedded endpoint (``embedded=False``, implied by ``endpoint_url``) the
         stack uses ``endpoint_url``, or boto3's own resolution (a real account) when None."""
         from gantry.local.endpoint import EmbeddedAws
@@ -111,7 +115,7 @@ class LocalStack:
             state_dir=state_dir,
         )
         try:
-            stack._provision(backend_options)
+            stack._provision(backend_options, registry)
             if state_dir is not None and endpoint is not None:
                 stack._restore(state_dir)
             stack.recovered = stack.recover()
@@ -128,7 +132,7 @@ class LocalStack:
 
     # --- resources ------------------------------------------------------------------------
 
-    def _provision(self, backend_options: dict[str, Any]) -> None:
+    def _provision(self, backend_options: dict[str, Any], registry: str) -> None:
         from gantry.compute.local import LocalBackend
         from gantry.oci import ImageStore
         from gantry.pipeline import wiring
@@ -153,13 +157,30 @@ class LocalStack:
                 logger.info("removed %s, left by an interrupted image unpack", leftover)
             backend_options.setdefault("image_store", store.root)
         if backend_options.get("image_store"):
-            from gantry.pipeline.image_import import store_publisher
-
-            self.ctx.image_publisher = store_publisher(backend_options["image_store"])
+            backend_options["registry"] = self._open_registry(registry)
         self.ctx.compute_backend = LocalBackend(
             self.settings, on_event=self._on_compute_event, **backend_options
         )
         wiring.install(self.ctx)
+
+    def _open_registry(self, choice: str) -> Any:
+        """Imports push to the stack's registry; jobs pull from it (gantry.local.images)."""
+        import tempfile
+
+        from gantry.local.images import open_registry, runner_layer
+        from gantry.pipeline.image_import import registry_publisher, registry_remover
+
+        if self.state_dir is not None:
+            root = self.state_dir / "registry"
+        else:
+            root = Path(tempfile.mkdtemp(prefix="gantry-registry-"))
+            self._exits.callback(_remove_tree, root)
+        self.registry = open_registry(choice, root, self._exits)
+        logger.info("image registry: %s", self.registry.describe())
+        runner = runner_layer(root)
+        self.ctx.image_publisher = registry_publisher(self.registry.registry, runner)
+        self.ctx.image_remover = registry_remover(self.registry.registry)
+        return self.registry.registry
 
     def _queue_arn(self, name: str) -> str:
         return self.ctx.clients.sqs.get_queue_attributes(
@@ -425,6 +446,13 @@ class LocalStack:
             self.gateway.stop()
         if self.endpoint is not None:
             self.endpoint.stop()
+        self._exits.close()
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _sqs_record(message: dict[str, Any], queue_url: str) -> dict[str, Any]:

@@ -26,6 +26,15 @@ def registry_binary() -> str | None:
     )
 
 
+def _die_with_parent() -> None:
+    """A parent killed outright (SIGKILL, out of memory) leaves no registry behind."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -61,7 +70,9 @@ def local_registry(
     config = root / "config.yml"
     config.write_text(_config(root / "storage", port, htpasswd))
     log = (root / "registry.log").open("ab")
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=log, stderr=log, preexec_fn=_die_with_parent
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout

@@ -206,11 +206,7 @@ class Registry:
             return path
         if path.startswith("/"):
             return urllib.parse.urljoin(self.url + "/", path)
-        if not _REPOSITORY.match(repository):
-            raise RegistryError(
-                f"'{repository}' is not a repository name (lower-case letters, digits, "
-                "'.', '_', '-', '/')"
-            )
+        check_repository(repository)
         return f"{self.url}/v2/{repository}/{path}"
 
     def _location(self, response: _Response) -> str:
@@ -311,6 +307,27 @@ class Registry:
                 f"The registry {self.host} could not {what}: HTTP {response.status} "
                 f"{_error_text(response.body)}"
             )
+
+
+def check_repository(repository: str) -> None:
+    if not _REPOSITORY.match(repository):
+        raise RegistryError(
+            f"'{repository}' is not a repository name (lower-case letters, digits, "
+            "'.', '_', '-', '/')"
+        )
+
+
+def split_reference(reference: str) -> tuple[str, str, str] | None:
+    """``host[:port]/repository@sha256:<hex>`` as (host, repository, digest); None for
+    anything else (a tag reference, an ``oci:`` image of the local image store)."""
+    name, at, digest = reference.partition("@")
+    host, slash, repository = name.partition("/")
+    algorithm, _, value = digest.partition(":")
+    if not (at and slash and algorithm == "sha256" and len(value) == 64):
+        return None
+    if not _REPOSITORY.match(repository) or not all(c in "0123456789abcdef" for c in value):
+        return None
+    return host, repository, digest
 
 
 def _error_text(body: bytes) -> str:

@@ -3,9 +3,12 @@
 ``import_image(ctx, pk)`` reads the uploaded object as a stream opened as often as the reader
 needs (``gantry.oci.read_archive(opener)``: never the whole archive in memory or on disk),
 checks it holds exactly one runnable linux/amd64 image that does not run as root, refuses an
-image this algorithm already has (same config sha256), and hands the archive to the
-deployment's publisher (``ctx.image_publisher``: the local stack unpacks it into its image
-store; on AWS the registry push). A completed import becomes the algorithm's desired version.
+image this algorithm already has (same config sha256: a conditional write claims it, so of two
+imports of one image at once one completes), and hands the archive to the deployment's
+publisher (``ctx.image_publisher``: ``registry_publisher`` pushes it with the runner layer to a
+registry, the local stack's own or ECR). A completed import becomes the algorithm's desired
+version. An editor may cancel an import that has not ended: each step leaves a cancelled image
+as it is, and an image pushed meanwhile is deleted again (``ctx.image_remover``).
 Every refusal ends the import as Failed with a status text its author can act on; only
 infrastructure errors raise (the queue retries them, and the retry is "Re-Queued").
 """
@@ -33,6 +36,8 @@ NO_PUBLISHER = (
 )
 # (ctx, the image record, the archive) -> the image reference the compute backend runs.
 Publisher = Callable[[Context, AlgorithmImage, Any], str]
+# (ctx, the image record): its image is deleted from the registry the publisher pushed it to.
+Remover = Callable[[Context, AlgorithmImage], None]
 
 
 class ImportRefused(Exception):
@@ -64,22 +69,29 @@ def import_image(ctx: Context, pk: str) -> AlgorithmImage | None:
         if image.import_status is ImportStatus.STARTED
         else ImportStatus.STARTED
     )
-    _set(ctx, pk, import_status=status, status_message="")
+    if _set(ctx, pk, import_status=status, status_message="").import_status in FINISHED:
+        return None  # cancelled meanwhile
     try:
         found = _validate_and_publish(ctx, image)
     except ImportRefused as refusal:
-        return _set(ctx, pk, import_status=ImportStatus.FAILED, status_message=str(refusal))
-    return ctx.store.algorithms.update_image(
+        failed = _set(ctx, pk, import_status=ImportStatus.FAILED, status_message=str(refusal))
+        if failed.sha256:
+            ctx.store.algorithms.release_image_sha256(failed, failed.sha256)
+        return failed
+    # The newest completed image becomes the desired version (the others stop being it).
+    done = _set(
+        ctx,
         pk,
-        lambda current: current.model_copy(
-            update={
-                **found,
-                "import_status": ImportStatus.COMPLETED,
-                "status_message": "",
-                "is_desired_version": True,
-            }
-        ),
+        **found,
+        import_status=ImportStatus.COMPLETED,
+        status_message="",
+        is_desired_version=True,
     )
+    if done.import_status is ImportStatus.CANCELLED:
+        # Cancelled while it was being pushed: what was pushed goes again.
+        remove_from_registry(ctx, done.model_copy(update={"image": found["image"]}))
+        ctx.store.algorithms.release_image_sha256(done, found["sha256"])
+    return done
 
 
 def _validate_and_publish(ctx: Context, image: AlgorithmImage) -> dict[str, Any]:
@@ -107,13 +119,9 @@ def _validate_and_publish(ctx: Context, image: AlgorithmImage) -> dict[str, Any]
         _set(ctx, image.pk, is_manifest_valid=False)
         raise ImportRefused("; ".join(problems))
     _set(ctx, image.pk, is_manifest_valid=True, sha256=config.digest)
-    for other in ctx.store.algorithms.images_of(image.algorithm):
-        if (
-            other.pk != image.pk
-            and other.sha256 == config.digest
-            and other.import_status is not ImportStatus.FAILED
-        ):
-            raise ImportRefused(DUPLICATE.format(digest=config.digest))
+    # A conditional write: of two imports of the same image, one holds the claim.
+    if ctx.store.algorithms.claim_image_sha256(image, config.digest) is not None:
+        raise ImportRefused(DUPLICATE.format(digest=config.digest))
     publisher: Publisher | None = ctx.image_publisher
     if publisher is None:
         raise ImportRefused(NO_PUBLISHER)
@@ -131,7 +139,58 @@ def _validate_and_publish(ctx: Context, image: AlgorithmImage) -> dict[str, Any]
 
 
 def _set(ctx: Context, pk: str, **fields: Any) -> AlgorithmImage:
-    return ctx.store.algorithms.update_image(pk, lambda current: current.model_copy(update=fields))
+    """Update the image unless its import has ended (a cancel won meanwhile)."""
+
+    def change(current: AlgorithmImage) -> AlgorithmImage:
+        if current.import_status in FINISHED:
+            return current
+        return current.model_copy(update=fields)
+
+    return ctx.store.algorithms.update_image(pk, change)
+
+
+def remove_from_registry(ctx: Context, image: AlgorithmImage) -> None:
+    """Delete the image from the registry it was pushed to: the local stack's at once, the
+    deployment's ECR repository through the import function (the one principal that may
+    delete there); an image elsewhere is left alone."""
+    remover: Remover | None = ctx.image_remover
+    if remover is not None:
+        remover(ctx, image)
+        return
+    from gantry.pipeline.registry_publisher import queue_deletion
+
+    queue_deletion(ctx, image)
+
+
+def registry_publisher(registry: Any, runner: Any) -> Publisher:
+    """Push the image with ``runner`` (a ``LayerFile``) appended to ``registry`` (a
+    ``Registry``, or the one-machine ``OciLayout``), one repository per algorithm, tagged with
+    the image's pk; the reference is by manifest digest (``host/repository@sha256:…``)."""
+
+    def publish(ctx: Context, image: AlgorithmImage, archive: Any) -> str:
+        from gantry.oci.push import push_with_runner
+
+        pushed = push_with_runner(archive, runner, registry, repository_of(image), image.pk)
+        return pushed.reference
+
+    return publish
+
+
+def registry_remover(registry: Any) -> Remover:
+    """Delete a pushed image's manifest (by digest) from ``registry``."""
+
+    def remove(ctx: Context, image: AlgorithmImage) -> None:
+        from gantry.oci.registry import split_reference
+
+        pushed = split_reference(image.image)
+        if pushed is not None:
+            registry.delete_manifest(pushed[1], pushed[2])
+
+    return remove
+
+
+def repository_of(image: AlgorithmImage) -> str:
+    return f"algorithms/{image.algorithm}"
 
 
 def store_publisher(root: Any) -> Publisher:
@@ -145,3 +204,22 @@ def store_publisher(root: Any) -> Publisher:
         return prepared.ref
 
     return publish
+
+
+def purge_ended_imports(ctx: Context) -> list[str]:
+    """Remove the images whose import failed or was cancelled longer ago than the retention
+    period (``settings.failed_import_retention_seconds``); their pks."""
+    from datetime import timedelta
+
+    from gantry import timeutil
+
+    cutoff = timeutil.iso(
+        timeutil.now() - timedelta(seconds=ctx.settings.failed_import_retention_seconds)
+    )
+    removed = []
+    for image in ctx.store.algorithms.ended_imports_before(cutoff):
+        ctx.store.algorithms.delete_image(image)
+        removed.append(image.pk)
+    if removed:
+        log.info("removed %s image imports that ended before %s", len(removed), cutoff)
+    return removed

@@ -5,7 +5,8 @@ source of truth: the compute backend for running jobs (and applies what it says 
 same callback path as an event would), the queue for jobs waiting to be provisioned; a job
 still validating its inputs long after its message was sent gets the message again. Then the
 drop folder is reconciled with its jobs (``dropbox.reconcile_drops``): drops whose
-notification was lost, or ended in a dead-letter queue, become their one job.
+notification was lost, or ended in a dead-letter queue, become their one job. Image imports
+that failed or were cancelled longer ago than their retention period are removed.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class SweepReport:
     revalidated: list[str] = field(default_factory=list)
     drops_started: list[str] = field(default_factory=list)
     results_written: list[str] = field(default_factory=list)
+    imports_removed: list[str] = field(default_factory=list)
 
 
 def sweep(
@@ -58,6 +60,7 @@ def sweep(
     the drop folder's drops older than ``drop_settle_seconds`` (by default the sweeper's
     margin: younger ones are left to their notification)."""
     from gantry.pipeline.dropbox import reconcile_drops
+    from gantry.pipeline.image_import import purge_ended_imports
 
     report = _sweep_jobs(ctx, limit)
     settle = (
@@ -66,6 +69,7 @@ def sweep(
     drops = reconcile_drops(ctx, settle_seconds=settle)
     report.drops_started = drops.started
     report.results_written = drops.announced
+    report.imports_removed = purge_ended_imports(ctx)
     return report
 
 

@@ -206,3 +206,84 @@ def visible_algorithm_image(ctx: Context, user: User, pk: str) -> AlgorithmImage
     if not access.algorithm_image(user, Action.READ, image, algorithm):
         raise NotFound(f"Algorithm image {pk} not found")
     return image
+
+
+def _editable_image(ctx: Context, user: User, pk: str, what: str) -> AlgorithmImage:
+    """The image if the user may change it: 404 unless readable, 403 unless an editor's."""
+    image = visible_algorithm_image(ctx, user, pk)
+    algorithm = ctx.store.algorithms.get(image.algorithm)
+    if not access.algorithm_image(user, Action.CHANGE, image, algorithm):
+        raise PermissionDenied(f"Only the algorithm's editors can {what}")
+    return image
+
+
+def activate_algorithm_image(ctx: Context, user: User, pk: str) -> AlgorithmImage:
+    """Make a completed image the desired version: the algorithm's next jobs run it."""
+    from gantry.algorithms import ImportStatus
+
+    image = _editable_image(ctx, user, pk, "choose the desired image")
+    if image.import_status is not ImportStatus.COMPLETED:
+        raise ValidationFailed(
+            f"The image's import is {image.import_status.value}: only an image whose import "
+            "completed can be the desired version",
+            field="is_desired_version",
+        )
+
+    def desire(current: AlgorithmImage) -> AlgorithmImage:
+        return current.model_copy(update={"is_desired_version": True})
+
+    return ctx.store.algorithms.update_image(pk, desire)
+
+
+def cancel_image_import(ctx: Context, user: User, pk: str) -> AlgorithmImage:
+    """Stop an import that has not ended; a handler in the middle of it stops at its next
+    step, and what it pushed is deleted again (gantry.pipeline.image_import)."""
+    from gantry.algorithms import ImportStatus
+    from gantry.pipeline.image_import import FINISHED
+
+    image = _editable_image(ctx, user, pk, "cancel an image import")
+    if image.import_status in FINISHED:
+        raise ValidationFailed(
+            f"The image's import has ended ({image.import_status.value}): nothing to cancel",
+            field="import_status",
+        )
+
+    def cancel(current: AlgorithmImage) -> AlgorithmImage:
+        if current.import_status in FINISHED:
+            return current
+        return current.model_copy(
+            update={
+                "import_status": ImportStatus.CANCELLED,
+                "status_message": f"Cancelled by {user.username}",
+            }
+        )
+
+    cancelled = ctx.store.algorithms.update_image(pk, cancel)
+    if cancelled.import_status is not ImportStatus.CANCELLED:
+        raise ValidationFailed(
+            f"The image's import has ended ({cancelled.import_status.value}): nothing to cancel",
+            field="import_status",
+        )
+    return cancelled
+
+
+def delete_algorithm_image(ctx: Context, user: User, pk: str) -> None:
+    """Remove an image and delete it from the registry. The desired version stays until
+    another image is activated, and an import still running is cancelled first: jobs
+    always have the image they were told they run."""
+    from gantry.pipeline.image_import import FINISHED, remove_from_registry
+
+    image = _editable_image(ctx, user, pk, "remove container images")
+    if image.is_desired_version:
+        raise ValidationFailed(
+            "This image is the algorithm's desired version: activate another image before "
+            "removing it",
+            field="is_desired_version",
+        )
+    if image.user_upload is not None and image.import_status not in FINISHED:
+        raise ValidationFailed(
+            f"The image's import is {image.import_status.value}: cancel it before removing it",
+            field="import_status",
+        )
+    remove_from_registry(ctx, image)
+    ctx.store.algorithms.delete_image(image)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 
-from gantry import timeutil
+from gantry import resources, timeutil
 from gantry.algorithms import (
     Algorithm,
     AlgorithmFields,
     AlgorithmImage,
     AlgorithmImageFields,
+    ImportStatus,
 )
 from gantry.errors import Conflict, NotFound
 from gantry.interfaces import slugify
 from gantry.store import keys
 from gantry.store.pagination import ListKey, Paginator, count_update
 from gantry.store.table import MAIN_SK, Change, ConditionFailed, StoredDoc, Table
+
+ENDED = frozenset({ImportStatus.FAILED, ImportStatus.CANCELLED})
 
 
 class AlgorithmStore:
@@ -212,9 +216,17 @@ class AlgorithmStore:
         updated: list[AlgorithmImage] = []
 
         def mutate(stored: StoredDoc) -> Change | None:
-            new = change(AlgorithmImage.model_validate(stored.doc))
+            current = AlgorithmImage.model_validate(stored.doc)
+            new = change(current)
             updated[:] = [new]
-            return new.model_dump(mode="json"), {}
+            attributes = {}
+            if new.import_status in ENDED and current.import_status not in ENDED:
+                # Listed by the time it ended, for the clean-up after the retention period.
+                attributes = {
+                    "GSI3PK": keys.ENDED_IMPORTS,
+                    "GSI3SK": f"{timeutil.iso()}#{pk}",
+                }
+            return new.model_dump(mode="json"), attributes
 
         if self.table.update_doc(keys.algorithm_image(pk), mutate) is None:
             raise NotFound(f"Algorithm image {pk} not found")
@@ -222,6 +234,79 @@ class AlgorithmStore:
         if image.is_desired_version:
             self._undesire_others(image.algorithm, keep=image.pk)
         return image
+
+    def delete_image(self, image: AlgorithmImage) -> None:
+        """Remove the image's record and its sha256 claim (the registry is the caller's)."""
+        list_key = keys.algorithm_images_of(image.algorithm)
+        self.table.transact_delete(
+            [{"Key": {"PK": keys.algorithm_image(image.pk), "SK": MAIN_SK}}],
+            updates=[count_update(list_key, -1)],
+        )
+        if image.sha256:
+            self.release_image_sha256(image, image.sha256)
+
+    def claim_image_sha256(self, image: AlgorithmImage, sha256: str) -> str | None:
+        """Make ``image`` the one image of its algorithm with this config sha256, by a
+        conditional write: None when it is (now) the image's, else the pk of the image that
+        holds it. A claim of an image that failed, was cancelled or removed is taken over."""
+        key = {"PK": keys.algorithm_image_sha256(image.algorithm, sha256), "SK": MAIN_SK}
+        holder: str | None = None
+        for _ in range(5):
+            condition = "attribute_not_exists(PK) OR image_pk = :holder"
+            values = {":holder": holder or image.pk}
+            if holder is not None:  # taking it over: only from the holder just read
+                condition = "image_pk = :holder"
+            try:
+                self.table._table.put_item(
+                    Item={**key, "image_pk": image.pk},
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
+                )
+                return None
+            except self.table._table.meta.client.exceptions.ConditionalCheckFailedException:
+                pass
+            claim = self.table.get_item(key["PK"], MAIN_SK)
+            if claim is None:
+                holder = None
+                continue
+            holder = str(claim["image_pk"])
+            if holder == image.pk:
+                return None
+            other = self.table.get(keys.algorithm_image(holder))
+            if other is not None and other.doc.get("import_status") not in ENDED:
+                return holder
+        return holder
+
+    def release_image_sha256(self, image: AlgorithmImage, sha256: str) -> None:
+        """Give up ``image``'s claim on ``sha256`` (if it holds it)."""
+        key = {"PK": keys.algorithm_image_sha256(image.algorithm, sha256), "SK": MAIN_SK}
+        with contextlib.suppress(
+            self.table._table.meta.client.exceptions.ConditionalCheckFailedException
+        ):
+            self.table._table.delete_item(
+                Key=key,
+                ConditionExpression="image_pk = :me",
+                ExpressionAttributeValues={":me": image.pk},
+            )
+
+    def ended_imports_before(self, moment: str) -> list[AlgorithmImage]:
+        """Images whose import ended Failed or Cancelled before ``moment`` (ISO time)."""
+        from boto3.dynamodb.conditions import Key
+
+        found: list[AlgorithmImage] = []
+        kwargs: dict = {
+            "IndexName": resources.GSI_BY_STATUS.name,
+            "KeyConditionExpression": Key(resources.GSI_BY_STATUS.partition_key).eq(
+                keys.ENDED_IMPORTS
+            )
+            & Key(resources.GSI_BY_STATUS.sort_key).lt(moment),
+        }
+        while True:
+            page = self.table._table.query(**kwargs)
+            found.extend(AlgorithmImage.model_validate(_json(item)) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get_image(self, pk: str) -> AlgorithmImage:
         stored = self.table.get(keys.algorithm_image(pk))

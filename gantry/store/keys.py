@@ -67,6 +67,15 @@ def desired_model(algorithm_pk: str) -> str:
     return f"ALGMODELDESIRED#{algorithm_pk}"
 
 
+def algorithm_image_sha256(algorithm_pk: str, sha256: str) -> str:
+    """The claim that one image of the algorithm has this config sha256."""
+    return f"ALGIMGSHA#{algorithm_pk}#{sha256}"
+
+
+# Imports that ended Failed or Cancelled, by the time they ended (on the by-status index).
+ENDED_IMPORTS = "ALGIMGS-ENDED"
+
+
 def job(pk: str) -> str:
     return f"JOB#{pk}"
 

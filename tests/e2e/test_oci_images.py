@@ -168,3 +168,66 @@ def test_the_static_image_uploaded_and_imported_runs_a_job(platform: Platform) -
         "foreground_voxels": int((voxels(case) > 0).sum()),
         "static": True,
     }
+
+
+def test_an_imported_image_runs_from_the_registry_after_its_archive_is_gone(
+    platform: Platform,
+) -> None:
+    """The import pushes to the stack's registry (docker-registry when installed, else its
+    OCI layout store) and unpacks nothing; the job pulls the image from there, with the
+    uploaded archive deleted."""
+    from gantry.oci import ImageStore
+    from gantry.oci.layers import remove_tree
+    from gantry.oci.local_registry import registry_binary
+    from gantry.oci.push import read_image as read_pushed
+    from gantry.oci.registry import split_reference
+
+    stack = platform.stack
+    assert stack.registry.kind == ("distribution" if registry_binary() else "layout")
+    state_dir = str(stack.state_dir)
+    args = ["algorithms", "create", "--title", "From registry", "--input", "ct-image"]
+    args += ["--output", "segmentation", "--output", "results", "--state-dir", state_dir]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    upload_args = ["algorithms", "images", "upload", "from-registry"]
+    upload_args += [str(static_threshold_image()), "--state-dir", state_dir]
+    uploaded = CliRunner().invoke(app, upload_args, env={"COLUMNS": "200"})
+    assert uploaded.exit_code == 0, uploaded.output
+    algorithm = stack.ctx.store.algorithms.get_by_slug("from-registry")
+    image = stack.ctx.store.algorithms.desired_image(algorithm.pk)
+    assert image is not None and image.user_upload is not None
+    pushed = split_reference(image.image)
+    assert pushed is not None, image.image
+    assert pushed[0] == stack.registry.registry.host
+    assert pushed[1] == f"algorithms/{algorithm.pk}"
+    upload = stack.ctx.store.uploads.get(image.user_upload)
+    stack.ctx.clients.s3.delete_object(Bucket=stack.settings.bucket_name, Key=upload.key)
+    # Earlier tests may have pulled the same image (another algorithm's): unpacked again here.
+    config = read_pushed(stack.registry.registry, pushed[1], pushed[2])
+    store = ImageStore(stack.state_dir / "images")
+    if store.image_dir(config.digest).exists():
+        remove_tree(store.image_dir(config.digest))
+    case = uncompressed(make_image(platform.workdir / "from-registry.mha"))
+
+    _, job = run_job(platform, "from-registry", case)
+
+    assert job.status == "Succeeded", stack.ctx.store.jobs.get(job.pk).model_dump_json()
+    results = {output.interface.slug: output for output in job.outputs}["results"].value
+    assert results == {"foreground_voxels": int((voxels(case) > 0).sum()), "static": True}
+    # Pulled from the registry: the pushed config (runner layer included) is in the store.
+    assert store.get(config.digest).rootfs.is_dir()
+
+    # The image commands: listed as the desired version, which cannot be removed.
+    cli = ["--state-dir", state_dir]
+    listed = CliRunner().invoke(
+        app, ["algorithms", "images", "list", "from-registry", *cli], env={"COLUMNS": "300"}
+    )
+    assert listed.exit_code == 0, listed.output
+    assert image.pk in listed.output and "Completed" in listed.output
+    activated = CliRunner().invoke(app, ["algorithms", "images", "activate", image.pk, *cli])
+    assert activated.exit_code == 0, activated.output
+    assert "is now the desired version" in activated.output
+    removed = CliRunner().invoke(
+        app, ["algorithms", "images", "remove", image.pk, *cli], env={"COLUMNS": "300"}
+    )
+    assert removed.exit_code == 1
+    assert "activate another image before removing it" in removed.output

@@ -273,6 +273,27 @@ def _list_requests(w: World, client: ApiClient, role: str) -> tuple[int, Any, di
     return status, body, headers
 
 
+def _spare_image(w: World, **extra: Any) -> str:
+    """Another image of the algorithm, not its desired version (an import queued with
+    ``import_status``)."""
+    from gantry.algorithms import AlgorithmImageFields
+
+    algorithm = w.ctx.store.algorithms.get(w.algorithm["pk"])
+    store = w.ctx.store.algorithms
+    if extra:
+        extra = {"image": "upload", "user_upload": "u", "is_desired_version": False, **extra}
+        return store.create_image(algorithm, None, creator="alice", **extra).pk
+    fields = AlgorithmImageFields(image="local", command=["run"], is_desired_version=False)
+    return store.create_image(algorithm, fields, creator="alice").pk
+
+
+def _cancel_import(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    from gantry.algorithms import ImportStatus
+
+    pk = _spare_image(w, import_status=ImportStatus.QUEUED)
+    return client.post(f"algorithms/images/{pk}/cancel/")
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("POST", "/archives"): Case(
         lambda w, c, r: c.post("archives/", {"title": f"Archive of {r}"}), 201, 201, 201
@@ -340,6 +361,18 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/algorithms/images/{pk}"): Case(
         lambda w, c, r: c.get(f"algorithms/images/{w.algorithm_image['pk']}/"), 404, 200, 200
     ),
+    ("PATCH", "/algorithms/images/{pk}"): Case(
+        lambda w, c, r: c.patch(
+            f"algorithms/images/{w.algorithm_image['pk']}/", {"is_desired_version": True}
+        ),
+        404,
+        200,
+        200,
+    ),
+    ("DELETE", "/algorithms/images/{pk}"): Case(
+        lambda w, c, r: c.request("DELETE", f"algorithms/images/{_spare_image(w)}/"), 404, 204, 204
+    ),
+    ("POST", "/algorithms/images/{pk}/cancel"): Case(_cancel_import, 404, 200, 200),
     ("POST", "/algorithms/images"): Case(
         lambda w, c, r: c.post(
             "algorithms/images/",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -54,6 +55,17 @@ class AlgorithmImageCreate(BaseModel):
             where = ".".join(str(p) for p in first["loc"])
             raise ValueError(f"{where}: {first['msg']}" if where else first["msg"]) from None
         return self
+
+
+class AlgorithmImageUpdate(BaseModel):
+    """grand-challenge's activation: ``{"is_desired_version": true}`` makes a completed image
+    the one the algorithm's next jobs run (the others stop being desired)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    is_desired_version: Literal[True] = Field(
+        description="true: make this image the desired version"
+    )
 
 
 class _Empty(BaseModel):
@@ -135,6 +147,26 @@ def build(ctx: Context) -> APIGatewayRouter:
         user = current_user(router)
         image = catalog.visible_algorithm_image(ctx, user, pk)
         return shapes.algorithm_image(image, urls_for(ctx, router))
+
+    @router.patch("/algorithms/images/<pk>/", summary="Make a container image the desired version")
+    def update_algorithm_image(pk: str, body: Annotated[AlgorithmImageUpdate, Body()]) -> dict:
+        user = current_user(router)
+        image = catalog.activate_algorithm_image(ctx, user, pk)
+        return shapes.algorithm_image(image, urls_for(ctx, router))
+
+    @router.post("/algorithms/images/<pk>/cancel/", summary="Cancel a container image's import")
+    def cancel_algorithm_image_import(pk: str) -> dict:
+        user = current_user(router)
+        image = catalog.cancel_image_import(ctx, user, pk)
+        return shapes.algorithm_image(image, urls_for(ctx, router))
+
+    @router.delete(
+        "/algorithms/images/<pk>/", summary="Remove a container image (and from the registry)"
+    )
+    def delete_algorithm_image(pk: str):
+        user = current_user(router)
+        catalog.delete_algorithm_image(ctx, user, pk)
+        return Response(status_code=204, content_type="application/json", body="")
 
     @router.post("/algorithms/images/", summary="Add a container image to an algorithm")
     def create_algorithm_image(body: Annotated[AlgorithmImageCreate, Body()]) -> tuple[dict, int]:
