@@ -164,13 +164,16 @@ def remove_from_registry(ctx: Context, image: AlgorithmImage) -> None:
 
 def registry_publisher(registry: Any, runner: Any) -> Publisher:
     """Push the image with ``runner`` (a ``LayerFile``) appended to ``registry`` (a
-    ``Registry``, or the one-machine ``OciLayout``), one repository per algorithm, tagged with
-    the image's pk; the reference is by manifest digest (``host/repository@sha256:…``)."""
+    ``Registry``, or the one-machine ``OciLayout``), one repository per algorithm, tagged as
+    on ECR (``image-<pk>``); the reference is by manifest digest
+    (``host/repository@sha256:…``)."""
 
     def publish(ctx: Context, image: AlgorithmImage, archive: Any) -> str:
         from gantry.oci.push import push_with_runner
+        from gantry.pipeline.registry_publisher import image_tag
 
-        pushed = push_with_runner(archive, runner, registry, repository_of(image), image.pk)
+        repository = repository_of(image)
+        pushed = push_with_runner(archive, runner, registry, repository, image_tag(image.pk))
         return pushed.reference
 
     return publish
