@@ -164,7 +164,8 @@ def _latencies() -> dict[str, list[float]]:
             max_active_jobs_per_user=ITERATIONS,
             max_active_jobs_per_algorithm=ITERATIONS,
             max_active_jobs=ITERATIONS,
-            max_jobs_per_month=ITERATIONS,
+            monthly_credits=10**9,
+            max_jobs_per_month=10**6,
         )
         ctx = Context.create(settings)
         ensure_data(ctx.clients, settings)
