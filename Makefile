@@ -24,10 +24,11 @@ $(ORACLE)/.installed:
 bioimageio-oracle: $(ORACLE)/.installed
 
 # Older gcapi releases, each in its own environment (they pin older httpx), for the e2e tests
-# that run the tutorial with them: 0.5.4 (run_external_job through upload sessions) and 0.12.0
-# (the last one before pydantic models; uploads file inputs as user uploads). tqdm, SimpleITK
-# and numpy are what the tutorial's code imports.
-GCAPI_OLD ?= 0.5.4 0.12.0
+# that run the tutorial with them: 0.5.4 (run_external_job through upload sessions), 0.12.0
+# (the last one before pydantic models; uploads file inputs as user uploads) and 0.13.4 (the
+# first with models and a version check). tqdm, SimpleITK and numpy are what the tutorial's
+# code imports.
+GCAPI_OLD ?= 0.5.4 0.12.0 0.13.4
 .venv-gcapi-%/.installed:
 	$(PYTHON) -m venv .venv-gcapi-$*
 	.venv-gcapi-$*/bin/pip install -q "gcapi==$*" tqdm "SimpleITK>=2.4" "numpy>=1.26"

@@ -453,3 +453,67 @@ def test_run_external_job_with_values_images_and_files(
             "summary",
             "report",
         }
+
+
+RUN_JOBS_WITH_MODELS = """
+import json, os, sys, time
+from pathlib import Path
+import gcapi
+
+client = gcapi.Client(
+    token=os.environ["GANTRY_TOKEN"], base_url=os.environ["GANTRY_API_URL"],
+    verify=os.environ["GANTRY_CA"],
+)
+
+
+def ended(job):
+    while job.status not in ("Succeeded", "Failed", "Cancelled"):
+        time.sleep(0.2)
+        job = client.algorithm_jobs.detail(job.pk)
+    return job
+
+
+threshold_slug, sleep_slug, image = sys.argv[1:]
+image_inputs = {"ct-image": [Path(image)]}
+on_image = ended(client.run_external_job(algorithm=threshold_slug, inputs=image_inputs))
+on_value = ended(client.run_external_job(algorithm=sleep_slug, inputs={"seconds": 0.25}))
+print(json.dumps({
+    "statuses": [on_image.status, on_value.status],
+    "image_outputs": sorted(o.interface.slug for o in on_image.outputs),
+    "value_outputs": [(o.interface.slug, o.value) for o in on_value.outputs],
+}))
+"""
+
+
+def test_gcapi_0_13_runs_jobs_on_an_upload_and_a_value(
+    tutorial_platform: Platform, tmp_path: Path
+) -> None:
+    """gcapi 0.13.4, the first release with pydantic models and a version check: the
+    platform's lowest supported version lets it in, and its ``run_external_job`` sends images
+    through an upload session."""
+    python = python_of("0.13.4")
+    if not python.exists():
+        pytest.skip("gcapi 0.13.4 is not installed: run `make gcapi-clients`")
+    platform = tutorial_platform
+    image = make_image(tmp_path / "scan.mha")
+    env = {
+        **os.environ,
+        "GANTRY_API_URL": platform.api_url,
+        "GANTRY_TOKEN": platform.token,
+        "GANTRY_CA": platform.ca_file,
+        # 0.13's version check does not pass the client's ``verify`` on.
+        "SSL_CERT_FILE": platform.ca_file,
+    }
+    slugs = [platform.algorithms[name]["slug"] for name in ("threshold", "sleep")]
+    run = subprocess.run(
+        [str(python), "-c", RUN_JOBS_WITH_MODELS, *slugs, str(image)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT * 2,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["statuses"] == ["Succeeded", "Succeeded"]
+    assert result["image_outputs"] == ["results", "segmentation"]
+    assert result["value_outputs"] == [["slept", 0.25]]

@@ -6,9 +6,10 @@ from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from gantry.context import Context
 
-# gcapi compares its own version with these; 0.16 is the client Gantry is tested with.
+# gcapi compares its own version with these (from 0.13 on; older releases make no check).
+# Gantry is tested with 0.16.1, 0.13.4, 0.12.0 and 0.5.4 (tests/e2e/test_gcapi_tutorial.py).
 LATEST_VERSION = "0.16.1"
-LOWEST_SUPPORTED_VERSION = "0.16.0"
+LOWEST_SUPPORTED_VERSION = "0.13.0"
 
 
 def build(ctx: Context) -> APIGatewayRouter:
