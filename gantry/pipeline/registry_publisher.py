@@ -134,13 +134,24 @@ def delete_image_message(reference: str) -> str:
     return json.dumps({"gantry": DELETE_IMAGE, "reference": reference})
 
 
+def in_repository(settings: Settings, reference: str) -> bool:
+    """Whether ``<registry>/<repository>[:tag][@digest]`` names an image of this deployment's
+    repository, whatever host name it gives the registry (ECR answers to several)."""
+    if not settings.image_repository:
+        return False
+    name = reference.partition("@")[0]
+    path = name.partition("/")[2]
+    head, _, last = path.rpartition("/")
+    repository = f"{head}/{last.partition(':')[0]}" if head else last.partition(":")[0]
+    return repository.lower() == settings.image_repository.lower()
+
+
 def repository_digest(settings: Settings, reference: str) -> str | None:
     """The digest of ``<registry>/<repository>@sha256:…`` when it is an image of this
     deployment's repository; None for anything else (an image registered by reference)."""
-    name, _, digest = reference.partition("@")
-    repository = name.partition("/")[2]
-    if not settings.image_repository or repository != settings.image_repository:
+    if "@" not in reference or not in_repository(settings, reference):
         return None
+    digest = reference.partition("@")[2]
     return digest if digest.startswith("sha256:") else None
 
 

@@ -140,6 +140,16 @@ def create_algorithm_image(
     algorithm = visible_algorithm(ctx, user, algorithm_pk)
     if not access.algorithm(user, Action.CHANGE, algorithm):
         raise PermissionDenied("Only the algorithm's editors can add container images")
+    from gantry.pipeline.registry_publisher import in_repository
+
+    # The repository holds every algorithm's imported images, tagged with pks that jobs name:
+    # a reference to it would run another algorithm's image without being its editor.
+    if in_repository(ctx.settings, fields.image):
+        raise ValidationFailed(
+            "Images of this deployment's repository are added by uploading them "
+            "(user_upload), not by reference",
+            field="image",
+        )
     return ctx.store.algorithms.create_image(algorithm, fields, creator=user.username)
 
 

@@ -162,3 +162,33 @@ def test_editors_manage_images(api, api_bob, sockets) -> None:
     status, image, _ = api_bob.post("algorithms/images/", {**IMAGE, "algorithm": algorithm["pk"]})
     assert status == 201, image
     assert api.get(f"algorithms/images/{image['pk']}/")[0] == 200
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/gantry-algorithm-images:image-{pk}",
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/gantry-algorithm-images@sha256:" + "a" * 64,
+        "123456789012.DKR.ECR.eu-west-1.amazonaws.com/Gantry-Algorithm-Images:image-{pk}",
+    ],
+)
+def test_an_image_of_the_deployments_repository_cannot_be_registered_by_reference(
+    ctx, api, api_bob, sockets, reference: str
+) -> None:
+    """Imported images live in the deployment's repository, tagged image-<pk>, and a job's
+    detail names its algorithm image's pk to the job's creator: registering that reference in
+    an algorithm of one's own would run another editor's container without being its editor."""
+    ctx.settings = ctx.settings.model_copy(update={"image_repository": "gantry-algorithm-images"})
+    _, theirs = _algorithm(api)
+    _, image, _ = api.post("algorithms/images/", {**IMAGE, "algorithm": theirs["pk"]})
+    status, mine = _algorithm(api_bob, title="Mine")
+    assert status == 201, mine
+    body = {**IMAGE, "image": reference.format(pk=image["pk"]), "algorithm": mine["pk"]}
+    status, answer, _ = api_bob.post("algorithms/images/", body)
+    assert status == 400, answer
+    assert "image" in answer, answer
+    assert api_bob.get("algorithms/images/")[1]["count"] == 0
+    # Any other repository's image still registers (whatever name its registry goes by,
+    # the deployment's repository is refused: ECR answers to several host names).
+    body = {**IMAGE, "image": "registry.example.org/tools/adder:1", "algorithm": mine["pk"]}
+    assert api_bob.post("algorithms/images/", body)[0] == 201
