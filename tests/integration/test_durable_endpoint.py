@@ -357,6 +357,24 @@ def test_multipart_uploads_are_completed_from_files(tmp_path: Path) -> None:
         assert done["ETag"] == again["ETag"] and done["ETag"].endswith('-2"')
         assert s3.get_object(Bucket=name, Key="uploads/two")["Body"].read() == _part(1) + _part(2)
 
+        # A part copied from a stored object (UploadPartCopy) is kept like an uploaded one.
+        upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/copied")["UploadId"]
+        copied = s3.upload_part_copy(
+            Bucket=name,
+            Key="uploads/copied",
+            UploadId=upload_id,
+            PartNumber=1,
+            CopySource={"Bucket": name, "Key": "uploads/two"},
+            CopySourceRange=f"bytes=0-{PART - 1}",
+        )["CopyPartResult"]["ETag"]
+        s3.complete_multipart_upload(
+            Bucket=name,
+            Key="uploads/copied",
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": copied}]},
+        )
+        assert s3.get_object(Bucket=name, Key="uploads/copied")["Body"].read() == _part(1)
+
         # A part smaller than 5 MiB but the last is refused as S3 does.
         upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/small")["UploadId"]
         small = [
@@ -377,7 +395,7 @@ def test_multipart_uploads_are_completed_from_files(tmp_path: Path) -> None:
         s3.abort_multipart_upload(Bucket=name, Key="uploads/small", UploadId=upload_id)
         # Only the objects' files are left: no part of a completed or aborted upload.
         files = list((tmp_path / "data" / "objects").iterdir())
-        assert len(files) == 2
+        assert len(files) == 3
     finally:
         memory.stop()
         endpoint.stop()
