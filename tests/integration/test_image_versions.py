@@ -252,3 +252,30 @@ def test_ended_imports_are_removed_after_the_retention_period(
     listed = api.get("algorithms/images/", query={"algorithm": platform["pk"]})[1]
     assert [i["pk"] for i in listed["results"]] == [completed["pk"]]
     assert listed["count"] == 1
+
+
+def test_on_aws_removing_an_image_queues_its_deletion_from_the_repository(
+    ctx,
+    api,
+    platform,  # noqa: F811
+) -> None:
+    """Without a registry of its own (a deployment), the API asks the import function, the
+    one principal the repository lets delete, to delete the image."""
+    from gantry.algorithms import AlgorithmImageFields
+
+    queue = ctx.clients.sqs.create_queue(QueueName="gantry-imports")["QueueUrl"]
+    ctx.settings = ctx.settings.model_copy(
+        update={"image_repository": "gantry-images", "imports_queue_url": queue}
+    )
+    ctx.image_remover = None
+    reference = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/gantry-images@sha256:{'a' * 64}"
+    algorithm = ctx.store.algorithms.get(platform["pk"])
+    fields = AlgorithmImageFields(image=reference, command=["run"], is_desired_version=False)
+    image = ctx.store.algorithms.create_image(algorithm, fields, creator="alice")
+
+    status, _, _ = api.request("DELETE", f"algorithms/images/{image.pk}/")
+
+    assert status == 204
+    messages = ctx.clients.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
+    bodies = [m["Body"] for m in messages.get("Messages", [])]
+    assert len(bodies) == 1 and reference in bodies[0]
