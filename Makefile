@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo up test lint bench openapi setup runner bioimageio-oracle gcapi-clients
+.PHONY: demo up test lint typecheck bench openapi setup runner bioimageio-oracle gcapi-clients
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(BIN)/.installed lint
+# mypy's files and settings: [tool.mypy] in pyproject.toml.
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+test: $(BIN)/.installed lint typecheck
 	$(BIN)/pytest -n auto -q
 
 bench: $(BIN)/.installed
