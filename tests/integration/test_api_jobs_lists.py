@@ -92,6 +92,11 @@ def test_filters_and_ordering(ctx, setup, api_bob) -> None:
         ({"status": "Done"}, "status"),
         ({"created__gte": "yesterday"}, "created__gte"),
         ({"ordering": "pk"}, "ordering"),
+        # A URL of something else than the filter names.
+        ({"algorithm_image__algorithm": "https://x/cases/images/1/"}, "algorithm_image__algorithm"),
+        ({"input_image": "https://x/algorithms/1/"}, "input_image"),
+        ({"image": "/algorithms/1/"}, "input_image"),
+        ({"output_image": "https://x/y"}, "output_image"),
     ],
 )
 def test_bad_filters_name_the_field(setup, api, query: dict, field: str) -> None:

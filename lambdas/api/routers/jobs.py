@@ -20,6 +20,7 @@ from gantry.services.jobs import JobCreate, JobSharing, create_job, share_job
 from gantry.store import keys
 from gantry.store.jobs import INPUT, OUTPUT
 from gantry.store.pagination import ListKey
+from gantry.urls import Urls
 from gantry.users import User
 from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 from lambdas.api.files import redirect_to_object
@@ -51,6 +52,14 @@ def _scope(ctx: Context, user: User, algorithm_pk: str | None) -> tuple[ListKey,
     if access.sees_everything(user):
         return keys.ALL_JOBS, True
     return keys.jobs_of(user.username), False
+
+
+def _filter_pk(urls: Urls, name: str, ref: str, collection: str) -> str:
+    """The pk a list filter names; a URL of something else is a 400 naming the filter."""
+    try:
+        return urls.pk_from(ref, collection)
+    except ValueError as error:
+        raise ValidationFailed(str(error), field=name) from error
 
 
 def job_filter(
@@ -124,7 +133,9 @@ def build(ctx: Context) -> APIGatewayRouter:
         # gcapi's by_input_image sends ?image=.
         input_image = input_image or image
         algorithm = (
-            urls.pk_from(algorithm_image__algorithm, "algorithms/")
+            _filter_pk(
+                urls, "algorithm_image__algorithm", algorithm_image__algorithm, "algorithms/"
+            )
             if algorithm_image__algorithm
             else None
         )
@@ -139,8 +150,11 @@ def build(ctx: Context) -> APIGatewayRouter:
         }
         keep = job_filter(status, created__gte, created__lt)
         image_filter = [
-            (urls.pk_from(ref, "cases/images/"), role)
-            for ref, role in ((input_image, INPUT), (output_image, OUTPUT))
+            (_filter_pk(urls, name, ref, "cases/images/"), role)
+            for name, ref, role in (
+                ("input_image", input_image, INPUT),
+                ("output_image", output_image, OUTPUT),
+            )
             if ref
         ]
         if image_filter:
