@@ -35,7 +35,8 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         reference = message.get("reference")
         if not isinstance(reference, str) or not reference:
             raise ValueError("delete-image message without a reference")
-        if not delete_image(ctx, reference):
+        tag = message.get("tag")
+        if not delete_image(ctx, reference, tag if isinstance(tag, str) and tag else None):
             logger.info("nothing to delete", reference=reference)
         return
     if message.get("gantry") != IMPORT_IMAGE:

@@ -128,10 +128,10 @@ def ensure_publisher(ctx: Context) -> RegistryPublisher | None:
 DELETE_IMAGE = "delete-image"
 
 
-def delete_image_message(reference: str) -> str:
+def delete_image_message(reference: str, tag: str | None = None) -> str:
     import json
 
-    return json.dumps({"gantry": DELETE_IMAGE, "reference": reference})
+    return json.dumps({"gantry": DELETE_IMAGE, "reference": reference, "tag": tag})
 
 
 def in_repository(settings: Settings, reference: str) -> bool:
@@ -162,20 +162,23 @@ def queue_deletion(ctx: Context, image: AlgorithmImage) -> bool:
         return False
     ctx.clients.sqs.send_message(
         QueueUrl=ctx.settings.imports_queue_url or ctx.settings.uploads_queue_url,
-        MessageBody=delete_image_message(image.image),
+        MessageBody=delete_image_message(image.image, image_tag(image.pk)),
     )
     return True
 
 
-def delete_image(ctx: Context, reference: str) -> bool:
-    """Delete the manifest ``reference`` names (every tag of it) from the repository, through
-    ECR's API; False when it is not this repository's or was already gone. Its layers go with
-    it once no image uses them (ECR collects them)."""
+def delete_image(ctx: Context, reference: str, tag: str | None = None) -> bool:
+    """Delete the image ``reference`` names from the repository, through ECR's API; False
+    when it is not this repository's or was already gone. With ``tag`` (the removed image's
+    ``image-<pk>``) only that tag goes: the same archive imported into another algorithm is
+    the same manifest under that image's tag, and stays; ECR deletes the manifest with its
+    last tag, and its layers once no image uses them."""
     digest = repository_digest(ctx.settings, reference)
     if digest is None:
         return False
+    image_id = {"imageTag": tag} if tag else {"imageDigest": digest}
     answer = ctx.clients.client("ecr").batch_delete_image(
-        repositoryName=ctx.settings.image_repository, imageIds=[{"imageDigest": digest}]
+        repositoryName=ctx.settings.image_repository, imageIds=[image_id]
     )
     for failure in answer.get("failures", []):
         if failure.get("failureCode") != "ImageNotFound":

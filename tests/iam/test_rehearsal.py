@@ -323,7 +323,7 @@ class Platform:
     def delete_image(self, pk: str) -> None:
         """The image's deletion from the repository, as its removal asks for it."""
         from gantry.oci.mutate import MEDIA_TYPE_OCI_MANIFEST
-        from gantry.pipeline.registry_publisher import queue_deletion
+        from gantry.pipeline.registry_publisher import image_tag, queue_deletion
 
         ctx = self.contexts["on_import"]
         image = ctx.store.algorithms.get_image(pk)
@@ -332,7 +332,9 @@ class Platform:
         ecr.create_repository(repositoryName=ctx.settings.image_repository)
         manifest = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST})
         pushed = ecr.put_image(
-            repositoryName=ctx.settings.image_repository, imageManifest=manifest
+            repositoryName=ctx.settings.image_repository,
+            imageManifest=manifest,
+            imageTag=image_tag(pk),
         )["image"]["imageId"]["imageDigest"]
         image = image.model_copy(update={"image": image.image.rpartition("@")[0] + "@" + pushed})
         with self.act("api"):

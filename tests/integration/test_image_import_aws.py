@@ -263,8 +263,8 @@ def test_a_removed_image_is_deleted_from_the_repository_by_the_import_function(
     pushed = ecr.put_image(repositoryName=REPOSITORY, imageManifest=manifest, imageTag="image-1")
     digest = pushed["image"]["imageId"]["imageDigest"]
     host = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
-    image = make_image(image=f"{host}/{REPOSITORY}@{digest}")
-    elsewhere = make_image(image=f"{host}/someone-elses@{digest}")
+    image = make_image(pk="1", image=f"{host}/{REPOSITORY}@{digest}")
+    elsewhere = make_image(pk="1", image=f"{host}/someone-elses@{digest}")
     queue = deployed["queues"]["gantry-imports"]
 
     assert queue_deletion(ctx, elsewhere) is False  # not this deployment's repository
@@ -274,3 +274,34 @@ def test_a_removed_image_is_deleted_from_the_repository_by_the_import_function(
     # A second deletion (a duplicate message) finds nothing and is not an error.
     assert queue_deletion(ctx, image) is True
     assert deliver_imports(ctx, queue) == 1
+
+
+def test_removing_an_image_keeps_another_algorithms_import_of_the_same_archive(
+    ctx, deployed
+) -> None:
+    """Two editors who import the same archive into their own algorithms get one manifest in
+    the repository under two tags (image-<pk> each): removing one image removes its tag only,
+    and the other algorithm's jobs still find theirs."""
+    from gantry.pipeline.registry_publisher import image_tag, queue_deletion
+    from tests.unit.test_compute_base import make_image
+
+    ecr = ctx.clients.client("ecr")
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST, "layers": []})
+    host = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+    theirs, mine = make_image(), make_image()
+    for image in (theirs, mine):
+        pushed = ecr.put_image(
+            repositoryName=REPOSITORY, imageManifest=manifest, imageTag=image_tag(image.pk)
+        )
+        image.image = f"{host}/{REPOSITORY}@{pushed['image']['imageId']['imageDigest']}"
+    assert theirs.image == mine.image
+    queue = deployed["queues"]["gantry-imports"]
+
+    assert queue_deletion(ctx, mine) is True
+    assert deliver_imports(ctx, queue) == 1
+
+    details = ecr.describe_images(repositoryName=REPOSITORY)["imageDetails"]
+    assert [d["imageTags"] for d in details] == [[image_tag(theirs.pk)]]
+    assert queue_deletion(ctx, theirs) is True
+    assert deliver_imports(ctx, queue) == 1
+    assert ecr.describe_images(repositoryName=REPOSITORY)["imageDetails"] == []
