@@ -85,6 +85,9 @@ class ArchiveItem(BaseModel):
     values: list[SocketValue] = Field(default_factory=list)
     # Per socket slug: why the last uploaded value could not be added (it was dropped).
     errors: dict[str, str] = Field(default_factory=dict)
+    # Who gave each value still pending, when not the item's creator (value pk -> user): its
+    # uploads are checked against, and imported as, that user's.
+    pending_by: dict[int, str] = Field(default_factory=dict)
     creator: str
     created: str
     modified: str

@@ -45,7 +45,7 @@ def import_item_values(ctx: Context, item_pk: str) -> ArchiveItem | None:
                     raise InputError("the interface no longer exists")
                 resolved[value.pk] = resolve_upload(
                     ctx,
-                    item.creator,
+                    item.pending_by.get(value.pk, item.creator),
                     item.pk,
                     socket,
                     value,
@@ -71,7 +71,14 @@ def import_item_values(ctx: Context, item_pk: str) -> ArchiveItem | None:
                 values.append(value)
         if not touched:
             return None
-        return current.model_copy(update={"values": values, "errors": failed})
+        pending_by = {
+            pk: who
+            for pk, who in current.pending_by.items()
+            if pk not in resolved and pk not in errors
+        }
+        return current.model_copy(
+            update={"values": values, "errors": failed, "pending_by": pending_by}
+        )
 
     updated = ctx.store.archives.update_item(item.pk, change)
     for slug, why in errors.values():

@@ -193,7 +193,7 @@ def update_item(
     values = _checked_values(ctx, user, body.values, urls)
 
     def change(current: ArchiveItem) -> ArchiveItem:
-        return with_values(current, values, title=body.title)
+        return with_values(current, values, title=body.title, given_by=user.username)
 
     updated = ctx.store.archives.update_item(item.pk, change)
     _import_pending(ctx, updated)
@@ -201,13 +201,26 @@ def update_item(
 
 
 def with_values(
-    item: ArchiveItem, values: list[SocketValue], *, title: str | None = None
+    item: ArchiveItem,
+    values: list[SocketValue],
+    *,
+    title: str | None = None,
+    given_by: str | None = None,
 ) -> ArchiveItem:
-    """The item with ``values`` replacing its values of the same sockets."""
+    """The item with ``values`` replacing its values of the same sockets; ``given_by``: the
+    user who gave them, whose uploads the pending ones are."""
     replaced = {v.socket for v in values}
     kept = [v for v in item.values if v.socket not in replaced]
     errors = {slug: why for slug, why in item.errors.items() if slug not in replaced}
-    update: dict[str, Any] = {"values": [*kept, *values], "errors": errors}
+    kept_pks = {v.pk for v in kept}
+    pending_by = {pk: who for pk, who in item.pending_by.items() if pk in kept_pks}
+    if given_by is not None and given_by != item.creator:
+        pending_by |= {v.pk: given_by for v in values if v.pending_upload or v.pending_uploads}
+    update: dict[str, Any] = {
+        "values": [*kept, *values],
+        "errors": errors,
+        "pending_by": pending_by,
+    }
     if title is not None:
         update["title"] = title
     return item.model_copy(update=update)

@@ -226,3 +226,37 @@ def test_a_file_value_is_downloaded_by_members(sockets, api: ApiClient, api_bob:
     status, _, headers = api.get(path)
     assert status == 302 and "Location" in headers
     assert api_bob.get(path)[0] == 404
+
+
+def test_an_uploaders_upload_becomes_a_value_of_another_members_item(
+    sockets, tmp_path: Path, api: ApiClient, api_bob: ApiClient
+) -> None:
+    """bob, an uploader, adds his own upload to alice's item: the image is imported as his
+    (the uploads are checked against whoever gave them, not the item's creator), and alice's
+    uploads still cannot be given by bob."""
+    ctx = sockets
+    archive = _archive(api, uploaders=["bob"])
+    status, item, _ = api.post(
+        "archives/items/", {"archive": archive["pk"], "values": [_value("age", value=40)]}
+    )
+    assert status == 201, item
+    alices = _ct_upload(ctx, tmp_path, name="alices.mha")
+    status, body, _ = api_bob.patch(
+        f"archives/items/{item['pk']}/", {"values": [_value("ct-image", user_uploads=[alices.pk])]}
+    )
+    assert status == 400 and "values" in body, body
+
+    bobs = _ct_upload(ctx, tmp_path, owner="bob", name="bobs.mha")
+    status, body, _ = api_bob.patch(
+        f"archives/items/{item['pk']}/", {"values": [_value("ct-image", user_uploads=[bobs.pk])]}
+    )
+    assert status == 200, body
+    _import(ctx, item["pk"])
+
+    detail = api.get(f"archives/items/{item['pk']}/")[1]
+    assert not detail.get("errors"), detail
+    assert detail["pending"] == [], detail
+    image_url = next(v["image"] for v in detail["values"] if v["interface"]["slug"] == "ct-image")
+    image_pk = image_url.rstrip("/").rsplit("/", 1)[1]
+    assert ctx.store.images.get(image_pk).owner == "bob"
+    assert api.get(f"cases/images/{image_pk}/")[0] == 200  # alice, as a member of the archive
