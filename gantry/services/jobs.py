@@ -216,8 +216,7 @@ def share_job(ctx: Context, user: User, job: Job, body: JobSharing) -> Job:
         update["share_with_editors"] = body.share_with_editors
     if not update:
         return job
-    changed = ctx.store.jobs.update(job.pk, lambda j: j.model_copy(update=update))
-    return changed or ctx.store.jobs.get(job.pk)
+    return ctx.store.jobs.share(job.pk, update)
 
 
 def check_input(

@@ -186,7 +186,7 @@ class JobStore:
                 page, _ = self.page_shared(list_key, offset=len(jobs), limit=1000)
             else:
                 docs = self.paginator.page(list_key, offset=len(jobs), limit=1000)
-                page = [Job.model_validate(d.doc) for d in docs]
+                page = self._resolve(docs)
             jobs += page
             if len(page) < 1000:
                 return jobs
@@ -327,9 +327,61 @@ class JobStore:
         return self.page_list(list_key, offset=offset, limit=limit)
 
     def page_list(self, list_key: ListKey, *, offset: int, limit: int) -> tuple[list[Job], int]:
-        """A page of one user's list (the job items themselves are in it)."""
+        """A page of one user's list: their jobs, and the jobs shared with them as a viewer."""
         docs = self.paginator.page(list_key, offset=offset, limit=limit)
-        return [Job.model_validate(d.doc) for d in docs], self.paginator.count(list_key)
+        return self._resolve(docs), self.paginator.count(list_key)
+
+    def _resolve(self, docs: Sequence[StoredDoc]) -> list[Job]:
+        """The jobs of a user's list, in its order: a job item is the job itself, a viewer's
+        item names the job it shares."""
+        wanted = [(keys.job(d.item["job_pk"]), MAIN_SK) for d in docs if not d.doc]
+        found = self.table.batch_get_docs(wanted) if wanted else {}
+        jobs = []
+        for d in docs:
+            if d.doc:
+                jobs.append(Job.model_validate(d.doc))
+            elif (key := (keys.job(d.item["job_pk"]), MAIN_SK)) in found:
+                jobs.append(Job.model_validate(found[key].doc))
+        return jobs
+
+    def share(self, pk: str, update: dict[str, Any]) -> Job:
+        """Apply a change of ``viewers`` or ``share_with_editors``. Each viewer's job list
+        holds the job (an item ``VIEWER#<name>``), changed in the same transaction."""
+        changed: list[Job] = []
+        moved: list[ListKey] = []
+
+        def mutate(stored: StoredDoc) -> Change | None:
+            current = Job.model_validate(stored.doc)
+            new = current.model_copy(update={**update, "modified": timeutil.iso()})
+            changed[:] = [new]
+            before, after = set(current.viewers), set(new.viewers)
+            moved[:] = [k for name in before ^ after for k in self._viewer_lists(new, name)]
+            actions: list[dict[str, Any]] = []
+            for name in sorted(after - before):
+                actions.append({"Put": self._viewer_item(new, name)})
+                actions += [count_update(k, 1) for k in self._viewer_lists(new, name)]
+            for name in sorted(before - after):
+                actions.append({"Delete": {"PK": keys.job(pk), "SK": f"VIEWER#{name}"}})
+                actions += [count_update(k, -1) for k in self._viewer_lists(new, name)]
+            return _doc(new), _attributes(new), actions
+
+        if self.table.update_doc(keys.job(pk), mutate) is None:
+            raise NotFound(f"Job {pk} not found")
+        for list_key in moved:  # the job sits by its creation time: later offsets move
+            self.paginator.clear(list_key)
+        return changed[0]
+
+    @staticmethod
+    def _viewer_lists(job: Job, name: str) -> list[ListKey]:
+        """A viewer's lists that hold the job: all their jobs, and their jobs of its algorithm."""
+        return [keys.jobs_of(name), keys.jobs_of_algorithm(name, job.algorithm)]
+
+    def _viewer_item(self, job: Job, name: str) -> dict[str, Any]:
+        indexes: dict[str, str] = {}
+        for list_key in self._viewer_lists(job, name):
+            indexes[list_key.index.partition_key] = list_key.value
+            indexes[list_key.index.sort_key] = f"{job.created}#{job.pk}"
+        return self.table.item(keys.job(job.pk), f"VIEWER#{name}", None, **indexes, job_pk=job.pk)
 
     def for_image(
         self, username: str, image_pk: str, role: str, *, algorithm: str | None = None

@@ -680,7 +680,7 @@ def test_a_jobs_data_is_seen_only_once_its_creator_shares_it(world: World) -> No
         in_list = [j for j in listed if j["pk"] == job["pk"]]
         with_data = bool(seen["inputs"])
         assert with_data == bool(seen["outputs"])
-        # The list shows what the detail shows (a viewer's list holds only their own jobs).
+        # The list shows what the detail shows, a viewer's list included.
         assert all(bool(j["inputs"]) == with_data for j in in_list)
         answers = {name: client.get(path)[0] for name, path in routes.items()}
         if with_data:
@@ -706,10 +706,21 @@ def test_a_jobs_data_is_seen_only_once_its_creator_shares_it(world: World) -> No
     assert sees_data(erin)
     assert carol.get(job_path)[0] == 404
 
+    def own_list(client: ApiClient, **query: str) -> tuple[list[str], int]:
+        status, body, _ = client.get("algorithms/jobs/", query=query)
+        assert status == 200, body
+        return [j["pk"] for j in body["results"]], body["count"]
+
+    assert own_list(carol) == ([], 0)
     status, shared, _ = bob.patch(job_path, {"viewers": ["carol", "bob", "carol"]})
     assert status == 200, shared
     assert shared["viewers"] == ["carol"]  # the creator needs no place; repeats collapse
     assert sees_data(carol)
+    # grand-challenge lists the jobs a user may view: a viewer's own list holds the job, once.
+    assert bob.patch(job_path, {"viewers": ["carol"]})[0] == 200
+    assert own_list(carol) == ([job["pk"]], 1)
+    assert own_list(carol, status=stored.status.label) == ([job["pk"]], 1)
+    assert own_list(bob)[0].count(job["pk"]) == 1
     # A viewer sees; cancelling and sharing stay the creator's and the editors'.
     assert carol.post(f"{job_path}cancel/")[0] == 403
     assert carol.patch(job_path, {"viewers": []})[0] == 403
@@ -723,6 +734,9 @@ def test_a_jobs_data_is_seen_only_once_its_creator_shares_it(world: World) -> No
     assert not sees_data(erin)
     assert carol.get(job_path)[0] == 404
     assert carol.get(routes["image"])[0] == 404
+    assert own_list(carol) == ([], 0)
+    algorithm_url = world.algorithm["api_url"]
+    assert own_list(carol, algorithm_image__algorithm=algorithm_url) == ([], 0)
 
 
 def _add_members(ctx, algorithm_pk: str, *, users: list[str], editors: list[str]) -> None:
