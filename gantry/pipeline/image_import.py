@@ -180,13 +180,15 @@ def registry_publisher(registry: Any, runner: Any) -> Publisher:
 
 
 def registry_remover(registry: Any) -> Remover:
-    """Delete a pushed image's manifest (by digest) from ``registry``."""
+    """Delete a pushed image's manifest (by digest) from ``registry``: only from the image's
+    own algorithm's repository, where its import pushed it (a reference registered by hand
+    may name another algorithm's image, which is not the remover's to delete)."""
 
     def remove(ctx: Context, image: AlgorithmImage) -> None:
         from gantry.oci.registry import split_reference
 
         pushed = split_reference(image.image)
-        if pushed is not None:
+        if pushed is not None and pushed[1] == repository_of(image):
             registry.delete_manifest(pushed[1], pushed[2])
 
     return remove

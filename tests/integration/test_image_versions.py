@@ -279,3 +279,35 @@ def test_on_aws_removing_an_image_queues_its_deletion_from_the_repository(
     messages = ctx.clients.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
     bodies = [m["Body"] for m in messages.get("Messages", [])]
     assert len(bodies) == 1 and reference in bodies[0]
+
+
+def test_removing_a_registered_reference_leaves_another_algorithms_image(
+    ctx,
+    api,
+    api_bob,
+    platform,  # noqa: F811
+    layout,
+    tmp_path,
+) -> None:
+    """bob registers, in an algorithm of his own, a reference to alice's imported image and
+    removes it: the registry deletes only images pushed to the removed image's own algorithm's
+    repository, so alice's stays."""
+    theirs = import_archive(ctx, api, platform, archive(tmp_path, "1"))
+    status, mine, _ = api_bob.post(
+        "algorithms/",
+        {"title": "Mine", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
+    )
+    assert status == 201, mine
+    status, registered, _ = api_bob.post(
+        "algorithms/images/",
+        {
+            "algorithm": mine["pk"],
+            "image": theirs["image"],
+            "command": ["run"],
+            "is_desired_version": False,
+        },
+    )
+    assert status == 201, registered
+
+    assert api_bob.request("DELETE", f"algorithms/images/{registered['pk']}/")[0] == 204
+    assert in_registry(layout, theirs)
