@@ -18,7 +18,8 @@ an upload or image as a job's input), CHANGE and DELETE. Admins may do everythin
   may see the data of a job that used or produced it.
 - Archives: members (creator, editors, uploaders, users) read and use them (see their items
   and images, run algorithms over them); editors change the archive (title, members);
-  editors and uploaders add items and values (archive_item CHANGE).
+  editors and uploaders add items and values (archive_item CHANGE). A run of an algorithm
+  over an archive is its creator's.
 - Access requests: anyone may ask to use an algorithm they know the pk of; the requester
   reads their own request; the algorithm's editors read and answer (CHANGE) all of them.
 
@@ -158,6 +159,11 @@ def upload(user: User, action: Action, item: Upload) -> bool:
 
 def upload_session(user: User, action: Action, creator: str) -> bool:
     """An upload session is its creator's, like the uploads in it."""
+    return user.is_admin or user.username == creator
+
+
+def archive_run(user: User, action: Action, creator: str) -> bool:
+    """An algorithm's run over an archive: its creator's (and admins')."""
     return user.is_admin or user.username == creator
 
 

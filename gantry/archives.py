@@ -8,6 +8,9 @@ run algorithms over it. The archive's creator is an editor.
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gantry.jobs import SocketValue
@@ -98,3 +101,39 @@ class ArchiveItem(BaseModel):
     @property
     def pending(self) -> bool:
         return any(v.pending_upload or v.pending_uploads for v in self.values)
+
+
+class RunState(StrEnum):
+    """Where an archive run's fan-out is (its jobs have their own statuses)."""
+
+    CREATING = "Creating jobs"
+    WAITING = "Waiting for a free job slot"
+    CREATED = "All jobs created"
+    STOPPED = "Stopped"
+
+
+class ArchiveRun(BaseModel):
+    """One algorithm over an archive (or some of its items): a job per item."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    pk: str
+    algorithm: str
+    algorithm_image: str
+    archive: str
+    creator: str
+    creator_is_admin: bool = False
+    # The chosen items (pks), in order; None: every item of the archive.
+    items: list[str] | None = None
+    rerun: bool = False
+    write_back: bool = False
+    total: int = 0  # items in the run, when it started
+    state: RunState = RunState.CREATING
+    # Where the fan-out goes on: a key of the archive's item list, or {"index": n} of items.
+    cursor: dict[str, Any] | None = None
+    pages: int = 0  # pages of items handled
+    stopped_reason: str = ""
+    created: str
+    modified: str
+    # Per job status label, once every job has ended (counted once, then kept).
+    final_counts: dict[str, Any] | None = None

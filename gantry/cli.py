@@ -85,6 +85,10 @@ app.add_typer(jobs.jobs_app, name="jobs")
 # One command rather than a group: `gantry drop PATH --algorithm SLUG`.
 app.command("drop")(drop.drop)
 
+from gantry.commands import archives  # noqa: E402
+
+app.add_typer(archives.archives_app, name="archives")
+
 from gantry.commands import trial  # noqa: E402
 
 app.command("try")(trial.try_image)

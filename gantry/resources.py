@@ -142,6 +142,7 @@ DEFAULT_UPLOADS_QUEUE = "gantry-uploads"
 DEFAULT_DROPBOX_QUEUE = "gantry-dropbox"
 DEFAULT_IMPORTS_QUEUE = "gantry-imports"
 DEFAULT_JOB_EVENTS_QUEUE = "gantry-job-events"
+DEFAULT_ARCHIVE_RUNS_QUEUE = "gantry-archive-runs"
 DEFAULT_EVENT_BUS = "gantry"
 DEFAULT_JOB_CREDENTIALS_FUNCTION = "gantry-job-credentials"
 
@@ -159,4 +160,13 @@ DROPBOX_JOBS_PATTERN: dict[str, Any] = {
     "source": [EVENT_SOURCE],
     "detail-type": [DETAIL_TYPE_JOB_SUCCEEDED, DETAIL_TYPE_JOB_FAILED],
     "detail": {"source": [JOB_SOURCE_DROPBOX]},
+}
+JOB_SOURCE_ARCHIVE_RUN = "archive-run"
+# Finished jobs of archive runs go to the archive-runs queue: outputs written back into the
+# items, and runs waiting for a free slot go on.
+ARCHIVE_RUN_JOBS_RULE = "gantry-archive-run-jobs"
+ARCHIVE_RUN_JOBS_PATTERN = {
+    "source": [EVENT_SOURCE],
+    "detail-type": [DETAIL_TYPE_JOB_SUCCEEDED, DETAIL_TYPE_JOB_FAILED],
+    "detail": {"source": [JOB_SOURCE_ARCHIVE_RUN]},
 }

@@ -72,6 +72,8 @@ class Settings(BaseModel):
     event_bus_name: str = resources.DEFAULT_EVENT_BUS
     # SQS queue the upload handler reads: S3 upload events and "validate-inputs" messages.
     uploads_queue_url: str = ""
+    # SQS queue of archive runs: pages of items to make jobs of, and their jobs' ends.
+    archive_runs_queue_url: str = ""
     dropbox_owner: str = "dropbox"
     # Algorithm image import on AWS (docs/deploy.md "Importing an algorithm image"): the queue
     # the API sends imports to (empty: the uploads queue), the ECR repository images are pushed

@@ -10,7 +10,7 @@ from typing import Any
 
 from gantry import timeutil
 from gantry.algorithms import Algorithm, AlgorithmImage, AlgorithmModel, ImportStatus
-from gantry.archives import Archive, ArchiveItem
+from gantry.archives import Archive, ArchiveItem, ArchiveRun
 from gantry.images import Image
 from gantry.interfaces import Interface, to_api
 from gantry.jobs import Job, SocketValue
@@ -259,6 +259,26 @@ def archive_item_post(item: ArchiveItem, urls: Urls) -> dict[str, Any]:
             for v in item.values
             if not (v.pending_upload or v.pending_uploads)
         ],
+    }
+
+
+def archive_run(run: ArchiveRun, counts: dict[str, Any], urls: Urls) -> dict[str, Any]:
+    """Gantry's run of an algorithm over an archive, with its progress ``counts``."""
+    return {
+        "pk": run.pk,
+        "api_url": urls.path(f"algorithms/{run.algorithm}/archive-runs/{run.pk}/"),
+        "algorithm": urls.algorithm(run.algorithm),
+        "algorithm_image": urls.algorithm_image(run.algorithm_image),
+        "archive": urls.archive(run.archive),
+        "state": run.state.value,
+        "stopped_reason": run.stopped_reason,
+        "rerun": run.rerun,
+        "write_back": run.write_back,
+        "total": run.total,
+        **counts,
+        "creator": run.creator,
+        "created": run.created,
+        "modified": run.modified,
     }
 
 

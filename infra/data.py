@@ -78,7 +78,8 @@ def dead_letter_queue(scope: Construct, construct_id: str, *, queue_name: str) -
 
 
 class DataStore(Construct):
-    """Bucket, log bucket, table, the uploads/dropbox notification queues, the imports queue."""
+    """Bucket, log bucket, table, the uploads/dropbox notification queues, the imports queue
+    and the archive-runs queue."""
 
     # Visibility timeout of the notification queues: 6x the consuming function's timeout, as
     # Lambda's SQS poller recommends, so a batch is not redelivered while still being worked.
@@ -91,6 +92,7 @@ class DataStore(Construct):
         uploads_visibility: Duration,
         dropbox_visibility: Duration,
         imports_visibility: Duration,
+        archive_runs_visibility: Duration,
     ) -> None:
         super().__init__(scope, construct_id)
         removal = (
@@ -199,6 +201,17 @@ class DataStore(Construct):
             visibility_timeout=imports_visibility,
             dead_letter=self.imports_dlq,
         )
+        # Archive runs: a page of an archive's items per message (gantry.pipeline.archive_runs).
+        self.archive_runs_dlq = dead_letter_queue(
+            self, "ArchiveRunsDlq", queue_name=f"{resources.DEFAULT_ARCHIVE_RUNS_QUEUE}-dlq"
+        )
+        self.archive_runs_queue = secure_queue(
+            self,
+            "ArchiveRunsQueue",
+            queue_name=resources.DEFAULT_ARCHIVE_RUNS_QUEUE,
+            visibility_timeout=archive_runs_visibility,
+            dead_letter=self.archive_runs_dlq,
+        )
         queues = {
             resources.DEFAULT_UPLOADS_QUEUE: self.uploads_queue,
             resources.DEFAULT_DROPBOX_QUEUE: self.dropbox_queue,
@@ -257,4 +270,5 @@ class DataStore(Construct):
             "uploads": self.uploads_dlq,
             "dropbox": self.dropbox_dlq,
             "imports": self.imports_dlq,
+            "archive-runs": self.archive_runs_dlq,
         }

@@ -19,7 +19,9 @@
   the next one covers it, but a persistent delivery failure should be seen).
 - The custom bus ``resources.DEFAULT_EVENT_BUS`` carries ``Gantry Job Succeeded/Failed``
   (source ``resources.EVENT_SOURCE``) for whoever wants to subscribe; drop-folder jobs
-  (``resources.DROPBOX_JOBS_PATTERN``) are routed to the drop-folder queue.
+  (``resources.DROPBOX_JOBS_PATTERN``) are routed to the drop-folder queue, archive runs'
+  jobs (``resources.ARCHIVE_RUN_JOBS_PATTERN``) to the archive-runs queue.
+- SQS (archive-run pages) -> on_archive_run, as the notification queues.
 """
 
 from __future__ import annotations
@@ -139,7 +141,27 @@ class Events(Construct):
             ),
             targets=[targets.SqsQueue(data.dropbox_queue, dead_letter_queue=data.dropbox_dlq)],
         )
-        for name, queue in (("on_upload", data.uploads_queue), ("on_dropbox", data.dropbox_queue)):
+        # Finished jobs of archive runs go to the archive-runs queue: outputs written back into
+        # the items, and runs waiting for a free job slot go on.
+        events.Rule(
+            self,
+            "ArchiveRunJobEnded",
+            description="Gantry's archive-run jobs ended",
+            event_bus=bus,
+            event_pattern=events.EventPattern(
+                source=r.ARCHIVE_RUN_JOBS_PATTERN["source"],
+                detail_type=r.ARCHIVE_RUN_JOBS_PATTERN["detail-type"],
+                detail=r.ARCHIVE_RUN_JOBS_PATTERN["detail"],
+            ),
+            targets=[
+                targets.SqsQueue(data.archive_runs_queue, dead_letter_queue=data.archive_runs_dlq)
+            ],
+        )
+        for name, queue in (
+            ("on_upload", data.uploads_queue),
+            ("on_dropbox", data.dropbox_queue),
+            ("on_archive_run", data.archive_runs_queue),
+        ):
             handlers[name].add_event_source(
                 sources.SqsEventSource(
                     queue,

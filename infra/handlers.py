@@ -1,16 +1,17 @@
-"""The six Lambda functions and exactly what each may touch.
+"""The seven Lambda functions and exactly what each may touch.
 
-| function     | trigger                          | table | S3 prefixes (read+write)          |
-|--------------|----------------------------------|-------|-----------------------------------|
-| api          | API Gateway proxy                | rw    | uploads values io dropbox-results |
-| on_upload    | SQS (uploads/ notifications)     | rw    | uploads values io models          |
-| on_import    | SQS (imports queue)              | rw    | uploads (read only); pushes to    |
-|              |                                  |       | the image repository (ECR)        |
-| on_dropbox   | SQS (dropbox/ notifications)     | rw    | dropbox uploads values io         |
-|              |                                  |       | dropbox-results models            |
-| on_job_event | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results models  |
-| sweeper      | schedule (rate 5 minutes)        | rw    | io dropbox uploads values         |
-|              |                                  |       | dropbox-results models            |
+| function       | trigger                          | table | S3 prefixes (read+write)          |
+|----------------|----------------------------------|-------|-----------------------------------|
+| api            | API Gateway proxy                | rw    | uploads values io dropbox-results |
+| on_upload      | SQS (uploads/ notifications)     | rw    | uploads values io models          |
+| on_import      | SQS (imports queue)              | rw    | uploads (read only); pushes to    |
+|                |                                  |       | the image repository (ECR)        |
+| on_dropbox     | SQS (dropbox/ notifications)     | rw    | dropbox uploads values io         |
+|                |                                  |       | dropbox-results models            |
+| on_job_event   | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results models  |
+| sweeper        | schedule (rate 5 minutes)        | rw    | io dropbox uploads values         |
+|                |                                  |       | dropbox-results models            |
+| on_archive_run | SQS (archive-run pages, job ends)| rw    | io values                         |
 
 Every function but on_import may control compute jobs (submit, describe, cancel; register
 ``gantry-runner*`` job definitions; pass the job roles): a job is submitted by whichever
@@ -28,7 +29,10 @@ on_upload, the sweeper: it reconciles the drop folder and resends lost validatio
 notifications. The API sends "import-image" messages to the imports queue, which on_import
 consumes. on_upload imports model tarballs into ``models/``; whoever provisions a job copies
 its model from there into the job's ``io/`` prefix, the only one its runner's credentials
-reach.
+reach. Archive runs: the API queues a run's first page of items, on_archive_run makes that
+page's jobs (queued for on_upload to provision, as the API's are) and queues the next page,
+and copies finished jobs' output files into the items (io/ to values/); the sweeper resends
+the page of a run that waits for a job slot or whose message was lost.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class Access:
     jobs: bool = True
     # Sends "import-image" messages to the imports queue (the API).
     send_imports: bool = False
+    # Sends pages of archive runs to the archive-runs queue (starts or resumes a run).
+    send_archive_runs: bool = False
 
 
 SPECS: dict[str, tuple[FunctionSpec, Access]] = {
@@ -78,6 +84,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             (r.PREFIX_UPLOADS, r.PREFIX_VALUES, r.PREFIX_IO, r.PREFIX_DROPBOX_RESULTS),
             send_uploads=True,
             send_imports=True,
+            send_archive_runs=True,
         ),
     ),
     "on_upload": (
@@ -175,7 +182,18 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
                 r.PREFIX_MODELS,
             ),
             send_uploads=True,
+            send_archive_runs=True,
         ),
+    ),
+    "on_archive_run": (
+        FunctionSpec(
+            name="on_archive_run",
+            handler="lambdas.on_archive_run.handler",
+            description="Makes the jobs of a page of an archive run; writes outputs back",
+            memory_mib=512,
+            timeout_seconds=120,
+        ),
+        Access((r.PREFIX_IO, r.PREFIX_VALUES), send_uploads=True, send_archive_runs=True),
     ),
 }
 
@@ -194,6 +212,7 @@ class Handlers(Construct):
         bus: events.IEventBus,
         uploads_queue: sqs.IQueue,
         imports_queue: sqs.IQueue,
+        archive_runs_queue: sqs.IQueue,
         compute: Compute,
         removal_policy: RemovalPolicy,
     ) -> None:
@@ -228,6 +247,8 @@ class Handlers(Construct):
                 uploads_queue.grant_send_messages(fn)
             if access.send_imports:
                 imports_queue.grant_send_messages(fn)
+            if access.send_archive_runs:
+                archive_runs_queue.grant_send_messages(fn)
             self.functions[name] = fn
 
     def __getitem__(self, name: str) -> lambda_.Function:

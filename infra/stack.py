@@ -64,6 +64,7 @@ class GantryStack(Stack):
             uploads_visibility=_visibility("on_upload"),
             dropbox_visibility=_visibility("on_dropbox"),
             imports_visibility=_visibility("on_import"),
+            archive_runs_visibility=_visibility("on_archive_run"),
         )
         compute = Compute(
             self,
@@ -92,6 +93,7 @@ class GantryStack(Stack):
             "GANTRY_UPLOADS_QUEUE_URL": data.uploads_queue.queue_url,
             "GANTRY_IMPORTS_QUEUE_URL": data.imports_queue.queue_url,
             "GANTRY_IMAGE_REPOSITORY": compute.repository.repository_name,
+            "GANTRY_ARCHIVE_RUNS_QUEUE_URL": data.archive_runs_queue.queue_url,
             "GANTRY_DROPBOX_OWNER": config.dropbox_owner,
             "GANTRY_COMPUTE_START_TIMEOUT_SECONDS": str(config.start_timeout_minutes * 60),
             "GANTRY_JOB_CREDENTIALS_FUNCTION": resources.DEFAULT_JOB_CREDENTIALS_FUNCTION,
@@ -110,6 +112,7 @@ class GantryStack(Stack):
             bus=bus,
             uploads_queue=data.uploads_queue,
             imports_queue=data.imports_queue,
+            archive_runs_queue=data.archive_runs_queue,
             compute=compute,
             removal_policy=removal,
         )

@@ -3,8 +3,9 @@
 The AWS endpoint is moto's server on loopback (or any AWS-compatible endpoint given as
 ``endpoint_url``). Resources come from gantry.resources / gantry.provision, the definitions
 the CDK stacks read. Events travel as on AWS: S3 notifications reach SQS queues whose
-messages a dispatcher feeds to the upload and drop-folder handlers (partial-batch responses
-honoured), Gantry's job events reach the drop-folder queue through an EventBridge rule, the
+messages a dispatcher feeds to the upload, drop-folder and archive-run handlers (partial-batch
+responses honoured), Gantry's job events reach the drop-folder and archive-run queues through
+EventBridge rules, the
 local compute backend's Batch-shaped state changes go into the callback handler, and the
 sweeper runs on a timer. Optionally an HTTPS gateway serves the API handler, and a state
 directory keeps everything across restarts: every write the endpoint acknowledges is on disk
@@ -15,6 +16,7 @@ re-derived from that state on start (``recover``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +36,20 @@ from gantry.provision import ensure_data
 from gantry.settings import Settings
 
 logger = logging.getLogger(__name__)
-QUEUES = (resources.DEFAULT_UPLOADS_QUEUE, resources.DEFAULT_DROPBOX_QUEUE)
+QUEUES = (
+    resources.DEFAULT_UPLOADS_QUEUE,
+    resources.DEFAULT_DROPBOX_QUEUE,
+    resources.DEFAULT_ARCHIVE_RUNS_QUEUE,
+)
+# Job-event rules on the job bus: (rule, pattern, target queue).
+JOB_EVENT_RULES = (
+    (resources.DROPBOX_JOBS_RULE, resources.DROPBOX_JOBS_PATTERN, resources.DEFAULT_DROPBOX_QUEUE),
+    (
+        resources.ARCHIVE_RUN_JOBS_RULE,
+        resources.ARCHIVE_RUN_JOBS_PATTERN,
+        resources.DEFAULT_ARCHIVE_RUNS_QUEUE,
+    ),
+)
 # As on AWS: a message a handler failed on comes back after this many seconds.
 VISIBILITY_TIMEOUT = "30"
 SWEEP_EVERY_SECONDS = 60.0
@@ -144,11 +159,14 @@ class LocalStack:
                 QueueName=name, Attributes={"VisibilityTimeout": VISIBILITY_TIMEOUT}
             )["QueueUrl"]
         self.settings = self.settings.model_copy(
-            update={"uploads_queue_url": self.queues[resources.DEFAULT_UPLOADS_QUEUE]}
+            update={
+                "uploads_queue_url": self.queues[resources.DEFAULT_UPLOADS_QUEUE],
+                "archive_runs_queue_url": self.queues[resources.DEFAULT_ARCHIVE_RUNS_QUEUE],
+            }
         )
         self.ctx.settings = self.settings
-        rule_arn = self._route_job_events()
-        self._allow_senders(rule_arn)
+        rule_arns = self._route_job_events()
+        self._allow_senders(rule_arns)
         self._route_notifications()
         if self.state_dir is not None:
             # OCI images registered with this stack are unpacked here (gantry.oci).
@@ -202,14 +220,15 @@ class LocalStack:
             },
         )
 
-    def _allow_senders(self, rule_arn: str) -> None:
-        """Queue policies that let the bucket (and the drop-folder rule) send messages: a real
+    def _allow_senders(self, rule_arns: dict[str, str]) -> None:
+        """Queue policies that let the bucket (and the job-event rules) send messages: a real
         account refuses notifications to a queue that does not allow them."""
         bucket_arn = f"arn:aws:s3:::{self.settings.bucket_name}"
         senders: dict[str, list[tuple[str, str]]] = {name: [] for name in QUEUES}
         for _prefix, queue in resources.BUCKET_NOTIFICATIONS:
             senders[queue].append(("s3.amazonaws.com", bucket_arn))
-        senders[resources.DEFAULT_DROPBOX_QUEUE].append(("events.amazonaws.com", rule_arn))
+        for queue, rule_arn in rule_arns.items():
+            senders[queue].append(("events.amazonaws.com", rule_arn))
         for name, allowed in senders.items():
             arn = self._queue_arn(name)
             statements = [
@@ -227,22 +246,26 @@ class LocalStack:
                 QueueUrl=self.queues[name], Attributes={"Policy": json.dumps(policy)}
             )
 
-    def _route_job_events(self) -> str:
-        """The drop-folder rule on the job bus; its ARN."""
+    def _route_job_events(self) -> dict[str, str]:
+        """The drop-folder and archive-run rules on the job bus; their ARNs by queue."""
         events = self.ctx.clients.events
         with contextlib.suppress(events.exceptions.ResourceAlreadyExistsException):
             events.create_event_bus(Name=self.settings.event_bus_name)
-        rule_arn = events.put_rule(
-            Name=resources.DROPBOX_JOBS_RULE,
-            EventBusName=self.settings.event_bus_name,
-            EventPattern=json.dumps(resources.DROPBOX_JOBS_PATTERN),
-        )
-        events.put_targets(
-            Rule=resources.DROPBOX_JOBS_RULE,
-            EventBusName=self.settings.event_bus_name,
-            Targets=[{"Id": "dropbox", "Arn": self._queue_arn(resources.DEFAULT_DROPBOX_QUEUE)}],
-        )
-        return str(rule_arn["RuleArn"])
+        arns = {}
+        for rule, pattern, queue in JOB_EVENT_RULES:
+            arns[queue] = str(
+                events.put_rule(
+                    Name=rule,
+                    EventBusName=self.settings.event_bus_name,
+                    EventPattern=json.dumps(pattern),
+                )["RuleArn"]
+            )
+            events.put_targets(
+                Rule=rule,
+                EventBusName=self.settings.event_bus_name,
+                Targets=[{"Id": queue, "Arn": self._queue_arn(queue)}],
+            )
+        return arns
 
     # --- state ----------------------------------------------------------------------------
 
@@ -288,6 +311,10 @@ class LocalStack:
         # of the previous one are gone.
         self.reconciled = reconcile_drops(self.ctx, orphaned=True)
         self.resumed_imports = self._resume_imports()
+        # Archive runs still making jobs (or waiting for a slot): their page message is gone.
+        from gantry.pipeline.archive_runs import resume_waiting
+
+        resume_waiting(self.ctx, stale_before=timeutil.iso())
         return resumed
 
     def _resume_imports(self) -> list[str]:
@@ -343,13 +370,21 @@ class LocalStack:
             metrics.clear_metrics()
 
     def _dispatch(self) -> None:
-        from lambdas import on_dropbox, on_upload
+        from gantry.pipeline import wiring
+        from lambdas import on_archive_run, on_dropbox, on_upload
 
         self.subscribe(
             resources.DEFAULT_UPLOADS_QUEUE, lambda event: on_upload.process(self.ctx, event)
         )
         self.subscribe(
             resources.DEFAULT_DROPBOX_QUEUE, lambda event: on_dropbox.process(self.ctx, event)
+        )
+        # As on AWS, a page's jobs are provisioned from the uploads queue, not by the handler
+        # that makes a hundred of them.
+        runs_ctx = dataclasses.replace(self.ctx, job_listeners=[wiring.on_job_created_queued])
+        self.subscribe(
+            resources.DEFAULT_ARCHIVE_RUNS_QUEUE,
+            lambda event: on_archive_run.process(runs_ctx, event),
         )
 
     def subscribe(self, queue: str, handler: Callable[[dict[str, Any]], Any]) -> None:

@@ -6,7 +6,8 @@ same callback path as an event would), the queue for jobs waiting to be provisio
 still validating its inputs long after its message was sent gets the message again. Then the
 drop folder is reconciled with its jobs (``dropbox.reconcile_drops``): drops whose
 notification was lost, or ended in a dead-letter queue, become their one job. Image imports
-that failed or were cancelled longer ago than their retention period are removed.
+that failed or were cancelled longer ago than their retention period are removed, and
+archive runs waiting for a free job slot go on (``archive_runs.resume_waiting``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class SweepReport:
     drops_started: list[str] = field(default_factory=list)
     results_written: list[str] = field(default_factory=list)
     imports_removed: list[str] = field(default_factory=list)
+    runs_resumed: list[str] = field(default_factory=list)
 
 
 def sweep(
@@ -70,7 +72,17 @@ def sweep(
     report.drops_started = drops.started
     report.results_written = drops.announced
     report.imports_removed = purge_ended_imports(ctx)
+    report.runs_resumed = _resume_runs(ctx)
     return report
+
+
+def _resume_runs(ctx: Context) -> list[str]:
+    """Archive runs waiting for a slot go on (one may have freed by a job of any source), and
+    runs whose page message was lost (unchanged for the sweeper's margin) get it again."""
+    from gantry.pipeline.archive_runs import resume_waiting
+
+    stale = timeutil.now() - timedelta(seconds=ctx.settings.sweeper_margin_seconds)
+    return resume_waiting(ctx, stale_before=timeutil.iso(stale))
 
 
 def _sweep_jobs(ctx: Context, limit: int | None) -> SweepReport:

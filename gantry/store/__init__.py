@@ -8,6 +8,7 @@ from gantry.aws import Clients
 from gantry.settings import Settings
 from gantry.store.algorithm_models import AlgorithmModelStore
 from gantry.store.algorithms import AlgorithmStore
+from gantry.store.archive_runs import ArchiveRunStore
 from gantry.store.archives import ArchiveStore
 from gantry.store.images import ImageStore
 from gantry.store.jobs import JobStore
@@ -30,6 +31,7 @@ class Store:
     users: UserStore
     archives: ArchiveStore
     upload_sessions: UploadSessionStore
+    archive_runs: ArchiveRunStore
 
     @classmethod
     def create(cls, clients: Clients, settings: Settings) -> Store:
@@ -45,4 +47,5 @@ class Store:
             users=UserStore(table),
             archives=ArchiveStore(table),
             upload_sessions=UploadSessionStore(table),
+            archive_runs=ArchiveRunStore(table),
         )

@@ -27,6 +27,7 @@ from lambdas.api.routers import (
     access_requests,
     algorithm_models,
     algorithms,
+    archive_runs,
     archives,
     gcapi,
     images,
@@ -138,6 +139,7 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
         users,
         tokens,
         archives,
+        archive_runs,
     )
     for module in routers:
         app.include_router(module.build(ctx))

@@ -86,3 +86,49 @@ def test_cases_added_with_gcapi_run_as_the_tutorial_runs_them(platform: Platform
     params = {"algorithm_image__algorithm": platform.algorithms["threshold"]["pk"]}
     mapped = list(client.algorithm_jobs.iterate_all({**params, "input_image": image_pk}))
     assert [job.pk for job in mapped] == [jobs[0].pk]
+
+
+def test_an_archive_runs_as_one_batch_with_outputs_written_back(platform: Platform) -> None:
+    from gcapi import SocketValueSpec
+
+    http = platform.http
+    archive = checked(http.post("archives/", json={"title": "Batch cases"}))
+    client = platform.gcapi()
+    items = []
+    for n in range(3):
+        path = make_image(platform.workdir / f"batch{n}.mha", offset=float(n))
+        items.append(
+            client.add_case_to_archive(
+                archive_slug=archive["slug"],
+                values=[SocketValueSpec(socket_slug="ct-image", files=[str(path)])],
+            )
+        )
+    for item in items:
+        _settled(platform, item.pk)
+    algorithm = platform.algorithms["threshold"]
+    runs = f"algorithms/{algorithm['pk']}/archive-runs/"
+    run = checked(http.post(runs, json={"archive": archive["api_url"], "write_back": True}))
+    deadline = time.monotonic() + 3 * JOB_TIMEOUT
+    while True:
+        seen = checked(http.get(f"{runs}{run['pk']}/"))
+        if seen["done"]:
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.5)
+    assert seen["state"] == "All jobs created" and seen["jobs"] == {"Succeeded": 3}, seen
+    # The outputs are values of the items now (the write-back follows each job's end).
+    deadline = time.monotonic() + JOB_TIMEOUT
+    for item in items:
+        while True:
+            values = {v.interface.slug for v in client.archive_items.detail(item.pk).values}
+            if {"segmentation", "results"} <= values:
+                break
+            assert time.monotonic() < deadline, values
+            time.sleep(0.2)
+    # A second run finds every item done.
+    again = checked(http.post(runs, json={"archive": archive["pk"]}))
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not (seen := checked(http.get(f"{runs}{again['pk']}/")))["done"]:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.2)
+    assert seen["skipped"] == 3 and seen["jobs"] == {}

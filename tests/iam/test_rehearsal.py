@@ -47,10 +47,13 @@ HANDLERS = {
     "on_upload": "lambdas.on_upload.handler",
     "on_import": "lambdas.on_import.handler",
     "on_dropbox": "lambdas.on_dropbox.handler",
+    "on_archive_run": "lambdas.on_archive_run.handler",
     "on_job_event": "lambdas.on_job_event.handler",
     "sweeper": "lambdas.sweeper.handler",
     "job_credentials": "lambdas.job_credentials.handler",
 }
+# Functions whose jobs on_upload provisions from the queue, as their handlers wire it.
+QUEUED = {"api", "on_archive_run"}
 RUNNER_ON_BATCH = "runner (Batch job role)"
 RUNNER_ON_SAGEMAKER = "runner (SageMaker role)"
 # The runner after its claim: a session of the job data role, limited by its session policy.
@@ -211,7 +214,7 @@ class Platform:
         self.contexts = {
             # The API provisions through the queue, as lambdas.api.app.handler wires it.
             name: self._context(
-                deployed_settings(deployment, handler), provision_on_queue=name == "api"
+                deployed_settings(deployment, handler), provision_on_queue=name in QUEUED
             )
             for name, handler in HANDLERS.items()
         }
@@ -424,6 +427,19 @@ class Platform:
             response = process(self.contexts["on_dropbox"], sqs_event(bodies, queue="queue"))
         assert response["batchItemFailures"] == []
 
+    def deliver_archive_runs(self) -> None:
+        """The archive-runs queue (pages of a run) and the bus's job events, as the
+        archive-run rule delivers them, to on_archive_run."""
+        from lambdas.on_archive_run import process
+
+        url = self.ctx.settings.archive_runs_queue_url
+        while bodies := drain(self.ctx, url) + drain(self.ctx, self.events_url):
+            with self.act("on_archive_run"):
+                response = process(
+                    self.contexts["on_archive_run"], sqs_event(bodies, queue="queue")
+                )
+            assert response["batchItemFailures"] == []
+
     def job(self, pk: str) -> Any:
         return self.ctx.store.jobs.get(pk)
 
@@ -536,7 +552,7 @@ class Platform:
             settings = deployed_settings(
                 self.deployment, handler, compute_backend=backend, sagemaker_sandbox="auto"
             )
-            self.contexts[name] = self._context(settings, provision_on_queue=name == "api")
+            self.contexts[name] = self._context(settings, provision_on_queue=name in QUEUED)
         self.api = type(self.api)(
             __import__("lambdas.api.app", fromlist=["create_app"]).create_app(self.contexts["api"]),
             self.token,
@@ -618,6 +634,31 @@ def drive(platform: Platform) -> None:
     platform.run(dropped.pk)
     platform.finish(dropped.pk)
     platform.announce_to_dropbox()
+
+    # An archive run: the API starts it, on_archive_run makes a job per item (on_upload
+    # provisions them), and writes the outputs back into the items when the jobs end.
+    archive = platform.call_api("POST", "archives/", {"title": "Cases"})
+    for value in (1.5, 2.5):
+        platform.call_api(
+            "POST",
+            "archives/items/",
+            {"archive": archive["pk"], "values": [{"interface": "threshold", "value": value}]},
+        )
+    drain(platform.ctx, platform.events_url)
+    run = platform.call_api(
+        "POST", f"algorithms/{slug}/archive-runs/", {"archive": archive["pk"], "write_back": True}
+    )
+    platform.deliver_archive_runs()
+    platform.deliver_uploads()
+    records = list(platform.ctx.store.archive_runs.records(run["pk"]))
+    assert len(records) == 2
+    for record in records:
+        platform.run(record["job"])
+        platform.finish(record["job"])
+    platform.deliver_archive_runs()
+    item = platform.ctx.store.archives.get_item(records[0]["item"])
+    assert {v.socket for v in item.values} == {"threshold", "score", "report"}
+    platform.call_api("GET", f"algorithms/{slug}/archive-runs/{run['pk']}/")
 
     # SageMaker: the API starts a training job, the runner runs under the SageMaker role.
     platform.use_backend("sagemaker")

@@ -24,6 +24,7 @@ HANDLERS = {
     "lambdas.on_upload.handler",
     "lambdas.on_import.handler",
     "lambdas.on_dropbox.handler",
+    "lambdas.on_archive_run.handler",
     "lambdas.sweeper.handler",
     "lambdas.job_credentials.handler",
 }
@@ -510,6 +511,21 @@ def test_finished_drop_folder_jobs_reach_the_drop_folder_queue(default_synth: Sy
     assert "DeadLetterConfig" in target
 
 
+def test_finished_archive_run_jobs_reach_the_archive_runs_queue(default_synth: Synth) -> None:
+    """Without this rule a run waiting for a job slot waits for the sweeper, and outputs are
+    never written back into the items."""
+    rules = [
+        rule["Properties"]
+        for rule in default_synth.resources("AWS::Events::Rule").values()
+        if rule["Properties"].get("EventPattern") == resources.ARCHIVE_RUN_JOBS_PATTERN
+    ]
+    assert len(rules) == 1
+    (target,) = rules[0]["Targets"]
+    queue_id = _logical_id(default_synth, "AWS::SQS::Queue", resources.DEFAULT_ARCHIVE_RUNS_QUEUE)
+    assert target["Arn"] == {"Fn::GetAtt": [queue_id, "Arn"]}
+    assert "DeadLetterConfig" in target
+
+
 def _logical_id(synth: Synth, kind: str, name: str | None = None) -> str:
     found = [
         logical_id
@@ -522,7 +538,7 @@ def _logical_id(synth: Synth, kind: str, name: str | None = None) -> str:
 
 def test_sqs_sources_report_batch_item_failures(default_synth: Synth) -> None:
     mappings = default_synth.resources("AWS::Lambda::EventSourceMapping")
-    assert len(mappings) == 3
+    assert len(mappings) == 4  # uploads, imports, drop folder, archive runs
     for mapping in mappings.values():
         assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         assert mapping["Properties"]["ScalingConfig"]["MaximumConcurrency"] >= 2

@@ -46,6 +46,7 @@ class World:
     token_pk: str = ""
     archive: dict = field(default_factory=dict)
     item: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
 
     @property
     def creator(self) -> ApiClient:
@@ -112,6 +113,8 @@ def world(ctx, api_app) -> World:
     status, upload, _ = alice.post("uploads/", {"filename": "ct.mha"})
     assert status == 201, upload
     _, token = ctx.store.users.issue_token("alice")
+    queue = ctx.clients.sqs.create_queue(QueueName="gantry-archive-runs")["QueueUrl"]
+    ctx.settings = ctx.settings.model_copy(update={"archive_runs_queue_url": queue})
     status, archive, _ = alice.post("archives/", {"title": "Cases"})
     assert status == 201, archive
     status, item, _ = alice.post(
@@ -127,6 +130,10 @@ def world(ctx, api_app) -> World:
             update={"values": [*i.values, SocketValue(pk=9001, socket="result", file=item_key)]}
         ),
     )
+    status, run, _ = alice.post(
+        f"algorithms/{algorithm['pk']}/archive-runs/", {"archive": archive["pk"]}
+    )
+    assert status == 201, run
     return World(
         ctx,
         clients,
@@ -139,6 +146,7 @@ def world(ctx, api_app) -> World:
         token_pk=token.pk,
         archive=archive,
         item=item,
+        run=run,
     )
 
 
@@ -295,6 +303,24 @@ def _cancel_import(w: World, client: ApiClient, role: str) -> tuple[int, Any, di
 
 
 CASES: dict[tuple[str, str], Case] = {
+    ("POST", "/algorithms/{pk}/archive-runs"): Case(
+        lambda w, c, r: c.post(
+            f"algorithms/{w.algorithm['pk']}/archive-runs/", {"archive": w.archive["pk"]}
+        ),
+        404,
+        201,
+        201,
+    ),
+    # Each caller's own runs: the creator's run is in the creator's list.
+    ("GET", "/algorithms/{pk}/archive-runs"): Case(
+        lambda w, c, r: c.get(f"algorithms/{w.algorithm['pk']}/archive-runs/"), 404, 200, 200
+    ),
+    ("GET", "/algorithms/{pk}/archive-runs/{run_pk}"): Case(
+        lambda w, c, r: c.get(f"algorithms/{w.algorithm['pk']}/archive-runs/{w.run['pk']}/"),
+        404,
+        200,
+        200,
+    ),
     ("POST", "/archives"): Case(
         lambda w, c, r: c.post("archives/", {"title": f"Archive of {r}"}), 201, 201, 201
     ),

@@ -671,3 +671,34 @@ def test_a_model_must_be_a_tarball(cli, tmp_path):
     not_a_tarball.write_text("{}")
     message = one_line_error(cli("algorithms", "models", "upload", "json-io", str(not_a_tarball)))
     assert "HTTP 400: user_upload: 'weights.json' is not a model tarball" in message
+
+
+# --- archives ------------------------------------------------------------------------------
+
+
+def test_archives_are_filled_and_run_from_the_command_line(cli, tmp_path):
+    output = ok(cli("archives", "create", "--title", "CLI cases", "--user", "bob"))
+    assert "Archive cli-cases created" in output
+    for n in range(2):
+        image = make_ct_like_image(tmp_path / f"case{n}.mha")
+        output = ok(cli("archives", "add", "cli-cases", "--value", f"ct-image={image}"))
+        assert "added to cli-cases" in output
+    deadline = time.monotonic() + 120
+    while any(
+        i["pending"] for i in api_get(cli, "archives/items/", archive="cli-cases")["results"]
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert "cli-cases" in ok(cli("archives", "list"))
+    assert ok(cli("archives", "items", "cli-cases")).count("ct-image=image") == 2
+
+    output = ok(
+        cli("archives", "run", "threshold-segmentation", "cli-cases", "--write-back", *WAIT)
+    )
+    assert "over 2 items started" in output and "done: 2 Succeeded" in output
+    # A second run finds both done.
+    output = ok(cli("archives", "run", "threshold-segmentation", "cli-cases", *WAIT))
+    assert "done: 2 skipped" in output
+
+    error = one_line_error(cli("archives", "run", "threshold-segmentation", "no-such-archive"))
+    assert "Archive 'no-such-archive' not found" in error

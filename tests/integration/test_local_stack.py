@@ -253,7 +253,7 @@ def test_recovery_gives_interrupted_jobs_a_new_attempt(stack):
     assert {v.socket for v in again.outputs} == {"score", "shifted-bounding-box"}
 
 
-def test_queues_allow_exactly_the_bucket_and_the_drop_folder_rule_to_send(stack):
+def test_queues_allow_exactly_the_bucket_and_the_job_event_rules_to_send(stack):
     """A real account refuses bucket notifications to a queue whose policy does not allow
     them; `gantry local up --endpoint-url aws` provisions the same queues there."""
     from gantry import resources
@@ -271,15 +271,19 @@ def test_queues_allow_exactly_the_bucket_and_the_drop_folder_rule_to_send(stack)
             (s["Principal"]["Service"], s["Condition"]["ArnEquals"]["aws:SourceArn"])
             for s in policy["Statement"]
         }
-    rule_arn = stack.ctx.clients.events.describe_rule(
-        Name=resources.DROPBOX_JOBS_RULE, EventBusName=stack.settings.event_bus_name
-    )["Arn"]
+    rule_arn, runs_rule_arn = (
+        stack.ctx.clients.events.describe_rule(
+            Name=name, EventBusName=stack.settings.event_bus_name
+        )["Arn"]
+        for name in (resources.DROPBOX_JOBS_RULE, resources.ARCHIVE_RUN_JOBS_RULE)
+    )
     assert allowed == {
         resources.DEFAULT_UPLOADS_QUEUE: {("s3.amazonaws.com", bucket_arn)},
         resources.DEFAULT_DROPBOX_QUEUE: {
             ("s3.amazonaws.com", bucket_arn),
             ("events.amazonaws.com", rule_arn),
         },
+        resources.DEFAULT_ARCHIVE_RUNS_QUEUE: {("events.amazonaws.com", runs_rule_arn)},
     }
 
 

@@ -1,0 +1,357 @@
+"""Archive runs: one algorithm over the items of an archive, a job per item.
+
+Fan-out through SQS, a page of items per message: the handler of a page makes that page's
+jobs (a Lambda makes 100 jobs in seconds, whatever the archive's size), then moves the run's
+cursor on and queues the next page. A chain of small messages rather than one long loop, so no
+handler runs into its time limit, a failed page is retried alone (and ends in the queue's DLQ
+after its receive count), and the queue absorbs many runs at once. (Step Functions would give
+the same with a Map state, at a price per state transition and with a second way to express
+what the handler already does; a message per page is all the coordination this needs.)
+
+Exactly one job per item: the job's pk derives from the run and the item, so a page handled
+twice (SQS delivers at least once; the sweeper resends the page of a run that seems stuck)
+finds the job made (Conflict) instead of making a second one. Only the handler that finds
+the run's cursor still at its page moves it on (a versioned write), so duplicates do not
+multiply down the chain.
+
+Limits and credits: jobs are made as their creator's, through the API's own service, with
+the limits enforced. An item over a limit of unfinished jobs waits, as a drop-folder job
+does: the run stops at that page (state "Waiting for a free job slot") and goes on from it
+when one of its jobs ends (its "Gantry Job …" event reaches this queue) or at the sweeper's
+next pass. Too few credits stop the run, saying so; its jobs made so far go on.
+
+An item whose inputs already gave a successful job of the same algorithm image, for the same
+user, is skipped (that job is its result) unless the run asks to re-run. With
+``write_back``, each successful job's outputs become values of its item, under the output
+sockets, replacing earlier ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import uuid
+from typing import Any
+
+from gantry import resources
+from gantry.algorithms import Algorithm
+from gantry.archives import ArchiveItem, ArchiveRun, RunState
+from gantry.aws import copy_object
+from gantry.context import Context
+from gantry.errors import Conflict, GantryError, NotFound, TooManyRequests, ValidationFailed
+from gantry.interfaces import Interface
+from gantry.job_states import JobStatus
+from gantry.jobs import SocketValue
+from gantry.store.archive_runs import NOT_RUN, SKIPPED
+from gantry.urls import Urls
+from gantry.users import User
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 100
+RUN_PAGE = "archive-run-page"
+SOURCE = resources.JOB_SOURCE_ARCHIVE_RUN
+
+
+class _Waiting(Exception):
+    """The run's creator is at a limit of unfinished jobs."""
+
+
+class _Stop(Exception):
+    """The run cannot go on (too few credits)."""
+
+
+def page_message(run_pk: str, cursor: dict[str, Any] | None) -> str:
+    return json.dumps({"gantry": RUN_PAGE, "run": run_pk, "cursor": cursor})
+
+
+def send_page(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
+    ctx.clients.sqs.send_message(
+        QueueUrl=ctx.settings.archive_runs_queue_url, MessageBody=page_message(run_pk, cursor)
+    )
+
+
+def job_pk_for(run_pk: str, item_pk: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:archive-run:{run_pk}:{item_pk}"))
+
+
+def source_ref(run_pk: str, item_pk: str) -> str:
+    return f"{run_pk}/{item_pk}"
+
+
+def fingerprint(creator: str, image_pk: str, values: list[SocketValue]) -> str:
+    """The identity of a job's work: who, which algorithm image, which input values."""
+    inputs = sorted(
+        (v.socket, v.image or "", json.dumps(v.value, sort_keys=True), v.file or "") for v in values
+    )
+    text = json.dumps([creator, image_pk, inputs], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- pages of items -> jobs -------------------------------------------------------------------
+
+
+def handle_page(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
+    runs = ctx.store.archive_runs
+    run = runs.get(run_pk)
+    if run.state in (RunState.CREATED, RunState.STOPPED) or run.cursor != cursor:
+        return  # finished, or a duplicate of a page already handled
+    items, next_cursor = _page(ctx, run)
+    try:
+        _start_items(ctx, run, items)
+    except _Waiting:
+        _set_state(ctx, run_pk, cursor, RunState.WAITING)
+        return
+    except _Stop as stop:
+        _set_state(ctx, run_pk, cursor, RunState.STOPPED, reason=str(stop))
+        runs.unmark_active(run_pk)
+        return
+    last = next_cursor is None
+    moved: list[ArchiveRun] = []
+
+    def advance(current: ArchiveRun) -> ArchiveRun | None:
+        moved.clear()
+        if current.cursor != cursor or current.state in (RunState.CREATED, RunState.STOPPED):
+            return None
+        new = current.model_copy(
+            update={
+                "cursor": next_cursor,
+                "pages": current.pages + 1,
+                "state": RunState.CREATED if last else RunState.CREATING,
+            }
+        )
+        moved.append(new)
+        return new
+
+    runs.update(run_pk, advance)
+    if not moved:
+        return
+    if last:
+        runs.unmark_active(run_pk)
+    else:
+        send_page(ctx, run_pk, next_cursor)
+
+
+def _set_state(
+    ctx: Context, run_pk: str, cursor: dict[str, Any] | None, state: RunState, reason: str = ""
+) -> None:
+    def change(current: ArchiveRun) -> ArchiveRun | None:
+        if current.cursor != cursor or current.state in (RunState.CREATED, RunState.STOPPED):
+            return None
+        return current.model_copy(update={"state": state, "stopped_reason": reason})
+
+    ctx.store.archive_runs.update(run_pk, change)
+
+
+def _page(ctx: Context, run: ArchiveRun) -> tuple[list[ArchiveItem], dict[str, Any] | None]:
+    if run.items is None:
+        return ctx.store.archives.items_after(run.archive, run.cursor, limit=PAGE_SIZE)
+    start = int((run.cursor or {}).get("index", 0))
+    pks = run.items[start : start + PAGE_SIZE]
+    found = ctx.store.archives.get_items(pks)
+    for pk in pks:
+        if pk not in found:
+            ctx.store.archive_runs.record(
+                run.pk, pk, job=None, outcome=NOT_RUN, reason="the item no longer exists"
+            )
+    items = [found[pk] for pk in pks if pk in found and found[pk].archive == run.archive]
+    end = start + PAGE_SIZE
+    return items, ({"index": end} if end < len(run.items) else None)
+
+
+def _start_items(ctx: Context, run: ArchiveRun, items: list[ArchiveItem]) -> None:
+    from gantry.services import catalog
+
+    if not items:
+        return
+    algorithm = ctx.store.algorithms.get(run.algorithm)
+    sockets = catalog.sockets_of(ctx, [algorithm])
+    image = ctx.store.algorithms.desired_image(algorithm.pk)
+    done = ctx.store.archive_runs.outcomes(run.pk, [i.pk for i in items])
+    user = User(username=run.creator, is_admin=run.creator_is_admin)
+    for item in items:
+        if item.pk not in done:
+            _start_item(ctx, run, user, algorithm, sockets, image.pk if image else "", item)
+
+
+def _start_item(
+    ctx: Context,
+    run: ArchiveRun,
+    user: User,
+    algorithm: Algorithm,
+    sockets: dict[str, Interface],
+    image_pk: str,
+    item: ArchiveItem,
+) -> None:
+    from gantry.services.jobs import JobCreate, JobInput, choose_socket_set, create_job
+
+    runs = ctx.store.archive_runs
+    wanted = {slug for socket_set in algorithm.interfaces for slug in socket_set.inputs}
+    given = {
+        v.socket: v
+        for v in item.values
+        if v.socket in wanted and not (v.pending_upload or v.pending_uploads)
+    }
+    try:
+        index = choose_socket_set(algorithm, set(given), sockets)
+    except ValidationFailed as error:
+        runs.record(run.pk, item.pk, job=None, outcome=NOT_RUN, reason=error.message)
+        return
+    values = [given[slug] for slug in algorithm.interfaces[index].inputs if slug in given]
+    files = [v.socket for v in values if v.file]
+    if files:
+        reason = f"file values of archive items cannot be job inputs yet ({', '.join(files)})"
+        runs.record(run.pk, item.pk, job=None, outcome=NOT_RUN, reason=reason)
+        return
+    inputs_print = fingerprint(run.creator, image_pk, values)
+    if not run.rerun:
+        earlier = runs.jobs_with_inputs(inputs_print)
+        succeeded = [
+            pk for pk, status in runs.job_statuses(earlier).items() if status is JobStatus.SUCCESS
+        ]
+        if succeeded:
+            runs.record(run.pk, item.pk, job=succeeded[0], outcome=SKIPPED)
+            if run.write_back:
+                write_back(ctx, item.pk, succeeded[0])
+            return
+    inputs = [
+        JobInput(interface=v.socket, image=v.image)
+        if v.image
+        else JobInput(interface=v.socket, value=v.value)
+        for v in values
+    ]
+    job_pk = job_pk_for(run.pk, item.pk)
+    urls = Urls(ctx.settings.api_base_url or "https://localhost/api/v1/")
+    try:
+        create_job(
+            ctx,
+            user,
+            JobCreate(algorithm=algorithm.pk, inputs=inputs),
+            urls,
+            pk=job_pk,
+            source=SOURCE,
+            source_ref=source_ref(run.pk, item.pk),
+            enforce_limits=True,
+        )
+    except TooManyRequests as error:
+        raise _Waiting(error.message) from None
+    except Conflict:
+        pass  # made by an earlier try of this page
+    except GantryError as error:
+        if error.field == "credits":
+            raise _Stop(error.message) from None
+        runs.record(run.pk, item.pk, job=None, outcome=NOT_RUN, reason=error.message)
+        return
+    runs.remember_inputs(inputs_print, job_pk)
+    runs.record(run.pk, item.pk, job=job_pk)
+
+
+# --- job ends ---------------------------------------------------------------------------------
+
+
+def is_job_event(message: dict[str, Any]) -> bool:
+    return message.get("source") == resources.EVENT_SOURCE and message.get("detail-type") in (
+        resources.DETAIL_TYPE_JOB_SUCCEEDED,
+        resources.DETAIL_TYPE_JOB_FAILED,
+    )
+
+
+def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
+    """A job of an archive run ended: write its outputs back (if the run asks), and let runs
+    that wait for a slot go on. False for other jobs."""
+    detail = event.get("detail") or {}
+    if detail.get("source") != SOURCE:
+        return False
+    run_pk, _, item_pk = str(detail.get("source_ref") or "").partition("/")
+    try:
+        run = ctx.store.archive_runs.get(run_pk)
+    except NotFound:
+        run = None
+    if run is not None and run.write_back and detail.get("status") == "Succeeded" and item_pk:
+        write_back(ctx, item_pk, str(detail.get("job")))
+    resume_waiting(ctx)
+    return True
+
+
+def resume_waiting(ctx: Context, *, stale_before: str | None = None) -> list[str]:
+    """Queue the next page of every run that waits for a slot (and, with ``stale_before``, of
+    runs still making jobs that have not moved since then: their message was lost)."""
+    runs = ctx.store.archive_runs
+    resumed = []
+    for run_pk in runs.active():
+        try:
+            run = runs.get(run_pk)
+        except NotFound:
+            runs.unmark_active(run_pk)
+            continue
+        if run.state in (RunState.CREATED, RunState.STOPPED):
+            runs.unmark_active(run_pk)
+            continue
+        stuck = stale_before is not None and run.modified < stale_before
+        if run.state is RunState.CREATING and not stuck:
+            continue
+        if run.state is RunState.WAITING:
+
+            def going_on(current: ArchiveRun, at: Any = run.cursor) -> ArchiveRun | None:
+                if current.state is not RunState.WAITING or current.cursor != at:
+                    return None
+                return current.model_copy(update={"state": RunState.CREATING})
+
+            if runs.update(run_pk, going_on).state is not RunState.CREATING:
+                continue
+        send_page(ctx, run_pk, run.cursor)
+        resumed.append(run_pk)
+    return resumed
+
+
+# --- outputs -> items -------------------------------------------------------------------------
+
+
+def write_back(ctx: Context, item_pk: str, job_pk: str) -> None:
+    """The job's outputs become the item's values under the output sockets; repeating it
+    changes nothing."""
+    from gantry.services.archives import with_values
+
+    job = ctx.store.jobs.find(job_pk)
+    if job is None or job.status is not JobStatus.SUCCESS or not job.outputs:
+        return
+    try:
+        item = ctx.store.archives.get_item(item_pk)
+    except NotFound:
+        return
+    wanted = [_written(item_pk, job_pk, out) for out in job.outputs]
+    if all(_holds(item, value) for value in wanted):
+        return
+    for out, value in zip(job.outputs, wanted, strict=True):
+        if out.file and value.file:
+            copy_object(ctx.clients.s3, ctx.settings.bucket_name, out.file, value.file)
+    pks = ctx.store.table.next_ids("socket_value", len(wanted))
+    values = [value.model_copy(update={"pk": pk}) for pk, value in zip(pks, wanted, strict=True)]
+    ctx.store.archives.update_item(
+        item_pk,
+        lambda current: (
+            None
+            if all(_holds(current, value) for value in wanted)
+            else with_values(current, values)
+        ),
+    )
+
+
+def _written(item_pk: str, job_pk: str, output: SocketValue) -> SocketValue:
+    """An output as the item keeps it: a file is copied to a key of its own (one per job)."""
+    if output.file:
+        name = posixpath.basename(output.file)
+        key = f"{resources.PREFIX_VALUES}{item_pk}/{job_pk}/{output.socket}/{name}"
+        return SocketValue(pk=0, socket=output.socket, file=key)
+    return SocketValue(pk=0, socket=output.socket, value=output.value, image=output.image)
+
+
+def _holds(item: ArchiveItem, wanted: SocketValue) -> bool:
+    current = item.value_of(wanted.socket)
+    return current is not None and (current.value, current.image, current.file) == (
+        wanted.value,
+        wanted.image,
+        wanted.file,
+    )

@@ -1,0 +1,139 @@
+"""Starting an algorithm over an archive, and what became of it (``gantry.pipeline.
+archive_runs`` makes the jobs)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gantry import access, credits, timeutil
+from gantry.access import Action
+from gantry.archives import ArchiveRun, RunState
+from gantry.context import Context
+from gantry.errors import NotFound, ValidationFailed
+from gantry.services import catalog
+from gantry.services.archives import referenced_archive
+from gantry.store.archive_runs import NOT_RUN, SKIPPED
+from gantry.urls import Urls
+from gantry.users import User
+
+MAX_ITEMS = 20_000
+
+
+class ArchiveRunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    archive: str = Field(min_length=1, max_length=1024, description="api_url, pk or slug")
+    items: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description="only these items (pks or api_urls); default: every item of the archive",
+    )
+    rerun: bool = Field(
+        default=False,
+        description="run items again that already have a successful job of this image",
+    )
+    write_back: bool = Field(
+        default=False, description="add each job's outputs to its item (editors, uploaders)"
+    )
+
+
+def start_run(
+    ctx: Context, user: User, algorithm_ref: str, body: ArchiveRunCreate, urls: Urls
+) -> ArchiveRun:
+    from gantry.pipeline.archive_runs import send_page
+
+    algorithm = catalog.referenced_algorithm(ctx, user, urls, algorithm_ref)
+    image = ctx.store.algorithms.desired_image(algorithm.pk)
+    if image is None:
+        raise ValidationFailed("Algorithm image is not ready to be used", field="algorithm")
+    archive = referenced_archive(ctx, user, urls, body.archive)
+    if body.write_back and not access.archive_item(user, Action.CHANGE, archive):
+        raise ValidationFailed(
+            f"Only the editors and uploaders of the archive '{archive.slug}' may write "
+            "outputs into its items",
+            field="write_back",
+        )
+    items = None
+    if body.items is not None:
+        try:
+            items = list(dict.fromkeys(urls.pk_from(ref, "archives/items/") for ref in body.items))
+        except ValueError as error:
+            raise ValidationFailed(str(error), field="items") from None
+        found = ctx.store.archives.get_items(items)
+        strangers = [pk for pk in items if pk not in found or found[pk].archive != archive.pk]
+        if strangers:
+            raise ValidationFailed(
+                f"Item '{strangers[0]}' is not an item of the archive '{archive.slug}'",
+                field="items",
+            )
+    # Refused at once when not even one job is affordable; later jobs stop the run instead.
+    charge = credits.charge_for(ctx.settings, user, algorithm, timeutil.now())
+    if charge.cost:
+        spent = ctx.store.jobs.credits_spent(charge.user, charge.month)
+        if spent + charge.cost > charge.monthly:
+            raise charge.refusal(spent)
+    moment = timeutil.iso()
+    run = ArchiveRun(
+        pk=str(uuid.uuid4()),
+        algorithm=algorithm.pk,
+        algorithm_image=image.pk,
+        archive=archive.pk,
+        creator=user.username,
+        creator_is_admin=user.is_admin,
+        items=items,
+        rerun=body.rerun,
+        write_back=body.write_back,
+        total=len(items) if items is not None else ctx.store.archives.count_items(archive.pk),
+        created=moment,
+        modified=moment,
+    )
+    ctx.store.archive_runs.create(run)
+    ctx.store.archive_runs.mark_active(run.pk)
+    send_page(ctx, run.pk, None)
+    return run
+
+
+def visible_run(ctx: Context, user: User, algorithm_pk: str, pk: str) -> ArchiveRun:
+    run = ctx.store.archive_runs.get(pk)
+    if run.algorithm != algorithm_pk or not access.archive_run(user, Action.READ, run.creator):
+        raise NotFound(f"Archive run {pk} not found")
+    return run
+
+
+def progress(ctx: Context, run: ArchiveRun) -> dict[str, Any]:
+    """Counts of the run's items: jobs per status, items skipped (an earlier job is their
+    result), items not run (and why, a few), items not yet handled."""
+    if run.final_counts is not None:
+        return run.final_counts
+    records = list(ctx.store.archive_runs.records(run.pk))
+    statuses = ctx.store.archive_runs.job_statuses([r["job"] for r in records if r.get("job")])
+    jobs = Counter(
+        statuses[r["job"]].label
+        for r in records
+        if r.get("job") and r.get("outcome") != SKIPPED and r["job"] in statuses
+    )
+    not_run = [r for r in records if r.get("outcome") == NOT_RUN]
+    counts: dict[str, Any] = {
+        "jobs": dict(sorted(jobs.items())),
+        "skipped": sum(1 for r in records if r.get("outcome") == SKIPPED),
+        "not_run": len(not_run),
+        "not_run_reasons": dict(Counter(str(r.get("reason")) for r in not_run).most_common(5)),
+        "not_started": max(0, run.total - len(records)),
+        "items_handled": len(records),
+    }
+    done = run.state in (RunState.CREATED, RunState.STOPPED) and all(
+        status.is_terminal for status in statuses.values()
+    )
+    counts["done"] = done
+    if done and run.state is RunState.CREATED:
+        # Nothing changes any more: count once, keep it.
+        def keep(current: ArchiveRun) -> ArchiveRun | None:
+            return current.model_copy(update={"final_counts": counts})
+
+        ctx.store.archive_runs.update(run.pk, keep)
+    return counts
