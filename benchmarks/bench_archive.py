@@ -104,7 +104,7 @@ def main() -> None:
             ca_file = str(Path(state) / "tls" / "ca.pem")
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(
-                base_url=stack.api_url, verify=ca_file, headers=headers, timeout=60
+                base_url=stack.api_url, verify=ca_file, headers=headers, timeout=180
             ) as http:
                 algorithm, archive = _setup(http)
                 started = time.perf_counter()
@@ -125,7 +125,7 @@ def main() -> None:
                         break
                     if seen["state"] == "Stopped" or elapsed > DEADLINE_SECONDS:
                         raise RuntimeError(f"run not done after {elapsed:.0f} s: {seen}")
-                    time.sleep(0.5)
+                    time.sleep(2.0)
                 done_at = time.perf_counter() - started
         finally:
             stack.stop()

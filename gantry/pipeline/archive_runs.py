@@ -269,8 +269,11 @@ def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
         run = ctx.store.archive_runs.get(run_pk)
     except NotFound:
         run = None
-    if run is not None and run.write_back and detail.get("status") == "Succeeded" and item_pk:
-        write_back(ctx, item_pk, str(detail.get("job")))
+    if run is not None and item_pk:
+        # Progress reads ended jobs from the run's records, not from every job.
+        ctx.store.archive_runs.record_end(run_pk, item_pk, str(detail.get("status")))
+        if run.write_back and detail.get("status") == "Succeeded":
+            write_back(ctx, item_pk, str(detail.get("job")))
     resume_waiting(ctx)
     return True
 

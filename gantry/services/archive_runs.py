@@ -113,11 +113,14 @@ def progress(ctx: Context, run: ArchiveRun) -> dict[str, Any]:
     if run.final_counts is not None:
         return run.final_counts
     records = list(ctx.store.archive_runs.records(run.pk))
-    statuses = ctx.store.archive_runs.job_statuses([r["job"] for r in records if r.get("job")])
+    ran = [r for r in records if r.get("job") and r.get("outcome") != SKIPPED]
+    # Ended jobs are in their records (their end event wrote it there); only the unfinished
+    # ones, at most the active-job limits, are read from the jobs themselves.
+    statuses = ctx.store.archive_runs.job_statuses([r["job"] for r in ran if not r.get("ended")])
     jobs = Counter(
-        statuses[r["job"]].label
-        for r in records
-        if r.get("job") and r.get("outcome") != SKIPPED and r["job"] in statuses
+        r["ended"] if r.get("ended") else statuses[r["job"]].label
+        for r in ran
+        if r.get("ended") or r["job"] in statuses
     )
     not_run = [r for r in records if r.get("outcome") == NOT_RUN]
     counts: dict[str, Any] = {

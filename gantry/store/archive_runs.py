@@ -9,6 +9,7 @@ algorithm image, creator and inputs).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -102,6 +103,20 @@ class ArchiveRunStore:
                 reason=reason or None,
             )
         )
+
+    def record_end(self, run_pk: str, item_pk: str, status: str) -> None:
+        """The item's job ended with ``status`` (a label); a repeat writes the same."""
+        # Without its record (written just after the job is made) progress reads the job.
+        with contextlib.suppress(
+            self.table.clients.dynamodb.exceptions.ConditionalCheckFailedException
+        ):
+            self.table._table.update_item(
+                Key={PK: _run_key(run_pk), SK: f"ITEM#{item_pk}"},
+                UpdateExpression="SET ended = :s",
+                ConditionExpression="attribute_exists(#pk)",
+                ExpressionAttributeNames={"#pk": PK},
+                ExpressionAttributeValues={":s": status},
+            )
 
     def records(self, run_pk: str) -> Iterator[dict[str, Any]]:
         return self.table.query_all(

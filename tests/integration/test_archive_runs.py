@@ -178,7 +178,8 @@ def test_items_over_the_job_limit_wait_and_start_when_a_slot_frees(world) -> Non
     # A slot freed by a job of another source: the sweeper's pass lets the run go on.
     from gantry.pipeline.archive_runs import resume_waiting
 
-    ctx.store.jobs.cancel(_jobs_of(ctx, run["pk"])[1].pk, message="stop")
+    unfinished = next(j for j in _jobs_of(ctx, run["pk"]) if not j.status.is_terminal)
+    ctx.store.jobs.cancel(unfinished.pk, message="stop")
     assert resume_waiting(ctx) == [run["pk"]]
     _drain(ctx)
     seen = _progress(alice, algorithm, run)
