@@ -12,6 +12,7 @@ The job is ``examples/algorithms/sleep`` with (nearly) 0 seconds, a distinct val
 (items with the inputs of a job that succeeded are skipped). The active-job limits are
 raised to the item count for this run, so the fan-out itself is measured; with the default
 limits (16 per user) the run makes 16 jobs and makes each further one as a slot frees.
+Monthly credits are raised as well.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def main() -> None:
         "max_active_jobs_per_user": ITEMS,
         "max_active_jobs_per_algorithm": ITEMS,
         "max_active_jobs": ITEMS,
+        # Beyond its few free jobs an editor's job costs credits too: enough for the run.
+        "monthly_credits": ITEMS * 1000,
     }
     with tempfile.TemporaryDirectory() as state, contextlib.redirect_stdout(io.StringIO()):
         stack = LocalStack.start(

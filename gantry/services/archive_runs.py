@@ -74,8 +74,12 @@ def start_run(
                 field="items",
             )
     # Refused at once when not even one job is affordable; later jobs stop the run instead.
-    charge = credits.charge_for(ctx.settings, user, algorithm, timeutil.now())
-    if charge.cost:
+    charge = credits.charge_for(ctx.settings, user, algorithm, image.pk, timeutil.now())
+    free = charge.complimentary_image is not None and (
+        ctx.store.jobs.complimentary_jobs_taken(charge.complimentary_image)
+        < charge.complimentary_jobs
+    )
+    if charge.cost and not free:
         spent = ctx.store.jobs.credits_spent(charge.user, charge.month)
         if spent + charge.cost > charge.monthly:
             raise charge.refusal(spent)
