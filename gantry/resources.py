@@ -165,7 +165,7 @@ JOB_SOURCE_ARCHIVE_RUN = "archive-run"
 # Finished jobs of archive runs go to the archive-runs queue: outputs written back into the
 # items, and runs waiting for a free slot go on.
 ARCHIVE_RUN_JOBS_RULE = "gantry-archive-run-jobs"
-ARCHIVE_RUN_JOBS_PATTERN = {
+ARCHIVE_RUN_JOBS_PATTERN: dict[str, Any] = {
     "source": [EVENT_SOURCE],
     "detail-type": [DETAIL_TYPE_JOB_SUCCEEDED, DETAIL_TYPE_JOB_FAILED],
     "detail": {"source": [JOB_SOURCE_ARCHIVE_RUN]},
