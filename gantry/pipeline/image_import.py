@@ -195,7 +195,12 @@ def registry_remover(registry: Any) -> Remover:
 
 
 def repository_of(image: AlgorithmImage) -> str:
-    return f"algorithms/{image.algorithm}"
+    return repository_of_algorithm(image.algorithm)
+
+
+def repository_of_algorithm(algorithm_pk: str) -> str:
+    """The repository an algorithm's images are pushed to in a registry of the local stack."""
+    return f"algorithms/{algorithm_pk}"
 
 
 def store_publisher(root: Any) -> Publisher:

@@ -139,11 +139,15 @@ def in_repository(settings: Settings, reference: str) -> bool:
     repository, whatever host name it gives the registry (ECR answers to several)."""
     if not settings.image_repository:
         return False
+    return repository_named(reference).lower() == settings.image_repository.lower()
+
+
+def repository_named(reference: str) -> str:
+    """The repository of ``<registry>/<repository>[:tag][@digest]`` (no tag, no digest)."""
     name = reference.partition("@")[0]
     path = name.partition("/")[2]
     head, _, last = path.rpartition("/")
-    repository = f"{head}/{last.partition(':')[0]}" if head else last.partition(":")[0]
-    return repository.lower() == settings.image_repository.lower()
+    return f"{head}/{last.partition(':')[0]}" if head else last.partition(":")[0]
 
 
 def repository_digest(settings: Settings, reference: str) -> str | None:

@@ -140,11 +140,17 @@ def create_algorithm_image(
     algorithm = visible_algorithm(ctx, user, algorithm_pk)
     if not access.algorithm(user, Action.CHANGE, algorithm):
         raise PermissionDenied("Only the algorithm's editors can add container images")
-    from gantry.pipeline.registry_publisher import in_repository
+    from gantry.pipeline.image_import import repository_of_algorithm
+    from gantry.pipeline.registry_publisher import in_repository, repository_named
 
-    # The repository holds every algorithm's imported images, tagged with pks that jobs name:
-    # a reference to it would run another algorithm's image without being its editor.
-    if in_repository(ctx.settings, fields.image):
+    # The repository holds every algorithm's imported images, tagged with pks that jobs name
+    # (locally: one repository per algorithm): a reference to it would run another
+    # algorithm's image without being its editor.
+    named = repository_named(fields.image)
+    if in_repository(ctx.settings, fields.image) or (
+        named.startswith(repository_of_algorithm(""))
+        and named != repository_of_algorithm(algorithm.pk)
+    ):
         raise ValidationFailed(
             "Images of this deployment's repository are added by uploading them "
             "(user_upload), not by reference",

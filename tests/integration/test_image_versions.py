@@ -289,25 +289,26 @@ def test_removing_a_registered_reference_leaves_another_algorithms_image(
     layout,
     tmp_path,
 ) -> None:
-    """bob registers, in an algorithm of his own, a reference to alice's imported image and
-    removes it: the registry deletes only images pushed to the removed image's own algorithm's
-    repository, so alice's stays."""
+    """bob cannot register, in an algorithm of his own, a reference to alice's imported image
+    (that would run it without being its editor); and a record that names it anyway (one
+    stored before this rule) is removed without deleting alice's image: the registry deletes
+    only from the removed image's own algorithm's repository."""
+    from gantry.algorithms import AlgorithmImageFields
+
     theirs = import_archive(ctx, api, platform, archive(tmp_path, "1"))
     status, mine, _ = api_bob.post(
         "algorithms/",
         {"title": "Mine", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
     )
     assert status == 201, mine
-    status, registered, _ = api_bob.post(
-        "algorithms/images/",
-        {
-            "algorithm": mine["pk"],
-            "image": theirs["image"],
-            "command": ["run"],
-            "is_desired_version": False,
-        },
-    )
-    assert status == 201, registered
+    for reference in (theirs["image"], theirs["image"].split("@")[0] + ":image-" + theirs["pk"]):
+        body = {"algorithm": mine["pk"], "image": reference, "command": ["run"]}
+        status, refused, _ = api_bob.post("algorithms/images/", body)
+        assert status == 400 and "image" in refused, refused
 
-    assert api_bob.request("DELETE", f"algorithms/images/{registered['pk']}/")[0] == 204
+    fields = AlgorithmImageFields(image=theirs["image"], command=["run"], is_desired_version=False)
+    registered = ctx.store.algorithms.create_image(
+        ctx.store.algorithms.get(mine["pk"]), fields, creator="bob"
+    )
+    assert api_bob.request("DELETE", f"algorithms/images/{registered.pk}/")[0] == 204
     assert in_registry(layout, theirs)
