@@ -141,13 +141,22 @@ def create_algorithm_image(
     if not access.algorithm(user, Action.CHANGE, algorithm):
         raise PermissionDenied("Only the algorithm's editors can add container images")
     from gantry.pipeline.image_import import repository_of_algorithm
-    from gantry.pipeline.registry_publisher import in_repository, repository_named
+    from gantry.pipeline.registry_publisher import (
+        IMAGE_TAG_PREFIX,
+        in_repository,
+        repository_named,
+    )
 
-    # The repository holds every algorithm's imported images, tagged with pks that jobs name
-    # (locally: one repository per algorithm): a reference to it would run another
-    # algorithm's image without being its editor.
+    # The repository holds every algorithm's imported images, tagged image-<pk> with pks that
+    # jobs name (locally: one repository per algorithm): a reference to one would run another
+    # algorithm's image without being its editor. Operators push images by hand to the same
+    # repository under tags of their own (docs/deploy.md); those stay registrable, by digest
+    # only by admins (an imported image's digest names it as well as its tag).
     named = repository_named(fields.image)
-    if in_repository(ctx.settings, fields.image) or (
+    name = fields.image.partition("@")[0]
+    tag = name.rpartition("/")[2].partition(":")[2]
+    imported = tag.startswith(IMAGE_TAG_PREFIX) or ("@" in fields.image and not user.is_admin)
+    if (in_repository(ctx.settings, fields.image) and imported) or (
         named.startswith(repository_of_algorithm(""))
         and named != repository_of_algorithm(algorithm.pk)
     ):

@@ -189,6 +189,9 @@ def test_an_image_of_the_deployments_repository_cannot_be_registered_by_referenc
     assert "image" in answer, answer
     assert api_bob.get("algorithms/images/")[1]["count"] == 0
     # Any other repository's image still registers (whatever name its registry goes by,
-    # the deployment's repository is refused: ECR answers to several host names).
+    # the deployment's repository is refused: ECR answers to several host names), and so
+    # does an image an operator pushed to the repository by hand under a tag of their own.
     body = {**IMAGE, "image": "registry.example.org/tools/adder:1", "algorithm": mine["pk"]}
     assert api_bob.post("algorithms/images/", body)[0] == 201
+    pushed = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/gantry-algorithm-images:doctor-1"
+    assert api_bob.post("algorithms/images/", {**body, "image": pushed})[0] == 201
