@@ -92,8 +92,10 @@ def main() -> None:
         "max_active_jobs_per_user": ITEMS,
         "max_active_jobs_per_algorithm": ITEMS,
         "max_active_jobs": ITEMS,
-        # Beyond its few free jobs an editor's job costs credits too: enough for the run.
+        # Beyond its few free jobs an editor's job costs credits too: enough for the run (a
+        # job costs at least monthly_credits / max_jobs_per_month).
         "monthly_credits": ITEMS * 1000,
+        "max_jobs_per_month": ITEMS * 100,
     }
     with tempfile.TemporaryDirectory() as state, contextlib.redirect_stdout(io.StringIO()):
         stack = LocalStack.start(
