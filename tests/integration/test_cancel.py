@@ -1,6 +1,6 @@
 """Cancelling jobs on moto's Batch and SageMaker: queued jobs never start, submitted ones are
 stopped on the service, the bus hears of it once, and a completion racing with the cancel
-leaves one final state. (The local backend: test_pipeline_local.)"""
+leaves one final state. (The local backend: test_cancel_local.)"""
 
 from __future__ import annotations
 
