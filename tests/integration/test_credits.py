@@ -193,6 +193,11 @@ def test_editors_run_each_image_a_few_times_free_then_pay(ctx, api_app, algorith
     again = _create(ctx, "carol", algorithm)
     assert again.is_complimentary and again.algorithm_image == new_image.pk
     assert ctx.store.jobs.complimentary_jobs_taken(new_image.pk) == 1
+    # users/me shows an editor the free jobs left per image; a user has none.
+    me = alice.get("users/me/")[1]["complimentary_editor_jobs_left"]
+    assert me == {jobs[0].algorithm_image: 0, new_image.pk: 2}
+    bob = ApiClient(api_app, ctx.store.users.create_token("bob"))
+    assert bob.get("users/me/")[1]["complimentary_editor_jobs_left"] == {}
 
 
 @pytest.mark.usefixtures("atomic_dynamodb")

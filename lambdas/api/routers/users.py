@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from gantry import credits, quotas, timeutil
+from gantry import access, credits, quotas, timeutil
 from gantry.context import Context
+from gantry.users import User
 from lambdas.api.deps import current_user
 
 
@@ -29,6 +30,19 @@ def build(ctx: Context) -> APIGatewayRouter:
             "active_jobs": ctx.store.jobs.active_count(user_scope),
             "active_jobs_on_platform": ctx.store.jobs.active_count(total_scope),
             "credits": _credits(user.username),
+            "complimentary_editor_jobs_left": _free_jobs_left(user),
+        }
+
+    def _free_jobs_left(user: User) -> dict[str, int]:
+        """Per image of the algorithms the user edits: free editor jobs left (shared by all
+        its editors)."""
+        algorithms, _ = ctx.store.algorithms.page_for(user.username, offset=0, limit=1000)
+        cap = ctx.settings.complimentary_editor_jobs
+        return {
+            image.pk: max(0, cap - ctx.store.jobs.complimentary_jobs_taken(image.pk))
+            for algorithm in algorithms
+            if access.is_editor(user, algorithm)
+            for image in ctx.store.algorithms.images_of(algorithm.pk)
         }
 
     def _credits(username: str) -> dict:
