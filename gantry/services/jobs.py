@@ -29,6 +29,8 @@ from gantry.users import User
 MAX_INPUTS = 64
 MAX_UPLOADS_PER_INPUT = 2048
 MAX_VIEWERS = 100
+# Each viewer added or removed is 3 writes of the job's one transaction (at most 100 items).
+MAX_VIEWER_CHANGES = 33
 
 
 class JobInput(BaseModel):
@@ -211,6 +213,12 @@ def share_job(ctx: Context, user: User, job: Job, body: JobSharing) -> Job:
         unknown = [name for name in viewers if ctx.store.users.find_user(name) is None]
         if unknown:
             raise ValidationFailed(f"Unknown users: {', '.join(unknown)}", field="viewers")
+        changes = len(set(viewers) ^ set(job.viewers))
+        if changes > MAX_VIEWER_CHANGES:
+            raise ValidationFailed(
+                f"Add or remove at most {MAX_VIEWER_CHANGES} viewers at once (got {changes})",
+                field="viewers",
+            )
         update["viewers"] = viewers
     if body.share_with_editors is not None:
         update["share_with_editors"] = body.share_with_editors

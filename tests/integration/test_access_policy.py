@@ -753,6 +753,14 @@ def test_a_jobs_data_is_seen_only_once_its_creator_shares_it(world: World) -> No
     # Only the job's creator USEs its images as inputs, viewers do not.
     assert carol.get("cases/images/")[1]["results"] == []
 
+    many = [f"viewer-{n}" for n in range(34)]
+    for name in many:
+        ctx.store.users.ensure_user(name)
+    status, body, _ = bob.patch(job_path, {"viewers": many})
+    assert status == 400 and "viewers" in body and "at most 33" in body["detail"], body
+    status, body, _ = bob.patch(job_path, {"viewers": many[:32]})  # and carol goes: 33
+    assert status == 200 and len(body["viewers"]) == 32, body
+    assert bob.patch(job_path, {"viewers": ["carol"]})[0] == 200
     status, body, _ = bob.patch(job_path, {"viewers": ["nobody-here"]})
     assert status == 400 and "viewers" in body and "nobody-here" in body["detail"], body
     status, body, _ = bob.patch(job_path, {"viewers": [], "share_with_editors": False})
