@@ -95,6 +95,7 @@ class _Zstd:
             ["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.source = source
+        self.ended = False  # its whole output was read: it is exiting on its own
         self.feeder = threading.Thread(target=self._feed, daemon=True)
         self.feeder.start()
 
@@ -109,14 +110,18 @@ class _Zstd:
 
     def read(self, size: int = -1) -> bytes:
         assert self.process.stdout is not None
-        return self.process.stdout.read(size)
+        chunk = self.process.stdout.read(size)
+        if not chunk and size != 0:
+            self.ended = True
+        return chunk
 
     def readable(self) -> bool:
         return True
 
     def close(self) -> int:
-        """Stop it (early on an error); its exit status."""
-        if self.process.poll() is None and self.feeder.is_alive():
+        """Stop it (early on an error); its exit status. Once its output has ended it is
+        left to exit: killed then, a busy machine would turn a good layer into a failed one."""
+        if not self.ended and self.process.poll() is None and self.feeder.is_alive():
             self.process.kill()
         self.feeder.join()
         assert self.process.stdout is not None
