@@ -52,6 +52,14 @@ def build(ctx: Context) -> APIGatewayRouter:
         desired = algorithm_models.desired_pks(ctx, {model.algorithm})
         return shapes.algorithm_model(model, urls, desired=model.pk in desired)
 
+    def queued(algorithm_ref: str, user_upload: str, comment: str) -> dict:
+        """Both ways to add a model: queue the import of the upload into that algorithm."""
+        user = current_user(router)
+        urls = urls_for(ctx, router)
+        algorithm = catalog.referenced_algorithm(ctx, user, urls, algorithm_ref)
+        model = algorithm_models.queue_import(ctx, user, algorithm, user_upload, urls, comment)
+        return shaped(model, urls)
+
     @router.get("/algorithms/models/", summary="List model tarballs of your algorithms")
     def list_algorithm_models(
         algorithm: Annotated[str | None, Query(max_length=1024)] = None,
@@ -82,13 +90,7 @@ def build(ctx: Context) -> APIGatewayRouter:
         summary="Add a model tarball from a completed upload; imported asynchronously",
     )
     def create_algorithm_model(body: Annotated[AlgorithmModelCreate, Body()]) -> tuple[dict, int]:
-        user = current_user(router)
-        urls = urls_for(ctx, router)
-        algorithm = catalog.referenced_algorithm(ctx, user, urls, body.algorithm)
-        model = algorithm_models.queue_import(
-            ctx, user, algorithm, body.user_upload, urls, body.comment
-        )
-        return shaped(model, urls), 201
+        return queued(body.algorithm, body.user_upload, body.comment), 201
 
     @router.post(
         "/algorithms/<pk>/models/",
@@ -97,13 +99,7 @@ def build(ctx: Context) -> APIGatewayRouter:
     def add_algorithm_model(
         pk: str, body: Annotated[AlgorithmModelUpload, Body()]
     ) -> tuple[dict, int]:
-        user = current_user(router)
-        urls = urls_for(ctx, router)
-        algorithm = catalog.referenced_algorithm(ctx, user, urls, pk)
-        model = algorithm_models.queue_import(
-            ctx, user, algorithm, body.user_upload, urls, body.comment
-        )
-        return shaped(model, urls), 201
+        return queued(pk, body.user_upload, body.comment), 201
 
     @router.patch(
         "/algorithms/models/<pk>/",
