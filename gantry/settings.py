@@ -81,6 +81,10 @@ class Settings(BaseModel):
     imports_queue_url: str = ""
     image_repository: str = ""
     runner_layer_path: str = "/opt/gantry-runner-layer.tar"
+    # The bioimage.io runtime image a bioimage.io model algorithm runs (an ``oci:sha256:…`` of
+    # the local image store or a registry reference ``host/repository@sha256:…``). Empty: the
+    # runtime runs with this installation's own interpreter (one machine only).
+    bioimageio_image: str = ""
     # Attempts after host or spot failures; capacity back-offs do not count.
     max_attempts: int = 3
     max_capacity_retries: int = 20
