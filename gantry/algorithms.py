@@ -29,6 +29,16 @@ class GPUType(StrEnum):
 ENABLED_GPU_TYPES = frozenset({GPUType.NONE, GPUType.T4})
 
 
+class ImportStatus(StrEnum):
+    INITIALIZED = "Initialized"
+    QUEUED = "Queued"
+    RE_QUEUED = "Re-Queued"
+    STARTED = "Started"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
 class SocketSet(BaseModel):
     """One way to run the algorithm: these input sockets produce these output sockets."""
 
@@ -105,25 +115,54 @@ class AlgorithmUpdate(BaseModel):
     users: list[str] | None = Field(default=None, max_length=1000)
 
 
+class AlgorithmCreate(AlgorithmFields):
+    """``POST algorithms/``: the fields, with the socket sets given, or a bioimage.io model
+    package whose import (gantry.pipeline.bioimageio_import) creates them (one or the other:
+    ``catalog.create_algorithm`` and ``services.bioimageio.register`` check)."""
+
+    interfaces: list[SocketSet] = Field(default_factory=list, max_length=MAX_SOCKET_SETS)
+    bioimageio_package: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="a bioimage.io model package zip: the api_url or pk of a completed "
+        "upload, or (admins) s3://<the deployment's bucket>/<key>",
+    )
+
+
+class BioimageioImport(BaseModel):
+    """The registration of an algorithm from a bioimage.io model package: where the package
+    is, how its import stands, and what it made (the algorithm's model and image)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    import_status: ImportStatus = ImportStatus.QUEUED
+    status_message: str = ""
+    # The package: a user upload's pk, or an object of the deployment's bucket.
+    user_upload: str | None = None
+    key: str | None = None
+    filename: str = ""
+    # What the validation found.
+    name: str = ""
+    format_version: str = ""
+    weights_format: str = ""
+    # What the import made: the model (the package, extracted to /opt/ml/model) and image.
+    model: str | None = None
+    image: str | None = None
+
+
 class Algorithm(AlgorithmFields):
     # Stored documents may hold fields of earlier versions (a "models" list): ignored.
     model_config = ConfigDict(extra="ignore")
 
+    # Empty only while a bioimage.io package's import has not completed.
+    interfaces: list[SocketSet] = Field(default_factory=list, max_length=MAX_SOCKET_SETS)
+    bioimageio: BioimageioImport | None = None
     pk: str
     slug: str
     creator: str
     created: str
     modified: str
-
-
-class ImportStatus(StrEnum):
-    INITIALIZED = "Initialized"
-    QUEUED = "Queued"
-    RE_QUEUED = "Re-Queued"
-    STARTED = "Started"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-    CANCELLED = "Cancelled"
 
 
 class AlgorithmImageFields(BaseModel):

@@ -49,6 +49,22 @@ def algorithm(alg: Algorithm, sockets: dict[str, Interface], urls: Urls) -> dict
         "requires_memory_gb": alg.requires_memory_gb,
         "created": alg.created,
         "modified": alg.modified,
+        # Algorithms registered from a bioimage.io model package: how its import stands.
+        "bioimageio": _bioimageio(alg),
+    }
+
+
+def _bioimageio(alg: Algorithm) -> dict[str, Any] | None:
+    record = alg.bioimageio
+    if record is None:
+        return None
+    return {
+        "import_status": record.import_status.value,
+        "status_message": record.status_message,
+        "filename": record.filename,
+        "name": record.name,
+        "format_version": record.format_version,
+        "weights_format": record.weights_format,
     }
 
 

@@ -1,5 +1,7 @@
 """SQS handler of the imports queue: ``{"gantry": "import-image", "image": pk}`` messages the API
-sends for an uploaded container image archive. The import (``gantry.pipeline.image_import``)
+sends for an uploaded container image archive, and ``{"gantry": "import-bioimageio",
+"algorithm": pk}`` for an algorithm registered from a bioimage.io model package
+(``gantry.pipeline.bioimageio_import``). The import (``gantry.pipeline.image_import``)
 validates the archive as a stream from S3 and pushes it, with the runner layer, to the
 deployment's ECR repository (``gantry.pipeline.registry_publisher``). ``{"gantry":
 "delete-image", "reference": …}`` deletes a removed image from that repository
@@ -19,7 +21,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
-from gantry.pipeline.wiring import IMPORT_IMAGE
+from gantry.pipeline.wiring import IMPORT_BIOIMAGEIO, IMPORT_IMAGE
 from lambdas.runtime import context, process_sqs_batch, unknown_message
 
 logger = Logger(service="gantry-on-import")
@@ -39,12 +41,26 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         if not delete_image(ctx, reference, tag if isinstance(tag, str) and tag else None):
             logger.info("nothing to delete", reference=reference)
         return
+    if message.get("gantry") == IMPORT_BIOIMAGEIO:
+        import_bioimageio_message(ctx, message)
+        return
     if message.get("gantry") != IMPORT_IMAGE:
         raise unknown_message(message)
     image_pk = message.get("image")
     if not isinstance(image_pk, str) or not image_pk:
         raise ValueError("import-image message without an image pk")
     import_image(ctx, image_pk)
+
+
+def import_bioimageio_message(ctx: Context, message: dict[str, Any]) -> None:
+    """``{"gantry": "import-bioimageio", "algorithm": pk}``: register the algorithm's
+    bioimage.io model package (gantry.pipeline.bioimageio_import)."""
+    from gantry.pipeline.bioimageio_import import import_bioimageio
+
+    algorithm_pk = message.get("algorithm")
+    if not isinstance(algorithm_pk, str) or not algorithm_pk:
+        raise ValueError("import-bioimageio message without an algorithm pk")
+    import_bioimageio(ctx, algorithm_pk)
 
 
 def process(

@@ -20,6 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
 from gantry.pipeline.wiring import (
+    IMPORT_BIOIMAGEIO,
     IMPORT_IMAGE,
     IMPORT_ITEM_VALUES,
     IMPORT_MODEL,
@@ -71,6 +72,12 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         if not isinstance(session_pk, str) or not session_pk:
             raise ValueError("import-upload-session message without a session pk")
         import_upload_session(ctx, session_pk)
+        return
+    if message.get("gantry") == IMPORT_BIOIMAGEIO:
+        # Where the deployment has no imports queue (the local stack), imports come here.
+        from lambdas.on_import import import_bioimageio_message
+
+        import_bioimageio_message(ctx, message)
         return
     if message.get("gantry") == IMPORT_MODEL:
         from gantry.pipeline.model_import import import_model

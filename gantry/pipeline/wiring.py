@@ -20,6 +20,7 @@ IMPORT_IMAGE = "import-image"
 IMPORT_ITEM_VALUES = "import-item-values"
 IMPORT_UPLOAD_SESSION = "import-upload-session"
 IMPORT_MODEL = "import-model"
+IMPORT_BIOIMAGEIO = "import-bioimageio"
 
 
 def validate_inputs_message(job_pk: str) -> str:
@@ -44,6 +45,10 @@ def import_upload_session_message(session_pk: str) -> str:
 
 def import_model_message(model_pk: str) -> str:
     return json.dumps({"gantry": IMPORT_MODEL, "model": model_pk})
+
+
+def import_bioimageio_message(algorithm_pk: str) -> str:
+    return json.dumps({"gantry": IMPORT_BIOIMAGEIO, "algorithm": algorithm_pk})
 
 
 def on_job_created(ctx: Context, job: Job) -> None:

@@ -50,6 +50,10 @@ def _check_socket_sets(ctx: Context, socket_sets: list[SocketSet]) -> dict[str, 
 
 
 def create_algorithm(ctx: Context, user: User, fields: AlgorithmFields) -> Algorithm:
+    if not fields.interfaces:
+        raise ValidationFailed(
+            "give at least one socket set (or a bioimageio_package)", field="interfaces"
+        )
     found = _check_socket_sets(ctx, fields.interfaces)
     algorithm = ctx.store.algorithms.create(fields, creator=user.username)
     ctx.store.sockets.mark_used(list(found.values()), flag="in_algorithm")
@@ -63,6 +67,20 @@ def update_algorithm(ctx: Context, user: User, pk: str, patch: AlgorithmUpdate) 
     if not access.algorithm(user, Action.CHANGE, algorithm):
         raise PermissionDenied("Only the algorithm's editors can change it")
     given = patch.model_dump(exclude_unset=True)
+    if algorithm.bioimageio is not None:
+        # The package's tensors are the socket sets; they exist once its import completed.
+        if "interfaces" in given:
+            raise ValidationFailed(
+                "A bioimage.io model algorithm's inputs and outputs come from its package",
+                field="interfaces",
+            )
+        if not algorithm.interfaces:
+            status = algorithm.bioimageio.import_status.value
+            raise ValidationFailed(
+                f"The algorithm's bioimage.io package import is {status}: it can be changed "
+                "once the import has completed",
+                field="bioimageio_package",
+            )
     found = _check_socket_sets(ctx, patch.interfaces) if patch.interfaces is not None else {}
 
     def change(current: Algorithm, used: set[int]) -> AlgorithmFields:

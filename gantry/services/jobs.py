@@ -135,6 +135,11 @@ def create_job(
         raise ValidationFailed(
             f"Algorithm '{body.algorithm}' not found", field="algorithm"
         ) from error
+    from gantry.services.bioimageio import not_ready
+
+    importing = not_ready(algorithm)
+    if importing:
+        raise ValidationFailed(importing, field="algorithm")
     image = ctx.store.algorithms.desired_image(algorithm.pk)
     if image is None:
         raise ValidationFailed("Algorithm image is not ready to be used", field="algorithm")

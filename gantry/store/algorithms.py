@@ -12,6 +12,7 @@ from gantry.algorithms import (
     AlgorithmFields,
     AlgorithmImage,
     AlgorithmImageFields,
+    BioimageioImport,
     ImportStatus,
 )
 from gantry.errors import Conflict, NotFound
@@ -28,7 +29,13 @@ class AlgorithmStore:
         self.table = table
         self.paginator = Paginator(table)
 
-    def create(self, fields: AlgorithmFields, *, creator: str) -> Algorithm:
+    def create(
+        self,
+        fields: AlgorithmFields,
+        *,
+        creator: str,
+        bioimageio: BioimageioImport | None = None,
+    ) -> Algorithm:
         slug = slugify(fields.title)
         if not slug:
             raise Conflict("title must contain letters or digits", field="title")
@@ -40,6 +47,7 @@ class AlgorithmStore:
             creator=creator,
             created=moment,
             modified=moment,
+            bioimageio=bioimageio,
         )
         members = dict.fromkeys([creator, *algorithm.editors, *algorithm.users])
         puts = [self.table.item(keys.algorithm(algorithm.pk), MAIN_SK, _doc(algorithm), slug=slug)]
@@ -90,9 +98,14 @@ class AlgorithmStore:
             current = Algorithm.model_validate(stored.doc)
             used = {int(i) for i in stored.item.get("used_sets") or ()}
             fields = change(current, used)
+            # An Algorithm given back (a bioimage.io import's change) brings its own
+            # registration record; plain fields keep the stored one.
+            kept = {"pk", "slug", "creator", "created"}
             new = Algorithm(
-                **fields.model_dump(),
-                **current.model_dump(include={"pk", "slug", "creator", "created"}),
+                **{
+                    **current.model_dump(include={*kept, "bioimageio"}),
+                    **fields.model_dump(exclude={*kept, "modified"}),
+                },
                 modified=timeutil.iso(),
             )
             updated[:] = [new]

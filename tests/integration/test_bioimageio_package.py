@@ -234,9 +234,10 @@ def test_the_api_import_path_loads_no_bioimageio_code() -> None:
     import sys
 
     probe = (
-        "import sys, lambdas.api.app, lambdas.on_upload, lambdas.on_job_event, gantry.cli; "
+        "import sys, lambdas.api.app, lambdas.on_upload, lambdas.on_import, "
+        "lambdas.on_job_event, gantry.cli; "
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
-        "('bioimageio', 'onnxruntime', 'onnx', 'torch') "
+        "('bioimageio', 'onnxruntime', 'onnx', 'torch', 'numpy', 'SimpleITK') "
         "or m.startswith('batch_runner.bioimageio')]; "
         "print(heavy)"
     )

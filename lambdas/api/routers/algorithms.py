@@ -11,10 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gantry import access, shapes
 from gantry.access import Action
-from gantry.algorithms import AlgorithmFields, AlgorithmImageFields, AlgorithmUpdate
+from gantry.algorithms import (
+    AlgorithmCreate,
+    AlgorithmImageFields,
+    AlgorithmUpdate,
+)
 from gantry.context import Context
 from gantry.errors import NotFound
-from gantry.services import catalog
+from gantry.services import bioimageio, catalog
 from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
 
 
@@ -103,9 +107,13 @@ def build(ctx: Context) -> APIGatewayRouter:
         return shapes.algorithm(algorithm, sockets, urls_for(ctx, router))
 
     @router.post("/algorithms/", summary="Create an algorithm")
-    def create_algorithm(body: Annotated[AlgorithmFields, Body()]) -> tuple[dict, int]:
+    def create_algorithm(body: Annotated[AlgorithmCreate, Body()]) -> tuple[dict, int]:
         user = current_user(router)
-        algorithm = catalog.create_algorithm(ctx, user, body)
+        if body.bioimageio_package is not None:
+            # Created at once; its import (in the import function) adds sockets and image.
+            algorithm = bioimageio.register(ctx, user, body, urls_for(ctx, router))
+        else:
+            algorithm = catalog.create_algorithm(ctx, user, body)
         sockets = catalog.sockets_of(ctx, [algorithm])
         return shapes.algorithm(algorithm, sockets, urls_for(ctx, router)), 201
 
