@@ -100,11 +100,13 @@ def algorithms_create(
     api: ApiOptions,
     title: Annotated[str, typer.Option(help="Its title; the slug is made from it.")],
     inputs: Annotated[
-        list[str], typer.Option("--input", help="An input interface slug (repeat for more).")
-    ],
+        list[str] | None,
+        typer.Option("--input", help="An input interface slug (repeat for more)."),
+    ] = None,
     outputs: Annotated[
-        list[str], typer.Option("--output", help="An output interface slug (repeat for more).")
-    ],
+        list[str] | None,
+        typer.Option("--output", help="An output interface slug (repeat for more)."),
+    ] = None,
     description: Annotated[str, typer.Option(help="What it does.")] = "",
     time_limit: Annotated[
         int | None, typer.Option(help="Seconds a job may run (300-86400).", show_default=False)
@@ -154,9 +156,25 @@ def algorithms_create(
             show_default=False,
         ),
     ] = None,
+    bioimageio: Annotated[
+        Path | None,
+        typer.Option(
+            help="A bioimage.io model package zip: its tensors become the inputs and outputs, "
+            "and the bioimage.io runtime its image.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Create an algorithm with one set of inputs and outputs, and optionally its image."""
+    """Create an algorithm with one set of inputs and outputs, and optionally its image; or
+    one from a bioimage.io model package (--bioimageio)."""
     with reported():
+        if bioimageio is not None and (inputs or outputs or image or image_archive):
+            raise CliError(
+                "--bioimageio brings its inputs, outputs and image: leave out --input, "
+                "--output, --image and --image-archive"
+            )
+        if bioimageio is None and not (inputs and outputs):
+            raise CliError("give --input and --output (or a --bioimageio package)")
         if image_archive is not None and (image, command, workdir) != (None, None, None):
             raise CliError("--image-archive brings its own command: leave out --image, --command")
         if image is None and (command is not None or workdir is not None):
@@ -167,15 +185,22 @@ def algorithms_create(
         body: dict[str, Any] = {
             "title": title,
             "description": description,
-            "interfaces": [{"inputs": inputs, "outputs": outputs}],
             "users": user or [],
         }
+        if bioimageio is None:
+            body["interfaces"] = [{"inputs": inputs, "outputs": outputs}]
         if time_limit is not None:
             body["time_limit"] = time_limit
         if memory_gb is not None:
             body["requires_memory_gb"] = memory_gb
         if gpu is not None:
             body["requires_gpu_type"] = gpu
+        if bioimageio is not None:
+            from gantry.commands.bioimageio import register_package
+
+            with api.connect() as client:
+                register_package(client, body, bioimageio)
+            return
         with api.connect() as client:
             prepared = _prepare_archive(api, client, image_archive) if image_archive else None
             algorithm = client.post("algorithms/", body)
