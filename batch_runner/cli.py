@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--input-root", help="default $GANTRY_INPUT_ROOT or /input")
     serve.add_argument("--output-root", help="default $GANTRY_OUTPUT_ROOT or /output")
     serve.add_argument("--sandbox", choices=("off", "auto", "required"))
+    commands.add_parser(
+        "fork-server",
+        help="one machine: preload once, then fork one runner per request from stdin",
+    )
     return parser
 
 
@@ -122,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_in)
     if args.command == "serve":
         return serve(args)
+    if args.command == "fork-server":
+        from batch_runner import forkserver
+
+        return forkserver.serve()
     log = JsonLog()
     try:
         config = RunnerConfig.from_env(

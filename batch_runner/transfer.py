@@ -14,10 +14,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore.session
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 
 MB = 1024 * 1024
+# botocore's data loader with the service models already parsed (batch_runner.forkserver).
+_shared_loader: Any = None
+
+
+def share_loader(loader: Any) -> None:
+    """Let every S3 client of this process (and of processes forked from it) use ``loader``:
+    the models are files of the installed botocore, the same whichever session reads them."""
+    global _shared_loader
+    _shared_loader = loader
 
 
 def s3_client(max_pool_connections: int = 32, session: Any | None = None) -> Any:
@@ -26,6 +36,10 @@ def s3_client(max_pool_connections: int = 32, session: Any | None = None) -> Any
     ``session``: a boto3 session with the job's own credentials (batch_runner.credentials).
     """
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if session is None and _shared_loader is not None:
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _shared_loader)
+        session = boto3.session.Session(botocore_session=core)
     return (session or boto3).client(
         "s3",
         region_name=region,

@@ -1,38 +1,69 @@
 """Pipeline figures: the platform's own time per job, end to end on the embedded local stack.
 
 ``python -m benchmarks pipeline``. Jobs are created through the API handler (in-process), run
-by the local compute backend (the real runner as a subprocess, its sandbox, the default
-worker count) and finished by the callback, all against the embedded AWS endpoint. The
-algorithm is the no-op example plus the one output every algorithm must declare: the noop
-example alone writes nothing, so its jobs end Failed ("Output file … was not produced")
-before the outputs are parsed, which would leave that part out of the figures.
+by the local compute backend (the real runner, its sandbox required, the default worker
+count) and finished by the callback, all against the embedded AWS endpoint, in a fresh
+stack. Each figure is taken twice in the same run, next to each other, so a busy machine
+disturbs both alike: with each job's runner started as an interpreter of its own (as before
+the warm runner) and forked from the warm runner (``batch_runner fork-server``, the default).
 
-Sizes by environment variables: ``GANTRY_BENCH_PIPELINE_JOBS`` (sequential jobs, default 15)
-and ``GANTRY_BENCH_PIPELINE_BURST`` (jobs created at once, default 30).
+Two algorithms: the no-op example as a command from a folder (plus the one output every
+algorithm must declare: the noop example alone writes nothing, so its jobs would end Failed
+before the outputs are parsed), and the same as an OCI image (Debian's static busybox, its
+shell writing that output), run from its root filesystem as the image's USER.
+
+Printed per stage (median and p95), with the goals of one machine: created -> Succeeded
+≤ 0.3 s one at a time, ≥ 5 jobs/s in a burst on 2 CPUs. Also the AWS requests per job, by
+whom (the platform: API, provisioning, callback; the runner) and operation, counted at the
+endpoint, and the CPU seconds per job of every process involved (this one, which holds the
+API, the callback and the AWS endpoint, and the runners), the figure a busy machine
+disturbs least.
+
+Sizes by environment variables: ``GANTRY_BENCH_PIPELINE_JOBS`` (sequential jobs, default 15),
+``GANTRY_BENCH_PIPELINE_BURST`` (jobs created at once, default 30),
+``GANTRY_BENCH_PIPELINE_OCI_JOBS`` (sequential jobs of the image, default 10; 0 skips it),
+``GANTRY_BENCH_PIPELINE_MODES`` (``process,fork`` by default; one of them alone to compare
+nothing).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import resource
+import shutil
 import statistics
 import sys
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from benchmarks.figures import local_credentials, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 NOOP = REPO / "examples" / "algorithms" / "noop"
-POLL_SECONDS = 0.02
+POLL_SECONDS = 0.01
 JOB_TIMEOUT_SECONDS = 120.0
 # The noop example's "work", plus the single output the socket set requires.
 ALGORITHM = (
     "import os, runpy; runpy.run_path('main.py'); "
     "open(os.path.join(os.environ['OUTPUT_DIR'], 'result.json'), 'w').write('0')"
 )
+# The same in an image: its shell writes the output.
+IMAGE_COMMAND = ["/bin/sh", "-c", "echo 0 > /output/result.json"]
+# The runner's requests carry this in their User-Agent (botocore's app id), so the endpoint
+# tells them from the platform's; so do the benchmark's own reads of the jobs it waits for.
+RUNNER_APP_ID = "gantry-runner"
+WATCHER_APP_ID = "gantry-bench-watcher"
+MODES = {"process": "a runner per job", "fork": "warm runner"}
+GOAL_SECONDS = 0.3
+GOAL_JOBS_PER_SECOND = 5.0
 
 
 def _input(value: int) -> dict[str, Any]:
@@ -56,11 +87,116 @@ class Timing:
     create_call: float  # the POST, which provisions and submits the job before it returns
     client_wall: float  # from the POST until the client first sees the job final
     to_start: float  # created -> the runner process started (started_at)
-    process: float  # the runner process, start to exit (interpreter and imports included)
+    process: float  # the runner process, start to exit (its start-up included)
     runner: float  # the runner's own time: staging, algorithm, uploads, result
     algorithm: float  # the algorithm process alone
     callback: float  # the runner process exited -> the job is Succeeded
     total: float  # created -> completed_at, from the job's record
+
+
+STAGES: list[tuple[str, Callable[[Timing], float]]] = [
+    ("POST algorithms/jobs/ (provisions, submits)", lambda t: t.create_call),
+    ("created -> runner process started", lambda t: t.to_start),
+    ("runner process, start -> exit", lambda t: t.process),
+    ("  of which before the runner's work", lambda t: t.process - t.runner),
+    ("  of which the runner's work", lambda t: t.runner),
+    ("    of which the algorithm (sandboxed)", lambda t: t.algorithm),
+    ("runner exit -> Succeeded (callback)", lambda t: t.callback),
+    ("created -> Succeeded (job record)", lambda t: t.total),
+    ("client: POST -> sees Succeeded", lambda t: t.client_wall),
+]
+
+
+# --- AWS requests, counted at the endpoint ---------------------------------------------------
+
+
+class Requests:
+    """WSGI middleware of the endpoint: counts requests by (who, service, operation)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        key = _classify(environ)
+        with self._lock:
+            self.counts[key] += 1
+        return self.app(environ, start_response)
+
+    def snapshot(self) -> collections.Counter[tuple[str, str, str]]:
+        with self._lock:
+            return collections.Counter(self.counts)
+
+
+def _classify(environ: dict[str, Any]) -> tuple[str, str, str]:
+    agent = environ.get("HTTP_USER_AGENT", "")
+    who = (
+        "runner" if RUNNER_APP_ID in agent else "watcher" if WATCHER_APP_ID in agent else "platform"
+    )
+    scope = environ.get("HTTP_AUTHORIZATION", "").split("Credential=", 1)[-1].split(",")[0]
+    parts = scope.split("/")
+    service = parts[3] if len(parts) > 3 else "?"
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return who, service, target.rsplit(".", 1)[-1]
+    method = environ.get("REQUEST_METHOD", "")
+    if service == "s3":
+        path = urlsplit(environ.get("PATH_INFO", "")).path.strip("/")
+        has_key = "/" in path
+        if method == "PUT" and environ.get("HTTP_X_AMZ_COPY_SOURCE"):
+            return who, service, "CopyObject"
+        operation = {
+            "GET": "GetObject" if has_key else "ListObjects",
+            "PUT": "PutObject",
+            "HEAD": "HeadObject",
+            "DELETE": "DeleteObject",
+            "POST": "PostObject",
+        }.get(method, method)
+        return who, service, operation
+    return who, service, method
+
+
+# --- CPU of every process involved -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds (user + system): this process (the API, provisioning, the callback and the
+    AWS endpoint) and the runners (with their sandboxes and algorithms)."""
+
+    platform: float = 0.0
+    runners: float = 0.0
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.platform - other.platform, self.runners - other.runners)
+
+    def __truediv__(self, jobs: int) -> Cpu:
+        return Cpu(self.platform / jobs, self.runners / jobs)
+
+    @property
+    def total(self) -> float:
+        return self.platform + self.runners
+
+
+def _cpu(stack: Any) -> Cpu:
+    """This process; its reaped children plus the warm runner and its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    runners = children.ru_utime + children.ru_stime
+    forks = getattr(stack.ctx.compute_backend, "_forks", None)
+    if forks is not None and forks.process.poll() is None:
+        try:
+            with open(f"/proc/{forks.process.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime: fields 14-17 of stat(5), from the state (3) on.
+            runners += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return Cpu(own.ru_utime + own.ru_stime, runners)
+
+
+# --- one job -------------------------------------------------------------------------------
 
 
 def _seconds(start: str, end: str) -> float:
@@ -69,15 +205,28 @@ def _seconds(start: str, end: str) -> float:
     return (timeutil.parse_iso(end) - timeutil.parse_iso(start)).total_seconds()
 
 
+def _watcher(stack: Any) -> Any:
+    """A store of its own whose requests the endpoint counts apart (``WATCHER_APP_ID``)."""
+    from botocore.config import Config
+
+    from gantry.aws import Clients
+    from gantry.store import Store
+
+    clients = Clients(stack.settings)
+    clients._config = clients._config.merge(Config(user_agent_appid=WATCHER_APP_ID))
+    return Store.create(clients, stack.settings)
+
+
 def _wait(stack: Any, pks: list[str]) -> dict[str, tuple[Any, float]]:
     """Each job once final, with the perf_counter moment it was first seen final."""
     pending, done = set(pks), {}
     deadline = time.perf_counter() + JOB_TIMEOUT_SECONDS * max(1, len(pks))
+    watcher = stack.watcher
     while pending:
         if time.perf_counter() > deadline:
             raise TimeoutError(f"{len(pending)} jobs did not finish")
         for pk in list(pending):
-            job = stack.ctx.store.jobs.get(pk)
+            job = watcher.jobs.get(pk)
             if job.status.is_terminal:
                 done[pk] = (job, time.perf_counter())
                 pending.discard(pk)
@@ -106,28 +255,22 @@ def _timing(stack: Any, job: Any, posted: float, create_call: float, seen: float
     )
 
 
-def _setup(api: Any) -> str:
+def _interfaces(api: Any) -> None:
     for title, path in (("Number", "number.json"), ("Result", "result.json")):
         api.request(
             "POST",
             "components/interfaces/",
             {"title": title, "kind": "Integer", "relative_path": path},
         )
+
+
+def _algorithm(api: Any, title: str, image: dict[str, Any]) -> str:
     algorithm = api.request(
         "POST",
         "algorithms/",
-        {"title": "Noop", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
+        {"title": title, "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
     )
-    api.request(
-        "POST",
-        "algorithms/images/",
-        {
-            "algorithm": algorithm["api_url"],
-            "image": "local",
-            "command": [sys.executable, "-c", ALGORITHM],
-            "workdir": str(NOOP),
-        },
-    )
+    api.request("POST", "algorithms/images/", {"algorithm": algorithm["api_url"], **image})
     return str(algorithm["api_url"])
 
 
@@ -158,56 +301,230 @@ def _burst(stack: Any, api: Any, algorithm_url: str, count: int) -> tuple[list[T
     ], wall
 
 
-def _row(label: str, samples: list[float]) -> str:
-    median, p95 = statistics.median(samples), percentile(samples, 95)
-    return f"  {label:<44} {median * 1000:8.0f} ms {p95 * 1000:8.0f} ms"
+# --- a run ---------------------------------------------------------------------------------
 
 
-def _table(title: str, timings: list[Timing]) -> None:
-    print(f"  {title:<44} {'median':>11} {'p95':>11}")
-    print(_row("POST algorithms/jobs/ (provisions, submits)", [t.create_call for t in timings]))
-    print(_row("created -> runner process started", [t.to_start for t in timings]))
-    print(_row("runner process, start -> exit", [t.process for t in timings]))
-    print(_row("  of which the runner's work", [t.runner for t in timings]))
-    print(_row("  of which the algorithm", [t.algorithm for t in timings]))
-    print(_row("runner exit -> Succeeded (callback)", [t.callback for t in timings]))
-    print(_row("created -> Succeeded (job record)", [t.total for t in timings]))
-    print(_row("client: POST -> sees Succeeded (polling)", [t.client_wall for t in timings]))
+@dataclass
+class Run:
+    """One algorithm's figures in one mode."""
+
+    first: Timing | None = None  # the first job of a fresh stack
+    sequential: list[Timing] = field(default_factory=list)
+    sequential_cpu: Cpu = field(default_factory=Cpu)  # per job
+    requests: collections.Counter[tuple[str, str, str]] = field(
+        default_factory=collections.Counter
+    )  # per job
+    polling: float = 0.0  # the stack's queue pollers' requests per second, not per job
+    burst: list[Timing] = field(default_factory=list)
+    burst_wall: float = 0.0
+    burst_cpu: Cpu = field(default_factory=Cpu)  # per job
+
+
+def _measure(
+    stack: Any, counter: Requests, api: Any, algorithm_url: str, sequential: int, burst: int
+) -> Run:
+    run = Run()
+    run.first = _sequential(stack, api, algorithm_url, 1)[0]
+    before, cpu, started = counter.snapshot(), _cpu(stack), time.perf_counter()
+    run.sequential = _sequential(stack, api, algorithm_url, sequential)
+    run.sequential_cpu = (_cpu(stack) - cpu) / sequential
+    elapsed = time.perf_counter() - started
+    counts = counter.snapshot() - before
+    receives = sum(n for (_, _, op), n in counts.items() if op == "ReceiveMessage")
+    run.polling = receives / elapsed
+    run.requests = collections.Counter(
+        {
+            key: n / sequential
+            for key, n in counts.items()
+            if key[2] != "ReceiveMessage" and key[0] != "watcher"
+        }
+    )
+    if burst:
+        cpu = _cpu(stack)
+        run.burst, run.burst_wall = _burst(stack, api, algorithm_url, burst)
+        run.burst_cpu = (_cpu(stack) - cpu) / burst
+    return run
+
+
+def _stack(mode: str, image_store: Path | None) -> Any:
+    from gantry.local.stack import LocalStack
+    from gantry.settings import Settings
+
+    name = f"bench-pipeline-{mode}"
+    options: dict[str, Any] = {
+        "fork_server": mode == "fork",
+        "sandbox": "required",
+        "extra_env": {"AWS_SDK_UA_APP_ID": RUNNER_APP_ID},
+    }
+    if image_store is not None:
+        options["image_store"] = image_store
+    return LocalStack.start(Settings(table_name=name, bucket_name=name), **options)
+
+
+def _oci_image(store_root: Path) -> str | None:
+    """The busybox image prepared in a store; None when Debian's package is out of reach."""
+    from gantry.oci import ImageStore
+
+    try:
+        from tests.runner_rootfs import busybox_archive
+
+        archive = busybox_archive(store_root.parent / "image.tar", cmd=IMAGE_COMMAND)
+    except Exception as error:  # no network to Debian's archive, no dpkg-deb
+        print(f"  (the OCI image could not be built: {error})")
+        return None
+    return str(ImageStore(store_root).prepare(archive).ref)
+
+
+def _run_mode(
+    mode: str, sequential: int, burst: int, oci_jobs: int, oci_store: Path | None
+) -> dict[str, Run]:
+    oci_ref = _oci_image(oci_store) if oci_store is not None and oci_jobs else None
+    stack = _stack(mode, oci_store if oci_ref else None)
+    counter = Requests(stack.endpoint.server.app)
+    stack.endpoint.server.app = counter
+    stack.watcher = _watcher(stack)
+    runs: dict[str, Run] = {}
+    try:
+        api = stack_api(stack)
+        _interfaces(api)
+        command = _algorithm(
+            api,
+            "Noop",
+            {"image": "local", "command": [sys.executable, "-c", ALGORITHM], "workdir": str(NOOP)},
+        )
+        runs["command"] = _measure(stack, counter, api, command, sequential, burst)
+        if oci_ref is not None:
+            image = _algorithm(api, "Noop image", {"image": oci_ref, "command": IMAGE_COMMAND})
+            runs["image"] = _measure(stack, counter, api, image, oci_jobs, 0)
+    finally:
+        stack.stop()
+    return runs
+
+
+def stack_api(stack: Any) -> Any:
+    from gantry.local.client import InProcessApi
+
+    return InProcessApi(stack.ctx, stack.ctx.store.users.create_token("bench"))
+
+
+# --- printing ------------------------------------------------------------------------------
+
+
+def _ms(samples: Iterable[float]) -> str:
+    values = list(samples)
+    return f"{statistics.median(values) * 1000:6.0f} {percentile(values, 95) * 1000:6.0f}"
+
+
+def _table(title: str, runs: dict[str, list[Timing]]) -> None:
+    modes = list(runs)
+    print(f"  {title:<44}" + "".join(f"{MODES[m]:>16}" for m in modes))
+    print(f"  {'(ms: median p95)':<44}" + "".join(f"{'median    p95':>16}" for _ in modes))
+    for label, value in STAGES:
+        print(f"  {label:<44}" + "".join(f"{_ms(map(value, runs[m])):>16}" for m in modes))
+
+
+def _requests_table(runs: dict[str, Run]) -> None:
+    modes = list(runs)
+    keys = sorted(set().union(*(run.requests for run in runs.values())))
+    print(f"  {'AWS requests per job':<44}" + "".join(f"{MODES[m]:>16}" for m in modes))
+    for who in ("platform", "runner"):
+        mine = [k for k in keys if k[0] == who]
+        totals = "".join(f"{sum(runs[m].requests[k] for k in mine):>16.1f}" for m in modes)
+        print(f"  {who + ', in all':<44}{totals}")
+        for key in mine:
+            label = f"  {key[1]} {key[2]}"
+            print(f"  {label:<44}" + "".join(f"{runs[m].requests[key]:>16.1f}" for m in modes))
+    polling = "".join(f"{runs[m].polling:>16.1f}" for m in modes)
+    print(f"  {'(and queue polling, per second, not per job)':<44}{polling}")
+
+
+def _cpu_rows(cpu: dict[str, Cpu]) -> None:
+    for label, value in (
+        ("CPU per job, all processes", lambda c: c.total),
+        ("  this one: API, callback, AWS endpoint", lambda c: c.platform),
+        ("  the runners, sandboxes and algorithms", lambda c: c.runners),
+    ):
+        print(f"  {label:<44}" + "".join(f"{value(c) * 1000:>13.0f} ms" for c in cpu.values()))
+
+
+def _report(title: str, runs: dict[str, Run], burst: int) -> None:
+    modes = list(runs)
+    print(f"\n{title}")
+    first = {m: [runs[m].first] for m in modes if runs[m].first is not None}
+    _table("first job of a fresh stack", first)  # type: ignore[arg-type]
+    print()
+    _table(
+        f"{len(runs[modes[0]].sequential)} jobs, one at a time",
+        {m: runs[m].sequential for m in modes},
+    )
+    _cpu_rows({m: runs[m].sequential_cpu for m in modes})
+    print()
+    _requests_table(runs)
+    if burst and all(runs[m].burst for m in modes):
+        print()
+        _table(f"burst of {burst} jobs", {m: runs[m].burst for m in modes})
+        _cpu_rows({m: runs[m].burst_cpu for m in modes})
+        rates = "".join(f"{burst / runs[m].burst_wall:>10.2f} jobs/s" for m in modes)
+        print(f"  {'throughput (first POST -> all Succeeded)':<44}{rates}")
+    last = runs[modes[-1]]
+    median = statistics.median(t.total for t in last.sequential)
+    verdict = "met" if median <= GOAL_SECONDS else "NOT met"
+    print(
+        f"  goal: created -> Succeeded <= {GOAL_SECONDS:.1f} s one at a time: {verdict} "
+        f"({median:.2f} s, {MODES[modes[-1]]})"
+    )
+    if burst and last.burst:
+        rate = burst / last.burst_wall
+        verdict = "met" if rate >= GOAL_JOBS_PER_SECOND else "NOT met"
+        print(
+            f"  goal: >= {GOAL_JOBS_PER_SECOND:.0f} jobs/s in a burst: {verdict} "
+            f"({rate:.2f} jobs/s; CPU per job {last.burst_cpu.total:.2f} s on {os.cpu_count()} "
+            f"CPUs allows at most {(os.cpu_count() or 1) / max(last.burst_cpu.total, 1e-9):.1f} "
+            "jobs/s)"
+        )
 
 
 def main() -> None:
     local_credentials()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from gantry.local.client import InProcessApi
-    from gantry.local.stack import LocalStack
-    from gantry.settings import Settings
-
     sequential = int(os.environ.get("GANTRY_BENCH_PIPELINE_JOBS", "15"))
     burst = int(os.environ.get("GANTRY_BENCH_PIPELINE_BURST", "30"))
-    stack = LocalStack.start(Settings(table_name="bench-pipeline", bucket_name="bench-pipeline"))
+    oci_jobs = int(os.environ.get("GANTRY_BENCH_PIPELINE_OCI_JOBS", "10"))
+    modes = os.environ.get("GANTRY_BENCH_PIPELINE_MODES", "process,fork").split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise SystemExit(f"GANTRY_BENCH_PIPELINE_MODES: unknown {unknown}; known: {list(MODES)}")
+    from gantry.settings import Settings
+
+    print(
+        "End to end on a fresh local stack (embedded AWS endpoint, local backend, "
+        f"{Settings().local_workers} workers, sandbox required, {os.cpu_count()} CPUs), "
+        f"load average {os.getloadavg()[0]:.1f}:"
+    )
+    scratch = Path(tempfile.mkdtemp(prefix="gantry-bench-pipeline-"))
+    scratch.chmod(0o755)
+    results: dict[str, dict[str, Run]] = {}
     try:
-        api = InProcessApi(stack.ctx, stack.ctx.store.users.create_token("bench"))
-        algorithm_url = _setup(api)
-        _sequential(stack, api, algorithm_url, 1)  # warm-up: imports, first sandbox
-        workers = stack.settings.local_workers
-        print(
-            "End to end on the local stack (embedded AWS endpoint, local backend, "
-            f"{workers} workers, {os.cpu_count()} CPUs), noop algorithm writing its one output:"
-        )
-        one_by_one = _sequential(stack, api, algorithm_url, sequential)
-        _table(f"{sequential} jobs, one at a time", one_by_one)
-        timings, wall = _burst(stack, api, algorithm_url, burst)
-        print()
-        _table(f"burst of {burst} jobs", timings)
-        print()
-        print(
-            f"  throughput: {burst / wall:.2f} jobs/s in the burst ({wall:.1f} s from the first "
-            f"POST until all were seen Succeeded); one at a time "
-            f"{sequential / sum(t.client_wall for t in one_by_one):.2f} jobs/s"
-        )
+        for mode in modes:
+            store = scratch / mode / "images"
+            store.mkdir(parents=True)
+            store.parent.chmod(0o755)
+            results[mode] = _run_mode(mode, sequential, burst, oci_jobs, store)
     finally:
-        stack.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    _report(
+        "The no-op command from a folder (python, writes its one output):",
+        {m: results[m]["command"] for m in modes},
+        burst,
+    )
+    if all("image" in results[m] for m in modes):
+        _report(
+            "The same as an OCI image (busybox sh, from its root filesystem, as its USER):",
+            {m: results[m]["image"] for m in modes},
+            0,
+        )
+    print(f"\n  load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

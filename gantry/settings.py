@@ -63,6 +63,9 @@ class Settings(BaseModel):
     local_workers: int = 2
     # Local backend: an invoke-mode image's server stays up this long after its last job.
     local_invoke_idle_seconds: float = Field(default=300.0, gt=0)
+    # Local backend: exec-mode runners are forked from one warm runner that imported the
+    # runner once (batch_runner.forkserver); off: each job starts an interpreter of its own.
+    local_fork_server: bool = True
     # Per-job data credentials (gantry.job_credentials): the function runners call for them
     # and the role it assumes. Empty: runners get the signing key in their environment and
     # use their own role (the local stack).

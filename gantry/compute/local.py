@@ -57,6 +57,7 @@ from gantry.compute.base import (
     runner_environment,
 )
 from gantry.compute.events import batch_state
+from gantry.compute.forked import ForkedProcess, ForkServer, ForkServerError
 from gantry.jobs import Job
 from gantry.oci import ImageError, ImageStore, is_image_ref
 from gantry.oci.push import pull
@@ -85,6 +86,10 @@ KILL_GRACE_SECONDS = 5.0
 OUTPUT_TAIL_BYTES = 8192
 
 
+# A runner process: started on its own, or forked by the warm runner.
+Process = subprocess.Popen[bytes] | ForkedProcess
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -107,7 +112,7 @@ class LocalJob:
     started_at: int | None = None
     stopped_at: int | None = None
     cancel_reason: str | None = None
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     future: Future[None] | None = None
     output_tail: str = ""
 
@@ -128,8 +133,17 @@ class LocalBackend:
         image_store: str | Path | None = None,
         invoke_idle_seconds: float | None = None,
         registry: Any = None,
+        fork_server: bool | None = None,
     ) -> None:
         self.settings = settings
+        # Exec-mode runners forked from one warm runner (gantry.compute.forked), or each
+        # started as an interpreter of its own.
+        self.fork_server = (
+            settings.local_fork_server if fork_server is None else fork_server
+        ) and sys.platform.startswith("linux")
+        self._forks: ForkServer | None = None
+        self._forks_lock = threading.Lock()
+        self.fork_server_starts = 0
         # Invoke-mode images: one warm runner (and server) per image configuration, stopped
         # after this long without a job.
         self.invoke_idle_seconds = invoke_idle_seconds or settings.local_invoke_idle_seconds
@@ -226,6 +240,10 @@ class LocalBackend:
         self._closing.set()
         if self._reaper is not None:
             self._reaper.join(timeout=60)
+        with self._forks_lock:
+            forks, self._forks = self._forks, None
+        if forks is not None:
+            forks.close(wait=60 if wait else None)
 
     # --- Running one attempt --------------------------------------------------------------
 
@@ -243,7 +261,8 @@ class LocalBackend:
         elif process is not None:
             _terminate(process)
 
-    def _environment(self, record: LocalJob, scratch: Path) -> dict[str, str]:
+    def _base_environment(self, scratch: Path | None = None) -> dict[str, str]:
+        """The runner's environment before the job's own variables (and its folders)."""
         env = dict(os.environ)
         # The runner must reach the same S3 as the rest of the local stack.
         if self.settings.endpoint_url:
@@ -251,8 +270,9 @@ class LocalBackend:
         env["AWS_DEFAULT_REGION"] = env["AWS_REGION"] = self.settings.region
         env.setdefault("AWS_ACCESS_KEY_ID", "local")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "local")
-        env["GANTRY_INPUT_ROOT"] = str(scratch / "input")
-        env["GANTRY_OUTPUT_ROOT"] = str(scratch / "output")
+        if scratch is not None:
+            env["GANTRY_INPUT_ROOT"] = str(scratch / "input")
+            env["GANTRY_OUTPUT_ROOT"] = str(scratch / "output")
         if self.sandbox:
             env["GANTRY_SANDBOX"] = self.sandbox
         # The runner package must be importable whatever the current directory.
@@ -261,6 +281,10 @@ class LocalBackend:
             root = str(Path(spec.origin).resolve().parents[1])
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         env.update(self.extra_env)
+        return env
+
+    def _environment(self, record: LocalJob, scratch: Path) -> dict[str, str]:
+        env = self._base_environment(scratch)
         env.update(record.environment)
         return env
 
@@ -419,11 +443,53 @@ class LocalBackend:
         with self._warm_lock:
             return len(self._warm)
 
-    def _start(self, record: LocalJob, scratch: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    def _fork_server(self, env: Mapping[str, str]) -> ForkServer | None:
+        """The warm runner to fork this job's runner from; None: start one of its own.
+
+        The server was started with the environment every job shares; a job whose
+        environment differs beyond the runner's own ``GANTRY_`` variables (this process's
+        environment changed) gets a new server, so nothing a job's interpreter would have
+        read at start differs from what its own interpreter would have read.
+        """
+        if not self.fork_server:
+            return None
+        with self._forks_lock:
+            if self._closing.is_set():
+                return None
+            server = self._forks
+            if server is not None and (
+                not server.alive() or _shared_part(server.env) != _shared_part(env)
+            ):
+                server.close(wait=None)
+                server = None
+            if server is None:
+                server = ForkServer(
+                    [self.python, "-m", "batch_runner", "fork-server"], self._base_environment()
+                )
+                self._forks = server
+                self.fork_server_starts += 1
+            return server if _shared_part(server.env) == _shared_part(env) else None
+
+    def _start(self, record: LocalJob, scratch: Path, log_path: Path) -> Process:
+        env = self._environment(record, scratch)
+        cwd = record.workdir or os.getcwd()
+        server = self._fork_server(env) if os.path.isdir(cwd) else None
+        if server is not None:
+            runner = record.command.index("batch_runner") + 1
+            try:
+                return server.spawn(
+                    record.command[runner:],
+                    env=env,
+                    cwd=cwd,
+                    log_path=str(log_path),
+                    command=record.command,
+                )
+            except ForkServerError as error:
+                log.warning("%s: starting its runner on its own (%s)", record.name, error)
         with log_path.open("wb") as output:
             return subprocess.Popen(
                 record.command,
-                env=self._environment(record, scratch),
+                env=env,
                 cwd=record.workdir or None,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -537,6 +603,11 @@ class LocalBackend:
 _FINAL = frozenset({"SUCCEEDED", "FAILED"})
 
 
+def _shared_part(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of a runner's environment that are not the runner's own settings."""
+    return {k: v for k, v in env.items() if not k.startswith("GANTRY_")}
+
+
 @dataclass
 class _Warm:
     """A runner in serve mode: tasks in on stdin, log lines and replies out on stdout."""
@@ -604,7 +675,7 @@ class _Warm:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
+def _terminate(process: Process) -> None:
     """SIGTERM the process group, SIGKILL it if it is still there after a grace period."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGTERM)

@@ -32,6 +32,10 @@ class QuietHandler(MotoRequestHandler):
 def moto_app() -> WsgiApp:
     from moto.server import DomainDispatcherApplication, create_backend_app
 
+    from gantry.local import transactions
+
+    # Transactions without a copy of the whole table each (gantry.local.transactions).
+    transactions.install()
     return DomainDispatcherApplication(create_backend_app)
 
 
