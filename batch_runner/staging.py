@@ -24,6 +24,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from batch_runner import local_files
 from batch_runner.config import Limits
 from batch_runner.transfer import Download, Upload, download_all, upload_all
 from batch_runner.unzip import UnsafeZipError, safe_extract
@@ -65,7 +66,8 @@ def stage_inputs(
     limits: Limits,
     visible_root: str = "/input",
 ) -> list[dict[str, Any]]:
-    """Download (and unzip) every input; returns what was staged."""
+    """Download (and unzip) every input; returns what was staged. On one machine an input is
+    copied from the endpoint's file instead, where it offers one (``batch_runner.local_files``)."""
     staged: list[_Staged] = []
     with tempfile.TemporaryDirectory(prefix="gantry-zips-") as zips:
         for index, item in enumerate(inputs):
@@ -89,10 +91,20 @@ def stage_inputs(
                         f"Input path '{item.relative_path}' is used more than once"
                     ) from error
             staged.append(_Staged(item, target, download_to))
+        downloads = staged
+        if local_files.wanted():
+            # One machine: copied from the endpoint's own files where it offers them.
+            downloads = [
+                s
+                for s in staged
+                if not local_files.copy_local(
+                    client, s.item.bucket_name, s.item.bucket_key, s.download_to
+                )
+            ]
         try:
             download_all(
                 client,
-                (Download(s.item.bucket_name, s.item.bucket_key, s.download_to) for s in staged),
+                (Download(s.item.bucket_name, s.item.bucket_key, s.download_to) for s in downloads),
                 concurrency=limits.download_concurrency,
             )
         except (ClientError, BotoCoreError) as error:

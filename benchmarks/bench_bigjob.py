@@ -12,7 +12,10 @@ trivial algorithm that copies its input image to its output image. Printed per s
 - the platform's overhead (everything but the algorithm) next to ``cp`` of the same file
   twice on the same disk, plain (the copies may stay in the page cache) and each followed by
   ``sync`` (on the disk, as everything the platform acknowledges is), and the stack
-  process's peak memory (VmHWM), which should not grow with the image.
+  process's peak memory (VmHWM), which should not grow with the image;
+- CPU seconds, steadier than wall time on a shared machine: the stack's (its runner
+  processes included, the algorithm's own left out) next to those of the two ``cp``, and
+  the client's for sending the upload.
 
 The algorithm writes its own start and end times as an output, so the stages around it come
 from the same clock. Needs about 8 times the largest size free on the disk of
@@ -22,6 +25,7 @@ from the same clock. Needs about 8 times the largest size free on the disk of
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -33,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 SIZES_MB = [int(s) for s in os.environ.get("GANTRY_BENCH_BIGJOB_MB", "150,600").split(",") if s]
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.25  # the API answers each poll: more often would add to its CPU time
 DEADLINE_SECONDS = 1800.0
 START_SECONDS = 120.0
 LOCAL_UP = [sys.executable, "-m", "gantry.cli", "local", "up"]
 SLICE = 512  # voxels per row and column; int16
 
 COPY_ALGORITHM = """
-import json, os, shutil, time
+import json, os, resource, shutil, time
 from pathlib import Path
 started = time.time()
 inputs = Path(os.environ.get("INPUT_DIR", "/input"))
@@ -49,7 +53,9 @@ outputs = Path(os.environ.get("OUTPUT_DIR", "/output"))
 target = outputs / "images" / "copy"
 target.mkdir(parents=True, exist_ok=True)
 shutil.copyfile(source, target / "copy.mha")
-(outputs / "timing.json").write_text(json.dumps({"started": started, "ended": time.time()}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+timing = {"started": started, "ended": time.time(), "cpu": usage.ru_utime + usage.ru_stime}
+(outputs / "timing.json").write_text(json.dumps(timing))
 """
 
 
@@ -74,9 +80,28 @@ def _write_volume(path: Path, megabytes: int) -> int:
     return path.stat().st_size
 
 
-def _cp_twice(source: Path, work: Path, *, synced: bool) -> tuple[float, float]:
-    """Seconds of two ``cp`` of the file; ``synced``: each followed by ``sync`` of the copy,
-    so the bytes are on the disk as the platform's are before it answers."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds of a process, with those of its children it has waited for (the runners,
+    and through them the algorithms)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cp_twice(source: Path, work: Path, *, synced: bool) -> tuple[float, float, float]:
+    """Seconds of two ``cp`` of the file and the CPU seconds of both; ``synced``: each
+    followed by ``sync`` of the copy, so the bytes are on the disk as the platform's are
+    before it answers."""
+    cpu = _children_cpu()
     seconds = []
     for n in (1, 2):
         target = work / f"cp-{n}.mha"
@@ -85,9 +110,10 @@ def _cp_twice(source: Path, work: Path, *, synced: bool) -> tuple[float, float]:
         if synced:
             subprocess.run(["sync", str(target)], check=True)
         seconds.append(time.perf_counter() - started)
+    cpu = _children_cpu() - cpu
     for n in (1, 2):
         (work / f"cp-{n}.mha").unlink()
-    return seconds[0], seconds[1]
+    return seconds[0], seconds[1], cpu
 
 
 class _Stack:
@@ -110,6 +136,9 @@ class _Stack:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("gantry local up did not start; see local-up.log")
             time.sleep(0.2)
+
+    def cpu(self) -> float:
+        return _process_cpu(self.process.pid)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -181,8 +210,8 @@ def _duration(text: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def _job(client: Any, algorithm_url: str, upload: dict[str, Any]) -> dict[str, float]:
-    """Create the job and follow it; the stages in seconds."""
+def _job(client: Any, algorithm_url: str, upload: dict[str, Any]) -> tuple[dict[str, float], float]:
+    """Create the job and follow it; the stages in seconds and the algorithm's CPU seconds."""
     empty = dict.fromkeys(("value", "file", "image", "upload_session", "user_upload"))
     value = {"interface": "ct-image", **empty, "user_uploads": [upload["api_url"]]}
     value["image_name"] = None
@@ -215,7 +244,7 @@ def _job(client: Any, algorithm_url: str, upload: dict[str, Any]) -> dict[str, f
         "algorithm (copies the image)": timing["ended"] - timing["started"],
         "staging out": runner_end - timing["ended"],
         "result": completed - runner_end,
-    }
+    }, float(timing["cpu"])
 
 
 def _one(megabytes: int, base: Path) -> dict[str, Any]:
@@ -224,23 +253,38 @@ def _one(megabytes: int, base: Path) -> dict[str, Any]:
         image = work / "big.mha"
         size = _write_volume(image, megabytes)
         os.sync()
-        cp = _cp_twice(image, work, synced=False)
-        cp_synced = _cp_twice(image, work, synced=True)
+        *cp, cp_cpu = _cp_twice(image, work, synced=False)
+        *cp_synced, cp_synced_cpu = _cp_twice(image, work, synced=True)
         algorithm_dir = work / "algorithm"
         algorithm_dir.mkdir()
         stack = _Stack(work / "state")
         try:
             client = _client(work / "state")
             algorithm_url = _setup(client, algorithm_dir)
+            stack_cpu, client_cpu = stack.cpu(), _own_cpu()
             started = time.perf_counter()
             upload = client.upload(image)
             stages = {"upload (API multipart, 16 MiB parts)": time.perf_counter() - started}
-            stages.update(_job(client, algorithm_url, upload))
+            client_cpu = _own_cpu() - client_cpu
+            job_stages, algorithm_cpu = _job(client, algorithm_url, upload)
+            stages.update(job_stages)
             client.close()
             rss = stack.peak_rss_mb()
+            # The stack's runners are waited for when they end, so their CPU (and their
+            # algorithm's) is in the stack's count by now.
+            stack_cpu = stack.cpu() - stack_cpu
         finally:
             stack.stop()
-        return {"size": size, "cp": cp, "cp_synced": cp_synced, "stages": stages, "rss": rss}
+        return {
+            "size": size,
+            "cp": cp,
+            "cp_synced": cp_synced,
+            "cp_cpu": cp_cpu + cp_synced_cpu,
+            "stages": stages,
+            "rss": rss,
+            "platform_cpu": stack_cpu - algorithm_cpu,
+            "upload_client_cpu": client_cpu,
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -276,6 +320,16 @@ def main() -> None:
                 f"  {label:<40} {seconds:8.2f}s  = {seconds / cp:.1f}x cp twice, "
                 f"{seconds / synced:.1f}x cp and sync twice"
             )
+        # Wall time on a shared machine is mostly waiting for a core: CPU time is the steadier
+        # figure. cp's is the mean of the plain and the synced pair.
+        cp_cpu = result["cp_cpu"] / 2
+        platform_cpu = result["platform_cpu"]
+        print(f"  {'CPU: cp of the file, twice':<40} {cp_cpu:8.2f}s")
+        print(
+            f"  {'CPU: the stack, all but the algorithm':<40} {platform_cpu:8.2f}s  "
+            f"= {platform_cpu / cp_cpu:.1f}x cp twice"
+        )
+        print(f"  {'CPU: the client sending the upload':<40} {result['upload_client_cpu']:8.2f}s")
         print(f"  {'peak memory of the stack process':<40} {result['rss']:8.0f} MB")
 
 

@@ -17,6 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gantry.paths import validate_relative_path
 
+# One machine only: the local compute backend sets this variable for the runner, which then
+# asks the local endpoint for an input's stored file with this request header and copies the
+# file instead of downloading the object (batch_runner.local_files). Never set on AWS.
+LOCAL_FILES_ENV = "GANTRY_RUNNER_LOCAL_FILES"
+LOCAL_FILE_HEADER = "x-gantry-local-file"
+
 
 class InvocationInput(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -58,6 +58,7 @@ from gantry.compute.base import (
 )
 from gantry.compute.events import batch_state
 from gantry.compute.forked import ForkedProcess, ForkServer, ForkServerError
+from gantry.contract import LOCAL_FILES_ENV
 from gantry.jobs import Job
 from gantry.oci import ImageError, ImageStore, is_image_ref
 from gantry.oci.push import pull
@@ -273,6 +274,8 @@ class LocalBackend:
         if scratch is not None:
             env["GANTRY_INPUT_ROOT"] = str(scratch / "input")
             env["GANTRY_OUTPUT_ROOT"] = str(scratch / "output")
+        # Inputs copied from the endpoint's files where it offers them (one machine only).
+        env[LOCAL_FILES_ENV] = "1"
         if self.sandbox:
             env["GANTRY_SANDBOX"] = self.sandbox
         # The runner package must be importable whatever the current directory.

@@ -13,6 +13,10 @@ leaves only once the write is on disk. Writes it covers:
   upload cut by a restart goes on where it was; CompleteMultipartUpload concatenates the part
   files into the object's file in the kernel, where moto would join every part in memory and
   write the object again (several times the object's size in RAM).
+
+Reads of a stored object are streamed from its file; asked with the header
+``x-gantry-local-file: 1``, the answer names that file, which the local runner copies instead
+of downloading the object (``batch_runner.local_files``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import escape
 
+from gantry.contract import LOCAL_FILE_HEADER
 from gantry.local.durable import COPY_CHUNK, DurableStore, StoredObject, StoredPart, item_key
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 DYNAMODB_WRITES = frozenset(
     {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 )
+LOCAL_FILE_ENVIRON = "HTTP_" + LOCAL_FILE_HEADER.upper().replace("-", "_")
 _SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
 
 
@@ -457,6 +463,10 @@ def _serve_stored(
             headers["x-amz-checksum-type"] = str(fake.checksum_type)
     headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
     headers["Content-Length"] = str(end - begin + 1)
+    if environ.get(LOCAL_FILE_ENVIRON) == "1":
+        # The local runner copies the object from its file rather than downloading it
+        # (batch_runner.local_files); the file is never changed in place.
+        headers[LOCAL_FILE_HEADER] = os.path.abspath(path)
     try:
         # Opened before answering: a newer version may replace (and unlink) the file later.
         handle = open(path, "rb")  # noqa: SIM115
