@@ -35,6 +35,8 @@ class FunctionSpec:
     handler: str
     description: str
     imaging: bool = False
+    # The import function: registers bioimage.io model packages (LambdaCode.bioimageio).
+    bioimageio: bool = False
     memory_mib: int = 1024
     timeout_seconds: int = 30
     ephemeral_mib: int = 512
@@ -80,7 +82,9 @@ class GantryFunction(Construct):
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
             handler=spec.handler,
-            code=code.imaging if spec.imaging else code.core,
+            code=code.bioimageio
+            if spec.bioimageio
+            else (code.imaging if spec.imaging else code.core),
             layers=[code.powertools],
             memory_size=spec.memory_mib,
             timeout=Duration.seconds(spec.timeout_seconds),

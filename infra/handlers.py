@@ -4,8 +4,8 @@
 |----------------|----------------------------------|-------|-----------------------------------|
 | api            | API Gateway proxy                | rw    | uploads values io dropbox-results |
 | on_upload      | SQS (uploads/ notifications)     | rw    | uploads values io models          |
-| on_import      | SQS (imports queue)              | rw    | uploads (read only); pushes to    |
-|                |                                  |       | the image repository (ECR)        |
+| on_import      | SQS (imports queue)              | rw    | uploads (read only), models;      |
+|                |                                  |       | pushes to the image repository    |
 | on_dropbox     | SQS (dropbox/ notifications)     | rw    | dropbox uploads values io         |
 |                |                                  |       | dropbox-results models            |
 | on_job_event   | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results models  |
@@ -26,13 +26,14 @@ has the callback's prefixes and its imaging code package. The IAM rehearsal (tes
 these grants against the calls the code makes. Functions that create jobs (api, on_dropbox,
 on_upload, the sweeper: it reconciles the drop folder and resends lost validations) may send
 "validate-inputs" messages to the uploads queue, which on_upload consumes next to the S3
-notifications. The API sends "import-image" messages to the imports queue, which on_import
-consumes. on_upload imports model tarballs into ``models/``; whoever provisions a job copies
-its model from there into the job's ``io/`` prefix, the only one its runner's credentials
-reach. Archive runs: the API queues a run's first page of items, on_archive_run makes that
-page's jobs (queued for on_upload to provision, as the API's are) and queues the next page,
-and copies finished jobs' output files into the items (io/ to values/); the sweeper resends
-the page of a run that waits for a job slot or whose message was lost.
+notifications. The API sends "import-image" and "import-bioimageio" messages to the imports
+queue, which on_import consumes (a registered bioimage.io package becomes its algorithm's model
+under ``models/``). on_upload imports model tarballs into ``models/``; whoever provisions a job
+copies its model from there into the job's ``io/`` prefix, the only one its runner's
+credentials reach. Archive runs: the API queues a run's first page of items, on_archive_run
+makes that page's jobs (queued for on_upload to provision, as the API's are) and queues the
+next page, and copies finished jobs' output files into the items (io/ to values/); the sweeper
+resends the page of a run that waits for a job slot or whose message was lost.
 """
 
 from __future__ import annotations
@@ -105,15 +106,19 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
         FunctionSpec(
             name="on_import",
             handler="lambdas.on_import.handler",
-            description="Imports uploaded algorithm images: validates, adds the runner, "
-            "pushes to ECR",
+            description="Imports uploaded algorithm images (validates, adds the runner, "
+            "pushes to ECR) and bioimage.io model packages",
             # Memory buys network and CPU (layers are hashed as they stream); the archive
-            # streams from S3 to the registry, nothing of it is kept on disk.
+            # streams from S3 to the registry, nothing of it is kept on disk. A bioimage.io
+            # package is kept in /tmp while it is checked: the zip, unpacked, as a tarball.
             memory_mib=2048,
             timeout_seconds=900,
+            ephemeral_mib=4096,
+            bioimageio=True,
         ),
-        # Reads the uploaded archive; pushes to the image repository (infra/image_import.py).
-        Access((), reads=(r.PREFIX_UPLOADS,), jobs=False),
+        # Reads uploads; pushes to the image repository (infra/image_import.py); stores a
+        # bioimage.io package as its algorithm's model (models/).
+        Access((r.PREFIX_MODELS,), reads=(r.PREFIX_UPLOADS,), jobs=False),
     ),
     "on_dropbox": (
         FunctionSpec(

@@ -9,16 +9,18 @@ Architecture: arm64 (Graviton). Lambda bills arm64 about 20 % less per GB-second
 work and every compiled dependency (pydantic-core, rpds-py, numpy, SimpleITK) publishes
 manylinux aarch64 wheels. The GPU hosts are x86_64, but they run containers, not these assets.
 
-Assets: ``core`` (API, drop folder, sweeper) and ``imaging`` (adds tifffile and numpy for the
-two functions that read and convert images). Keeping the heavy libraries out of the API asset
-keeps its cold start short (DESIGN.md: heavy imports stay out of the API's path). SimpleITK
-does not fit in any zip function (its one extension module is ~260 MB unzipped; Lambda allows
-250 MB with layers), so it is a separate S3 asset (the CLI zips the ``pip install --target``
-tree: ``SimpleITK/`` and its dist-info at the root) that ``gantry.sitk_loader`` downloads and
-unpacks into /tmp on first use: 48 MB from S3, 248 MB unpacked, about 1.3 s to extract on
-two cores, once per execution environment. A container-image function would avoid that, but
-needs Docker at deploy time. boto3 comes from the runtime and Powertools from its public
-layer, so neither is bundled.
+Assets: ``core`` (API, drop folder, sweeper), ``imaging`` (adds tifffile and numpy for the two
+functions that read and convert images) and ``bioimageio`` (the import function: adds
+bioimageio.spec, PyYAML and the package validator, batch_runner/bioimageio, to register
+bioimage.io model packages; about 160 MB unpacked with numpy and Pillow). Keeping the heavy
+libraries out of the API asset keeps its cold start short (DESIGN.md: heavy imports stay out of
+the API's path). SimpleITK does not fit in any zip function (its one extension module is ~260
+MB unzipped; Lambda allows 250 MB with layers), so it is a separate S3 asset (the CLI zips the
+``pip install --target`` tree: ``SimpleITK/`` and its dist-info at the root) that
+``gantry.sitk_loader`` downloads and unpacks into /tmp on first use: 48 MB from S3, 248 MB
+unpacked, about 1.3 s to extract on two cores, once per execution environment. A container-
+image function would avoid that, but needs Docker at deploy time. boto3 comes from the runtime
+and Powertools from its public layer, so neither is bundled.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ from gantry.sitk_loader import ARCHIVE_ENV
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The packages copied into every asset: the domain and the thin handlers.
 SOURCE_PACKAGES = ("gantry", "lambdas")
+# The import function's asset adds the bioimage.io package validator (batch_runner/bioimageio
+# with the runner package's one-line __init__; nothing else of the runner).
+BIOIMAGEIO_SOURCES = (*SOURCE_PACKAGES, "batch_runner/__init__.py", "batch_runner/bioimageio")
+# Of the bioimageio extra, what validating a package needs: not the runtime's onnxruntime,
+# nor the project itself (its imaging extra: SimpleITK fits no zip function).
+BIOIMAGEIO_VALIDATION_EXCLUDED = ("gantry", "onnxruntime")
 # Provided by the Lambda runtime (boto3) or by the Powertools layer: never bundled.
 PROVIDED = ("boto3", "botocore", "aws-lambda-powertools")
 
@@ -99,6 +107,13 @@ def layer_architecture(architecture: lambda_.Architecture) -> str:
     return "arm64" if architecture.name == lambda_.Architecture.ARM_64.name else "x86_64"
 
 
+def bioimageio_validation_requirements() -> tuple[str, ...]:
+    """The core requirements plus what validating a bioimage.io package needs."""
+    extra = project_requirements("bioimageio")[len(project_requirements()) :]
+    wanted = [r for r in extra if _requirement_name(r) not in BIOIMAGEIO_VALIDATION_EXCLUDED]
+    return (*project_requirements(), *wanted)
+
+
 def project_requirements(*extras: str) -> tuple[str, ...]:
     """Dependencies from pyproject.toml (one source of truth), minus the provided ones."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
@@ -122,9 +137,11 @@ class PipLocalBundling:
         copy_sources: bool = True,
         platforms: tuple[str, ...] = PIP_PLATFORMS,
         python_version: str = PYTHON_VERSION,
+        sources: tuple[str, ...] = SOURCE_PACKAGES,
     ) -> None:
         self.requirements = requirements
         self.copy_sources = copy_sources
+        self.sources = sources
         self.platforms = platforms
         self.python_version = python_version
 
@@ -152,7 +169,11 @@ class PipLocalBundling:
         subprocess.run(command, check=True)
         if self.copy_sources:
             ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "tests")
-            for package in SOURCE_PACKAGES:
+            for package in self.sources:
+                if (REPO_ROOT / package).is_file():
+                    (out / package).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(REPO_ROOT / package, out / package)
+                    continue
                 shutil.copytree(
                     REPO_ROOT / package, out / package, ignore=ignore, dirs_exist_ok=True
                 )
@@ -171,8 +192,13 @@ class PipLocalBundling:
         return True
 
 
-def bundling_options(requirements: tuple[str, ...], *, copy_sources: bool) -> BundlingOptions:
-    copy = " && cp -r " + " ".join(SOURCE_PACKAGES) + " /asset-output/" if copy_sources else ""
+def bundling_options(
+    requirements: tuple[str, ...],
+    *,
+    copy_sources: bool,
+    sources: tuple[str, ...] = SOURCE_PACKAGES,
+) -> BundlingOptions:
+    copy = " && cp -r --parents " + " ".join(sources) + " /asset-output/" if copy_sources else ""
     return BundlingOptions(
         # The Docker path is the fallback only if local bundling declined (it never does; it
         # raises). Its command also makes the assets' bundling cache keys differ: CDK caches
@@ -183,16 +209,18 @@ def bundling_options(requirements: tuple[str, ...], *, copy_sources: bool) -> Bu
             "-c",
             "pip install --target /asset-output " + " ".join(f"'{r}'" for r in requirements) + copy,
         ],
-        local=PipLocalBundling(requirements, copy_sources=copy_sources),
+        local=PipLocalBundling(requirements, copy_sources=copy_sources, sources=sources),
     )
 
 
-def code_asset(requirements: tuple[str, ...]) -> lambda_.Code:
-    """A zip asset holding gantry/, lambdas/ and the given requirements."""
+def code_asset(
+    requirements: tuple[str, ...], sources: tuple[str, ...] = SOURCE_PACKAGES
+) -> lambda_.Code:
+    """A zip asset holding gantry/, lambdas/ (or ``sources``) and the given requirements."""
     return lambda_.Code.from_asset(
         str(REPO_ROOT),
         asset_hash_type=AssetHashType.OUTPUT,
-        bundling=bundling_options(requirements, copy_sources=True),
+        bundling=bundling_options(requirements, copy_sources=True, sources=sources),
     )
 
 
@@ -205,6 +233,7 @@ class LambdaCode(Construct):
         too_big = tuple(r for r in imaging if _requirement_name(r) in OUTSIDE_THE_ZIP)
         self.core = code_asset(project_requirements())
         self.imaging = code_asset(tuple(r for r in imaging if r not in too_big))
+        self.bioimageio = code_asset(bioimageio_validation_requirements(), BIOIMAGEIO_SOURCES)
         # SimpleITK's extension module alone is ~260 MB unzipped, over Lambda's 250 MB limit
         # for a zip function with its layers. It ships as a separate S3 archive that the
         # imaging functions unpack into /tmp on first use (see SIMPLEITK_ARCHIVE_ENV).

@@ -100,6 +100,8 @@ class GantryStack(Stack):
         }
         if config.sagemaker_runner_image:
             environment["GANTRY_SAGEMAKER_RUNNER_IMAGE"] = config.sagemaker_runner_image
+        if config.bioimageio_image:
+            environment["GANTRY_BIOIMAGEIO_IMAGE"] = config.bioimageio_image
 
         handlers = Handlers(
             self,

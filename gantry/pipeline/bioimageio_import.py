@@ -10,7 +10,8 @@ on the package's own files; loaded here only, never on the API), then
 2. the package folder becomes the algorithm's model (a tarball under ``models/``, the model
    mechanism: extracted to /opt/ml/model for its jobs, its sha256 in their provenance);
 3. the algorithm image runs the bioimage.io runtime on it: ``settings.bioimageio_image``, or
-   with no such image this installation's own interpreter (one machine only);
+   with no such image this installation's own interpreter (the local compute backend only;
+   elsewhere the registration fails saying the deployment has no runtime image);
 4. one write sets the socket set and marks the import Completed.
 
 Until that last write the algorithm has no socket set and job creation refuses it
@@ -63,6 +64,10 @@ NO_RUNTIME = (
     "This deployment cannot validate bioimage.io model packages (its import function lacks "
     "the 'bioimageio' extra); ask its operator"
 )
+NO_RUNTIME_IMAGE = (
+    "This deployment has no bioimage.io runtime image (GANTRY_BIOIMAGEIO_IMAGE, CDK option "
+    "gantry:bioimageioImage), so bioimage.io models cannot run here; ask its operator"
+)
 _CHUNK = 1024 * 1024
 
 
@@ -72,8 +77,10 @@ class RegistrationRefused(Exception):
 
 def runtime_image(ctx: Context) -> AlgorithmImageFields:
     """The image a bioimage.io algorithm runs: the deployment's runtime image, or (empty
-    setting) the runtime with this installation's interpreter, on this machine."""
+    setting) the runtime with this installation's interpreter, on this machine only."""
     image = ctx.settings.bioimageio_image
+    if not image and ctx.settings.compute_backend != "local":
+        raise RegistrationRefused(NO_RUNTIME_IMAGE)
     python = "python3" if image else sys.executable
     return AlgorithmImageFields(
         image=image or LOCAL_IMAGE,
@@ -110,6 +117,7 @@ def import_bioimageio(ctx: Context, algorithm_pk: str) -> Algorithm | None:
 def _register(ctx: Context, algorithm: Algorithm, scratch: Path) -> Algorithm:
     record = algorithm.bioimageio
     assert record is not None
+    image = runtime_image(ctx)  # before anything is made: a deployment without one refuses
     package = _download(ctx, record, scratch / "package.zip")
     found, root = _validate(package, scratch / "unpacked")
     inputs = _sockets(ctx, algorithm, found["inputs"])
@@ -125,7 +133,7 @@ def _register(ctx: Context, algorithm: Algorithm, scratch: Path) -> Algorithm:
     }
     algorithm = _record(ctx, algorithm.pk, **found_fields)
     model = _store_model(ctx, algorithm, root, scratch / "model.tar.gz")
-    image_pk = _add_image(ctx, algorithm)
+    image_pk = _add_image(ctx, algorithm, image)
 
     def complete(current: Algorithm, used: set[int]) -> Algorithm:
         assert current.bioimageio is not None
@@ -283,7 +291,7 @@ def _tar(root: Path, target: Path) -> tuple[str, int]:
     return f"sha256:{digest.hexdigest()}", target.stat().st_size
 
 
-def _add_image(ctx: Context, algorithm: Algorithm) -> str:
+def _add_image(ctx: Context, algorithm: Algorithm, fields: AlgorithmImageFields) -> str:
     """The runtime image, the algorithm's desired one (a retry reuses the one it made)."""
     record = algorithm.bioimageio
     assert record is not None
@@ -293,9 +301,7 @@ def _add_image(ctx: Context, algorithm: Algorithm) -> str:
             return record.image
         except NotFound:
             pass
-    image = ctx.store.algorithms.create_image(
-        algorithm, runtime_image(ctx), creator=algorithm.creator
-    )
+    image = ctx.store.algorithms.create_image(algorithm, fields, creator=algorithm.creator)
     _record(ctx, algorithm.pk, image=image.pk)
     return image.pk
 

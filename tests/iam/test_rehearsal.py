@@ -590,6 +590,24 @@ def drive(platform: Platform) -> None:
     # Removed again: the API queues the deletion, the import function deletes it in ECR.
     platform.delete_image(imported["pk"])
 
+    # A bioimage.io model package: the API creates the algorithm, the import function reads
+    # the upload, validates it and stores it as the algorithm's model (models/).
+    from tests.bioimageio_support import build_package
+
+    package = build_package(platform.tmp / "cells")
+    importer = platform.contexts["on_import"]
+    # What -c gantry:bioimageioImage=<runtime image in the repository> sets.
+    runtime = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/gantry@sha256:{'b' * 64}"
+    importer.settings = importer.settings.model_copy(update={"bioimageio_image": runtime})
+    upload = platform.upload("cells.zip", package.zip_path.read_bytes())
+    platform.deliver_uploads()
+    created = platform.call_api(
+        "POST", "algorithms/", {"title": "Cells", "bioimageio_package": upload["api_url"]}
+    )
+    platform.deliver_imports()
+    registered = platform.call_api("GET", f"algorithms/{created['pk']}/")["bioimageio"]
+    assert registered["import_status"] == "Completed", registered
+
     # A job with a value input: the API queues it, on_upload provisions, Batch runs, the
     # callback finishes it.
     job = platform.create_job(slug, [{"interface": "threshold", "value": 2.5}])

@@ -113,6 +113,26 @@ def test_local_bundling_uses_pip_for_lambda_and_copies_the_packages(
         assert not list(tmp_path.rglob("__pycache__"))
 
 
+def test_the_import_functions_asset_holds_the_bioimageio_validator_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.packaging import BIOIMAGEIO_SOURCES, bioimageio_validation_requirements
+
+    requirements = bioimageio_validation_requirements()
+    names = " ".join(requirements).lower()
+    assert "bioimageio.spec" in names and "pyyaml" in names and "pydantic" in names
+    # Validating needs neither the runtime's onnxruntime nor SimpleITK (too big for a zip).
+    assert "onnxruntime" not in names and "simpleitk" not in names and "gantry" not in names
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, check: subprocess.CompletedProcess(command, 0)
+    )
+    PipLocalBundling(requirements, sources=BIOIMAGEIO_SOURCES).try_bundle(str(tmp_path))
+    assert (tmp_path / "batch_runner" / "bioimageio" / "package.py").is_file()
+    assert (tmp_path / "batch_runner" / "__init__.py").is_file()
+    assert not (tmp_path / "batch_runner" / "invoke.py").exists()
+    assert (tmp_path / "lambdas" / "on_import.py").is_file()
+
+
 def test_bundling_for_the_hosts_python_ships_bytecode_lambda_never_rechecks(
     tmp_path, monkeypatch
 ) -> None:

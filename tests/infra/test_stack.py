@@ -679,10 +679,15 @@ def test_only_the_import_function_may_push_and_only_to_the_image_repository(
     assert any(
         s["Action"] == "ecr:GetAuthorizationToken" and s["Resource"] == "*" for s in statements
     )
-    # It handles no jobs: no Batch, SageMaker or events rights; it only reads uploads/.
+    # It handles no jobs: no Batch, SageMaker or events rights; it reads uploads/ and writes
+    # only models/ (a registered bioimage.io package becomes its algorithm's model).
     actions = {a for s in statements for a in _as_list(s["Action"])}
     assert not {a for a in actions if a.startswith(("batch:", "sagemaker:", "events:"))}
-    assert "s3:PutObject" not in actions
+    writes = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
+    assert writes
+    for statement in writes:
+        for resource in _as_list(statement["Resource"]):
+            assert json.dumps(resource).endswith('/models/*"]]}'), resource
 
 
 def test_the_repository_keeps_every_tagged_image_and_only_the_import_function_deletes(

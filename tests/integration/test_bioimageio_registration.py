@@ -115,6 +115,20 @@ def test_the_deployment_runtime_image_is_used_when_set(queued, api, tmp_path: Pa
     ]
 
 
+def test_a_deployment_without_a_runtime_image_refuses_registrations(
+    queued, api, tmp_path: Path
+) -> None:
+    ctx = queued
+    ctx.settings = ctx.settings.model_copy(update={"compute_backend": "batch"})
+
+    algorithm = registered(ctx, api, build_package(tmp_path / "cells").zip_path)
+
+    assert algorithm["bioimageio"]["import_status"] == "Failed"
+    assert "no bioimage.io runtime image" in algorithm["bioimageio"]["status_message"]
+    assert ctx.store.models.models_of(algorithm["pk"]) == []
+    assert ctx.store.algorithms.images_of(algorithm["pk"]) == []
+
+
 def test_a_second_package_reuses_the_interfaces(queued, api, tmp_path: Path) -> None:
     ctx = queued
     first = registered(ctx, api, build_package(tmp_path / "a").zip_path, title="First")
