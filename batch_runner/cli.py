@@ -7,8 +7,8 @@ decides success), 1 no result could be written, 2 bad usage or task.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import io
 import json
 import sys
 from collections.abc import Sequence
@@ -107,9 +107,10 @@ def _load_task(args: argparse.Namespace, client: Any) -> Invocation:
         raw = args.task.encode()
     else:
         bucket, key = parse_s3_uri(args.file)
-        buffer = io.BytesIO()
-        client.download_fileobj(bucket, key, buffer)
-        raw = buffer.getvalue()
+        # One GET (the transfer manager would HEAD it first and start its threads): the task
+        # is small, and reading stops one byte past the limit.
+        with contextlib.closing(client.get_object(Bucket=bucket, Key=key)["Body"]) as body:
+            raw = body.read(MAX_TASK_BYTES + 1)
     if len(raw) > MAX_TASK_BYTES:
         raise ValueError("the task is too large")
     return Invocation.model_validate(json.loads(raw))
