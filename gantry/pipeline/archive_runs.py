@@ -35,12 +35,14 @@ import posixpath
 import uuid
 from typing import Any
 
-from gantry import resources
-from gantry.algorithms import Algorithm
-from gantry.archives import ArchiveItem, ArchiveRun, RunState
+from gantry import access, credits, quotas, resources, timeutil
+from gantry.access import Action
+from gantry.algorithms import Algorithm, AlgorithmImage
+from gantry.archives import Archive, ArchiveItem, ArchiveRun, RunState
 from gantry.aws import copy_object
 from gantry.context import Context
-from gantry.errors import Conflict, GantryError, NotFound, TooManyRequests, ValidationFailed
+from gantry.errors import NotFound, TooManyRequests, ValidationFailed
+from gantry.images import Image
 from gantry.interfaces import Interface
 from gantry.job_states import JobStatus
 from gantry.jobs import SocketValue
@@ -51,6 +53,8 @@ from gantry.users import User
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
+# Values of archive items are checked as job inputs; only images need URLs (as pks).
+_URLS = Urls("https://localhost/api/v1/")
 RUN_PAGE = "archive-run-page"
 SOURCE = resources.JOB_SOURCE_ARCHIVE_RUN
 
@@ -162,90 +166,223 @@ def _page(ctx: Context, run: ArchiveRun) -> tuple[list[ArchiveItem], dict[str, A
 
 
 def _start_items(ctx: Context, run: ArchiveRun, items: list[ArchiveItem]) -> None:
+    """Make the jobs of a page of items: what is read once per page is read once (the
+    algorithm, its sockets, image and model, the items' images, earlier jobs of the same
+    inputs), and the jobs are written many per transaction with their records
+    (``JobStore.create_many``), the limits and credits checked there for all at once."""
     from gantry.services import catalog
 
     if not items:
         return
+    runs = ctx.store.archive_runs
+    done = runs.outcomes(run.pk, [i.pk for i in items])
+    items = [item for item in items if item.pk not in done]
+    if not items:
+        return
     algorithm = ctx.store.algorithms.get(run.algorithm)
-    sockets = catalog.sockets_of(ctx, [algorithm])
     image = ctx.store.algorithms.desired_image(algorithm.pk)
-    done = ctx.store.archive_runs.outcomes(run.pk, [i.pk for i in items])
+    if image is None:
+        reason = "Algorithm image is not ready to be used"
+        runs.record_many([_not_run(ctx, run, item, reason) for item in items])
+        return
+    sockets = catalog.sockets_of(ctx, [algorithm])
     user = User(username=run.creator, is_admin=run.creator_is_admin)
+    planner = _Planner(ctx, run, user, algorithm, sockets)
+    planner.prefetch_images(items)
+    plans: list[_Plan] = []
+    records: list[dict[str, Any]] = []
     for item in items:
-        if item.pk not in done:
-            _start_item(ctx, run, user, algorithm, sockets, image.pk if image else "", item)
+        planned = planner.plan(item, image.pk)
+        if isinstance(planned, str):
+            records.append(_not_run(ctx, run, item, planned))
+        else:
+            plans.append(planned)
+    if not run.rerun and plans:
+        plans = _skip_done(ctx, run, plans, records)
+    runs.record_many(records)
+    if plans:
+        _create_jobs(ctx, run, user, algorithm, sockets, image, plans)
 
 
-def _start_item(
+def _not_run(ctx: Context, run: ArchiveRun, item: ArchiveItem, reason: str) -> dict[str, Any]:
+    return ctx.store.archive_runs.record_item(
+        run.pk, item.pk, job=None, outcome=NOT_RUN, reason=reason
+    )
+
+
+class _Plan:
+    """An item's job to be: the socket set, its checked inputs and their fingerprint."""
+
+    def __init__(self, item: ArchiveItem, index: int, drafts: list[dict[str, Any]], fp: str):
+        self.item = item
+        self.index = index
+        self.drafts = drafts
+        self.fingerprint = fp
+
+
+class _Planner:
+    """Checks items' values as job inputs, as ``services.jobs.create_job`` does, reading the
+    page's images in one request."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        run: ArchiveRun,
+        user: User,
+        algorithm: Algorithm,
+        sockets: dict[str, Interface],
+    ) -> None:
+        self.ctx, self.run, self.user = ctx, run, user
+        self.algorithm, self.sockets = algorithm, sockets
+        self.wanted = {slug for socket_set in algorithm.interfaces for slug in socket_set.inputs}
+        self._archive: Archive | None = None
+        self._images: dict[str, Image] = {}
+
+    def prefetch_images(self, items: list[ArchiveItem]) -> None:
+        pks = [
+            v.image for item in items for v in item.values if v.image and v.socket in self.wanted
+        ]
+        self._images = self.ctx.store.images.get_many(list(dict.fromkeys(pks)))
+
+    def plan(self, item: ArchiveItem, image_pk: str) -> _Plan | str:
+        """The item's job to be, or why it has none."""
+        from gantry.services.jobs import JobInput, check_input, choose_socket_set
+
+        given = {
+            v.socket: v
+            for v in item.values
+            if v.socket in self.wanted and not (v.pending_upload or v.pending_uploads)
+        }
+        try:
+            index = choose_socket_set(self.algorithm, set(given), self.sockets)
+        except ValidationFailed as error:
+            return error.message
+        slugs = self.algorithm.interfaces[index].inputs
+        files = [slug for slug in slugs if slug in given and given[slug].file]
+        if files:
+            return f"file values of archive items cannot be job inputs yet ({', '.join(files)})"
+        drafts: list[dict[str, Any]] = []
+        for slug in slugs:
+            socket, value = self.sockets[slug], given.get(slug)
+            if value is None:
+                drafts.append({"socket": slug, "value": socket.default_value})
+            elif value.image:
+                if not self._usable(value.image):
+                    return f"Input '{slug}': image '{value.image}' not found"
+                drafts.append({"socket": slug, "image": value.image})
+            else:
+                try:
+                    check_input(
+                        self.ctx,
+                        self.user,
+                        socket,
+                        JobInput(interface=slug, value=value.value),
+                        _URLS,
+                    )
+                except ValidationFailed as error:
+                    return error.message
+                drafts.append({"socket": slug, "value": value.value})
+        values = [given[slug] for slug in slugs if slug in given]
+        return _Plan(item, index, drafts, fingerprint(self.run.creator, image_pk, values))
+
+    def _usable(self, image_pk: str) -> bool:
+        """The run's creator may use the image (as a job input): an archive image's members
+        may; otherwise as the API decides for any image."""
+        image = self._images.get(image_pk)
+        if image is None:
+            return False
+        if self._archive is None:
+            self._archive = self.ctx.store.archives.get(self.run.archive)
+        if access.image(self.user, Action.USE, image, [self._archive]):
+            return True
+        holding = self.ctx.store.archives.holding(image.pk)
+        return access.image(self.user, Action.USE, image, holding)
+
+
+def _skip_done(
+    ctx: Context, run: ArchiveRun, plans: list[_Plan], records: list[dict[str, Any]]
+) -> list[_Plan]:
+    """Items whose inputs already gave a successful job of this image are skipped (that job
+    is their result, written back if the run asks); the others remain."""
+    runs = ctx.store.archive_runs
+    earlier = runs.jobs_with_inputs([p.fingerprint for p in plans])
+    statuses = runs.job_statuses([job for jobs in earlier.values() for job in jobs])
+    remaining = []
+    for plan in plans:
+        succeeded = [
+            job
+            for job in earlier.get(plan.fingerprint, [])
+            if statuses.get(job) is JobStatus.SUCCESS
+        ]
+        if not succeeded:
+            remaining.append(plan)
+            continue
+        records.append(runs.record_item(run.pk, plan.item.pk, job=succeeded[0], outcome=SKIPPED))
+        if run.write_back:
+            write_back(ctx, plan.item.pk, succeeded[0])
+    return remaining
+
+
+def _create_jobs(
     ctx: Context,
     run: ArchiveRun,
     user: User,
     algorithm: Algorithm,
     sockets: dict[str, Interface],
-    image_pk: str,
-    item: ArchiveItem,
+    image: AlgorithmImage,
+    plans: list[_Plan],
 ) -> None:
-    from gantry.services.jobs import JobCreate, JobInput, choose_socket_set, create_job
+    from gantry.services.jobs import new_job
+    from gantry.store.jobs import NewJob
 
     runs = ctx.store.archive_runs
-    wanted = {slug for socket_set in algorithm.interfaces for slug in socket_set.inputs}
-    given = {
-        v.socket: v
-        for v in item.values
-        if v.socket in wanted and not (v.pending_upload or v.pending_uploads)
-    }
-    try:
-        index = choose_socket_set(algorithm, set(given), sockets)
-    except ValidationFailed as error:
-        runs.record(run.pk, item.pk, job=None, outcome=NOT_RUN, reason=error.message)
-        return
-    values = [given[slug] for slug in algorithm.interfaces[index].inputs if slug in given]
-    files = [v.socket for v in values if v.file]
-    if files:
-        reason = f"file values of archive items cannot be job inputs yet ({', '.join(files)})"
-        runs.record(run.pk, item.pk, job=None, outcome=NOT_RUN, reason=reason)
-        return
-    inputs_print = fingerprint(run.creator, image_pk, values)
-    if not run.rerun:
-        earlier = runs.jobs_with_inputs(inputs_print)
-        succeeded = [
-            pk for pk, status in runs.job_statuses(earlier).items() if status is JobStatus.SUCCESS
-        ]
-        if succeeded:
-            runs.record(run.pk, item.pk, job=succeeded[0], outcome=SKIPPED)
-            if run.write_back:
-                write_back(ctx, item.pk, succeeded[0])
-            return
-    inputs = [
-        JobInput(interface=v.socket, image=v.image)
-        if v.image
-        else JobInput(interface=v.socket, value=v.value)
-        for v in values
-    ]
-    job_pk = job_pk_for(run.pk, item.pk)
-    urls = Urls(ctx.settings.api_base_url or "https://localhost/api/v1/")
-    try:
-        create_job(
-            ctx,
+    model = ctx.store.models.desired(algorithm.pk)
+    pks = iter(ctx.store.table.next_ids("socket_value", sum(len(p.drafts) for p in plans)))
+    now = timeutil.now()
+    moment = timeutil.iso(now)
+    new: list[NewJob] = []
+    for plan in plans:
+        values = [SocketValue(pk=next(pks), **draft) for draft in plan.drafts]
+        job_pk = job_pk_for(run.pk, plan.item.pk)
+        job = new_job(
             user,
-            JobCreate(algorithm=algorithm.pk, inputs=inputs),
-            urls,
+            algorithm,
+            image,
+            model,
+            plan.index,
+            values,
             pk=job_pk,
             source=SOURCE,
-            source_ref=source_ref(run.pk, item.pk),
-            enforce_limits=True,
+            source_ref=source_ref(run.pk, plan.item.pk),
+            moment=moment,
         )
-    except TooManyRequests as error:
-        raise _Waiting(error.message) from None
-    except Conflict:
-        pass  # made by an earlier try of this page
-    except GantryError as error:
-        if error.field == "credits":
-            raise _Stop(error.message) from None
-        runs.record(run.pk, item.pk, job=None, outcome=NOT_RUN, reason=error.message)
-        return
-    runs.remember_inputs(inputs_print, job_pk)
-    runs.record(run.pk, item.pk, job=job_pk)
+        new.append(
+            NewJob(
+                job,
+                input_images=[v.image for v in values if v.image],
+                puts=[runs.record_item(run.pk, plan.item.pk, job=job_pk)],
+                updates=[runs.remember_inputs(plan.fingerprint, job_pk)],
+            )
+        )
+    limits = quotas.limits_for(ctx.settings, run.creator, algorithm.pk)
+    charge = credits.charge_for(ctx.settings, user, algorithm, image.pk, now)
+    made, refusal = ctx.store.jobs.create_many(new, limits=limits, charge=charge)
+    if made:
+        used = {slug for p in plans for slug in _set_slugs(algorithm, p.index)}
+        ctx.store.sockets.mark_used([sockets[slug] for slug in sorted(used)])
+        for index in sorted({p.index for p in plans}):
+            ctx.store.algorithms.mark_set_used(algorithm.pk, index)
+    for job in made:
+        ctx.job_created(job)
+    if isinstance(refusal, TooManyRequests):
+        raise _Waiting(refusal.message)
+    if refusal is not None:
+        raise _Stop(refusal.message)
+
+
+def _set_slugs(algorithm: Algorithm, index: int) -> list[str]:
+    socket_set = algorithm.interfaces[index]
+    return [*socket_set.inputs, *socket_set.outputs]
 
 
 # --- job ends ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gantry import access, contract, credits, quotas, timeutil
 from gantry.access import Action
-from gantry.algorithms import Algorithm, SocketSet
+from gantry.algorithms import Algorithm, AlgorithmImage, SocketSet
 from gantry.context import Context
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.interfaces import Interface, InterfaceValueError, validate_value
@@ -22,6 +22,7 @@ from gantry.job_states import JobStatus
 from gantry.jobs import Job, SocketValue
 from gantry.kinds import accepts_upload, spec
 from gantry.services import catalog
+from gantry.store.algorithm_models import DesiredModel
 from gantry.uploads import UploadStatus
 from gantry.urls import Urls
 from gantry.users import User
@@ -169,11 +170,52 @@ def create_job(
 
     pks = ctx.store.table.next_ids("socket_value", len(drafts))
     values = [SocketValue(pk=pk, **draft) for pk, draft in zip(pks, drafts, strict=True)]
-    pending = any(v.pending_upload or v.pending_uploads for v in values)
     now = timeutil.now()
-    moment = timeutil.iso(now)
-    job = Job(
+    job = new_job(
+        user,
+        algorithm,
+        image,
+        model,
+        index,
+        values,
         pk=pk or str(uuid.uuid4()),
+        source=source,
+        source_ref=source_ref,
+        moment=timeutil.iso(now),
+    )
+    limits = quotas.limits_for(ctx.settings, job.creator, job.algorithm)
+    # Drop-folder jobs are free: writing to the bucket already takes the operator's access.
+    charge = (
+        None
+        if source == "dropbox"
+        else credits.charge_for(ctx.settings, user, algorithm, image.pk, now)
+    )
+    job = ctx.store.jobs.create(
+        job, input_images=input_images, limits=limits, enforce=enforce_limits, charge=charge
+    )
+    ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])
+    ctx.store.algorithms.mark_set_used(algorithm.pk, index)
+    ctx.job_created(job)
+    return job
+
+
+def new_job(
+    user: User,
+    algorithm: Algorithm,
+    image: AlgorithmImage,
+    model: DesiredModel | None,
+    index: int,
+    values: list[SocketValue],
+    *,
+    pk: str,
+    source: str,
+    source_ref: str | None,
+    moment: str,
+) -> Job:
+    """A job of ``algorithm``'s ``image`` (and model) on checked input values, not stored."""
+    pending = any(v.pending_upload or v.pending_uploads for v in values)
+    return Job(
+        pk=pk,
         algorithm=algorithm.pk,
         algorithm_image=image.pk,
         algorithm_image_sha256=image.sha256,
@@ -192,20 +234,6 @@ def create_job(
         source=source,
         source_ref=source_ref,
     )
-    limits = quotas.limits_for(ctx.settings, job.creator, job.algorithm)
-    # Drop-folder jobs are free: writing to the bucket already takes the operator's access.
-    charge = (
-        None
-        if source == "dropbox"
-        else credits.charge_for(ctx.settings, user, algorithm, image.pk, now)
-    )
-    job = ctx.store.jobs.create(
-        job, input_images=input_images, limits=limits, enforce=enforce_limits, charge=charge
-    )
-    ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])
-    ctx.store.algorithms.mark_set_used(algorithm.pk, index)
-    ctx.job_created(job)
-    return job
 
 
 def share_job(ctx: Context, user: User, job: Job, body: JobSharing) -> Job:

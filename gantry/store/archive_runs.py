@@ -3,8 +3,8 @@ and the index of jobs by their inputs that lets a run skip items already done.
 
 Items: ``RUN#<run>``/``A`` (the run), ``RUN#<run>``/``ITEM#<item>`` (what became of the item:
 its job, or why it has none), ``ARCHIVERUNS#ACTIVE``/``<run>`` (present while the run still
-makes jobs or waits for a free slot), ``INPUTS#<fingerprint>``/``<job>`` (a job of that
-algorithm image, creator and inputs).
+makes jobs or waits for a free slot), ``INPUTS#<fingerprint>``/``JOBS`` (the jobs of
+that algorithm image, creator and inputs).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ ACTIVE = "ARCHIVERUNS#ACTIVE"
 # What became of an item without a job of its own.
 SKIPPED = "skipped"  # an earlier job of the same image and inputs succeeded: it is the result
 NOT_RUN = "not run"  # the item cannot be run (no matching inputs, a value the job refused)
+INPUTS_SK = "JOBS"
 
 
 def _run_key(pk: str) -> str:
@@ -92,17 +93,27 @@ class ArchiveRunStore:
         self, run_pk: str, item_pk: str, *, job: str | None, outcome: str = "", reason: str = ""
     ) -> None:
         """What became of the item; a put, so a repeat writes the same."""
-        self.table.put(
-            self.table.item(
-                _run_key(run_pk),
-                f"ITEM#{item_pk}",
-                None,
-                item=item_pk,
-                job=job,
-                outcome=outcome or None,
-                reason=reason or None,
-            )
+        self.table.put(self.record_item(run_pk, item_pk, job=job, outcome=outcome, reason=reason))
+
+    def record_item(
+        self, run_pk: str, item_pk: str, *, job: str | None, outcome: str = "", reason: str = ""
+    ) -> dict[str, Any]:
+        """The record of what became of the item, to put (in the job's own transaction)."""
+        return self.table.item(
+            _run_key(run_pk),
+            f"ITEM#{item_pk}",
+            None,
+            item=item_pk,
+            job=job,
+            outcome=outcome or None,
+            reason=reason or None,
         )
+
+    def record_many(self, records: list[dict[str, Any]]) -> None:
+        """Put records made by ``record_item`` (25 a request)."""
+        with self.table._table.batch_writer(overwrite_by_pkeys=[PK, SK]) as batch:
+            for record in records:
+                batch.put_item(Item=record)
 
     def record_end(self, run_pk: str, item_pk: str, status: str) -> None:
         """The item's job ended with ``status`` (a label); a repeat writes the same."""
@@ -138,12 +149,26 @@ class ArchiveRunStore:
 
     # --- jobs by their inputs ----------------------------------------------------------------
 
-    def remember_inputs(self, fingerprint: str, job_pk: str) -> None:
-        self.table.put(self.table.item(f"INPUTS#{fingerprint}", job_pk, None))
+    # One item per fingerprint holding the set of its jobs, so a page of items is looked up
+    # in one read.
 
-    def jobs_with_inputs(self, fingerprint: str) -> list[str]:
-        items = self.table.query_all(index=None, key_name=PK, key_value=f"INPUTS#{fingerprint}")
-        return [str(item[SK]) for item in items]
+    @staticmethod
+    def remember_inputs(fingerprint: str, job_pk: str) -> dict[str, Any]:
+        """The update (for the job's own transaction) that adds the job to its inputs' set."""
+        return {
+            "Key": {PK: f"INPUTS#{fingerprint}", SK: INPUTS_SK},
+            "UpdateExpression": "ADD #jobs :job",
+            "ExpressionAttributeNames": {"#jobs": "jobs"},
+            "ExpressionAttributeValues": {":job": {job_pk}},
+        }
+
+    def jobs_with_inputs(self, fingerprints: list[str]) -> dict[str, list[str]]:
+        """The jobs made with each fingerprint's inputs (absent: none)."""
+        found = self.table.batch_get_docs([(f"INPUTS#{fp}", INPUTS_SK) for fp in fingerprints])
+        return {
+            str(pk).removeprefix("INPUTS#"): sorted(str(job) for job in doc.item.get("jobs", ()))
+            for (pk, _), doc in found.items()
+        }
 
     def job_statuses(self, job_pks: list[str]) -> dict[str, JobStatus]:
         """The status of each job, reading only that attribute (runs count thousands)."""

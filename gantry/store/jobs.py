@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from gantry import quotas, timeutil
 from gantry.credits import Charge
-from gantry.errors import Conflict, NotFound, TooManyRequests
+from gantry.errors import Conflict, GantryError, NotFound, TooManyRequests
 from gantry.job_states import JobStatus, can_transition
 from gantry.jobs import Job
 from gantry.quotas import RETRY_AFTER_SECONDS, Limit
@@ -118,6 +119,124 @@ class JobStore:
                 ) from error
             raise Conflict(f"Job {job.pk} already exists") from error
         return job
+
+    def create_many(
+        self, new: Sequence[NewJob], *, limits: Sequence[Limit], charge: Charge | None
+    ) -> tuple[list[Job], GantryError | None]:
+        """Store new jobs of one creator and algorithm, in order, many per transaction, as
+        many as the limits and credits allow; each takes its slots and credits (or a free
+        editor job) as ``create`` with ``enforce`` does, the counters moved once per
+        transaction by the number of jobs in it. Returns the jobs stored and, when some were
+        not, the refusal that stopped them (TooManyRequests: a limit is full; ValidationFailed:
+        too few credits). A job whose pk exists is left out (stored before, with its extras).
+
+        Each transaction's conditions are those of ``create`` for all its jobs at once, so
+        concurrent creates cannot pass a limit or overspend; a lost race re-reads the counters.
+        """
+        if len({(n.job.creator, n.job.algorithm) for n in new}) > 1:
+            raise ValueError("create_many takes jobs of one creator and algorithm")
+        made: list[Job] = []
+        pending = list(new)
+        races = 0
+        while pending:
+            chunk = _chunk(pending, fixed=len(limits) + 6)
+            room = self._room(limits, charge, len(chunk))
+            if room.count == 0:
+                return made, room.refusal
+            chunk = chunk[: room.count]
+            try:
+                made += self._create_chunk(chunk, limits, charge, room.free)
+            except _ChunkRefused as refused:
+                existing = refused.existing
+                if not existing:
+                    races += 1
+                    if races > 20:
+                        raise Conflict("Job counters kept changing; try again") from refused
+                    continue  # the counters moved since they were read
+                # Stored before (a repeated message): leave those out, try the rest again.
+                gone = {chunk[i].job.pk for i in existing}
+                pending = [n for n in pending if n.job.pk not in gone]
+                continue
+            pending = pending[len(chunk) :]
+        return made, None
+
+    def _room(self, limits: Sequence[Limit], charge: Charge | None, wanted: int) -> _Room:
+        """How many of ``wanted`` jobs the limits and credits let in now, how many of those
+        are free editor jobs, and the refusal when none is."""
+        wanted_keys = [_slot_key(limit.scope) for limit in limits]
+        if charge is not None:
+            wanted_keys.append(_credits_key(charge.user, charge.month))
+            if charge.complimentary_image:
+                wanted_keys.append(_free_jobs_key(charge.complimentary_image))
+        found = {key: doc.item for key, doc in self.table.batch_get_docs(wanted_keys).items()}
+        free = 0
+        if charge is not None and charge.complimentary_image and charge.complimentary_jobs:
+            taken = int(found.get(_free_jobs_key(charge.complimentary_image), {}).get("n", 0))
+            free = max(0, charge.complimentary_jobs - taken)
+        count = wanted
+        if charge is not None and charge.cost:
+            spent = int(found.get(_credits_key(charge.user, charge.month), {}).get("spent", 0))
+            affordable = free + max(0, charge.monthly - spent) // charge.cost
+            if affordable == 0:
+                return _Room(0, 0, charge.refusal(spent))  # as ``create``: credits first
+            count = min(count, affordable)
+        for limit in limits:
+            taken = max(0, int(found.get(_slot_key(limit.scope), {}).get("n", 0)))
+            if limit.limit - taken <= 0:
+                refusal = TooManyRequests(
+                    limit.refusal(), retry_after=RETRY_AFTER_SECONDS, limit=limit.description
+                )
+                return _Room(0, 0, refusal)
+            count = min(count, limit.limit - taken)
+        return _Room(count, min(free, count), None)
+
+    def _create_chunk(
+        self, chunk: Sequence[NewJob], limits: Sequence[Limit], charge: Charge | None, free: int
+    ) -> list[Job]:
+        jobs: list[Job] = []
+        for position, entry in enumerate(chunk):
+            is_free = position < free
+            spent = 0 if is_free or charge is None else charge.cost
+            jobs.append(
+                entry.job.model_copy(
+                    update={"is_complimentary": is_free, "credits_consumed": spent}
+                )
+            )
+        first = jobs[0]
+        puts: list[dict[str, Any]] = []
+        unique: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for job, entry in zip(jobs, chunk, strict=True):
+            attributes = {k: v for k, v in _attributes(job).items() if v is not None}
+            if limits:
+                attributes["slot"] = True
+            unique.append(self.table.item(keys.job(job.pk), MAIN_SK, _doc(job), **attributes))
+            puts += [self._relation(job, pk, INPUT) for pk in dict.fromkeys(entry.input_images)]
+            puts += [self._listing(job, name, key) for name, key in self.shared_lists(first)]
+            puts += entry.puts
+            updates += entry.updates
+        n = len(jobs)
+        updates += [
+            count_update(keys.jobs_of(first.creator), n),
+            count_update(keys.jobs_of_algorithm(first.creator, first.algorithm), n),
+            *(count_update(key, n) for _, key in self.shared_lists(first)),
+            *(_add_within(_slot_key(limit.scope), "n", n, limit.limit) for limit in limits),
+        ]
+        paid = n - free
+        if charge is not None and free:
+            assert charge.complimentary_image is not None
+            key = _free_jobs_key(charge.complimentary_image)
+            updates.append(_add_within(key, "n", free, charge.complimentary_jobs))
+        if charge is not None and charge.cost and paid:
+            key = _credits_key(charge.user, charge.month)
+            updates.append(_add_within(key, "spent", paid * charge.cost, charge.monthly))
+        try:
+            self.table.transact_put(puts, unique=unique, updates=updates)
+        except ConditionFailed as error:
+            # Positions: the puts, then the jobs (unique), then the updates.
+            existing = {i - len(puts) for i in error.failed} & set(range(len(jobs)))
+            raise _ChunkRefused(existing) from error
+        return jobs
 
     def take_missing_slot(self, pk: str) -> bool:
         """An unfinished job stored before the limits existed takes its slots now, in the
@@ -481,6 +600,69 @@ def _spend(charge: Charge, *, enforce: bool) -> dict[str, Any]:
         update["ConditionExpression"] = "attribute_not_exists(#s) OR #s <= :room"
         update["ExpressionAttributeValues"][":room"] = charge.monthly - charge.cost
     return update
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job for ``JobStore.create_many``, with what its transaction also writes."""
+
+    job: Job
+    input_images: list[str] = field(default_factory=list)
+    puts: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+
+    def keys(self) -> list[tuple[str, str]]:
+        items = [(u["Key"]["PK"], u["Key"]["SK"]) for u in self.updates]
+        return items + [(p["PK"], p["SK"]) for p in self.puts]
+
+
+class _ChunkRefused(Exception):
+    """A transaction of ``create_many`` failed a condition: ``existing``, the positions of its
+    jobs that are stored already; none: a counter moved since it was read."""
+
+    def __init__(self, existing: set[int]) -> None:
+        super().__init__(f"jobs at {sorted(existing)} exist" if existing else "counters moved")
+        self.existing = existing
+
+
+@dataclass(frozen=True)
+class _Room:
+    count: int
+    free: int
+    refusal: GantryError | None
+
+
+# DynamoDB takes at most 100 actions in a transaction, each on a different item.
+MAX_ACTIONS = 100
+
+
+def _chunk(pending: Sequence[NewJob], *, fixed: int) -> list[NewJob]:
+    """The first jobs of ``pending`` that fit one transaction beside ``fixed`` counter
+    updates, no item written twice."""
+    chunk: list[NewJob] = []
+    seen: set[tuple[str, str]] = set()
+    actions = fixed
+    for entry in pending:
+        # The job, its two listings, its input relations and its extras.
+        size = 3 + len(set(entry.input_images)) + len(entry.puts) + len(entry.updates)
+        entry_keys = set(entry.keys())
+        if chunk and (actions + size > MAX_ACTIONS or entry_keys & seen):
+            break
+        chunk.append(entry)
+        seen |= entry_keys
+        actions += size
+    return chunk
+
+
+def _add_within(key: tuple[str, str], attribute: str, amount: int, cap: int) -> dict[str, Any]:
+    """Add ``amount`` to a counter only while it stays at most ``cap``."""
+    return {
+        "Key": {"PK": key[0], "SK": key[1]},
+        "UpdateExpression": "ADD #n :amount",
+        "ConditionExpression": "attribute_not_exists(#n) OR #n <= :room",
+        "ExpressionAttributeNames": {"#n": attribute},
+        "ExpressionAttributeValues": {":amount": amount, ":room": cap - amount},
+    }
 
 
 class _NoFreeJobLeft(Exception):

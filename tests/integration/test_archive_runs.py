@@ -242,3 +242,43 @@ def test_bad_requests_name_their_field(world) -> None:
     seen = _progress(alice, algorithm, run)
     assert seen["not_run"] == 1 and "do not match" in next(iter(seen["not_run_reasons"]))
     assert carol.get(f"algorithms/{algorithm.pk}/archive-runs/{run['pk']}/")[0] == 404
+
+
+def test_an_editors_run_takes_its_free_jobs_then_credits_exactly(world) -> None:
+    ctx, algorithm, archive, alice, _ = world
+    # alice edits the algorithm: 2 free jobs, then 20 credits a job, 60 credits: 5 jobs.
+    ctx.settings = ctx.settings.model_copy(
+        update={"complimentary_editor_jobs": 2, "monthly_credits": 60}
+    )
+    _add_items(alice, archive, list(range(7)))
+    status, run = _run(alice, algorithm, {"archive": archive["pk"]})
+    assert status == 201, run
+    _drain(ctx)
+    seen = _progress(alice, algorithm, run)
+    assert seen["state"] == "Stopped" and "Not enough credits" in seen["stopped_reason"]
+    assert seen["jobs"] == {"Queued": 5} and seen["not_started"] == 2
+    jobs = _jobs_of(ctx, run["pk"])
+    assert sorted(j.is_complimentary for j in jobs) == [False, False, False, True, True]
+    assert sum(j.credits_consumed for j in jobs) == 60
+    month = jobs[0].created[:7]
+    assert ctx.store.jobs.credits_spent("alice", month) == 60
+    assert ctx.store.jobs.complimentary_jobs_taken(jobs[0].algorithm_image) == 2
+    assert ctx.store.jobs.active_count("USER#alice") == 5
+
+
+def test_jobs_stored_by_a_concurrent_handler_are_left_out(world, monkeypatch) -> None:
+    """Two handlers of one page: the jobs the first stored are not made or counted again."""
+    from gantry.pipeline import archive_runs
+
+    ctx, algorithm, archive, alice, _ = world
+    _add_items(alice, archive, [1, 2, 3])
+    status, run = _run(alice, algorithm, {"archive": archive["pk"]})
+    stored = ctx.store.archive_runs.get(run["pk"])
+    items, _ = archive_runs._page(ctx, stored)
+    archive_runs._start_items(ctx, stored, items[:2])
+    # The second handler read the run's records before the first wrote them.
+    monkeypatch.setattr(ctx.store.archive_runs, "outcomes", lambda run_pk, pks: {})
+    archive_runs._start_items(ctx, stored, items)
+    jobs = _jobs_of(ctx, run["pk"])
+    assert len(jobs) == 3 and len({j.pk for j in jobs}) == 3
+    assert ctx.store.jobs.active_count("USER#alice") == 3
