@@ -273,6 +273,7 @@ def test_jobs_stored_by_a_concurrent_handler_are_left_out(world, monkeypatch) ->
     ctx, algorithm, archive, alice, _ = world
     _add_items(alice, archive, [1, 2, 3])
     status, run = _run(alice, algorithm, {"archive": archive["pk"]})
+    assert status == 201, run
     stored = ctx.store.archive_runs.get(run["pk"])
     items, _ = archive_runs._page(ctx, stored)
     archive_runs._start_items(ctx, stored, items[:2])
