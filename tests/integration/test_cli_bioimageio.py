@@ -56,6 +56,12 @@ def test_a_package_is_registered_and_runs(cli: Cli, tmp_path: Path) -> None:
         )
     )  # fmt: skip
     assert "Succeeded" in ran
+    # The job ran the package as the algorithm's model, and names it by its sha256.
+    job = cli.stack.ctx.store.jobs.get(re.search(r"Job (\S+) started", ran).group(1))
+    algorithm = cli.stack.ctx.store.algorithms.get_by_slug("cells")
+    assert algorithm.bioimageio is not None
+    model = cli.stack.ctx.store.models.get(algorithm.bioimageio.model or "")
+    assert (job.algorithm_model, job.algorithm_model_sha256) == (model.pk, model.sha256)
     (prob,) = (out / "images" / "prob").glob("*.mha")
     result = SimpleITK.ReadImage(str(prob))
     assert (result.GetSize(), result.GetNumberOfComponentsPerPixel()) == ((66, 70), 2)
