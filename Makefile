@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo up test lint typecheck bench openapi setup runner bioimageio-oracle gcapi-clients
+.PHONY: demo up test lint typecheck bench openapi setup runner bioimageio-oracle gcapi-clients \
+	bioimageio-image
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,18 @@ $(ORACLE)/.installed:
 	touch $@
 
 bioimageio-oracle: $(ORACLE)/.installed
+
+# The bioimage.io runtime image (gantry/bioimageio_image.py) as an OCI archive, from Debian
+# packages (mmdebstrap) and the wheels pinned in packaging/bioimageio/; downloads are cached in
+# build/bioimageio/cache. The tests that run it skip while it is absent.
+BIOIMAGEIO_IMAGE := build/bioimageio/bioimageio-runtime.tar
+$(BIOIMAGEIO_IMAGE): $(BIN)/.installed packaging/bioimageio/requirements.txt \
+		gantry/bioimageio_image.py $(wildcard batch_runner/bioimageio/*.py)
+	@command -v mmdebstrap >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends mmdebstrap; }
+	$(BIN)/gantry bioimageio build-image $@
+
+bioimageio-image: $(BIOIMAGEIO_IMAGE)
 
 # Older gcapi releases, each in its own environment (they pin older httpx), for the e2e tests
 # that run the tutorial with them: 0.5.4 (run_external_job through upload sessions), 0.12.0

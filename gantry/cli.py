@@ -111,6 +111,10 @@ from gantry.commands import backfill  # noqa: E402
 
 app.command("backfill")(backfill.run_backfill)
 
+from gantry.commands import runtime_image  # noqa: E402
+
+app.add_typer(runtime_image.app, name="bioimageio")
+
 
 if __name__ == "__main__":
     app()

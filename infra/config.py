@@ -86,8 +86,9 @@ class GantryConfig:
     runner_privileged: bool = True
     compute_backend: str = "batch"
     sagemaker_runner_image: str = ""
-    # The bioimage.io runtime image bioimage.io model algorithms run (GANTRY_BIOIMAGEIO_IMAGE);
-    # empty: registering a bioimage.io package fails with a message saying so.
+    # The bioimage.io runtime image bioimage.io model algorithms run (GANTRY_BIOIMAGEIO_IMAGE):
+    # the reference `gantry bioimageio build-image --push ecr` prints (docs/deploy.md); empty:
+    # registering a bioimage.io package fails with a message saying so.
     bioimageio_image: str = ""
     # SageMaker cannot run a privileged container; "required" fails jobs the runner cannot
     # sandbox there, "auto" runs them unsandboxed (with the training job's network).

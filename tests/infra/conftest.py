@@ -32,6 +32,8 @@ ALL_OPTIONS = {
     # The explicit opt-out of the privileged runner (and with it of the required sandbox).
     "gantry:runnerPrivileged": "false",
     "gantry:sagemakerSandbox": "auto",
+    "gantry:bioimageioImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/gantry@sha256:"
+    + "0" * 64,
 }
 
 

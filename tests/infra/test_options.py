@@ -50,6 +50,7 @@ def test_custom_domain_sets_the_base_url(template: Template, options_synth: Synt
             assert env["GANTRY_API_BASE_URL"] == f"https://{domain}/api/v1/"
             assert env["GANTRY_COMPUTE_BACKEND"] == "sagemaker"
             assert env["GANTRY_SAGEMAKER_SANDBOX"] == "auto"
+            assert env["GANTRY_BIOIMAGEIO_IMAGE"] == ALL_OPTIONS["gantry:bioimageioImage"]
 
 
 def test_waf_alarm_email_and_reserved_concurrency(template: Template) -> None:
