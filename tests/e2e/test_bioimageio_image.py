@@ -1,6 +1,7 @@
-"""The bioimage.io runtime image (``make bioimageio-image``): a valid OCI image, and a job on
-the local stack that runs it from its own root filesystem, in the sandbox, on a package built
-by the tests at /opt/ml/model, driven by the real gcapi client.
+"""The bioimage.io runtime image (``make bioimageio-image``): a valid OCI image, and the local
+stack configured with it (``GANTRY_BIOIMAGEIO_IMAGE``): a package built by the tests is
+registered, and its job runs the image from its own root filesystem, in the sandbox, with the
+package at /opt/ml/model, driven by the real gcapi client.
 
 The image is built by ``make bioimageio-image`` (CI runs it before the tests: it downloads
 about 200 MB); without it these tests skip."""
@@ -8,10 +9,12 @@ about 200 MB); without it these tests skip."""
 from __future__ import annotations
 
 import shutil
-import tarfile
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,10 +22,8 @@ from typer.testing import CliRunner
 
 from gantry import bioimageio_image
 from gantry.cli import app
-from gantry.commands.local import connection_for
 from gantry.local.connection import image_store_dir
 from tests.bioimageio_support import build_package
-from tests.conftest import serve_local_stack
 from tests.e2e.conftest import Platform, api_client, checked
 from tests.e2e.test_gcapi import voxels, wait_until_done
 
@@ -62,95 +63,95 @@ def test_the_image_is_a_runnable_oci_image_with_its_own_python(tmp_path: Path) -
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Platform, str]]:
+    """The local stack with the runtime image as its ``bioimageio_image``: pushed first into
+    the registry of the stack's state folder, as docs/deploy.md tells an operator to."""
+    from gantry.local.stack import LocalStack
+    from gantry.settings import Settings
+
     # The runner drops to the image's USER, who must reach the image store.
     state_dir = Path(tempfile.mkdtemp(prefix="gantry-bioimageio-e2e-"))
     state_dir.chmod(0o755)
-    stack = serve_local_stack("gantry-bioimageio-e2e", state_dir)
+    pushed = CliRunner().invoke(
+        app,
+        ["bioimageio", "push-image", str(ARCHIVE), "--to", "local", "--state-dir", str(state_dir)],
+    )
+    assert pushed.exit_code == 0, pushed.output
+    reference = pushed.output.split("GANTRY_BIOIMAGEIO_IMAGE=")[1].split()[0]
+    name = f"gantry-bioimageio-image-{uuid.uuid4().hex[:10]}"
+    settings = Settings(
+        table_name=name, bucket_name=name, local_workers=2, bioimageio_image=reference
+    )
+    stack = LocalStack.start(settings, state_dir=state_dir, serve_api=True, api_port=0)
     try:
         token = stack.ctx.store.users.create_token("alice")
-        connection_for(stack, token, state_dir).write(state_dir)
         ca_file = str(state_dir / "tls" / "ca.pem")
         with api_client(stack.api_url, token, ca_file) as http:
-            yield Platform(stack, token, ca_file, http, tmp_path_factory.mktemp("work"))
+            work = tmp_path_factory.mktemp("work")
+            yield Platform(stack, token, ca_file, http, work), reference
     finally:
         stack.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _model_tarball(folder: Path, out: Path) -> Path:
-    with tarfile.open(out, "w:gz") as tar:
-        for path in sorted(folder.iterdir()):
-            tar.add(path, path.name)
-    return out
+def wait_for(read: Any, done: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"{what} not done after {timeout} s: {value}"
+        time.sleep(0.3)
 
 
-def test_a_job_runs_a_package_in_the_image_and_matches_the_runtime(platform: Platform) -> None:
+def test_a_registered_package_runs_in_the_image_and_matches_the_runtime(
+    platform: tuple[Platform, str],
+) -> None:
     import SimpleITK
+    from gcapi import SocketValueSpec
 
     from batch_runner.bioimageio.runtime import run_job
 
-    work = platform.workdir
-    state_dir = str(platform.stack.state_dir)
-    # The operator's step: the image pushed into the stack's registry, runner layer appended.
-    pushed = CliRunner().invoke(
-        app,
-        ["bioimageio", "push-image", str(ARCHIVE), "--to", "local", "--state-dir", state_dir],
-        env={"COLUMNS": "300"},
-    )
-    assert pushed.exit_code == 0, pushed.output
-    reference = pushed.output.split("GANTRY_BIOIMAGEIO_IMAGE=")[1].split()[0]
+    platform_, reference = platform
+    stack, work = platform_.stack, platform_.workdir
     assert "/bioimageio/runtime@sha256:" in reference
-
-    http = platform.http
-    for title in ("Raw", "Prob"):
-        body = {"title": title, "kind": "Image", "relative_path": f"images/{title.lower()}"}
-        checked(http.post("components/interfaces/", json=body))
-    algorithm = checked(
-        http.post(
-            "algorithms/",
-            json={"title": "UNet", "interfaces": [{"inputs": ["raw"], "outputs": ["prob"]}]},
-        )
-    )
-    checked(
-        http.post(
-            "algorithms/images/",
-            json={
-                "algorithm": algorithm["api_url"],
-                "image": reference,
-                "entrypoint": bioimageio_image.ENTRYPOINT,
-                "command": bioimageio_image.CMD,
-            },
-        )
-    )
+    client = platform_.gcapi()
     package = build_package(work / "package")
-    model = _model_tarball(package.directory, work / "model.tar.gz")
-    added = CliRunner().invoke(
-        app,
-        ["algorithms", "models", "upload", algorithm["slug"], str(model), "--state-dir", state_dir],
+    # Registered as a user registers a package: the import adds the runtime image.
+    with package.zip_path.open("rb") as stream:
+        upload = client.uploads.upload_fileobj(fileobj=stream, filename="unet.zip")
+    created = client(
+        method="POST",
+        path="algorithms/",
+        json={"title": "UNet", "bioimageio_package": upload.api_url},
     )
-    assert added.exit_code == 0, added.output
+    algorithm = wait_for(
+        lambda: client(path=f"algorithms/{created['pk']}/"),
+        lambda a: a["bioimageio"]["import_status"] in ("Completed", "Failed"),
+        180,
+        "the package's import",
+    )
+    assert algorithm["bioimageio"]["import_status"] == "Completed", algorithm["bioimageio"]
+    image = stack.ctx.store.algorithms.desired_image(created["pk"])
+    assert image is not None and image.image == reference
     # Not a multiple of the model's tile grid, with a geometry of its own.
     rng = np.random.default_rng(7)
-    image = SimpleITK.GetImageFromArray(rng.gamma(2.0, 20.0, (150, 203)).astype(np.float32))
-    image.SetSpacing((0.5, 0.75))
-    image.SetOrigin((3.0, -2.0))
+    source = SimpleITK.GetImageFromArray(rng.gamma(2.0, 20.0, (150, 203)).astype(np.float32))
+    source.SetSpacing((0.5, 0.75))
+    source.SetOrigin((3.0, -2.0))
     case = work / "case.mha"
-    SimpleITK.WriteImage(image, str(case))
+    SimpleITK.WriteImage(source, str(case))
 
-    from gcapi import SocketValueSpec
-
-    client = platform.gcapi()
     started = client.start_algorithm_job(
         algorithm_slug=algorithm["slug"], inputs=[SocketValueSpec(socket_slug="raw", file=case)]
     )
     job = wait_until_done(client, started.pk, timeout=600)
 
-    detail = checked(http.get(f"algorithms/jobs/{started.pk}/"))
+    detail = checked(platform_.http.get(f"algorithms/jobs/{started.pk}/"))
     assert job.status == "Succeeded", (detail["error_message"], detail["stderr"])
     (output,) = [o for o in job.outputs if o.interface.slug == "prob"]
     (downloaded,) = client.images.download(url=output.image, output_directory=work / "job")
-    # The runtime's own prediction, on this machine's interpreter.
+    # The runtime's own prediction, with this machine's interpreter.
     (work / "in" / "images" / "raw").mkdir(parents=True)
     shutil.copy(case, work / "in" / "images" / "raw" / "case.mha")
     run_job(package.directory, work / "in", work / "out")
@@ -159,9 +160,8 @@ def test_a_job_runs_a_package_in_the_image_and_matches_the_runtime(platform: Pla
     got = SimpleITK.ReadImage(str(downloaded))
     assert got.GetSpacing() == pytest.approx((0.5, 0.75))
     assert got.GetOrigin() == pytest.approx((3.0, -2.0))
-    # It ran in the sandbox from the image's root, which the stack pulled from its registry.
-    store = image_store_dir(platform.stack.state_dir)
-    pulled = list(
-        store.glob(f"images/sha256/*/rootfs/{bioimageio_image.SITE_PACKAGES}/onnxruntime")
-    )
-    assert pulled, "the image's root filesystem is not in the stack's image store"
+    # It ran from the image's root filesystem, pulled from the stack's registry and unpacked
+    # into its image store: the image's own Python, not this machine's.
+    site = bioimageio_image.SITE_PACKAGES
+    store = image_store_dir(stack.state_dir)
+    assert list(store.glob(f"images/sha256/*/rootfs/{site}/onnxruntime"))
