@@ -1,4 +1,4 @@
-"""Inputs copied from the one-machine endpoint's own files instead of downloaded.
+"""Inputs and outputs copied to and from the one-machine endpoint's files, not sent by HTTP.
 
 On one machine the object store is a folder on the runner's disk: downloading an input
 through HTTP reads it, sends it through two processes and writes it again, several times
@@ -10,6 +10,12 @@ file systems that have them, a copy inside the kernel elsewhere). The copy is th
 nothing a job does to its input reaches the stored object, whose file the endpoint never
 changes in place. Any other answer (another endpoint, an object it does not keep as a file,
 an error) leaves the input to the usual download.
+
+Outputs go the other way when the backend names the endpoint's incoming folder
+(``GANTRY_RUNNER_LOCAL_INCOMING``): the runner copies the output file there (a copy, never a
+link: the job may still hold the original) and sends a PutObject with an empty body whose
+``x-gantry-local-file`` header names the copy; the endpoint moves that file into its store.
+Refused, the output is uploaded as anywhere else.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import stat
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gantry.contract import LOCAL_FILE_HEADER, LOCAL_FILES_ENV
+from gantry.contract import LOCAL_FILE_HEADER, LOCAL_FILES_ENV, LOCAL_INCOMING_ENV
 
 _TOTAL = re.compile(r"^bytes \d+-\d+/(\d+)$")
 _CHUNK = 64 * 1024 * 1024
@@ -73,9 +80,41 @@ def copy_local(client: Any, bucket: str, key: str, target: str) -> bool:
     return True
 
 
-def _copy(source: int, target_path: str, size: int) -> None:
+def put_local(client: Any, source: int, bucket: str, key: str) -> bool:
+    """Store the open file ``source`` as the object through the endpoint's incoming folder;
+    False where the backend named none or the endpoint refused (nothing is then stored)."""
+    incoming = os.environ.get(LOCAL_INCOMING_ENV)
+    if not incoming:
+        return False
+    copy = os.path.join(incoming, secrets.token_hex(16))
+
+    def name_the_copy(request: Any, **_kwargs: Any) -> None:
+        request.headers[LOCAL_FILE_HEADER] = copy
+
+    try:
+        size = os.fstat(source).st_size
+        _copy(source, copy, size, exclusive=True)
+        client.meta.events.register("before-sign.s3.PutObject", name_the_copy)
+        try:
+            response = client.put_object(Bucket=bucket, Key=key, Body=b"")
+        finally:
+            client.meta.events.unregister("before-sign.s3.PutObject", name_the_copy)
+    except (OSError, ClientError, BotoCoreError):
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(copy)  # moved by the endpoint unless it refused
+    # The endpoint says what it stored; one that ignored the header stored an empty object,
+    # which the upload then replaces.
+    return response["ResponseMetadata"]["HTTPHeaders"].get(LOCAL_FILE_HEADER) == str(size)
+
+
+def _copy(source: int, target_path: str, size: int, *, exclusive: bool = False) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-    target = os.open(target_path, flags, 0o644)
+    if exclusive:
+        flags |= os.O_EXCL
+    # An input is read by the algorithm's user; an output's copy only by the endpoint.
+    target = os.open(target_path, flags, 0o600 if exclusive else 0o644)
     try:
         copied = 0
         cross_device = False

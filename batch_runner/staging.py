@@ -181,7 +181,8 @@ def upload_outputs(
 
     Each file is opened once with O_NOFOLLOW and handed to the transfer manager as
     ``/proc/self/fd/N``: reopening that path reaches the same inode even if the name was
-    swapped for a link after the scan, and parts are still read lazily from disk.
+    swapped for a link after the scan, and parts are still read lazily from disk. On one
+    machine a file is copied to the endpoint's store instead (``batch_runner.local_files``).
     """
     fds: list[int] = []
     outputs: list[ResultOutput] = []
@@ -200,12 +201,15 @@ def upload_outputs(
                     size=info.st_size,
                 )
             )
+        uploads = [
+            (fd, o)
+            for fd, o in zip(fds, outputs, strict=True)
+            # One machine: handed to the endpoint as a copied file where it takes one.
+            if not local_files.put_local(client, fd, o.bucket_name, o.bucket_key)
+        ]
         upload_all(
             client,
-            (
-                Upload(f"/proc/self/fd/{fd}", o.bucket_name, o.bucket_key)
-                for fd, o in zip(fds, outputs, strict=True)
-            ),
+            (Upload(f"/proc/self/fd/{fd}", o.bucket_name, o.bucket_key) for fd, o in uploads),
             concurrency=concurrency,
         )
     except OSError as error:

@@ -22,6 +22,9 @@ from gantry.paths import validate_relative_path
 # file instead of downloading the object (batch_runner.local_files). Never set on AWS.
 LOCAL_FILES_ENV = "GANTRY_RUNNER_LOCAL_FILES"
 LOCAL_FILE_HEADER = "x-gantry-local-file"
+# One machine only, with a durable endpoint: its folder the runner copies outputs to, each then
+# stored by a PutObject that names the copy in LOCAL_FILE_HEADER.
+LOCAL_INCOMING_ENV = "GANTRY_RUNNER_LOCAL_INCOMING"
 
 
 class InvocationInput(BaseModel):

@@ -18,6 +18,8 @@ Where it goes:
   renamed, before the row that names it is committed; a file no row names (a crash between the
   two) is removed on start. Object files are never changed in place, so moto serves reads from
   them directly (its own spooled copy is dropped once the file is stored).
+- ``incoming/``: where the local runner copies an output before a PutObject names it; the
+  file is then moved into ``objects/`` (no byte written twice). Leftovers are removed on start.
 
 Queue messages are not stored: the work they carry is re-derived from this state on start
 (``gantry.pipeline.reconcile``), as it is on AWS for messages that ended in a dead-letter queue.
@@ -30,6 +32,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,6 +42,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 DATABASE = "state.db"
 OBJECTS_DIR = "objects"
+# Files the local runner copied its outputs to, each made an object by a PutObject that
+# names it (gantry.local.persist); what a crash left here was never acknowledged.
+INCOMING_DIR = "incoming"
 COPY_CHUNK = 8 * 1024 * 1024
 
 SCHEMA = """
@@ -97,6 +103,8 @@ class DurableStore:
         self.directory = directory
         self.objects = directory / OBJECTS_DIR
         self.objects.mkdir(parents=True, exist_ok=True)
+        self.incoming = (directory / INCOMING_DIR).absolute()
+        self.incoming.mkdir(mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             directory / DATABASE, check_same_thread=False, isolation_level=None
@@ -182,6 +190,29 @@ class DurableStore:
         os.replace(tmp, path)
         _fsync_dir(self.objects)
         return path, size
+
+    def adopt_file(self, name: str) -> tuple[Path, int]:
+        """Make a file of the incoming folder an object file, moved (no byte is copied) and
+        fsync'd; (path, size). ValueError for anything but a regular file there, with no other
+        name (a link would let whoever holds the other name change the object)."""
+        source = os.path.abspath(name)
+        if os.path.dirname(source) != str(self.incoming) or os.path.basename(source)[:1] in "._":
+            raise ValueError("not a file of the store's incoming folder")
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as error:
+            raise ValueError(f"cannot open it: {error.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.getuid():
+                raise ValueError("not a regular file of this user with one name")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path = self.new_object_path()
+        os.rename(source, path)
+        _fsync_dir(self.objects)
+        return path, info.st_size
 
     def link_file(self, source: Path) -> Path:
         """A new name for an existing (immutable) object file: a copy that costs no I/O."""
@@ -322,11 +353,14 @@ class DurableStore:
         )
 
     def remove_orphans(self) -> int:
-        """Remove object files no row names: writes a crash interrupted."""
+        """Remove object files no row names and incoming files: writes a crash interrupted."""
         with self._lock:
             named = {row[0] for row in self._db.execute("SELECT file FROM objects")}
             named |= {row[0] for row in self._db.execute("SELECT file FROM parts")}
         removed = 0
+        for path in self.incoming.iterdir():
+            path.unlink(missing_ok=True)
+            removed += 1
         for path in self.objects.iterdir():
             if path.name not in named:
                 path.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 from gantry import resources, timeutil
 from gantry.context import Context
+from gantry.contract import LOCAL_INCOMING_ENV
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.local.connection import image_store_dir
@@ -176,6 +177,12 @@ class LocalStack:
             backend_options.setdefault("image_store", store.root)
         if backend_options.get("image_store"):
             backend_options["registry"] = self._open_registry(registry)
+        durable = self.endpoint.store if self.endpoint is not None else None
+        if durable is not None:
+            # Runners hand their outputs to the durable endpoint as files (one machine only).
+            extra_env = dict(backend_options.get("extra_env") or {})
+            extra_env[LOCAL_INCOMING_ENV] = str(durable.incoming)
+            backend_options["extra_env"] = extra_env
         self.ctx.compute_backend = LocalBackend(
             self.settings, on_event=self._on_compute_event, **backend_options
         )
