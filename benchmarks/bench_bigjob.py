@@ -14,8 +14,9 @@ trivial algorithm that copies its input image to its output image. Printed per s
   ``sync`` (on the disk, as everything the platform acknowledges is), and the stack
   process's peak memory (VmHWM), which should not grow with the image;
 - CPU seconds, steadier than wall time on a shared machine: the stack's (its runner
-  processes included, the algorithm's own left out) next to those of the two ``cp``, and
-  the client's for sending the upload.
+  processes included, the algorithm's own left out) next to those of the two ``cp``, split
+  by what the job was doing (the upload, then each job status as polled), and the client's
+  for sending the upload.
 
 The algorithm writes its own start and end times as an output, so the stages around it come
 from the same clock. Needs about 8 times the largest size free on the disk of
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,11 +92,28 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _process_cpu(pid: int) -> float:
-    """CPU seconds of a process, with those of its children it has waited for (the runners,
-    and through them the algorithms)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of a process and all its descendants alive, each with those of its
+    children it has waited for: the stack, its long-lived runner server and the runners it
+    forked, whether they still run or have ended."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile: counted by its parent once waited for
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def _cp_twice(source: Path, work: Path, *, synced: bool) -> tuple[float, float, float]:
@@ -138,7 +157,7 @@ class _Stack:
             time.sleep(0.2)
 
     def cpu(self) -> float:
-        return _process_cpu(self.process.pid)
+        return _tree_cpu(self.process.pid)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -210,16 +229,24 @@ def _duration(text: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def _job(client: Any, algorithm_url: str, upload: dict[str, Any]) -> tuple[dict[str, float], float]:
-    """Create the job and follow it; the stages in seconds and the algorithm's CPU seconds."""
+def _job(
+    client: Any, algorithm_url: str, upload: dict[str, Any], cpu: Callable[[], float]
+) -> tuple[dict[str, float], float, dict[str, float]]:
+    """Create the job and follow it; the stages in seconds, the algorithm's CPU seconds and
+    the stack's (``cpu``) while the job was in each status, as polled."""
     empty = dict.fromkeys(("value", "file", "image", "upload_session", "user_upload"))
     value = {"interface": "ct-image", **empty, "user_uploads": [upload["api_url"]]}
     value["image_name"] = None
     created = client.post("algorithms/jobs/", {"algorithm": algorithm_url, "inputs": [value]})
     validated = None
     deadline = time.monotonic() + DEADLINE_SECONDS
+    by_status: dict[str, float] = {}
+    status, used = "Validating inputs", cpu()
     while True:
         job = client.get(f"algorithms/jobs/{created['pk']}/")
+        now = cpu()
+        by_status[status] = by_status.get(status, 0.0) + now - used
+        status, used = job["status"], now
         if validated is None and job["status"] != "Validating inputs":
             validated = time.time()
         if job["status"] in ("Succeeded", "Failed", "Cancelled"):
@@ -237,14 +264,18 @@ def _job(client: Any, algorithm_url: str, upload: dict[str, Any]) -> tuple[dict[
     )
     runner_end = started + _duration(job["invoke_duration"])
     validated = min(validated or started, started)
-    return {
-        "validation": validated - begun,
-        "provisioning": started - validated,
-        "staging in": timing["started"] - started,
-        "algorithm (copies the image)": timing["ended"] - timing["started"],
-        "staging out": runner_end - timing["ended"],
-        "result": completed - runner_end,
-    }, float(timing["cpu"])
+    return (
+        {
+            "validation": validated - begun,
+            "provisioning": started - validated,
+            "staging in": timing["started"] - started,
+            "algorithm (copies the image)": timing["ended"] - timing["started"],
+            "staging out": runner_end - timing["ended"],
+            "result": completed - runner_end,
+        },
+        float(timing["cpu"]),
+        by_status,
+    )
 
 
 def _one(megabytes: int, base: Path) -> dict[str, Any]:
@@ -266,12 +297,12 @@ def _one(megabytes: int, base: Path) -> dict[str, Any]:
             upload = client.upload(image)
             stages = {"upload (API multipart, 16 MiB parts)": time.perf_counter() - started}
             client_cpu = _own_cpu() - client_cpu
-            job_stages, algorithm_cpu = _job(client, algorithm_url, upload)
+            cpu_by_status = {"upload": stack.cpu() - stack_cpu}
+            job_stages, algorithm_cpu, job_cpu = _job(client, algorithm_url, upload, stack.cpu)
             stages.update(job_stages)
+            cpu_by_status.update(job_cpu)
             client.close()
             rss = stack.peak_rss_mb()
-            # The stack's runners are waited for when they end, so their CPU (and their
-            # algorithm's) is in the stack's count by now.
             stack_cpu = stack.cpu() - stack_cpu
         finally:
             stack.stop()
@@ -283,6 +314,8 @@ def _one(megabytes: int, base: Path) -> dict[str, Any]:
             "stages": stages,
             "rss": rss,
             "platform_cpu": stack_cpu - algorithm_cpu,
+            "cpu_by_status": cpu_by_status,
+            "algorithm_cpu": algorithm_cpu,
             "upload_client_cpu": client_cpu,
         }
     finally:
@@ -329,6 +362,10 @@ def main() -> None:
             f"  {'CPU: the stack, all but the algorithm':<40} {platform_cpu:8.2f}s  "
             f"= {platform_cpu / cp_cpu:.1f}x cp twice"
         )
+        for status, seconds in result["cpu_by_status"].items():
+            label = f"  during {status}"
+            print(f"  {label:<40} {seconds:8.2f}s")
+        print(f"  {'  of which the algorithm itself':<40} {result['algorithm_cpu']:8.2f}s")
         print(f"  {'CPU: the client sending the upload':<40} {result['upload_client_cpu']:8.2f}s")
         print(f"  {'peak memory of the stack process':<40} {result['rss']:8.0f} MB")
 

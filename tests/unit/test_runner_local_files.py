@@ -1,0 +1,43 @@
+"""The runner's file copies on one machine work where copy_file_range does not."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_runner import local_files
+
+
+def test_a_copy_across_file_systems_falls_back_to_sendfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*_args: Any) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refused)
+    body = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "source").write_bytes(body)
+    source = os.open(tmp_path / "source", os.O_RDONLY)
+    try:
+        local_files._copy(source, str(tmp_path / "copy"), len(body), exclusive=True)
+    finally:
+        os.close(source)
+    assert (tmp_path / "copy").read_bytes() == body
+    assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o600
+
+
+def test_without_the_local_backend_nothing_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(local_files.LOCAL_INCOMING_ENV, raising=False)
+    (tmp_path / "out").write_bytes(b"x")
+    source = os.open(tmp_path / "out", os.O_RDONLY)
+    try:
+        # No client call at all: on AWS the output is uploaded as ever.
+        assert not local_files.put_local(None, source, "bucket", "key")
+    finally:
+        os.close(source)
