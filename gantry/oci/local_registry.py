@@ -5,8 +5,8 @@ ECR (``gantry.oci.registry``). It answers within a second of starting."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +18,7 @@ from gantry.oci.errors import ImageError
 
 REGISTRY_BINARY = "docker-registry"
 INSTALL_HINT = "install it with 'apt-get install docker-registry' (Debian and Ubuntu)"
+_TCP_LISTEN = "0A"  # the LISTEN state in /proc/net/tcp
 
 
 def registry_binary() -> str | None:
@@ -35,18 +36,36 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _listening_port(pid: int) -> int | None:
+    """The loopback TCP port process ``pid`` listens on (one of its sockets in LISTEN state,
+    found by inode in /proc), None while it listens on none yet."""
+    sockets = set()
+    with contextlib.suppress(OSError):
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd.path)
+                if target.startswith("socket:["):
+                    sockets.add(target[len("socket:[") : -1])
+    try:
+        table = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for row in table:
+        # sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        fields = row.split()
+        if len(fields) > 9 and fields[3] == _TCP_LISTEN and fields[9] in sockets:
+            return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
 
 
-def _config(storage: Path, port: int, htpasswd: Path | None) -> str:
+def _config(storage: Path, htpasswd: Path | None) -> str:
     text = (
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
+        # Port 0: the kernel picks a free one as the registry binds it (read back from
+        # /proc), so no other process can take it between choosing and binding.
+        "http:\n  addr: 127.0.0.1:0\n"
     )
     if htpasswd is not None:
         text += f"auth:\n  htpasswd:\n    realm: gantry\n    path: {htpasswd}\n"
@@ -66,16 +85,19 @@ def local_registry(
         raise ImageError(f"The local registry needs '{REGISTRY_BINARY}': {INSTALL_HINT}")
     root = Path(root)
     (root / "storage").mkdir(parents=True, exist_ok=True)
-    port = _free_port()
     config = root / "config.yml"
-    config.write_text(_config(root / "storage", port, htpasswd))
+    config.write_text(_config(root / "storage", htpasswd))
     log = (root / "registry.log").open("ab")
     process = subprocess.Popen(
         [binary, "serve", str(config)], stdout=log, stderr=log, preexec_fn=_die_with_parent
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
+        while (port := _listening_port(process.pid)) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ImageError(f"The local registry did not start (see {root / 'registry.log'})")
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
         while True:
             try:
                 with urllib.request.urlopen(url + "/v2/", timeout=2):
