@@ -26,7 +26,13 @@ from batch_runner.staging import (
 from batch_runner.transfer import s3_client
 from batch_runner.users import ImageUser, UserError, resolve_image_user, resolve_user
 from gantry.contract import InferenceResult, Invocation, ResultOutput, sign
-from gantry.resources import API_METHOD_INVOKE, MODEL_DIR, SIGNATURE_METADATA_KEY, result_key
+from gantry.resources import (
+    API_METHOD_INVOKE,
+    ENV_ALGORITHM_USER,
+    MODEL_DIR,
+    SIGNATURE_METADATA_KEY,
+    result_key,
+)
 
 # Return codes of runs that never reached the algorithm, as docker run reports them.
 SETUP_FAILED = 125
@@ -105,8 +111,8 @@ def check_command(
         raise SetupError(
             f"The algorithm command '{path}' cannot be reached by the algorithm user "
             f"{user[0]}:{user[1]}: it may not enter {closed}. Without the sandbox the algorithm "
-            "runs as that user: keep its command in folders every user may enter, or name "
-            "another user",
+            "runs as that user: keep its command in folders every user may enter, run it in "
+            f"the sandbox, or set {ENV_ALGORITHM_USER} to a user who may enter them",
             NOT_EXECUTABLE,
         )
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -146,6 +149,38 @@ def test_noop_runs_and_reports_running_then_succeeded(backend, events, runner_s3
         expected_pk=job.pk,
     )
     assert result.return_code == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root runner runs algorithms as nobody")
+def test_an_unsandboxed_command_nobody_can_reach_fails_saying_why(runner_s3, events):
+    """A checkout in a folder only root may enter (a fresh ``mktemp -d``, root's home): run
+    without the sandbox, the algorithm is nobody, who cannot start the checkout's interpreter.
+    The job ends with a message naming the folder, not a bare 'permission denied'."""
+    settings = Settings(
+        region="us-east-1",
+        endpoint_url=runner_s3.endpoint,
+        bucket_name=runner_s3.bucket,
+        compute_backend="local",
+    )
+    local = LocalBackend(settings, events, sandbox="off", extra_env=runner_s3.env())
+    closed = Path(tempfile.mkdtemp(prefix="gantry-checkout-"))  # 0700, root's
+    try:
+        command = closed / "bin" / "python"
+        command.parent.mkdir()
+        command.write_text("#!/bin/sh\nexit 0\n")
+        command.chmod(0o755)
+        job = make_job()
+        job_id = local.submit(job, algorithm(str(command)), invocation(runner_s3, job.pk))
+        events.wait(job_id, "SUCCEEDED")  # the runner wrote its result; the job failed
+        stored = runner_s3.client.get_object(
+            Bucket=runner_s3.bucket, Key=result_key(io_output_prefix(job.pk, 1))
+        )
+        message = json.loads(stored["Body"].read())["user_safe_error_message"]
+        assert f"algorithm user 65534:65534: it may not enter {closed}." in message
+        assert "GANTRY_ALGORITHM_USER" in message
+    finally:
+        local.shutdown(wait=True)
+        shutil.rmtree(closed, ignore_errors=True)
 
 
 @pytest.mark.slow
