@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.conftest import EXAMPLES, JOB_TIMEOUT, ROOT, TERMINAL, Platform, checked, make_image
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.long]
 
 RELEASES = ("0.5.4", "0.12.0")
 SCRIPT = Path(__file__).with_name("gcapi_tutorial_script.py")
@@ -56,6 +56,43 @@ ALGORITHMS = {
 
 def python_of(release: str) -> Path:
     return ROOT / f".venv-gcapi-{release}" / "bin" / "python"
+
+
+def run_client(
+    release: str,
+    platform: Platform,
+    args: list[str],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run ``args`` with gcapi ``release``'s Python against the platform (its URL, token and CA
+    in GANTRY_API_URL, GANTRY_TOKEN, GANTRY_CA); its stdout. Skips when the release is not
+    installed."""
+    python = python_of(release)
+    if not python.exists():
+        pytest.skip(f"gcapi {release} is not installed: run `make gcapi-clients`")
+    run = subprocess.run(
+        [str(python), *args],
+        cwd=cwd,
+        env={
+            **os.environ,
+            "GANTRY_API_URL": platform.api_url,
+            "GANTRY_TOKEN": platform.token,
+            "GANTRY_CA": platform.ca_file,
+            **(env or {}),
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run.stdout
+
+
+def last_json(stdout: str) -> Any:
+    return json.loads(stdout.splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +165,6 @@ def voxels(path: Path) -> Any:
 def test_tutorial_runs_as_written(
     tutorial_platform: Platform, tmp_path: Path, release: str
 ) -> None:
-    python = python_of(release)
-    if not python.exists():
-        pytest.skip(f"gcapi {release} is not installed: run `make gcapi-clients`")
     platform = tutorial_platform
     (tmp_path / "io").mkdir()
     case01 = make_image(tmp_path / "io" / "case01.mha", offset=0.0)
@@ -138,30 +172,17 @@ def test_tutorial_runs_as_written(
     # The tutorial writes into these folders without creating them.
     (tmp_path / "output_scans").mkdir()
     (tmp_path / "output_screenshots").mkdir()
-    env = {
-        **os.environ,
-        "GANTRY_API_URL": platform.api_url,
-        "GANTRY_TOKEN": platform.token,
-        "GANTRY_CA": platform.ca_file,
-        "GANTRY_JOB_TIMEOUT": str(JOB_TIMEOUT),
-    }
-    run = subprocess.run(
-        [str(python), str(SCRIPT)],
+    run_client(
+        release,
+        platform,
+        [str(SCRIPT)],
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+        env={"GANTRY_JOB_TIMEOUT": str(JOB_TIMEOUT)},
         timeout=JOB_TIMEOUT * 4,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    version = subprocess.run(
-        [str(python), "-c", "from importlib.metadata import version; print(version('gcapi'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert version.stdout.strip() == release
+    version = "from importlib.metadata import version; print(version('gcapi'))"
+    assert run_client(release, platform, ["-c", version], timeout=60).strip() == release
 
     # Section 1: one job per file, each input uploaded through an upload session.
     assert summary["algorithm_1_inputs"] == ["generic-medical-image"]
@@ -340,27 +361,16 @@ print(json.dumps(session))
 def test_upload_cases_adds_an_item_per_image_to_an_archive(
     tutorial_platform: Platform, tmp_path: Path, release: str
 ) -> None:
-    python = python_of(release)
-    if not python.exists():
-        pytest.skip(f"gcapi {release} is not installed: run `make gcapi-clients`")
     platform = tutorial_platform
     archive = checked(platform.http.post("archives/", json={"title": f"Uploads {release}"}))
     files = [make_image(tmp_path / f"scan{n}.mha", size=8 + n) for n in range(2)]
-    env = {
-        **os.environ,
-        "GANTRY_API_URL": platform.api_url,
-        "GANTRY_TOKEN": platform.token,
-        "GANTRY_CA": platform.ca_file,
-    }
-    run = subprocess.run(
-        [str(python), "-c", UPLOAD_CASES, archive["slug"], *map(str, files)],
-        env=env,
-        capture_output=True,
-        text=True,
+    stdout = run_client(
+        release,
+        platform,
+        ["-c", UPLOAD_CASES, archive["slug"], *map(str, files)],
         timeout=JOB_TIMEOUT,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    session = json.loads(run.stdout.splitlines()[-1])
+    session = last_json(stdout)
     assert session["status"] == "Succeeded", session["error_message"]
     items = checked(platform.http.get("archives/items/", params={"archive": archive["pk"]}))
     assert sorted(i["title"] for i in items["results"]) == ["scan0.mha", "scan1.mha"]
@@ -412,29 +422,18 @@ print(json.dumps(result))
 def test_run_external_job_with_values_images_and_files(
     tutorial_platform: Platform, tmp_path: Path, release: str
 ) -> None:
-    python = python_of(release)
-    if not python.exists():
-        pytest.skip(f"gcapi {release} is not installed: run `make gcapi-clients`")
     platform = tutorial_platform
     image = make_image(tmp_path / "scan.mha", size=10, offset=100.0)
     labels = tmp_path / "labels.csv"
     labels.write_text("voxel_value,name\n0,air\n1,tissue\n")
-    env = {
-        **os.environ,
-        "GANTRY_API_URL": platform.api_url,
-        "GANTRY_TOKEN": platform.token,
-        "GANTRY_CA": platform.ca_file,
-    }
     slugs = [platform.algorithms[name]["slug"] for name in ("sleep", "multi-input")]
-    run = subprocess.run(
-        [str(python), "-c", RUN_JOBS, *slugs, str(image), str(labels)],
-        env=env,
-        capture_output=True,
-        text=True,
+    stdout = run_client(
+        release,
+        platform,
+        ["-c", RUN_JOBS, *slugs, str(image), str(labels)],
         timeout=JOB_TIMEOUT * 2,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(run.stdout.splitlines()[-1])
+    result = last_json(stdout)
     value_job = result["value_job"]
     assert value_job["status"] == "Succeeded", value_job["error_message"]
     assert [(o["interface"]["slug"], o["value"]) for o in value_job["outputs"]] == [("slept", 0.25)]
@@ -491,29 +490,18 @@ def test_gcapi_0_13_runs_jobs_on_an_upload_and_a_value(
     """gcapi 0.13.4, the first release with pydantic models and a version check: the
     platform's lowest supported version lets it in, and its ``run_external_job`` sends images
     through an upload session."""
-    python = python_of("0.13.4")
-    if not python.exists():
-        pytest.skip("gcapi 0.13.4 is not installed: run `make gcapi-clients`")
     platform = tutorial_platform
     image = make_image(tmp_path / "scan.mha")
-    env = {
-        **os.environ,
-        "GANTRY_API_URL": platform.api_url,
-        "GANTRY_TOKEN": platform.token,
-        "GANTRY_CA": platform.ca_file,
-        # 0.13's version check does not pass the client's ``verify`` on.
-        "SSL_CERT_FILE": platform.ca_file,
-    }
     slugs = [platform.algorithms[name]["slug"] for name in ("threshold", "sleep")]
-    run = subprocess.run(
-        [str(python), "-c", RUN_JOBS_WITH_MODELS, *slugs, str(image)],
-        env=env,
-        capture_output=True,
-        text=True,
+    stdout = run_client(
+        "0.13.4",
+        platform,
+        ["-c", RUN_JOBS_WITH_MODELS, *slugs, str(image)],
+        # 0.13's version check does not pass the client's ``verify`` on.
+        env={"SSL_CERT_FILE": platform.ca_file},
         timeout=JOB_TIMEOUT * 2,
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(run.stdout.splitlines()[-1])
+    result = last_json(stdout)
     assert result["statuses"] == ["Succeeded", "Succeeded"]
     assert result["image_outputs"] == ["results", "segmentation"]
     assert result["value_outputs"] == [["slept", 0.25]]
