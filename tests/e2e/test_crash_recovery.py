@@ -29,7 +29,7 @@ from gantry.store.table import MAIN_SK
 from tests.e2e.conftest import make_image, register_algorithm, register_sockets, wait_for_job
 from tests.e2e.test_local_up import local_up  # noqa: F401  (the fixture)
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.long]
 CASES = 50
 DROPPERS = 8
 SECONDS = 0.3  # each job sleeps this long: long enough to be killed mid-run

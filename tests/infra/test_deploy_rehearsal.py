@@ -37,6 +37,7 @@ from tests.integration.pipeline_support import compute_event
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.long,
     # moto's CloudFormation warns for each resource type it skips; the test checks that list.
     pytest.mark.filterwarnings("ignore:Tried to parse"),
 ]
