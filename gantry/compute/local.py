@@ -475,7 +475,8 @@ class LocalBackend:
 
     def _start(self, record: LocalJob, scratch: Path, log_path: Path) -> Process:
         env = self._environment(record, scratch)
-        cwd = record.workdir or os.getcwd()
+        # Absolute: the warm runner's own working directory is not this process's.
+        cwd = os.path.abspath(record.workdir or os.getcwd())
         server = self._fork_server(env) if os.path.isdir(cwd) else None
         if server is not None:
             runner = record.command.index("batch_runner") + 1
