@@ -27,18 +27,21 @@ from gantry.local.persist import CRASH_AFTER_ENV
 from gantry.store import keys
 from gantry.store.table import MAIN_SK
 from tests.e2e.conftest import make_image, register_algorithm, register_sockets, wait_for_job
-from tests.e2e.test_local_up import local_up  # noqa: F401  (the fixture)
+from tests.e2e.test_local_up import STOP_TIMEOUT, local_up  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.long]
 CASES = 50
 DROPPERS = 8
 SECONDS = 0.3  # each job sleeps this long: long enough to be killed mid-run
-DEADLINE = 300.0
+# How long a wait may go without progress. Generous: on a busy machine each runner start and
+# each drop takes many times as long as on an idle one; this bounds a platform that is stuck,
+# not one that is slow.
+STALL = 300.0
 
 
 def _s3(connection: dict[str, Any]) -> Any:
     # No retries: a request the killed process never answered counts as not acknowledged.
-    config = Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30)
+    config = Config(retries={"max_attempts": 1}, connect_timeout=30, read_timeout=120)
     return boto3.client(
         "s3",
         endpoint_url=connection["aws_endpoint_url"],
@@ -85,17 +88,30 @@ def _keys(connection: dict[str, Any], prefix: str) -> list[str]:
 def _until(
     condition: Callable[[], bool],
     what: str,
-    timeout: float = DEADLINE,
+    timeout: float = STALL,
     up: Any = None,
+    progress: Callable[[], object] | None = None,
 ) -> None:
+    """Wait for ``condition``; fail once ``timeout`` seconds pass without it or, with
+    ``progress`` (what changes as the work goes on), without a change of ``progress()``."""
     deadline = time.monotonic() + timeout
+    seen = progress() if progress else None
     while not condition():
+        if progress is not None and (now := progress()) != seen:
+            seen, deadline = now, time.monotonic() + timeout
         if time.monotonic() > deadline:
             # What the jobs were doing, and what the platform printed, for the failure report.
             statuses = [job["status"] for job in _stored_jobs(up.state_dir)] if up else []
             output = up.output()[-3000:] if up else ""
             raise AssertionError(f"not {what} after {timeout} s; job statuses {statuses}\n{output}")
         time.sleep(0.1)
+
+
+def _work_done(connection: dict[str, Any]) -> int:
+    """The jobs' files (staged inputs, outputs) and the drops' result files there are."""
+    return len(_keys(connection, resources.PREFIX_IO)) + len(
+        _keys(connection, resources.PREFIX_DROPBOX_RESULTS)
+    )
 
 
 def _absent(connection: dict[str, Any], slug: str) -> list[int]:
@@ -136,7 +152,7 @@ def test_a_sigkill_at_any_moment_loses_no_drop(local_up: Any) -> None:  # noqa: 
         register_sockets(http)
         slug = register_algorithm(http, "sleep", users=["dropbox"])["slug"]
     _drop(connection, slug, range(CASES), acknowledged)
-    assert first.process.wait(timeout=60) < 0, first.output()  # killed, not exited
+    assert first.process.wait(timeout=STOP_TIMEOUT) < 0, first.output()  # killed, not exited
     assert 20 <= len(acknowledged) < CASES
 
     # 2. Restarted; the client drops again what is not there (as a sync would: a write that
@@ -149,7 +165,11 @@ def test_a_sigkill_at_any_moment_loses_no_drop(local_up: Any) -> None:  # noqa: 
     target = len(acknowledged) + len(retry) // 2
     dropper = threading.Thread(target=_drop, args=(connection, slug, retry, acknowledged))
     dropper.start()
-    _until(lambda: len(acknowledged) >= target, "half the drops acknowledged", 60)
+    _until(
+        lambda: len(acknowledged) >= target,
+        "half the drops acknowledged",
+        progress=lambda: len(acknowledged),
+    )
     second.kill()
     dropper.join()
 
@@ -167,7 +187,10 @@ def test_a_sigkill_at_any_moment_loses_no_drop(local_up: Any) -> None:  # noqa: 
     fourth = local_up()
     connection = fourth.start()
     _until(
-        lambda: len(_results(connection, slug, "job.json")) >= 5, "results being written", up=fourth
+        lambda: len(_results(connection, slug, "job.json")) >= 5,
+        "results being written",
+        up=fourth,
+        progress=lambda: _work_done(connection),
     )
     fourth.kill()
 
@@ -183,6 +206,7 @@ def _each_case_ends_once(last: Any, connection: dict[str, Any], slug: str) -> No
         lambda: len(_results(connection, slug, "job.json")) >= CASES,
         "every result written",
         up=last,
+        progress=lambda: _work_done(connection),
     )
     assert _results(connection, slug, "error.json") == {}
     assert sorted(_results(connection, slug, "slept.json")) == list(range(CASES))
@@ -220,13 +244,17 @@ def test_one_sigkill_at_each_moment_loses_no_drop(local_up: Any, moment: str) ->
         slug = register_algorithm(http, "sleep", users=["dropbox"])["slug"]
     if moment == "after an acknowledgement":
         _drop(connection, slug, range(CASES), acknowledged)
-        assert first.process.wait(timeout=60) < 0, first.output()  # killed, not exited
+        assert first.process.wait(timeout=STOP_TIMEOUT) < 0, first.output()  # killed, not exited
     elif moment == "during the drops":
         dropper = threading.Thread(
             target=_drop, args=(connection, slug, range(CASES), acknowledged)
         )
         dropper.start()
-        _until(lambda: len(acknowledged) >= CASES // 2, "half the drops acknowledged", 60)
+        _until(
+            lambda: len(acknowledged) >= CASES // 2,
+            "half the drops acknowledged",
+            progress=lambda: len(acknowledged),
+        )
         first.kill()
         dropper.join()
     else:
@@ -238,6 +266,7 @@ def test_one_sigkill_at_each_moment_loses_no_drop(local_up: Any, moment: str) ->
                 lambda: len(_results(connection, slug, "job.json")) >= 5,
                 "results being written",
                 up=first,
+                progress=lambda: _work_done(connection),
             )
         first.kill()
 
@@ -281,7 +310,7 @@ def test_every_job_created_through_gcapi_survives_a_sigkill(local_up: Any, tmp_p
 
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(create, range(9)))
-    assert first.process.wait(timeout=60) < 0, first.output()
+    assert first.process.wait(timeout=STOP_TIMEOUT) < 0, first.output()
     assert created, "no job was created before the kill"
 
     second = local_up()
@@ -322,7 +351,7 @@ def test_an_upload_completed_just_before_a_sigkill_completes_on_retry(local_up: 
         parts = {"parts": [{"ETag": put.headers["ETag"], "PartNumber": 1}]}
         with pytest.raises(httpx.TransportError):
             http.patch(base + "complete-multipart-upload/", json=parts)
-    assert first.process.wait(timeout=60) < 0, first.output()
+    assert first.process.wait(timeout=STOP_TIMEOUT) < 0, first.output()
 
     second = local_up()
     second.start()
