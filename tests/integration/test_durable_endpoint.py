@@ -21,6 +21,8 @@ from typing import Any
 
 import boto3
 import pytest
+from boto3.s3.transfer import TransferConfig
+from moto.s3.models import S3Backend
 
 from gantry.aws import Clients
 from gantry.local.durable import DurableStore
@@ -317,7 +319,9 @@ def test_acknowledged_parts_of_an_unfinished_upload_survive_a_sigkill(tmp_path: 
         endpoint.stop()
 
 
-def test_multipart_uploads_are_completed_from_files(tmp_path: Path) -> None:
+def test_multipart_uploads_are_completed_from_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A managed upload (with checksums), a completion retried, a part too small, an abort:
     the answers moto gives, from the part files."""
     name = f"gantry-multipart-{uuid.uuid4().hex[:8]}"
@@ -375,6 +379,45 @@ def test_multipart_uploads_are_completed_from_files(tmp_path: Path) -> None:
         )
         assert s3.get_object(Bucket=name, Key="uploads/copied")["Body"].read() == _part(1)
 
+        # Copied parts are read from the source's file, a range at a time: moto, which reads
+        # the whole source for each part, is never asked.
+        def whole_source(*_args: Any, **_kwargs: Any) -> None:
+            raise AssertionError("moto read the whole source")
+
+        monkeypatch.setattr(S3Backend, "upload_part_copy", whole_source)
+        upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/ranges")["UploadId"]
+        ranges = [(1, 0, PART + 9), (2, PART + 10, 2 * PART - 1)]
+        etags = [
+            s3.upload_part_copy(
+                Bucket=name,
+                Key="uploads/ranges",
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource={"Bucket": name, "Key": "uploads/two"},
+                CopySourceRange=f"bytes={first}-{last}",
+            )["CopyPartResult"]["ETag"]
+            for number, first, last in ranges
+        ]
+        joined = _part(1) + _part(2)
+        assert etags[0] == f'"{hashlib.md5(joined[: PART + 10]).hexdigest()}"'
+        # The managed copy (objects over 1 GiB) does the same, its parts sent with If-Match.
+        s3.copy(
+            {"Bucket": name, "Key": "uploads/two"},
+            name,
+            "uploads/managed",
+            Config=TransferConfig(multipart_threshold=PART, multipart_chunksize=PART),
+        )
+        assert s3.get_object(Bucket=name, Key="uploads/managed")["Body"].read() == joined
+        s3.complete_multipart_upload(
+            Bucket=name,
+            Key="uploads/ranges",
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": n, "ETag": e} for n, e in zip((1, 2), etags, strict=True)]
+            },
+        )
+        assert s3.get_object(Bucket=name, Key="uploads/ranges")["Body"].read() == joined
+
         # A part smaller than 5 MiB but the last is refused as S3 does.
         upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/small")["UploadId"]
         small = [
@@ -395,7 +438,7 @@ def test_multipart_uploads_are_completed_from_files(tmp_path: Path) -> None:
         s3.abort_multipart_upload(Bucket=name, Key="uploads/small", UploadId=upload_id)
         # Only the objects' files are left: no part of a completed or aborted upload.
         files = list((tmp_path / "data" / "objects").iterdir())
-        assert len(files) == 3
+        assert len(files) == 5
     finally:
         memory.stop()
         endpoint.stop()
