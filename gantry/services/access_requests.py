@@ -45,10 +45,12 @@ def _find(ctx: Context, algorithm_pk: str, username: str) -> AccessRequest | Non
 
 def _set_user(ctx: Context, algorithm: Algorithm, username: str, *, member: bool) -> None:
     def change(current: Algorithm, used: set[int]) -> AlgorithmFields:
-        fields = current.model_dump(include=set(AlgorithmFields.model_fields))
-        users = [u for u in fields["users"] if u != username]
-        fields["users"] = [*users, username] if member else users
-        return AlgorithmFields.model_validate(fields)
+        users = [u for u in current.users if u != username]
+        # As an Algorithm: one whose bioimage.io package is still importing has no socket
+        # set yet, which AlgorithmFields would refuse.
+        return Algorithm.model_validate(
+            {**current.model_dump(), "users": [*users, username] if member else users}
+        )
 
     ctx.store.algorithms.update(algorithm.pk, change)
 

@@ -313,3 +313,18 @@ def test_the_import_function_takes_registrations_from_the_imports_queue(
     stored = ctx.store.algorithms.get(algorithm["pk"])
     assert stored.bioimageio is not None
     assert stored.bioimageio.import_status == "Completed"
+
+
+def test_access_requests_are_answered_while_the_import_runs(
+    queued, api, api_bob, tmp_path: Path
+) -> None:
+    done = upload(queued, api, build_package(tmp_path / "a").zip_path.read_bytes(), "a.zip")
+    status, algorithm = register(api, done["api_url"], access_request_handling="ACCEPT_ALL")
+    assert status == 201
+
+    status, body, _ = api_bob.post(f"algorithms/{algorithm['pk']}/access-requests/")
+
+    assert status == 201, body
+    stored = queued.store.algorithms.get(algorithm["pk"])
+    assert stored.users == ["bob"]
+    assert stored.bioimageio is not None and stored.bioimageio.import_status == "Queued"
