@@ -84,6 +84,11 @@ class Settings(BaseModel):
     imports_queue_url: str = ""
     image_repository: str = ""
     runner_layer_path: str = "/opt/gantry-runner-layer.tar"
+    # An import of an archive larger than this, or one the import function cannot finish in
+    # its time, runs as a Batch job of ``import_job_definition`` on the CPU queue
+    # (gantry.pipeline.import_job); empty: every import runs in the function.
+    import_job_definition: str = ""
+    import_job_threshold_bytes: int = Field(default=5 * 1024**3, ge=0)
     # The bioimage.io runtime image a bioimage.io model algorithm runs (an ``oci:sha256:…`` of
     # the local image store or a registry reference ``host/repository@sha256:…``). Empty: the
     # runtime runs with this installation's own interpreter (one machine only).

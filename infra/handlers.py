@@ -26,10 +26,10 @@ has the callback's prefixes and its imaging code package. The IAM rehearsal (tes
 these grants against the calls the code makes. Functions that create jobs (api, on_dropbox,
 on_upload, the sweeper: it reconciles the drop folder and resends lost validations) may send
 "validate-inputs" messages to the uploads queue, which on_upload consumes next to the S3
-notifications. The API sends "import-image" and "import-bioimageio" messages to the imports
-queue, which on_import consumes (a registered bioimage.io package becomes its algorithm's model
-under ``models/``). on_upload imports model tarballs into ``models/``; whoever provisions a job
-copies its model from there into the job's ``io/`` prefix, the only one its runner's
+notifications. The API sends "import-image", "import-model" and "import-bioimageio" messages
+to the imports queue, which on_import consumes: it imports model tarballs into ``models/`` (a
+registered bioimage.io package becomes its algorithm's model there too); whoever provisions a
+job copies its model from there into the job's ``io/`` prefix, the only one its runner's
 credentials reach. Archive runs: the API queues a run's first page of items, on_archive_run
 makes that page's jobs (queued for on_upload to provision, as the API's are) and queues the
 next page, and copies finished jobs' output files into the items (io/ to values/); the sweeper
@@ -116,8 +116,8 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             ephemeral_mib=4096,
             bioimageio=True,
         ),
-        # Reads uploads; pushes to the image repository (infra/image_import.py); stores a
-        # bioimage.io package as its algorithm's model (models/).
+        # Reads uploads; pushes to the image repository (infra/image_import.py); stores
+        # uploaded model tarballs and bioimage.io packages as algorithms' models (models/).
         Access((r.PREFIX_MODELS,), reads=(r.PREFIX_UPLOADS,), jobs=False),
     ),
     "on_dropbox": (

@@ -1,11 +1,17 @@
-"""SQS handler of the imports queue: ``{"gantry": "import-image", "image": pk}`` messages the API
-sends for an uploaded container image archive, and ``{"gantry": "import-bioimageio",
-"algorithm": pk}`` for an algorithm registered from a bioimage.io model package
-(``gantry.pipeline.bioimageio_import``). The import (``gantry.pipeline.image_import``)
-validates the archive as a stream from S3 and pushes it, with the runner layer, to the
-deployment's ECR repository (``gantry.pipeline.registry_publisher``). ``{"gantry":
-"delete-image", "reference": …}`` deletes a removed image from that repository
-(``registry_publisher.queue_deletion`` sends it).
+"""SQS handler of the imports queue: the imports that may take minutes, one per invocation.
+
+- ``{"gantry": "import-image", "image": pk}``: an uploaded container image archive, validated
+  as a stream from S3 and pushed, with the runner layer, to the deployment's ECR repository
+  (``gantry.pipeline.image_import``, ``gantry.pipeline.registry_publisher``).
+- ``{"gantry": "import-model", "model": pk}``: an uploaded model tarball, hashed and checked
+  as it is copied to ``models/`` (``gantry.pipeline.model_import``).
+- ``{"gantry": "import-bioimageio", "algorithm": pk}``: an algorithm registered from a
+  bioimage.io model package (``gantry.pipeline.bioimageio_import``).
+- ``{"gantry": "delete-image", "reference": …}``: a removed image deleted from that repository
+  (``registry_publisher.queue_deletion`` sends it).
+
+A new kind of import is one entry of ``HANDLERS``: the message's ``gantry`` value, the key of
+the record it names, and the function that runs it.
 
 A function of its own, not the upload handler: an import may take minutes (15 at most, a
 Lambda's limit), and it is the only function allowed to push to the image repository. The
@@ -15,13 +21,14 @@ message instead of the function being killed and the import retried to no end.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
-from gantry.pipeline.wiring import IMPORT_BIOIMAGEIO, IMPORT_IMAGE
+from gantry.pipeline.wiring import IMPORT_BIOIMAGEIO, IMPORT_IMAGE, IMPORT_MODEL
 from lambdas.runtime import context, process_sqs_batch, unknown_message
 
 logger = Logger(service="gantry-on-import")
@@ -29,11 +36,37 @@ logger = Logger(service="gantry-on-import")
 MARGIN_SECONDS = 30.0
 
 
-def handle_message(ctx: Context, message: dict[str, Any]) -> None:
+def _import_image(ctx: Context, pk: str) -> None:
     from gantry.pipeline.image_import import import_image
+
+    import_image(ctx, pk)
+
+
+def _import_model(ctx: Context, pk: str) -> None:
+    from gantry.pipeline.model_import import import_model
+
+    import_model(ctx, pk)
+
+
+def _import_bioimageio(ctx: Context, pk: str) -> None:
+    from gantry.pipeline.bioimageio_import import import_bioimageio
+
+    import_bioimageio(ctx, pk)
+
+
+# message type -> (the key naming its record, what runs it)
+HANDLERS: dict[str, tuple[str, Callable[[Context, str], None]]] = {
+    IMPORT_IMAGE: ("image", _import_image),
+    IMPORT_MODEL: ("model", _import_model),
+    IMPORT_BIOIMAGEIO: ("algorithm", _import_bioimageio),
+}
+
+
+def handle_message(ctx: Context, message: dict[str, Any]) -> None:
     from gantry.pipeline.registry_publisher import DELETE_IMAGE, delete_image
 
-    if message.get("gantry") == DELETE_IMAGE:
+    kind = message.get("gantry")
+    if kind == DELETE_IMAGE:
         reference = message.get("reference")
         if not isinstance(reference, str) or not reference:
             raise ValueError("delete-image message without a reference")
@@ -41,15 +74,13 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         if not delete_image(ctx, reference, tag if isinstance(tag, str) and tag else None):
             logger.info("nothing to delete", reference=reference)
         return
-    if message.get("gantry") == IMPORT_BIOIMAGEIO:
-        import_bioimageio_message(ctx, message)
-        return
-    if message.get("gantry") != IMPORT_IMAGE:
+    if not isinstance(kind, str) or kind not in HANDLERS:
         raise unknown_message(message)
-    image_pk = message.get("image")
-    if not isinstance(image_pk, str) or not image_pk:
-        raise ValueError("import-image message without an image pk")
-    import_image(ctx, image_pk)
+    key, run = HANDLERS[kind]
+    pk = message.get(key)
+    if not isinstance(pk, str) or not pk:
+        raise ValueError(f"{kind} message without a {key} pk")
+    run(ctx, pk)
 
 
 def import_bioimageio_message(ctx: Context, message: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from gantry.compute.events import state_from_event
 from gantry.context import Context
 from gantry.job_states import JobStatus
 from gantry.pipeline.callback import handle_compute_event
+from gantry.pipeline.import_job import JOB_NAME_PREFIX as IMPORT_JOB_NAME_PREFIX
 from lambdas.runtime import context
 
 logger = Logger(service="gantry-callback")
@@ -23,6 +24,12 @@ def process(ctx: Context, event: dict[str, Any]) -> str | None:
     """Apply one event; the job's new status label, or None when nothing changed."""
     parsed = state_from_event(event)
     if parsed is None:
+        return None
+    if parsed.name.startswith(IMPORT_JOB_NAME_PREFIX):
+        from gantry.pipeline.import_job import job_ended
+
+        # An image import on the CPU queue, not an algorithm's job.
+        job_ended(ctx, parsed)
         return None
     job = handle_compute_event(ctx, parsed)
     if job is None:

@@ -30,6 +30,11 @@ DUPLICATE = (
     "This container image has already been uploaded to this algorithm (sha256 {digest}): "
     "make the existing image the desired version, or upload a new version"
 )
+TOO_LONG_TO_READ = (
+    "The import did not finish within the import function's time limit while it read the "
+    "archive: the image is too large to import here; make the image smaller (fewer or "
+    "smaller layers, no build tools or caches)"
+)
 NO_PUBLISHER = (
     "This deployment has no image registry configured, so the image cannot be stored; "
     "ask its operator"
@@ -54,8 +59,12 @@ def size_problem(size: int | None) -> str | None:
     return None
 
 
-def import_image(ctx: Context, pk: str) -> AlgorithmImage | None:
-    """Run the import of image ``pk``; None when there is nothing (left) to do."""
+def import_image(ctx: Context, pk: str, *, in_job: bool = False) -> AlgorithmImage | None:
+    """Run the import of image ``pk``; None when there is nothing (left) to do. ``in_job``: in
+    the Batch import job, which takes any size and has no deadline (the import function hands
+    larger or longer imports over to it: ``gantry.pipeline.import_job``)."""
+    from gantry.pipeline import import_job
+
     try:
         image = ctx.store.algorithms.get_image(pk)
     except NotFound:
@@ -63,6 +72,8 @@ def import_image(ctx: Context, pk: str) -> AlgorithmImage | None:
         return None
     if image.import_status in FINISHED or image.user_upload is None:
         return None
+    if not in_job and import_job.handed_over(image):
+        return None  # a message seen again after the hand-over: the job has it
     # A message seen again while Started: the handler before this one did not finish.
     status = (
         ImportStatus.RE_QUEUED
@@ -72,7 +83,9 @@ def import_image(ctx: Context, pk: str) -> AlgorithmImage | None:
     if _set(ctx, pk, import_status=status, status_message="").import_status in FINISHED:
         return None  # cancelled meanwhile
     try:
-        found = _validate_and_publish(ctx, image)
+        found = _validate_and_publish(ctx, image, in_job=in_job)
+    except import_job.HandOver as why:
+        return import_job.hand_over(ctx, pk, str(why))
     except ImportRefused as refusal:
         failed = _set(ctx, pk, import_status=ImportStatus.FAILED, status_message=str(refusal))
         if failed.sha256:
@@ -94,8 +107,9 @@ def import_image(ctx: Context, pk: str) -> AlgorithmImage | None:
     return done
 
 
-def _validate_and_publish(ctx: Context, image: AlgorithmImage) -> dict[str, Any]:
-    from gantry.oci import ImageError, read_archive
+def _validate_and_publish(ctx: Context, image: AlgorithmImage, *, in_job: bool) -> dict[str, Any]:
+    from gantry.pipeline import import_job
+    from gantry.pipeline.registry_publisher import ImportTimedOut, timed_stream
 
     upload = ctx.store.uploads.get(str(image.user_upload))
     bucket = ctx.settings.bucket_name
@@ -104,15 +118,38 @@ def _validate_and_publish(ctx: Context, image: AlgorithmImage) -> dict[str, Any]
     problem = size_problem(size)
     if problem:
         raise ImportRefused(problem)
+    if not in_job and import_job.too_large(ctx.settings, size):
+        raise import_job.HandOver(import_job.too_large_reason(ctx.settings, size))
+    # The function's deadline (its handler sets it) covers reading the archive as well as
+    # pushing it; the job has none.
+    deadline = None if in_job else getattr(ctx.image_publisher, "deadline", None)
 
     def opener() -> IO[bytes]:
-        return s3.get_object(Bucket=bucket, Key=upload.key)["Body"]
+        body = s3.get_object(Bucket=bucket, Key=upload.key)["Body"]
+        return body if deadline is None else timed_stream(body, deadline, TOO_LONG_TO_READ)
+
+    try:
+        return _publish(ctx, image, upload.filename, opener)
+    except ImportTimedOut as error:
+        if import_job.enabled(ctx.settings):
+            raise import_job.HandOver(import_job.OUT_OF_TIME) from None
+        raise ImportRefused(str(error)) from None
+
+
+def _publish(
+    ctx: Context, image: AlgorithmImage, filename: str, opener: Callable[[], IO[bytes]]
+) -> dict[str, Any]:
+    """Check the archive's image and hand it to the publisher; the image's new fields."""
+    from gantry.oci import ImageError, read_archive
+    from gantry.pipeline.registry_publisher import ImportTimedOut
 
     try:
         archive = read_archive(opener)
+    except ImportTimedOut:
+        raise
     except ImageError as error:
         _set(ctx, image.pk, is_manifest_valid=False)
-        raise ImportRefused(f"{upload.filename}: {error}") from None
+        raise ImportRefused(f"{filename}: {error}") from None
     config = archive.config
     problems = config.problems()
     if problems:
@@ -127,8 +164,10 @@ def _validate_and_publish(ctx: Context, image: AlgorithmImage) -> dict[str, Any]
         raise ImportRefused(NO_PUBLISHER)
     try:
         reference = publisher(ctx, image, archive)
+    except ImportTimedOut:
+        raise
     except ImageError as error:
-        raise ImportRefused(f"{upload.filename}: {error}") from None
+        raise ImportRefused(f"{filename}: {error}") from None
     return {
         "image": reference,
         "entrypoint": config.entrypoint,

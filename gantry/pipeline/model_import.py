@@ -1,4 +1,4 @@
-"""Import of an uploaded model tarball into an algorithm (the upload handler's work).
+"""Import of an uploaded model tarball into an algorithm (the import function's work).
 
 ``import_model(ctx, pk)`` copies the upload S3 to S3 to the model's own key, then reads that
 copy once as a stream: the sha256 is computed from its bytes while ``gantry.tarballs.scan``

@@ -212,17 +212,31 @@ class _Counter:
 
 
 class _TimedStream:
-    """A layer stream that raises ``ImportTimedOut`` once the deadline has passed."""
+    """A stream that raises ``ImportTimedOut`` once the deadline has passed."""
 
-    def __init__(self, stream: IO[bytes], deadline: float | None, sent: _Counter) -> None:
+    def __init__(
+        self, stream: IO[bytes], deadline: float | None, sent: _Counter, message: str
+    ) -> None:
         self._stream, self._deadline, self._sent = stream, deadline, sent
+        self._message = message
 
     def read(self, size: int = -1) -> bytes:
         if self._deadline is not None and time.monotonic() > self._deadline:
-            raise ImportTimedOut("deadline passed")
+            raise ImportTimedOut(self._message)
         data = self._stream.read(size)
         self._sent.bytes += len(data)
         return data
+
+    def __enter__(self) -> _TimedStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+
+
+def timed_stream(stream: IO[bytes], deadline: float | None, message: str) -> IO[bytes]:
+    """``stream``, raising ``ImportTimedOut(message)`` on a read past ``deadline``."""
+    return cast("IO[bytes]", _TimedStream(stream, deadline, _Counter(), message))
 
 
 @dataclass
@@ -243,4 +257,5 @@ class _TimedArchive:
 
     def layer_streams(self, wanted: set[str]) -> Iterator[tuple[Any, IO[bytes]]]:
         for layer, stream in self.archive.layer_streams(wanted):
-            yield layer, _TimedStream(stream, self.deadline, self.sent)  # type: ignore[misc]
+            timed = _TimedStream(stream, self.deadline, self.sent, "deadline passed")
+            yield layer, timed  # type: ignore[misc]

@@ -323,6 +323,15 @@ class Platform:
         self.deliver_imports()
         return self.call_api("GET", f"algorithms/images/{image['pk']}/")
 
+    def import_model(self, slug: str, tarball: bytes) -> dict[str, Any]:
+        """An editor's model upload, imported by the import function."""
+        upload = self.upload("model.tar.gz", tarball)
+        model = self.call_api(
+            "POST", "algorithms/models/", {"algorithm": slug, "user_upload": upload["api_url"]}
+        )
+        self.deliver_imports()
+        return self.call_api("GET", f"algorithms/models/{model['pk']}/")
+
     def delete_image(self, pk: str) -> None:
         """The image's deletion from the repository, as its removal asks for it."""
         from gantry.oci.mutate import MEDIA_TYPE_OCI_MANIFEST
@@ -575,6 +584,18 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _model_tarball() -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("weights.json")
+        info.size = 2
+        archive.addfile(info, io.BytesIO(b"{}"))
+    return buffer.getvalue()
+
+
 def drive(platform: Platform) -> None:
     """Every path a deployed job can take, each step by the principal that takes it."""
     slug, single_input = platform.create_catalog()
@@ -607,6 +628,10 @@ def drive(platform: Platform) -> None:
     platform.deliver_imports()
     registered = platform.call_api("GET", f"algorithms/{created['pk']}/")["bioimageio"]
     assert registered["import_status"] == "Completed", registered
+
+    # A model tarball: the API queues its import, the import function copies it to models/.
+    model = platform.import_model(slug, _model_tarball())
+    assert model["import_status"] == "Completed", model["status"]
 
     # A job with a value input: the API queues it, on_upload provisions, Batch runs, the
     # callback finishes it.

@@ -357,8 +357,9 @@ CASES: dict[tuple[str, str], Case] = {
         200,
     ),
     ("POST", "/algorithms/{pk}/models"): Case(_post_model, 404, 201, 201),
+    # Not an editor or user: the algorithm is not found, naming the field.
     ("POST", "/algorithms/models"): Case(
-        lambda w, c, r: _post_model(w, c, r, "algorithms/models/"), 404, 201, 201
+        lambda w, c, r: _post_model(w, c, r, "algorithms/models/"), 400, 201, 201
     ),
     ("GET", "/algorithms/models/{pk}"): Case(
         lambda w, c, r: c.get(f"algorithms/models/{_model(w)}/"), 404, 200, 200

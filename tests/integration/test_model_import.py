@@ -258,6 +258,37 @@ def test_refusals_before_queueing(ctx, api, api_bob, platform):
     assert status == 404, body
 
 
+def test_a_deployment_imports_models_in_the_import_function(ctx, api, platform):
+    """Where the deployment has an imports queue (15-minute function), a model's import goes
+    there, as an image's does, not to the 2-minute upload handler."""
+    from lambdas import on_import
+
+    imports = ctx.clients.sqs.create_queue(QueueName="gantry-imports")["QueueUrl"]
+    ctx.settings = ctx.settings.model_copy(update={"imports_queue_url": imports})
+    model = post_model(ctx, api, platform, MODEL_A)
+    assert drain(ctx) == 0  # nothing for the upload handler
+    messages = ctx.clients.sqs.receive_message(QueueUrl=imports, MaxNumberOfMessages=10)
+    bodies = [m["Body"] for m in messages["Messages"]]
+    assert len(bodies) == 1
+    assert on_import.process(ctx, sqs_event(bodies))["batchItemFailures"] == []
+    stored = ctx.store.models.get(model["pk"])
+    assert stored.import_status.value == "Completed", stored.status_message
+    assert stored.sha256 == sha256(MODEL_A)
+    assert algorithm_models.desired_pks(ctx, {platform["pk"]}) == {model["pk"]}
+
+
+def test_an_unknown_algorithm_is_a_400_naming_the_field(ctx, api, platform):
+    done = upload(ctx, api, MODEL_A)
+    status, body, _ = api.post(
+        "algorithms/models/", {"algorithm": "no-such-algorithm", "user_upload": done["pk"]}
+    )
+    assert status == 400, body
+    assert body["algorithm"] == ["Algorithm 'no-such-algorithm' not found"]
+    # In the path it is the resource itself: not found.
+    status, body, _ = api.post("algorithms/no-such-algorithm/models/", {"user_upload": done["pk"]})
+    assert status == 404, body
+
+
 def test_only_an_imported_model_can_be_activated(ctx, api, platform):
     queued = post_model(ctx, api, platform, MODEL_A)
     status, body, _ = api.patch(f"algorithms/models/{queued['pk']}/", {"is_desired_version": True})

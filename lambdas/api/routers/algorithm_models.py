@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gantry import shapes
 from gantry.algorithms import AlgorithmModel
 from gantry.context import Context
+from gantry.errors import NotFound, ValidationFailed
 from gantry.services import algorithm_models, catalog
 from gantry.urls import Urls
 from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
@@ -52,11 +53,19 @@ def build(ctx: Context) -> APIGatewayRouter:
         desired = algorithm_models.desired_pks(ctx, {model.algorithm})
         return shapes.algorithm_model(model, urls, desired=model.pk in desired)
 
-    def queued(algorithm_ref: str, user_upload: str, comment: str) -> dict:
+    def queued(algorithm_ref: str, user_upload: str, comment: str, *, in_body: bool) -> dict:
         """Both ways to add a model: queue the import of the upload into that algorithm."""
         user = current_user(router)
         urls = urls_for(ctx, router)
-        algorithm = catalog.referenced_algorithm(ctx, user, urls, algorithm_ref)
+        try:
+            algorithm = catalog.referenced_algorithm(ctx, user, urls, algorithm_ref)
+        except NotFound as error:
+            if not in_body:
+                raise
+            # A field of the body names it: a 400 naming the field, as for jobs.
+            raise ValidationFailed(
+                f"Algorithm '{algorithm_ref}' not found", field="algorithm"
+            ) from error
         model = algorithm_models.queue_import(ctx, user, algorithm, user_upload, urls, comment)
         return shaped(model, urls)
 
@@ -90,7 +99,7 @@ def build(ctx: Context) -> APIGatewayRouter:
         summary="Add a model tarball from a completed upload; imported asynchronously",
     )
     def create_algorithm_model(body: Annotated[AlgorithmModelCreate, Body()]) -> tuple[dict, int]:
-        return queued(body.algorithm, body.user_upload, body.comment), 201
+        return queued(body.algorithm, body.user_upload, body.comment, in_body=True), 201
 
     @router.post(
         "/algorithms/<pk>/models/",
@@ -99,7 +108,7 @@ def build(ctx: Context) -> APIGatewayRouter:
     def add_algorithm_model(
         pk: str, body: Annotated[AlgorithmModelUpload, Body()]
     ) -> tuple[dict, int]:
-        return queued(pk, body.user_upload, body.comment), 201
+        return queued(pk, body.user_upload, body.comment, in_body=False), 201
 
     @router.patch(
         "/algorithms/models/<pk>/",
