@@ -80,6 +80,10 @@ class GantryConfig:
     # The runner layer ``make runner`` builds (relative to the repository), appended to every
     # imported algorithm image; without it the stack deploys but imports fail with a reason.
     runner_layer: str = "dist/runner/gantry-runner-layer.tar"
+    # The image of the import job (docs/deploy.md "Importing an algorithm image"): Python 3.11+
+    # with this repository installed and the runner layer at /opt/gantry-runner-layer.tar.
+    # Empty: no import job; every import runs in the import function (15 minutes at most).
+    importer_image: str = ""
     # The algorithm's isolation (docs/deploy.md "Isolation"): a privileged runner container is
     # the only way bubblewrap can build its sandbox on Batch, and with it the runner refuses to
     # run a job unsandboxed. False trades the no-network guarantee for an unprivileged container.

@@ -11,7 +11,8 @@ The stack stays far below CloudFormation's 500-resource limit. Inside it, small 
   roles, the runner image repository.
 - ``Api`` (api.py): REST API, stage, access logs, optional custom domain and WAF.
 - ``Handlers`` (handlers.py): the six functions and their grants.
-- ``ImageImport`` (image_import.py): the import function's queue, runner layer, ECR rights.
+- ``ImageImport`` (image_import.py): the import function's queue, runner layer, ECR rights,
+  and the import job on the CPU queue.
 - ``Events`` (events.py): EventBridge rules, schedule, SQS sources, DLQs; the job event bus.
 - ``Observability`` (observability.py): alarms on every DLQ and on failed jobs, dashboard.
 
@@ -125,6 +126,10 @@ class GantryStack(Stack):
             function=handlers["on_import"],
             queue=data.imports_queue,
             repository=compute.repository,
+            compute=compute,
+            table=data.table,
+            bucket=data.bucket,
+            environment=environment,
         )
         JobDataAccess(
             self,

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The job definition the stack deploys when it has an importer image (infra/image_import.py).
+DEFINITION_NAME = "gantry-importer"
+COMMAND = ("python", "-m", "gantry.pipeline.import_job", "Ref::image")
 # Batch job names: not a compute job's (gantry-<job pk>-<attempt>), so the job callback
 # leaves them alone.
 JOB_NAME_PREFIX = "gantry-import-"

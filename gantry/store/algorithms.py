@@ -207,31 +207,63 @@ class AlgorithmStore:
             GSI2SK=f"{image.created}#{image.pk}",
         )
         self.table.transact_put([item], updates=[count_update(list_key, 1)])
-        if image.is_desired_version:
-            self._undesire_others(algorithm.pk, keep=image.pk)
+        if image.is_desired_version and image.import_status is ImportStatus.COMPLETED:
+            self._point_to(image)
         return image
 
-    def _undesire_others(self, algorithm_pk: str, *, keep: str) -> None:
-        for other in self.images_of(algorithm_pk):
-            if other.pk == keep or not other.is_desired_version:
-                continue
+    # --- the desired image ------------------------------------------------------------------
+    # One pointer item per algorithm names its desired image, so that switching is one write:
+    # a reader (a job being created) sees the old image or the new one, never two or none.
+    # An image's ``is_desired_version`` is read from the pointer; the flag stored in image
+    # documents is only read for an algorithm whose images predate the pointer.
 
-            def mutate(stored: StoredDoc) -> Change | None:
-                return {**stored.doc, "is_desired_version": False}, {}
+    def _point_to(self, image: AlgorithmImage) -> None:
+        self.table._table.put_item(
+            Item={
+                "PK": keys.desired_image(image.algorithm),
+                "SK": MAIN_SK,
+                "image_pk": image.pk,
+                "image_created": image.created,
+            }
+        )
 
-            self.table.update_doc(keys.algorithm_image(other.pk), mutate)
+    def desired_pk(self, algorithm_pk: str) -> str | None:
+        """The pk the algorithm's pointer names; None without a pointer."""
+        item = self.table.get_item(keys.desired_image(algorithm_pk))
+        return str(item["image_pk"]) if item is not None else None
+
+    def clear_desired_image(self, algorithm_pk: str, image_pk: str) -> None:
+        """No desired image any more, if ``image_pk`` is still the one."""
+        with contextlib.suppress(
+            self.table._table.meta.client.exceptions.ConditionalCheckFailedException
+        ):
+            self.table._table.delete_item(
+                Key={"PK": keys.desired_image(algorithm_pk), "SK": MAIN_SK},
+                ConditionExpression="image_pk = :me",
+                ExpressionAttributeValues={":me": image_pk},
+            )
+
+    @staticmethod
+    def _as_pointed(image: AlgorithmImage, pointed: str | None) -> AlgorithmImage:
+        if pointed is None:
+            return image
+        return image.model_copy(update={"is_desired_version": image.pk == pointed})
 
     def update_image(
         self, pk: str, change: Callable[[AlgorithmImage], AlgorithmImage]
     ) -> AlgorithmImage:
         """Replace the stored image with ``change(current)`` (read, change, conditional write);
-        a desired version makes the algorithm's other images undesired."""
+        a change that makes a completed image the desired version points the algorithm at it
+        (one write: the other images stop being it at the same moment)."""
         updated: list[AlgorithmImage] = []
+        made_desired: list[bool] = []
 
         def mutate(stored: StoredDoc) -> Change | None:
             current = AlgorithmImage.model_validate(stored.doc)
+            current = self._as_pointed(current, self.desired_pk(current.algorithm))
             new = change(current)
             updated[:] = [new]
+            made_desired[:] = [new.is_desired_version and not current.is_desired_version]
             attributes = {}
             if new.import_status in ENDED and current.import_status not in ENDED:
                 # Listed by the time it ended, for the clean-up after the retention period.
@@ -244,9 +276,9 @@ class AlgorithmStore:
         if self.table.update_doc(keys.algorithm_image(pk), mutate) is None:
             raise NotFound(f"Algorithm image {pk} not found")
         image = updated[0]
-        if image.is_desired_version:
-            self._undesire_others(image.algorithm, keep=image.pk)
-        return image
+        if made_desired[0] and image.import_status is ImportStatus.COMPLETED:
+            self._point_to(image)
+        return self._as_pointed(image, self.desired_pk(image.algorithm))
 
     def delete_image(self, image: AlgorithmImage) -> None:
         """Remove the image's record and its sha256 claim (the registry is the caller's)."""
@@ -255,6 +287,7 @@ class AlgorithmStore:
             [{"Key": {"PK": keys.algorithm_image(image.pk), "SK": MAIN_SK}}],
             updates=[count_update(list_key, -1)],
         )
+        self.clear_desired_image(image.algorithm, image.pk)
         if image.sha256:
             self.release_image_sha256(image, image.sha256)
 
@@ -325,19 +358,33 @@ class AlgorithmStore:
         stored = self.table.get(keys.algorithm_image(pk))
         if stored is None:
             raise NotFound(f"Algorithm image {pk} not found")
-        return AlgorithmImage.model_validate(stored.doc)
+        image = AlgorithmImage.model_validate(stored.doc)
+        return self._as_pointed(image, self.desired_pk(image.algorithm))
 
     def images_of(self, algorithm_pk: str) -> list[AlgorithmImage]:
+        pointed = self.desired_pk(algorithm_pk)
         list_key = keys.algorithm_images_of(algorithm_pk)
         items = self.table.query_all(
             index=list_key.index.name,
             key_name=list_key.index.partition_key,
             key_value=list_key.value,
         )
-        return [AlgorithmImage.model_validate(_json(item)) for item in items]
+        return [
+            self._as_pointed(AlgorithmImage.model_validate(_json(item)), pointed) for item in items
+        ]
 
     def desired_image(self, algorithm_pk: str) -> AlgorithmImage | None:
-        """The newest ready image marked as the desired version."""
+        """The image the algorithm's pointer names, once its import completed (an algorithm
+        whose images predate the pointer: the newest ready image marked desired)."""
+        pointed = self.desired_pk(algorithm_pk)
+        if pointed is not None:
+            stored = self.table.get(keys.algorithm_image(pointed))
+            if stored is None:
+                return None
+            image = AlgorithmImage.model_validate(stored.doc)
+            if image.import_status is not ImportStatus.COMPLETED:
+                return None
+            return self._as_pointed(image, pointed)
         ready = [
             image
             for image in self.images_of(algorithm_pk)

@@ -67,6 +67,11 @@ def desired_model(algorithm_pk: str) -> str:
     return f"ALGMODELDESIRED#{algorithm_pk}"
 
 
+def desired_image(algorithm_pk: str) -> str:
+    """The algorithm's desired image: a pointer, so that switching is one write."""
+    return f"ALGIMGDESIRED#{algorithm_pk}"
+
+
 def algorithm_image_sha256(algorithm_pk: str, sha256: str) -> str:
     """The claim that one image of the algorithm has this config sha256."""
     return f"ALGIMGSHA#{algorithm_pk}#{sha256}"

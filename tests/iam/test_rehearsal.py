@@ -58,6 +58,8 @@ RUNNER_ON_BATCH = "runner (Batch job role)"
 RUNNER_ON_SAGEMAKER = "runner (SageMaker role)"
 # The runner after its claim: a session of the job data role, limited by its session policy.
 RUNNER_SESSION = "runner (job data session)"
+# An image import handed over to a Batch job on the CPU queue (gantry.pipeline.import_job).
+IMPORT_JOB = "import job (Batch job role)"
 ALICE = "alice"
 # The algorithm: writes a score and a PDF report.
 ALGORITHM = (
@@ -77,6 +79,10 @@ class Rehearsal:
             role = self.deployment.role_of_function(HANDLERS[principal])
         elif principal == RUNNER_ON_BATCH:
             role = self.deployment.job_role(Settings.model_construct().batch_job_definition)
+        elif principal == IMPORT_JOB:
+            from gantry.pipeline.import_job import DEFINITION_NAME
+
+            role = self.deployment.job_role(DEFINITION_NAME)
         elif principal == RUNNER_ON_SAGEMAKER:
             [role] = self.deployment.roles_assumed_by("sagemaker.amazonaws.com")
         elif principal == RUNNER_SESSION:
@@ -332,6 +338,25 @@ class Platform:
         self.deliver_imports()
         return self.call_api("GET", f"algorithms/models/{model['pk']}/")
 
+    def import_in_a_job(self, slug: str, archive: Path) -> dict[str, Any]:
+        """An image upload larger than the import function takes: the function submits the
+        import job on the CPU queue, whose container runs the import."""
+        from gantry.pipeline import import_job
+
+        ctx = self.contexts["on_import"]
+        settings = ctx.settings
+        assert settings.import_job_definition, "the stack deploys no import job"
+        ctx.settings = settings.model_copy(update={"import_job_threshold_bytes": 0})
+        try:
+            handed = self.import_image(slug, archive)
+        finally:
+            ctx.settings = settings
+        assert handed["import_status"] == "Queued", handed["status"]
+        assert handed["status"].startswith(import_job.HANDED_OVER_PREFIX), handed["status"]
+        with self.act(IMPORT_JOB):
+            assert import_job.main([handed["pk"]], self.contexts[IMPORT_JOB]) == 0
+        return self.call_api("GET", f"algorithms/images/{handed['pk']}/")
+
     def delete_image(self, pk: str) -> None:
         """The image's deletion from the repository, as its removal asks for it."""
         from gantry.oci.mutate import MEDIA_TYPE_OCI_MANIFEST
@@ -358,11 +383,18 @@ class Platform:
 
     def use_registry(self, url: str, runner_layer: Path) -> None:
         """The import function's publisher, as deployed, with ECR's endpoint replaced by
-        ``url``; every registry request recorded as the ECR call it would be."""
+        ``url``; every registry request recorded as the ECR call it would be. The import job
+        runs with the function's settings (its definition has the same environment)."""
+        self.contexts[IMPORT_JOB] = self._context(
+            deployed_settings(self.deployment, HANDLERS["on_import"], import_job_definition="")
+        )
+        for name in ("on_import", IMPORT_JOB):
+            self._use_registry(self.contexts[name], url, runner_layer)
+
+    def _use_registry(self, ctx: Context, url: str, runner_layer: Path) -> None:
         from gantry.oci.registry import Registry
         from gantry.pipeline.registry_publisher import ensure_publisher
 
-        ctx = self.contexts["on_import"]
         publisher = ensure_publisher(ctx)
         assert publisher is not None, "the import function's settings name no repository"
 
@@ -629,6 +661,11 @@ def drive(platform: Platform) -> None:
     registered = platform.call_api("GET", f"algorithms/{created['pk']}/")["bioimageio"]
     assert registered["import_status"] == "Completed", registered
 
+    # A larger archive: the import function hands it to the import job on the CPU queue.
+    big = write_archive(platform.tmp / "large.tar", spec(cmd=["--large"]))
+    imported = platform.import_in_a_job(slug, big)
+    assert imported["import_status"] == "Completed", imported["status"]
+
     # A model tarball: the API queues its import, the import function copies it to models/.
     model = platform.import_model(slug, _model_tarball())
     assert model["import_status"] == "Completed", model["status"]
@@ -741,6 +778,7 @@ def test_every_principal_was_rehearsed(rehearsal: Rehearsal) -> None:
         RUNNER_ON_BATCH,
         RUNNER_ON_SAGEMAKER,
         RUNNER_SESSION,
+        IMPORT_JOB,
     }
 
 

@@ -62,6 +62,10 @@ class Synth:
         return found[0]
 
 
+# An importer image as an operator names one (the import job is part of the tested stack).
+IMPORTER_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/gantry-importer:1"
+
+
 def runner_layer_stand_in(folder: Path) -> Path:
     """A small file where ``make runner``'s layer would be (the stack packs it as is)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,7 +79,7 @@ def synthesize(outdir: Path, **context: Any) -> Synth:
 
     # The runner layer is built by 'make runner', which the tests do not need.
     layer = runner_layer_stand_in(outdir.parent / f"{outdir.name}-runner-layer")
-    context = {"gantry:runnerLayer": str(layer), **context}
+    context = {"gantry:runnerLayer": str(layer), "gantry:importerImage": IMPORTER_IMAGE, **context}
     create_app({**SKIP_BUNDLING, **context}, outdir=str(outdir)).synth()
     template = json.loads((outdir / "Gantry.template.json").read_text())
     return Synth(outdir=outdir, template=template)

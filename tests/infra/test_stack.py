@@ -279,8 +279,12 @@ def test_job_memory_fits_the_instances_it_is_meant_for(default_synth: Synth) -> 
 def test_runner_is_privileged_and_must_sandbox_the_algorithm(default_synth: Synth) -> None:
     # No network for the algorithm: bwrap needs the privileged container on Batch, and the
     # runner must fail a job it cannot sandbox rather than run it with the network.
+    from gantry.pipeline.import_job import DEFINITION_NAME as IMPORTER
+
     name = Settings.model_construct().batch_job_definition
     containers = default_synth.runner_containers()
+    # The import job runs Gantry's own code on an archive it never unpacks: not privileged.
+    assert containers.pop(IMPORTER).get("Privileged") in (None, False)
     assert set(containers) == {name, f"{name}-cpu"}
     for definition, container in containers.items():
         assert container["Privileged"] is True, definition
@@ -310,6 +314,8 @@ def test_runner_roles_hold_no_job_data_only_the_claim(default_synth: Synth) -> N
         if role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
         in ({"Service": "ecs-tasks.amazonaws.com"}, {"Service": "sagemaker.amazonaws.com"})
         and "ExecutionRole" not in name
+        # The import job runs Gantry's own code, not an algorithm's.
+        and "ImportJobRole" not in name
     ]
     assert len(runner_roles) == 2
     for role in runner_roles:
@@ -660,14 +666,19 @@ def test_only_the_import_function_may_push_and_only_to_the_image_repository(
     from infra.image_import import DELETE_ACTIONS, PUSH_ACTIONS
 
     import_role = _function(default_synth, "lambdas.on_import.handler")["Role"]["Fn::GetAtt"][0]
+    job_role = _import_job(default_synth)["JobRoleArn"]["Fn::GetAtt"][0]
     repository_arn = {"Fn::GetAtt": [_repository_id(default_synth), "Arn"]}
     writes = {"ecr:PutImage", "ecr:InitiateLayerUpload", "ecr:BatchDeleteImage"}
     for name, statement in _statements(default_synth):
         actions = set(_as_list(statement["Action"]))
         if actions & writes:
             policy = default_synth.template["Resources"][name]["Properties"]
-            assert policy["Roles"] == [{"Ref": import_role}], name
+            # The import function, and the import job it hands large imports to (which
+            # pushes but never deletes).
+            assert policy["Roles"] in ([{"Ref": import_role}], [{"Ref": job_role}]), name
             assert statement["Resource"] == repository_arn
+            if policy["Roles"] == [{"Ref": job_role}]:
+                assert "ecr:BatchDeleteImage" not in actions
     statements = _statements_of(default_synth, import_role)
     granted = {
         action
@@ -679,15 +690,53 @@ def test_only_the_import_function_may_push_and_only_to_the_image_repository(
     assert any(
         s["Action"] == "ecr:GetAuthorizationToken" and s["Resource"] == "*" for s in statements
     )
-    # It handles no jobs: no Batch, SageMaker or events rights; it reads uploads/ and writes
-    # only models/ (a registered bioimage.io package becomes its algorithm's model).
+    # It handles no algorithm jobs: no SageMaker or events rights, and of Batch only the
+    # submission of the import job; it reads uploads/ and writes only models/ (model imports,
+    # and a registered bioimage.io package becomes its algorithm's model).
     actions = {a for s in statements for a in _as_list(s["Action"])}
-    assert not {a for a in actions if a.startswith(("batch:", "sagemaker:", "events:"))}
+    assert not {a for a in actions if a.startswith(("sagemaker:", "events:"))}
+    assert {a for a in actions if a.startswith("batch:")} == {"batch:SubmitJob"}
     writes = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
     assert writes
     for statement in writes:
         for resource in _as_list(statement["Resource"]):
             assert json.dumps(resource).endswith('/models/*"]]}'), resource
+
+
+def _import_job(synth: Synth) -> dict[str, Any]:
+    from gantry.pipeline.import_job import DEFINITION_NAME
+
+    return synth.runner_containers()[DEFINITION_NAME]
+
+
+def test_large_imports_run_as_a_job_on_the_cpu_queue(default_synth: Synth) -> None:
+    from gantry.pipeline.import_job import COMMAND, DEFINITION_NAME
+    from tests.infra.conftest import IMPORTER_IMAGE
+
+    container = _import_job(default_synth)
+    assert container["Image"] == IMPORTER_IMAGE
+    assert container["Command"] == list(COMMAND)
+    environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+    # The import code's settings, as the function has them.
+    api = _function(default_synth, "lambdas.api.app.handler")["Environment"]["Variables"]
+    for name in ("GANTRY_TABLE_NAME", "GANTRY_BUCKET_NAME", "GANTRY_IMAGE_REPOSITORY"):
+        assert environment[name] == api[name], name
+    function = _function(default_synth, "lambdas.on_import.handler")
+    assert function["Environment"]["Variables"]["GANTRY_IMPORT_JOB_DEFINITION"] == DEFINITION_NAME
+    import_role = function["Role"]["Fn::GetAtt"][0]
+    [submit] = [
+        s for s in _statements_of(default_synth, import_role) if s["Action"] == "batch:SubmitJob"
+    ]
+    # The CPU queue and the import job's definition, nothing else.
+    cpu_queue = [
+        k
+        for k, q in default_synth.resources("AWS::Batch::JobQueue").items()
+        if q["Properties"]["JobQueueName"] == Settings.model_construct().batch_job_queue_cpu
+    ]
+    text = json.dumps(submit["Resource"])
+    assert cpu_queue[0] in text
+    assert f"job-definition/{DEFINITION_NAME}*" in text
+    assert len(submit["Resource"]) == 2
 
 
 def test_the_repository_keeps_every_tagged_image_and_only_the_import_function_deletes(

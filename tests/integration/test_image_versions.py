@@ -86,6 +86,71 @@ def test_activating_an_older_image_changes_what_the_next_job_runs(
     assert job_image(ctx, api, platform) == first["pk"]
 
 
+def test_concurrent_activations_leave_exactly_one_desired_image(
+    ctx,
+    api,
+    platform,  # noqa: F811
+    layout,
+    tmp_path,
+) -> None:
+    """Switching is one write to the algorithm's pointer: while editors switch back and forth,
+    every job made meanwhile gets an image, and every listing shows exactly one desired."""
+    from gantry.services import catalog
+
+    images = [import_archive(ctx, api, platform, archive(tmp_path, v)) for v in "123"]
+    assert [i["import_status"] for i in images] == ["Completed"] * 3
+    editor = ctx.store.users.find_user("alice")
+    assert editor is not None
+    start = threading.Barrier(4)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen: list[tuple[str | None, int]] = []
+
+    def switch(order: list[dict]) -> None:
+        try:
+            start.wait()
+            for _ in range(6):
+                for image in order:
+                    catalog.activate_algorithm_image(ctx, editor, image["pk"])
+        except BaseException as error:
+            errors.append(error)
+
+    def read() -> None:
+        try:
+            start.wait()
+            while not stop.is_set():
+                desired = ctx.store.algorithms.desired_image(platform["pk"])
+                flagged = [
+                    i
+                    for i in ctx.store.algorithms.images_of(platform["pk"])
+                    if i.is_desired_version
+                ]
+                seen.append((desired.pk if desired else None, len(flagged)))
+        except BaseException as error:
+            errors.append(error)
+
+    switchers = [
+        threading.Thread(target=switch, args=(order,))
+        for order in (images, images[::-1], images[1:] + images[:1])
+    ]
+    reader = threading.Thread(target=read)
+    for thread in [*switchers, reader]:
+        thread.start()
+    for thread in switchers:
+        thread.join(timeout=300)
+    stop.set()
+    reader.join(timeout=60)
+
+    assert errors == []
+    assert seen, "the reader ran"
+    pks = {i["pk"] for i in images}
+    assert all(pk in pks and flagged == 1 for pk, flagged in seen), seen
+    listed = api.get("algorithms/images/", query={"algorithm": platform["pk"]})[1]["results"]
+    assert sum(i["is_desired_version"] for i in listed) == 1
+    [desired] = [i["pk"] for i in listed if i["is_desired_version"]]
+    assert job_image(ctx, api, platform) == desired
+
+
 def test_only_a_completed_image_can_be_activated(ctx, api, platform, layout, tmp_path) -> None:  # noqa: F811
     failed = import_archive(ctx, api, platform, write_archive(tmp_path / "r.tar", spec(user="")))
     assert failed["import_status"] == "Failed"
