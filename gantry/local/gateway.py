@@ -25,6 +25,7 @@ API_PREFIX = "/api/v1/"
 STAGE = "local"
 # API Gateway's own payload limit; larger bodies are refused before they reach a handler.
 MAX_BODY_BYTES = 10 * 1024 * 1024
+INTERNAL_HEADERS = "HTTP_X_GANTRY_"
 TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
 
 
@@ -85,6 +86,10 @@ def gateway_app(pool: ApiPool, aws: WsgiApp | None) -> WsgiApp:
         if path.startswith(API_PREFIX) or path == API_PREFIX.rstrip("/"):
             return _api(pool, environ, start_response)
         if aws is not None:
+            # x-gantry-* headers are between the local runner and the endpoint (a stored
+            # object's file path, a file to adopt): never accepted from outside.
+            for name in [name for name in environ if name.startswith(INTERNAL_HEADERS)]:
+                del environ[name]
             return aws(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "application/json")])
         return [b'{"detail": "Not found."}']

@@ -18,7 +18,7 @@ from gantry.algorithms import AlgorithmFields, AlgorithmImageFields, SocketSet
 from gantry.interfaces import InterfaceFields
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
-from gantry.local.gateway import MAX_BODY_BYTES, proxy_event_from_environ
+from gantry.local.gateway import MAX_BODY_BYTES, ApiPool, gateway_app, proxy_event_from_environ
 from gantry.local.stack import LocalStack
 from gantry.services.jobs import JobCreate, JobInput, create_job
 from gantry.settings import Settings
@@ -353,3 +353,23 @@ def test_recovery_backfills_what_an_older_version_saved(stack):
     assert stack.backfilled.get("job listings", 0) >= 2
     shared = stack.ctx.store.jobs.all_of(keys.jobs_of_algorithm_all(algorithm.pk), shared=True)
     assert [j.pk for j in shared] == [job.pk]
+
+
+def test_the_gateway_drops_headers_meant_for_the_local_runner_only():
+    seen: dict[str, str] = {}
+
+    def aws(environ, start_response):
+        seen.update({k: v for k, v in environ.items() if k.startswith("HTTP_")})
+        start_response("200 OK", [])
+        return [b""]
+
+    app = gateway_app(ApiPool(None), aws)  # type: ignore[arg-type]
+    environ = {
+        "PATH_INFO": "/bucket/key",
+        "REQUEST_METHOD": "PUT",
+        "HTTP_X_GANTRY_LOCAL_FILE": "/etc/shadow",
+        "HTTP_X_AMZ_META_NAME": "kept",
+    }
+    app(environ, lambda *a: None)
+    assert "HTTP_X_GANTRY_LOCAL_FILE" not in seen
+    assert seen["HTTP_X_AMZ_META_NAME"] == "kept"
