@@ -12,7 +12,8 @@ leaves only once the write is on disk. Writes it covers:
 - S3 multipart uploads: each upload started and each part acknowledged (its own file), so an
   upload cut by a restart goes on where it was; CompleteMultipartUpload concatenates the part
   files into the object's file in the kernel, where moto would join every part in memory and
-  write the object again (several times the object's size in RAM).
+  write the object again (several times the object's size in RAM); a part copied from a
+  stored object (UploadPartCopy) is read from that object's file, its range only.
 
 Reads of a stored object are streamed from its file; asked with the header
 ``x-gantry-local-file: 1``, the answer names that file, which the local runner copies instead
