@@ -143,9 +143,12 @@ def archive(user: User, action: Action, item: Archive) -> bool:
 
 
 def archive_item(user: User, action: Action, owner: Archive) -> bool:
-    """Items of ``owner``: its members read them, its editors and uploaders add and change."""
+    """Items of ``owner``: its members read them, its editors and uploaders add and change,
+    its editors delete."""
     if action in (Action.READ, Action.USE):
         return archive(user, action, owner)
+    if action is Action.DELETE:
+        return archive(user, Action.CHANGE, owner)
     return archive(user, Action.CHANGE, owner) or user.username in owner.uploaders
 
 

@@ -110,6 +110,11 @@ class RunState(StrEnum):
     WAITING = "Waiting for a free job slot"
     CREATED = "All jobs created"
     STOPPED = "Stopped"
+    CANCELLED = "Cancelled"  # by its creator: no new jobs; its unfinished jobs cancelled
+
+    @property
+    def makes_no_more_jobs(self) -> bool:
+        return self in (RunState.CREATED, RunState.STOPPED, RunState.CANCELLED)
 
 
 class ArchiveRun(BaseModel):

@@ -1,5 +1,6 @@
 """SQS handler of the archive-runs queue: pages of an archive run's items to make jobs of
-(``{"gantry": "archive-run-page", "run": pk, "cursor": …}``), and Gantry job events from
+(``{"gantry": "archive-run-page", "run": pk, "cursor": …}``), pages of a cancelled run's
+records whose jobs to cancel (``"archive-run-cancel"``), and Gantry job events from
 EventBridge for the runs' jobs (outputs written back into the items; runs waiting for a free
 job slot go on).
 
@@ -23,11 +24,15 @@ logger = Logger(service="gantry-on-archive-run")
 def handle_message(ctx: Context, message: dict[str, Any]) -> None:
     from gantry.pipeline import archive_runs
 
-    if message.get("gantry") == archive_runs.RUN_PAGE:
+    kind = message.get("gantry")
+    if kind in (archive_runs.RUN_PAGE, archive_runs.RUN_CANCEL):
         run_pk, cursor = message.get("run"), message.get("cursor")
         if not isinstance(run_pk, str) or not run_pk or not isinstance(cursor, dict | None):
-            raise ValueError("archive-run-page message without a run pk or a valid cursor")
-        archive_runs.handle_page(ctx, run_pk, cursor)
+            raise ValueError(f"{kind} message without a run pk or a valid cursor")
+        if kind == archive_runs.RUN_PAGE:
+            archive_runs.handle_page(ctx, run_pk, cursor)
+        else:
+            archive_runs.handle_cancel(ctx, run_pk, cursor)
         return
     if archive_runs.is_job_event(message):
         archive_runs.handle_job_event(ctx, message)

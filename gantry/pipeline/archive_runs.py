@@ -53,9 +53,12 @@ from gantry.users import User
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
+# Records of a cancelled run whose jobs are cancelled per message.
+CANCEL_PAGE = 200
 # Values of archive items are checked as job inputs; only images need URLs (as pks).
 _URLS = Urls("https://localhost/api/v1/")
 RUN_PAGE = "archive-run-page"
+RUN_CANCEL = "archive-run-cancel"
 SOURCE = resources.JOB_SOURCE_ARCHIVE_RUN
 
 
@@ -75,6 +78,11 @@ def send_page(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
     ctx.clients.sqs.send_message(
         QueueUrl=ctx.settings.archive_runs_queue_url, MessageBody=page_message(run_pk, cursor)
     )
+
+
+def send_cancel(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
+    body = json.dumps({"gantry": RUN_CANCEL, "run": run_pk, "cursor": cursor})
+    ctx.clients.sqs.send_message(QueueUrl=ctx.settings.archive_runs_queue_url, MessageBody=body)
 
 
 def job_pk_for(run_pk: str, item_pk: str) -> str:
@@ -100,16 +108,25 @@ def fingerprint(creator: str, image_pk: str, values: list[SocketValue]) -> str:
 def handle_page(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
     runs = ctx.store.archive_runs
     run = runs.get(run_pk)
-    if run.state in (RunState.CREATED, RunState.STOPPED) or run.cursor != cursor:
+    if run.state.makes_no_more_jobs or run.cursor != cursor:
         return  # finished, or a duplicate of a page already handled
     items, next_cursor = _page(ctx, run)
+    waiting, stopped = False, ""
     try:
         _start_items(ctx, run, items)
     except _Waiting:
+        waiting = True
+    except _Stop as stop:
+        stopped = str(stop)
+    if runs.get(run_pk).state is RunState.CANCELLED:
+        # Cancelled while this page made its jobs: cancel those too.
+        send_cancel(ctx, run_pk, None)
+        return
+    if waiting:
         _set_state(ctx, run_pk, cursor, RunState.WAITING)
         return
-    except _Stop as stop:
-        _set_state(ctx, run_pk, cursor, RunState.STOPPED, reason=str(stop))
+    if stopped:
+        _set_state(ctx, run_pk, cursor, RunState.STOPPED, reason=stopped)
         runs.unmark_active(run_pk)
         return
     last = next_cursor is None
@@ -117,7 +134,7 @@ def handle_page(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> Non
 
     def advance(current: ArchiveRun) -> ArchiveRun | None:
         moved.clear()
-        if current.cursor != cursor or current.state in (RunState.CREATED, RunState.STOPPED):
+        if current.cursor != cursor or current.state.makes_no_more_jobs:
             return None
         new = current.model_copy(
             update={
@@ -142,7 +159,7 @@ def _set_state(
     ctx: Context, run_pk: str, cursor: dict[str, Any] | None, state: RunState, reason: str = ""
 ) -> None:
     def change(current: ArchiveRun) -> ArchiveRun | None:
-        if current.cursor != cursor or current.state in (RunState.CREATED, RunState.STOPPED):
+        if current.cursor != cursor or current.state.makes_no_more_jobs:
             return None
         return current.model_copy(update={"state": state, "stopped_reason": reason})
 
@@ -385,6 +402,31 @@ def _set_slugs(algorithm: Algorithm, index: int) -> list[str]:
     return [*socket_set.inputs, *socket_set.outputs]
 
 
+# --- cancelling ------------------------------------------------------------------------------
+
+
+def handle_cancel(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
+    """Cancel the unfinished jobs of a cancelled run, a page of its records per message (the
+    next page is queued); repeating a page cancels nothing twice."""
+    from gantry.pipeline.cancel import cancel_job
+
+    runs = ctx.store.archive_runs
+    run = runs.get(run_pk)
+    if run.state is not RunState.CANCELLED:
+        return
+    records, next_cursor = runs.records_page(run_pk, cursor, CANCEL_PAGE)
+    unfinished = [
+        r["job"]
+        for r in records
+        if r.get("job") and r.get("outcome") != SKIPPED and not r.get("ended")
+    ]
+    for job_pk, status in runs.job_statuses(unfinished).items():
+        if not status.is_terminal:
+            cancel_job(ctx, job_pk, by=run.creator)
+    if next_cursor is not None:
+        send_cancel(ctx, run_pk, next_cursor)
+
+
 # --- job ends ---------------------------------------------------------------------------------
 
 
@@ -426,7 +468,7 @@ def resume_waiting(ctx: Context, *, stale_before: str | None = None) -> list[str
         except NotFound:
             runs.unmark_active(run_pk)
             continue
-        if run.state in (RunState.CREATED, RunState.STOPPED):
+        if run.state.makes_no_more_jobs:
             runs.unmark_active(run_pk)
             continue
         stuck = stale_before is not None and run.modified < stale_before

@@ -13,7 +13,7 @@ from gantry import access, credits, timeutil
 from gantry.access import Action
 from gantry.archives import ArchiveRun, RunState
 from gantry.context import Context
-from gantry.errors import NotFound, ValidationFailed
+from gantry.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from gantry.services import catalog
 from gantry.services.archives import referenced_archive
 from gantry.store.archive_runs import NOT_RUN, SKIPPED
@@ -104,6 +104,31 @@ def start_run(
     return run
 
 
+def cancel_run(ctx: Context, user: User, algorithm_pk: str, pk: str) -> ArchiveRun:
+    """No new jobs for the run, and its unfinished jobs cancelled (by the archive-runs queue's
+    handler, a page of records at a time). Cancelling a cancelled run again only repeats the
+    jobs' cancel; a run whose jobs all ended is not cancelled (409)."""
+    from gantry.pipeline.archive_runs import send_cancel
+
+    run = visible_run(ctx, user, algorithm_pk, pk)
+    if not access.archive_run(user, Action.CHANGE, run.creator):
+        raise PermissionDenied("Only the run's creator can cancel it")
+
+    def cancel(current: ArchiveRun) -> ArchiveRun | None:
+        if current.state is RunState.CANCELLED:
+            return None
+        if current.final_counts is not None:
+            raise Conflict(f"Archive run {pk} has ended: all its jobs finished")
+        return current.model_copy(
+            update={"state": RunState.CANCELLED, "stopped_reason": f"Cancelled by {user.username}"}
+        )
+
+    run = ctx.store.archive_runs.update(run.pk, cancel)
+    ctx.store.archive_runs.unmark_active(run.pk)
+    send_cancel(ctx, run.pk, None)
+    return run
+
+
 def visible_run(ctx: Context, user: User, algorithm_pk: str, pk: str) -> ArchiveRun:
     run = ctx.store.archive_runs.get(pk)
     if run.algorithm != algorithm_pk or not access.archive_run(user, Action.READ, run.creator):
@@ -135,11 +160,9 @@ def progress(ctx: Context, run: ArchiveRun) -> dict[str, Any]:
         "not_started": max(0, run.total - len(records)),
         "items_handled": len(records),
     }
-    done = run.state in (RunState.CREATED, RunState.STOPPED) and all(
-        status.is_terminal for status in statuses.values()
-    )
+    done = run.state.makes_no_more_jobs and all(status.is_terminal for status in statuses.values())
     counts["done"] = done
-    if done and run.state is RunState.CREATED:
+    if done and run.state in (RunState.CREATED, RunState.CANCELLED):
         # Nothing changes any more: count once, keep it.
         def keep(current: ArchiveRun) -> ArchiveRun | None:
             return current.model_copy(update={"final_counts": counts})

@@ -182,6 +182,27 @@ def create_item(ctx: Context, user: User, body: ArchiveItemCreate, urls: Urls) -
     return item
 
 
+def delete_item(ctx: Context, user: User, pk: str) -> None:
+    """Delete an archive item (the archive's editors). Its file values are deleted with it;
+    its images stay (they are their uploaders' and may be inputs of jobs) but leave the
+    archive unless another of its items holds them. Runs over the archive that have not
+    reached the item leave it out; jobs made for it go on, without writing back."""
+    item, archive = visible_item(ctx, user, pk)
+    access.require(
+        True,
+        access.archive_item(user, Action.DELETE, archive),
+        f"Archive item {pk}",
+        message=f"Only the editors of the archive '{archive.slug}' may delete its items",
+    )
+    ctx.store.archives.delete_item(item)
+    files = [v.file for v in item.values if v.file]
+    for start in range(0, len(files), 1000):
+        ctx.clients.s3.delete_objects(
+            Bucket=ctx.settings.bucket_name,
+            Delete={"Objects": [{"Key": key} for key in files[start : start + 1000]]},
+        )
+
+
 def update_item(
     ctx: Context, user: User, pk: str, body: ArchiveItemUpdate, urls: Urls
 ) -> ArchiveItem:

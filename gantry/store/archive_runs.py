@@ -134,6 +134,20 @@ class ArchiveRunStore:
             index=None, key_name=PK, key_value=_run_key(run_pk), sort_key=SK, begins_with="ITEM#"
         )
 
+    def records_page(
+        self, run_pk: str, cursor: dict[str, Any] | None, limit: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Up to ``limit`` records after ``cursor`` (None: from the first); the next cursor."""
+        return self.table.query(
+            index=None,
+            key_name=PK,
+            key_value=_run_key(run_pk),
+            sort_key=SK,
+            begins_with="ITEM#",
+            limit=limit,
+            start_key=cursor,
+        )
+
     # --- runs still making jobs ---------------------------------------------------------------
 
     def mark_active(self, run_pk: str) -> None:

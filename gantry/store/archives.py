@@ -219,6 +219,55 @@ class ArchiveStore:
         )
         return [ArchiveItem.model_validate(json.loads(i["doc"])) for i in items], last
 
+    def delete_item(self, item: ArchiveItem) -> list[str]:
+        """Remove the item; its images that no other item of the archive holds leave the
+        archive's image list (the images stay, their owners' and their jobs'). Returns those
+        images' pks. NotFound if the item is gone already."""
+        list_key = keys.archive_items_of(item.archive)
+        try:
+            self.table.transact_delete(
+                [
+                    {
+                        "Key": {"PK": keys.archive_item(item.pk), "SK": MAIN_SK},
+                        "ConditionExpression": "attribute_exists(PK)",
+                    }
+                ],
+                updates=[count_update(list_key, -1)],
+            )
+        except ConditionFailed:
+            raise NotFound(f"Archive item {item.pk} not found") from None
+        self.paginator.clear(list_key)  # offsets after the item moved by one
+        images = {v.image for v in item.values if v.image}
+        if not images:
+            return []
+        held: set[str] = set()
+        cursor: dict[str, Any] | None = None
+        while True:  # the other items of the archive (an image may be in several)
+            others, cursor = self.items_after(item.archive, cursor, limit=100)
+            held |= {v.image for other in others for v in other.values if v.image} & images
+            if cursor is None or held == images:
+                break
+        released = sorted(images - held)
+        image_list = keys.archive_images_of(item.archive)
+        for image_pk in released:
+            with contextlib.suppress(ConditionFailed):
+                self.table.transact_delete(
+                    [
+                        {
+                            "Key": {
+                                "PK": keys.archive_image(item.archive, image_pk),
+                                "SK": MAIN_SK,
+                            },
+                            "ConditionExpression": "attribute_exists(PK)",
+                        }
+                    ],
+                    updates=[count_update(image_list, -1)],
+                )
+            self.table.delete(keys.image(image_pk), f"ARCHIVE#{item.archive}")
+        if released:
+            self.paginator.clear(image_list)
+        return released
+
     # --- images ----------------------------------------------------------------------------
 
     def relate_images(self, item: ArchiveItem) -> None:

@@ -295,6 +295,14 @@ def _spare_image(w: World, **extra: Any) -> str:
     return store.create_image(algorithm, fields, creator="alice").pk
 
 
+def _delete_item(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
+    """A new item of the creator's archive each time (the creator's delete removes it)."""
+    body = {"archive": w.archive["pk"], "values": [], "title": f"for {role}"}
+    status, item, _ = w.creator.post("archives/items/", body)
+    assert status == 201, item
+    return client.request("DELETE", f"archives/items/{item['pk']}/")
+
+
 def _cancel_import(w: World, client: ApiClient, role: str) -> tuple[int, Any, dict]:
     from gantry.algorithms import ImportStatus
 
@@ -317,6 +325,15 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/algorithms/{pk}/archive-runs/{run_pk}"): Case(
         lambda w, c, r: c.get(f"algorithms/{w.algorithm['pk']}/archive-runs/{w.run['pk']}/"),
+        404,
+        200,
+        200,
+    ),
+    # The creator's run; the admin's cancel repeats it (nothing changes).
+    ("POST", "/algorithms/{pk}/archive-runs/{run_pk}/cancel"): Case(
+        lambda w, c, r: c.post(
+            f"algorithms/{w.algorithm['pk']}/archive-runs/{w.run['pk']}/cancel/"
+        ),
         404,
         200,
         200,
@@ -396,6 +413,7 @@ CASES: dict[tuple[str, str], Case] = {
         200,
         200,
     ),
+    ("DELETE", "/archives/items/{pk}"): Case(_delete_item, 404, 204, 204),
     ("DELETE", "/algorithms/images/{pk}"): Case(
         lambda w, c, r: c.request("DELETE", f"algorithms/images/{_spare_image(w)}/"), 404, 204, 204
     ),

@@ -283,3 +283,38 @@ def test_jobs_stored_by_a_concurrent_handler_are_left_out(world, monkeypatch) ->
     jobs = _jobs_of(ctx, run["pk"])
     assert len(jobs) == 3 and len({j.pk for j in jobs}) == 3
     assert ctx.store.jobs.active_count("USER#alice") == 3
+
+
+def test_a_cancelled_run_makes_no_new_jobs_and_cancels_its_unfinished_ones(world) -> None:
+    from gantry.pipeline.archive_runs import resume_waiting
+
+    ctx, algorithm, archive, alice, bob = world
+    ctx.settings = ctx.settings.model_copy(update={"max_active_jobs_per_user": 3})
+    _add_items(alice, archive, list(range(5)))
+    status, run = _run(alice, algorithm, {"archive": archive["pk"]})
+    assert status == 201, run
+    _drain(ctx)
+    first = _jobs_of(ctx, run["pk"])[0]
+    _succeed(ctx, first)
+    cancel = f"algorithms/{algorithm.pk}/archive-runs/{run['pk']}/cancel/"
+    assert bob.post(cancel)[0] == 404  # not his run
+    status, body, _ = alice.post(cancel)
+    assert status == 200 and body["state"] == "Cancelled", body
+    _drain(ctx)  # the run's event of the finished job, and the cancel of the others
+    assert resume_waiting(ctx) == []  # a freed slot starts nothing
+    _drain(ctx)
+    seen = _progress(alice, algorithm, run)
+    assert seen["state"] == "Cancelled" and seen["stopped_reason"] == "Cancelled by alice"
+    assert seen["jobs"] == {"Cancelled": 2, "Succeeded": 1} and seen["not_started"] == 2
+    assert seen["done"] is True
+    assert ctx.store.jobs.active_count("USER#alice") == 0
+    assert alice.post(cancel)[0] == 200  # again: nothing changes
+
+    # A run whose jobs all ended cannot be cancelled: one over the item done before.
+    done_item = first.source_ref.split("/")[1]
+    status, other = _run(alice, algorithm, {"archive": archive["pk"], "items": [done_item]})
+    assert status == 201, other
+    _drain(ctx)
+    assert _progress(alice, algorithm, other)["done"] is True
+    status, body, _ = alice.post(f"algorithms/{algorithm.pk}/archive-runs/{other['pk']}/cancel/")
+    assert status == 409 and "ended" in json.dumps(body), body

@@ -260,3 +260,53 @@ def test_an_uploaders_upload_becomes_a_value_of_another_members_item(
     image_pk = image_url.rstrip("/").rsplit("/", 1)[1]
     assert ctx.store.images.get(image_pk).owner == "bob"
     assert api.get(f"cases/images/{image_pk}/")[0] == 200  # alice, as a member of the archive
+
+
+def test_editors_delete_items_and_images_no_item_holds_leave_the_archive(
+    sockets, tmp_path: Path, api: ApiClient, api_bob: ApiClient
+) -> None:
+    ctx = sockets
+    archive = _archive(api, users=["bob"], uploaders=["dave"])
+    images = []
+    for n in range(2):
+        upload = _ct_upload(ctx, tmp_path, name=f"case{n}.mha")
+        status, item, _ = api.post(
+            "archives/items/",
+            {"archive": archive["pk"], "values": [_value("ct-image", user_uploads=[upload.pk])]},
+        )
+        assert status == 201, item
+        _import(ctx, item["pk"])
+        images.append((item["pk"], api.get(f"archives/items/{item['pk']}/")[1]["values"][0]))
+    # A third item holds the first image too.
+    status, third, _ = api.post(
+        "archives/items/",
+        {"archive": archive["pk"], "values": [_value("ct-image", image=images[0][1]["image"])]},
+    )
+    assert status == 201, third
+
+    def listed() -> list[str]:
+        status, page, _ = api_bob.get("cases/images/", query={"archive": archive["pk"]})
+        assert status == 200, page
+        return [image["pk"] for image in page["results"]]
+
+    first_image = images[0][1]["image"].rstrip("/").rsplit("/", 1)[1]
+    second_image = images[1][1]["image"].rstrip("/").rsplit("/", 1)[1]
+    assert sorted(listed()) == sorted([first_image, second_image])
+
+    dave = ApiClient(api.app, ctx.store.users.create_token("dave"))
+    carol = ApiClient(api.app, ctx.store.users.create_token("carol"))
+    assert carol.request("DELETE", f"archives/items/{images[0][0]}/")[0] == 404
+    status, body, _ = dave.request("DELETE", f"archives/items/{images[0][0]}/")
+    assert status == 403 and "editors" in body["detail"], body
+
+    assert api.request("DELETE", f"archives/items/{images[0][0]}/")[0] == 204
+    assert api.get(f"archives/items/{images[0][0]}/")[0] == 404
+    assert api.request("DELETE", f"archives/items/{images[0][0]}/")[0] == 404
+    assert sorted(listed()) == sorted([first_image, second_image])  # the third item holds it
+    assert api.request("DELETE", f"archives/items/{images[1][0]}/")[0] == 204
+    assert listed() == [first_image]
+    # The image itself stays its uploader's; the archive's users no longer see it.
+    assert api.get(f"cases/images/{second_image}/")[0] == 200
+    assert api_bob.get(f"cases/images/{second_image}/")[0] == 404
+    status, page, _ = api_bob.get("archives/items/", query={"archive": archive["pk"]})
+    assert page["count"] == 1 and [i["pk"] for i in page["results"]] == [third["pk"]]

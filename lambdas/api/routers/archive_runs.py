@@ -50,4 +50,15 @@ def build(ctx: Context) -> APIGatewayRouter:
         run = archive_runs.visible_run(ctx, user, algorithm.pk, run_pk)
         return shapes.archive_run(run, archive_runs.progress(ctx, run), urls)
 
+    @router.post(
+        "/algorithms/<pk>/archive-runs/<run_pk>/cancel/",
+        summary="Cancel a run: no new jobs, its unfinished jobs cancelled (its creator)",
+    )
+    def cancel_run(pk: str, run_pk: str) -> dict:
+        user = current_user(router)
+        urls = urls_for(ctx, router)
+        algorithm = catalog.referenced_algorithm(ctx, user, urls, pk)
+        run = archive_runs.cancel_run(ctx, user, algorithm.pk, run_pk)
+        return shapes.archive_run(run, archive_runs.progress(ctx, run), urls)
+
     return router

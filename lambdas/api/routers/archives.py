@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 from typing import Annotated
 
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
@@ -60,6 +61,15 @@ def build(ctx: Context) -> APIGatewayRouter:
         user = current_user(router)
         urls = urls_for(ctx, router)
         return shapes.archive_item_post(archives.update_item(ctx, user, pk, body, urls), urls)
+
+    @router.delete(
+        "/archives/items/<pk>/",
+        summary="Delete an archive item (editors); its images stay, outside the archive",
+    )
+    def delete_item(pk: str):
+        user = current_user(router)
+        archives.delete_item(ctx, user, pk)
+        return Response(status_code=204, content_type="application/json", body="")
 
     @router.get(
         "/archives/items/<pk>/values/<value_pk>/<filename>", summary="Download an item's file"
