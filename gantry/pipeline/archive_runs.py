@@ -46,7 +46,7 @@ from gantry.images import Image
 from gantry.interfaces import Interface
 from gantry.job_states import JobStatus
 from gantry.jobs import SocketValue
-from gantry.store.archive_runs import NOT_RUN, SKIPPED
+from gantry.store.archive_runs import IMPORTING, NOT_RUN, SKIPPED
 from gantry.urls import Urls
 from gantry.users import User
 
@@ -210,8 +210,12 @@ def _start_items(ctx: Context, run: ArchiveRun, items: list[ArchiveItem]) -> Non
     records: list[dict[str, Any]] = []
     for item in items:
         planned = planner.plan(item, image.pk)
-        if isinstance(planned, str):
-            records.append(_not_run(ctx, run, item, planned))
+        if isinstance(planned, _NoJob):
+            records.append(
+                runs.record_item(
+                    run.pk, item.pk, job=None, outcome=planned.outcome, reason=planned.reason
+                )
+            )
         else:
             plans.append(planned)
     if not run.rerun and plans:
@@ -225,6 +229,14 @@ def _not_run(ctx: Context, run: ArchiveRun, item: ArchiveItem, reason: str) -> d
     return ctx.store.archive_runs.record_item(
         run.pk, item.pk, job=None, outcome=NOT_RUN, reason=reason
     )
+
+
+class _NoJob:
+    """Why an item gets no job: not run (and why), or still importing a value."""
+
+    def __init__(self, reason: str, outcome: str = NOT_RUN) -> None:
+        self.reason = reason
+        self.outcome = outcome
 
 
 class _Plan:
@@ -261,10 +273,18 @@ class _Planner:
         ]
         self._images = self.ctx.store.images.get_many(list(dict.fromkeys(pks)))
 
-    def plan(self, item: ArchiveItem, image_pk: str) -> _Plan | str:
+    def plan(self, item: ArchiveItem, image_pk: str) -> _Plan | _NoJob:
         """The item's job to be, or why it has none."""
         from gantry.services.jobs import JobInput, check_input, choose_socket_set
 
+        importing = sorted(
+            v.socket
+            for v in item.values
+            if v.socket in self.wanted and (v.pending_upload or v.pending_uploads)
+        )
+        if importing:
+            reason = f"still importing the uploaded value of {', '.join(importing)}"
+            return _NoJob(reason, IMPORTING)
         given = {
             v.socket: v
             for v in item.values
@@ -273,11 +293,12 @@ class _Planner:
         try:
             index = choose_socket_set(self.algorithm, set(given), self.sockets)
         except ValidationFailed as error:
-            return error.message
+            return _NoJob(error.message)
         slugs = self.algorithm.interfaces[index].inputs
         files = [slug for slug in slugs if slug in given and given[slug].file]
         if files:
-            return f"file values of archive items cannot be job inputs yet ({', '.join(files)})"
+            reason = f"file values of archive items cannot be job inputs yet ({', '.join(files)})"
+            return _NoJob(reason)
         drafts: list[dict[str, Any]] = []
         for slug in slugs:
             socket, value = self.sockets[slug], given.get(slug)
@@ -285,7 +306,7 @@ class _Planner:
                 drafts.append({"socket": slug, "value": socket.default_value})
             elif value.image:
                 if not self._usable(value.image):
-                    return f"Input '{slug}': image '{value.image}' not found"
+                    return _NoJob(f"Input '{slug}': image '{value.image}' not found")
                 drafts.append({"socket": slug, "image": value.image})
             else:
                 try:
@@ -297,7 +318,7 @@ class _Planner:
                         _URLS,
                     )
                 except ValidationFailed as error:
-                    return error.message
+                    return _NoJob(error.message)
                 drafts.append({"socket": slug, "value": value.value})
         values = [given[slug] for slug in slugs if slug in given]
         return _Plan(item, index, drafts, fingerprint(self.run.creator, image_pk, values))
@@ -486,6 +507,45 @@ def resume_waiting(ctx: Context, *, stale_before: str | None = None) -> list[str
         send_page(ctx, run_pk, run.cursor)
         resumed.append(run_pk)
     return resumed
+
+
+def redo_write_backs(ctx: Context) -> list[str]:
+    """For runs that write back: the outputs of their ended jobs whose end event never came
+    (after the rule's retries and the DLQ) are written into the items, and the end recorded.
+    A run leaves this pass once it makes no more jobs and all its jobs ended. The pks of the
+    items written into."""
+    runs = ctx.store.archive_runs
+    written: list[str] = []
+    for run_pk in runs.writing_back():
+        try:
+            run = runs.get(run_pk)
+        except NotFound:
+            runs.unmark_writing_back(run_pk)
+            continue
+        unfinished = False
+        cursor: dict[str, Any] | None = None
+        while True:
+            records, cursor = runs.records_page(run_pk, cursor, 500)
+            open_records = [
+                r
+                for r in records
+                if r.get("job") and r.get("outcome") != SKIPPED and not r.get("ended")
+            ]
+            statuses = runs.job_statuses([r["job"] for r in open_records])
+            for record in open_records:
+                status = statuses.get(record["job"])
+                if status is None or not status.is_terminal:
+                    unfinished = True
+                    continue
+                if status is JobStatus.SUCCESS:
+                    write_back(ctx, record["item"], record["job"])
+                    written.append(str(record["item"]))
+                runs.record_end(run_pk, record["item"], status.label)
+            if cursor is None:
+                break
+        if run.state.makes_no_more_jobs and not unfinished:
+            runs.unmark_writing_back(run_pk)
+    return written
 
 
 # --- outputs -> items -------------------------------------------------------------------------

@@ -7,7 +7,8 @@ still validating its inputs long after its message was sent gets the message aga
 drop folder is reconciled with its jobs (``dropbox.reconcile_drops``): drops whose
 notification was lost, or ended in a dead-letter queue, become their one job. Image imports
 that failed or were cancelled longer ago than their retention period are removed, and
-archive runs waiting for a free job slot go on (``archive_runs.resume_waiting``).
+archive runs waiting for a free job slot go on (``archive_runs.resume_waiting``), and outputs
+of archive-run jobs whose end event was lost are written back (``redo_write_backs``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class SweepReport:
     results_written: list[str] = field(default_factory=list)
     imports_removed: list[str] = field(default_factory=list)
     runs_resumed: list[str] = field(default_factory=list)
+    items_written_back: list[str] = field(default_factory=list)
 
 
 def sweep(
@@ -73,6 +75,7 @@ def sweep(
     report.results_written = drops.announced
     report.imports_removed = purge_ended_imports(ctx)
     report.runs_resumed = _resume_runs(ctx)
+    report.items_written_back = _redo_write_backs(ctx)
     return report
 
 
@@ -83,6 +86,13 @@ def _resume_runs(ctx: Context) -> list[str]:
 
     stale = timeutil.now() - timedelta(seconds=ctx.settings.sweeper_margin_seconds)
     return resume_waiting(ctx, stale_before=timeutil.iso(stale))
+
+
+def _redo_write_backs(ctx: Context) -> list[str]:
+    """Outputs of archive-run jobs whose end event was lost are written into their items."""
+    from gantry.pipeline.archive_runs import redo_write_backs
+
+    return redo_write_backs(ctx)
 
 
 def _sweep_jobs(ctx: Context, limit: int | None) -> SweepReport:

@@ -16,7 +16,7 @@ from gantry.context import Context
 from gantry.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from gantry.services import catalog
 from gantry.services.archives import referenced_archive
-from gantry.store.archive_runs import NOT_RUN, SKIPPED
+from gantry.store.archive_runs import IMPORTING, NOT_RUN, SKIPPED
 from gantry.urls import Urls
 from gantry.users import User
 
@@ -100,6 +100,8 @@ def start_run(
     )
     ctx.store.archive_runs.create(run)
     ctx.store.archive_runs.mark_active(run.pk)
+    if run.write_back:
+        ctx.store.archive_runs.mark_writing_back(run.pk)
     send_page(ctx, run.pk, None)
     return run
 
@@ -157,6 +159,8 @@ def progress(ctx: Context, run: ArchiveRun) -> dict[str, Any]:
         "skipped": sum(1 for r in records if r.get("outcome") == SKIPPED),
         "not_run": len(not_run),
         "not_run_reasons": dict(Counter(str(r.get("reason")) for r in not_run).most_common(5)),
+        # Items whose input was still being imported from an upload when the run came to them.
+        "importing": sum(1 for r in records if r.get("outcome") == IMPORTING),
         "not_started": max(0, run.total - len(records)),
         "items_handled": len(records),
     }

@@ -3,7 +3,8 @@ and the index of jobs by their inputs that lets a run skip items already done.
 
 Items: ``RUN#<run>``/``A`` (the run), ``RUN#<run>``/``ITEM#<item>`` (what became of the item:
 its job, or why it has none), ``ARCHIVERUNS#ACTIVE``/``<run>`` (present while the run still
-makes jobs or waits for a free slot), ``INPUTS#<fingerprint>``/``JOBS`` (the jobs of
+makes jobs or waits for a free slot), ``ARCHIVERUNS#WRITEBACK``/``<run>`` (a run writing outputs
+back, until its jobs all ended), ``INPUTS#<fingerprint>``/``JOBS`` (the jobs of
 that algorithm image, creator and inputs).
 """
 
@@ -24,9 +25,11 @@ from gantry.store.table import MAIN_SK, StoredDoc, Table
 PK = resources.PARTITION_KEY
 SK = resources.SORT_KEY
 ACTIVE = "ARCHIVERUNS#ACTIVE"
+WRITING_BACK = "ARCHIVERUNS#WRITEBACK"
 # What became of an item without a job of its own.
 SKIPPED = "skipped"  # an earlier job of the same image and inputs succeeded: it is the result
 NOT_RUN = "not run"  # the item cannot be run (no matching inputs, a value the job refused)
+IMPORTING = "importing"  # a value the job needs was still being imported when the run came
 INPUTS_SK = "JOBS"
 
 
@@ -159,6 +162,19 @@ class ArchiveRunStore:
     def active(self) -> list[str]:
         """Runs that still make jobs or wait for a slot (few at a time)."""
         items = self.table.query_all(index=None, key_name=PK, key_value=ACTIVE)
+        return [str(item[SK]) for item in items]
+
+    # --- runs writing outputs back, until all their jobs ended ---------------------------------
+
+    def mark_writing_back(self, run_pk: str) -> None:
+        self.table.put(self.table.item(WRITING_BACK, run_pk, None))
+
+    def unmark_writing_back(self, run_pk: str) -> None:
+        self.table.delete(WRITING_BACK, run_pk)
+
+    def writing_back(self) -> list[str]:
+        """Runs with ``write_back`` some of whose jobs may not have been written back yet."""
+        items = self.table.query_all(index=None, key_name=PK, key_value=WRITING_BACK)
         return [str(item[SK]) for item in items]
 
     # --- jobs by their inputs ----------------------------------------------------------------

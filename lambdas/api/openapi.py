@@ -26,7 +26,11 @@ COMPONENTS = "#/components/schemas/"
 
 # POST routes that act on something that exists rather than create something: 200.
 ACTIONS = frozenset(
-    {("post", "/algorithms/jobs/{pk}/cancel"), ("post", "/algorithms/images/{pk}/cancel")}
+    {
+        ("post", "/algorithms/jobs/{pk}/cancel"),
+        ("post", "/algorithms/images/{pk}/cancel"),
+        ("post", "/algorithms/{pk}/archive-runs/{run_pk}/cancel"),
+    }
 )
 # Routes that can refuse for a quota: too many unfinished jobs (with Retry-After).
 QUOTA_LIMITED = frozenset({("post", "/algorithms/jobs")})

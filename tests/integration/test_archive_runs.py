@@ -318,3 +318,44 @@ def test_a_cancelled_run_makes_no_new_jobs_and_cancels_its_unfinished_ones(world
     assert _progress(alice, algorithm, other)["done"] is True
     status, body, _ = alice.post(f"algorithms/{algorithm.pk}/archive-runs/{other['pk']}/cancel/")
     assert status == 409 and "ended" in json.dumps(body), body
+
+
+def test_lost_job_events_are_written_back_by_the_sweeper(world) -> None:
+    from gantry.pipeline.sweeper import sweep
+
+    ctx, algorithm, archive, alice, _ = world
+    items = _add_items(alice, archive, [3, 4])
+    status, run = _run(alice, algorithm, {"archive": archive["pk"], "write_back": True})
+    assert status == 201, run
+    _drain(ctx)
+    for job in _jobs_of(ctx, run["pk"]):
+        _succeed(ctx, job)
+    # Their end events never reach the run (after the rule's retries, in no queue).
+    ctx.clients.sqs.purge_queue(QueueUrl=ctx.settings.archive_runs_queue_url)
+    assert alice.get(f"archives/items/{items[0]['pk']}/")[1]["values"][0]["interface"]["slug"]
+    report = sweep(ctx)
+    assert sorted(report.items_written_back) == sorted(i["pk"] for i in items)
+    for item, expected in zip(items, [6, 8], strict=True):
+        detail = alice.get(f"archives/items/{item['pk']}/")[1]
+        values = {v["interface"]["slug"]: v["value"] for v in detail["values"]}
+        assert values == {"number": item["values"][0]["value"], "doubled": expected}
+    seen = _progress(alice, algorithm, run)
+    assert seen["jobs"] == {"Succeeded": 2} and seen["done"] is True
+    assert sweep(ctx).items_written_back == []  # the run is done with
+
+
+def test_items_still_importing_a_value_are_counted_as_importing(world) -> None:
+    ctx, algorithm, archive, alice, _ = world
+    items = _add_items(alice, archive, [1, 2])
+    # The second item's number is an upload not imported yet.
+    ctx.store.archives.update_item(
+        items[1]["pk"],
+        lambda i: i.model_copy(
+            update={"values": [SocketValue(pk=9001, socket="number", pending_upload="u1")]}
+        ),
+    )
+    status, run = _run(alice, algorithm, {"archive": archive["pk"]})
+    assert status == 201, run
+    _drain(ctx)
+    seen = _progress(alice, algorithm, run)
+    assert seen["jobs"] == {"Queued": 1} and seen["importing"] == 1 and seen["not_run"] == 0
