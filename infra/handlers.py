@@ -32,8 +32,9 @@ registered bioimage.io package becomes its algorithm's model there too); whoever
 job copies its model from there into the job's ``io/`` prefix, the only one its runner's
 credentials reach. Archive runs: the API queues a run's first page of items, on_archive_run
 makes that page's jobs (queued for on_upload to provision, as the API's are) and queues the
-next page, and copies finished jobs' output files into the items (io/ to values/); the sweeper
-resends the page of a run that waits for a job slot or whose message was lost.
+next page, copies finished jobs' output files into the items (io/ to values/) and cancels the
+unfinished jobs of a cancelled run; the sweeper resends the page of a run that waits for a job
+slot or whose message was lost, and copies the outputs whose job-end event was lost.
 """
 
 from __future__ import annotations
