@@ -47,6 +47,12 @@ def sqs_event(
 def aws() -> Iterator[None]:
     from moto import mock_aws
 
+    from gantry.local import transactions
+
+    # The embedded endpoint's TransactWriteItems (an item-by-item rollback) in every test, not
+    # only in workers that happened to start a local stack first: moto's own copies each whole
+    # table per transaction, so a test's time grew with the square of the jobs it made.
+    transactions.install()
     with mock_aws():
         yield
 
