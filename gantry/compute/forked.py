@@ -156,6 +156,14 @@ class ForkServer:
         with contextlib.suppress(OSError):
             if self.process.stdin is not None:
                 self.process.stdin.close()
+        with self._lock:
+            idle = self._next_id == 0
+        if idle:
+            # Started ahead of any job and never asked for one: nothing of it to wait for
+            # (it may still be importing, which is what waiting would cost).
+            self.process.kill()
+            self.process.wait()
+            return
         if wait is None:
             return
         try:

@@ -446,6 +446,29 @@ class LocalBackend:
         with self._warm_lock:
             return len(self._warm)
 
+    def warm_up(self) -> None:
+        """Start the warm runner now, in the background, rather than for the first job.
+
+        It imports the runner, boto3 and pydantic before it can fork (seconds on a loaded
+        machine); started with the stack, that happens while nobody waits for a job. Jobs
+        use it only if their environment still matches (``_fork_server``).
+        """
+        if not self.fork_server:
+            return
+        env = self._base_environment()
+
+        def start() -> None:
+            try:
+                self._fork_server(env)
+            except OSError as error:  # the first job tries again, or runs on its own
+                log.warning("could not start the warm runner: %s", error)
+
+        threading.Thread(
+            target=start,
+            daemon=True,
+            name="gantry-forks-start",
+        ).start()
+
     def _fork_server(self, env: Mapping[str, str]) -> ForkServer | None:
         """The warm runner to fork this job's runner from; None: start one of its own.
 

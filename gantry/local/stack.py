@@ -186,6 +186,8 @@ class LocalStack:
         self.ctx.compute_backend = LocalBackend(
             self.settings, on_event=self._on_compute_event, **backend_options
         )
+        # The warm runner imports while the stack finishes starting, not on the first job.
+        self.ctx.compute_backend.warm_up()
         wiring.install(self.ctx)
 
     def _open_registry(self, choice: str) -> Any:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -97,6 +98,36 @@ def test_jobs_are_forked_from_one_warm_runner_each_with_its_own_settings(
     runner_pids = {backend._jobs[i].process.pid for i in ids}
     assert len(runner_pids) == 2
     assert backend._forks is not None and backend._forks.process.pid not in runner_pids
+
+
+def _started_ahead(local: LocalBackend):
+    """The warm runner ``warm_up`` starts in the background, once it has imported."""
+    local.warm_up()
+    deadline = time.monotonic() + 60
+    while local._forks is None:
+        assert time.monotonic() < deadline, "warm_up started no warm runner"
+        time.sleep(0.05)
+    server = local._forks
+    server._ready.result(timeout=120)
+    return server
+
+
+def test_a_warm_runner_started_ahead_runs_the_first_job(backend, events, runner_s3):
+    server = _started_ahead(backend)
+    job = make_job()
+    image = algorithm(sys.executable, "-c", "print('hello from the algorithm')")
+    events.wait(backend.submit(job, image, invocation(runner_s3, job.pk)), "SUCCEEDED")
+    assert _result(runner_s3, job)["return_code"] == 0
+    # The job was forked from the server started ahead: no second start.
+    assert backend.fork_server_starts == 1
+    assert backend._forks is server
+
+
+def test_a_warm_runner_no_job_used_is_stopped_with_the_backend(runner_s3, events):
+    local = _backend(runner_s3, events)
+    server = _started_ahead(local)
+    local.shutdown(wait=True)
+    assert server.process.poll() is not None
 
 
 def test_a_warm_runner_that_died_is_replaced_and_its_running_job_still_ends(
