@@ -30,6 +30,10 @@ class OnnxWeights:
         # and the arena reuses its blocks anyway, so without them the peak is about a third
         # lower (same speed, measured on the tests' U-Net).
         options.enable_mem_pattern = False
+        # Idle intra-op threads spin for work by default: on a machine shared with other jobs
+        # that spinning is CPU time taken from them for nothing (about half the CPU time of a
+        # tiled run on the tests' U-Net); blocking instead costs a wake-up per operator.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 
