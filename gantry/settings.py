@@ -93,6 +93,9 @@ class Settings(BaseModel):
     # the local image store or a registry reference ``host/repository@sha256:…``). Empty: the
     # runtime runs with this installation's own interpreter (one machine only).
     bioimageio_image: str = ""
+    # The runtime image for bioimage.io algorithms that ask for a GPU (onnxruntime-gpu); empty:
+    # they run bioimageio_image too.
+    bioimageio_gpu_image: str = ""
     # Attempts after host or spot failures; capacity back-offs do not count.
     max_attempts: int = 3
     max_capacity_retries: int = 20

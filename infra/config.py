@@ -94,6 +94,9 @@ class GantryConfig:
     # the reference `gantry bioimageio build-image --push ecr` prints (docs/deploy.md); empty:
     # registering a bioimage.io package fails with a message saying so.
     bioimageio_image: str = ""
+    # The same for algorithms that ask for a GPU (GANTRY_BIOIMAGEIO_GPU_IMAGE); empty: they run
+    # bioimageio_image too.
+    bioimageio_gpu_image: str = ""
     # SageMaker cannot run a privileged container; "required" fails jobs the runner cannot
     # sandbox there, "auto" runs them unsandboxed (with the training job's network).
     sagemaker_sandbox: str = "required"

@@ -103,6 +103,8 @@ class GantryStack(Stack):
             environment["GANTRY_SAGEMAKER_RUNNER_IMAGE"] = config.sagemaker_runner_image
         if config.bioimageio_image:
             environment["GANTRY_BIOIMAGEIO_IMAGE"] = config.bioimageio_image
+        if config.bioimageio_gpu_image:
+            environment["GANTRY_BIOIMAGEIO_GPU_IMAGE"] = config.bioimageio_gpu_image
 
         handlers = Handlers(
             self,

@@ -9,7 +9,8 @@ on the package's own files; loaded here only, never on the API), then
    reused when it is an Image at that path; anything else there refuses the package);
 2. the package folder becomes the algorithm's model (a tarball under ``models/``, the model
    mechanism: extracted to /opt/ml/model for its jobs, its sha256 in their provenance);
-3. the algorithm image runs the bioimage.io runtime on it: ``settings.bioimageio_image``, or
+3. the algorithm image runs the bioimage.io runtime on it: ``settings.bioimageio_image`` (or
+   ``bioimageio_gpu_image`` for an algorithm with ``requires_gpu_type``, when set), or
    with no such image this installation's own interpreter (the local compute backend only;
    elsewhere the registration fails saying the deployment has no runtime image);
 4. one write sets the socket set and marks the import Completed.
@@ -75,10 +76,13 @@ class RegistrationRefused(Exception):
     """The package cannot become this algorithm; the message is the status text."""
 
 
-def runtime_image(ctx: Context) -> AlgorithmImageFields:
-    """The image a bioimage.io algorithm runs: the deployment's runtime image, or (empty
-    setting) the runtime with this installation's interpreter, on this machine only."""
+def runtime_image(ctx: Context, algorithm: Algorithm) -> AlgorithmImageFields:
+    """The image a bioimage.io algorithm runs: the deployment's runtime image (its GPU one
+    for an algorithm that asks for a GPU, when set), or (no image set) the runtime with this
+    installation's interpreter, on this machine only."""
     image = ctx.settings.bioimageio_image
+    if algorithm.requires_gpu_type.value and ctx.settings.bioimageio_gpu_image:
+        image = ctx.settings.bioimageio_gpu_image
     if not image and ctx.settings.compute_backend != "local":
         raise RegistrationRefused(NO_RUNTIME_IMAGE)
     python = "python3" if image else sys.executable
@@ -117,7 +121,8 @@ def import_bioimageio(ctx: Context, algorithm_pk: str) -> Algorithm | None:
 def _register(ctx: Context, algorithm: Algorithm, scratch: Path) -> Algorithm:
     record = algorithm.bioimageio
     assert record is not None
-    image = runtime_image(ctx)  # before anything is made: a deployment without one refuses
+    # Before anything is made: a deployment without a runtime image refuses.
+    image = runtime_image(ctx, algorithm)
     package = _download(ctx, record, scratch / "package.zip")
     found, root = _validate(package, scratch / "unpacked")
     inputs = _sockets(ctx, algorithm, found["inputs"])

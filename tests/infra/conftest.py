@@ -34,6 +34,8 @@ ALL_OPTIONS = {
     "gantry:sagemakerSandbox": "auto",
     "gantry:bioimageioImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/gantry@sha256:"
     + "0" * 64,
+    "gantry:bioimageioGpuImage": "123456789012.dkr.ecr.us-east-1.amazonaws.com/gantry@sha256:"
+    + "1" * 64,
 }
 
 

@@ -51,6 +51,7 @@ def test_custom_domain_sets_the_base_url(template: Template, options_synth: Synt
             assert env["GANTRY_COMPUTE_BACKEND"] == "sagemaker"
             assert env["GANTRY_SAGEMAKER_SANDBOX"] == "auto"
             assert env["GANTRY_BIOIMAGEIO_IMAGE"] == ALL_OPTIONS["gantry:bioimageioImage"]
+            assert env["GANTRY_BIOIMAGEIO_GPU_IMAGE"] == ALL_OPTIONS["gantry:bioimageioGpuImage"]
 
 
 def test_waf_alarm_email_and_reserved_concurrency(template: Template) -> None:

@@ -115,6 +115,26 @@ def test_the_deployment_runtime_image_is_used_when_set(queued, api, tmp_path: Pa
     ]
 
 
+def test_an_algorithm_asking_for_a_gpu_gets_the_gpu_runtime_image(
+    queued, api, tmp_path: Path
+) -> None:
+    ctx = queued
+    cpu, gpu = (f"registry.test/gantry@sha256:{c * 64}" for c in "cd")
+    ctx.settings = ctx.settings.model_copy(
+        update={"bioimageio_image": cpu, "bioimageio_gpu_image": gpu}
+    )
+    zip_path = build_package(tmp_path / "cells").zip_path
+
+    on_gpu = registered(ctx, api, zip_path, title="On GPU", requires_gpu_type="T4")
+    on_cpu = registered(ctx, api, zip_path, title="On CPU")
+
+    images = {a["title"]: ctx.store.algorithms.desired_image(a["pk"]) for a in (on_gpu, on_cpu)}
+    assert {title: image.image for title, image in images.items() if image} == {
+        "On GPU": gpu,
+        "On CPU": cpu,
+    }
+
+
 def test_a_deployment_without_a_runtime_image_refuses_registrations(
     queued, api, tmp_path: Path
 ) -> None:
