@@ -8,7 +8,8 @@
 - ``{"gantry": "import-bioimageio", "algorithm": pk}``: an algorithm registered from a
   bioimage.io model package (``gantry.pipeline.bioimageio_import``).
 - ``{"gantry": "delete-image", "reference": …}``: a removed image deleted from that repository
-  (``registry_publisher.queue_deletion`` sends it).
+  (``registry_publisher.queue_deletion`` sends it); ``{"gantry": "delete-model", "key": …}``:
+  a removed model's tarball deleted from ``models/`` (``model_import.delete_tarball``).
 
 A new kind of import is one entry of ``HANDLERS``: the message's ``gantry`` value, the key of
 the record it names, and the function that runs it.
@@ -63,7 +64,9 @@ HANDLERS: dict[str, tuple[str, Callable[[Context, str], None]]] = {
 
 
 def handle_message(ctx: Context, message: dict[str, Any]) -> None:
+    from gantry.pipeline.model_import import DELETE_MODEL
     from gantry.pipeline.registry_publisher import DELETE_IMAGE, delete_image
+    from gantry.resources import PREFIX_MODELS
 
     kind = message.get("gantry")
     if kind == DELETE_IMAGE:
@@ -73,6 +76,12 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         tag = message.get("tag")
         if not delete_image(ctx, reference, tag if isinstance(tag, str) and tag else None):
             logger.info("nothing to delete", reference=reference)
+        return
+    if kind == DELETE_MODEL:
+        key = message.get("key")
+        if not isinstance(key, str) or not key.startswith(PREFIX_MODELS):
+            raise ValueError("delete-model message without a key under models/")
+        ctx.clients.s3.delete_object(Bucket=ctx.settings.bucket_name, Key=key)
         return
     if not isinstance(kind, str) or kind not in HANDLERS:
         raise unknown_message(message)

@@ -98,5 +98,46 @@ def _copy_and_check(ctx: Context, model: AlgorithmModel, key: str) -> tuple[str,
     return stream.sha256, stream.size
 
 
+def purge_failed_imports(ctx: Context) -> list[str]:
+    """Remove the models whose import failed longer ago than the retention period
+    (``settings.failed_import_retention_seconds``, as for images); their pks. A failed import
+    keeps no tarball (``_fail`` deleted its copy) and no job ever used it."""
+    from datetime import timedelta
+
+    from gantry import timeutil
+
+    cutoff = timeutil.iso(
+        timeutil.now() - timedelta(seconds=ctx.settings.failed_import_retention_seconds)
+    )
+    removed = []
+    for model in ctx.store.models.failed_before(cutoff):
+        ctx.store.models.delete(model)
+        removed.append(model.pk)
+    if removed:
+        log.info("removed %s model imports that failed before %s", len(removed), cutoff)
+    return removed
+
+
+# Message on the imports queue: delete a removed model's tarball (the import function may
+# write models/, the API may not).
+DELETE_MODEL = "delete-model"
+
+
+def delete_tarball(ctx: Context, key: str) -> None:
+    """Delete a removed model's tarball: through the import function where the deployment has
+    one (its queue), else (the local stack) at once."""
+    import json
+
+    if not key.startswith(resources.PREFIX_MODELS):
+        raise ValueError(f"not a model tarball: {key}")
+    if ctx.settings.imports_queue_url:
+        ctx.clients.sqs.send_message(
+            QueueUrl=ctx.settings.imports_queue_url,
+            MessageBody=json.dumps({"gantry": DELETE_MODEL, "key": key}),
+        )
+    else:
+        ctx.clients.s3.delete_object(Bucket=ctx.settings.bucket_name, Key=key)
+
+
 def _set(ctx: Context, pk: str, **fields: Any) -> AlgorithmModel:
     return ctx.store.models.update(pk, lambda current: current.model_copy(update=fields))

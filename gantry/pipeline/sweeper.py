@@ -53,6 +53,7 @@ class SweepReport:
     drops_started: list[str] = field(default_factory=list)
     results_written: list[str] = field(default_factory=list)
     imports_removed: list[str] = field(default_factory=list)
+    models_removed: list[str] = field(default_factory=list)
     runs_resumed: list[str] = field(default_factory=list)
     items_written_back: list[str] = field(default_factory=list)
 
@@ -65,6 +66,7 @@ def sweep(
     margin: younger ones are left to their notification)."""
     from gantry.pipeline.dropbox import reconcile_drops
     from gantry.pipeline.image_import import purge_ended_imports
+    from gantry.pipeline.model_import import purge_failed_imports
 
     report = _sweep_jobs(ctx, limit)
     settle = (
@@ -74,6 +76,7 @@ def sweep(
     report.drops_started = drops.started
     report.results_written = drops.announced
     report.imports_removed = purge_ended_imports(ctx)
+    report.models_removed = purge_failed_imports(ctx)
     report.runs_resumed = _resume_runs(ctx)
     report.items_written_back = _redo_write_backs(ctx)
     return report

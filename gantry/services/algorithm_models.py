@@ -89,6 +89,32 @@ def desired_pks(ctx: Context, algorithm_pks: set[str]) -> set[str]:
     return {d.pk for d in desired if d is not None}
 
 
+def delete_model(ctx: Context, user: User, pk: str) -> None:
+    """Remove a model and its tarball (editors). Not the desired model (activate another or
+    deactivate it first) and not one still importing: the next jobs always get the model
+    they were told. A job created with it that has not started yet fails to start."""
+    from gantry.pipeline.model_import import FINISHED, delete_tarball
+
+    model, algorithm = visible_model(ctx, user, pk)
+    if not access.algorithm_model(user, Action.CHANGE, model, algorithm):
+        raise PermissionDenied(EDITORS_ONLY)
+    if pk in desired_pks(ctx, {algorithm.pk}):
+        raise ValidationFailed(
+            "This model is the algorithm's desired model: activate another or deactivate it "
+            "before removing it",
+            field="is_desired_version",
+        )
+    if model.import_status not in FINISHED:
+        raise ValidationFailed(
+            f"The model's import is {model.import_status.value}: wait for it to end before "
+            "removing the model",
+            field="import_status",
+        )
+    ctx.store.models.delete(model)
+    if model.key:
+        delete_tarball(ctx, model.key)
+
+
 def change_model(
     ctx: Context,
     user: User,

@@ -15,6 +15,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from gantry import resources, timeutil
 from gantry.algorithms import AlgorithmModel, ImportStatus
 from gantry.errors import NotFound
 from gantry.store import keys
@@ -91,7 +92,18 @@ class AlgorithmModelStore:
             current = AlgorithmModel.model_validate(stored.doc)
             new = change(current)
             updated[:] = [new or current]
-            return None if new is None else (new.model_dump(mode="json"), {})
+            if new is None:
+                return None
+            attributes = {}
+            if new.import_status is ImportStatus.FAILED and current.import_status is not (
+                ImportStatus.FAILED
+            ):
+                # Listed by the time it failed, for the clean-up after the retention period.
+                attributes = {
+                    "GSI3PK": keys.FAILED_MODEL_IMPORTS,
+                    "GSI3SK": f"{timeutil.iso()}#{pk}",
+                }
+            return new.model_dump(mode="json"), attributes
 
         if self.table.update_doc(keys.algorithm_model(pk), mutate) is None:
             raise NotFound(f"Algorithm model {pk} not found")
@@ -131,6 +143,41 @@ class AlgorithmModelStore:
                     raise DuplicateModel(str(holder["model_pk"])) from None
                 # Otherwise the model item changed under us: read it again.
         raise ConditionFailed(f"Algorithm model {pk} kept changing")
+
+    def delete(self, model: AlgorithmModel) -> None:
+        """Remove the model's record, its sha256 claim and the pointer to it (if it is the
+        desired one); its tarball is the caller's."""
+        self.table._table.delete_item(Key={PK: keys.algorithm_model(model.pk), SK: MAIN_SK})
+        if model.sha256:
+            claim = keys.algorithm_model_sha256(model.algorithm, model.sha256)
+            try:
+                self.table._table.delete_item(
+                    Key={PK: claim, SK: MAIN_SK},
+                    ConditionExpression="model_pk = :m",
+                    ExpressionAttributeValues={":m": model.pk},
+                )
+            except ClientError as error:
+                if not is_condition_failure(error):
+                    raise
+        self.clear_desired(model.algorithm, model.pk)
+
+    def failed_before(self, moment: str) -> list[AlgorithmModel]:
+        """Models whose import failed before ``moment`` (ISO time)."""
+        from boto3.dynamodb.conditions import Key
+
+        index = resources.GSI_BY_STATUS
+        kwargs: dict[str, Any] = {
+            "IndexName": index.name,
+            "KeyConditionExpression": Key(index.partition_key).eq(keys.FAILED_MODEL_IMPORTS)
+            & Key(index.sort_key).lt(moment),
+        }
+        found: list[AlgorithmModel] = []
+        while True:
+            page = self.table._table.query(**kwargs)
+            found.extend(AlgorithmModel.model_validate(json.loads(i["doc"])) for i in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     # --- the desired model ----------------------------------------------------------------
 

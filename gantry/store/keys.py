@@ -79,6 +79,8 @@ def algorithm_image_sha256(algorithm_pk: str, sha256: str) -> str:
 
 # Imports that ended Failed or Cancelled, by the time they ended (on the by-status index).
 ENDED_IMPORTS = "ALGIMGS-ENDED"
+# Model imports that ended Failed, by the time they failed (on the by-status index).
+FAILED_MODEL_IMPORTS = "ALGMODELS-FAILED"
 
 
 def job(pk: str) -> str:

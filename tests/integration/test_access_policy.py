@@ -281,6 +281,28 @@ def _list_requests(w: World, client: ApiClient, role: str) -> tuple[int, Any, di
     return status, body, headers
 
 
+def _spare_model(w: World) -> str:
+    """Another imported model of the creator's algorithm, not its desired one."""
+    import uuid
+
+    from gantry.algorithms import AlgorithmModel, ImportStatus
+
+    pk = str(uuid.uuid4())
+    w.ctx.store.models.create(
+        AlgorithmModel(
+            pk=pk,
+            algorithm=w.algorithm["pk"],
+            creator="alice",
+            created=timeutil.iso(),
+            import_status=ImportStatus.COMPLETED,
+            sha256="sha256:" + pk.replace("-", "")[:32] * 2,
+            size_in_storage=1,
+            key=f"models/{w.algorithm['pk']}/{pk}.tar.gz",
+        )
+    )
+    return pk
+
+
 def _spare_image(w: World, **extra: Any) -> str:
     """Another image of the algorithm, not its desired version (an import queued with
     ``import_status``)."""
@@ -377,6 +399,9 @@ CASES: dict[tuple[str, str], Case] = {
     # Not an editor or user: the algorithm is not found, naming the field.
     ("POST", "/algorithms/models"): Case(
         lambda w, c, r: _post_model(w, c, r, "algorithms/models/"), 400, 201, 201
+    ),
+    ("DELETE", "/algorithms/models/{pk}"): Case(
+        lambda w, c, r: c.request("DELETE", f"algorithms/models/{_spare_model(w)}/"), 404, 204, 204
     ),
     ("GET", "/algorithms/models/{pk}"): Case(
         lambda w, c, r: c.get(f"algorithms/models/{_model(w)}/"), 404, 200, 200

@@ -351,3 +351,76 @@ def test_a_job_of_an_algorithm_without_a_model_names_none(ctx, api, platform):
     detail = api.get(f"algorithms/jobs/{job['pk']}/")[1]
     assert detail["algorithm_model"] is None
     assert detail["algorithm_model_sha256"] is None
+
+
+def test_an_editor_removes_a_model_and_its_tarball(ctx, api, api_bob, platform):
+    older = import_tarball(ctx, api, platform, MODEL_A)
+    newer = import_tarball(ctx, api, platform, MODEL_B)
+    key = ctx.store.models.get(older["pk"]).key
+    assert key is not None
+
+    # Not the desired model, not by a user of the algorithm.
+    status, body, _ = api.request("DELETE", f"algorithms/models/{newer['pk']}/")
+    assert status == 400, body
+    assert body["is_desired_version"] == [
+        "This model is the algorithm's desired model: activate another or deactivate it "
+        "before removing it"
+    ]
+    assert api_bob.request("DELETE", f"algorithms/models/{older['pk']}/")[0] == 404
+
+    status, _, _ = api.request("DELETE", f"algorithms/models/{older['pk']}/")
+    assert status == 204
+    assert api.get(f"algorithms/models/{older['pk']}/")[0] == 404
+    listed = api.get("algorithms/models/", query={"algorithm": platform["pk"]})[1]
+    assert [m["pk"] for m in listed["results"]] == [newer["pk"]]
+    objects = ctx.clients.s3.list_objects_v2(Bucket=ctx.settings.bucket_name, Prefix=key)
+    assert objects.get("KeyCount", 0) == 0
+    # Its bytes may be uploaded again (the sha256 claim went with it).
+    again = import_tarball(ctx, api, platform, MODEL_A)
+    assert again["import_status"] == "Completed", again["status"]
+
+
+def test_a_model_still_importing_is_not_removed(ctx, api, platform):
+    queued = post_model(ctx, api, platform, MODEL_A)
+    status, body, _ = api.request("DELETE", f"algorithms/models/{queued['pk']}/")
+    assert status == 400, body
+    assert body["import_status"] == [
+        "The model's import is Queued: wait for it to end before removing the model"
+    ]
+
+
+def test_on_a_deployment_the_import_function_deletes_the_removed_tarball(ctx, api, platform):
+    from lambdas import on_import
+
+    older = import_tarball(ctx, api, platform, MODEL_A)
+    import_tarball(ctx, api, platform, MODEL_B)
+    key = ctx.store.models.get(older["pk"]).key
+    imports = ctx.clients.sqs.create_queue(QueueName="gantry-imports")["QueueUrl"]
+    ctx.settings = ctx.settings.model_copy(update={"imports_queue_url": imports})
+
+    assert api.request("DELETE", f"algorithms/models/{older['pk']}/")[0] == 204
+
+    bucket = ctx.settings.bucket_name
+    assert ctx.clients.s3.list_objects_v2(Bucket=bucket, Prefix=key)["KeyCount"] == 1
+    messages = ctx.clients.sqs.receive_message(QueueUrl=imports, MaxNumberOfMessages=10)
+    bodies = [m["Body"] for m in messages["Messages"]]
+    assert on_import.process(ctx, sqs_event(bodies))["batchItemFailures"] == []
+    assert ctx.clients.s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0
+
+
+def test_failed_model_imports_are_removed_after_the_retention_period(ctx, api, platform):
+    from gantry.pipeline.model_import import purge_failed_imports
+    from gantry.pipeline.sweeper import sweep
+
+    failed = import_tarball(ctx, api, platform, b"not a tarball")
+    done = import_tarball(ctx, api, platform, MODEL_A)
+    assert failed["import_status"] == "Failed"
+
+    ctx.settings = ctx.settings.model_copy(update={"failed_import_retention_seconds": 3600})
+    assert purge_failed_imports(ctx) == []
+    assert api.get(f"algorithms/models/{failed['pk']}/")[0] == 200
+
+    ctx.settings = ctx.settings.model_copy(update={"failed_import_retention_seconds": 0})
+    assert sweep(ctx).models_removed == [failed["pk"]]
+    assert api.get(f"algorithms/models/{failed['pk']}/")[0] == 404
+    assert api.get(f"algorithms/models/{done['pk']}/")[0] == 200

@@ -121,4 +121,12 @@ def build(ctx: Context) -> APIGatewayRouter:
         )
         return shaped(model, urls_for(ctx, router))
 
+    @router.delete(
+        "/algorithms/models/<pk>/",
+        summary="Remove a model and its tarball (not the desired one, not while importing)",
+    )
+    def delete_algorithm_model(pk: str) -> tuple[None, int]:
+        algorithm_models.delete_model(ctx, current_user(router), pk)
+        return None, 204
+
     return router
