@@ -139,6 +139,7 @@ class LocalStack:
                 stack._serve_api()
             if dispatch:
                 stack._dispatch()
+                _preload_imaging()
             if sweep_every:
                 stack._every(sweep_every, stack.sweep, "sweeper")
         except BaseException:
@@ -491,6 +492,23 @@ class LocalStack:
         if self.endpoint is not None:
             self.endpoint.stop()
         self._exits.close()
+
+
+def _preload_imaging() -> None:
+    """Import SimpleITK in the background: the first uploaded image's check would otherwise
+    wait for it (about 1 s on a busy machine, mostly reading its 260 MB library from disk).
+    The stack is one long-lived process; a Lambda's cold path is not concerned."""
+
+    def load() -> None:
+        from gantry.sitk_loader import ensure_simpleitk
+
+        try:
+            ensure_simpleitk()
+            import SimpleITK  # noqa: F401
+        except Exception as error:  # the first image check reports it, as it always has
+            logger.debug("SimpleITK not preloaded: %s", error)
+
+    threading.Thread(target=load, daemon=True, name="gantry-preload").start()
 
 
 def _remove_tree(path: Path) -> None:
