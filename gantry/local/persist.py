@@ -893,7 +893,7 @@ def _part_copy_to_file(
     source_bucket = _bucket(source_bucket_name)
     source = source_bucket.keys.get(source_key) if source_bucket is not None else None
     path = _stored_file(store, source) if source is not None else None
-    if multipart is None or not 1 <= number <= 10_000 or path is None:
+    if multipart is None or not 1 <= number <= 10_000 or source is None or path is None:
         return None
     if_match = environ.get("HTTP_X_AMZ_COPY_SOURCE_IF_MATCH")
     if if_match is not None and if_match not in (source.etag, source.etag.strip('"')):
