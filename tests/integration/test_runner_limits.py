@@ -25,8 +25,10 @@ MANY_PROCESSES = [
     "i=0; while [ $i -lt 40 ]; do (sleep 30 &) 2>/dev/null; i=$((i+1)); done; "
     "ls /proc | grep -c '^[0-9]' > /output/count.json",
 ]
-# The bomb, then a loop of shell builtins (no fork) that only the time limit ends.
-FORK_BOMB = ["/bin/sh", "-c", "f() { f | f & }; f; while :; do :; done"]
+# The bomb, started from a subshell, then a loop of shell builtins (no fork) that only the
+# time limit ends. The looping shell forks once, before the bomb exists: were it to start the
+# bomb itself, a fork it lost to the bomb's first processes (a busy machine) would end it early.
+FORK_BOMB = ["/bin/sh", "-c", "(f() { f | f & }; f); while :; do :; done"]
 cgroups_writable = os.access("/sys/fs/cgroup", os.W_OK) or os.geteuid() == 0
 
 
