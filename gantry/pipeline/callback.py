@@ -8,19 +8,18 @@ checked per socket and the job ends Succeeded or Failed with grand-challenge's m
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from gantry import contract, resources, timeutil
-from gantry.algorithms import Algorithm
 from gantry.compute.base import ComputeState, public_reason
 from gantry.context import Context
 from gantry.images import Image
-from gantry.interfaces import Interface
 from gantry.job_states import JobStatus
 from gantry.jobs import STREAM_TAIL_LINES, Job
+from gantry.pipeline.lifecycle import finish
+from gantry.pipeline.provision import start_job
 from gantry.services import catalog
 
 logger = logging.getLogger(__name__)
@@ -174,8 +173,6 @@ def _drop_unkept_files(ctx: Context, job_pk: str, drafts: list[dict[str, Any]]) 
 
 
 def _retry_or_fail(ctx: Context, job: Job, event: ComputeState) -> Job | None:
-    from gantry.pipeline.provision import start_job
-
     host_attempts = job.attempt - job.capacity_retries
     if host_attempts >= ctx.settings.max_attempts:
         return finish(
@@ -194,79 +191,3 @@ def _retry_or_fail(ctx: Context, job: Job, event: ComputeState) -> Job | None:
     if requeued is not None:
         start_job(ctx, job.pk)
     return requeued
-
-
-def finish(
-    ctx: Context,
-    job: Job,
-    status: JobStatus,
-    changes: dict[str, Any],
-    loaded: tuple[Algorithm, dict[str, Interface]] | None = None,
-) -> Job | None:
-    """End the job (if this attempt is still current) and announce it. ``loaded``: the job's
-    algorithm and its sockets, when the caller has read them already."""
-    done = ctx.store.jobs.transition(job.pk, attempt=job.attempt, status=status, changes=changes)
-    if done is not None:
-        publish(ctx, done, loaded)
-    return done
-
-
-def publish(
-    ctx: Context, job: Job, loaded: tuple[Algorithm, dict[str, Interface]] | None = None
-) -> None:
-    """Tell downstream consumers (drop folder, users' rules) that a job ended."""
-    detail = job_event_detail(ctx, job, loaded)
-    detail_type = (
-        resources.DETAIL_TYPE_JOB_SUCCEEDED
-        if job.status is JobStatus.SUCCESS
-        else resources.DETAIL_TYPE_JOB_FAILED
-    )
-    try:
-        ctx.clients.events.put_events(
-            Entries=[
-                {
-                    "Source": resources.EVENT_SOURCE,
-                    "DetailType": detail_type,
-                    "Detail": json.dumps(detail),
-                    "EventBusName": ctx.settings.event_bus_name,
-                }
-            ]
-        )
-    except Exception:  # the job is final either way; a lost announcement must not undo it
-        logger.exception("could not publish the end of job %s", job.pk)
-
-
-def job_event_detail(
-    ctx: Context, job: Job, loaded: tuple[Algorithm, dict[str, Interface]] | None = None
-) -> dict[str, Any]:
-    """The detail of the "Gantry Job …" event that announces the end of ``job``."""
-    if loaded is None:
-        algorithm = ctx.store.algorithms.get(job.algorithm)
-        loaded = algorithm, catalog.sockets_of(ctx, [algorithm])
-    algorithm, sockets = loaded
-    outputs = []
-    for value in job.outputs:
-        socket = sockets.get(value.socket)
-        image_keys = [f.key for f in ctx.store.images.get(value.image).files] if value.image else []
-        outputs.append(
-            {
-                "socket": value.socket,
-                "relative_path": socket.relative_path if socket else None,
-                "value": value.value,
-                "key": value.file,
-                "image": value.image,
-                "image_keys": image_keys,
-            }
-        )
-    return {
-        "job": job.pk,
-        "algorithm": job.algorithm,
-        "algorithm_slug": algorithm.slug,
-        "status": job.status.label,
-        "error_message": job.error_message,
-        "source": job.source,
-        "source_ref": job.source_ref,
-        "exec_duration": job.exec_duration,
-        "invoke_duration": job.invoke_duration,
-        "outputs": outputs,
-    }

@@ -16,7 +16,7 @@ import logging
 from gantry.context import Context
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
-from gantry.pipeline.callback import publish
+from gantry.pipeline.lifecycle import publish
 
 logger = logging.getLogger(__name__)
 CANCELLED_MESSAGE = "The job was cancelled"

@@ -623,7 +623,7 @@ def reconcile_drops(
     than ``settle_seconds`` are left to their notification. ``orphaned``: no handler of the
     drop folder runs (a start after a crash), so claims left in progress are taken over now
     rather than when their lease runs out."""
-    from gantry.pipeline.callback import job_event_detail
+    from gantry.pipeline.lifecycle import job_event_detail
 
     report = DropSweep()
     bucket = ctx.settings.bucket_name

@@ -125,7 +125,7 @@ def _ready(value: SocketValue, change: dict[str, Any] | None) -> SocketValue:
 
 
 def _fail(ctx: Context, job: Job, errors: dict[str, str]) -> None:
-    from gantry.pipeline.callback import finish
+    from gantry.pipeline.lifecycle import finish
 
     messages = [f"Input '{slug}': {message}" for slug, message in errors.items()]
     summary = messages[0] if len(messages) == 1 else "; ".join(messages)

@@ -23,6 +23,7 @@ from gantry.interfaces import Interface
 from gantry.job_states import JobStatus, can_transition
 from gantry.jobs import Job
 from gantry.kinds import spec
+from gantry.pipeline.lifecycle import fail
 from gantry.services import catalog
 from gantry.urls import Urls
 
@@ -191,11 +192,3 @@ def _back_off(ctx: Context, job: Job, reason: str) -> None:
         attempt=job.attempt,
         changes={"not_before": not_before, "capacity_retries": retries},
     )
-
-
-def fail(ctx: Context, job_pk: str, attempt: int, message: str) -> None:
-    from gantry.pipeline.callback import finish
-
-    job = ctx.store.jobs.find(job_pk)
-    if job is not None and job.attempt == attempt:
-        finish(ctx, job, JobStatus.FAILURE, {"error_message": message})

@@ -23,7 +23,8 @@ from gantry.compute.base import ComputeState
 from gantry.context import Context
 from gantry.job_states import IN_FLIGHT, JobStatus
 from gantry.jobs import Job
-from gantry.pipeline.callback import finish, handle_compute_event
+from gantry.pipeline.callback import handle_compute_event
+from gantry.pipeline.lifecycle import finish
 from gantry.pipeline.provision import start_job
 from gantry.pipeline.wiring import validate_inputs_message
 

@@ -12,7 +12,7 @@ import pytest
 from gantry import resources
 from gantry.job_states import JobStatus
 from gantry.jobs import SocketValue
-from gantry.pipeline.callback import finish
+from gantry.pipeline.lifecycle import finish
 from tests.conftest import ApiClient, sqs_event
 from tests.integration.test_inputs_support import make_algorithm, make_socket
 

@@ -280,7 +280,7 @@ def test_finished_job_writes_results(drop, tmp_path: Path) -> None:
         SocketValue(pk=101, socket="report", file=report_key),
         SocketValue(pk=102, socket="heat-map", image="out-image"),
     ]
-    from gantry.pipeline.callback import publish
+    from gantry.pipeline.lifecycle import publish
 
     done = ctx.store.jobs.transition(
         job.pk,

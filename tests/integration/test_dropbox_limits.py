@@ -9,7 +9,7 @@ import pytest
 
 from gantry import resources
 from gantry.job_states import JobStatus
-from gantry.pipeline.callback import finish
+from gantry.pipeline.lifecycle import finish
 from tests.integration.test_dropbox import OWNER, deliver, drain, drop, dropbox_jobs, put
 from tests.integration.test_inputs_support import read_key
 
