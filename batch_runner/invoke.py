@@ -26,6 +26,7 @@ from batch_runner.staging import (
 from batch_runner.transfer import s3_client
 from batch_runner.users import ImageUser, UserError, resolve_image_user, resolve_user
 from gantry.contract import InferenceResult, Invocation, ResultOutput, sign
+from gantry.failures import OUT_OF_MEMORY, TIME_LIMIT, exited_with
 from gantry.resources import (
     API_METHOD_INVOKE,
     ENV_ALGORITHM_USER,
@@ -40,8 +41,6 @@ NOT_EXECUTABLE = 126
 NOT_FOUND = 127
 OOM_KILLED = 137
 
-MSG_TIMEOUT = "Time limit exceeded"
-MSG_OOM = "The container was killed as it exceeded its memory limit"
 MSG_INTERNAL = "An internal error occurred in the job runner"
 
 # Secrets and platform wiring the algorithm must not see.
@@ -119,15 +118,15 @@ def check_command(
 
 def error_message(outcome: process.Outcome) -> str | None:
     if outcome.timed_out:
-        return MSG_TIMEOUT
+        return TIME_LIMIT
     if outcome.return_code == 0:
         return None
     if outcome.return_code == OOM_KILLED:
-        return MSG_OOM
+        return OUT_OF_MEMORY
     for line in reversed(outcome.stderr_tail):
         if line.strip():
             return line.strip()
-    return f"The algorithm exited with code {outcome.return_code}"
+    return exited_with(outcome.return_code)
 
 
 def _use_sandbox(config: RunnerConfig, log: JsonLog, image_user: ImageUser | None) -> bool:

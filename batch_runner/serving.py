@@ -24,8 +24,6 @@ from typing import Any
 from batch_runner import __version__, limits, process
 from batch_runner.config import RunnerConfig
 from batch_runner.invoke import (
-    MSG_OOM,
-    MSG_TIMEOUT,
     OOM_KILLED,
     SETUP_FAILED,
     SetupError,
@@ -42,6 +40,7 @@ from batch_runner.staging import clear_root, stage_inputs
 from batch_runner.transfer import s3_client
 from batch_runner.users import resolve_image_user
 from gantry.contract import InferenceResult, Invocation
+from gantry.failures import OUT_OF_MEMORY, TIME_LIMIT
 
 
 class InvokeSession:
@@ -167,10 +166,10 @@ class InvokeSession:
             message = str(error)
             if message.startswith("Invoke time limit"):
                 # As in exec mode; the server's state is unknown: it does not serve again.
-                message = MSG_TIMEOUT
+                message = TIME_LIMIT
                 self.stop()
             if self.confinement is not None and self.confinement.oom_killed():
-                message, result["return_code"] = MSG_OOM, OOM_KILLED
+                message, result["return_code"] = OUT_OF_MEMORY, OOM_KILLED
                 self.stop()
             log.error(message + (f" ({error.detail})" if error.detail else ""))
             result["user_safe_error_message"] = message

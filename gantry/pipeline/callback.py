@@ -12,7 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from gantry import contract, resources, timeutil
+from gantry import contract, failures, resources, timeutil
 from gantry.compute.base import ComputeState, public_reason
 from gantry.context import Context
 from gantry.images import Image
@@ -24,8 +24,6 @@ from gantry.services import catalog
 
 logger = logging.getLogger(__name__)
 MAX_TAIL_CHARS = 64 * 1024
-MEMORY_MESSAGE = "The container was killed as it exceeded its memory limit"
-TIMEOUT_MESSAGE = "Time limit exceeded"
 # Service status words that mean the algorithm's container is running now.
 RUNNING_WORDS = frozenset({"RUNNING", "InProgress"})
 TIMEOUT_REASONS = ("attempt duration exceeded timeout", "maxruntimeexceeded", "max runtime")
@@ -93,9 +91,9 @@ def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
         if event.retryable:
             return _retry_or_fail(ctx, job, event)
         if timed_out(event):
-            return finish(ctx, job, JobStatus.FAILURE, {"error_message": TIMEOUT_MESSAGE})
+            return finish(ctx, job, JobStatus.FAILURE, {"error_message": failures.TIME_LIMIT})
         if event.exit_code == 137:
-            return finish(ctx, job, JobStatus.FAILURE, {"error_message": MEMORY_MESSAGE})
+            return finish(ctx, job, JobStatus.FAILURE, {"error_message": failures.OUT_OF_MEMORY})
         logger.warning(
             "job %s attempt %s ended without a result: %s", job.pk, attempt, event.reason
         )
@@ -124,9 +122,7 @@ def complete(ctx: Context, job: Job, event: ComputeState) -> Job | None:
         "runtime_metrics": {"sandboxed": result.sandboxed, "runner_version": result.runner_version},
     }
     if result.return_code != 0 or result.user_safe_error_message:
-        message = result.user_safe_error_message or (
-            f"The algorithm exited with code {result.return_code}"
-        )
+        message = result.user_safe_error_message or failures.exited_with(result.return_code)
         changes.update(error_message=message, detailed_error_message=result.output_errors)
         return finish(ctx, job, JobStatus.FAILURE, changes)
 

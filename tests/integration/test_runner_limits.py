@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from batch_runner import limits
-from batch_runner.invoke import MSG_OOM
+from gantry.failures import OUT_OF_MEMORY
 from tests.runner_rootfs import WORKDIR, build_busybox_root, remove
 
 # Doubles a string until something stops it: 32 MiB are reached in a few steps.
@@ -67,7 +67,7 @@ def leftover_groups(lines: list[dict]) -> list[str]:
 def test_over_its_memory_limit_the_job_fails_with_the_memory_message(runner_job, rootfs):
     result, lines = run(runner_job, rootfs, MEMORY_HOG, memory_limit_mb=32)
     assert result.return_code == 137, (result.user_safe_error_message, lines)
-    assert result.user_safe_error_message == MSG_OOM
+    assert result.user_safe_error_message == OUT_OF_MEMORY
     mechanism = next(line["log"] for line in lines if line["log"].startswith("Resource limits"))
     if cgroups_writable:
         assert "enforced by cgroup v" in mechanism
