@@ -40,6 +40,8 @@ GLOBAL_INDEXES: tuple[GlobalIndex, ...] = (
 )
 
 # --- S3: one bucket, prefixes ----------------------------------------------------------------
+# Every key Gantry writes is built here, so the layout is read in one place. Stored data is
+# found by these keys: change one and what is already in the bucket can no longer be found.
 
 PREFIX_UPLOADS = "uploads/"
 PREFIX_VALUES = "values/"
@@ -82,6 +84,41 @@ def io_model_key(job_pk: str, attempt: int) -> str:
 
 def result_key(output_prefix: str) -> str:
     return f"{output_prefix}{RESULT_FILE_SUFFIX}"
+
+
+def upload_key(username: str, upload_pk: str, filename: str) -> str:
+    """Where a user's upload (one of ``uploads/``) is stored."""
+    return f"{PREFIX_UPLOADS}{username}/{upload_pk}/{filename}"
+
+
+def value_key(scope: str, value_pk: int, filename: str) -> str:
+    """Where an uploaded file value is kept: ``scope`` is its job's (or archive item's) pk."""
+    return f"{PREFIX_VALUES}{scope}/{value_pk}/{filename}"
+
+
+def output_value_key(job_pk: str, attempt: int, socket_slug: str, filename: str) -> str:
+    """Where a job's output file is kept: one key per job, attempt and socket."""
+    return f"{PREFIX_VALUES}{job_pk}/{attempt}/{socket_slug}/{filename}"
+
+
+def archive_value_key(item_pk: str, job_pk: str, socket_slug: str, filename: str) -> str:
+    """Where an archive item keeps a file its job wrote: one key per item, job and socket."""
+    return f"{PREFIX_VALUES}{item_pk}/{job_pk}/{socket_slug}/{filename}"
+
+
+def image_file_key(image_pk: str, filename: str) -> str:
+    """Where a file of an image (an input imported from uploads, or an output) is kept."""
+    return f"{PREFIX_VALUES}images/{image_pk}/{filename}"
+
+
+def dropbox_folder(slug: str, case: str | None = None) -> str:
+    """The drop folder of an algorithm, or of one case folder in it."""
+    return f"{PREFIX_DROPBOX}{slug}/" + (f"{case}/" if case is not None else "")
+
+
+def dropbox_results_prefix(ref: str) -> str:
+    """Where the results of the drop ``ref`` (``<algorithm-slug>/<case>``) are written."""
+    return f"{PREFIX_DROPBOX_RESULTS}{ref}/"
 
 
 # --- Events ----------------------------------------------------------------------------------

@@ -79,8 +79,8 @@ def drop(
         name = case or _case_name(algorithm, path)
         _check_name("--case", name)
         s3, bucket_name = _s3(endpoint_url, bucket, state_dir)
-        folder = f"{resources.PREFIX_DROPBOX}{algorithm}/{name}/"
-        results = f"{resources.PREFIX_DROPBOX_RESULTS}{algorithm}/{name}/"
+        folder = resources.dropbox_folder(algorithm, name)
+        results = resources.dropbox_results_prefix(f"{algorithm}/{name}")
         with _s3_errors():
             before = {key: _signature(s3, bucket_name, results + key) for key in _RESULT_FILES}
             with transfer_progress() as progress:
@@ -149,7 +149,7 @@ def _case_name(algorithm: str, path: Path) -> str:
     if path.is_dir():
         return path.resolve().name
     # The name the drop folder itself gives a file dropped without a case folder.
-    parsed = parse_drop_key(f"{resources.PREFIX_DROPBOX}{algorithm}/{path.name}")
+    parsed = parse_drop_key(resources.dropbox_folder(algorithm) + path.name)
     return parsed.case if parsed is not None else path.name
 
 

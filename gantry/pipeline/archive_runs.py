@@ -585,7 +585,7 @@ def _written(item_pk: str, job_pk: str, output: SocketValue) -> SocketValue:
     """An output as the item keeps it: a file is copied to a key of its own (one per job)."""
     if output.file:
         name = posixpath.basename(output.file)
-        key = f"{resources.PREFIX_VALUES}{item_pk}/{job_pk}/{output.socket}/{name}"
+        key = resources.archive_value_key(item_pk, job_pk, output.socket, name)
         return SocketValue(pk=0, socket=output.socket, file=key)
     return SocketValue(pk=0, socket=output.socket, value=output.value, image=output.image)
 

@@ -147,15 +147,11 @@ class Drop:
 
     @property
     def folder(self) -> str:
-        return f"{resources.PREFIX_DROPBOX}{self.slug}/{self.case}/"
+        return resources.dropbox_folder(self.slug, self.case)
 
     @property
     def results(self) -> str:
-        return results_prefix(self.ref)
-
-
-def results_prefix(ref: str) -> str:
-    return f"{resources.PREFIX_DROPBOX_RESULTS}{ref}/"
+        return resources.dropbox_results_prefix(self.ref)
 
 
 def _stem(filename: str) -> str:
@@ -470,7 +466,6 @@ def _upload_copy(
     filename: str,
 ) -> Upload:
     """An owner's completed upload holding a server-side copy of the dropped file."""
-    from gantry.services.uploads import upload_key
 
     try:
         UploadCreate(filename=filename)
@@ -481,10 +476,8 @@ def _upload_copy(
         return ctx.store.uploads.get(pk)
     except NotFound:
         pass
-    source = (folder if drop.in_case_folder else f"{resources.PREFIX_DROPBOX}{drop.slug}/") + (
-        filename
-    )
-    key = upload_key(owner, pk, filename)
+    source = (folder if drop.in_case_folder else resources.dropbox_folder(drop.slug)) + filename
+    key = resources.upload_key(owner, pk, filename)
     bucket = ctx.settings.bucket_name
     try:
         copy_object(ctx.clients.s3, bucket, source, key)
@@ -507,7 +500,7 @@ def _upload_copy(
 
 
 def write_error(ctx: Context, ref: str, reason: str, **extra: Any) -> None:
-    _put_json(ctx, results_prefix(ref) + ERROR_FILE, {"reason": reason, **extra})
+    _put_json(ctx, resources.dropbox_results_prefix(ref) + ERROR_FILE, {"reason": reason, **extra})
 
 
 def _put_json(ctx: Context, key: str, body: Any) -> None:
@@ -538,7 +531,7 @@ def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
     ref = detail.get("source_ref") or ""
     if detail.get("source") != SOURCE or not _safe_ref(ref):
         return False
-    prefix = results_prefix(ref)
+    prefix = resources.dropbox_results_prefix(ref)
     bucket = ctx.settings.bucket_name
     written = []
     for output in detail.get("outputs") or []:

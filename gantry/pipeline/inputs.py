@@ -70,11 +70,6 @@ def image_pk_for(job_pk: str, socket_slug: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:{job_pk}:input:{socket_slug}"))
 
 
-def value_key(scope: str, value_pk: int, filename: str) -> str:
-    """Where an uploaded file value is kept: ``scope`` is its job's (or archive item's) pk."""
-    return f"{resources.PREFIX_VALUES}{scope}/{value_pk}/{filename}"
-
-
 def validate_pending_inputs(ctx: Context, job_pk: str) -> None:
     job = ctx.store.jobs.find(job_pk)
     if job is None or job.status is not JobStatus.VALIDATING_INPUTS:
@@ -248,7 +243,7 @@ def store_prepared_image(
     A single upload (``uploads``) stored as it is is copied in the bucket, not uploaded."""
     from gantry import imaging
 
-    key = f"{resources.PREFIX_VALUES}images/{image_pk}/{prepared.name}"
+    key = resources.image_file_key(image_pk, prepared.name)
     if uploads and len(uploads) == 1 and prepared.path == paths[0]:
         # A server-side copy (a link on one machine) instead of an upload of the same bytes.
         copy_object(ctx.clients.s3, ctx.settings.bucket_name, uploads[0].key, key)
@@ -290,7 +285,7 @@ def _import_from_header(
         info = imaging.read_image_info(header)
     except imaging.ImageError as error:
         raise InputError(f"the file '{name}' is not a readable image: {error}") from None
-    key = f"{resources.PREFIX_VALUES}images/{image_pk}/{name}"
+    key = resources.image_file_key(image_pk, name)
     copy_object(ctx.clients.s3, bucket, upload.key, key)
     image = imaging.image_from(
         info, pk=image_pk, name=name, owner=owner, key=key, created=timeutil.iso()
@@ -336,7 +331,7 @@ def _plain_file(
             )
     if socket.kind in _TEXT_KINDS:
         _check_text(ctx, socket.kind, upload)
-    return {"file": _copy(ctx, upload, value_key(scope, value.pk, name))}
+    return {"file": _copy(ctx, upload, resources.value_key(scope, value.pk, name))}
 
 
 def _head(ctx: Context, upload: Upload) -> bytes:
@@ -425,7 +420,7 @@ def _json_file(
                 f"at most {MAX_JSON_BYTES // 1024} KiB"
             )
         return {"value": parsed}
-    return {"file": _copy(ctx, upload, value_key(scope, value.pk, name))}
+    return {"file": _copy(ctx, upload, resources.value_key(scope, value.pk, name))}
 
 
 # --- upload notifications ---------------------------------------------------------------------

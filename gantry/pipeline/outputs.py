@@ -95,7 +95,7 @@ def _keep(ctx: Context, job: Job, socket: Interface, source_key: str) -> str:
     # One key per job, attempt and socket: a repeated completion (a duplicate event, a retry
     # after a crash) writes the same bytes to the same key instead of leaving stray copies.
     name = posixpath.basename(source_key)
-    key = f"{resources.PREFIX_VALUES}{job.pk}/{job.attempt}/{socket.slug}/{name}"
+    key = resources.output_value_key(job.pk, job.attempt, socket.slug, name)
     bucket = ctx.settings.bucket_name
     copy_object(ctx.clients.s3, bucket, source_key, key)
     return key
@@ -176,7 +176,7 @@ def _image_output(
                 f"The output image '{socket.relative_path}/{name}' could not be read: {error}"
             ) from error
     image_pk = str(uuid.uuid5(uuid.NAMESPACE_URL, f"gantry:{job.pk}:{job.attempt}:{socket.slug}"))
-    key = f"{resources.PREFIX_VALUES}images/{image_pk}/{name}"
+    key = resources.image_file_key(image_pk, name)
     bucket = ctx.settings.bucket_name
     copy_object(ctx.clients.s3, bucket, source_key, key)
     image = imaging.image_from(

@@ -14,13 +14,9 @@ from gantry.uploads import CompleteUpload, PartNumbers, Upload, UploadCreate, Up
 from gantry.users import User
 
 
-def upload_key(username: str, pk: str, filename: str) -> str:
-    return f"{resources.PREFIX_UPLOADS}{username}/{pk}/{filename}"
-
-
 def create(ctx: Context, user: User, body: UploadCreate) -> Upload:
     pk = str(uuid.uuid4())
-    key = upload_key(user.username, pk, body.filename)
+    key = resources.upload_key(user.username, pk, body.filename)
     response = ctx.clients.s3.create_multipart_upload(Bucket=ctx.settings.bucket_name, Key=key)
     upload = Upload(
         pk=pk,

@@ -33,7 +33,7 @@ from moto import mock_aws
 from gantry import resources, timeutil
 from gantry.context import Context
 from gantry.provision import ensure_data
-from gantry.services.uploads import upload_key
+from gantry.resources import upload_key
 from gantry.settings import Settings
 from tests.conftest import sqs_event
 from tests.iam.calls import Call, Recorder, recording, recording_registry, to_requests

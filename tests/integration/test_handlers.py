@@ -218,7 +218,8 @@ def test_the_import_handler_takes_one_import_with_the_time_it_has_left(cold, mon
 
 
 def test_the_drop_folder_handler_writes_why_a_drop_gives_no_job(cold, settings) -> None:
-    from gantry.pipeline.dropbox import ERROR_FILE, results_prefix
+    from gantry.pipeline.dropbox import ERROR_FILE
+    from gantry.resources import dropbox_results_prefix
     from lambdas import on_dropbox
 
     key = f"{resources.PREFIX_DROPBOX}no-such-algorithm/case1.mha"
@@ -228,7 +229,7 @@ def test_the_drop_folder_handler_writes_why_a_drop_gives_no_job(cold, settings) 
     response = on_dropbox.handler(event, LambdaContext(function_name="gantry-on-dropbox"))
 
     assert response == {"batchItemFailures": []}
-    error_key = results_prefix("no-such-algorithm/case1") + ERROR_FILE
+    error_key = dropbox_results_prefix("no-such-algorithm/case1") + ERROR_FILE
     body = cold.clients.s3.get_object(Bucket=settings.bucket_name, Key=error_key)["Body"].read()
     assert "Unknown algorithm 'no-such-algorithm'" in body.decode()
 

@@ -9,8 +9,8 @@ from gantry.algorithms import Algorithm, AlgorithmFields, AlgorithmImage, Algori
 from gantry.context import Context
 from gantry.interfaces import Interface, InterfaceFields
 from gantry.jobs import Job
+from gantry.resources import upload_key
 from gantry.services.jobs import JobCreate, JobInput, create_job
-from gantry.services.uploads import upload_key
 from gantry.uploads import Upload, UploadStatus
 from gantry.urls import Urls
 
