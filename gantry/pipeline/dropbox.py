@@ -58,7 +58,7 @@ from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.kinds import spec
 from gantry.store import keys
-from gantry.store.table import MAIN_SK, is_condition_failure
+from gantry.store.table import MAIN_SK
 from gantry.uploads import Upload, UploadCreate, UploadStatus
 
 logger = logging.getLogger(__name__)
@@ -330,33 +330,15 @@ def _claim(
         orphaned = True  # taken by a run of the stack that has ended (a crash)
     if int(item.get("lease_until", 0)) > now and not orphaned:
         raise ClaimBusy(f"the drop {identity} is being handled")
-    try:  # take over an expired lease; of two takers only one passes the condition
-        table._table.update_item(
-            Key={resources.PARTITION_KEY: claim_pk, resources.SORT_KEY: MAIN_SK},
-            UpdateExpression="SET lease_until = :new",
-            ConditionExpression="lease_until = :old AND #s = :progress",
-            ExpressionAttributeNames={"#s": "state"},
-            ExpressionAttributeValues={
-                ":new": now + CLAIM_LEASE_SECONDS,
-                ":old": item.get("lease_until", 0),
-                ":progress": IN_PROGRESS,
-            },
-        )
-    except ClientError as error:
-        if is_condition_failure(error):
-            raise ClaimBusy(f"the drop {identity} is being handled") from None
-        raise
-    return True, None
-
-
-def _set_claim(ctx: Context, claim_pk: str, **values: Any) -> None:
-    names = {f"#{i}": name for i, name in enumerate(values)}
-    ctx.store.table._table.update_item(
-        Key={resources.PARTITION_KEY: claim_pk, resources.SORT_KEY: MAIN_SK},
-        UpdateExpression="SET " + ", ".join(f"#{i} = :{i}" for i in range(len(values))),
-        ExpressionAttributeNames=names,
-        ExpressionAttributeValues={f":{i}": v for i, v in enumerate(values.values())},
+    # Take over an expired lease; of two takers only one passes the condition.
+    taken = table.set_attributes(
+        claim_pk,
+        {"lease_until": now + CLAIM_LEASE_SECONDS},
+        expected={"lease_until": item.get("lease_until", 0), "state": IN_PROGRESS},
     )
+    if not taken:
+        raise ClaimBusy(f"the drop {identity} is being handled")
+    return True, None
 
 
 def _complete_claim(ctx: Context, claim_pk: str, *, job_pk: str | None, error: str = "") -> None:
@@ -365,7 +347,7 @@ def _complete_claim(ctx: Context, claim_pk: str, *, job_pk: str | None, error: s
         values["job_pk"] = job_pk
     if error:
         values["error"] = error
-    _set_claim(ctx, claim_pk, **values)
+    ctx.store.table.set_attributes(claim_pk, values)
 
 
 def _create_once(
@@ -576,11 +558,7 @@ def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
 def start_waiting_drops(ctx: Context) -> DropSweep | None:
     """A drop-folder job ended, so a slot may be free: start the drops that wait for one.
     Only when some wait (a marker item), so ordinary job ends list nothing."""
-    response = ctx.store.table._table.delete_item(
-        Key={resources.PARTITION_KEY: WAITING_KEY, resources.SORT_KEY: MAIN_SK},
-        ReturnValues="ALL_OLD",
-    )
-    if not response.get("Attributes"):
+    if ctx.store.table.pop(WAITING_KEY) is None:
         return None
     return reconcile_drops(ctx)
 

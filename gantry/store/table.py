@@ -168,6 +168,45 @@ class Table:
     def delete(self, pk: str, sk: str = MAIN_SK) -> None:
         self._table.delete_item(Key={PK: pk, SK: sk})
 
+    def pop(self, pk: str, sk: str = MAIN_SK) -> dict[str, Any] | None:
+        """Delete the item and return it as it was, or None if there was none: of several
+        callers at once only one gets it."""
+        response = self._table.delete_item(Key={PK: pk, SK: sk}, ReturnValues="ALL_OLD")
+        return response.get("Attributes") or None
+
+    def set_attributes(
+        self,
+        pk: str,
+        values: dict[str, Any],
+        *,
+        sk: str = MAIN_SK,
+        expected: dict[str, Any] | None = None,
+    ) -> bool:
+        """Set plain attributes of an item (not its doc); with ``expected``, only while each
+        named attribute has that value: False when one has not (another writer came first)."""
+        names = {f"#{i}": name for i, name in enumerate(values)}
+        attribute_values = {f":{i}": value for i, value in enumerate(values.values())}
+        request: dict[str, Any] = {
+            "Key": {PK: pk, SK: sk},
+            "UpdateExpression": "SET " + ", ".join(f"#{i} = :{i}" for i in range(len(values))),
+        }
+        if expected:
+            conditions = []
+            for i, (name, value) in enumerate(expected.items()):
+                names[f"#e{i}"] = name
+                attribute_values[f":e{i}"] = value
+                conditions.append(f"#e{i} = :e{i}")
+            request["ConditionExpression"] = " AND ".join(conditions)
+        request["ExpressionAttributeNames"] = names
+        request["ExpressionAttributeValues"] = attribute_values
+        try:
+            self._table.update_item(**request)
+        except ClientError as error:
+            if expected and is_condition_failure(error):
+                return False
+            raise
+        return True
+
     # --- optimistic updates -----------------------------------------------------------
 
     def replace(
