@@ -22,6 +22,7 @@ logger = Logger(service="gantry-on-archive-run")
 
 
 def handle_message(ctx: Context, message: dict[str, Any]) -> None:
+    from gantry.messages import JobEnded, is_job_ended_event
     from gantry.pipeline import archive_runs
 
     kind = message.get("gantry")
@@ -34,8 +35,8 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
         else:
             archive_runs.handle_cancel(ctx, run_pk, cursor)
         return
-    if archive_runs.is_job_event(message):
-        archive_runs.handle_job_event(ctx, message)
+    if is_job_ended_event(message):
+        archive_runs.handle_job_event(ctx, JobEnded.model_validate(message.get("detail")))
         return
     raise unknown_message(message)
 

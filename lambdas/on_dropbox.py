@@ -21,10 +21,11 @@ logger = Logger(service="gantry-on-dropbox")
 
 
 def handle_message(ctx: Context, message: dict[str, Any]) -> None:
+    from gantry.messages import JobEnded, is_job_ended_event
     from gantry.pipeline import dropbox
 
-    if dropbox.is_job_event(message):
-        dropbox.handle_job_event(ctx, message)
+    if is_job_ended_event(message):
+        dropbox.handle_job_event(ctx, JobEnded.model_validate(message.get("detail")))
         return
     if dropbox.is_s3_notification(message):
         for event in dropbox.s3_object_events(message):

@@ -19,73 +19,49 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
-from gantry.pipeline.wiring import (
-    IMPORT_BIOIMAGEIO,
-    IMPORT_IMAGE,
-    IMPORT_ITEM_VALUES,
-    IMPORT_MODEL,
-    IMPORT_UPLOAD_SESSION,
-    START_JOB,
-    VALIDATE_INPUTS,
-)
 from lambdas.runtime import context, process_sqs_batch, unknown_message
 
 logger = Logger(service="gantry-on-upload")
 
 
 def handle_message(ctx: Context, message: dict[str, Any]) -> None:
+    from gantry import messages
     from gantry.pipeline.dropbox import is_s3_notification, s3_object_events
-    from gantry.pipeline.inputs import record_uploaded_object, validate_pending_inputs
+    from gantry.pipeline.inputs import record_uploaded_object
 
-    if message.get("gantry") in (VALIDATE_INPUTS, START_JOB):
-        job_pk = message.get("job")
-        if not isinstance(job_pk, str) or not job_pk:
-            raise ValueError(f"{message['gantry']} message without a job pk")
-        if message["gantry"] == START_JOB:
+    if "gantry" in message:
+        # A message that names no kind this queue takes, or lacks a field, fails its record.
+        parsed = messages.UPLOADS_QUEUE_MESSAGE.validate_python(message)
+        if isinstance(parsed, messages.ValidateInputs):
+            from gantry.pipeline.inputs import validate_pending_inputs
+
+            validate_pending_inputs(ctx, parsed.job)
+        elif isinstance(parsed, messages.StartJob):
             from gantry.pipeline.provision import start_job
 
             # Queued by the API: copy the inputs and submit (a no-op if already started).
-            start_job(ctx, job_pk)
+            start_job(ctx, parsed.job)
+        elif isinstance(parsed, messages.ImportImage):
+            from gantry.pipeline.image_import import import_image
+
+            import_image(ctx, parsed.image)
+        elif isinstance(parsed, messages.ImportItemValues):
+            from gantry.pipeline.archive_values import import_item_values
+
+            import_item_values(ctx, parsed.item)
+        elif isinstance(parsed, messages.ImportUploadSession):
+            from gantry.pipeline.upload_sessions import import_upload_session
+
+            import_upload_session(ctx, parsed.session)
+        elif isinstance(parsed, messages.ImportBioimageio):
+            # Where the deployment has no imports queue (the local stack), imports come here.
+            from lambdas.on_import import import_bioimageio_message
+
+            import_bioimageio_message(ctx, message)
         else:
-            validate_pending_inputs(ctx, job_pk)
-        return
-    if message.get("gantry") == IMPORT_IMAGE:
-        from gantry.pipeline.image_import import import_image
+            from gantry.pipeline.model_import import import_model
 
-        image_pk = message.get("image")
-        if not isinstance(image_pk, str) or not image_pk:
-            raise ValueError("import-image message without an image pk")
-        import_image(ctx, image_pk)
-        return
-    if message.get("gantry") == IMPORT_ITEM_VALUES:
-        from gantry.pipeline.archive_values import import_item_values
-
-        item_pk = message.get("item")
-        if not isinstance(item_pk, str) or not item_pk:
-            raise ValueError("import-item-values message without an item pk")
-        import_item_values(ctx, item_pk)
-        return
-    if message.get("gantry") == IMPORT_UPLOAD_SESSION:
-        from gantry.pipeline.upload_sessions import import_upload_session
-
-        session_pk = message.get("session")
-        if not isinstance(session_pk, str) or not session_pk:
-            raise ValueError("import-upload-session message without a session pk")
-        import_upload_session(ctx, session_pk)
-        return
-    if message.get("gantry") == IMPORT_BIOIMAGEIO:
-        # Where the deployment has no imports queue (the local stack), imports come here.
-        from lambdas.on_import import import_bioimageio_message
-
-        import_bioimageio_message(ctx, message)
-        return
-    if message.get("gantry") == IMPORT_MODEL:
-        from gantry.pipeline.model_import import import_model
-
-        model_pk = message.get("model")
-        if not isinstance(model_pk, str) or not model_pk:
-            raise ValueError("import-model message without a model pk")
-        import_model(ctx, model_pk)
+            import_model(ctx, parsed.model)
         return
     if is_s3_notification(message):
         for event in s3_object_events(message):

@@ -46,6 +46,7 @@ from gantry.images import Image
 from gantry.interfaces import Interface
 from gantry.job_states import JobStatus
 from gantry.jobs import SocketValue
+from gantry.messages import JobEnded
 from gantry.store.archive_runs import IMPORTING, NOT_RUN, SKIPPED
 from gantry.urls import Urls
 from gantry.users import User
@@ -451,29 +452,21 @@ def handle_cancel(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> N
 # --- job ends ---------------------------------------------------------------------------------
 
 
-def is_job_event(message: dict[str, Any]) -> bool:
-    return message.get("source") == resources.EVENT_SOURCE and message.get("detail-type") in (
-        resources.DETAIL_TYPE_JOB_SUCCEEDED,
-        resources.DETAIL_TYPE_JOB_FAILED,
-    )
-
-
-def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
+def handle_job_event(ctx: Context, ended: JobEnded) -> bool:
     """A job of an archive run ended: write its outputs back (if the run asks), and let runs
     that wait for a slot go on. False for other jobs."""
-    detail = event.get("detail") or {}
-    if detail.get("source") != SOURCE:
+    if ended.source != SOURCE:
         return False
-    run_pk, _, item_pk = str(detail.get("source_ref") or "").partition("/")
+    run_pk, _, item_pk = (ended.source_ref or "").partition("/")
     try:
         run = ctx.store.archive_runs.get(run_pk)
     except NotFound:
         run = None
     if run is not None and item_pk:
         # Progress reads ended jobs from the run's records, not from every job.
-        ctx.store.archive_runs.record_end(run_pk, item_pk, str(detail.get("status")))
-        if run.write_back and detail.get("status") == "Succeeded":
-            write_back(ctx, item_pk, str(detail.get("job")))
+        ctx.store.archive_runs.record_end(run_pk, item_pk, ended.status)
+        if run.write_back and ended.succeeded:
+            write_back(ctx, item_pk, ended.job)
     resume_waiting(ctx)
     return True
 

@@ -57,6 +57,7 @@ from gantry.errors import Conflict, GantryError, NotFound, TooManyRequests
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 from gantry.kinds import spec
+from gantry.messages import JobEnded
 from gantry.store import keys
 from gantry.store.table import MAIN_SK
 from gantry.uploads import Upload, UploadCreate, UploadStatus
@@ -497,60 +498,56 @@ def _put_json(ctx: Context, key: str, body: Any) -> None:
 # --- job events -> results -------------------------------------------------------------------
 
 
-def is_job_event(message: dict[str, Any]) -> bool:
-    return message.get("source") == resources.EVENT_SOURCE and message.get("detail-type") in (
-        resources.DETAIL_TYPE_JOB_SUCCEEDED,
-        resources.DETAIL_TYPE_JOB_FAILED,
-    )
-
-
-def handle_job_event(ctx: Context, event: dict[str, Any]) -> bool:
+def handle_job_event(ctx: Context, ended: JobEnded) -> bool:
     """Write a finished drop-folder job's outputs and job.json; False for other jobs.
 
     Every write overwrites the same keys, so a repeated event leaves the same result.
     """
-    detail = event.get("detail") or {}
-    ref = detail.get("source_ref") or ""
-    if detail.get("source") != SOURCE or not _safe_ref(ref):
+    ref = ended.source_ref or ""
+    if ended.source != SOURCE or not _safe_ref(ref):
         return False
     prefix = resources.dropbox_results_prefix(ref)
     bucket = ctx.settings.bucket_name
     written = []
-    for output in detail.get("outputs") or []:
-        relative = output.get("relative_path") or output.get("socket") or "output"
+    for output in ended.outputs:
+        relative = output.relative_path or output.socket or "output"
         if not _safe_ref(relative):
             continue
         keys_out: list[str] = []
-        if output.get("image_keys"):
-            for source in output["image_keys"]:
+        if output.image_keys:
+            for source in output.image_keys:
                 target = f"{prefix}{relative}/{posixpath.basename(source)}"
                 copy_object(ctx.clients.s3, bucket, source, target)
                 keys_out.append(target)
-        elif output.get("key"):
-            copy_object(ctx.clients.s3, bucket, output["key"], prefix + relative)
+        elif output.key:
+            copy_object(ctx.clients.s3, bucket, output.key, prefix + relative)
             keys_out.append(prefix + relative)
         else:
-            _put_json(ctx, prefix + relative, output.get("value"))
+            _put_json(ctx, prefix + relative, output.value)
             keys_out.append(prefix + relative)
-        written.append(
-            {"socket": output.get("socket"), "relative_path": relative, "keys": keys_out}
-        )
-    job = ctx.store.jobs.find(str(detail.get("job")))
+        written.append({"socket": output.socket, "relative_path": relative, "keys": keys_out})
+    job = ctx.store.jobs.find(ended.job)
+    # An event without the durations (sent by an earlier version) takes them from the job.
+    sent = ended.model_fields_set
     summary: dict[str, Any] = {
-        "job": detail.get("job"),
-        "algorithm": detail.get("algorithm_slug"),
-        "status": detail.get("status"),
-        "error_message": detail.get("error_message") or "",
-        "exec_duration": detail.get("exec_duration", job.exec_duration if job else None),
-        "invoke_duration": detail.get("invoke_duration", job.invoke_duration if job else None),
+        "job": ended.job,
+        "algorithm": ended.algorithm_slug,
+        "status": ended.status,
+        "error_message": ended.error_message or "",
+        "exec_duration": ended.exec_duration
+        if "exec_duration" in sent
+        else (job.exec_duration if job else None),
+        "invoke_duration": ended.invoke_duration
+        if "invoke_duration" in sent
+        else (job.invoke_duration if job else None),
         "created": job.created if job else None,
         "started_at": job.started_at if job else None,
         "completed_at": job.completed_at if job else None,
         "outputs": written,
     }
     _put_json(ctx, prefix + JOB_FILE, summary)
-    if detail.get("status") == "Failed":
-        write_error(ctx, ref, summary["error_message"] or "The job failed", job=detail.get("job"))
+    if ended.failed:
+        write_error(ctx, ref, summary["error_message"] or "The job failed", job=ended.job)
     start_waiting_drops(ctx)
     return True
 
@@ -627,7 +624,7 @@ def reconcile_drops(
         job = ctx.store.jobs.find(job_pk) if job_pk else None
         if job is not None and job.status.is_terminal and job.pk not in report.announced:
             # Finished, but its announcement never reached the drop folder.
-            handle_job_event(ctx, {"detail": job_event_detail(ctx, job)})
+            handle_job_event(ctx, job_event_detail(ctx, job))
             report.announced.append(job.pk)
     return report
 

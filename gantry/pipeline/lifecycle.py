@@ -8,7 +8,6 @@ consumers (the drop folder, users' own rules).
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from gantry.context import Context
 from gantry.interfaces import Interface
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
+from gantry.messages import EndedOutput, JobEnded
 from gantry.services import catalog
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def publish(
                 {
                     "Source": resources.EVENT_SOURCE,
                     "DetailType": detail_type,
-                    "Detail": json.dumps(detail),
+                    "Detail": detail.model_dump_json(),
                     "EventBusName": ctx.settings.event_bus_name,
                 }
             ]
@@ -65,7 +65,7 @@ def publish(
 
 def job_event_detail(
     ctx: Context, job: Job, loaded: tuple[Algorithm, dict[str, Interface]] | None = None
-) -> dict[str, Any]:
+) -> JobEnded:
     """The detail of the "Gantry Job …" event that announces the end of ``job``."""
     if loaded is None:
         algorithm = ctx.store.algorithms.get(job.algorithm)
@@ -76,27 +76,27 @@ def job_event_detail(
         socket = sockets.get(value.socket)
         image_keys = [f.key for f in ctx.store.images.get(value.image).files] if value.image else []
         outputs.append(
-            {
-                "socket": value.socket,
-                "relative_path": socket.relative_path if socket else None,
-                "value": value.value,
-                "key": value.file,
-                "image": value.image,
-                "image_keys": image_keys,
-            }
+            EndedOutput(
+                socket=value.socket,
+                relative_path=socket.relative_path if socket else None,
+                value=value.value,
+                key=value.file,
+                image=value.image,
+                image_keys=image_keys,
+            )
         )
-    return {
-        "job": job.pk,
-        "algorithm": job.algorithm,
-        "algorithm_slug": algorithm.slug,
-        "status": job.status.label,
-        "error_message": job.error_message,
-        "source": job.source,
-        "source_ref": job.source_ref,
-        "exec_duration": job.exec_duration,
-        "invoke_duration": job.invoke_duration,
-        "outputs": outputs,
-    }
+    return JobEnded(
+        job=job.pk,
+        algorithm=job.algorithm,
+        algorithm_slug=algorithm.slug,
+        status=job.status.label,
+        error_message=job.error_message,
+        source=job.source,
+        source_ref=job.source_ref,
+        exec_duration=job.exec_duration,
+        invoke_duration=job.invoke_duration,
+        outputs=outputs,
+    )
 
 
 def fail(ctx: Context, job_pk: str, attempt: int, message: str) -> Job | None:

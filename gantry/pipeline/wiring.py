@@ -8,47 +8,56 @@ functions, already off a request's path, provision at once.
 
 from __future__ import annotations
 
-import json
-
 from gantry.context import Context
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 
-VALIDATE_INPUTS = "validate-inputs"
 START_JOB = "start-job"
 IMPORT_IMAGE = "import-image"
-IMPORT_ITEM_VALUES = "import-item-values"
-IMPORT_UPLOAD_SESSION = "import-upload-session"
 IMPORT_MODEL = "import-model"
 IMPORT_BIOIMAGEIO = "import-bioimageio"
 
 
 def validate_inputs_message(job_pk: str) -> str:
-    return json.dumps({"gantry": VALIDATE_INPUTS, "job": job_pk})
+    from gantry.messages import ValidateInputs
+
+    return ValidateInputs(job=job_pk).model_dump_json()
 
 
 def start_job_message(job_pk: str) -> str:
-    return json.dumps({"gantry": START_JOB, "job": job_pk})
+    from gantry.messages import StartJob
+
+    return StartJob(job=job_pk).model_dump_json()
 
 
 def import_image_message(image_pk: str) -> str:
-    return json.dumps({"gantry": IMPORT_IMAGE, "image": image_pk})
+    from gantry.messages import ImportImage
+
+    return ImportImage(image=image_pk).model_dump_json()
 
 
 def import_item_values_message(item_pk: str) -> str:
-    return json.dumps({"gantry": IMPORT_ITEM_VALUES, "item": item_pk})
+    from gantry.messages import ImportItemValues
+
+    return ImportItemValues(item=item_pk).model_dump_json()
 
 
 def import_upload_session_message(session_pk: str) -> str:
-    return json.dumps({"gantry": IMPORT_UPLOAD_SESSION, "session": session_pk})
+    from gantry.messages import ImportUploadSession
+
+    return ImportUploadSession(session=session_pk).model_dump_json()
 
 
 def import_model_message(model_pk: str) -> str:
-    return json.dumps({"gantry": IMPORT_MODEL, "model": model_pk})
+    from gantry.messages import ImportModel
+
+    return ImportModel(model=model_pk).model_dump_json()
 
 
 def import_bioimageio_message(algorithm_pk: str) -> str:
-    return json.dumps({"gantry": IMPORT_BIOIMAGEIO, "algorithm": algorithm_pk})
+    from gantry.messages import ImportBioimageio
+
+    return ImportBioimageio(algorithm=algorithm_pk).model_dump_json()
 
 
 def on_job_created(ctx: Context, job: Job) -> None:

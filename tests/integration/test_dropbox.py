@@ -325,7 +325,13 @@ def test_events_of_other_jobs_are_ignored(drop) -> None:
     event = {
         "source": "gantry",
         "detail-type": resources.DETAIL_TYPE_JOB_SUCCEEDED,
-        "detail": {"job": "x", "source": "api", "source_ref": None, "outputs": []},
+        "detail": {
+            "job": "x",
+            "status": "Succeeded",
+            "source": "api",
+            "source_ref": None,
+            "outputs": [],
+        },
     }
     assert deliver(ctx, [json.dumps(event)]) == []
     listed = ctx.clients.s3.list_objects_v2(
