@@ -281,3 +281,26 @@ def test_the_job_credentials_handler_refuses_what_is_not_a_request(cold) -> None
 
     assert bad == {"error": "The credentials request is not valid"}
     assert set(unknown) == {"error"} and unknown["error"]
+
+
+def test_the_archive_run_handler_takes_pages_and_job_events_from_its_queue(cold) -> None:
+    from lambdas import on_archive_run
+
+    # A job that no archive run made ends: EventBridge delivers its event to the queue as it is.
+    ended = {
+        "version": "0",
+        "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+        "detail-type": resources.DETAIL_TYPE_JOB_FAILED,
+        "source": resources.EVENT_SOURCE,
+        "account": "123456789012",
+        "time": "2026-11-27T14:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {"job": str(uuid.uuid4()), "status": "Failed", "source": "api"},
+    }
+    event = _sqs_event(ended, {"not": "a page"}, queue="gantry-archive-runs")
+
+    response = on_archive_run.handler(event, LambdaContext(function_name="gantry-on-archive-run"))
+
+    # Another job's end is nothing to do; the unknown message comes back alone.
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
