@@ -114,6 +114,44 @@ class _ThenCrash:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class StoredFile:
+    """What moto reads a stored object's (or part's) bytes from: its file, opened only while it
+    is read. An open file per stored object would exhaust the process's file descriptors (a
+    soft limit of 1,024 is common) once the stack holds a few hundred objects."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.name = os.fspath(path)
+        self.closed = False
+        self._position = 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._position
+        elif whence == io.SEEK_END:
+            offset += os.stat(self.name).st_size
+        self._position = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        with open(self.name, "rb") as handle:
+            handle.seek(self._position)
+            data = handle.read(size)
+        self._position += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
 def persisting(app: WsgiApp, store: DurableStore) -> WsgiApp:
     """``app`` with every acknowledged DynamoDB and S3 write stored before its response."""
     crash_spec = os.environ.get(CRASH_AFTER_ENV)
@@ -350,7 +388,7 @@ def _store_key(
         else:
             path, _size = store.write_file(_chunks(fake._value_buffer))
         # From now on moto reads the stored file (never changed in place) and drops its copy.
-        old, fake._value_buffer = fake._value_buffer, open(path, "rb")  # noqa: SIM115
+        old, fake._value_buffer = fake._value_buffer, StoredFile(path)
         old.close()
     store.put_object(
         StoredObject(
@@ -398,7 +436,7 @@ def restore_objects(store: DurableStore) -> int:
         )
         fake._value_buffer.close()
         # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-        fake._value_buffer = open(obj.path, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        fake._value_buffer = StoredFile(obj.path)  # type: ignore[assignment]
         fake.contentsize = obj.size
         fake.last_modified = datetime.fromisoformat(obj.last_modified)
         fake._metadata = LowercaseDict(obj.meta.get("metadata") or {})
@@ -434,7 +472,7 @@ def _serve_stored(
     buffer = getattr(fake, "_value_buffer", None)
     if (
         fake is None
-        or not isinstance(buffer, io.BufferedReader)
+        or not isinstance(buffer, StoredFile)
         or Path(buffer.name).parent != store.objects
     ):
         return None
@@ -549,7 +587,7 @@ def _link_copy(
     with copy.lock:
         copy._value_buffer.close()
         # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-        copy._value_buffer = open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        copy._value_buffer = StoredFile(path)  # type: ignore[assignment]
         copy.contentsize = stored.size
         copy._etag = stored.etag.strip('"')
     copy.set_metadata(dict(source.metadata))
@@ -641,7 +679,7 @@ def _put_from_file(
     with key.lock:
         key._value_buffer.close()
         # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-        key._value_buffer = open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        key._value_buffer = StoredFile(path)  # type: ignore[assignment]
         key.contentsize = size
         key._etag = f"{secrets.token_hex(16)}-1"
     key.set_metadata(metadata_from_headers(headers))
@@ -778,7 +816,7 @@ def _store_part(store: DurableStore, bucket_name: str, upload_id: str, number: i
         etag = part.etag
         path, size = store.write_file(_chunks(part._value_buffer))
         # moto reads the part from its file from now on; its own copy is dropped.
-        old, part._value_buffer = part._value_buffer, open(path, "rb")  # noqa: SIM115
+        old, part._value_buffer = part._value_buffer, StoredFile(path)
         old.close()
     store.put_part(
         bucket_name,
@@ -839,7 +877,7 @@ def _part_to_file(
     part = multipart.set_part(number, b"")
     with part.lock:
         part._value_buffer.close()
-        part._value_buffer = open(path, "rb")  # noqa: SIM115
+        part._value_buffer = StoredFile(path)
         part.contentsize = size
         part._etag = md5.hexdigest()
     store.put_part(
@@ -927,7 +965,7 @@ def _part_copy_to_file(
     part = multipart.set_part(number, b"")
     with part.lock:
         part._value_buffer.close()
-        part._value_buffer = open(part_path, "rb")  # noqa: SIM115
+        part._value_buffer = StoredFile(part_path)
         part.contentsize = part_size
         part._etag = md5.hexdigest()
     store.put_part(
@@ -950,7 +988,7 @@ def _part_copy_to_file(
 
 def _stored_file(store: DurableStore, fake: Any) -> Path | None:
     buffer = getattr(fake, "_value_buffer", None)
-    if not isinstance(buffer, io.BufferedReader) or Path(buffer.name).parent != store.objects:
+    if not isinstance(buffer, StoredFile) or Path(buffer.name).parent != store.objects:
         return None
     return Path(buffer.name)
 
@@ -1032,7 +1070,7 @@ def _completed_from_files(
     with key.lock:
         key._value_buffer.close()
         # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-        key._value_buffer = open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        key._value_buffer = StoredFile(path)  # type: ignore[assignment]
         key.contentsize = size
     key.set_metadata(multipart.metadata)
     algorithm = multipart.metadata.get("x-amz-checksum-algorithm")
@@ -1168,7 +1206,7 @@ def restore_uploads(store: DurableStore) -> int:
             fake = multipart.set_part(part.number, b"")
             fake._value_buffer.close()
             # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-            fake._value_buffer = open(part.path, "rb")  # type: ignore[assignment]  # noqa: SIM115
+            fake._value_buffer = StoredFile(part.path)  # type: ignore[assignment]
             fake.contentsize = part.size
             fake._etag = part.etag.strip('"')
             fake.last_modified = datetime.fromisoformat(part.last_modified)

@@ -449,3 +449,20 @@ if __name__ == "__main__":
         upload_parts_forever(Path(sys.argv[1]), sys.argv[2])
     else:
         write_forever(Path(sys.argv[1]), sys.argv[2])
+
+
+def test_stored_objects_hold_no_open_file(tmp_path: Path) -> None:
+    # A file descriptor per stored object would stop a stack that holds a few hundred objects
+    # on a machine with the common soft limit of 1,024 open files.
+    name = f"gantry-fds-{uuid.uuid4().hex[:8]}"
+    endpoint, _settings = _start(tmp_path / "data", name)
+    try:
+        s3, _dynamodb = _clients(endpoint.url)
+        s3.put_object(Bucket=name, Key="warm-up", Body=b"x")
+        before = len(os.listdir("/proc/self/fd"))
+        for n in range(60):
+            s3.put_object(Bucket=name, Key=f"values/{n}", Body=f"value {n}".encode())
+        assert len(os.listdir("/proc/self/fd")) - before < 20
+        assert s3.get_object(Bucket=name, Key="values/7")["Body"].read() == b"value 7"
+    finally:
+        endpoint.stop()
