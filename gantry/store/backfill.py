@@ -7,7 +7,10 @@ version that introduced them on; what was stored before lacks them:
   lists (admins'), and jobs from their algorithm's list (its editors' view);
 - unfinished jobs hold no slot of the active-job limits (they would neither count nor free
   one; freeing is tied to the job's own ``slot`` attribute, so no counter goes negative);
-- tokens have no public id (``TOKENREF#``): they work but cannot be listed or revoked by id.
+- tokens have no public id (``TOKENREF#``): they work but cannot be listed or revoked by id;
+- archive runs' index of jobs by inputs held one item per job (``INPUTS#<fp>``/``<job>``)
+  before it held one set per fingerprint: those jobs are moved into the set, so a run skips
+  their items again instead of running them twice.
 
 ``backfill`` scans the table once and adds what is missing. Every step is a conditional
 write, so running it again, or while the platform runs, changes nothing twice. The local
@@ -25,6 +28,7 @@ from gantry.algorithms import Algorithm
 from gantry.images import Image
 from gantry.jobs import Job
 from gantry.store import keys, listings
+from gantry.store.archive_runs import INPUTS_SK, ArchiveRunStore
 from gantry.store.jobs import JobStore
 from gantry.store.pagination import count_update
 from gantry.store.table import MAIN_SK, PK, SK, ConditionFailed, StoredDoc, Table, _stored
@@ -77,7 +81,22 @@ def backfill(table: Table) -> dict[str, int]:
             )
         elif prefix == "TOKEN#" and not main.item.get("token_pk"):
             added["token ids"] += _token_reference(table, main.item)
+    added["archive run input index entries"] += _old_input_index(table)
     return {what: n for what, n in added.items() if n}
+
+
+def _old_input_index(table: Table) -> int:
+    """Move each per-job entry of the old inputs index into its fingerprint's set."""
+    from boto3.dynamodb.conditions import Attr
+
+    moved = 0
+    for item in table.scan_all(Attr(PK).begins_with("INPUTS#") & Attr(SK).ne(INPUTS_SK)):
+        fingerprint = str(item[PK]).removeprefix("INPUTS#")
+        # Adding to a set twice changes nothing, so a crash between the two writes is harmless.
+        table.transact_put([], updates=[ArchiveRunStore.remember_inputs(fingerprint, item[SK])])
+        table.delete(str(item[PK]), str(item[SK]))
+        moved += 1
+    return moved
 
 
 def _entities(table: Table) -> list[tuple[str, set[str], StoredDoc]]:

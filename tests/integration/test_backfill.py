@@ -17,6 +17,7 @@ from gantry.job_states import JobStatus
 from gantry.jobs import Job, SocketValue
 from gantry.pipeline.cancel import cancel_job
 from gantry.store import keys
+from gantry.store.archive_runs import ArchiveRunStore
 from gantry.store.backfill import backfill
 from gantry.store.jobs import _attributes, _doc
 from gantry.store.pagination import count_update
@@ -210,3 +211,20 @@ def test_an_old_job_ending_before_the_backfill_drives_no_counter_negative(ctx, o
     # Ended jobs take no slot from the backfill.
     assert backfill(ctx.store.table).get("job slots", 0) == 0
     assert _active(ctx, "USER#bob") == 0
+
+
+def test_backfill_moves_the_old_inputs_index_so_archive_runs_skip_done_items(ctx) -> None:
+    table = ctx.store.table
+    runs = ArchiveRunStore(table)
+    # Before the index held a set per fingerprint: one item per job.
+    table.put(table.item("INPUTS#fp-old", "job-1", None))
+    table.put(table.item("INPUTS#fp-old", "job-2", None))
+    table.transact_put([], updates=[ArchiveRunStore.remember_inputs("fp-new", "job-3")])
+    assert runs.jobs_with_inputs(["fp-old"]) == {}
+
+    assert backfill(table)["archive run input index entries"] == 2
+    assert runs.jobs_with_inputs(["fp-old", "fp-new"]) == {
+        "fp-old": ["job-1", "job-2"],
+        "fp-new": ["job-3"],
+    }
+    assert "archive run input index entries" not in backfill(table)
