@@ -92,17 +92,6 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
     run(ctx, pk)
 
 
-def import_bioimageio_message(ctx: Context, message: dict[str, Any]) -> None:
-    """``{"gantry": "import-bioimageio", "algorithm": pk}``: register the algorithm's
-    bioimage.io model package (gantry.pipeline.bioimageio_import)."""
-    from gantry.pipeline.bioimageio_import import import_bioimageio
-
-    algorithm_pk = message.get("algorithm")
-    if not isinstance(algorithm_pk, str) or not algorithm_pk:
-        raise ValueError("import-bioimageio message without an algorithm pk")
-    import_bioimageio(ctx, algorithm_pk)
-
-
 def process(
     ctx: Context, event: dict[str, Any], lambda_context: LambdaContext | None = None
 ) -> dict[str, Any]:

@@ -55,9 +55,9 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
             import_upload_session(ctx, parsed.session)
         elif isinstance(parsed, messages.ImportBioimageio):
             # Where the deployment has no imports queue (the local stack), imports come here.
-            from lambdas.on_import import import_bioimageio_message
+            from gantry.pipeline.bioimageio_import import import_bioimageio
 
-            import_bioimageio_message(ctx, message)
+            import_bioimageio(ctx, parsed.algorithm)
         else:
             from gantry.pipeline.model_import import import_model
 
