@@ -825,6 +825,32 @@ def _store_part(store: DurableStore, bucket_name: str, upload_id: str, number: i
     )
 
 
+def _part_from_file(
+    store: DurableStore,
+    multipart: Any,
+    bucket_name: str,
+    upload_id: str,
+    number: int,
+    path: Path,
+    size: int,
+    md5: Any,
+) -> Any:
+    """Part ``number`` of ``multipart`` made of a stored file of ``size`` bytes (their MD5 in
+    ``md5``): moto reads it from the file, and the store records it."""
+    part = multipart.set_part(number, b"")
+    with part.lock:
+        part._value_buffer.close()
+        part._value_buffer = StoredFile(path)
+        part.contentsize = size
+        part._etag = md5.hexdigest()
+    store.put_part(
+        bucket_name,
+        upload_id,
+        StoredPart(number, path, part.etag, size, part.last_modified.isoformat()),
+    )
+    return part
+
+
 def _part_to_file(
     store: DurableStore,
     environ: dict[str, Any],
@@ -874,17 +900,7 @@ def _part_to_file(
         error = b"<Error><Code>IncompleteBody</Code><Message>body cut short</Message></Error>"
         start_response("400 Bad Request", [("Content-Length", str(len(error)))])
         return [error]
-    part = multipart.set_part(number, b"")
-    with part.lock:
-        part._value_buffer.close()
-        part._value_buffer = StoredFile(path)
-        part.contentsize = size
-        part._etag = md5.hexdigest()
-    store.put_part(
-        bucket_name,
-        upload_id,
-        StoredPart(number, path, part.etag, size, part.last_modified.isoformat()),
-    )
+    part = _part_from_file(store, multipart, bucket_name, upload_id, number, path, size, md5)
     headers = [("ETag", part.etag), ("Content-Length", "0")]
     if checksum:
         headers.append((checksum_header, checksum))  # as moto: echoed, not checked
@@ -962,16 +978,8 @@ def _part_copy_to_file(
     if part_size != end - begin + 1:  # never for an immutable file; moto answers then
         part_path.unlink(missing_ok=True)
         return None
-    part = multipart.set_part(number, b"")
-    with part.lock:
-        part._value_buffer.close()
-        part._value_buffer = StoredFile(part_path)
-        part.contentsize = part_size
-        part._etag = md5.hexdigest()
-    store.put_part(
-        bucket_name,
-        upload_id,
-        StoredPart(number, part_path, part.etag, part_size, part.last_modified.isoformat()),
+    part = _part_from_file(
+        store, multipart, bucket_name, upload_id, number, part_path, part_size, md5
     )
     answer = (
         '<?xml version="1.0" encoding="UTF-8"?>'
