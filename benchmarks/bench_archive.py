@@ -17,15 +17,13 @@ The algorithm's editors get a free job per item (credits are not what is measure
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
+
+from benchmarks.bench_local import served_stack
 
 REPO = Path(__file__).resolve().parents[1]
 SLEEP_EXAMPLE = REPO / "examples" / "algorithms" / "sleep"
@@ -82,12 +80,6 @@ def _fill(http: Any, archive: dict[str, Any]) -> None:
 def main() -> None:
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    import httpx
-
-    from gantry.local.stack import LocalStack
-    from gantry.settings import Settings
-
-    name = f"gantry-bench-{uuid.uuid4().hex[:8]}"
     limits = {
         "max_active_jobs_per_user": ITEMS,
         "max_active_jobs_per_algorithm": ITEMS,
@@ -96,43 +88,28 @@ def main() -> None:
         # credits grows with monthly_credits, so raising those would not make room).
         "complimentary_editor_jobs": ITEMS,
     }
-    with tempfile.TemporaryDirectory() as state, contextlib.redirect_stdout(io.StringIO()):
-        stack = LocalStack.start(
-            Settings(table_name=name, bucket_name=name, **limits),
-            state_dir=Path(state),
-            serve_api=True,
-            api_port=0,
-        )
-        try:
-            token = stack.ctx.store.users.create_token("bench")
-            ca_file = str(Path(state) / "tls" / "ca.pem")
-            headers = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(
-                base_url=stack.api_url, verify=ca_file, headers=headers, timeout=180
-            ) as http:
-                algorithm, archive = _setup(http)
-                started = time.perf_counter()
-                _fill(http, archive)
-                fill_seconds = time.perf_counter() - started
+    with served_stack(180, **limits) as (stack, http):
+        algorithm, archive = _setup(http)
+        started = time.perf_counter()
+        _fill(http, archive)
+        fill_seconds = time.perf_counter() - started
 
-                runs = f"algorithms/{algorithm['pk']}/archive-runs/"
-                started = time.perf_counter()
-                run = _ok(http.post(runs, json={"archive": archive["pk"]}))
-                answered = time.perf_counter() - started
-                created_at = None
-                while True:
-                    seen = _ok(http.get(f"{runs}{run['pk']}/"))
-                    elapsed = time.perf_counter() - started
-                    if created_at is None and seen["state"] == "All jobs created":
-                        created_at = elapsed
-                    if seen["done"]:
-                        break
-                    if seen["state"] == "Stopped" or elapsed > DEADLINE_SECONDS:
-                        raise RuntimeError(f"run not done after {elapsed:.0f} s: {seen}")
-                    time.sleep(2.0)
-                done_at = time.perf_counter() - started
-        finally:
-            stack.stop()
+        runs = f"algorithms/{algorithm['pk']}/archive-runs/"
+        started = time.perf_counter()
+        run = _ok(http.post(runs, json={"archive": archive["pk"]}))
+        answered = time.perf_counter() - started
+        created_at = None
+        while True:
+            seen = _ok(http.get(f"{runs}{run['pk']}/"))
+            elapsed = time.perf_counter() - started
+            if created_at is None and seen["state"] == "All jobs created":
+                created_at = elapsed
+            if seen["done"]:
+                break
+            if seen["state"] == "Stopped" or elapsed > DEADLINE_SECONDS:
+                raise RuntimeError(f"run not done after {elapsed:.0f} s: {seen}")
+            time.sleep(2.0)
+        done_at = time.perf_counter() - started
 
     workers = stack.settings.local_workers
     print(f"Archive run on the local stack ({workers} workers, {os.cpu_count()} CPUs):")

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,21 +152,20 @@ def _drop_folder(stack: Any, algorithm: dict[str, Any]) -> tuple[float, int, int
     return elapsed, made - DROPS, errors
 
 
-def main() -> None:
-    # The handlers' INFO lines and metrics would bury the figures.
-    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+@contextlib.contextmanager
+def served_stack(timeout: float, **settings: Any) -> Iterator[tuple[Any, Any]]:
+    """A local stack serving the API on a free port, and an HTTPS client with a new user's
+    token. The callback's metrics are never flushed in-process (every 100 values Powertools
+    prints them to stdout), so stdout is kept until the stack has stopped: print figures after."""
     import httpx
 
     from gantry.local.stack import LocalStack
     from gantry.settings import Settings
 
     name = f"gantry-bench-{uuid.uuid4().hex[:8]}"
-    # The callback's metrics are never flushed in-process; every 100 values Powertools prints
-    # them to stdout. The figures are printed after the stack has stopped.
     with tempfile.TemporaryDirectory() as state, contextlib.redirect_stdout(io.StringIO()):
         stack = LocalStack.start(
-            Settings(table_name=name, bucket_name=name),
+            Settings(table_name=name, bucket_name=name, **settings),
             state_dir=Path(state),
             serve_api=True,
             api_port=0,
@@ -175,32 +175,40 @@ def main() -> None:
             ca_file = str(Path(state) / "tls" / "ca.pem")
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(
-                base_url=stack.api_url, verify=ca_file, headers=headers, timeout=60
+                base_url=stack.api_url, verify=ca_file, headers=headers, timeout=timeout
             ) as http:
-                algorithm = _setup(http)
-                warm = _create(http, algorithm)
-                _wait(http, [warm])
-
-                latencies = {
-                    "GET algorithms/": _latency(http, "algorithms/"),
-                    "GET algorithms/jobs/<pk>/": _latency(http, f"algorithms/jobs/{warm}/"),
-                }
-
-                sequential = []
-                for _ in range(SEQUENTIAL):
-                    started = time.perf_counter()
-                    pk = _create(http, algorithm)
-                    _wait(http, [pk])
-                    sequential.append(time.perf_counter() - started)
-
-                started = time.perf_counter()
-                burst = [_create(http, algorithm) for _ in range(BURST)]
-                _wait(http, burst)
-                burst_seconds = time.perf_counter() - started
-
-                drop_seconds, duplicates, drop_errors = _drop_folder(stack, algorithm)
+                yield stack, http
         finally:
             stack.stop()
+
+
+def main() -> None:
+    # The handlers' INFO lines and metrics would bury the figures.
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    with served_stack(60) as (stack, http):
+        algorithm = _setup(http)
+        warm = _create(http, algorithm)
+        _wait(http, [warm])
+
+        latencies = {
+            "GET algorithms/": _latency(http, "algorithms/"),
+            "GET algorithms/jobs/<pk>/": _latency(http, f"algorithms/jobs/{warm}/"),
+        }
+
+        sequential = []
+        for _ in range(SEQUENTIAL):
+            started = time.perf_counter()
+            pk = _create(http, algorithm)
+            _wait(http, [pk])
+            sequential.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        burst = [_create(http, algorithm) for _ in range(BURST)]
+        _wait(http, burst)
+        burst_seconds = time.perf_counter() - started
+
+        drop_seconds, duplicates, drop_errors = _drop_folder(stack, algorithm)
 
     workers = stack.settings.local_workers
     print(f"Local stack through the HTTPS gateway ({workers} workers, {os.cpu_count()} CPUs):")
