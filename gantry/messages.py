@@ -2,21 +2,24 @@
 
 Queue messages are JSON objects whose ``gantry`` field names the kind; the job-ended event is
 the detail of the "Gantry Job Succeeded/Failed" events on the bus, read by the drop folder,
-archive runs and users' own rules. A handler parses what it receives into one of these, so a
-message with a missing or wrong field fails with a validation error naming it, instead of a
-``KeyError`` somewhere later. Pydantic only: the API imports this module when it sends.
+archive runs and users' own rules. A sender builds one of these models and sends its JSON; a
+handler parses what it receives with ``parse`` and the adapter of its queue, so a message of a
+kind the queue does not take, or with a missing or wrong field, fails its record with a
+``MalformedMessage`` naming the kind and the field, instead of a ``KeyError`` somewhere later.
+Pydantic only: the API imports this module when it sends.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from gantry import resources
 from gantry.job_states import JobStatus
 
 Pk = Annotated[str, Field(min_length=1)]
+T = TypeVar("T")
 
 
 class _Message(BaseModel):
@@ -84,6 +87,87 @@ UploadsQueueMessage = Annotated[
     Field(discriminator="gantry"),
 ]
 UPLOADS_QUEUE_MESSAGE: TypeAdapter[UploadsQueueMessage] = TypeAdapter(UploadsQueueMessage)
+
+
+class DeleteImage(_Message):
+    """Delete a removed algorithm image from the deployment's repository (only the import
+    function may)."""
+
+    gantry: Literal["delete-image"] = "delete-image"
+    reference: Pk  # <registry>/<repository>@sha256:…
+    tag: str | None = None  # only this tag (the removed image's image-<pk>), not the manifest
+
+
+class DeleteModel(_Message):
+    """Delete a removed model's tarball (only the import function may write ``models/``)."""
+
+    gantry: Literal["delete-model"] = "delete-model"
+    key: str
+
+    @field_validator("key")
+    @classmethod
+    def _a_model_tarball(cls, key: str) -> str:
+        if not key.startswith(resources.PREFIX_MODELS):
+            raise ValueError(f"not under {resources.PREFIX_MODELS}")
+        return key
+
+
+# The imports queue: the imports that may take minutes, and deletions only its function may do.
+ImportsQueueMessage = Annotated[
+    ImportImage | ImportModel | ImportBioimageio | DeleteImage | DeleteModel,
+    Field(discriminator="gantry"),
+]
+IMPORTS_QUEUE_MESSAGE: TypeAdapter[ImportsQueueMessage] = TypeAdapter(ImportsQueueMessage)
+
+
+class ArchiveRunPage(_Message):
+    """Make the jobs of one page of an archive run's items, then queue the next page."""
+
+    gantry: Literal["archive-run-page"] = "archive-run-page"
+    run: Pk
+    cursor: dict[str, Any] | None = None  # where the page starts; None: the first page
+
+
+class ArchiveRunCancel(_Message):
+    """Cancel the jobs of one page of a cancelled archive run's records."""
+
+    gantry: Literal["archive-run-cancel"] = "archive-run-cancel"
+    run: Pk
+    cursor: dict[str, Any] | None = None
+
+
+ArchiveRunsQueueMessage = Annotated[
+    ArchiveRunPage | ArchiveRunCancel, Field(discriminator="gantry")
+]
+ARCHIVE_RUNS_QUEUE_MESSAGE: TypeAdapter[ArchiveRunsQueueMessage] = TypeAdapter(
+    ArchiveRunsQueueMessage
+)
+
+
+class MalformedMessage(ValueError):
+    """A queue message of a kind its queue does not take, or with a field missing or wrong.
+    Its record fails (and ends in the queue's DLQ), with this text in the log."""
+
+
+def parse(adapter: TypeAdapter[T], message: dict[str, Any]) -> T:
+    """``message`` as the model its ``gantry`` kind names; ``MalformedMessage`` saying what is
+    wrong with it otherwise ("import-model message: model: Field required")."""
+    try:
+        return adapter.validate_python(message)
+    except ValidationError as error:
+        raise MalformedMessage(_describe(message, error)) from error
+
+
+def _describe(message: dict[str, Any], error: ValidationError) -> str:
+    kind = message.get("gantry")
+    problems = []
+    for problem in error.errors(include_url=False):
+        if problem["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            return f"unknown message kind {kind!r} (fields: {sorted(message)[:10]})"
+        # The first item of the location is the kind's model (the union's tag).
+        field = ".".join(str(part) for part in problem["loc"][1:])
+        problems.append(f"{field}: {problem['msg']}" if field else problem["msg"])
+    return f"{kind} message: {'; '.join(problems)}"
 
 
 class EndedOutput(BaseModel):

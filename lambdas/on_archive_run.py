@@ -22,18 +22,17 @@ logger = Logger(service="gantry-on-archive-run")
 
 
 def handle_message(ctx: Context, message: dict[str, Any]) -> None:
+    from gantry import messages
     from gantry.messages import JobEnded, is_job_ended_event
     from gantry.pipeline import archive_runs
 
-    kind = message.get("gantry")
-    if kind in (archive_runs.RUN_PAGE, archive_runs.RUN_CANCEL):
-        run_pk, cursor = message.get("run"), message.get("cursor")
-        if not isinstance(run_pk, str) or not run_pk or not isinstance(cursor, dict | None):
-            raise ValueError(f"{kind} message without a run pk or a valid cursor")
-        if kind == archive_runs.RUN_PAGE:
-            archive_runs.handle_page(ctx, run_pk, cursor)
+    if "gantry" in message:
+        # A kind this queue does not take, or a field missing or wrong, fails the record.
+        parsed = messages.parse(messages.ARCHIVE_RUNS_QUEUE_MESSAGE, message)
+        if isinstance(parsed, messages.ArchiveRunPage):
+            archive_runs.handle_page(ctx, parsed.run, parsed.cursor)
         else:
-            archive_runs.handle_cancel(ctx, run_pk, cursor)
+            archive_runs.handle_cancel(ctx, parsed.run, parsed.cursor)
         return
     if is_job_ended_event(message):
         archive_runs.handle_job_event(ctx, JobEnded.model_validate(message.get("detail")))

@@ -31,7 +31,7 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
 
     if "gantry" in message:
         # A message that names no kind this queue takes, or lacks a field, fails its record.
-        parsed = messages.UPLOADS_QUEUE_MESSAGE.validate_python(message)
+        parsed = messages.parse(messages.UPLOADS_QUEUE_MESSAGE, message)
         if isinstance(parsed, messages.ValidateInputs):
             from gantry.pipeline.inputs import validate_pending_inputs
 

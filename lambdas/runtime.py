@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
 
+log = logging.getLogger(__name__)
 _context: Context | None = None
 
 
@@ -42,10 +44,16 @@ def process_sqs_batch(
     back. A body that is not a JSON object fails its record (and ends in the DLQ)."""
 
     def record_handler(record: SQSRecord) -> None:
-        message: Any = json.loads(record.body)
-        if not isinstance(message, dict):
-            raise ValueError("the message is not a JSON object")
-        handle_message(message)
+        try:
+            message: Any = json.loads(record.body)
+            if not isinstance(message, dict):
+                raise ValueError("the message is not a JSON object")
+            handle_message(message)
+        except Exception as error:
+            # Powertools logs a failed record's error at debug level only: say why it comes back
+            # (a malformed message will again, until the DLQ takes it).
+            log.warning("message %s failed: %s", record.message_id, error, exc_info=True)
+            raise
 
     response = process_partial_response(
         event=event,

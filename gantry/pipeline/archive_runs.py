@@ -46,7 +46,7 @@ from gantry.images import Image
 from gantry.interfaces import Interface
 from gantry.job_states import JobStatus
 from gantry.jobs import SocketValue
-from gantry.messages import JobEnded
+from gantry.messages import ArchiveRunCancel, ArchiveRunPage, JobEnded
 from gantry.store.archive_runs import IMPORTING, NOT_RUN, SKIPPED
 from gantry.urls import Urls
 from gantry.users import User
@@ -58,8 +58,6 @@ PAGE_SIZE = 100
 CANCEL_PAGE = 200
 # Values of archive items are checked as job inputs; only images need URLs (as pks).
 _URLS = Urls("https://localhost/api/v1/")
-RUN_PAGE = "archive-run-page"
-RUN_CANCEL = "archive-run-cancel"
 SOURCE = resources.JOB_SOURCE_ARCHIVE_RUN
 
 
@@ -72,7 +70,11 @@ class _Stop(Exception):
 
 
 def page_message(run_pk: str, cursor: dict[str, Any] | None) -> str:
-    return json.dumps({"gantry": RUN_PAGE, "run": run_pk, "cursor": cursor})
+    return ArchiveRunPage(run=run_pk, cursor=cursor).model_dump_json()
+
+
+def cancel_message(run_pk: str, cursor: dict[str, Any] | None) -> str:
+    return ArchiveRunCancel(run=run_pk, cursor=cursor).model_dump_json()
 
 
 def send_page(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
@@ -82,8 +84,9 @@ def send_page(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
 
 
 def send_cancel(ctx: Context, run_pk: str, cursor: dict[str, Any] | None) -> None:
-    body = json.dumps({"gantry": RUN_CANCEL, "run": run_pk, "cursor": cursor})
-    ctx.clients.sqs.send_message(QueueUrl=ctx.settings.archive_runs_queue_url, MessageBody=body)
+    ctx.clients.sqs.send_message(
+        QueueUrl=ctx.settings.archive_runs_queue_url, MessageBody=cancel_message(run_pk, cursor)
+    )
 
 
 def job_pk_for(run_pk: str, item_pk: str) -> str:

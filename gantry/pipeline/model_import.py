@@ -118,22 +118,18 @@ def purge_failed_imports(ctx: Context) -> list[str]:
     return removed
 
 
-# Message on the imports queue: delete a removed model's tarball (the import function may
-# write models/, the API may not).
-DELETE_MODEL = "delete-model"
-
-
 def delete_tarball(ctx: Context, key: str) -> None:
     """Delete a removed model's tarball: through the import function where the deployment has
-    one (its queue), else (the local stack) at once."""
-    import json
+    one (its queue: the import function may write models/, the API may not), else (the local
+    stack) at once."""
+    from gantry.messages import DeleteModel
 
     if not key.startswith(resources.PREFIX_MODELS):
         raise ValueError(f"not a model tarball: {key}")
     if ctx.settings.imports_queue_url:
         ctx.clients.sqs.send_message(
             QueueUrl=ctx.settings.imports_queue_url,
-            MessageBody=json.dumps({"gantry": DELETE_MODEL, "key": key}),
+            MessageBody=DeleteModel(key=key).model_dump_json(),
         )
     else:
         ctx.clients.s3.delete_object(Bucket=ctx.settings.bucket_name, Key=key)

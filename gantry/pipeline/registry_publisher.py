@@ -123,15 +123,12 @@ def ensure_publisher(ctx: Context) -> RegistryPublisher | None:
     return publisher if isinstance(publisher, RegistryPublisher) else None
 
 
-# Message on the imports queue: delete an image from the repository (only the import function
-# may, the repository's policy says so).
-DELETE_IMAGE = "delete-image"
-
-
 def delete_image_message(reference: str, tag: str | None = None) -> str:
-    import json
+    """The imports queue's message that deletes an image from the repository (only the import
+    function may, the repository's policy says so)."""
+    from gantry.messages import DeleteImage
 
-    return json.dumps({"gantry": DELETE_IMAGE, "reference": reference, "tag": tag})
+    return DeleteImage(reference=reference, tag=tag).model_dump_json()
 
 
 def in_repository(settings: Settings, reference: str) -> bool:

@@ -203,12 +203,14 @@ def test_the_import_handler_takes_one_import_with_the_time_it_has_left(cold, mon
 
     monkeypatch.setenv("GANTRY_IMAGE_REPOSITORY", "gantry-algorithm-images")
     gone = {"gantry": "import-image", "image": str(uuid.uuid4())}
-    event = _sqs_event(gone, {"not": "an import"}, queue="gantry-imports")
+    outside = {"gantry": "delete-model", "key": "values/not-a-model"}
+    event = _sqs_event(gone, {"not": "an import"}, outside, queue="gantry-imports")
 
     response = on_import.handler(event, LambdaContext(function_name="gantry-on-import"))
 
     # An image deleted before its import is nothing to do; anything else comes back alone.
-    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+    failed = [{"itemIdentifier": record["messageId"]} for record in event["Records"][1:]]
+    assert response == {"batchItemFailures": failed}
     # The deployment's publisher, stopping before the invocation's time (29 s here) runs out.
     publisher = runtime.context().image_publisher
     assert isinstance(publisher, RegistryPublisher)
@@ -283,7 +285,7 @@ def test_the_job_credentials_handler_refuses_what_is_not_a_request(cold) -> None
     assert set(unknown) == {"error"} and unknown["error"]
 
 
-def test_the_archive_run_handler_takes_pages_and_job_events_from_its_queue(cold) -> None:
+def test_the_archive_run_handler_takes_pages_and_job_events_from_its_queue(cold, caplog) -> None:
     from lambdas import on_archive_run
 
     # A job that no archive run made ends: EventBridge delivers its event to the queue as it is.
@@ -298,9 +300,16 @@ def test_the_archive_run_handler_takes_pages_and_job_events_from_its_queue(cold)
         "resources": [],
         "detail": {"job": str(uuid.uuid4()), "status": "Failed", "source": "api"},
     }
-    event = _sqs_event(ended, {"not": "a page"}, queue="gantry-archive-runs")
+    no_run = {"gantry": "archive-run-page", "cursor": None}
+    event = _sqs_event(ended, {"not": "a page"}, no_run, queue="gantry-archive-runs")
 
     response = on_archive_run.handler(event, LambdaContext(function_name="gantry-on-archive-run"))
 
-    # Another job's end is nothing to do; the unknown message comes back alone.
-    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+    # Another job's end is nothing to do; the unknown and the malformed message come back.
+    failed = [{"itemIdentifier": record["messageId"]} for record in event["Records"][1:]]
+    assert response == {"batchItemFailures": failed}
+    # The log says why the malformed one failed.
+    malformed = event["Records"][2]["messageId"]
+    assert f"message {malformed} failed: archive-run-page message: run: Field required" in (
+        caplog.text
+    )

@@ -197,5 +197,5 @@ def test_the_job_command_needs_one_image_pk(capsys) -> None:
 def test_an_unknown_message_type_is_not_taken_for_an_import(ctx) -> None:
     with pytest.raises(ValueError, match="unknown message"):
         on_import.handle_message(ctx, {"gantry": "import-nothing", "image": "1"})
-    with pytest.raises(ValueError, match="import-model message without a model pk"):
+    with pytest.raises(ValueError, match="import-model message: model: Field required"):
         on_import.handle_message(ctx, {"gantry": "import-model", "image": "1"})
