@@ -12,10 +12,8 @@ from gantry.context import Context
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 
-START_JOB = "start-job"
-IMPORT_IMAGE = "import-image"
-IMPORT_MODEL = "import-model"
-IMPORT_BIOIMAGEIO = "import-bioimageio"
+# Each message is built from its model in gantry.messages (which holds the kinds' names), imported
+# when a message is sent: the API's cold start does not build the models.
 
 
 def validate_inputs_message(job_pk: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from gantry.job_states import JobStatus
-from gantry.pipeline.wiring import START_JOB, install
+from gantry.pipeline.wiring import install
 from lambdas.api.app import create_app
 from lambdas.on_upload import process
 from tests.conftest import ApiClient, sqs_event
@@ -36,7 +36,8 @@ def test_the_api_queues_a_ready_job_and_on_upload_provisions_it(ctx, alice_token
     assert compute.submitted == []  # nothing copied or submitted on the request's path
     messages = ctx.clients.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
     bodies = [m["Body"] for m in messages["Messages"]]
-    assert [json.loads(b) for b in bodies] == [{"gantry": START_JOB, "job": created["pk"]}]
+    # The wire shape deployed queues hold.
+    assert [json.loads(b) for b in bodies] == [{"gantry": "start-job", "job": created["pk"]}]
 
     # Delivered twice (at least once): provisioned once.
     assert process(ctx, sqs_event(bodies * 2))["batchItemFailures"] == []
