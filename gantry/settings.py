@@ -101,7 +101,8 @@ class Settings(BaseModel):
     max_capacity_retries: int = 20
     # Seconds past a job's time limit before the sweeper asks the backend about it.
     sweeper_margin_seconds: int = 900
-    # Image imports that failed or were cancelled are removed by the sweeper after this long.
+    # Image and model imports that failed or were cancelled are removed by the sweeper after this
+    # long (gantry.pipeline.sweeper.import_retention_cutoff).
     failed_import_retention_seconds: int = Field(default=7 * 24 * 3600, ge=0)
     # Seconds a submitted job may wait for an instance (Batch RUNNABLE) before it fails.
     compute_start_timeout_seconds: int = Field(default=3600, ge=300)

@@ -255,20 +255,13 @@ def store_publisher(root: Any) -> Publisher:
     return publish
 
 
-def purge_ended_imports(ctx: Context) -> list[str]:
-    """Remove the images whose import failed or was cancelled longer ago than the retention
-    period (``settings.failed_import_retention_seconds``); their pks."""
-    from datetime import timedelta
-
-    from gantry import timeutil
-
-    cutoff = timeutil.iso(
-        timeutil.now() - timedelta(seconds=ctx.settings.failed_import_retention_seconds)
-    )
+def purge_ended_imports(ctx: Context, before: str) -> list[str]:
+    """Remove the images whose import failed or was cancelled ``before`` (an ISO time: the
+    sweeper's ``import_retention_cutoff``); their pks."""
     removed = []
-    for image in ctx.store.algorithms.ended_imports_before(cutoff):
+    for image in ctx.store.algorithms.ended_imports_before(before):
         ctx.store.algorithms.delete_image(image)
         removed.append(image.pk)
     if removed:
-        log.info("removed %s image imports that ended before %s", len(removed), cutoff)
+        log.info("removed %s image imports that ended before %s", len(removed), before)
     return removed

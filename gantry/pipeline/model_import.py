@@ -98,23 +98,16 @@ def _copy_and_check(ctx: Context, model: AlgorithmModel, key: str) -> tuple[str,
     return stream.sha256, stream.size
 
 
-def purge_failed_imports(ctx: Context) -> list[str]:
-    """Remove the models whose import failed longer ago than the retention period
-    (``settings.failed_import_retention_seconds``, as for images); their pks. A failed import
-    keeps no tarball (``_fail`` deleted its copy) and no job ever used it."""
-    from datetime import timedelta
-
-    from gantry import timeutil
-
-    cutoff = timeutil.iso(
-        timeutil.now() - timedelta(seconds=ctx.settings.failed_import_retention_seconds)
-    )
+def purge_failed_imports(ctx: Context, before: str) -> list[str]:
+    """Remove the models whose import failed ``before`` (an ISO time: the sweeper's
+    ``import_retention_cutoff``, as for images); their pks. A failed import keeps no tarball
+    (``_fail`` deleted its copy) and no job ever used it."""
     removed = []
-    for model in ctx.store.models.failed_before(cutoff):
+    for model in ctx.store.models.failed_before(before):
         ctx.store.models.delete(model)
         removed.append(model.pk)
     if removed:
-        log.info("removed %s model imports that failed before %s", len(removed), cutoff)
+        log.info("removed %s model imports that failed before %s", len(removed), before)
     return removed
 
 

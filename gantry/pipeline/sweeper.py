@@ -76,8 +76,9 @@ def sweep(
     drops = reconcile_drops(ctx, settle_seconds=settle)
     report.drops_started = drops.started
     report.results_written = drops.announced
-    report.imports_removed = purge_ended_imports(ctx)
-    report.models_removed = purge_failed_imports(ctx)
+    kept_since = import_retention_cutoff(ctx)
+    report.imports_removed = purge_ended_imports(ctx, before=kept_since)
+    report.models_removed = purge_failed_imports(ctx, before=kept_since)
     report.runs_resumed = _resume_runs(ctx)
     report.items_written_back = _redo_write_backs(ctx)
     return report
@@ -88,8 +89,7 @@ def _resume_runs(ctx: Context) -> list[str]:
     runs whose page message was lost (unchanged for the sweeper's margin) get it again."""
     from gantry.pipeline.archive_runs import resume_waiting
 
-    stale = timeutil.now() - timedelta(seconds=ctx.settings.sweeper_margin_seconds)
-    return resume_waiting(ctx, stale_before=timeutil.iso(stale))
+    return resume_waiting(ctx, stale_before=stale_cutoff(ctx))
 
 
 def _redo_write_backs(ctx: Context) -> list[str]:
@@ -220,4 +220,15 @@ def _reconcile(ctx: Context, job_pk: str) -> bool:
 
 
 def stale_cutoff(ctx: Context) -> str:
-    return timeutil.iso(timeutil.now() - timedelta(seconds=ctx.settings.sweeper_margin_seconds))
+    """What has not changed since this (an ISO time) looks stuck: its message may be lost."""
+    return _ago(ctx.settings.sweeper_margin_seconds)
+
+
+def import_retention_cutoff(ctx: Context) -> str:
+    """Image and model imports that ended without completing before this (an ISO time) are
+    removed: ``settings.failed_import_retention_seconds`` ago."""
+    return _ago(ctx.settings.failed_import_retention_seconds)
+
+
+def _ago(seconds: int) -> str:
+    return timeutil.iso(timeutil.now() - timedelta(seconds=seconds))

@@ -16,7 +16,6 @@ from gantry.oci.layout import OciLayout
 from gantry.oci.registry import RegistryError, split_reference
 from gantry.pipeline.image_import import (
     import_image,
-    purge_ended_imports,
     registry_publisher,
     registry_remover,
 )
@@ -305,7 +304,7 @@ def test_ended_imports_are_removed_after_the_retention_period(
     assert failed["import_status"] == "Failed"
 
     ctx.settings = ctx.settings.model_copy(update={"failed_import_retention_seconds": 3600})
-    assert purge_ended_imports(ctx) == []  # within its retention period
+    assert sweep(ctx).imports_removed == []  # within its retention period
     assert api.get(f"algorithms/images/{failed['pk']}/")[0] == 200
 
     ctx.settings = ctx.settings.model_copy(update={"failed_import_retention_seconds": 0})

@@ -409,7 +409,6 @@ def test_on_a_deployment_the_import_function_deletes_the_removed_tarball(ctx, ap
 
 
 def test_failed_model_imports_are_removed_after_the_retention_period(ctx, api, platform):
-    from gantry.pipeline.model_import import purge_failed_imports
     from gantry.pipeline.sweeper import sweep
 
     failed = import_tarball(ctx, api, platform, b"not a tarball")
@@ -417,7 +416,7 @@ def test_failed_model_imports_are_removed_after_the_retention_period(ctx, api, p
     assert failed["import_status"] == "Failed"
 
     ctx.settings = ctx.settings.model_copy(update={"failed_import_retention_seconds": 3600})
-    assert purge_failed_imports(ctx) == []
+    assert sweep(ctx).models_removed == []  # within its retention period
     assert api.get(f"algorithms/models/{failed['pk']}/")[0] == 200
 
     ctx.settings = ctx.settings.model_copy(update={"failed_import_retention_seconds": 0})
