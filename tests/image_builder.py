@@ -31,6 +31,13 @@ from typing import Any, Literal
 MTIME = 1_700_000_000
 Layout = Literal["docker", "docker25", "oci"]
 Compression = Literal["none", "gzip", "xz", "zstd"]
+# The archive itself: what Python's tarfile writes (zstd only from 3.14).
+ArchiveCompression = Literal["none", "gzip", "xz"]
+_TAR_MODES: dict[ArchiveCompression, Literal["w", "w:gz", "w:xz"]] = {
+    "none": "w",
+    "gzip": "w:gz",
+    "xz": "w:xz",
+}
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -252,7 +259,7 @@ def write_archive(
     specs: ImageSpec | Sequence[ImageSpec],
     *,
     layout: Layout = "oci",
-    compression: Compression = "none",
+    compression: ArchiveCompression = "none",
     layer_compression: Compression = "none",
     attestation: bool = False,
 ) -> Path:
@@ -275,9 +282,8 @@ def write_archive(
             _write_docker(root, built)
         else:
             _write_oci(root, built, docker_manifest=layout == "docker25", attestation=attestation)
-        mode = {"none": "w", "gzip": "w:gz", "xz": "w:xz"}[compression]
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        with tarfile.open(partial, mode) as tar:
+        with tarfile.open(partial, _TAR_MODES[compression]) as tar:
             for member in sorted(root.rglob("*")):
                 tar.add(member, member.relative_to(root).as_posix(), recursive=False)
         partial.rename(path)

@@ -496,7 +496,7 @@ class Platform:
         root = Path(tempfile.mkdtemp(dir=self.tmp))
         root.chmod(0o755)
         real_invoker = credentials.lambda_invoker
-        credentials.lambda_invoker = self._credentials_function  # type: ignore[assignment]
+        credentials.lambda_invoker = self._credentials_function
         try:
             with _environment(self.compute_environment(job)), self.act(principal):
                 code = main(
@@ -519,7 +519,7 @@ class Platform:
                     ]
                 )
         finally:
-            credentials.lambda_invoker = real_invoker  # type: ignore[assignment]
+            credentials.lambda_invoker = real_invoker
         assert code == 0
 
     def compute_environment(self, job: Any) -> dict[str, str]:
@@ -580,12 +580,12 @@ class Platform:
         from gantry.pipeline.sweeper import sweep
 
         real_now = timeutil.now
-        timeutil.now = lambda: real_now() + timedelta(seconds=after_seconds)  # type: ignore
+        timeutil.now = lambda: real_now() + timedelta(seconds=after_seconds)
         try:
             with self.act("sweeper"):
                 sweep(self.contexts["sweeper"])
         finally:
-            timeutil.now = real_now  # type: ignore
+            timeutil.now = real_now
 
     def use_backend(self, backend: str) -> None:
         for name, handler in HANDLERS.items():

@@ -111,7 +111,7 @@ def config_environment(config: RunnerConfig) -> dict[str, str]:
             env.update(to_env(config) if to_env else {})
             continue
         default = (
-            item.default_factory()  # type: ignore[misc]
+            item.default_factory()
             if item.default_factory is not dataclasses.MISSING
             else item.default
         )

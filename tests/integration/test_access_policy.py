@@ -820,7 +820,7 @@ def test_a_jobs_data_is_seen_only_once_its_creator_shares_it(world: World) -> No
 def _add_members(ctx, algorithm_pk: str, *, users: list[str], editors: list[str]) -> None:
     from gantry.store import keys
 
-    def mutate(stored):  # type: ignore[no-untyped-def]
+    def mutate(stored):
         doc = dict(stored.doc)
         doc["users"] = [*doc["users"], *users]
         doc["editors"] = [*doc["editors"], *editors]

@@ -363,7 +363,7 @@ def test_the_gateway_drops_headers_meant_for_the_local_runner_only():
         start_response("200 OK", [])
         return [b""]
 
-    app = gateway_app(ApiPool(None), aws)  # type: ignore[arg-type]
+    app = gateway_app(ApiPool(None), aws)
     environ = {
         "PATH_INFO": "/bucket/key",
         "REQUEST_METHOD": "PUT",

@@ -46,7 +46,7 @@ def stack():
         store.sockets.create(
             InterfaceFields(title=title, kind=kind, relative_path=path), creator="alice"
         )
-    local.user = user  # type: ignore[attr-defined]
+    local.user = user
     yield local
     local.stop()
 

@@ -131,7 +131,7 @@ def test_concurrent_callers_share_one_unpack(tmp_path):
     for thread in threads:
         thread.join()
 
-    assert len({str(r.rootfs) for r in results}) == 1, results  # type: ignore[union-attr]
+    assert len({str(r.rootfs) for r in results}) == 1, results
     assert os.listdir(store_root / "tmp") == []
     assert len(os.listdir(store_root / "layers/sha256")) == 2
 
