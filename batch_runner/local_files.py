@@ -5,9 +5,10 @@ through HTTP reads it, sends it through two processes and writes it again, sever
 slower than a copy. When the local compute backend asks for it (``GANTRY_RUNNER_LOCAL_FILES=1``,
 never set on AWS), the runner still asks S3 for the object (one ranged GetObject of one byte,
 so the same access rules apply) and adds a request header; the local endpoint answers it with
-the object's stored file, which the runner then copies with ``copy_file_range`` (a reflink on
+the object's stored files (one, or a completed multipart upload's parts in order), which the
+runner then copies one after another into the input with ``copy_file_range`` (a reflink on
 file systems that have them, a copy inside the kernel elsewhere). The copy is the job's own:
-nothing a job does to its input reaches the stored object, whose file the endpoint never
+nothing a job does to its input reaches the stored object, whose files the endpoint never
 changes in place. Any other answer (another endpoint, an object it does not keep as a file,
 an error) leaves the input to the usual download.
 
@@ -30,7 +31,12 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gantry.contract import LOCAL_FILE_HEADER, LOCAL_FILES_ENV, LOCAL_INCOMING_ENV
+from gantry.contract import (
+    LOCAL_FILE_HEADER,
+    LOCAL_FILES_ENV,
+    LOCAL_INCOMING_ENV,
+    local_file_paths,
+)
 
 _TOTAL = re.compile(r"^bytes \d+-\d+/(\d+)$")
 _CHUNK = 64 * 1024 * 1024
@@ -47,8 +53,8 @@ def _ask_for_file(request: Any, **_kwargs: Any) -> None:
 
 
 def copy_local(client: Any, bucket: str, key: str, target: str) -> bool:
-    """Copy the object from the endpoint's file to ``target``; False where the endpoint
-    offers no file (nothing is then written), the caller downloads it instead."""
+    """Copy the object from the endpoint's files to ``target``; False where the endpoint
+    offers none (nothing is then written), the caller downloads it instead."""
     client.meta.events.register(
         "before-sign.s3.GetObject", _ask_for_file, unique_id="gantry-local-file"
     )
@@ -58,25 +64,37 @@ def copy_local(client: Any, bucket: str, key: str, target: str) -> bool:
         return False  # the download reports it, with the same error
     response["Body"].close()
     headers = response["ResponseMetadata"]["HTTPHeaders"]
-    path = headers.get(LOCAL_FILE_HEADER)
+    named = headers.get(LOCAL_FILE_HEADER)
     total = _TOTAL.match(response.get("ContentRange") or "")
-    if not path or total is None or not os.path.isabs(path):
+    if not named or total is None or not os.path.isabs(named):
         return False
+    sources: list[tuple[int, int]] = []
     try:
-        source = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False  # replaced meanwhile: the download gets the newer version
-    try:
-        info = os.fstat(source)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != int(total.group(1)):
+        # All opened first: a newer version may replace (and unlink) them meanwhile.
+        for path in local_file_paths(named):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            info = os.fstat(fd)
+            sources.append((fd, info.st_size))
+            if not stat.S_ISREG(info.st_mode):
+                return False
+        if sum(size for _fd, size in sources) != int(total.group(1)):
             return False
-        _copy(source, target, info.st_size)
+        written = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            offset = 0
+            for fd, size in sources:
+                _copy(fd, written, size, offset)
+                offset += size
+        finally:
+            os.close(written)
     except OSError:
+        # Replaced meanwhile, or the copy failed: the download gets the newer version.
         with contextlib.suppress(OSError):
             os.truncate(target, 0)
         return False
     finally:
-        os.close(source)
+        for fd, _size in sources:
+            os.close(fd)
     return True
 
 
@@ -93,7 +111,13 @@ def put_local(client: Any, source: int, bucket: str, key: str) -> bool:
 
     try:
         size = os.fstat(source).st_size
-        _copy(source, copy, size, exclusive=True)
+        # Only the endpoint reads the copy; a name taken already is never reused.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        target = os.open(copy, flags, 0o600)
+        try:
+            _copy(source, target, size, 0)
+        finally:
+            os.close(target)
         client.meta.events.register("before-sign.s3.PutObject", name_the_copy)
         try:
             response = client.put_object(Bucket=bucket, Key=key, Body=b"")
@@ -109,30 +133,24 @@ def put_local(client: Any, source: int, bucket: str, key: str) -> bool:
     return response["ResponseMetadata"]["HTTPHeaders"].get(LOCAL_FILE_HEADER) == str(size)
 
 
-def _copy(source: int, target_path: str, size: int, *, exclusive: bool = False) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-    if exclusive:
-        flags |= os.O_EXCL
-    # An input is read by the algorithm's user; an output's copy only by the endpoint.
-    target = os.open(target_path, flags, 0o600 if exclusive else 0o644)
-    try:
-        copied = 0
-        cross_device = False
-        while copied < size:
-            count = min(_CHUNK, size - copied)
-            if not cross_device:
-                try:
-                    sent = os.copy_file_range(source, target, count, copied, copied)
-                except OSError as error:
-                    if error.errno not in _NO_COPY_FILE_RANGE:
-                        raise
-                    cross_device = True
-                    continue
-            else:
-                os.lseek(target, copied, os.SEEK_SET)
-                sent = os.sendfile(target, source, copied, count)
-            if sent == 0:
-                raise OSError(errno.EIO, "the stored file ended early")
-            copied += sent
-    finally:
-        os.close(target)
+def _copy(source: int, target: int, size: int, at: int) -> None:
+    """Copy ``size`` bytes from the start of ``source`` to ``target`` from its offset ``at``,
+    in the kernel."""
+    copied = 0
+    cross_device = False
+    while copied < size:
+        count = min(_CHUNK, size - copied)
+        if not cross_device:
+            try:
+                sent = os.copy_file_range(source, target, count, copied, at + copied)
+            except OSError as error:
+                if error.errno not in _NO_COPY_FILE_RANGE:
+                    raise
+                cross_device = True
+                continue
+        else:
+            os.lseek(target, at + copied, os.SEEK_SET)
+            sent = os.sendfile(target, source, copied, count)
+        if sent == 0:
+            raise OSError(errno.EIO, "the stored file ended early")
+        copied += sent

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from typing import Any
 
@@ -22,9 +23,25 @@ from gantry.paths import validate_relative_path
 # file instead of downloading the object (batch_runner.local_files). Never set on AWS.
 LOCAL_FILES_ENV = "GANTRY_RUNNER_LOCAL_FILES"
 LOCAL_FILE_HEADER = "x-gantry-local-file"
+# An object the endpoint keeps in several files (a completed multipart upload's parts, in
+# order) is named in that header as its folder and the files' names joined by this: the names
+# are hex, so it never occurs in one.
+LOCAL_FILE_SEPARATOR = "+"
 # One machine only, with a durable endpoint: its folder the runner copies outputs to, each then
 # stored by a PutObject that names the copy in LOCAL_FILE_HEADER.
 LOCAL_INCOMING_ENV = "GANTRY_RUNNER_LOCAL_INCOMING"
+
+
+def local_file_names(paths: list[str]) -> str:
+    """The LOCAL_FILE_HEADER value naming an object's files (one folder), in order."""
+    folder = os.path.dirname(paths[0])
+    return os.path.join(folder, LOCAL_FILE_SEPARATOR.join(os.path.basename(p) for p in paths))
+
+
+def local_file_paths(value: str) -> list[str]:
+    """The files, in order, that a LOCAL_FILE_HEADER value names."""
+    folder, _, names = value.rpartition("/")
+    return [f"{folder}/{name}" for name in names.split(LOCAL_FILE_SEPARATOR)]
 
 
 class InvocationInput(BaseModel):

@@ -12,12 +12,16 @@ Where it goes:
   (``items``) and per object (``objects``); a write costs one B-tree update whatever the count,
   so the cost per request stays flat as the table grows.
 - ``uploads`` and ``parts``: multipart uploads in progress and each acknowledged part (its
-  bytes in a file of ``objects/`` too), so an upload cut by a restart goes on where it was;
-  completing one concatenates the part files into the object's file.
-- ``objects/``: each object's bytes in its own file, written to a temporary name, fsync'd and
-  renamed, before the row that names it is committed; a file no row names (a crash between the
-  two) is removed on start. Object files are never changed in place, so moto serves reads from
-  them directly (its own spooled copy is dropped once the file is stored).
+  bytes in a file of ``objects/`` too), so an upload cut by a restart goes on where it was.
+  Completing one makes its part files the object's *segments*, in order, in the same
+  transaction that ends the upload: no byte is written again.
+- ``objects/``: each object's bytes in its own file, or for a completed multipart upload in
+  its segment files (the row's ``segments``, a JSON list of ``[file, size]``; a row without
+  it, as every row of older state directories, names one file in ``file``). Each file is
+  written to a temporary name, fsync'd and renamed before the row that names it is committed;
+  a file no row names (a crash between the two) is removed on start. Object files are never
+  changed in place, so moto serves reads from them directly (its own spooled copy is dropped
+  once the file is stored), and a copy of an object is a hard link of each of its files.
 - ``incoming/``: where the local runner copies an output before a PutObject names it; the
   file is then moved into ``objects/`` (no byte written twice). Leftovers are removed on start.
 
@@ -53,9 +57,10 @@ CREATE TABLE IF NOT EXISTS items (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS objects (
     bucket TEXT NOT NULL, key TEXT NOT NULL, file TEXT NOT NULL, etag TEXT NOT NULL,
-    size INTEGER NOT NULL, last_modified TEXT NOT NULL, meta TEXT NOT NULL,
+    size INTEGER NOT NULL, last_modified TEXT NOT NULL, meta TEXT NOT NULL, segments TEXT,
     PRIMARY KEY (bucket, key)
 ) WITHOUT ROWID;
+-- segments: JSON [[file, size], ...] of an object kept in several files (NULL: one, ``file``).
 CREATE TABLE IF NOT EXISTS uploads (
     bucket TEXT NOT NULL, upload_id TEXT NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY (bucket, upload_id)
@@ -86,14 +91,25 @@ class StoredUpload:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One file of an object's bytes, in order: a whole object has one."""
+
+    path: Path
+    size: int
+
+
+@dataclass(frozen=True)
 class StoredObject:
     bucket: str
     key: str
-    path: Path
+    segments: tuple[Segment, ...]
     etag: str
     size: int
     last_modified: str
     meta: dict[str, Any]
+
+
+_OBJECT_COLUMNS = "bucket, key, file, etag, size, last_modified, meta, segments"
 
 
 class DurableStore:
@@ -113,6 +129,9 @@ class DurableStore:
         # FULL: the WAL is fsync'd at every commit, so a committed write survives a power cut.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}
+        if "segments" not in columns:  # a state directory of an older version: all one file
+            self._db.execute("ALTER TABLE objects ADD COLUMN segments TEXT")
         _fsync_dir(directory)
         self.remove_orphans()
 
@@ -175,22 +194,6 @@ class DurableStore:
         _fsync_dir(self.objects)
         return path, size
 
-    def concatenate_files(self, sources: Iterable[Path]) -> tuple[Path, int]:
-        """A new, fsync'd object file holding the sources one after another, copied by the
-        kernel (nothing passes through this process's memory); (path, size)."""
-        path = self.new_object_path()
-        tmp = path.with_name(f".{path.name}.tmp")
-        size = 0
-        with open(tmp, "wb") as target:
-            for source in sources:
-                with open(source, "rb") as handle:
-                    length = os.fstat(handle.fileno()).st_size
-                    size += _copy_file(handle.fileno(), target.fileno(), length)
-            os.fsync(target.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.objects)
-        return path, size
-
     def adopt_file(self, name: str) -> tuple[Path, int]:
         """Make a file of the incoming folder an object file, moved (no byte is copied) and
         fsync'd; (path, size). ValueError for anything but a regular file there, with no other
@@ -221,6 +224,16 @@ class DurableStore:
         _fsync_dir(self.objects)
         return path
 
+    def link_segments(self, segments: Iterable[Segment]) -> tuple[Segment, ...]:
+        """New names for the (immutable) files of an object, one directory fsync for all."""
+        linked = []
+        for segment in segments:
+            path = self.new_object_path()
+            os.link(segment.path, path)
+            linked.append(Segment(path, segment.size))
+        _fsync_dir(self.objects)
+        return tuple(linked)
+
     def put_object(self, obj: StoredObject) -> None:
         """Record ``obj`` (its file already durable); the file it replaces is removed."""
         with self._lock:
@@ -231,21 +244,31 @@ class DurableStore:
     def _put_object_row(self, obj: StoredObject) -> list[str]:
         """Write the row of ``obj`` (lock held); the file names it no longer uses."""
         old = self._db.execute(
-            "SELECT file FROM objects WHERE bucket = ? AND key = ?", (obj.bucket, obj.key)
+            "SELECT file, segments FROM objects WHERE bucket = ? AND key = ?",
+            (obj.bucket, obj.key),
         ).fetchone()
+        names = [segment.path.name for segment in obj.segments]
+        segments = None
+        if len(obj.segments) != 1:
+            segments = json.dumps(
+                [[segment.path.name, segment.size] for segment in obj.segments],
+                separators=(",", ":"),
+            )
         self._db.execute(
-            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO objects ({_OBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 obj.bucket,
                 obj.key,
-                obj.path.name,
+                names[0] if names else "",
                 obj.etag,
                 obj.size,
                 obj.last_modified,
                 json.dumps(obj.meta, separators=(",", ":")),
+                segments,
             ),
         )
-        return [old[0]] if old and old[0] != obj.path.name else []
+        kept = set(names)
+        return [name for name in _file_names(*old) if name not in kept] if old else []
 
     # --- multipart uploads in progress ----------------------------------------------------
 
@@ -297,7 +320,8 @@ class DurableStore:
 
     def end_upload(self, bucket: str, upload_id: str, result: StoredObject | None = None) -> None:
         """An upload is over: completed into ``result`` (recorded in the same transaction, so
-        a crash leaves either the upload or the object) or aborted. Its part files go."""
+        a crash leaves either the upload or the object) or aborted. Its part files go, but
+        those ``result`` keeps as its segments."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -315,6 +339,8 @@ class DurableStore:
                     "DELETE FROM uploads WHERE bucket = ? AND upload_id = ?", (bucket, upload_id)
                 )
                 if result is not None:
+                    kept = {segment.path.name for segment in result.segments}
+                    files = [file for file in files if file not in kept]
                     files += self._put_object_row(result)
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -326,36 +352,44 @@ class DurableStore:
     def delete_object(self, bucket: str, key: str) -> None:
         with self._lock:
             old = self._db.execute(
-                "SELECT file FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+                "SELECT file, segments FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
             ).fetchone()
             if old is None:
                 return
             self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
-        (self.objects / old[0]).unlink(missing_ok=True)
+        for name in _file_names(*old):
+            (self.objects / name).unlink(missing_ok=True)
 
     def get_object(self, bucket: str, key: str) -> StoredObject | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+                f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE bucket = ? AND key = ?",
+                (bucket, key),
             ).fetchone()
         return self._stored(row) if row else None
 
     def stored_objects(self) -> Iterator[StoredObject]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM objects").fetchall()
+            rows = self._db.execute(f"SELECT {_OBJECT_COLUMNS} FROM objects").fetchall()
         for row in rows:
             yield self._stored(row)
 
     def _stored(self, row: tuple[Any, ...]) -> StoredObject:
-        bucket, key, file, etag, size, last_modified, meta = row
-        return StoredObject(
-            bucket, key, self.objects / file, etag, int(size), last_modified, json.loads(meta)
-        )
+        bucket, key, file, etag, size, last_modified, meta, segments = row
+        if segments is None:
+            files: tuple[Segment, ...] = (Segment(self.objects / file, int(size)),)
+        else:
+            files = tuple(Segment(self.objects / name, int(n)) for name, n in json.loads(segments))
+        return StoredObject(bucket, key, files, etag, int(size), last_modified, json.loads(meta))
 
     def remove_orphans(self) -> int:
         """Remove object files no row names and incoming files: writes a crash interrupted."""
         with self._lock:
-            named = {row[0] for row in self._db.execute("SELECT file FROM objects")}
+            named = {
+                name
+                for row in self._db.execute("SELECT file, segments FROM objects")
+                for name in _file_names(*row)
+            }
             named |= {row[0] for row in self._db.execute("SELECT file FROM parts")}
         removed = 0
         for path in self.incoming.iterdir():
@@ -373,15 +407,11 @@ def item_key(hash_value: Any, range_value: Any) -> str:
     return json.dumps([hash_value, range_value], sort_keys=True)
 
 
-def _copy_file(source: int, target: int, size: int) -> int:
-    """Copy ``size`` bytes from the current offsets of ``source`` to ``target`` in the kernel."""
-    left = size
-    while left > 0:
-        copied = os.copy_file_range(source, target, min(left, 1 << 30))
-        if copied == 0:
-            break
-        left -= copied
-    return size - left
+def _file_names(file: str, segments: str | None) -> list[str]:
+    """The names of an object row's files."""
+    if segments is None:
+        return [file]
+    return [name for name, _size in json.loads(segments)]
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -7,17 +7,18 @@ leaves only once the write is on disk. Writes it covers:
 
 - DynamoDB: PutItem, UpdateItem, DeleteItem, BatchWriteItem, TransactWriteItems (one SQLite
   transaction per request, so a transaction is all or nothing on disk too);
-- S3: PutObject, CopyObject (a hard link to the source's file when the bytes are the same),
-  DeleteObject, DeleteObjects, and tag or ACL changes of an object;
+- S3: PutObject, CopyObject (a hard link of each of the source's files when the bytes are the
+  same), DeleteObject, DeleteObjects, and tag or ACL changes of an object;
 - S3 multipart uploads: each upload started and each part acknowledged (its own file), so an
-  upload cut by a restart goes on where it was; CompleteMultipartUpload concatenates the part
-  files into the object's file in the kernel, where moto would join every part in memory and
-  write the object again (several times the object's size in RAM); a part copied from a
-  stored object (UploadPartCopy) is read from that object's file, its range only.
+  upload cut by a restart goes on where it was; CompleteMultipartUpload makes the part files
+  the object's segments, in order, where moto would join every part in memory and write the
+  object again (several times the object's size in RAM); a part copied from a stored object
+  (UploadPartCopy) is read from that object's files, its range only.
 
-Reads of a stored object are streamed from its file; asked with the header
-``x-gantry-local-file: 1``, the answer names that file, which the local runner copies instead
-of downloading the object (``batch_runner.local_files``).
+Reads of a stored object are streamed from its files (a range may span several segments);
+asked with the header ``x-gantry-local-file: 1``, the answer names those files, which the
+local runner copies, one after another, instead of downloading the object
+(``batch_runner.local_files``).
 """
 
 from __future__ import annotations
@@ -34,15 +35,22 @@ import secrets
 import signal
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 from xml.sax.saxutils import escape
 
-from gantry.contract import LOCAL_FILE_HEADER
-from gantry.local.durable import COPY_CHUNK, DurableStore, StoredObject, StoredPart, item_key
+from gantry.contract import LOCAL_FILE_HEADER, local_file_names
+from gantry.local.durable import (
+    COPY_CHUNK,
+    DurableStore,
+    Segment,
+    StoredObject,
+    StoredPart,
+    item_key,
+)
 
 logger = logging.getLogger(__name__)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -115,20 +123,27 @@ class _ThenCrash:
 
 
 class StoredFile:
-    """What moto reads a stored object's (or part's) bytes from: its file, opened only while it
-    is read. An open file per stored object would exhaust the process's file descriptors (a
-    soft limit of 1,024 is common) once the stack holds a few hundred objects."""
+    """What moto reads a stored object's (or part's) bytes from: its files (segments), one
+    after another, each opened only while it is read. An open file per stored object would
+    exhaust the process's file descriptors (a soft limit of 1,024 is common) once the stack
+    holds a few hundred objects."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.name = os.fspath(path)
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self.segments = tuple(segments)
+        self.name = os.fspath(self.segments[0].path)
+        self.size = sum(segment.size for segment in self.segments)
         self.closed = False
         self._position = 0
+
+    @classmethod
+    def of(cls, path: Path, size: int) -> StoredFile:
+        return cls((Segment(path, size),))
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_CUR:
             offset += self._position
         elif whence == io.SEEK_END:
-            offset += os.stat(self.name).st_size
+            offset += self.size
         self._position = offset
         return offset
 
@@ -136,9 +151,11 @@ class StoredFile:
         return self._position
 
     def read(self, size: int | None = -1) -> bytes:
-        with open(self.name, "rb") as handle:
-            handle.seek(self._position)
-            data = handle.read(size)
+        left = max(0, self.size - self._position)
+        if size is not None and size >= 0:
+            left = min(left, size)
+        with _RangeBody(_open_range(self.segments, self._position, left)) as body:
+            data = b"".join(body)
         self._position += len(data)
         return data
 
@@ -384,17 +401,18 @@ def _store_key(
     with fake.lock:
         etag = fake.etag
         if source is not None and source.etag == etag and source.size == fake.size:
-            path = store.link_file(source.path)
+            segments = store.link_segments(source.segments)
         else:
-            path, _size = store.write_file(_chunks(fake._value_buffer))
-        # From now on moto reads the stored file (never changed in place) and drops its copy.
-        old, fake._value_buffer = fake._value_buffer, StoredFile(path)
+            path, size = store.write_file(_chunks(fake._value_buffer))
+            segments = (Segment(path, size),)
+        # From now on moto reads the stored files (never changed in place) and drops its copy.
+        old, fake._value_buffer = fake._value_buffer, StoredFile(segments)
         old.close()
     store.put_object(
         StoredObject(
             bucket=bucket_name,
             key=fake.name,
-            path=path,
+            segments=segments,
             etag=etag,
             size=fake.size,
             last_modified=fake.last_modified.isoformat(),
@@ -422,7 +440,7 @@ def restore_objects(store: DurableStore) -> int:
     count = 0
     for obj in store.stored_objects():
         bucket = _bucket(obj.bucket)
-        if bucket is None or not obj.path.exists():
+        if bucket is None or not all(segment.path.exists() for segment in obj.segments):
             logger.warning("cannot restore %s/%s", obj.bucket, obj.key)
             continue
         fake = FakeKey(
@@ -436,7 +454,7 @@ def restore_objects(store: DurableStore) -> int:
         )
         fake._value_buffer.close()
         # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-        fake._value_buffer = StoredFile(obj.path)  # type: ignore[assignment]
+        fake._value_buffer = StoredFile(obj.segments)  # type: ignore[assignment]
         fake.contentsize = obj.size
         fake.last_modified = datetime.fromisoformat(obj.last_modified)
         fake._metadata = LowercaseDict(obj.meta.get("metadata") or {})
@@ -469,12 +487,10 @@ def _serve_stored(
         return None
     bucket = _bucket(bucket_name)
     fake = bucket.keys.get(key_name) if bucket is not None else None
-    buffer = getattr(fake, "_value_buffer", None)
-    if (
-        fake is None
-        or not isinstance(buffer, StoredFile)
-        or Path(buffer.name).parent != store.objects
-    ):
+    if fake is None:
+        return None
+    segments = _stored_segments(store, fake)
+    if segments is None or len(segments) > MAX_SEGMENTS:
         return None
     if conditions and environ["HTTP_IF_MATCH"] not in (fake.etag, "*"):
         return None  # moto answers 412 (ranged downloads send If-Match with the ETag)
@@ -487,7 +503,6 @@ def _serve_stored(
     headers["Accept-Ranges"] = "bytes"
     if fake.version_id != "null":
         headers["x-amz-version-id"] = fake.version_id
-    path = Path(buffer.name)
     status = "200 OK"
     begin, end = 0, size - 1
     if byte_range:
@@ -505,16 +520,18 @@ def _serve_stored(
     headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
     headers["Content-Length"] = str(end - begin + 1)
     if environ.get(LOCAL_FILE_ENVIRON) == "1":
-        # The local runner copies the object from its file rather than downloading it
-        # (batch_runner.local_files); the file is never changed in place.
-        headers[LOCAL_FILE_HEADER] = os.path.abspath(path)
+        # The local runner copies the object from its files rather than downloading it
+        # (batch_runner.local_files); the files are never changed in place.
+        headers[LOCAL_FILE_HEADER] = local_file_names(
+            [os.path.abspath(segment.path) for segment in segments]
+        )
     try:
-        # Opened before answering: a newer version may replace (and unlink) the file later.
-        handle = open(path, "rb")  # noqa: SIM115
+        # Opened before answering: a newer version may replace (and unlink) the files later.
+        pieces = _open_range(segments, begin, end - begin + 1)
     except FileNotFoundError:
         return None
     start_response(status, list(headers.items()))
-    return _file_chunks(handle, begin, end - begin + 1)
+    return _RangeBody(pieces)
 
 
 def _byte_range(header: str | None, size: int) -> tuple[int, int] | Literal[False] | None:
@@ -540,15 +557,62 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | Literal[Fals
     return begin, end
 
 
-def _file_chunks(handle: io.BufferedReader, offset: int, length: int) -> Iterator[bytes]:
-    with handle:
-        handle.seek(offset)
-        while length > 0:
-            chunk = handle.read(min(READ_CHUNK, length))
-            if not chunk:
-                return
-            length -= len(chunk)
-            yield chunk
+# More files than this, and a read is left to moto: each read holds every file of its range
+# open from the start (a newer version may unlink them meanwhile), and the local runner is
+# given their names in one header.
+MAX_SEGMENTS = 1000
+
+
+def _open_range(
+    segments: Sequence[Segment], begin: int, length: int
+) -> list[tuple[io.BufferedReader, int, int]]:
+    """(open file, offset in it, byte count) of each segment holding the ``length`` bytes from
+    ``begin`` of an object kept in ``segments``, all opened before any byte is read: a newer
+    version of the object may unlink them meanwhile. FileNotFoundError if one is gone."""
+    pieces: list[tuple[io.BufferedReader, int, int]] = []
+    first, end = 0, begin + length
+    try:
+        for segment in segments:
+            last = first + segment.size
+            if last > begin and first < end:
+                offset = max(begin - first, 0)
+                # A reader, never a writer, of an object file; closed by _RangeBody.
+                handle = open(segment.path, "rb")  # noqa: SIM115
+                pieces.append((handle, offset, min(last, end) - first - offset))
+            first = last
+    except BaseException:
+        for handle, _offset, _count in pieces:
+            handle.close()
+        raise
+    return pieces
+
+
+class _RangeBody:
+    """The bytes of opened segment ranges, 1 MiB at a time; ``close`` (werkzeug calls it once
+    the response is sent, or given up) closes every file, read or not."""
+
+    def __init__(self, pieces: list[tuple[io.BufferedReader, int, int]]) -> None:
+        self.pieces = pieces
+
+    def __iter__(self) -> Iterator[bytes]:
+        for handle, offset, count in self.pieces:
+            handle.seek(offset)
+            while count > 0:
+                chunk = handle.read(min(READ_CHUNK, count))
+                if not chunk:
+                    return  # shorter than recorded: the client sees the body cut short
+                count -= len(chunk)
+                yield chunk
+
+    def __enter__(self) -> _RangeBody:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for handle, _offset, _count in self.pieces:
+            handle.close()
 
 
 # --- copies at no I/O -------------------------------------------------------------------------
@@ -581,13 +645,14 @@ def _link_copy(
     from moto.s3 import notifications
     from moto.s3.models import s3_backends
 
-    path = store.link_file(stored.path)
+    # Every file of the object gets a new name: objects are immutable, so a link is a copy.
+    segments = store.link_segments(stored.segments)
     backend = s3_backends[target_bucket.account_id][target_bucket.partition]
     copy = backend.put_object(bucket_name, key_name, b"", disable_notification=True)
     with copy.lock:
         copy._value_buffer.close()
         # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-        copy._value_buffer = StoredFile(path)  # type: ignore[assignment]
+        copy._value_buffer = StoredFile(segments)  # type: ignore[assignment]
         copy.contentsize = stored.size
         copy._etag = stored.etag.strip('"')
     copy.set_metadata(dict(source.metadata))
@@ -600,7 +665,7 @@ def _link_copy(
         StoredObject(
             bucket=bucket_name,
             key=key_name,
-            path=path,
+            segments=segments,
             etag=stored.etag,
             size=stored.size,
             last_modified=copy.last_modified.isoformat(),
@@ -679,7 +744,7 @@ def _put_from_file(
     with key.lock:
         key._value_buffer.close()
         # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-        key._value_buffer = StoredFile(path)  # type: ignore[assignment]
+        key._value_buffer = StoredFile.of(path, size)  # type: ignore[assignment]
         key.contentsize = size
         key._etag = f"{secrets.token_hex(16)}-1"
     key.set_metadata(metadata_from_headers(headers))
@@ -687,7 +752,7 @@ def _put_from_file(
         StoredObject(
             bucket=bucket_name,
             key=key_name,
-            path=path,
+            segments=(Segment(path, size),),
             etag=key.etag,
             size=size,
             last_modified=key.last_modified.isoformat(),
@@ -816,7 +881,7 @@ def _store_part(store: DurableStore, bucket_name: str, upload_id: str, number: i
         etag = part.etag
         path, size = store.write_file(_chunks(part._value_buffer))
         # moto reads the part from its file from now on; its own copy is dropped.
-        old, part._value_buffer = part._value_buffer, StoredFile(path)
+        old, part._value_buffer = part._value_buffer, StoredFile.of(path, size)
         old.close()
     store.put_part(
         bucket_name,
@@ -840,7 +905,7 @@ def _part_from_file(
     part = multipart.set_part(number, b"")
     with part.lock:
         part._value_buffer.close()
-        part._value_buffer = StoredFile(path)
+        part._value_buffer = StoredFile.of(path, size)
         part.contentsize = size
         part._etag = md5.hexdigest()
     store.put_part(
@@ -946,8 +1011,8 @@ def _part_copy_to_file(
     source_bucket_name, source_key = _split_path(unquote(copied_from))
     source_bucket = _bucket(source_bucket_name)
     source = source_bucket.keys.get(source_key) if source_bucket is not None else None
-    path = _stored_file(store, source) if source is not None else None
-    if multipart is None or not 1 <= number <= 10_000 or source is None or path is None:
+    segments = _stored_segments(store, source) if source is not None else None
+    if multipart is None or not 1 <= number <= 10_000 or source is None or segments is None:
         return None
     if_match = environ.get("HTTP_X_AMZ_COPY_SOURCE_IF_MATCH")
     if if_match is not None and if_match not in (source.etag, source.etag.strip('"')):
@@ -960,19 +1025,20 @@ def _part_copy_to_file(
         if matched is None:
             return None
         begin, end = int(matched.group(1)), int(matched.group(2))
-    if not 0 <= begin <= end < size:
+    if not 0 <= begin <= end < size or len(segments) > MAX_SEGMENTS:
         return None  # moto answers (S3 refuses such a range)
     md5 = hashlib.md5()
     try:
-        # Opened before reading: a newer version may replace (and unlink) the file meanwhile.
-        handle = open(path, "rb")  # noqa: SIM115
+        # Opened before reading: a newer version may replace (and unlink) the files meanwhile.
+        pieces = _open_range(segments, begin, end - begin + 1)
     except FileNotFoundError:
         return None
 
     def body() -> Iterator[bytes]:
-        for chunk in _file_chunks(handle, begin, end - begin + 1):
-            md5.update(chunk)
-            yield chunk
+        with _RangeBody(pieces) as chunks:
+            for chunk in chunks:
+                md5.update(chunk)
+                yield chunk
 
     part_path, part_size = store.write_file(body())
     if part_size != end - begin + 1:  # never for an immutable file; moto answers then
@@ -994,11 +1060,14 @@ def _part_copy_to_file(
     return [answer]
 
 
-def _stored_file(store: DurableStore, fake: Any) -> Path | None:
+def _stored_segments(store: DurableStore, fake: Any) -> tuple[Segment, ...] | None:
+    """The files moto reads a key or part from, where they are the store's."""
     buffer = getattr(fake, "_value_buffer", None)
-    if not isinstance(buffer, StoredFile) or Path(buffer.name).parent != store.objects:
+    if not isinstance(buffer, StoredFile) or any(
+        segment.path.parent != store.objects for segment in buffer.segments
+    ):
         return None
-    return Path(buffer.name)
+    return buffer.segments
 
 
 def _requested_parts(body: bytes) -> list[tuple[int, str]] | None:
@@ -1028,9 +1097,10 @@ def _completed_from_files(
     start_response: Callable[..., Any],
     upload_id: str,
 ) -> Iterable[bytes] | None:
-    """CompleteMultipartUpload by concatenating the stored part files into the object's file.
-    None where moto answers: an unknown upload or part, a part too small, checksums,
-    encryption or conditions."""
+    """CompleteMultipartUpload with the stored part files as the object's segments, in order:
+    no byte is read or written again (moto would join the parts in memory, and a single file
+    would cost a second write of every byte). None where moto answers: an unknown upload or
+    part, a part too small, encryption or conditions."""
     from moto.s3 import notifications
     from moto.s3.models import s3_backends
     from moto.settings import S3_UPLOAD_PART_MIN_SIZE
@@ -1050,17 +1120,19 @@ def _completed_from_files(
     requested = _requested_parts(_read_body(environ))
     if requested is None:
         return None
-    parts, files = [], []
+    parts: list[Any] = []
+    segments: list[Segment] = []
     for index, (number, etag) in enumerate(requested):
         part = multipart.parts.get(number)
-        path = _stored_file(store, part) if part is not None else None
-        if part is None or path is None or part.etag.strip('"') != etag:
+        stored = _stored_segments(store, part) if part is not None else None
+        if part is None or stored is None or part.etag.strip('"') != etag:
             return None
         if index < len(requested) - 1 and part.contentsize < S3_UPLOAD_PART_MIN_SIZE:
             return None
         parts.append(part)
-        files.append(path)
-    path, size = store.concatenate_files(files)
+        segments.extend(stored)
+    files = [segment.path for segment in segments]
+    size = sum(segment.size for segment in segments)
     # S3's ETag of a multipart object: the MD5 of the parts' MD5s, and the part count.
     digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in parts))
     etag = f"{digest.hexdigest()}-{len(parts)}"
@@ -1078,7 +1150,7 @@ def _completed_from_files(
     with key.lock:
         key._value_buffer.close()
         # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-        key._value_buffer = StoredFile(path)  # type: ignore[assignment]
+        key._value_buffer = StoredFile(segments)  # type: ignore[assignment]
         key.contentsize = size
     key.set_metadata(multipart.metadata)
     algorithm = multipart.metadata.get("x-amz-checksum-algorithm")
@@ -1091,14 +1163,14 @@ def _completed_from_files(
         key.checksum_value, key.checksum_parts = _multipart_checksum(files, algorithm, kind)
     backend.put_object_tagging(key, multipart.tags)
     backend.put_object_acl(bucket_name, key.name, multipart.acl, disable_notification=True)
-    multipart.dispose()  # closes the part files, removed with the upload's rows
+    multipart.dispose()  # closes the parts; their files are the object's from now on
     store.end_upload(
         bucket_name,
         upload_id,
         StoredObject(
             bucket=bucket_name,
             key=key_name,
-            path=path,
+            segments=tuple(segments),
             etag=key.etag,
             size=size,
             last_modified=key.last_modified.isoformat(),
@@ -1214,7 +1286,7 @@ def restore_uploads(store: DurableStore) -> int:
             fake = multipart.set_part(part.number, b"")
             fake._value_buffer.close()
             # moto types the buffer as a SpooledTemporaryFile; it only reads and seeks it.
-            fake._value_buffer = StoredFile(part.path)  # type: ignore[assignment]
+            fake._value_buffer = StoredFile.of(part.path, part.size)  # type: ignore[assignment]
             fake.contentsize = part.size
             fake._etag = part.etag.strip('"')
             fake.last_modified = datetime.fromisoformat(part.last_modified)

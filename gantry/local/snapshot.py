@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from gantry import resources
-from gantry.local.durable import DurableStore, StoredObject, item_key
+from gantry.local.durable import DurableStore, Segment, StoredObject, item_key
 from gantry.settings import Settings
 from gantry.timeutil import iso
 
@@ -49,9 +49,16 @@ def migrate(directory: Path, store: DurableStore, settings: Settings) -> bool:
             meta["metadata"].update(
                 {f"x-amz-meta-{k}": v for k, v in (entry.get("metadata") or {}).items()}
             )
+            size = path.stat().st_size
             store.put_object(
                 StoredObject(
-                    settings.bucket_name, key, path, entry["etag"], path.stat().st_size, now, meta
+                    settings.bucket_name,
+                    key,
+                    (Segment(path, size),),
+                    entry["etag"],
+                    size,
+                    now,
+                    meta,
                 )
             )
         store.write_items((settings.table_name, _item_key(item), item) for item in items)

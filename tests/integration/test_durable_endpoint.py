@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -306,15 +307,15 @@ def test_acknowledged_parts_of_an_unfinished_upload_survive_a_sigkill(tmp_path: 
         endpoint.stop()
     expected = b"".join(_part(n) for n in sorted(acknowledged)) + b"end"
 
-    # The completed object is stored whole; the part files are gone.
+    # The completed object is stored whole, its part files its segments, nothing else kept.
     endpoint, _settings = _start(tmp_path, name)
     try:
         endpoint.restore()
         s3, _dynamodb = _clients(endpoint.url)
         assert s3.get_object(Bucket=name, Key="uploads/big")["Body"].read() == expected
         assert s3.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
-        sizes = [f.stat().st_size for f in (tmp_path / "objects").iterdir()]
-        assert sizes == [len(expected)]
+        sizes = sorted(f.stat().st_size for f in (tmp_path / "objects").iterdir())
+        assert sizes == [3] + [PART] * len(acknowledged)
     finally:
         endpoint.stop()
 
@@ -436,11 +437,134 @@ def test_multipart_uploads_are_completed_from_files(
                 },
             )
         s3.abort_multipart_upload(Bucket=name, Key="uploads/small", UploadId=upload_id)
-        # Only the objects' files are left: no part of a completed or aborted upload.
-        files = list((tmp_path / "data" / "objects").iterdir())
-        assert len(files) == 5
+        # Only the objects' files are left: no part of an aborted upload, none a completed
+        # one did not use.
+        files = set((tmp_path / "data" / "objects").iterdir())
+        assert files == {
+            segment.path for obj in endpoint.store.stored_objects() for segment in obj.segments
+        }
+        assert sum(f.stat().st_size for f in files) == sum(
+            obj.size for obj in endpoint.store.stored_objects()
+        )
     finally:
         memory.stop()
+        endpoint.stop()
+
+
+def test_a_completed_upload_is_kept_in_its_part_files(tmp_path: Path) -> None:
+    """No byte of a multipart upload is written twice: its part files become the object's, read
+    across their boundaries, copied by links, kept across a restart, removed with it."""
+    name = f"gantry-segments-{uuid.uuid4().hex[:8]}"
+    data = tmp_path / "data"
+    parts = [_part(1), _part(2), b"the last part"]
+    whole = b"".join(parts)
+    endpoint, _settings = _start(data, name)
+    try:
+        s3, _dynamodb = _clients(endpoint.url)
+        upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/ct")["UploadId"]
+        etags = [
+            s3.upload_part(
+                Bucket=name, Key="uploads/ct", UploadId=upload_id, PartNumber=n, Body=body
+            )["ETag"]
+            for n, body in enumerate(parts, 1)
+        ]
+        done = s3.complete_multipart_upload(
+            Bucket=name,
+            Key="uploads/ct",
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+            },
+        )
+        # S3's ETag of a multipart object: the MD5 of the parts' MD5s, and their count.
+        digests = b"".join(hashlib.md5(body).digest() for body in parts)
+        etag = f'"{hashlib.md5(digests).hexdigest()}-3"'
+        assert done["ETag"] == etag
+        files = sorted((data / "objects").iterdir(), key=lambda f: f.stat().st_size)
+        assert [f.stat().st_size for f in files] == [len(parts[2]), PART, PART]
+
+        s3.copy_object(
+            Bucket=name, Key="values/ct", CopySource={"Bucket": name, "Key": "uploads/ct"}
+        )
+        # The copy is a link of every file: nothing read or written.
+        assert all(f.stat().st_nlink == 2 for f in files)
+    finally:
+        endpoint.stop()
+
+    endpoint, _settings = _start(data, name)
+    try:
+        endpoint.restore()
+        s3, _dynamodb = _clients(endpoint.url)
+        for key in ("uploads/ct", "values/ct"):
+            got = s3.get_object(Bucket=name, Key=key)
+            assert (got["Body"].read(), got["ETag"], got["ContentLength"]) == (
+                whole,
+                etag,
+                len(whole),
+            )
+        # Ranges across a boundary of two parts and over all three; a suffix in the last.
+        for first, last in ((PART - 5, PART + 4), (10, 2 * PART + 1), (0, PART - 1)):
+            got = s3.get_object(Bucket=name, Key="values/ct", Range=f"bytes={first}-{last}")
+            assert got["Body"].read() == whole[first : last + 1]
+            assert got["ContentRange"] == f"bytes {first}-{last}/{len(whole)}"
+        tail = s3.get_object(Bucket=name, Key="values/ct", Range="bytes=-20")["Body"].read()
+        assert tail == whole[-20:]
+        target = tmp_path / "down"
+        s3.download_file(name, "values/ct", str(target))
+        assert target.read_bytes() == whole
+        # A part copied from the object across its boundary.
+        upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/piece")["UploadId"]
+        piece = s3.upload_part_copy(
+            Bucket=name,
+            Key="uploads/piece",
+            UploadId=upload_id,
+            PartNumber=1,
+            CopySource={"Bucket": name, "Key": "values/ct"},
+            CopySourceRange=f"bytes={PART - 3}-{PART + 2}",
+        )["CopyPartResult"]["ETag"]
+        assert piece == f'"{hashlib.md5(whole[PART - 3 : PART + 3]).hexdigest()}"'
+        s3.abort_multipart_upload(Bucket=name, Key="uploads/piece", UploadId=upload_id)
+
+        # Deleted, the upload leaves its copy whole; deleted too, no file is left.
+        s3.delete_object(Bucket=name, Key="uploads/ct")
+        assert s3.get_object(Bucket=name, Key="values/ct")["Body"].read() == whole
+        assert all(f.stat().st_nlink == 1 for f in (data / "objects").iterdir())
+        s3.delete_object(Bucket=name, Key="values/ct")
+        assert list((data / "objects").iterdir()) == []
+    finally:
+        endpoint.stop()
+
+
+def test_a_state_directory_of_an_older_version_is_read(tmp_path: Path) -> None:
+    """Its objects table has no segments: every row names one file, as before."""
+    name = f"gantry-older-{uuid.uuid4().hex[:8]}"
+    data = tmp_path / "data"
+    (data / "objects").mkdir(parents=True)
+    (data / "objects" / "0a1b").write_bytes(b"stored before")
+    database = sqlite3.connect(data / "state.db")
+    database.execute(
+        "CREATE TABLE objects (bucket TEXT NOT NULL, key TEXT NOT NULL, file TEXT NOT NULL, "
+        "etag TEXT NOT NULL, size INTEGER NOT NULL, last_modified TEXT NOT NULL, "
+        "meta TEXT NOT NULL, PRIMARY KEY (bucket, key)) WITHOUT ROWID"
+    )
+    database.execute(
+        "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (name, "values/old", "0a1b", '"e"', 13, "2026-01-01T00:00:00+00:00", '{"metadata":{}}'),
+    )
+    database.commit()
+    database.close()
+    endpoint, _settings = _start(data, name)
+    try:
+        endpoint.restore()
+        s3, _dynamodb = _clients(endpoint.url)
+        assert s3.get_object(Bucket=name, Key="values/old")["Body"].read() == b"stored before"
+        s3.copy_object(
+            Bucket=name, Key="values/new", CopySource={"Bucket": name, "Key": "values/old"}
+        )
+        s3.delete_object(Bucket=name, Key="values/old")
+        assert s3.get_object(Bucket=name, Key="values/new")["Body"].read() == b"stored before"
+        assert [f.stat().st_size for f in (data / "objects").iterdir()] == [13]
+    finally:
         endpoint.stop()
 
 

@@ -117,6 +117,34 @@ def test_inputs_are_copied_from_the_stored_files(durable: tuple[Any, str], tmp_p
 
 
 @pytest.mark.usefixtures("runner_on_one_machine")
+def test_an_uploaded_input_is_copied_from_its_part_files(
+    durable: tuple[Any, str], tmp_path: Path
+) -> None:
+    client, bucket = durable
+    parts = [hashlib.sha256(str(n).encode()).digest() * (5 * 1024 * 1024 // 32) for n in (1, 2)]
+    parts.append(b"the last part")
+    upload = client.create_multipart_upload(Bucket=bucket, Key="in/ct")["UploadId"]
+    etags = [
+        client.upload_part(Bucket=bucket, Key="in/ct", UploadId=upload, PartNumber=n, Body=body)
+        for n, body in enumerate(parts, 1)
+    ]
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="in/ct",
+        UploadId=upload,
+        MultipartUpload={
+            "Parts": [{"PartNumber": n, "ETag": e["ETag"]} for n, e in enumerate(etags, 1)]
+        },
+    )
+    requests = _downloads(client)
+
+    # The endpoint names the three files the object is kept in; the runner joins them.
+    assert local_files.copy_local(client, bucket, "in/ct", str(tmp_path / "ct"))
+    assert (tmp_path / "ct").read_bytes() == b"".join(parts)
+    assert requests == ["bytes=0-0"]
+
+
+@pytest.mark.usefixtures("runner_on_one_machine")
 def test_an_endpoint_without_files_gets_the_download(
     in_memory: tuple[Any, str], tmp_path: Path
 ) -> None:

@@ -19,15 +19,22 @@ def test_a_copy_across_file_systems_falls_back_to_sendfile(
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "copy_file_range", refused)
-    body = os.urandom(3 * 1024 * 1024 + 17)
-    (tmp_path / "source").write_bytes(body)
-    source = os.open(tmp_path / "source", os.O_RDONLY)
+    # Two segments of one object, as the endpoint keeps a completed multipart upload.
+    segments = [os.urandom(3 * 1024 * 1024 + 17), os.urandom(1000)]
+    target = os.open(tmp_path / "copy", os.O_WRONLY | os.O_CREAT)
     try:
-        local_files._copy(source, str(tmp_path / "copy"), len(body), exclusive=True)
+        at = 0
+        for n, body in enumerate(segments):
+            (tmp_path / f"segment-{n}").write_bytes(body)
+            source = os.open(tmp_path / f"segment-{n}", os.O_RDONLY)
+            try:
+                local_files._copy(source, target, len(body), at)
+            finally:
+                os.close(source)
+            at += len(body)
     finally:
-        os.close(source)
-    assert (tmp_path / "copy").read_bytes() == body
-    assert (tmp_path / "copy").stat().st_mode & 0o777 == 0o600
+        os.close(target)
+    assert (tmp_path / "copy").read_bytes() == b"".join(segments)
 
 
 def test_without_the_local_backend_nothing_is_copied(
