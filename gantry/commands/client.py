@@ -12,7 +12,9 @@ import functools
 import inspect
 import json
 import ssl
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -33,6 +35,9 @@ from rich.progress import (
 from gantry.local.connection import DEFAULT_STATE_DIR, Connection, resolve
 
 PART_SIZE = 16 * 1024 * 1024
+# Parts sent at once: the next part is read and sent while the storage still writes (and, on
+# one machine, fsyncs) the previous one. The client holds this many parts in memory.
+PARTS_IN_FLIGHT = 3
 # The API presigns at most this many parts per request.
 PARTS_PER_REQUEST = 1000
 PAGE_LIMIT = 1000
@@ -303,22 +308,35 @@ class GantryClient:
         count = max(1, -(-size // PART_SIZE))
         task = progress.add_task(f"Uploading {path.name}", total=size) if progress else None
         parts: list[dict[str, Any]] = []
+        sending: deque[tuple[int, int, Future[str]]] = deque()
+
+        def sent() -> None:
+            number, length, etag = sending.popleft()
+            parts.append({"ETag": etag.result(), "PartNumber": number})
+            if progress is not None and task is not None:
+                progress.advance(task, length)
+
+        pool = ThreadPoolExecutor(PARTS_IN_FLIGHT, thread_name_prefix="gantry-upload")
         try:
             with path.open("rb") as handle:
                 for first in range(1, count + 1, PARTS_PER_REQUEST):
                     numbers = list(range(first, min(count, first + PARTS_PER_REQUEST - 1) + 1))
                     urls = self.patch(base + "generate-presigned-urls/", {"part_numbers": numbers})
                     for number in numbers:
+                        if len(sending) == PARTS_IN_FLIGHT:
+                            sent()
                         data = handle.read(PART_SIZE)
-                        etag = self._put_part(urls["presigned_urls"][str(number)], data)
-                        parts.append({"ETag": etag, "PartNumber": number})
-                        if progress is not None and task is not None:
-                            progress.advance(task, len(data))
+                        url = urls["presigned_urls"][str(number)]
+                        sending.append((number, len(data), pool.submit(self._put_part, url, data)))
+                    while sending:
+                        sent()
         except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
             # Leave no half-finished upload behind; the original failure is what matters.
             with contextlib.suppress(Exception):
                 self.patch(base + "abort-multipart-upload/")
             raise
+        pool.shutdown()
         return self.patch(base + "complete-multipart-upload/", {"parts": parts})
 
     def _put_part(self, url: str, data: bytes) -> str:
