@@ -3,8 +3,11 @@ memory it takes (streamed: it must not grow with the archive).
 
 Each measurement runs in a fresh process (its peak RSS is the figure). Sizes by environment
 variables: ``GANTRY_BENCH_IMAGE_MB`` (uncompressed payload of the synthetic image, default
-256, in 3 gzip layers of 1 MiB files) and ``GANTRY_BENCH_IMAGE_LAYOUT`` (``oci``, default,
-``docker`` or ``docker25``).
+256, in 3 gzip layers of 1 MiB files; 0 skips this part) and ``GANTRY_BENCH_IMAGE_LAYOUT``
+(``oci``, default, ``docker`` or ``docker25``).
+
+Then medical images: the peak memory of validating a large segmentation input next to its
+size (``benchmarks/segmentation_memory.py``, ``GANTRY_BENCH_SEGMENTATION_MB``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,16 @@ def _measure(archive: Path, store: Path) -> dict[str, float]:
 def main() -> None:
     sys.path.insert(0, str(REPO))
     megabytes = int(os.environ.get("GANTRY_BENCH_IMAGE_MB", "256"))
+    if megabytes > 0:
+        _container_images(megabytes)
+    segmentation_mb = int(os.environ.get("GANTRY_BENCH_SEGMENTATION_MB", "200"))
+    if segmentation_mb > 0:
+        from benchmarks.segmentation_memory import measure
+
+        print(json.dumps({"segmentation_validation": measure(segmentation_mb)}))
+
+
+def _container_images(megabytes: int) -> None:
     layout = os.environ.get("GANTRY_BENCH_IMAGE_LAYOUT", "oci")
     with tempfile.TemporaryDirectory(prefix="gantry-bench-images-") as scratch:
         work = Path(scratch)

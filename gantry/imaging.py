@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gantry.images import Image, ImageFile, ImageType
 from gantry.sitk_loader import ensure_simpleitk
@@ -227,10 +227,18 @@ def _check_detached_data(path: Path, suffix: str) -> None:
 
 
 def _tiff_info(path: Path) -> ImageInfo:
+    return tiff_info(path)
+
+
+def tiff_info(source: Path | BinaryIO) -> ImageInfo:
+    """Header facts of a TIFF file or an open seekable file (``s3file.S3File``): its tags
+    and first series, never its pixel data."""
     import tifffile
 
+    if not isinstance(source, Path):
+        source.seek(0)  # tifffile takes the position as the file's start
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             series = tif.series[0]
             page = tif.pages.first
             axes = series.axes
@@ -450,27 +458,38 @@ def _is_uuid(text: str) -> bool:
 
 
 def segment_values(path: Path, *, limit: int = 65) -> list[int]:
-    """The distinct voxel values of a segmentation (reads the pixel data), at most ``limit``."""
-    ensure_simpleitk()
-    import numpy as np
-    import SimpleITK as sitk
-
+    """The distinct voxel values of a stored segmentation file (.mha, .tif; the ``limit``
+    smallest), its voxels read a few MiB at a time."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix not in STORED_SUFFIXES:
+        raise ImageError(f"'{suffix}' is not a stored format: convert it to .mha first")
     info = read_image_info(path)
+    with path.open("rb") as handle:
+        return segment_values_of(handle, suffix, info, limit=limit)
+
+
+def segment_values_of(
+    handle: BinaryIO, suffix: str, info: ImageInfo, *, limit: int = 65
+) -> list[int]:
+    """The same for an open .mha or .tif file whose header facts are ``info``: a local file
+    or an object in the bucket (``s3file.S3File``), read in bounded chunks."""
+    from gantry import voxels
+
+    dtype = _segmentation_dtype(info)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            return voxels.tiff_values(handle, limit=limit)
+        return voxels.mha_values(handle, dtype=dtype, count=info.voxel_count, limit=limit)
+    except voxels.VoxelError as error:
+        raise ImageError(f"could not read the image data ({error})") from None
+
+
+def _segmentation_dtype(info: ImageInfo) -> str:
     if info.components != 1 or "integer" not in info.pixel_type:
         raise ImageError(
             f"a segmentation must have one integer component per voxel, not "
             f"{info.components} x {info.pixel_type}"
         )
-    _check_convertible(info)
-    try:
-        if suffix_of(path) in TIFF_SUFFIXES:
-            import tifffile
-
-            array = tifffile.imread(path)
-        else:
-            # A copy, not a view: a view of a temporary image would outlive its pixels.
-            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except (RuntimeError, ValueError) as error:
-        raise ImageError(f"could not read the image data ({error})") from None
-    values = np.unique(array)
-    return [int(v) for v in values[:limit]]
+    kind = "u" if "unsigned" in info.pixel_type else "i"
+    return f"{kind}{_PIXEL_BYTES[info.pixel_type]}"

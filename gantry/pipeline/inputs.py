@@ -9,12 +9,13 @@ changes in one versioned write (transition to Queued or Failed), which only one 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import logging
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from gantry import access, resources, timeutil
 from gantry.access import Action
@@ -209,8 +210,8 @@ def _import_image(
         raise InputError("DICOM image sets are not supported yet; upload the image as .mha")
     if not uploads:
         raise InputError("no files were uploaded")
-    if len(uploads) == 1 and socket.kind is not K.SEGMENTATION:
-        imported = _import_from_header(ctx, owner, image_pk, uploads[0], work)
+    if len(uploads) == 1:
+        imported = _import_in_place(ctx, owner, image_pk, socket, uploads[0], work)
         if imported is not None:
             return imported
     paths = [download_upload(ctx, upload, work / "upload") for upload in uploads]
@@ -262,29 +263,52 @@ def store_prepared_image(
     return image
 
 
-def _import_from_header(
-    ctx: Context, owner: str, image_pk: str, upload: Upload, work: Path
+def _import_in_place(
+    ctx: Context, owner: str, image_pk: str, socket: Interface, upload: Upload, work: Path
 ) -> dict[str, Any] | None:
-    """A .mha image checked from its header alone and stored by a server-side copy: its
-    voxels are neither downloaded nor uploaded again. None where the header cannot be read
-    that way (then the file is downloaded)."""
+    """A .mha or .tif image checked where it lies in the bucket and stored by a server-side
+    copy: its header by ranged reads and, for a segmentation, its voxels streamed a few MiB
+    at a time, so neither disk nor memory holds the whole image. None where the file cannot
+    be read that way (then it is downloaded)."""
     from gantry import imaging
     from gantry.pipeline.headers import fetch_mha_header
+    from gantry.s3file import S3File
 
     name = _file_name(upload)
+    suffix = imaging.suffix_of(name)
+    if suffix not in imaging.STORED_SUFFIXES:
+        return None
     bucket = ctx.settings.bucket_name
+    segmentation = socket.kind is K.SEGMENTATION
     try:
-        header = fetch_mha_header(ctx.clients.s3, bucket, upload.key, work / "header" / name)
+        with contextlib.ExitStack() as stack:
+            header = None
+            if suffix == ".mha":
+                header = fetch_mha_header(ctx.clients.s3, bucket, upload.key, work / "h" / name)
+                if header is None:
+                    return None
+            # A .mha's header alone says all but the voxels: only a segmentation reads on.
+            handle: BinaryIO | None = None
+            if header is None or segmentation:
+                s3file = S3File(ctx.clients.s3, bucket, upload.key)
+                handle = cast(BinaryIO, stack.enter_context(s3file))
+            try:
+                if header is not None:
+                    info = imaging.read_image_info(header)
+                else:
+                    assert handle is not None
+                    info = imaging.tiff_info(handle)
+                if segmentation:
+                    assert handle is not None
+                    _check_segments(socket, imaging.segment_values_of(handle, suffix, info))
+            except imaging.ImageError as error:
+                raise InputError(f"the file '{name}' is not a readable image: {error}") from None
+            except _SegmentError as error:
+                raise InputError(str(error)) from None
     except ctx.clients.s3.exceptions.ClientError as error:
         if _missing(error):
             raise InputError(f"the uploaded file '{name}' no longer exists") from None
         raise
-    if header is None:
-        return None
-    try:
-        info = imaging.read_image_info(header)
-    except imaging.ImageError as error:
-        raise InputError(f"the file '{name}' is not a readable image: {error}") from None
     key = resources.image_file_key(image_pk, name)
     copy_object(ctx.clients.s3, bucket, upload.key, key)
     image = imaging.image_from(

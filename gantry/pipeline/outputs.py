@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from gantry import resources, timeutil
 from gantry.aws import copy_object
@@ -25,6 +25,7 @@ from gantry.interfaces import Interface, value_errors
 from gantry.jobs import Job, SocketValue
 from gantry.kinds import spec
 from gantry.pipeline.headers import fetch_mha_header
+from gantry.s3file import S3File
 
 MAX_JSON_OUTPUT_BYTES = 16 * 1024 * 1024
 IMAGE_SUFFIXES = (".mha", ".mhd", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd")
@@ -166,11 +167,17 @@ def _image_output(
     name = posixpath.basename(source_key)
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / name
-        # The header is all that is read: a .mha's comes by a ranged GET, not a download.
-        if fetch_mha_header(ctx.clients.s3, ctx.settings.bucket_name, source_key, local) is None:
-            ctx.clients.s3.download_file(ctx.settings.bucket_name, source_key, str(local))
         try:
-            info = imaging.read_image_info(local)
+            # The header is all that is read: a .mha's comes by a ranged GET, a TIFF's tags
+            # by ranged reads where they lie; only other formats are downloaded.
+            if imaging.suffix_of(name) in imaging.TIFF_SUFFIXES:
+                with S3File(ctx.clients.s3, ctx.settings.bucket_name, source_key) as handle:
+                    info = imaging.tiff_info(cast(BinaryIO, handle))
+            else:
+                bucket = ctx.settings.bucket_name
+                if fetch_mha_header(ctx.clients.s3, bucket, source_key, local) is None:
+                    ctx.clients.s3.download_file(bucket, source_key, str(local))
+                info = imaging.read_image_info(local)
         except imaging.ImageError as error:
             raise OutputError(
                 f"The output image '{socket.relative_path}/{name}' could not be read: {error}"

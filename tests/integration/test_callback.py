@@ -432,3 +432,27 @@ def test_a_job_failing_on_another_output_keeps_no_image(world, tmp_path):
     assert world.deliver("succeeded", job) == "Failed"
     assert world.get(job).error_message == "The output file 'score.json' is not valid json"
     assert _owned_images(world, job) == (0, [])
+
+
+def test_a_tiff_output_is_registered_from_its_tags(world, tmp_path):
+    """A TIFF output's size comes from its tags, read by ranged GETs: not downloaded."""
+    import numpy as np
+    import tifffile
+
+    from tests.integration.test_inputs_images import bytes_asked, record_gets
+
+    path = tmp_path / "heat.tif"
+    pixels = np.random.default_rng(2).random((1024, 1024), dtype=np.float32)
+    tifffile.imwrite(path, pixels, tile=(256, 256))
+    job = _image_job(world)
+    run_attempt(
+        world.ctx, job, outputs={"images/heat-map/heat.tif": path.read_bytes(), "score.json": b"1"}
+    )
+    calls = record_gets(world.ctx)
+    assert world.deliver("succeeded", job) == "Succeeded"
+    [value] = [v for v in world.get(job).outputs if v.socket == "heat-map"]
+    image = world.ctx.store.images.get(value.image)
+    assert image.shape == [1024, 1024] and image.files[0].filename == "heat.tif"
+    key = resources.io_output_prefix(job.pk, job.attempt) + "images/heat-map/heat.tif"
+    sizes = bytes_asked(calls, key)
+    assert sizes and None not in sizes and sum(sizes) < path.stat().st_size // 10

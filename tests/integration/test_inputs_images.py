@@ -244,3 +244,129 @@ def test_a_mha_header_is_read_without_the_voxels(ctx, tmp_path: Path) -> None:
         assert headers.fetch_mha_header(s3, bucket, key, tmp_path / "h" / "b.mha") is None, key
     with pytest.raises(s3.exceptions.ClientError):
         headers.fetch_mha_header(s3, bucket, "uploads/a/gone.mha", tmp_path / "h" / "c.mha")
+
+
+# --- large images: checked where they lie, in bounded reads ----------------------------------
+
+
+def record_gets(ctx) -> list[dict]:
+    """The GetObject calls this context's S3 client makes from now on (their parameters)."""
+    calls: list[dict] = []
+
+    def record(params, **_):
+        calls.append(dict(params))
+
+    ctx.clients.s3.meta.events.register("provide-client-params.s3.GetObject", record)
+    return calls
+
+
+def bytes_asked(calls: list[dict], key: str) -> list[int]:
+    """The length of each GetObject of ``key`` (None for a GET of the whole object)."""
+    sizes = []
+    for call in calls:
+        if call["Key"] != key:
+            continue
+        if "Range" not in call:
+            sizes.append(None)
+            continue
+        first, last = call["Range"].removeprefix("bytes=").split("-")
+        sizes.append(int(last) - int(first) + 1)
+    return sizes
+
+
+def write_mask(path: Path, array: np.ndarray, how: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how.startswith("mha"):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path), how == "mha-zlib")
+    elif how == "tif":
+        tifffile.imwrite(path, array)  # uncompressed, one contiguous run of bytes
+    elif how == "tif-pages":
+        tifffile.imwrite(path, array, contiguous=False, rowsperstrip=100)  # strip by strip
+    else:
+        tifffile.imwrite(path, array, tile=(128, 128), compression="zlib")
+    return path
+
+
+MASK_SHAPE = (48, 512, 512)  # 12 MiB of uint8: several of the checker's 4 MiB reads
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [
+        ("mask.mha", "mha"),
+        ("mask.mha", "mha-zlib"),
+        ("mask.tif", "tif"),
+        ("mask.tif", "tif-pages"),
+        ("mask.tiff", "tif-tiles"),
+    ],
+)
+def test_a_large_segmentation_is_checked_in_bounded_reads(setup, tmp_path: Path, name, how):
+    """Every voxel is checked, the last one too, without downloading the file: only ranged
+    reads of a few MiB each; an accepted mask is stored by a copy of the upload."""
+    ctx, algorithm = setup
+    mask = np.zeros(MASK_SHAPE, dtype=np.uint8)
+    mask[10:20, 100:200, 100:200] = 1
+    bad = mask.copy()
+    bad[-1, -1, -1] = 5  # the very last voxel
+    calls = record_gets(ctx)
+
+    refused = put_upload(ctx, name, write_mask(tmp_path / "bad" / name, bad, how))
+    job = new_job(ctx, algorithm, [JobInput(interface="mask", user_uploads=[refused.pk])])
+    validate_pending_inputs(ctx, job.pk)
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.FAILURE
+    assert done.error_message == (
+        "Input 'mask': the segmentation contains the voxel values [5]; the valid values for "
+        "this interface are [0, 1]"
+    )
+
+    good_path = write_mask(tmp_path / "good" / name, mask, how)
+    accepted = put_upload(ctx, name, good_path)
+    job = new_job(ctx, algorithm, [JobInput(interface="mask", user_uploads=[accepted.pk])])
+    validate_pending_inputs(ctx, job.pk)
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.PROVISIONED, done.error_message
+    image = ctx.store.images.get(done.inputs[0].image)
+    assert image.shape == list(MASK_SHAPE) and image.files[0].filename == name
+    assert read_key(ctx, image.files[0].key) == good_path.read_bytes()
+
+    for upload in (refused, accepted):
+        sizes = bytes_asked(calls, upload.key)
+        assert sizes and None not in sizes, "the whole object was downloaded"
+        assert max(sizes) <= 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize("how", ["mha", "tif"])
+def test_segmentation_data_cut_short_fails_the_job(setup, tmp_path: Path, how) -> None:
+    ctx, algorithm = setup
+    name = f"mask.{how}"
+    whole = write_mask(tmp_path / name, np.zeros((8, 64, 64), dtype=np.uint8), how).read_bytes()
+    cut = whole[:-100] if how == "mha" else whole[: len(whole) // 2]
+    upload = put_upload(ctx, name, cut)
+    job = new_job(ctx, algorithm, [JobInput(interface="mask", user_uploads=[upload.pk])])
+    validate_pending_inputs(ctx, job.pk)
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.FAILURE
+    assert done.error_message.startswith(
+        f"Input 'mask': the file '{name}' is not a readable image: "
+    ), done.error_message
+    assert ctx.compute.submitted == []
+
+
+def test_a_tiff_is_checked_from_its_tags_not_its_pixels(setup, tmp_path: Path) -> None:
+    """An image input in TIFF: its size and spacing come from its tags, read by ranged GETs;
+    the pixels are neither downloaded nor read."""
+    ctx, algorithm = setup
+    path = tmp_path / "slide.tif"
+    pixels = np.random.default_rng(1).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
+    tifffile.imwrite(path, pixels, photometric="rgb", tile=(256, 256), resolution=(100, 100))
+    upload = put_upload(ctx, "slide.tif", path)
+    calls = record_gets(ctx)
+    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
+    validate_pending_inputs(ctx, job.pk)
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.PROVISIONED, done.error_message
+    image = ctx.store.images.get(done.inputs[0].image)
+    assert image.shape == [2048, 2048, 3] and image.color_space == "RGB"
+    sizes = bytes_asked(calls, upload.key)
+    assert None not in sizes and sum(sizes) <= 256 * 1024 < path.stat().st_size // 40
