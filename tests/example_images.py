@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tests.image_builder import (
     ImageSpec,
+    Layout,
     cache_dir,
     cache_lock,
     debian_root,
@@ -123,7 +124,7 @@ def gc_template_image(mode: str = "exec") -> Path:
             else:
                 spec.cmd = ["/bin/sh", "-c", "python3 server.py"]
                 spec.labels = {"org.grand-challenge.api-method": "invoke"}
-            layout = "docker25" if mode == "exec" else "oci"
+            layout: Layout = "docker25" if mode == "exec" else "oci"
             write_archive(target, spec, layout=layout, layer_compression="gzip")
 
     return _cached(f"gc-template-{mode}", _key(mode, PYTHON_PACKAGES, GC_TEMPLATE), build)

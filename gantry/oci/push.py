@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 from gantry.oci.archive import ArchiveImage
 from gantry.oci.config import MEDIA_TYPE_LAYER_TAR, ImageConfig, Layer, parse_config
@@ -28,8 +29,30 @@ from gantry.oci.mutate import (
     sha256_digest,
     with_runner_layer,
 )
-from gantry.oci.registry import MANIFEST_TYPES, Registry, RegistryError
+from gantry.oci.registry import MANIFEST_TYPES, RegistryError
 from gantry.oci.store import ImageStore, PreparedImage
+
+
+class Registry(Protocol):
+    """What pushing and pulling use of a registry: ``gantry.oci.registry.Registry`` (the OCI
+    distribution API: ECR, docker-registry) or ``gantry.oci.layout.OciLayout`` (folders)."""
+
+    @property
+    def host(self) -> str: ...
+
+    def blob_size(self, repository: str, digest: str) -> int | None: ...
+
+    def push_blob(self, repository: str, digest: str, stream: IO[bytes]) -> int: ...
+
+    def push_bytes(self, repository: str, data: bytes) -> str: ...
+
+    def open_blob(self, repository: str, digest: str) -> AbstractContextManager[IO[bytes]]: ...
+
+    def put_manifest(
+        self, repository: str, reference: str, data: bytes, media_type: str
+    ) -> str: ...
+
+    def get_manifest(self, repository: str, reference: str) -> tuple[bytes, str]: ...
 
 
 @dataclass(frozen=True)

@@ -552,6 +552,7 @@ class Platform:
                 except CredentialsRefused as error:
                     return {"error": str(error)}
             assumed = recorder.last("job_credentials", "AssumeRole")
+            assert assumed.params is not None  # AssumeRole's are recorded
             policy = json.loads(assumed.params["Policy"])
             recorder.principal = RUNNER_SESSION
             recorder.session_policy = tuple(policy["Statement"])

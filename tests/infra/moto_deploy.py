@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import boto3
 
@@ -223,12 +223,15 @@ class Deployed:
         that matched."""
         # moto has no TestEventPattern; its own matcher is the one its event delivery uses.
         from moto.events.models import EventPattern
+        from moto.events.utils import EventMessageType
 
         events = self.client("events")
         matched = []
         for rule in events.list_rules(EventBusName=bus)["Rules"]:
             pattern = rule.get("EventPattern")
-            if not pattern or not EventPattern.load(pattern).matches_event(event):
+            # An event as moto's own delivery passes it (a TypedDict of the same keys).
+            message = cast(EventMessageType, event)
+            if not pattern or not EventPattern.load(pattern).matches_event(message):
                 continue
             matched.append(rule["Name"])
             targets = events.list_targets_by_rule(Rule=rule["Name"], EventBusName=bus)["Targets"]

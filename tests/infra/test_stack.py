@@ -696,10 +696,10 @@ def test_only_the_import_function_may_push_and_only_to_the_image_repository(
     actions = {a for s in statements for a in _as_list(s["Action"])}
     assert not {a for a in actions if a.startswith(("sagemaker:", "events:"))}
     assert {a for a in actions if a.startswith("batch:")} == {"batch:SubmitJob"}
-    writes = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
-    assert writes
-    for statement in writes:
-        for resource in _as_list(statement["Resource"]):
+    puts = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
+    assert puts
+    for put in puts:
+        for resource in _as_list(put["Resource"]):
             assert json.dumps(resource).endswith('/models/*"]]}'), resource
 
 

@@ -21,7 +21,7 @@ def sockets(api) -> None:
         assert status == 201, body
 
 
-def _algorithm(api, title: str = "Adder", **fields: Any) -> tuple[int, dict]:
+def _algorithm(api, title: str = "Adder", **fields: Any) -> tuple[int, dict[str, Any]]:
     body = {"title": title, "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]}
     status, payload, _ = api.post("algorithms/", {**body, **fields})
     return status, payload
@@ -106,7 +106,8 @@ def test_others_do_not_see_your_algorithm(api, api_bob, sockets) -> None:
 
 @pytest.mark.parametrize("role", ["users", "editors"])
 def test_users_and_editors_see_it(api, api_bob, sockets, role: str) -> None:
-    _, created = _algorithm(api, **{role: ["bob"]})
+    fields: dict[str, Any] = {role: ["bob"]}
+    _, created = _algorithm(api, **fields)
     _, listed, _ = api_bob.get("algorithms/")
     assert [a["pk"] for a in listed["results"]] == [created["pk"]]
     assert api_bob.get(f"algorithms/{created['pk']}/")[0] == 200

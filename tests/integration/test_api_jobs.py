@@ -11,7 +11,7 @@ from gcapi.models import HyperlinkedJob, JobPost, PaginatedHyperlinkedJobList
 from gantry import timeutil
 from gantry.images import Image
 
-SOCKETS = [
+SOCKETS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("Number", "Integer", "number.json", {"schema": {"type": "integer", "minimum": 0}}),
     ("Offset", "Integer", "offset.json", {"default_value": 10}),
     ("Label", "String", "label.json", {}),
@@ -117,8 +117,8 @@ def test_ambiguous_inputs_are_400(api) -> None:
     # Two sets that both accept "a" alone (their other inputs have defaults).
     for title, extra in (("A", {}), ("B", {"default_value": 1}), ("C", {"default_value": 2})):
         path = f"{title.lower()}.json"
-        body = {"title": title, "kind": "Integer", "relative_path": path, **extra}
-        assert api.post("components/interfaces/", body)[0] == 201
+        socket = {"title": title, "kind": "Integer", "relative_path": path, **extra}
+        assert api.post("components/interfaces/", socket)[0] == 201
     api.post("components/interfaces/", {"title": "Out", "kind": "Float", "relative_path": "o.json"})
     _, algorithm, _ = api.post(
         "algorithms/",

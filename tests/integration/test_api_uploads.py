@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from gcapi.models import (
@@ -140,7 +141,7 @@ def test_complete_with_wrong_etags_is_400_naming_parts(api, ctx) -> None:
 )
 def test_wrong_s3_upload_id_is_404(api, suffix: str) -> None:
     upload = _start(api)
-    body = {"generate-presigned-urls/": {"part_numbers": [1]}}.get(
+    body: dict[str, Any] | None = {"generate-presigned-urls/": {"part_numbers": [1]}}.get(
         suffix, {"parts": [{"ETag": "x", "PartNumber": 1}]}
     )
     if suffix == "abort-multipart-upload/":

@@ -8,6 +8,7 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -21,7 +22,7 @@ from gantry.resources import ENV_ALGORITHM_ENTRYPOINT, RUNNER_BINARY_PATH
 
 
 def _pins(path: Path) -> dict[str, str]:
-    pins = {}
+    pins: dict[str, str] = {}
     for line in path.read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
@@ -62,7 +63,11 @@ def _small_image(tmp_path: Path, user: str) -> Path:
     folder.mkdir(exist_ok=True)
     (folder / "main.py").write_text("print('hi')\n")
     layer = write_layer(tmp_path / "app.tar.gz", directories=[(folder, "app", 0, 0)])
-    settings = {"User": user, "Entrypoint": bioimageio_image.ENTRYPOINT, "Cmd": ["run"]}
+    settings: dict[str, Any] = {
+        "User": user,
+        "Entrypoint": bioimageio_image.ENTRYPOINT,
+        "Cmd": ["run"],
+    }
     settings["Labels"] = {bioimageio_image.VARIANT_LABEL: "cpu"}
     config = image_config([layer], settings, ["app"], "2023-11-14T22:13:20Z")
     archive = tmp_path / f"image-{user}.tar"
@@ -85,7 +90,9 @@ def test_push_to_the_local_stack_appends_the_runner_and_prints_the_reference(
     assert result.exit_code == 0, result.output
     found = re.search(r"^GANTRY_BIOIMAGEIO_IMAGE=(\S+)$", result.output, re.MULTILINE)
     assert found, result.output
-    host, repository, digest = re.fullmatch(r"(.+?)/(.+)@(sha256:\w+)", found.group(1)).groups()
+    named = re.fullmatch(r"(.+?)/(.+)@(sha256:\w+)", found.group(1))
+    assert named, found.group(1)
+    host, repository, digest = named.groups()
     assert (host, repository) == ("oci-layout", "bioimageio/runtime")
     pushed = read_image(OciLayout(state / "registry" / "layout"), repository, digest)
     # The runner layer on top; what the runtime runs is kept for the runner to restore.

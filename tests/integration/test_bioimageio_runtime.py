@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -112,7 +113,9 @@ def test_streamed_statistics_equal_numpy(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 @pytest.mark.parametrize("method", ["linear", "inverted_cdf"])
-def test_integer_percentiles_from_the_histogram_equal_numpy(method: str) -> None:
+def test_integer_percentiles_from_the_histogram_equal_numpy(
+    method: Literal["linear", "inverted_cdf"],
+) -> None:
     array = np.random.default_rng(6).integers(0, 4000, (1, 1, 61, 53)).astype(np.uint16)
     qs = [0.0, 0.013, 0.5, 0.997, 1.0]
 

@@ -57,7 +57,9 @@ def test_a_package_is_registered_and_runs(cli: Cli, tmp_path: Path) -> None:
     )  # fmt: skip
     assert "Succeeded" in ran
     # The job ran the package as the algorithm's model, and names it by its sha256.
-    job = cli.stack.ctx.store.jobs.get(re.search(r"Job (\S+) started", ran).group(1))
+    started = re.search(r"Job (\S+) started", ran)
+    assert started, ran
+    job = cli.stack.ctx.store.jobs.get(started.group(1))
     algorithm = cli.stack.ctx.store.algorithms.get_by_slug("cells")
     assert algorithm.bioimageio is not None
     model = cli.stack.ctx.store.models.get(algorithm.bioimageio.model or "")

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from gantry.cli import app
 from gantry.commands.local import connection_for
@@ -651,7 +650,9 @@ def test_models_uploaded_to_an_algorithm_are_at_opt_ml_model_and_jobs_name_their
             (model / "weights.json").write_text(f'{{"weight": {weight}}}')
             uploaded = ok(cli("algorithms", "models", "upload", "weighted", str(model)))
             assert "next jobs use it" in uploaded
-            return re.search(r"Imported model (\S+)", uploaded).group(1)
+            imported = re.search(r"Imported model (\S+)", uploaded)
+            assert imported, uploaded
+            return imported.group(1)
 
         def run(name: str) -> tuple[float, dict]:
             out = tmp_path / name
@@ -661,7 +662,9 @@ def test_models_uploaded_to_an_algorithm_are_at_opt_ml_model_and_jobs_name_their
                     "--output-dir", str(out), *WAIT,
                 )
             )  # fmt: skip
-            pk = re.search(r"Job (\S+) started", output).group(1)
+            started = re.search(r"Job (\S+) started", output)
+            assert started, output
+            pk = started.group(1)
             job = cli.stack.ctx.store.jobs.get(pk)
             return json.loads((out / "score.json").read_text()), job
 

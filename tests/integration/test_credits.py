@@ -72,7 +72,11 @@ def test_cost_follows_time_limit_and_gpu_type_with_minimums() -> None:
 
     def cost(time_limit: int, gpu: GPUType, minimum: int = 20) -> int:
         algorithm = AlgorithmFields.model_construct(
-            time_limit=time_limit, requires_gpu_type=gpu, minimum_credits_per_job=minimum
+            title="Costly",
+            interfaces=[],
+            time_limit=time_limit,
+            requires_gpu_type=gpu,
+            minimum_credits_per_job=minimum,
         )
         return credits.credits_per_job(settings, algorithm)  # type: ignore[arg-type]
 

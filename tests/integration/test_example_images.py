@@ -12,6 +12,7 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,9 @@ def _run(image: PreparedImage, roots: dict[str, Path], argv: list[str] | None = 
     uid, _, gid = config.user.partition(":")
     if not uid.isdigit():
         uid = "1000"  # the examples' user; the runner resolves names in the image's passwd
-    args = [bwrap_binary(), "--unshare-all", "--unshare-user", "--die-with-parent"]
+    bwrap = bwrap_binary()
+    assert bwrap is not None, "no bwrap"
+    args = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent"]
     args += ["--uid", uid, "--gid", gid or uid]
     args += ["--ro-bind", str(image.rootfs), "/", "--proc", "/proc", "--dev", "/dev"]
     args += ["--tmpfs", "/tmp", "--ro-bind", str(roots["input"]), "/input"]
@@ -110,7 +113,7 @@ def _model(tmp_path: Path) -> Path:
     target = tmp_path / "model"
     with tarfile.open(gc_template_model()) as tar:
         # Our own tarball; the "data" filter only where this Python has it (3.11.4+).
-        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        safe: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         tar.extractall(target, **safe)
     return target
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def runner_on_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LOCAL_FILES_ENV, "1")
 
 
-def _endpoint(data_dir: Path | None) -> Iterator[tuple[Any, str]]:
+def _endpoint(data_dir: Path | None) -> Generator[tuple[Any, str], None, None]:
     endpoint = EmbeddedAws(data_dir=data_dir).start()
     if endpoint.store is not None:
         os.environ[LOCAL_INCOMING_ENV] = str(endpoint.store.incoming)

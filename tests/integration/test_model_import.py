@@ -17,9 +17,9 @@ from lambdas import on_upload
 from tests.conftest import sqs_event
 
 
-def tarball(files: dict[str, bytes], *, mode: str = "w:gz") -> bytes:
+def tarball(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         for name, body in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(body)

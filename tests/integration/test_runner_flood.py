@@ -31,6 +31,7 @@ def peak_rss_kib(command: list[str], env: dict[str, str]) -> tuple[int, int]:
         except OSError:
             pass
         time.sleep(0.02)
+    assert process.stderr is not None  # stderr=PIPE
     process.stderr.close()
     return process.returncode, peak
 

@@ -29,7 +29,11 @@ def batch_backend() -> tuple[BatchBackend, Stubber, AlgorithmImage]:
     image = make_image()
     # The definition is known, so only SubmitJob reaches the stub.
     definition = "arn:aws:batch:us-east-1:123456789012:job-definition/x:1"
-    backend.job_definition = lambda image, gpu=True: definition  # type: ignore[method-assign]
+
+    def known(image: AlgorithmImage, *, gpu: bool = True) -> str:
+        return definition
+
+    backend.job_definition = known  # type: ignore[method-assign]
     return backend, Stubber(client), image
 
 

@@ -178,11 +178,17 @@ def test_default_schema_rejects_invalid_example(kind: InterfaceKind) -> None:
 
 
 # Charts and affine transforms are open objects, as on grand-challenge; annotations are closed.
-CLOSED_KINDS = [k for k in JSON_KINDS if spec(k).schema.get("additionalProperties") is False]
+def _schema(kind: InterfaceKind) -> dict[str, Any]:
+    schema = spec(kind).schema
+    assert schema is not None, kind  # every JSON kind has one
+    return schema
+
+
+CLOSED_KINDS = [k for k in JSON_KINDS if _schema(k).get("additionalProperties") is False]
 
 
 def test_closed_kinds_are_the_annotations() -> None:
-    objects = {k for k in JSON_KINDS if spec(k).schema.get("type") == "object"}
+    objects = {k for k in JSON_KINDS if _schema(k).get("type") == "object"}
     open_objects = {InterfaceKind.CHART, InterfaceKind.AFFINE_TRANSFORM_REGISTRATION}
     assert set(CLOSED_KINDS) == objects - open_objects
     assert len(CLOSED_KINDS) == 16

@@ -6,6 +6,7 @@ import hashlib
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from tests.image_builder import ImageSpec, directory, file, write_archive
 
 
 def _spec(**overrides) -> ImageSpec:
-    values = {
+    values: dict[str, Any] = {
         "layers": [
             [directory("app"), file("app/main.py", "print('hi')\n")],
             [file("app/weights.bin", b"\0" * 10)],

@@ -40,8 +40,8 @@ def _source_tar(path: Path, *, reverse: bool = False) -> Path:
     add("./home/user/file", data=b"mine", uid=1000, gid=1000)
     if reverse:
         members.reverse()  # hard link still after its file in the source
-        data = next(m for m in members if m[1] == b"#!perl\n")
-        members.insert(0, members.pop(members.index(data)))
+        perl = next(m for m in members if m[1] == b"#!perl\n")
+        members.insert(0, members.pop(members.index(perl)))
     with tarfile.open(path, "w") as tar:
         for info, data in members:
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
