@@ -151,11 +151,17 @@ class StoredFile:
         return self._position
 
     def read(self, size: int | None = -1) -> bytes:
-        left = max(0, self.size - self._position)
-        if size is not None and size >= 0:
-            left = min(left, size)
-        with _RangeBody(_open_range(self.segments, self._position, left)) as body:
-            data = b"".join(body)
+        begin = self._position
+        end = self.size if size is None or size < 0 else min(self.size, begin + size)
+        chunks, first = [], 0
+        for segment in self.segments:  # one file open at a time, however many segments
+            last = first + segment.size
+            if last > begin and first < end:
+                with open(segment.path, "rb") as handle:
+                    handle.seek(max(begin - first, 0))
+                    chunks.append(handle.read(min(last, end) - max(begin, first)))
+            first = last
+        data = b"".join(chunks)
         self._position += len(data)
         return data
 
@@ -604,12 +610,6 @@ class _RangeBody:
                 count -= len(chunk)
                 yield chunk
 
-    def __enter__(self) -> _RangeBody:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         for handle, _offset, _count in self.pieces:
             handle.close()
@@ -1035,10 +1035,13 @@ def _part_copy_to_file(
         return None
 
     def body() -> Iterator[bytes]:
-        with _RangeBody(pieces) as chunks:
+        chunks = _RangeBody(pieces)
+        try:
             for chunk in chunks:
                 md5.update(chunk)
                 yield chunk
+        finally:
+            chunks.close()
 
     part_path, part_size = store.write_file(body())
     if part_size != end - begin + 1:  # never for an immutable file; moto answers then
