@@ -14,9 +14,12 @@ trivial algorithm that copies its input image to its output image. Printed per s
   ``sync`` (on the disk, as everything the platform acknowledges is), and the stack
   process's peak memory (VmHWM), which should not grow with the image;
 - CPU seconds, steadier than wall time on a shared machine: the stack's (its runner
-  processes included, the algorithm's own left out) next to those of the two ``cp``, split
-  by what the job was doing (the upload, then each job status as polled), and the client's
-  for sending the upload.
+  processes included; the sandboxed algorithm's are not among them, it reports its own) next
+  to those of the two ``cp``, split by what the job was doing (the upload, then each job
+  status as polled), and the client's for sending the upload;
+- the bytes the stack's processes wrote to storage (the sandboxed algorithm's own are not
+  among them; it reports them itself), which do not depend on the machine's load at all, as
+  a multiple of the image (``cp`` twice: 2x).
 
 The algorithm writes its own start and end times as an output, so the stages around it come
 from the same clock. Needs about 8 times the largest size free on the disk of
@@ -56,7 +59,13 @@ target = outputs / "images" / "copy"
 target.mkdir(parents=True, exist_ok=True)
 shutil.copyfile(source, target / "copy.mha")
 usage = resource.getrusage(resource.RUSAGE_SELF)
+try:
+    io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    written = int(io["write_bytes"])
+except (OSError, KeyError, ValueError):
+    written = 0
 timing = {"started": started, "ended": time.time(), "cpu": usage.ru_utime + usage.ru_stime}
+timing["written"] = written
 (outputs / "timing.json").write_text(json.dumps(timing))
 """
 
@@ -92,28 +101,33 @@ def _own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _tree_cpu(root: int) -> float:
-    """CPU seconds of a process and all its descendants alive, each with those of its
-    children it has waited for: the stack, its long-lived runner server and the runners it
-    forked, whether they still run or have ended."""
+def _tree_usage(root: int) -> tuple[float, int]:
+    """CPU seconds and bytes written to storage (``write_bytes``: counted when the page is
+    dirtied, so whether or not it has reached the disk yet) of a process and all its
+    descendants alive, each with those of its children it has waited for: the stack, its
+    long-lived runner server and the runners it forked, whether they still run or have ended."""
     parents: dict[int, int] = {}
     times: dict[int, int] = {}
+    written: dict[int, int] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            io = Path(entry.path, "io").read_text()
         except OSError:
-            continue  # ended meanwhile: counted by its parent once waited for
+            continue  # ended meanwhile (counted by its parent once waited for), or not ours
         parents[int(entry.name)] = int(fields[1])
         times[int(entry.name)] = sum(int(f) for f in fields[11:15])
+        written[int(entry.name)] = int(io.split("write_bytes: ", 1)[1].split()[0])
     tree, frontier = {root}, [root]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent]
         tree.update(children)
         frontier.extend(children)
-    return sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+    cpu = sum(times.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+    return cpu, sum(written.get(pid, 0) for pid in tree)
 
 
 def _cp_twice(source: Path, work: Path, *, synced: bool) -> tuple[float, float, float]:
@@ -156,8 +170,8 @@ class _Stack:
                 raise RuntimeError("gantry local up did not start; see local-up.log")
             time.sleep(0.2)
 
-    def cpu(self) -> float:
-        return _tree_cpu(self.process.pid)
+    def usage(self) -> tuple[float, int]:
+        return _tree_usage(self.process.pid)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -230,22 +244,27 @@ def _duration(text: str) -> float:
 
 
 def _job(
-    client: Any, algorithm_url: str, upload: dict[str, Any], cpu: Callable[[], float]
-) -> tuple[dict[str, float], float, dict[str, float]]:
-    """Create the job and follow it; the stages in seconds, the algorithm's CPU seconds and
-    the stack's (``cpu``) while the job was in each status, as polled."""
+    client: Any,
+    algorithm_url: str,
+    upload: dict[str, Any],
+    usage: Callable[[], tuple[float, int]],
+) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[float, int]]]:
+    """Create the job and follow it; the stages in seconds, the algorithm's own CPU seconds
+    and bytes written, and the stack's CPU and bytes written (``usage``) while the job was in
+    each status, as polled."""
     empty = dict.fromkeys(("value", "file", "image", "upload_session", "user_upload"))
     value = {"interface": "ct-image", **empty, "user_uploads": [upload["api_url"]]}
     value["image_name"] = None
     created = client.post("algorithms/jobs/", {"algorithm": algorithm_url, "inputs": [value]})
     validated = None
     deadline = time.monotonic() + DEADLINE_SECONDS
-    by_status: dict[str, float] = {}
-    status, used = "Validating inputs", cpu()
+    by_status: dict[str, tuple[float, int]] = {}
+    status, used = "Validating inputs", usage()
     while True:
         job = client.get(f"algorithms/jobs/{created['pk']}/")
-        now = cpu()
-        by_status[status] = by_status.get(status, 0.0) + now - used
+        now = usage()
+        cpu, written = by_status.get(status, (0.0, 0))
+        by_status[status] = (cpu + now[0] - used[0], written + now[1] - used[1])
         status, used = job["status"], now
         if validated is None and job["status"] != "Validating inputs":
             validated = time.time()
@@ -273,7 +292,7 @@ def _job(
             "staging out": runner_end - timing["ended"],
             "result": completed - runner_end,
         },
-        float(timing["cpu"]),
+        {"cpu": float(timing["cpu"]), "written": float(timing.get("written", 0))},
         by_status,
     )
 
@@ -292,18 +311,25 @@ def _one(megabytes: int, base: Path) -> dict[str, Any]:
         try:
             client = _client(work / "state")
             algorithm_url = _setup(client, algorithm_dir)
-            stack_cpu, client_cpu = stack.cpu(), _own_cpu()
+            (stack_cpu, stack_written), client_cpu = stack.usage(), _own_cpu()
             started = time.perf_counter()
             upload = client.upload(image)
             stages = {"upload (API multipart, 16 MiB parts)": time.perf_counter() - started}
             client_cpu = _own_cpu() - client_cpu
-            cpu_by_status = {"upload": stack.cpu() - stack_cpu}
-            job_stages, algorithm_cpu, job_cpu = _job(client, algorithm_url, upload, stack.cpu)
+            after_upload = stack.usage()
+            by_status = {"upload": (after_upload[0] - stack_cpu, after_upload[1] - stack_written)}
+            job_stages, algorithm, job_usage = _job(client, algorithm_url, upload, stack.usage)
+            algorithm_cpu = algorithm["cpu"]
             stages.update(job_stages)
-            cpu_by_status.update(job_cpu)
+            by_status.update(job_usage)
             client.close()
             rss = stack.peak_rss_mb()
-            stack_cpu = stack.cpu() - stack_cpu
+            ended = stack.usage()
+            stack_cpu = ended[0] - stack_cpu
+            # The algorithm's own CPU and writes are not in these: the kernel adds a process's
+            # to its parent's when the parent waits for it, and nothing outside the sandbox's
+            # pid namespace waits for the processes inside.
+            stack_written = ended[1] - stack_written
         finally:
             stack.stop()
         return {
@@ -313,10 +339,12 @@ def _one(megabytes: int, base: Path) -> dict[str, Any]:
             "cp_cpu": cp_cpu + cp_synced_cpu,
             "stages": stages,
             "rss": rss,
-            "platform_cpu": stack_cpu - algorithm_cpu,
-            "cpu_by_status": cpu_by_status,
+            "platform_cpu": stack_cpu,
+            "by_status": by_status,
             "algorithm_cpu": algorithm_cpu,
             "upload_client_cpu": client_cpu,
+            "written": stack_written,
+            "algorithm_written": algorithm["written"],
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -359,14 +387,27 @@ def main() -> None:
         platform_cpu = result["platform_cpu"]
         print(f"  {'CPU: cp of the file, twice':<40} {cp_cpu:8.2f}s")
         print(
-            f"  {'CPU: the stack, all but the algorithm':<40} {platform_cpu:8.2f}s  "
+            f"  {'CPU: the stack (not the algorithm)':<40} {platform_cpu:8.2f}s  "
             f"= {platform_cpu / cp_cpu:.1f}x cp twice"
         )
-        for status, seconds in result["cpu_by_status"].items():
+        for status, (seconds, _written) in result["by_status"].items():
             label = f"  during {status}"
             print(f"  {label:<40} {seconds:8.2f}s")
-        print(f"  {'  of which the algorithm itself':<40} {result['algorithm_cpu']:8.2f}s")
+        algorithm_cpu = result["algorithm_cpu"]
+        print(f"  {'CPU: the algorithm itself (sandboxed)':<40} {algorithm_cpu:8.2f}s")
         print(f"  {'CPU: the client sending the upload':<40} {result['upload_client_cpu']:8.2f}s")
+        # Bytes written, unlike time, do not depend on the machine's load: cp twice writes
+        # the image twice.
+        written, size = result["written"], result["size"]
+        print(
+            f"  {'written: the stack (not the algorithm)':<40} {written / 2**20:8.0f} MiB"
+            f" = {written / size:.2f}x the image (cp twice: 2x)"
+        )
+        for status, (_seconds, written) in result["by_status"].items():
+            label = f"  during {status}"
+            print(f"  {label:<40} {written / 2**20:8.0f} MiB")
+        algorithm_written = result["algorithm_written"] / 2**20
+        print(f"  {'written: the algorithm itself (sandboxed)':<40} {algorithm_written:8.0f} MiB")
         print(f"  {'peak memory of the stack process':<40} {result['rss']:8.0f} MB")
 
 
