@@ -36,18 +36,20 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _import_times(commands: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
+def _import_times(
+    commands: dict[str, list[str]], envs: dict[str, dict[str, str]] | None = None
+) -> dict[str, tuple[float, float]]:
     """Median wall and CPU time (user + system) of each command, a fresh interpreter each
     run; the runs alternate between the commands so a busy machine slows each alike. CPU
-    time varies far less than wall time on a shared machine."""
+    time varies far less than wall time on a shared machine. ``envs``: variables added for
+    some of the commands, by name."""
     wall: dict[str, list[float]] = {name: [] for name in commands}
     cpu: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(IMPORT_RUNS):
         for name, command in commands.items():
+            env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(envs or {}).get(name, {})}
             started, cpu_before = time.perf_counter(), _children_cpu()
-            subprocess.run(
-                command, check=True, cwd=REPO, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-            )
+            subprocess.run(command, check=True, cwd=REPO, env=env)
             wall[name].append(time.perf_counter() - started)
             cpu[name].append(_children_cpu() - cpu_before)
     return {n: (statistics.median(wall[n]), statistics.median(cpu[n])) for n in commands}
@@ -80,38 +82,56 @@ def _python(statement: str) -> list[str]:
 
 
 def print_import_figures() -> None:
-    """The cold import cost of the API Lambda next to boto3's, their ratio (goal: 1.5), and
-    the parts it is made of; then the same for the deployed package."""
+    """The cold import cost of the API Lambda next to boto3's, their ratio (goal: 1.5), the
+    parts it is made of, and a cold start as a request sees it (init + the first request);
+    then the same for the deployed package."""
     import compileall
+
+    from benchmarks import cold_request
 
     # The deployed asset ships bytecode (infra/packaging.py); with PYTHONDONTWRITEBYTECODE
     # set, a checkout would have none and every run would compile gantry/ as well.
     for package in ("gantry", "lambdas"):
         compileall.compile_dir(REPO / package, quiet=1)
-    rows = [(label, label) for label, _ in IMPORT_STAGES]
-    times = _import_times({label: _python(module) for label, module in IMPORT_STAGES})
+    with cold_request.served_endpoint() as env:
+        commands = {label: _python(module) for label, module in IMPORT_STAGES}
+        envs = {REQUEST_FLOOR: env}
+        commands[REQUEST_FLOOR] = _python(cold_request.REQUEST_FLOOR)
+        for request, event in cold_request.first_requests(env).items():
+            label = f"init + first request {request}"
+            commands[label] = _python(cold_request.CHILD)
+            envs[label] = {**env, "BENCH_EVENT": event}
+        times = _import_times(commands, envs)
+    rows = [(label, label) for label in commands]
     print(f"Import time in this checkout, fresh interpreter, median of {IMPORT_RUNS}")
-    print("(includes the interpreter's start; gantry/ and lambdas/ compiled, as deployed):")
+    print("(includes the interpreter's start; gantry/ and lambdas/ compiled, as deployed;")
+    print(" requests against moto's server in this process):")
     _print_rows(rows, times)
-    (boto3_wall, boto3_cpu), (app_wall, app_cpu) = times[rows[0][0]], times[rows[-1][0]]
-    floor_wall, floor_cpu = times[IMPORT_STAGES[2][0]]
+    boto3_wall, app_wall = times[rows[0][0]][0], times[API][0]
+    floor_wall = times[IMPORT_STAGES[2][0]][0]
     print(f"  {'the API on top of boto3':<50} {(app_wall - boto3_wall) * 1000:5.0f} ms")
     print(f"  {'the API on top of the floor':<50} {(app_wall - floor_wall) * 1000:5.0f} ms")
-    print(
-        f"  {'ratio API / boto3 (goal: at most 1.5)':<50} {app_wall / boto3_wall:14.2f} "
-        f"{app_cpu / boto3_cpu:15.2f}"
-    )
-    print(
-        f"  {'ratio floor / boto3':<50} {floor_wall / boto3_wall:14.2f} "
-        f"{floor_cpu / boto3_cpu:15.2f}"
-    )
+    _print_ratio("ratio API import / boto3 (goal: at most 1.5)", times[API], times[rows[0][0]])
+    _print_ratio("ratio floor / boto3", times[IMPORT_STAGES[2][0]], times[rows[0][0]])
+    for label in commands:
+        if label.startswith("init + "):
+            _print_ratio(f"ratio {label} / boto3", times[label], times[rows[0][0]])
     print_package_figures()
+
+
+API = "import lambdas.api.app"
+REQUEST_FLOOR = "  boto3 + a DynamoDB client + one GetItem"
+
+
+def _print_ratio(label: str, time: tuple[float, float], base: tuple[float, float]) -> None:
+    print(f"  {label:<50} {time[0] / base[0]:14.2f} {time[1] / base[1]:15.2f}")
 
 
 def print_package_figures() -> None:
     """Init of the deployed function: its handler module imported from the bundled asset,
-    the Powertools layer and the runtime's boto3, as Lambda imports it."""
-    from benchmarks import lambda_package
+    the Powertools layer and the runtime's boto3, as Lambda imports it; and init with the
+    first request."""
+    from benchmarks import cold_request, lambda_package
 
     print()
     print("Deployed API function (asset bundled as cdk synth does, for this machine's Python):")
@@ -121,8 +141,9 @@ def print_package_figures() -> None:
         print(f"  not measured: the asset could not be built ({error})")
         return
     sources_only = lambda_package.without_bytecode(package)
+    boto3 = "import boto3 (runtime)"
     commands = {
-        "import boto3 (runtime)": lambda_package.import_command(package, "boto3"),
+        boto3: lambda_package.import_command(package, "boto3"),
         "import lambdas.api.app (asset with bytecode)": lambda_package.import_command(
             package, "lambdas.api.app"
         ),
@@ -130,8 +151,17 @@ def print_package_figures() -> None:
             sources_only, "lambdas.api.app"
         ),
     }
-    times = _import_times(commands)
+    envs = {}
+    with cold_request.served_endpoint() as env:
+        for request, event in cold_request.first_requests(env).items():
+            label = f"init + first request {request}"
+            commands[label] = lambda_package.python_command(package, cold_request.CHILD)
+            envs[label] = {**env, "BENCH_EVENT": event}
+        times = _import_times(commands, envs)
     _print_rows([(name, name) for name in commands], times)
+    for label in commands:
+        if label != boto3:
+            _print_ratio(f"ratio {label.strip()} / boto3", times[label], times[boto3])
 
 
 def _event(method: str, path: str, token: str, body: Any = None) -> dict[str, Any]:

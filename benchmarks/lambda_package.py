@@ -88,5 +88,11 @@ def without_bytecode(package: Package) -> Package:
 def import_command(package: Package, module: str) -> list[str]:
     """A fresh interpreter importing ``module`` from the package only (-S: no site-packages,
     -E: no PYTHON* variables), writing no bytecode (-B), as Lambda's read-only /var/task."""
-    code = f"import sys; sys.path[:0] = {package.path!r}; import {module}"
+    return python_command(package, f"import {module}")
+
+
+def python_command(package: Package, code: str) -> list[str]:
+    """A fresh interpreter running ``code`` with the package only on its path, as
+    ``import_command``."""
+    code = f"import sys; sys.path[:0] = {package.path!r}\n{code}"
     return [sys.executable, "-S", "-E", "-B", "-c", code]

@@ -7,7 +7,8 @@ imports no imaging libraries.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from importlib import import_module
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -20,29 +21,63 @@ from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+# Every request looks its caller's token up in DynamoDB, so boto3 and the store are imported
+# at init (where provisioned concurrency or SnapStart take them off the request path); the
+# routers, each with its services and models, are imported by the first request they may answer.
 from gantry.context import Context
 from gantry.errors import GantryError, PayloadTooLarge
 from gantry.users import parse_authorization
-from lambdas.api.routers import (
-    access_requests,
-    algorithm_models,
-    algorithms,
-    archive_runs,
-    archives,
-    gcapi,
-    images,
-    interfaces,
-    jobs,
-    tokens,
-    upload_sessions,
-    uploads,
-    users,
-)
 
 logger = Logger(service="gantry-api")
 JSON = "application/json"
 MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = frozenset({"/gcapi/"})
+PREFIX = "/api/v1"
+
+# The routers (modules of lambdas.api.routers), in the order their routes are tried, each with
+# the paths it answers: a request imports only the routers that may match its path. A pattern
+# is a path, segment by segment: "*" stands for any one segment, a final "**" for any number
+# of further ones. tests/unit/test_api_routers.py checks that every route of a router lies
+# within its patterns.
+ROUTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("gcapi", ("gcapi",)),
+    ("uploads", ("uploads/**",)),
+    ("upload_sessions", ("cases/upload-sessions/**",)),
+    ("jobs", ("algorithms/jobs/**",)),
+    ("images", ("cases/images/**",)),
+    ("interfaces", ("components/interfaces/**",)),
+    ("algorithm_models", ("algorithms/models/**", "algorithms/*/models")),
+    ("algorithms", ("algorithms", "algorithms/*", "algorithms/images/**")),
+    ("access_requests", ("algorithms/*/access-requests/**",)),
+    ("users", ("users/**",)),
+    ("tokens", ("tokens/**",)),
+    ("archives", ("archives/**",)),
+    ("archive_runs", ("algorithms/*/archive-runs/**",)),
+)
+ROUTER_NAMES = tuple(name for name, _ in ROUTERS)
+
+
+def pattern_matches(pattern: str, segments: list[str]) -> bool:
+    """Whether a path of these segments lies within ``pattern`` (see ROUTERS)."""
+    parts = pattern.split("/")
+    if parts[-1] == "**":
+        parts = parts[:-1]
+        segments = segments[: len(parts)]
+    if len(segments) != len(parts):
+        return False
+    return all(p in ("*", s) for p, s in zip(parts, segments, strict=True))
+
+
+def routers_for(path: str) -> tuple[str, ...]:
+    """The routers that may answer a request for ``path`` (under /api/v1 or not)."""
+    if path == PREFIX or path.startswith(PREFIX + "/"):
+        path = path[len(PREFIX) :]
+    segments = path.strip("/").split("/")
+    return tuple(
+        name
+        for name, patterns in ROUTERS
+        if any(pattern_matches(pattern, segments) for pattern in patterns)
+    )
 
 
 def _error(status: int, body: dict[str, Any]) -> Response:
@@ -73,8 +108,11 @@ class GantryResolver(APIGatewayRestResolver):
     """
 
     def __init__(self, ctx: Context) -> None:
-        super().__init__(strip_prefixes=["/api/v1"], enable_validation=True)
+        super().__init__(strip_prefixes=[PREFIX], enable_validation=True)
         self.ctx = ctx
+        self._mounted: set[str] = set()
+        # Each included route's router, by its place in ROUTERS.
+        self._rank: dict[int, int] = {}
 
     def resolve(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         early = self._gate(event)
@@ -82,7 +120,30 @@ class GantryResolver(APIGatewayRestResolver):
             proxy = self._to_proxy_event(dict(event))
             builder = ResponseBuilder[BaseProxyEvent](early, serializer=self._serializer)
             return builder.build(proxy, self._cors)
+        self.mount(routers_for(str(event.get("path") or "")))
         return super().resolve(event, context)
+
+    def mount(self, names: Iterable[str]) -> None:
+        """Import and include these routers, those not included yet."""
+        new = [name for name in names if name not in self._mounted]
+        for name in new:
+            module = import_module(f"lambdas.api.routers.{name}")
+            self._mounted.add(name)
+            self.include_router(module.build(self.ctx))
+            rank = ROUTER_NAMES.index(name)
+            for route in self._static_routes + self._dynamic_routes:
+                self._rank.setdefault(id(route), rank)
+        if new:
+            # Powertools tries static routes first, then dynamic ones, each in the order they
+            # were added: sorted back into the order of ROUTERS (a stable sort keeps each
+            # router's own order), which router answers never depends on earlier requests.
+            self._static_routes.sort(key=lambda route: self._rank[id(route)])
+            self._dynamic_routes.sort(key=lambda route: self._rank[id(route)])
+
+    def get_openapi_schema(self, *args: Any, **kwargs: Any) -> Any:
+        # The document describes every route, mounted by a request yet or not.
+        self.mount(ROUTER_NAMES)
+        return super().get_openapi_schema(*args, **kwargs)
 
     def _gate(self, event: Mapping[str, Any]) -> Response | None:
         body = event.get("body") or ""
@@ -102,7 +163,7 @@ class GantryResolver(APIGatewayRestResolver):
         return None
 
 
-def create_app(ctx: Context) -> APIGatewayRestResolver:
+def create_app(ctx: Context) -> GantryResolver:
     app = GantryResolver(ctx)
 
     @app.exception_handler(GantryError)
@@ -126,23 +187,6 @@ def create_app(ctx: Context) -> APIGatewayRestResolver:
     def not_found(_: NotFoundError) -> Response:
         return _error(404, {"detail": "Not found."})
 
-    routers = (
-        gcapi,
-        uploads,
-        upload_sessions,
-        jobs,
-        images,
-        interfaces,
-        algorithm_models,
-        algorithms,
-        access_requests,
-        users,
-        tokens,
-        archives,
-        archive_runs,
-    )
-    for module in routers:
-        app.include_router(module.build(ctx))
     return app
 
 
