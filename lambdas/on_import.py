@@ -11,8 +11,9 @@
   (``registry_publisher.queue_deletion`` sends it); ``{"gantry": "delete-model", "key": …}``:
   a removed model's tarball deleted from ``models/`` (``model_import.delete_tarball``).
 
-Every message is a model of ``gantry.messages`` (``IMPORTS_QUEUE_MESSAGE``): a new kind of
-import is a model there and a case here.
+Every message is a model of ``gantry.messages`` (``IMPORTS_QUEUE_MESSAGE``); imports run
+through ``gantry.pipeline.imports.run_import``, as on the local stack's uploads queue: a new
+kind of import is a model there and a case of ``run_import``.
 
 A function of its own, not the upload handler: an import may take minutes (15 at most, a
 Lambda's limit), and it is the only function allowed to push to the image repository. The
@@ -40,18 +41,10 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
 
     # A kind this queue does not take, or a field missing or wrong, fails the record.
     parsed = messages.parse(messages.IMPORTS_QUEUE_MESSAGE, message)
-    if isinstance(parsed, messages.ImportImage):
-        from gantry.pipeline.image_import import import_image
+    if isinstance(parsed, messages.ImportImage | messages.ImportModel | messages.ImportBioimageio):
+        from gantry.pipeline.imports import run_import
 
-        import_image(ctx, parsed.image)
-    elif isinstance(parsed, messages.ImportModel):
-        from gantry.pipeline.model_import import import_model
-
-        import_model(ctx, parsed.model)
-    elif isinstance(parsed, messages.ImportBioimageio):
-        from gantry.pipeline.bioimageio_import import import_bioimageio
-
-        import_bioimageio(ctx, parsed.algorithm)
+        run_import(ctx, parsed)
     elif isinstance(parsed, messages.DeleteImage):
         from gantry.pipeline.registry_publisher import delete_image
 

@@ -41,10 +41,6 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
 
             # Queued by the API: copy the inputs and submit (a no-op if already started).
             start_job(ctx, parsed.job)
-        elif isinstance(parsed, messages.ImportImage):
-            from gantry.pipeline.image_import import import_image
-
-            import_image(ctx, parsed.image)
         elif isinstance(parsed, messages.ImportItemValues):
             from gantry.pipeline.archive_values import import_item_values
 
@@ -53,15 +49,11 @@ def handle_message(ctx: Context, message: dict[str, Any]) -> None:
             from gantry.pipeline.upload_sessions import import_upload_session
 
             import_upload_session(ctx, parsed.session)
-        elif isinstance(parsed, messages.ImportBioimageio):
-            # Where the deployment has no imports queue (the local stack), imports come here.
-            from gantry.pipeline.bioimageio_import import import_bioimageio
-
-            import_bioimageio(ctx, parsed.algorithm)
         else:
-            from gantry.pipeline.model_import import import_model
+            # Where the deployment has no imports queue (the local stack), imports come here.
+            from gantry.pipeline.imports import run_import
 
-            import_model(ctx, parsed.model)
+            run_import(ctx, parsed)
         return
     if is_s3_notification(message):
         for event in s3_object_events(message):

@@ -161,10 +161,9 @@ def queue_deletion(ctx: Context, image: AlgorithmImage) -> bool:
     removed); False when the image is not in this deployment's repository."""
     if repository_digest(ctx.settings, image.image) is None:
         return False
-    ctx.clients.sqs.send_message(
-        QueueUrl=ctx.settings.imports_queue_url or ctx.settings.uploads_queue_url,
-        MessageBody=delete_image_message(image.image, image_tag(image.pk)),
-    )
+    from gantry.pipeline.imports import queue_import
+
+    queue_import(ctx, delete_image_message(image.image, image_tag(image.pk)))
     return True
 
 

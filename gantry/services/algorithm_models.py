@@ -25,6 +25,7 @@ def queue_import(
 ) -> AlgorithmModel:
     """A new model of ``algorithm`` from a completed upload of the user's, Queued for the
     import function (gantry.pipeline.model_import)."""
+    from gantry.pipeline.imports import queue_import
     from gantry.pipeline.model_import import size_problem
     from gantry.pipeline.wiring import import_model_message
 
@@ -50,12 +51,7 @@ def queue_import(
             comment=comment,
         )
     )
-    # The import function's queue where the deployment has one (a model may take minutes);
-    # the uploads queue on the local stack, whose worker runs both.
-    ctx.clients.sqs.send_message(
-        QueueUrl=ctx.settings.imports_queue_url or ctx.settings.uploads_queue_url,
-        MessageBody=import_model_message(model.pk),
-    )
+    queue_import(ctx, import_model_message(model.pk))
     return model
 
 

@@ -96,6 +96,7 @@ def package_source(ctx: Context, user: User, reference: str, urls: Urls) -> Bioi
 
 def register(ctx: Context, user: User, fields: AlgorithmCreate, urls: Urls) -> Algorithm:
     """The new algorithm, its package's import Queued for the import function."""
+    from gantry.pipeline.imports import queue_import
     from gantry.pipeline.wiring import import_bioimageio_message
 
     assert fields.bioimageio_package is not None
@@ -110,10 +111,7 @@ def register(ctx: Context, user: User, fields: AlgorithmCreate, urls: Urls) -> A
         creator=user.username,
         bioimageio=source.model_copy(update={"import_status": ImportStatus.QUEUED}),
     )
-    ctx.clients.sqs.send_message(
-        QueueUrl=ctx.settings.imports_queue_url or ctx.settings.uploads_queue_url,
-        MessageBody=import_bioimageio_message(algorithm.pk),
-    )
+    queue_import(ctx, import_bioimageio_message(algorithm.pk))
     return algorithm
 
 

@@ -196,6 +196,7 @@ def import_algorithm_image(
     editors only); the upload handler checks and stores it (gantry.pipeline.image_import)."""
     from gantry.algorithms import ImportStatus
     from gantry.pipeline.image_import import size_problem
+    from gantry.pipeline.imports import queue_import
     from gantry.pipeline.wiring import import_image_message
 
     if not access.algorithm(user, Action.CHANGE, algorithm):
@@ -219,10 +220,7 @@ def import_algorithm_image(
         import_status=ImportStatus.QUEUED,
         is_desired_version=False,
     )
-    ctx.clients.sqs.send_message(
-        QueueUrl=ctx.settings.imports_queue_url or ctx.settings.uploads_queue_url,
-        MessageBody=import_image_message(image.pk),
-    )
+    queue_import(ctx, import_image_message(image.pk))
     return image
 
 
