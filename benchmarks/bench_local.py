@@ -152,6 +152,11 @@ def _drop_folder(stack: Any, algorithm: dict[str, Any]) -> tuple[float, int, int
     return elapsed, made - DROPS, errors
 
 
+def _connections(stack: Any) -> int:
+    """TCP connections the stack's endpoint and gateway have accepted."""
+    return int(stack.endpoint.connections_opened + stack.gateway.connections_opened)
+
+
 @contextlib.contextmanager
 def served_stack(timeout: float, **settings: Any) -> Iterator[tuple[Any, Any]]:
     """A local stack serving the API on a free port, and an HTTPS client with a new user's
@@ -196,6 +201,7 @@ def main() -> None:
             "GET algorithms/jobs/<pk>/": _latency(http, f"algorithms/jobs/{warm}/"),
         }
 
+        opened = _connections(stack)
         sequential = []
         for _ in range(SEQUENTIAL):
             started = time.perf_counter()
@@ -203,10 +209,13 @@ def main() -> None:
             _wait(http, [pk])
             sequential.append(time.perf_counter() - started)
 
-        started = time.perf_counter()
+        sequential_connections = _connections(stack) - opened
+
+        opened, started = _connections(stack), time.perf_counter()
         burst = [_create(http, algorithm) for _ in range(BURST)]
         _wait(http, burst)
         burst_seconds = time.perf_counter() - started
+        burst_connections = _connections(stack) - opened
 
         drop_seconds, duplicates, drop_errors = _drop_folder(stack, algorithm)
 
@@ -228,6 +237,14 @@ def main() -> None:
         f"  {f'burst of {BURST}: create -> all Succeeded':<46} {burst_seconds:9.2f}s"
         f"  ({BURST / burst_seconds:.2f} jobs/s)"
     )
+    for label, count, jobs in (
+        ("sequential", sequential_connections, SEQUENTIAL),
+        ("burst", burst_connections, BURST),
+    ):
+        print(
+            f"  {f'TCP connections opened per job, {label}':<46} {count / jobs:10.1f}"
+            "  (endpoint and gateway; the client polls the job)"
+        )
     print(
         f"  {f'drop folder, {DROPS} cases -> all job.json':<46} {drop_seconds:9.2f}s"
         f"  ({DROPS / drop_seconds:.2f} jobs/s)"

@@ -346,9 +346,11 @@ class Run:
         default_factory=collections.Counter
     )  # per job
     polling: float = 0.0  # the stack's queue pollers' requests per second, not per job
+    connections: float = 0.0  # TCP connections the endpoint accepted, per job
     burst: list[Timing] = field(default_factory=list)
     burst_wall: float = 0.0
     burst_cpu: Cpu = field(default_factory=Cpu)  # per job
+    burst_connections: float = 0.0  # per job
 
 
 def _measure(
@@ -357,8 +359,10 @@ def _measure(
     run = Run()
     run.first = _sequential(stack, api, algorithm_url, 1)[0]
     before, cpu, started = counter.snapshot(), _cpu(stack), time.perf_counter()
+    opened = stack.endpoint.connections_opened
     run.sequential = _sequential(stack, api, algorithm_url, sequential)
     run.sequential_cpu = (_cpu(stack) - cpu) / sequential
+    run.connections = (stack.endpoint.connections_opened - opened) / sequential
     elapsed = time.perf_counter() - started
     counts = counter.snapshot() - before
     receives = sum(n for (_, _, op), n in counts.items() if op == "ReceiveMessage")
@@ -371,9 +375,10 @@ def _measure(
         }
     )
     if burst:
-        cpu = _cpu(stack)
+        cpu, opened = _cpu(stack), stack.endpoint.connections_opened
         run.burst, run.burst_wall = _burst(stack, api, algorithm_url, burst)
         run.burst_cpu = (_cpu(stack) - cpu) / burst
+        run.burst_connections = (stack.endpoint.connections_opened - opened) / burst
     return run
 
 
@@ -422,8 +427,8 @@ def _run_mode(
 ) -> dict[str, Run]:
     oci_ref = _oci_image(oci_store) if oci_store is not None and oci_jobs else None
     stack = _stack(mode, oci_store if oci_ref else None)
-    counter = Requests(stack.endpoint.server.app)
-    stack.endpoint.server.app = counter
+    counter = Requests(stack.endpoint.app)
+    stack.endpoint.app = counter
     stack.watcher = _watcher(stack)
     stack.finished = Finished(stack.ctx.compute_backend)
     runs: dict[str, Run] = {}
@@ -479,6 +484,8 @@ def _requests_table(runs: dict[str, Run]) -> None:
             print(f"  {label:<44}" + "".join(f"{runs[m].requests[key]:>16.1f}" for m in modes))
     polling = "".join(f"{runs[m].polling:>16.1f}" for m in modes)
     print(f"  {'(and queue polling, per second, not per job)':<44}{polling}")
+    opened = "".join(f"{runs[m].connections:>16.1f}" for m in modes)
+    print(f"  {'TCP connections opened per job (all above)':<44}{opened}")
 
 
 def _cpu_rows(cpu: dict[str, Cpu]) -> None:
@@ -539,6 +546,8 @@ def _report(title: str, runs: dict[str, Run], burst: int) -> None:
         _cpu_rows({m: runs[m].burst_cpu for m in modes})
         rates = "".join(f"{burst / runs[m].burst_wall:>10.2f} jobs/s" for m in modes)
         print(f"  {'throughput (first POST -> all Succeeded)':<44}{rates}")
+        opened = "".join(f"{runs[m].burst_connections:>16.1f}" for m in modes)
+        print(f"  {'TCP connections opened per job':<44}{opened}")
     last = runs[modes[-1]]
     _gap(last, MODES[modes[-1]])
     median = statistics.median(t.total for t in last.sequential)

@@ -8,25 +8,15 @@ a millisecond, so the cost is small); other services stay concurrent.
 
 from __future__ import annotations
 
-import ssl
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from moto.moto_server.werkzeug_app import MotoRequestHandler
-from werkzeug.serving import BaseWSGIServer, make_server
+from gantry.local.httpserver import ServerThread, WsgiApp
 
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 DYNAMODB_TARGET = "DynamoDB_"
-
-
-class QuietHandler(MotoRequestHandler):
-    """moto's handler (it keeps headers with underscores, such as S3 metadata names) without
-    an access log line per request: the local stack's console is for jobs."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
+__all__ = ["DYNAMODB_TARGET", "EmbeddedAws", "ServerThread", "WsgiApp", "moto_app"]
 
 
 def moto_app() -> WsgiApp:
@@ -52,39 +42,9 @@ def serialise_dynamodb(app: WsgiApp) -> WsgiApp:
     return wrapped
 
 
-class ServerThread:
-    """A threaded werkzeug server on a loopback port, served from a daemon thread.
-
-    Bound on construction, so its port is known before it serves; ``serve()`` starts it."""
-
-    def __init__(
-        self,
-        app: WsgiApp,
-        *,
-        host: str,
-        port: int,
-        name: str,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.server: BaseWSGIServer = make_server(
-            host, port, app, threaded=True, ssl_context=ssl_context, request_handler=QuietHandler
-        )
-        address, self.port = self.server.server_address[:2]
-        # typeshed allows a bytes host; an AF_INET server's is a str.
-        self.host: str = address if isinstance(address, str) else bytes(address).decode()
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name=name)
-
-    def serve(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
-
-
 class EmbeddedAws(ServerThread):
-    """moto's backends behind a threaded HTTP server on a loopback port; with ``data_dir``,
+    """moto's backends behind an HTTP server on a loopback port (keep-alive, environ as moto's
+    own server builds it: ``gantry.local.httpserver``); with ``data_dir``,
     every acknowledged write is on disk there before its response (``gantry.local.persist``)."""
 
     def __init__(
@@ -100,8 +60,7 @@ class EmbeddedAws(ServerThread):
             # Inside the DynamoDB lock: an item is read back and stored before the next
             # write to the table runs, so the stored order is moto's order.
             app = persisting(app, self.store)
-        self.app = serialise_dynamodb(app)
-        super().__init__(self.app, host=host, port=port, name="gantry-aws")
+        super().__init__(serialise_dynamodb(app), host=host, port=port, name="gantry-aws")
 
     def restore(self) -> tuple[int, int]:
         """Put the stored items, objects and multipart uploads in progress into the

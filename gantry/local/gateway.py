@@ -165,6 +165,6 @@ class Gateway(ServerThread):
         return self.base_url + API_PREFIX
 
     def start(self, app: WsgiApp) -> Gateway:
-        self.server.app = app
+        self.app = app
         self.serve()
         return self
