@@ -19,14 +19,46 @@ DYNAMODB_TARGET = "DynamoDB_"
 __all__ = ["DYNAMODB_TARGET", "EmbeddedAws", "ServerThread", "WsgiApp", "moto_app"]
 
 
+# Distinct hosts whose backend is remembered (S3 virtual-host names add one per bucket).
+BACKEND_CACHE_SIZE = 1024
+
+
 def moto_app() -> WsgiApp:
-    from moto.server import DomainDispatcherApplication, create_backend_app
+    from moto.server import create_backend_app
 
     from gantry.local import transactions
 
     # Transactions without a copy of the whole table each (gantry.local.transactions).
     transactions.install()
-    return DomainDispatcherApplication(create_backend_app)
+    return _dispatcher_class()(create_backend_app)
+
+
+def _dispatcher_class() -> Any:
+    from moto.server import DomainDispatcherApplication
+
+    class RememberingDispatcher(DomainDispatcherApplication):
+        """moto's dispatcher, remembering which backend serves a host. moto works it out
+        again for every request: it lists its package folder on disk and tries hundreds of
+        URL patterns, 0.2 ms of CPU per DynamoDB request and 0.5 ms per S3 request here. The
+        answer depends on the host name alone; a host no backend serves is not remembered, so
+        moto still reports it."""
+
+        def __init__(self, create_app: Callable[..., Any]) -> None:
+            super().__init__(create_app)
+            self._backends: dict[str, Any] = {}
+
+        def get_backend_for_host(self, host: str | None) -> Any:
+            # Called under the dispatcher's own lock.
+            if host is None:
+                return None
+            backend = self._backends.get(host)
+            if backend is None:
+                backend = super().get_backend_for_host(host)
+                if backend and len(self._backends) < BACKEND_CACHE_SIZE:
+                    self._backends[host] = backend
+            return backend
+
+    return RememberingDispatcher
 
 
 def serialise_dynamodb(app: WsgiApp) -> WsgiApp:

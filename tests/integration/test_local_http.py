@@ -4,6 +4,7 @@ on them answered as moto's own server would (S3 metadata names, framing, restart
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import ssl
@@ -183,3 +184,48 @@ def test_a_silent_client_does_not_hold_up_the_gateway(tmp_path: Path):
     finally:
         silent.close()
         gateway.stop()
+
+
+def test_the_endpoint_sends_each_request_to_the_backend_moto_would(endpoint):
+    """The endpoint remembers which moto backend serves a host; moto's own dispatcher, asked
+    about the same real requests, picks the same backends."""
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    from gantry.local.endpoint import moto_app
+
+    recorded: list[tuple[dict[str, Any], bytes]] = []
+    app = endpoint.app
+
+    def record(environ, start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        recorded.append(({k: v for k, v in environ.items() if isinstance(v, str)}, body))
+        return app(environ, start_response)
+
+    endpoint.app = record
+    kwargs = {"endpoint_url": endpoint.url, "region_name": "us-east-1", **CREDENTIALS}
+    s3 = _s3(endpoint.url)
+    bucket = _bucket(s3)
+    s3.put_object(Bucket=bucket, Key="a/b.json", Body=b"{}")
+    s3.get_object(Bucket=bucket, Key="a/b.json")["Body"].read()
+    s3.list_objects_v2(Bucket=bucket)
+    dynamodb = boto3.client("dynamodb", **kwargs)
+    dynamodb.list_tables()
+    sqs = boto3.client("sqs", **kwargs)
+    queue = sqs.create_queue(QueueName=f"q-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody="m")
+    sqs.receive_message(QueueUrl=queue)
+    boto3.client("events", **kwargs).list_rules()
+    boto3.client("batch", **kwargs).describe_job_queues()
+    boto3.client("sts", **kwargs).get_caller_identity()
+    ours, theirs = moto_app(), DomainDispatcherApplication(create_backend_app)
+
+    def backend(dispatcher: Any, environ: dict[str, Any], body: bytes) -> str:
+        chosen = dispatcher.get_application({**environ, "wsgi.input": io.BytesIO(body)})
+        return next(name for name, app in dispatcher.app_instances.items() if app is chosen)
+
+    expected = [backend(theirs, environ, body) for environ, body in recorded]
+    assert {"s3", "dynamodb", "sqs", "events", "batch", "sts"} <= set(expected)
+    for _ in range(2):  # the second time from what it remembered
+        assert [backend(ours, environ, body) for environ, body in recorded] == expected
