@@ -152,6 +152,31 @@ def referenced_algorithm(ctx: Context, user: User, urls: Urls, reference: str) -
         return visible_algorithm(ctx, user, pk, by_slug=True)
 
 
+def listed_algorithms(
+    ctx: Context, user: User, urls: Urls, reference: str | None
+) -> list[Algorithm]:
+    """The algorithms a list of images or models covers: the one its ``algorithm`` filter
+    names (api_url, pk or slug; errors as ``referenced_algorithm``), else every algorithm the
+    user may use."""
+    from gantry.store.pagination import MAX_LIMIT
+
+    if reference is None:
+        return algorithms_page(ctx, user, offset=0, limit=MAX_LIMIT)[0]
+    return [referenced_algorithm(ctx, user, urls, reference)]
+
+
+def images_of(ctx: Context, user: User, algorithms: list[Algorithm]) -> list[AlgorithmImage]:
+    """The images of ``algorithms`` the user may see, oldest first."""
+    found = [
+        image
+        for algorithm in algorithms
+        for image in ctx.store.algorithms.images_of(algorithm.pk)
+        if access.algorithm_image(user, Action.READ, image, algorithm)
+    ]
+    found.sort(key=lambda image: (image.created, image.pk))
+    return found
+
+
 def create_algorithm_image(
     ctx: Context, user: User, algorithm_pk: str, fields: AlgorithmImageFields
 ) -> AlgorithmImage:

@@ -126,6 +126,12 @@ def test_images_create_list_detail(api, sockets) -> None:
     assert [i["pk"] for i in listed["results"]] == [image["pk"]]
     _, filtered, _ = api.get("algorithms/images/", query={"algorithm": algorithm["api_url"]})
     assert filtered["count"] == 1
+    # The filter names the algorithm as the models' list does: by slug too, and a URL of
+    # something else is refused naming the field.
+    assert api.get("algorithms/images/", query={"algorithm": "adder"})[1]["count"] == 1
+    elsewhere = algorithm["api_url"].replace("/algorithms/", "/archives/")
+    status, refused, _ = api.get("algorithms/images/", query={"algorithm": elsewhere})
+    assert status == 400 and "is not a URL of algorithms/" in refused["algorithm"][0], refused
     # By slug too.
     status, second, _ = api.post("algorithms/images/", {**IMAGE, "algorithm": "adder"})
     assert status == 201, second

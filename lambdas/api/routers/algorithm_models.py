@@ -14,7 +14,7 @@ from gantry.context import Context
 from gantry.errors import NotFound, ValidationFailed
 from gantry.services import algorithm_models, catalog
 from gantry.urls import Urls
-from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
+from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 
 UPLOAD_HELP = "api_url or pk of a completed upload of a model tarball (.tar.gz)"
 
@@ -77,10 +77,7 @@ def build(ctx: Context) -> APIGatewayRouter:
     ) -> dict:
         user = current_user(router)
         urls = urls_for(ctx, router)
-        if algorithm is None:
-            algorithms, _ = catalog.algorithms_page(ctx, user, offset=0, limit=MAX_LIMIT)
-        else:
-            algorithms = [catalog.referenced_algorithm(ctx, user, urls, algorithm)]
+        algorithms = catalog.listed_algorithms(ctx, user, urls, algorithm)
         models = algorithm_models.models_of(ctx, user, algorithms)
         window = models[offset : offset + limit]
         desired = algorithm_models.desired_pks(ctx, {m.algorithm for m in window})

@@ -9,8 +9,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Query
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gantry import access, shapes
-from gantry.access import Action
+from gantry import shapes
 from gantry.algorithms import (
     AlgorithmCreate,
     AlgorithmImageFields,
@@ -19,7 +18,7 @@ from gantry.algorithms import (
 from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.services import bioimageio, catalog
-from lambdas.api.deps import DEFAULT_LIMIT, MAX_LIMIT, Limit, Offset, current_user, urls_for
+from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 
 
 class AlgorithmImageCreate(BaseModel):
@@ -132,19 +131,7 @@ def build(ctx: Context) -> APIGatewayRouter:
     ) -> dict:
         user = current_user(router)
         urls = urls_for(ctx, router)
-        if algorithm is None:
-            algorithms, _ = catalog.algorithms_page(ctx, user, offset=0, limit=MAX_LIMIT)
-        else:
-            algorithms = [
-                catalog.visible_algorithm(ctx, user, urls.pk_from(algorithm, "algorithms/"))
-            ]
-        images = [
-            image
-            for a in algorithms
-            for image in ctx.store.algorithms.images_of(a.pk)
-            if access.algorithm_image(user, Action.READ, image, a)
-        ]
-        images.sort(key=lambda image: (image.created, image.pk))
+        images = catalog.images_of(ctx, user, catalog.listed_algorithms(ctx, user, urls, algorithm))
         window = images[offset : offset + limit]
         results = [shapes.algorithm_image(image, urls) for image in window]
         query = {"algorithm": algorithm}
