@@ -2,14 +2,14 @@
 
 Part of ``python -m benchmarks images``. A segmentation's every voxel is checked against its
 interface's overlay segments; that check must hold a few MiB of the image at a time, not the
-image. For each format (.mha raw, .mha zlib-compressed, .tif in strips), a mask of
-``GANTRY_BENCH_SEGMENTATION_MB`` MiB (default 200; 0 skips this part) is uploaded to the
-one-machine endpoint (``gantry.local.endpoint``, durable) served by this process, and a
-fresh process runs the job's input validation (``validate_pending_inputs``, the upload
-handler's code) against it: its peak RSS (VmHWM) is the figure, printed next to that of the
-same process validating a one-slice (256 KiB) mask of the same format (imports and clients:
-the floor). The time printed covers the validation and the job's queueing (its inputs copied
-to the job's folder, server-side).
+image. For each format (.mha raw, .mha zlib-compressed, .tif written page by page in
+strips), a mask of ``GANTRY_BENCH_SEGMENTATION_MB`` MiB (default 200; 0 skips this part)
+is uploaded to the one-machine endpoint (``gantry.local.endpoint``, durable) served by this
+process, and a fresh process runs the job's input validation (``validate_pending_inputs``,
+the upload handler's code) against it: its peak RSS (VmHWM) is the figure, printed next to
+that of the same process validating a one-slice (256 KiB) mask of the same format (imports
+and clients: the floor). The time printed covers the validation and the job's queueing (its
+inputs copied to the job's folder, server-side).
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ def _write_mask(path: Path, megabytes: int, how: str) -> Path:
     else:
         import tifffile
 
-        tifffile.imwrite(path, mask, contiguous=False, rowsperstrip=64)
+        # Page by page, tags between pages (as many writers do): read page by page.
+        with tifffile.TiffWriter(path) as writer:
+            for page in mask:
+                writer.write(page, rowsperstrip=64, metadata=None)
     return path
 
 

@@ -233,7 +233,23 @@ def _tiff_info(path: Path) -> ImageInfo:
 def tiff_info(source: Path | BinaryIO) -> ImageInfo:
     """Header facts of a TIFF file or an open seekable file (``s3file.S3File``): its tags
     and first series, never its pixel data."""
+    return _read_tiff(source, segment_limit=None)[0]
+
+
+def tiff_segmentation(source: Path | BinaryIO, *, limit: int = 65) -> tuple[ImageInfo, list[int]]:
+    """Header facts and distinct voxel values (the ``limit`` smallest) of a TIFF
+    segmentation, from one reading of its tags; the pixels strip by strip or tile by tile."""
+    info, values = _read_tiff(source, segment_limit=limit)
+    assert values is not None
+    return info, values
+
+
+def _read_tiff(
+    source: Path | BinaryIO, *, segment_limit: int | None
+) -> tuple[ImageInfo, list[int] | None]:
     import tifffile
+
+    from gantry import voxels
 
     if not isinstance(source, Path):
         source.seek(0)  # tifffile takes the position as the file's start
@@ -247,8 +263,28 @@ def tiff_info(source: Path | BinaryIO) -> ImageInfo:
             photometric = getattr(page.photometric, "name", str(page.photometric))
             spacing = _tiff_spacing(page)
             dtype = _dtype_label(series.dtype)
+            info = _tiff_facts(axes, shape, samples, photometric, spacing, dtype)
+            values = None
+            if segment_limit is not None:
+                _segmentation_dtype(info)
+                values = voxels.tiff_values(tif, limit=segment_limit)
+    except ImageError:
+        raise
+    except voxels.VoxelError as error:
+        raise ImageError(f"could not read the image data ({error})") from None
     except (tifffile.TiffFileError, ValueError, IndexError, OSError) as error:
         raise ImageError(f"could not read the TIFF header ({error})") from None
+    return info, values
+
+
+def _tiff_facts(
+    axes: str,
+    shape: dict[str, int],
+    samples: int,
+    photometric: str,
+    spacing: tuple[float, ...],
+    dtype: str,
+) -> ImageInfo:
     width, height = shape.get("X"), shape.get("Y")
     if not width or not height:
         raise ImageError(f"a TIFF image needs X and Y axes, got '{axes}'")
@@ -462,24 +498,22 @@ def segment_values(path: Path, *, limit: int = 65) -> list[int]:
     smallest), its voxels read a few MiB at a time."""
     path = Path(path)
     suffix = suffix_of(path)
-    if suffix not in STORED_SUFFIXES:
+    if suffix in TIFF_SUFFIXES:
+        return tiff_segmentation(path, limit=limit)[1]
+    if suffix != ".mha":
         raise ImageError(f"'{suffix}' is not a stored format: convert it to .mha first")
     info = read_image_info(path)
     with path.open("rb") as handle:
-        return segment_values_of(handle, suffix, info, limit=limit)
+        return mha_segment_values(handle, info, limit=limit)
 
 
-def segment_values_of(
-    handle: BinaryIO, suffix: str, info: ImageInfo, *, limit: int = 65
-) -> list[int]:
-    """The same for an open .mha or .tif file whose header facts are ``info``: a local file
-    or an object in the bucket (``s3file.S3File``), read in bounded chunks."""
+def mha_segment_values(handle: BinaryIO, info: ImageInfo, *, limit: int = 65) -> list[int]:
+    """The same for an open .mha file whose header facts are ``info``: a local file or an
+    object in the bucket (``s3file.S3File``), its voxels read in bounded chunks."""
     from gantry import voxels
 
     dtype = _segmentation_dtype(info)
     try:
-        if suffix in TIFF_SUFFIXES:
-            return voxels.tiff_values(handle, limit=limit)
         return voxels.mha_values(handle, dtype=dtype, count=info.voxel_count, limit=limit)
     except voxels.VoxelError as error:
         raise ImageError(f"could not read the image data ({error})") from None

@@ -135,7 +135,7 @@ def _mha_header(head: bytes) -> tuple[dict[str, str], int]:
     raise VoxelError("not a MetaImage header (no ElementDataFile)")
 
 
-def _chunks(handle: BinaryIO, length: int | None) -> Iterator[bytes]:
+def _chunks(handle: Any, length: int | None) -> Iterator[bytes]:
     """Up to ``length`` bytes (None: to the end) from the handle's position, in chunks."""
     left = length
     while left is None or left > 0:
@@ -194,27 +194,34 @@ def _aligned(chunks: Iterator[bytes], itemsize: int) -> Iterator[bytes]:
 # --- TIFF --------------------------------------------------------------------------------------
 
 
-def tiff_values(handle: BinaryIO, *, limit: int) -> list[int]:
-    """Distinct values (the ``limit`` smallest) of the first series of the TIFF ``handle``
-    (the one ``imaging`` reads the header facts of)."""
+def tiff_values(tif: Any, *, limit: int) -> list[int]:
+    """Distinct values (the ``limit`` smallest) of the first series of the open
+    ``tifffile.TiffFile`` ``tif`` (the one ``imaging`` reads the header facts of)."""
     import numpy as np
     import tifffile
 
-    handle.seek(0)  # tifffile takes the position as the file's start
+    handle = tif.filehandle
     try:
-        with tifffile.TiffFile(handle) as tif:
-            series = tif.series[0]
-            distinct = Distinct(series.dtype, limit)
-            stored = np.dtype(series.dtype).newbyteorder(tif.byteorder)
-            if series.dataoffset is not None:
-                # Contiguous, uncompressed: one run of bytes, no IFD walked.
-                handle.seek(series.dataoffset)
-                _raw(handle, series.size * stored.itemsize, stored, distinct)
+        series = tif.series[0]
+        distinct = Distinct(series.dtype, limit)
+        stored = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+        if series.dataoffset is not None:
+            # Contiguous, uncompressed: one run of bytes.
+            handle.seek(series.dataoffset)
+            _raw(handle, series.size * stored.itemsize, stored, distinct)
+            return distinct.values()
+        strips: list[tuple[int, int]] = []
+        for page in series.pages:
+            if page is None:
+                raise VoxelError("a page of the image is missing")
+            if _is_raw(page.keyframe, stored):
+                strips.extend(_raw_strips(page, stored))
             else:
-                for page in series.pages:
-                    if page is None:
-                        raise VoxelError("a page of the image is missing")
-                    _tiff_page(handle, page, stored, distinct)
+                _decoded(page, distinct)
+        # In file order, strips that follow each other joined: a few large forward reads.
+        for offset, count in _runs(sorted(strips)):
+            handle.seek(offset)
+            _raw(handle, count, stored, distinct)
     except (tifffile.TiffFileError, ValueError, IndexError, OSError) as error:
         if isinstance(error, VoxelError):
             raise
@@ -222,25 +229,39 @@ def tiff_values(handle: BinaryIO, *, limit: int) -> list[int]:
     return distinct.values()
 
 
-def _tiff_page(handle: BinaryIO, page: Any, stored: Any, distinct: Distinct) -> None:
-    keyframe = page.keyframe
-    raw = (
+def _is_raw(keyframe: Any, stored: Any) -> bool:
+    """Strips of plain values, read as bytes (no decoder, no strip held whole)."""
+    return bool(
         keyframe.compression == 1
         and not keyframe.is_tiled
+        and keyframe.imagedepth == 1
         and keyframe.bitspersample == stored.itemsize * 8
     )
-    if raw:
-        left = keyframe.size * stored.itemsize
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
-            if left <= 0:
-                break
-            handle.seek(offset)
-            left -= _raw(handle, min(count, left), stored, distinct)
-        if left > 0:
-            raise VoxelError(f"a page holds {left} bytes less voxel data than its size")
-        return
+
+
+def _raw_strips(page: Any, stored: Any) -> Iterator[tuple[int, int]]:
+    """(offset, bytes) of each strip's voxels; bytes past a strip's rows are not voxels."""
+    keyframe = page.keyframe
+    row = keyframe.imagewidth * keyframe.samplesperpixel * stored.itemsize
+    per_strip = keyframe.rowsperstrip or keyframe.imagelength
+    rows_left = keyframe.imagelength
+    for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+        if rows_left <= 0:
+            return
+        rows = min(per_strip, rows_left)
+        if count < rows * row:
+            raise VoxelError(f"a strip holds {count} of the {rows * row} bytes of its rows")
+        yield offset, rows * row
+        rows_left -= rows
+    if rows_left > 0:
+        raise VoxelError(f"a page lacks the strips of its last {rows_left} rows")
+
+
+def _decoded(page: Any, distinct: Distinct) -> None:
+    """Compressed strips or tiles, decoded by tifffile one at a time."""
+    keyframe = page.keyframe
     length, width = keyframe.imagelength, keyframe.imagewidth
-    for segment, index, _shape in page.segments(maxworkers=1):
+    for segment, index, _shape in page.segments(maxworkers=1, buffersize=CHUNK_BYTES):
         if segment is None:
             raise VoxelError("a strip or tile of the image is missing")
         # Tiles reach past the image's edges: the padding is not voxels.
@@ -248,7 +269,21 @@ def _tiff_page(handle: BinaryIO, page: Any, stored: Any, distinct: Distinct) -> 
         distinct.add(segment[:, : length - y, : width - x])
 
 
-def _raw(handle: BinaryIO, length: int, stored: Any, distinct: Distinct) -> int:
+def _runs(strips: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """Strips (sorted by offset) that follow each other in the file joined into runs."""
+    start, length = 0, 0
+    for offset, count in strips:
+        if length and offset == start + length:
+            length += count
+            continue
+        if length:
+            yield start, length
+        start, length = offset, count
+    if length:
+        yield start, length
+
+
+def _raw(handle: Any, length: int, stored: Any, distinct: Distinct) -> int:
     import numpy as np
 
     got = 0

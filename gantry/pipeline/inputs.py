@@ -295,12 +295,16 @@ def _import_in_place(
             try:
                 if header is not None:
                     info = imaging.read_image_info(header)
+                    if segmentation:
+                        assert handle is not None
+                        _check_segments(socket, imaging.mha_segment_values(handle, info))
+                elif segmentation:
+                    assert handle is not None
+                    info, values = imaging.tiff_segmentation(handle)
+                    _check_segments(socket, values)
                 else:
                     assert handle is not None
                     info = imaging.tiff_info(handle)
-                if segmentation:
-                    assert handle is not None
-                    _check_segments(socket, imaging.segment_values_of(handle, suffix, info))
             except imaging.ImageError as error:
                 raise InputError(f"the file '{name}' is not a readable image: {error}") from None
             except _SegmentError as error:

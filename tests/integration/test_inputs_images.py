@@ -281,7 +281,9 @@ def write_mask(path: Path, array: np.ndarray, how: str) -> Path:
     elif how == "tif":
         tifffile.imwrite(path, array)  # uncompressed, one contiguous run of bytes
     elif how == "tif-pages":
-        tifffile.imwrite(path, array, contiguous=False, rowsperstrip=100)  # strip by strip
+        with tifffile.TiffWriter(path) as writer:  # tags between pages: page by page
+            for page in array:
+                writer.write(page, rowsperstrip=100, metadata=None)
     else:
         tifffile.imwrite(path, array, tile=(128, 128), compression="zlib")
     return path

@@ -20,21 +20,22 @@ def stored(ctx):
 
 def test_reads_and_seeks_return_the_object_bytes(stored) -> None:
     s3, bucket, data = stored
-    with S3File(s3, bucket, "uploads/a/x.bin", block=1000) as handle:
+    with S3File(s3, bucket, "uploads/a/x.bin", block=10_000) as handle:
         assert handle.size == len(data) and handle.seekable()
         assert handle.read(10) == data[:10]
-        handle.seek(995)
-        assert handle.read(10) == data[995:1005]  # across the end of the cached block
+        handle.seek(9995)
+        assert handle.read(10) == data[9995:10005]  # across the end of the cached block
         handle.seek(-7, io.SEEK_END)
         assert handle.read(100) == data[-7:] and handle.read(1) == b""
         handle.seek(5000)
         assert handle.read(200_000) == data[5000:205_000]  # one GET, not cached
         assert handle.tell() == 205_000
         small_reads = handle.requests
-        handle.seek(2)
-        for _ in range(50):
-            handle.read(8)  # tags read one by one: served from one cached block
-        assert handle.requests == small_reads + 1
+        handle.seek(250_002)
+        for index in range(50):
+            start = 250_002 + 8 * index
+            assert handle.read(8) == data[start : start + 8]  # tags read one by one
+        assert handle.requests == small_reads + 1  # one cached block serves them
         assert handle.fetched < len(data)
 
 
@@ -47,3 +48,21 @@ def test_a_missing_object_and_an_overwrite_while_reading(stored) -> None:
         s3.put_object(Bucket=bucket, Key="uploads/a/x.bin", Body=b"another file" * 10_000)
         with pytest.raises(s3.exceptions.ClientError):
             handle.read(100_000)  # never a mix of two files' bytes
+
+
+def test_forward_reads_grow_the_block_and_tags_read_again_are_kept(stored) -> None:
+    """Small reads walking forward (a TIFF's tags, page after page) take few requests, and
+    walking them again (tifffile does, to parse them) takes none."""
+    s3, bucket, data = stored
+    with S3File(s3, bucket, "uploads/a/x.bin", block=10_000, max_block=80_000) as handle:
+        positions = range(0, len(data) - 200, 7000)
+        for position in positions:
+            handle.seek(position)
+            assert handle.read(200) == data[position : position + 200]
+        first_walk = handle.requests
+        assert first_walk < len(positions) // 4
+        for position in positions:
+            handle.seek(position)
+            assert handle.read(200) == data[position : position + 200]
+        assert handle.requests == first_walk
+        assert handle.fetched <= len(data) + 80_000

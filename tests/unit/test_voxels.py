@@ -58,6 +58,19 @@ def test_tiff_values(tmp_path: Path, dtype, layout) -> None:
     assert imaging.segment_values(path) == expected(dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_tiff_written_page_by_page(tmp_path: Path, dtype, compression) -> None:
+    """Pages with their tags between them: read page by page, strip by strip."""
+    path = tmp_path / "p.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for page in mask_of(dtype):
+            writer.write(page, rowsperstrip=3, compression=compression, metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].dataoffset is None and len(tif.series[0].pages) == 6
+    assert imaging.segment_values(path) == expected(dtype)
+
+
 def test_tile_padding_is_not_voxels(tmp_path: Path) -> None:
     """Tiles reach past the image's edge; whatever the padding holds is not a voxel."""
     path = tmp_path / "t.tif"
