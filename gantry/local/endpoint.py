@@ -26,10 +26,12 @@ BACKEND_CACHE_SIZE = 1024
 def moto_app() -> WsgiApp:
     from moto.server import create_backend_app
 
-    from gantry.local import transactions
+    from gantry.local import dynamodb_responses, transactions
 
     # Transactions without a copy of the whole table each (gantry.local.transactions).
     transactions.install()
+    # moto's DynamoDB responses, the same bytes for a fraction of the CPU.
+    dynamodb_responses.install()
     return _dispatcher_class()(create_backend_app)
 
 
