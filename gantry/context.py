@@ -6,10 +6,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gantry.algorithms import Algorithm, AlgorithmImage
 from gantry.aws import Clients
+from gantry.interfaces import Interface
 from gantry.jobs import Job
 from gantry.settings import Settings
 from gantry.store import Store
+
+
+@dataclass(frozen=True)
+class JobCatalog:
+    """What a job's creator read to create it: its algorithm, image and the algorithm's
+    sockets. Handed to the job's listeners, so that provisioning in the same process does not
+    read them again."""
+
+    algorithm: Algorithm
+    image: AlgorithmImage
+    sockets: dict[str, Interface]
 
 
 @dataclass
@@ -18,7 +31,9 @@ class Context:
     clients: Clients
     store: Store
     # Called after a job is stored; the pipeline starts provisioning from here.
-    job_listeners: list[Callable[[Context, Job], None]] = field(default_factory=list)
+    job_listeners: list[Callable[[Context, Job, JobCatalog | None], None]] = field(
+        default_factory=list
+    )
     # The compute backend (gantry.compute); built from the settings on first use.
     compute_backend: Any = None
     # Stores an imported container image where the compute backend runs it
@@ -43,6 +58,6 @@ class Context:
         clients = Clients(settings)
         return cls(settings=settings, clients=clients, store=Store.create(clients, settings))
 
-    def job_created(self, job: Job) -> None:
+    def job_created(self, job: Job, catalog: JobCatalog | None = None) -> None:
         for listener in self.job_listeners:
-            listener(self, job)
+            listener(self, job, catalog)

@@ -174,7 +174,7 @@ def job(
     }
 
 
-def job_post(job: Job, sockets: dict[str, Interface]) -> dict[str, Any]:
+def job_post(job: Job) -> dict[str, Any]:
     """The body grand-challenge returns on job creation (gcapi's JobPost)."""
     return {
         "pk": job.pk,

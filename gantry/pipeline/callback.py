@@ -15,6 +15,7 @@ from typing import Any
 from gantry import contract, failures, resources, timeutil
 from gantry.compute.base import ComputeState, public_reason
 from gantry.context import Context
+from gantry.errors import NotFound
 from gantry.images import Image
 from gantry.job_states import JobStatus
 from gantry.jobs import STREAM_TAIL_LINES, Job
@@ -39,18 +40,24 @@ def handle_compute_event(ctx: Context, event: ComputeState) -> Job | None:
         logger.info("ignoring state of %s: not a Gantry job", event.name)
         return None
     job_pk, attempt = event.job_pk, event.attempt
-    job = ctx.store.jobs.find(job_pk)
-    if job is None or job.attempt != attempt or job.status.is_terminal:
-        return None  # unknown, stale or finished: nothing to do
     if event.status == "running":
         if event.raw_status not in RUNNING_WORDS:
             return None  # queued or starting: the job stays Provisioned
-        return ctx.store.jobs.transition(
-            job_pk,
-            attempt=attempt,
-            status=JobStatus.EXECUTING,
-            changes=lambda j: {"started_at": started_at(event) or j.started_at or timeutil.iso()},
-        )
+        # The conditional transition itself leaves an unknown, stale or finished job alone.
+        try:
+            return ctx.store.jobs.transition(
+                job_pk,
+                attempt=attempt,
+                status=JobStatus.EXECUTING,
+                changes=lambda j: {
+                    "started_at": started_at(event) or j.started_at or timeutil.iso()
+                },
+            )
+        except NotFound:
+            return None
+    job = ctx.store.jobs.find(job_pk)
+    if job is None or job.attempt != attempt or job.status.is_terminal:
+        return None  # unknown, stale or finished: nothing to do
     return complete(ctx, job, event)
 
 

@@ -104,14 +104,18 @@ def _keep(ctx: Context, job: Job, socket: Interface, source_key: str) -> str:
 
 def _json_output(ctx: Context, job: Job, socket: Interface, prefix: str) -> dict[str, Any]:
     key = prefix + socket.relative_path
-    size = _object_size(ctx, key)
-    if size is None:
-        raise OutputError(f"Output file '{socket.relative_path}' was not produced")
+    # One GET: its length is known before the body is read, and a body too large is not read.
+    try:
+        response = ctx.clients.s3.get_object(Bucket=ctx.settings.bucket_name, Key=key)
+    except ctx.clients.s3.exceptions.ClientError as error:
+        raise OutputError(f"Output file '{socket.relative_path}' was not produced") from error
+    size = int(response["ContentLength"])
     if size > MAX_JSON_OUTPUT_BYTES:
+        response["Body"].close()
         raise OutputError(
             f"The output file '{socket.relative_path}' is too large ({size} bytes) to be read"
         )
-    body = ctx.clients.s3.get_object(Bucket=ctx.settings.bucket_name, Key=key)["Body"].read()
+    body = response["Body"].read()
     try:
         value = _finite(json.loads(body.decode("utf-8")))
     except (UnicodeDecodeError, ValueError) as error:

@@ -17,14 +17,15 @@ import logging
 from datetime import timedelta
 
 from gantry import contract, resources, shapes, timeutil
+from gantry.algorithms import Algorithm
 from gantry.aws import copy_object
-from gantry.context import Context
+from gantry.context import Context, JobCatalog
 from gantry.interfaces import Interface
 from gantry.job_states import JobStatus, can_transition
 from gantry.jobs import Job
 from gantry.kinds import spec
 from gantry.pipeline.lifecycle import fail
-from gantry.services import catalog
+from gantry.services import catalog as catalog_service
 from gantry.urls import Urls
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ STARTABLE = (JobStatus.PENDING, JobStatus.RETRY)
 INPUTS_JSON = "inputs.json"
 
 
-def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> contract.Invocation:
+def build_invocation(
+    ctx: Context, job: Job, sockets: dict[str, Interface], algorithm: Algorithm | None = None
+) -> contract.Invocation:
+    """``algorithm``: the job's, when the caller has read it already."""
     bucket = ctx.settings.bucket_name
     s3 = ctx.clients.s3
     base = resources.io_input_prefix(job.pk, job.attempt)
@@ -63,7 +67,7 @@ def build_invocation(ctx: Context, job: Job, sockets: dict[str, Interface]) -> c
             )
         )
     inputs.append(_put_inputs_json(ctx, job, sockets, base + INPUTS_JSON))
-    algorithm = ctx.store.algorithms.get(job.algorithm)
+    algorithm = algorithm or ctx.store.algorithms.get(job.algorithm)
     outputs = [
         contract.ExpectedOutput(
             slug=slug,
@@ -117,11 +121,22 @@ def _put_inputs_json(
     return contract.InvocationInput(relative_path=INPUTS_JSON, bucket_name=bucket, bucket_key=key)
 
 
-def start_job(ctx: Context, job_pk: str) -> None:
-    """Provision and submit a queued job; a no-op for a job that is not waiting to start."""
+def start_job(
+    ctx: Context,
+    job_pk: str,
+    *,
+    created: Job | None = None,
+    catalog: JobCatalog | None = None,
+) -> None:
+    """Provision and submit a queued job; a no-op for a job that is not waiting to start.
+
+    ``created`` and ``catalog``: the job as its creator has just stored it, and the
+    algorithm, image and sockets it read for that, when provisioning follows in the same
+    process; neither is read again (the claim's conditional write finds out if the job has
+    changed since)."""
     from gantry.compute import CapacityError, SubmitError
 
-    job = ctx.store.jobs.find(job_pk)
+    job = created if created is not None else ctx.store.jobs.find(job_pk)
     if job is None or job.status not in STARTABLE:
         return
     if job.not_before and timeutil.parse_iso(job.not_before) > timeutil.now():
@@ -132,9 +147,13 @@ def start_job(ctx: Context, job_pk: str) -> None:
     if claimed is None:
         return
     try:
-        image = ctx.store.algorithms.get_image(job.algorithm_image)
-        sockets = catalog.sockets_of(ctx, [ctx.store.algorithms.get(job.algorithm)])
-        invocation = build_invocation(ctx, claimed, sockets)
+        if catalog is None:
+            image = ctx.store.algorithms.get_image(job.algorithm_image)
+            algorithm = ctx.store.algorithms.get(job.algorithm)
+            sockets = catalog_service.sockets_of(ctx, [algorithm])
+        else:
+            image, algorithm, sockets = catalog.image, catalog.algorithm, catalog.sockets
+        invocation = build_invocation(ctx, claimed, sockets, algorithm)
         key = resources.invocation_key(job_pk, attempt)
         ctx.clients.s3.put_object(
             Bucket=ctx.settings.bucket_name,

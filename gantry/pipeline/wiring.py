@@ -8,7 +8,7 @@ functions, already off a request's path, provision at once.
 
 from __future__ import annotations
 
-from gantry.context import Context
+from gantry.context import Context, JobCatalog
 from gantry.job_states import JobStatus
 from gantry.jobs import Job
 
@@ -58,7 +58,7 @@ def import_bioimageio_message(algorithm_pk: str) -> str:
     return ImportBioimageio(algorithm=algorithm_pk).model_dump_json()
 
 
-def on_job_created(ctx: Context, job: Job) -> None:
+def on_job_created(ctx: Context, job: Job, catalog: JobCatalog | None = None) -> None:
     if job.status is JobStatus.VALIDATING_INPUTS:
         # Uploads are checked (and images imported) by the upload handler, off the API path.
         ctx.clients.sqs.send_message(
@@ -67,17 +67,17 @@ def on_job_created(ctx: Context, job: Job) -> None:
     elif job.status is JobStatus.PENDING:
         from gantry.pipeline.provision import start_job
 
-        start_job(ctx, job.pk)
+        start_job(ctx, job.pk, created=job, catalog=catalog)
 
 
-def on_job_created_queued(ctx: Context, job: Job) -> None:
+def on_job_created_queued(ctx: Context, job: Job, catalog: JobCatalog | None = None) -> None:
     """As ``on_job_created``, but a ready job is provisioned by the queue's handler."""
     if job.status is JobStatus.PENDING:
         ctx.clients.sqs.send_message(
             QueueUrl=ctx.settings.uploads_queue_url, MessageBody=start_job_message(job.pk)
         )
     else:
-        on_job_created(ctx, job)
+        on_job_created(ctx, job, catalog)
 
 
 def install(ctx: Context, *, provision_on_queue: bool = False) -> Context:

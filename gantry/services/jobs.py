@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gantry import access, contract, credits, quotas, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm, AlgorithmImage, SocketSet
-from gantry.context import Context
+from gantry.context import Context, JobCatalog
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.interfaces import Interface, InterfaceValueError, validate_value
 from gantry.job_states import JobStatus
@@ -195,7 +195,7 @@ def create_job(
     )
     ctx.store.sockets.mark_used([sockets[s] for s in (*socket_set.inputs, *socket_set.outputs)])
     ctx.store.algorithms.mark_set_used(algorithm.pk, index)
-    ctx.job_created(job)
+    ctx.job_created(job, JobCatalog(algorithm=algorithm, image=image, sockets=sockets))
     return job
 
 

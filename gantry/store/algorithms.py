@@ -28,6 +28,9 @@ class AlgorithmStore:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.paginator = Paginator(table)
+        # Socket sets known to be used, by algorithm: a set once used stays used, so what
+        # this process has seen is never wrong and spares each job's write (mark_set_used).
+        self._used_sets: dict[str, frozenset[int]] = {}
 
     def create(
         self,
@@ -141,23 +144,33 @@ class AlgorithmStore:
         )
 
     def mark_set_used(self, pk: str, index: int) -> None:
-        """A job used socket set ``index``: from now on it cannot be removed."""
+        """A job used socket set ``index``: from now on it cannot be removed. Written once:
+        the write is skipped when this process has seen the set used (adding to a set is
+        idempotent, so two jobs racing to be the first both write it, harmlessly)."""
+        if index in self._used_sets.get(pk, ()):
+            return
         self.table._table.update_item(
             Key={"PK": keys.algorithm(pk), "SK": MAIN_SK},
             UpdateExpression="ADD used_sets :i",
             ConditionExpression="attribute_exists(PK)",
             ExpressionAttributeValues={":i": {index}},
         )
+        self._used_sets[pk] = self._used_sets.get(pk, frozenset()) | {index}
 
     def get(self, pk: str) -> Algorithm:
-        stored = self.table.get(keys.algorithm(pk))
-        if stored is None:
+        algorithm = self.find(pk)
+        if algorithm is None:
             raise NotFound(f"Algorithm {pk} not found")
-        return Algorithm.model_validate(stored.doc)
+        return algorithm
 
     def find(self, pk: str) -> Algorithm | None:
         stored = self.table.get(keys.algorithm(pk))
-        return Algorithm.model_validate(stored.doc) if stored else None
+        if stored is None:
+            return None
+        used = frozenset(int(i) for i in stored.item.get("used_sets") or ())
+        if used:
+            self._used_sets[pk] = self._used_sets.get(pk, frozenset()) | used
+        return Algorithm.model_validate(stored.doc)
 
     def get_by_slug(self, slug: str) -> Algorithm:
         claim = self.table.get_item(keys.algorithm_slug(slug), MAIN_SK)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,8 @@ from gantry.store.table import MAIN_SK, Change, ConditionFailed, StoredDoc, Tabl
 
 INPUT = "IN"
 OUTPUT = "OUT"
+# Jobs whose stored item this process remembers (see JobStore._seen): the ones in flight.
+REMEMBERED_JOBS = 1024
 
 
 def _attributes(job: Job) -> dict[str, Any]:
@@ -46,6 +50,23 @@ class JobStore:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.paginator = Paginator(table)
+        # Each job's item as this store last read or wrote it. A change starts from it
+        # instead of reading the job again (a job moves through several states per
+        # invocation); the write's version check catches a job changed elsewhere since, and
+        # only then is it read. Never used to answer a read.
+        self._seen: OrderedDict[str, StoredDoc] = OrderedDict()
+        self._seen_lock = threading.Lock()
+
+    def _remember(self, pk: str, stored: StoredDoc) -> None:
+        with self._seen_lock:
+            self._seen[pk] = stored
+            self._seen.move_to_end(pk)
+            while len(self._seen) > REMEMBERED_JOBS:
+                self._seen.popitem(last=False)
+
+    def _last_seen(self, pk: str) -> StoredDoc | None:
+        with self._seen_lock:
+            return self._seen.get(pk)
 
     def create(
         self,
@@ -118,6 +139,7 @@ class JobStore:
                     full[0].refusal(), retry_after=RETRY_AFTER_SECONDS, limit=full[0].description
                 ) from error
             raise Conflict(f"Job {job.pk} already exists") from error
+        self._remember(job.pk, StoredDoc(doc=_doc(job), version=int(item["version"]), item=item))
         return job
 
     def create_many(
@@ -253,7 +275,9 @@ class JobStore:
             scopes = quotas.scopes(job.creator, job.algorithm)
             return stored.doc, {"slot": True}, [_move_slot(s, 1) for s in scopes]
 
-        self.table.update_doc(keys.job(pk), mutate)
+        stored = self.table.update_doc(keys.job(pk), mutate)
+        if stored is not None:
+            self._remember(pk, stored)
         return bool(taken)
 
     def complimentary_jobs_taken(self, algorithm_image_pk: str) -> int:
@@ -330,14 +354,17 @@ class JobStore:
             self.table.put(self._relation(job, image_pk, OUTPUT))
 
     def get(self, pk: str) -> Job:
-        stored = self.table.get(keys.job(pk))
-        if stored is None:
+        job = self.find(pk)
+        if job is None:
             raise NotFound(f"Job {pk} not found")
-        return Job.model_validate(stored.doc)
+        return job
 
     def find(self, pk: str) -> Job | None:
         stored = self.table.get(keys.job(pk))
-        return Job.model_validate(stored.doc) if stored else None
+        if stored is None:
+            return None
+        self._remember(pk, stored)
+        return Job.model_validate(stored.doc)
 
     def find_by_compute_id(self, compute_id: str) -> Job | None:
         items, _ = self.table.query(
@@ -371,9 +398,10 @@ class JobStore:
                 return _doc(updated), attributes, [_move_slot(s, -1) for s in scopes]
             return _doc(updated), _attributes(updated)
 
-        stored = self.table.update_doc(keys.job(pk), mutate)
+        stored = self.table.update_doc(keys.job(pk), mutate, guess=self._last_seen(pk))
         if stored is None:
             raise NotFound(f"Job {pk} not found")
+        self._remember(pk, stored)
         return changed[0] if changed else None
 
     def transition(
@@ -484,8 +512,10 @@ class JobStore:
                 actions += [count_update(k, -1) for k in self._viewer_lists(new, name)]
             return _doc(new), _attributes(new), actions
 
-        if self.table.update_doc(keys.job(pk), mutate) is None:
+        stored = self.table.update_doc(keys.job(pk), mutate)
+        if stored is None:
             raise NotFound(f"Job {pk} not found")
+        self._remember(pk, stored)
         for list_key in moved:  # the job sits by its creation time: later offsets move
             self.paginator.clear(list_key)
         return changed[0]

@@ -9,11 +9,21 @@ from gantry.store import keys
 from gantry.store.pagination import Paginator, count_update
 from gantry.store.table import MAIN_SK, Change, ConditionFailed, StoredDoc, Table
 
+# The flags mark_used sets. Neither is ever unset.
+FLAGS = ("has_values", "in_algorithm")
+
 
 class SocketStore:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.paginator = Paginator(table)
+        # (socket pk, flag) this process has seen set: a flag is never unset, so this is
+        # never wrong, and it spares each job the writes of flags already set (mark_used).
+        self._flagged: set[tuple[int, str]] = set()
+
+    def _note_flags(self, stored: StoredDoc) -> None:
+        pk = int(stored.doc["pk"])
+        self._flagged.update((pk, flag) for flag in FLAGS if stored.item.get(flag))
 
     def create(self, fields: InterfaceFields, *, creator: str) -> Interface:
         slug = slugify(fields.title)
@@ -65,6 +75,8 @@ class SocketStore:
         claims = self.table.batch_get_docs([(keys.socket_slug(s), MAIN_SK) for s in slugs])
         socket_keys = [(keys.socket(int(c.item["socket_pk"])), MAIN_SK) for c in claims.values()]
         found = self.table.batch_get_docs(socket_keys)
+        for stored in found.values():
+            self._note_flags(stored)
         interfaces = [Interface.model_validate(s.doc) for s in found.values()]
         return {i.slug: i for i in interfaces}
 
@@ -80,8 +92,12 @@ class SocketStore:
 
     def mark_used(self, interfaces: list[Interface], *, flag: str = "has_values") -> None:
         """Values exist for these sockets from now on (or, with ``flag="in_algorithm"``, an
-        algorithm uses them): check_update freezes what those rely on."""
+        algorithm uses them): check_update freezes what those rely on. A flag this process
+        has seen set is not written again (setting it is idempotent, so two jobs racing to
+        be the first both write it, harmlessly)."""
         for interface in interfaces:
+            if (interface.pk, flag) in self._flagged:
+                continue
             self.table._table.update_item(
                 Key={"PK": keys.socket(interface.pk), "SK": MAIN_SK},
                 UpdateExpression="SET #f = :t",
@@ -89,6 +105,7 @@ class SocketStore:
                 ExpressionAttributeNames={"#f": flag},
                 ExpressionAttributeValues={":t": True},
             )
+            self._flagged.add((interface.pk, flag))
 
     def update(self, pk: int, fields: InterfaceFields) -> Interface:
         def mutate(stored: StoredDoc) -> Change | None:

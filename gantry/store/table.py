@@ -269,21 +269,35 @@ class Table:
         pk: str,
         mutate: Callable[[StoredDoc], Change | None],
         sk: str = MAIN_SK,
+        *,
+        guess: StoredDoc | None = None,
     ) -> StoredDoc | None:
         """Read, let ``mutate`` return (new doc, attribute changes) or None to leave it, write
         with a version check; on a concurrent change re-read and re-apply. ``mutate`` may add
-        a third element: updates of other items written in the same transaction."""
+        a third element: updates of other items written in the same transaction.
+
+        ``guess``: the item as the caller last saw it, tried first instead of a read. The
+        version check makes a write based on it safe (a stale guess fails the condition and
+        is re-read); a guess on which ``mutate`` changes nothing is confirmed by a read, since
+        a stale one must not make a caller skip a change."""
+        current = guess
         for _ in range(MAX_OPTIMISTIC_RETRIES):
-            current = self.get(pk, sk)
+            fresh = current is None
             if current is None:
-                return None
+                current = self.get(pk, sk)
+                if current is None:
+                    return None
             change = mutate(current)
             if change is None:
-                return current
+                if fresh:
+                    return current
+                current = None
+                continue
             doc, attributes, *also = change
             try:
                 return self.replace(current, doc, also=also[0] if also else None, **attributes)
             except ConditionFailed:
+                current = None
                 continue
         raise ConditionFailed(f"{pk} kept changing; gave up after {MAX_OPTIMISTIC_RETRIES} tries")
 

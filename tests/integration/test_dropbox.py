@@ -398,7 +398,7 @@ def test_a_handler_crashing_right_after_it_made_the_job_leaves_one_job(drop, mon
     )
     ctx.store.table.set_attributes(claim["PK"]["S"], {"lease_until": int(time.time()) - 1})
     heard: list[str] = []
-    ctx.job_listeners.append(lambda _ctx, job: heard.append(job.pk))
+    ctx.job_listeners.append(lambda _ctx, job, _catalog: heard.append(job.pk))
     assert deliver(ctx, bodies) == []
 
     [job] = dropbox_jobs(ctx)

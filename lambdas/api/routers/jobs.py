@@ -191,8 +191,7 @@ def build(ctx: Context) -> APIGatewayRouter:
     def post_job(body: Annotated[JobCreate, Body()]) -> tuple[dict, int]:
         user = current_user(router)
         job = create_job(ctx, user, body, urls_for(ctx, router), enforce_limits=True)
-        sockets = catalog.sockets_of(ctx, [ctx.store.algorithms.get(job.algorithm)])
-        return shapes.job_post(job, sockets), 201
+        return shapes.job_post(job), 201
 
     @router.patch(
         "/algorithms/jobs/<pk>/",
