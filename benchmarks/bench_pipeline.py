@@ -42,9 +42,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from benchmarks.figures import local_credentials, percentile
+from gantry.local.request_count import PLATFORM, POLLING_OPERATIONS, RequestCounter
 
 REPO = Path(__file__).resolve().parents[1]
 NOOP = REPO / "examples" / "algorithms" / "noop"
@@ -111,51 +111,9 @@ STAGES: list[tuple[str, Callable[[Timing], float]]] = [
 # --- AWS requests, counted at the endpoint ---------------------------------------------------
 
 
-class Requests:
-    """WSGI middleware of the endpoint: counts requests by (who, service, operation)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        key = _classify(environ)
-        with self._lock:
-            self.counts[key] += 1
-        return self.app(environ, start_response)
-
-    def snapshot(self) -> collections.Counter[tuple[str, str, str]]:
-        with self._lock:
-            return collections.Counter(self.counts)
-
-
-def _classify(environ: dict[str, Any]) -> tuple[str, str, str]:
-    agent = environ.get("HTTP_USER_AGENT", "")
-    who = (
-        "runner" if RUNNER_APP_ID in agent else "watcher" if WATCHER_APP_ID in agent else "platform"
-    )
-    scope = environ.get("HTTP_AUTHORIZATION", "").split("Credential=", 1)[-1].split(",")[0]
-    parts = scope.split("/")
-    service = parts[3] if len(parts) > 3 else "?"
-    target = environ.get("HTTP_X_AMZ_TARGET")
-    if target:
-        return who, service, target.rsplit(".", 1)[-1]
-    method = environ.get("REQUEST_METHOD", "")
-    if service == "s3":
-        path = urlsplit(environ.get("PATH_INFO", "")).path.strip("/")
-        has_key = "/" in path
-        if method == "PUT" and environ.get("HTTP_X_AMZ_COPY_SOURCE"):
-            return who, service, "CopyObject"
-        operation = {
-            "GET": "GetObject" if has_key else "ListObjects",
-            "PUT": "PutObject",
-            "HEAD": "HeadObject",
-            "DELETE": "DeleteObject",
-            "POST": "PostObject",
-        }.get(method, method)
-        return who, service, operation
-    return who, service, method
+def _counter(app: Any) -> RequestCounter:
+    """The endpoint's requests, the runners' and the benchmark's own reads counted apart."""
+    return RequestCounter(app, app_ids=(RUNNER_APP_ID, WATCHER_APP_ID))
 
 
 # --- CPU of every process involved -----------------------------------------------------------
@@ -354,7 +312,7 @@ class Run:
 
 
 def _measure(
-    stack: Any, counter: Requests, api: Any, algorithm_url: str, sequential: int, burst: int
+    stack: Any, counter: RequestCounter, api: Any, algorithm_url: str, sequential: int, burst: int
 ) -> Run:
     run = Run()
     run.first = _sequential(stack, api, algorithm_url, 1)[0]
@@ -365,13 +323,13 @@ def _measure(
     run.connections = (stack.endpoint.connections_opened - opened) / sequential
     elapsed = time.perf_counter() - started
     counts = counter.snapshot() - before
-    receives = sum(n for (_, _, op), n in counts.items() if op == "ReceiveMessage")
+    receives = sum(n for (_, _, op), n in counts.items() if op in POLLING_OPERATIONS)
     run.polling = receives / elapsed
     run.requests = collections.Counter(
         {
             key: n / sequential
             for key, n in counts.items()
-            if key[2] != "ReceiveMessage" and key[0] != "watcher"
+            if key[2] not in POLLING_OPERATIONS and key[0] != WATCHER_APP_ID
         }
     )
     if burst:
@@ -427,7 +385,7 @@ def _run_mode(
 ) -> dict[str, Run]:
     oci_ref = _oci_image(oci_store) if oci_store is not None and oci_jobs else None
     stack = _stack(mode, oci_store if oci_ref else None)
-    counter = Requests(stack.endpoint.app)
+    counter = _counter(stack.endpoint.app)
     stack.endpoint.app = counter
     stack.watcher = _watcher(stack)
     stack.finished = Finished(stack.ctx.compute_backend)
@@ -475,10 +433,10 @@ def _requests_table(runs: dict[str, Run]) -> None:
     modes = list(runs)
     keys = sorted(set().union(*(run.requests for run in runs.values())))
     print(f"  {'AWS requests per job':<44}" + "".join(f"{MODES[m]:>16}" for m in modes))
-    for who in ("platform", "runner"):
+    for who, name in ((PLATFORM, "platform"), (RUNNER_APP_ID, "runner")):
         mine = [k for k in keys if k[0] == who]
         totals = "".join(f"{sum(runs[m].requests[k] for k in mine):>16.1f}" for m in modes)
-        print(f"  {who + ', in all':<44}{totals}")
+        print(f"  {name + ', in all':<44}{totals}")
         for key in mine:
             label = f"  {key[1]} {key[2]}"
             print(f"  {label:<44}" + "".join(f"{runs[m].requests[key]:>16.1f}" for m in modes))
@@ -515,8 +473,8 @@ def _gap(run: Run, mode: str) -> None:
     for label, samples in stages:
         median = statistics.median(samples)
         print(f"    {label:<54}{median * 1000:6.0f} ms {median / total * 100:5.0f} %")
-    requests = sum(n for (who, _, _), n in run.requests.items() if who == "platform")
-    runner_requests = sum(n for (who, _, _), n in run.requests.items() if who == "runner")
+    requests = sum(n for (who, _, _), n in run.requests.items() if who == PLATFORM)
+    runner_requests = sum(n for (who, _, _), n in run.requests.items() if who == RUNNER_APP_ID)
     cpu = run.sequential_cpu
     print(
         f"  CPU per job {cpu.total * 1000:.0f} ms: this process {cpu.platform * 1000:.0f} ms for "

@@ -7,7 +7,7 @@ from gantry.errors import Conflict, NotFound
 from gantry.interfaces import Interface, InterfaceFields, check_update, slugify
 from gantry.store import keys
 from gantry.store.pagination import Paginator, count_update
-from gantry.store.table import MAIN_SK, Change, ConditionFailed, StoredDoc, Table
+from gantry.store.table import MAIN_SK, PK, Change, ConditionFailed, StoredDoc, Table
 
 # The flags mark_used sets. Neither is ever unset.
 FLAGS = ("has_values", "in_algorithm")
@@ -20,6 +20,9 @@ class SocketStore:
         # (socket pk, flag) this process has seen set: a flag is never unset, so this is
         # never wrong, and it spares each job the writes of flags already set (mark_used).
         self._flagged: set[tuple[int, str]] = set()
+        # Each slug's socket pk: a slug's claim is written once with the socket and never
+        # changes, so a lookup by slug reads the claim once per process.
+        self._pk_by_slug: dict[str, int] = {}
 
     def _note_flags(self, stored: StoredDoc) -> None:
         pk = int(stored.doc["pk"])
@@ -72,9 +75,13 @@ class SocketStore:
 
     def get_many_by_slug(self, slugs: list[str]) -> dict[str, Interface]:
         """Sockets by slug; slugs that do not exist are left out."""
-        claims = self.table.batch_get_docs([(keys.socket_slug(s), MAIN_SK) for s in slugs])
-        socket_keys = [(keys.socket(int(c.item["socket_pk"])), MAIN_SK) for c in claims.values()]
-        found = self.table.batch_get_docs(socket_keys)
+        unknown = [(keys.socket_slug(s), MAIN_SK) for s in slugs if s not in self._pk_by_slug]
+        if unknown:
+            for claim in self.table.batch_get_docs(unknown).values():
+                slug = claim.item[PK].removeprefix(keys.socket_slug(""))
+                self._pk_by_slug[slug] = int(claim.item["socket_pk"])
+        pks = dict.fromkeys(self._pk_by_slug[s] for s in slugs if s in self._pk_by_slug)
+        found = self.table.batch_get_docs([(keys.socket(pk), MAIN_SK) for pk in pks])
         for stored in found.values():
             self._note_flags(stored)
         interfaces = [Interface.model_validate(s.doc) for s in found.values()]
