@@ -72,8 +72,8 @@ def stack():
     )
     counter = RequestCounter(local.endpoint.app, app_ids=(RUNNER_APP_ID,))
     local.endpoint.app = counter
-    local.counter = counter  # type: ignore[attr-defined]
-    local.finished = Finished(local.ctx.compute_backend)  # type: ignore[attr-defined]
+    local.counter = counter
+    local.finished = Finished(local.ctx.compute_backend)
     yield local
     local.stop()
 
