@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -165,17 +166,25 @@ class Algorithm(AlgorithmFields):
     modified: str
 
 
+# An image's fields as a request may give them (the API's AlgorithmImageCreate uses the same).
+# A registry URI (ECR, ...) the compute backend pulls, or "local" for the local executor.
+ImageUri = Annotated[str, Field(min_length=1, max_length=1024)]
+# The image's original ENTRYPOINT/CMD; the runner starts these inside the container.
+Entrypoint = Annotated[list[str], Field(max_length=64)]
+Command = Annotated[list[str], Field(max_length=256)]
+# Local executor only: the algorithm's code directory, bound read-only in the sandbox.
+Workdir = Annotated[str, Field(max_length=1024)]
+ImageSha256 = Annotated[str, Field(pattern=r"^(sha256:)?[0-9a-f]{64}$")]
+
+
 class AlgorithmImageFields(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    # A registry URI (ECR, ...) the compute backend pulls, or "local" for the local executor.
-    image: str = Field(min_length=1, max_length=1024)
-    # The image's original ENTRYPOINT/CMD; the runner starts these inside the container.
-    entrypoint: list[str] | None = Field(default=None, max_length=64)
-    command: list[str] | None = Field(default=None, max_length=256)
-    # Local executor only: the algorithm's code directory, bound read-only in the sandbox.
-    workdir: str | None = Field(default=None, max_length=1024)
-    sha256: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9a-f]{64}$")
+    image: ImageUri
+    entrypoint: Entrypoint | None = None
+    command: Command | None = None
+    workdir: Workdir | None = None
+    sha256: ImageSha256 | None = None
     is_desired_version: bool = True
 
     @model_validator(mode="after")

@@ -14,6 +14,11 @@ from gantry.algorithms import (
     AlgorithmCreate,
     AlgorithmImageFields,
     AlgorithmUpdate,
+    Command,
+    Entrypoint,
+    ImageSha256,
+    ImageUri,
+    Workdir,
 )
 from gantry.context import Context
 from gantry.errors import NotFound
@@ -34,11 +39,11 @@ class AlgorithmImageCreate(BaseModel):
         max_length=1024,
         description="api_url or pk of a completed upload (docker save archive, .tar[.gz])",
     )
-    image: str | None = Field(default=None, min_length=1, max_length=1024)
-    entrypoint: list[str] | None = Field(default=None, max_length=64)
-    command: list[str] | None = Field(default=None, max_length=256)
-    workdir: str | None = Field(default=None, max_length=1024)
-    sha256: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9a-f]{64}$")
+    image: ImageUri | None = None
+    entrypoint: Entrypoint | None = None
+    command: Command | None = None
+    workdir: Workdir | None = None
+    sha256: ImageSha256 | None = None
     is_desired_version: bool = True
 
     @model_validator(mode="after")
