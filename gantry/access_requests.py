@@ -21,6 +21,8 @@ class AccessRequestStatus(StrEnum):
 
 
 class AccessRequest(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     algorithm: str
     user: str
     status: AccessRequestStatus
@@ -32,6 +34,6 @@ class AccessRequestReview(BaseModel):
     """An editor's answer: accepting makes the user one of the algorithm's users, rejecting
     (also after an acceptance) takes that away."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     status: Literal["ACCEPTED", "REJECTED"]

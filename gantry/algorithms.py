@@ -43,7 +43,7 @@ class ImportStatus(StrEnum):
 class SocketSet(BaseModel):
     """One way to run the algorithm: these input sockets produce these output sockets."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     inputs: list[str] = Field(min_length=1, max_length=MAX_SOCKETS_PER_SET)
     outputs: list[str] = Field(min_length=1, max_length=MAX_SOCKETS_PER_SET)
@@ -60,7 +60,7 @@ class SocketSet(BaseModel):
 
 
 class AlgorithmFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
 
     title: str = Field(min_length=1, max_length=255)
     description: str = Field(default="", max_length=10_000)
@@ -100,7 +100,7 @@ class AlgorithmUpdate(BaseModel):
     """A PATCH of an algorithm: the fields given replace the stored ones. ``interfaces`` is
     the whole new list: socket sets may be added, and removed only while no job used them."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
 
     title: str | None = Field(default=None, min_length=1, max_length=255)
     description: str | None = Field(default=None, max_length=10_000)
@@ -135,7 +135,7 @@ class BioimageioImport(BaseModel):
     """The registration of an algorithm from a bioimage.io model package: where the package
     is, how its import stands, and what it made (the algorithm's model and image)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     import_status: ImportStatus = ImportStatus.QUEUED
     status_message: str = ""
@@ -178,7 +178,7 @@ ImageSha256 = Annotated[str, Field(pattern=r"^(sha256:)?[0-9a-f]{64}$")]
 
 
 class AlgorithmImageFields(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
 
     image: ImageUri
     entrypoint: Entrypoint | None = None
@@ -228,7 +228,7 @@ class AlgorithmModel(BaseModel):
     Which one is desired is kept apart (one pointer per algorithm), so switching is one write.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     pk: str
     algorithm: str

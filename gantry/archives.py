@@ -25,7 +25,7 @@ def _distinct(names: list[str]) -> list[str]:
 
 
 class ArchiveMembers(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
 
     editors: list[str] = Field(default_factory=list, max_length=MAX_MEMBERS)
     uploaders: list[str] = Field(default_factory=list, max_length=MAX_MEMBERS)
@@ -50,7 +50,7 @@ class ArchiveFields(ArchiveMembers):
 class ArchiveUpdate(BaseModel):
     """A PATCH: only the fields given change; the slug stays."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, defer_build=True)
 
     title: str | None = Field(default=None, min_length=1, max_length=255)
     description: str | None = Field(default=None, max_length=10_000)
@@ -80,7 +80,7 @@ class Archive(ArchiveFields):
 class ArchiveItem(BaseModel):
     """One case of an archive: at most one value per socket."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     pk: str
     archive: str
@@ -120,7 +120,7 @@ class RunState(StrEnum):
 class ArchiveRun(BaseModel):
     """One algorithm over an archive (or some of its items): a job per item."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     pk: str
     algorithm: str

@@ -13,7 +13,7 @@ class ImageType(StrEnum):
 
 
 class ImageFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     pk: str
     key: str  # S3 key
@@ -22,7 +22,7 @@ class ImageFile(BaseModel):
 
 
 class Image(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     pk: str
     name: str

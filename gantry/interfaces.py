@@ -48,7 +48,7 @@ Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 class OverlaySegment(BaseModel):
     """A category of voxel values in a segmentation, as the viewer shows it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
     visible: bool = True
@@ -61,7 +61,7 @@ ColorInterpolation = Literal["RGB", "HLS", "HLSpos", "HLSneg", "Constant"]
 class LookUpTable(BaseModel):
     """A viewer look-up table, the fields of grand-challenge's (and gcapi's) LookUpTable."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     pk: int = 0
     slug: str = ""
@@ -116,7 +116,7 @@ class InterfaceFields(BaseModel):
     payload need not mention it.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     # Field order matters: later validators read earlier, already validated fields.
     title: Title

@@ -15,7 +15,7 @@ STREAM_TAIL_LINES = 100
 class SocketValue(BaseModel):
     """A value of one socket: inline JSON, a file in S3, or an image."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     pk: int
     socket: str
@@ -28,7 +28,7 @@ class SocketValue(BaseModel):
 
 
 class Job(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     pk: str
     algorithm: str

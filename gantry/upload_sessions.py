@@ -31,7 +31,7 @@ class UploadSessionCreate(BaseModel):
     """The body gcapi sends: ``uploads`` (gcapi up to 0.13) or ``user_uploads`` (newer
     grand-challenge clients); the other keys come as nulls from gcapi's request model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     uploads: list[str] | None = Field(default=None, max_length=MAX_SESSION_UPLOADS)
     user_uploads: list[str] | None = Field(default=None, max_length=MAX_SESSION_UPLOADS)
@@ -56,7 +56,7 @@ class UploadSessionCreate(BaseModel):
 
 
 class UploadSession(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     pk: str
     creator: str

@@ -19,7 +19,7 @@ class UploadStatus(StrEnum):
 
 
 class UploadCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     filename: str = Field(min_length=1, max_length=MAX_FILENAME)
 
@@ -32,7 +32,7 @@ class UploadCreate(BaseModel):
 
 
 class Upload(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     pk: str
     creator: str
@@ -45,7 +45,7 @@ class Upload(BaseModel):
 
 
 class PartNumbers(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     part_numbers: list[int] = Field(min_length=1, max_length=1000)
 
@@ -59,13 +59,13 @@ class PartNumbers(BaseModel):
 
 
 class CompletedPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
 
     ETag: str = Field(min_length=1, max_length=256)
     PartNumber: int = Field(ge=1, le=MAX_PARTS)
 
 
 class CompleteUpload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     parts: list[CompletedPart] = Field(min_length=1, max_length=MAX_PARTS)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from gantry.context import Context
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 log = logging.getLogger(__name__)
 _context: Context | None = None
@@ -42,6 +39,13 @@ def process_sqs_batch(
     """Handle an SQS batch record by record, each body a JSON object; the response lists the
     ones to retry (batchItemFailures), so one bad record never makes the whole batch come
     back. A body that is not a JSON object fails its record (and ends in the DLQ)."""
+    # Imported here: Powertools' batch utility loads its parser's models (about 60 modules),
+    # which the API, whose cold start also imports this module, never needs.
+    from aws_lambda_powertools.utilities.batch import (
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
 
     def record_handler(record: SQSRecord) -> None:
         try:

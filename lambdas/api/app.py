@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 # Every request looks its caller's token up in DynamoDB, so boto3 and the store are imported
 # at init (where provisioned concurrency or SnapStart take them off the request path); the
-# routers, each with its services and models, are imported by the first request they may answer.
+# routers, each with its services and models, are imported by the first request they may answer,
+# and the domain models the store imports are built when first used (``defer_build``).
 from gantry.context import Context
 from gantry.errors import GantryError, PayloadTooLarge
 from gantry.users import parse_authorization

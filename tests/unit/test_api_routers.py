@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -112,29 +113,51 @@ PROBE = """
 import json, sys
 import lambdas.api.app as api
 loaded = {"init": sorted(m for m in sys.modules if m.startswith("lambdas.api.routers."))}
-from gantry.context import Context
+from pydantic import BaseModel
 from gantry.local.client import LambdaContextStub, proxy_event
-from gantry.settings import Settings
-app = api.create_app(Context.create(Settings(region="us-east-1")))
-answer = app.resolve(proxy_event("GET", "gcapi/", headers={"Host": "h"}), LambdaContextStub())
+answer = api.handler(proxy_event("GET", "gcapi/", headers={"Host": "h"}), LambdaContextStub())
 assert answer["statusCode"] == 200, answer
-loaded["request"] = sorted(m for m in sys.modules if m.startswith(("lambdas.api.", "gantry.")))
-app.mount(api.ROUTER_NAMES)
+loaded["request"] = sorted(sys.modules)
+
+def models(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from models(sub)
+
+loaded["built"] = sorted(
+    {f"{m.__module__}.{m.__name__}" for m in models(BaseModel)
+     if m.__module__.startswith("gantry.") and m.__pydantic_complete__}
+)
+api._app.mount(api.ROUTER_NAMES)
 loaded["all"] = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
 print(json.dumps(loaded))
 """
 HEAVY = ("SimpleITK", "numpy", "bioimageio", "onnxruntime", "onnx", "torch", "jsonschema")
 
 
-def test_the_api_imports_a_router_only_for_a_request_it_may_answer() -> None:
+def test_a_cold_request_imports_only_what_it_needs() -> None:
+    """The deployed handler's cold start, answering the version check (no AWS call)."""
     probe = f"HEAVY = {HEAVY!r}\n{PROBE}"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    loaded = json.loads(done.stdout)
+    env = {**os.environ, "GANTRY_REGION": "us-east-1"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
+    )
+    # Before it, the handler's log line of the request.
+    loaded = json.loads(done.stdout.splitlines()[-1])
 
     assert loaded["init"] == []
     # The version check imports its router, not the others nor their services.
     routers = [m for m in loaded["request"] if m.startswith("lambdas.api.routers.")]
     assert routers == ["lambdas.api.routers.gcapi"]
     assert not [m for m in loaded["request"] if m.startswith("gantry.services")]
+    # Nor Powertools' batch utility and its parser's models (the queue handlers' part).
+    powertools = ("aws_lambda_powertools.utilities.batch", "aws_lambda_powertools.utilities.parser")
+    assert not [m for m in loaded["request"] if m.startswith(powertools)]
+    # The domain models are built when first used: only those every request uses are.
+    assert set(loaded["built"]) <= {
+        "gantry.settings.Settings",
+        "gantry.users.User",
+        "gantry.store.users.TokenInfo",
+    }
     # Every router loaded: still no imaging, model-running or schema-validation library.
     assert loaded["all"] == []
