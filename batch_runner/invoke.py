@@ -391,26 +391,40 @@ def _execute(
 
 
 def _collect(
-    client: Any, invocation: Invocation, config: RunnerConfig, result: dict[str, Any]
+    client: Any,
+    invocation: Invocation,
+    config: RunnerConfig,
+    result: dict[str, Any],
+    *,
+    algorithm_gone: bool = False,
 ) -> None:
+    """Check and store the outputs. ``algorithm_gone``: no process of the algorithm is left
+    (its sandbox's pid namespace is gone), so on one machine outputs may be moved to the
+    store rather than copied; a warm server (invoke mode) or an unsandboxed run, whose
+    processes may outlive their exit, keeps the copy."""
     scan = scan_outputs(config.output_root)
     if scan.errors:
         # All or nothing: a job with a rejected output uploads none.
         result["user_safe_error_message"] = scan.errors[0]
         return
+
+    def check() -> None:
+        # Before the hand-over, which may move the files out of the output root.
+        found = checks.check_outputs(invocation.outputs, config.output_root)
+        result["output_errors"] = found
+        if found:
+            result["user_safe_error_message"] = next(iter(found.values()))
+
     outputs: list[ResultOutput] = upload_outputs(
         client,
         scan.files,
         invocation.output_bucket_name,
         invocation.output_prefix,
         concurrency=config.limits.download_concurrency,
+        check=check if invocation.outputs else None,
+        algorithm_gone=algorithm_gone,
     )
     result["outputs"] = outputs
-    if invocation.outputs:
-        found = checks.check_outputs(invocation.outputs, config.output_root)
-        result["output_errors"] = found
-        if found:
-            result["user_safe_error_message"] = next(iter(found.values()))
 
 
 def record_failure(error: Exception, result: dict[str, Any], log: JsonLog) -> bool:
@@ -491,7 +505,9 @@ def run_invocation(
         )
         log.info(f"Algorithm finished with code {outcome.return_code} in {outcome.duration:.2f}s")
         if outcome.return_code == 0 and not outcome.timed_out:
-            _collect(client, invocation, config, result)
+            # In the sandbox the kernel has ended every process of the algorithm by now: its
+            # pid namespace's init exits (killing the rest) before bwrap, which we waited for.
+            _collect(client, invocation, config, result, algorithm_gone=sandboxed)
     except Exception as error:  # the result must be written whatever went wrong
         record_failure(error, result, log)
     finally:

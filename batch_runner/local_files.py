@@ -13,10 +13,15 @@ changes in place. Any other answer (another endpoint, an object it does not keep
 an error) leaves the input to the usual download.
 
 Outputs go the other way when the backend names the endpoint's incoming folder
-(``GANTRY_RUNNER_LOCAL_INCOMING``): the runner copies the output file there (a copy, never a
-link: the job may still hold the original) and sends a PutObject with an empty body whose
-``x-gantry-local-file`` header names the copy; the endpoint moves that file into its store.
-Refused, the output is uploaded as anywhere else.
+(``GANTRY_RUNNER_LOCAL_INCOMING``): the runner puts the output file there and sends a PutObject
+with an empty body whose ``x-gantry-local-file`` header names it; the endpoint moves that file
+into its store. Refused, the output is uploaded as anywhere else.
+
+The file put there is a copy, unless the caller says no process of the algorithm is left (a
+job run in its sandbox, whose pid namespace the kernel empties before the sandbox's exit is
+seen) and the file can be moved without anyone keeping a way to change it (``_move``): then
+it is moved, and the job's own name for it is gone. A job's file and a stored object never
+share an inode while both have a name.
 """
 
 from __future__ import annotations
@@ -98,9 +103,17 @@ def copy_local(client: Any, bucket: str, key: str, target: str) -> bool:
     return True
 
 
-def put_local(client: Any, source: int, bucket: str, key: str) -> bool:
+def put_local(
+    client: Any, source: int, bucket: str, key: str, *, move_from: str | None = None
+) -> bool:
     """Store the open file ``source`` as the object through the endpoint's incoming folder;
-    False where the backend named none or the endpoint refused (nothing is then stored)."""
+    False where the backend named none or the endpoint refused (nothing is then stored).
+
+    ``move_from``: the name ``source`` was opened by, given only when no process of the
+    algorithm is left; the file is then moved there instead of copied where ``_move`` finds
+    that safe, and that name is gone (also if the endpoint refuses: ``source`` is still open
+    for the upload).
+    """
     incoming = os.environ.get(LOCAL_INCOMING_ENV)
     if not incoming:
         return False
@@ -111,13 +124,14 @@ def put_local(client: Any, source: int, bucket: str, key: str) -> bool:
 
     try:
         size = os.fstat(source).st_size
-        # Only the endpoint reads the copy; a name taken already is never reused.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        target = os.open(copy, flags, 0o600)
-        try:
-            _copy(source, target, size, 0)
-        finally:
-            os.close(target)
+        if move_from is None or not _move(source, move_from, copy):
+            # Only the endpoint reads the copy; a name taken already is never reused.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            target = os.open(copy, flags, 0o600)
+            try:
+                _copy(source, target, size, 0)
+            finally:
+                os.close(target)
         client.meta.events.register("before-sign.s3.PutObject", name_the_copy)
         try:
             response = client.put_object(Bucket=bucket, Key=key, Body=b"")
@@ -131,6 +145,51 @@ def put_local(client: Any, source: int, bucket: str, key: str) -> bool:
     # The endpoint says what it stored; one that ignored the header stored an empty object,
     # which the upload then replaces.
     return response["ResponseMetadata"]["HTTPHeaders"].get(LOCAL_FILE_HEADER) == str(size)
+
+
+def _move(source: int, name: str, target: str) -> bool:
+    """Rename ``name`` (the file open as ``source``, opened by that name with O_NOFOLLOW) to
+    ``target``; False where it must be copied instead (its owner and mode may then have become
+    those of a copy).
+
+    Moved only if the open file is a regular file with no other name (of this user, or any as
+    root), ``name`` still names that very inode (``lstat``) and ``target`` is on the same file
+    system; it first becomes this user's, mode 0600, as a copy is. After the rename ``target``
+    must be that inode with exactly one name, or it is renamed back and copied: the file the
+    output checks read is the file stored. The endpoint checks again (a regular file of its
+    user with one link) before it adopts it.
+    """
+    info = os.fstat(source)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        return False  # another name could change the stored object
+    owner = os.geteuid()
+    if info.st_uid != owner and owner != 0:
+        return False  # another user's file, which this user cannot make its own
+    identity = (info.st_dev, info.st_ino)
+    try:
+        named = os.lstat(name)
+        if (named.st_dev, named.st_ino) != identity:
+            return False
+        if os.stat(os.path.dirname(target)).st_dev != info.st_dev:
+            return False  # another file system: a rename would fail with EXDEV
+        # As a copy would be: this user's, readable by it only (the endpoint takes no other).
+        # As root the algorithm's file (its user's, e.g. nobody) is taken over: none of its
+        # processes is left to use it.
+        if info.st_uid != owner:
+            os.fchown(source, owner, os.getegid())
+        os.fchmod(source, 0o600)
+        os.rename(name, target)
+    except OSError:
+        return False  # EXDEV after all, a name that went away, ...: copied instead
+    try:
+        moved = os.lstat(target)
+        if (moved.st_dev, moved.st_ino) == identity and os.fstat(source).st_nlink == 1:
+            return True
+        os.rename(target, name)  # not the file checked, or it has another name now
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+    return False
 
 
 def _copy(source: int, target: int, size: int, at: int) -> None:

@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,13 +176,21 @@ def upload_outputs(
     bucket: str,
     prefix: str,
     concurrency: int = 10,
+    *,
+    check: Callable[[], None] | None = None,
+    algorithm_gone: bool = False,
 ) -> list[ResultOutput]:
     """Upload the scanned files (opened without following links) under ``prefix``.
 
     Each file is opened once with O_NOFOLLOW and handed to the transfer manager as
     ``/proc/self/fd/N``: reopening that path reaches the same inode even if the name was
     swapped for a link after the scan, and parts are still read lazily from disk. On one
-    machine a file is copied to the endpoint's store instead (``batch_runner.local_files``).
+    machine a file is copied to the endpoint's store instead (``batch_runner.local_files``),
+    or moved there when ``algorithm_gone`` (no process of the algorithm is left to change
+    it): its name under the output root is then gone.
+
+    ``check`` (the early output checks) runs once every file is open and before any is
+    handed over, so a file moved is the file checked.
     """
     fds: list[int] = []
     outputs: list[ResultOutput] = []
@@ -201,11 +209,19 @@ def upload_outputs(
                     size=info.st_size,
                 )
             )
+        if check is not None:
+            check()
         uploads = [
             (fd, o)
-            for fd, o in zip(fds, outputs, strict=True)
-            # One machine: handed to the endpoint as a copied file where it takes one.
-            if not local_files.put_local(client, fd, o.bucket_name, o.bucket_key)
+            for fd, (_relative, path), o in zip(fds, files, outputs, strict=True)
+            # One machine: handed to the endpoint as a file where it takes one.
+            if not local_files.put_local(
+                client,
+                fd,
+                o.bucket_name,
+                o.bucket_key,
+                move_from=str(path) if algorithm_gone else None,
+            )
         ]
         upload_all(
             client,

@@ -22,8 +22,9 @@ Where it goes:
   a file no row names (a crash between the two) is removed on start. Object files are never
   changed in place, so moto serves reads from them directly (its own spooled copy is dropped
   once the file is stored), and a copy of an object is a hard link of each of its files.
-- ``incoming/``: where the local runner copies an output before a PutObject names it; the
-  file is then moved into ``objects/`` (no byte written twice). Leftovers are removed on start.
+- ``incoming/``: where the local runner copies or moves an output before a PutObject names
+  it; the file is then moved into ``objects/`` (no byte written twice). Leftovers are
+  removed on start.
 
 Queue messages are not stored: the work they carry is re-derived from this state on start
 (``gantry.pipeline.reconcile``), as it is on AWS for messages that ended in a dead-letter queue.

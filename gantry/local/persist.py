@@ -707,11 +707,11 @@ def _put_from_file(
     store: DurableStore, environ: dict[str, Any], start_response: Callable[..., Any]
 ) -> Iterable[bytes]:
     """A PutObject with an empty body naming, in ``x-gantry-local-file``, a file the local
-    runner copied to the store's incoming folder: the file becomes the object's (moved, not
-    written again). Its ETag is not an MD5 of the bytes (as S3's own for some objects), so
-    nothing reads the object to make one. Any request this cannot honour is a 400, which
-    makes the runner upload the bytes instead; checksums sent are of the empty body and
-    ignored."""
+    runner copied or moved to the store's incoming folder: the file becomes the object's
+    (moved, not written again). Its ETag is not an MD5 of the bytes (as S3's own for some
+    objects), so nothing reads the object to make one. Any request this cannot honour is a
+    400, which makes the runner upload the bytes instead; checksums sent are of the empty
+    body and ignored."""
     bucket_name, key_name = _split_path(environ.get("PATH_INFO", ""))
     bucket = _bucket(bucket_name)
     if (

@@ -6,13 +6,23 @@ that file, not downloaded; whatever the job then does to its copy, the stored ob
 bytes. An endpoint without files (the in-memory one, like any other S3) gets the usual
 download, as on AWS. Outputs go the other way (``GANTRY_RUNNER_LOCAL_INCOMING``): copied into
 the endpoint's incoming folder and moved into its store by a PutObject naming the copy, stored
-as durably as an upload; the endpoint takes no other file.
+as durably as an upload; the endpoint takes no other file. Once a sandboxed job has exited
+(none of its processes is left), an output with no other name is moved there instead of
+copied; a hard-linked one, one on another file system, or one of a live algorithm is copied,
+and a symbolic link is refused as always.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
+import shutil
+import stat
+import sys
+import tempfile
+import textwrap
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -21,10 +31,20 @@ from typing import Any
 import boto3
 import pytest
 
-from batch_runner import local_files
-from batch_runner.config import Limits
+from batch_runner import local_files, sandbox
+from batch_runner.config import Limits, RunnerConfig
+from batch_runner.invoke import run_invocation
+from batch_runner.logs import JsonLog
 from batch_runner.staging import StagingError, stage_inputs, upload_outputs
-from gantry.contract import LOCAL_FILE_HEADER, LOCAL_FILES_ENV, LOCAL_INCOMING_ENV, InvocationInput
+from gantry.contract import (
+    LOCAL_FILE_HEADER,
+    LOCAL_FILES_ENV,
+    LOCAL_INCOMING_ENV,
+    InferenceResult,
+    Invocation,
+    InvocationInput,
+    new_signing_key,
+)
 from gantry.local.endpoint import EmbeddedAws
 
 pytestmark = pytest.mark.slow
@@ -199,7 +219,10 @@ def _puts(client: Any) -> list[int]:
     return sizes
 
 
-def test_outputs_are_moved_into_the_store_as_copies(tmp_path: Path) -> None:
+def test_outputs_of_an_algorithm_that_may_live_on_are_handed_over_as_copies(
+    tmp_path: Path,
+) -> None:
+    # As for an invoke-mode server or an unsandboxed command: the job keeps its files.
     data_dir = tmp_path / "data"
     output = tmp_path / "output"
     (output / "images" / "seg").mkdir(parents=True)
@@ -277,3 +300,193 @@ def test_an_endpoint_without_an_incoming_folder_gets_the_upload(
 
     assert client.get_object(Bucket=bucket, Key="out/out.bin")["Body"].read() == body
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+_needs_sandbox = pytest.mark.skipif(
+    not sandbox.probe().available, reason=f"no sandbox here: {sandbox.probe().reason}"
+)
+
+
+@pytest.fixture
+def job_root() -> Iterator[Path]:
+    # World-traversable, as the runner's roots are (pytest's are private to root).
+    root = Path(tempfile.mkdtemp(prefix="gantry-local-files-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_job(
+    client: Any,
+    bucket: str,
+    root: Path,
+    code: str,
+    sandbox_mode: str = "required",
+    python: str = sys.executable,
+    **task: Any,
+) -> InferenceResult:
+    invocation = Invocation(
+        pk="job", inputs=[], output_bucket_name=bucket, output_prefix="out/", timeout=60, **task
+    )
+    config = RunnerConfig(
+        input_root=root / "input",
+        output_root=root / "output",
+        signing_key_hex=new_signing_key(),
+        command=[python, "-c", textwrap.dedent(code)],
+        sandbox=sandbox_mode,  # type: ignore[arg-type]
+        workdir=root,
+        limits=Limits(kill_grace_seconds=1.0),
+    )
+    return run_invocation(invocation, config, client=client, log=JsonLog(stream=io.StringIO()))
+
+
+def _stored_inodes(data_dir: Path) -> dict[int, os.stat_result]:
+    return {info.st_ino: info for info in (p.stat() for p in (data_dir / "objects").iterdir())}
+
+
+# The algorithm writes an image-sized output, two JSON outputs the early checks read (one
+# valid, one not), and a file with a second name; it prints the outputs' inode numbers (a bind
+# mount shows the host's).
+_OUTPUTS = """
+import json, os
+os.makedirs("/output/images/seg")
+with open("/output/images/seg/seg.bin", "wb") as handle:
+    handle.write(bytes(range(256)) * 40000)
+with open("/output/result.json", "w") as handle:
+    json.dump({"score": 1}, handle)
+with open("/output/bad.json", "w") as handle:
+    json.dump({"other": 1}, handle)
+with open("/output/a.bin", "wb") as handle:
+    handle.write(b"two names")
+os.link("/output/a.bin", "/output/b.bin")
+names = ("images/seg/seg.bin", "result.json", "a.bin")
+print(json.dumps({name: os.stat("/output/" + name).st_ino for name in names}))
+"""
+_SCHEMA = {"type": "object", "required": ["score"]}
+
+
+@_needs_sandbox
+def test_outputs_of_a_finished_sandboxed_job_are_moved_not_copied(
+    tmp_path: Path, job_root: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    endpoint = _endpoint(data_dir)
+    client, bucket = next(endpoint)
+    checked = [
+        {"slug": slug, "kind": "anything", "relative_path": f"{slug}.json", "schemas": [_SCHEMA]}
+        for slug in ("result", "bad")
+    ]
+
+    result = _run_job(client, bucket, job_root, _OUTPUTS, outputs=checked)
+
+    assert result.return_code == 0, result.user_process_last_stderr_lines
+    inodes = json.loads(result.user_process_last_stdout_lines[-1])
+    output = job_root / "output"
+    # The early checks read the files before they were moved: they found both, and the bad
+    # one's content is what they judged.
+    assert list(result.output_errors) == ["bad"]
+    assert result.output_errors["bad"].startswith("The output file 'bad.json' is not valid")
+    # Moved: the job's names are gone, the store holds the very inodes the algorithm wrote,
+    # as this user's files only it may read, with one name each.
+    stored = _stored_inodes(data_dir)
+    for name in ("images/seg/seg.bin", "result.json", "bad.json"):
+        assert not (output / name).exists()
+    for name in ("images/seg/seg.bin", "result.json"):
+        info = stored[inodes[name]]
+        assert (info.st_uid, stat.S_IMODE(info.st_mode), info.st_nlink) == (os.getuid(), 0o600, 1)
+    # A file with another name is copied, never moved: both names keep it, the store has
+    # its own inode.
+    assert inodes["a.bin"] not in stored
+    assert os.stat(output / "a.bin").st_ino == os.stat(output / "b.bin").st_ino == inodes["a.bin"]
+    assert (output / "a.bin").read_bytes() == b"two names"
+    assert list((data_dir / "incoming").iterdir()) == []
+    image = bytes(range(256)) * 40000
+    sizes = {o.relative_path: o.size for o in result.outputs}
+    assert sizes == {
+        "a.bin": 9,
+        "b.bin": 9,
+        "bad.json": 12,
+        "images/seg/seg.bin": len(image),
+        "result.json": 12,
+    }
+    endpoint.close()
+
+    # Stored as any acknowledged write is: there after a restart of the endpoint.
+    again = EmbeddedAws(data_dir=data_dir).start()
+    try:
+        client = _client(again.url)
+        client.create_bucket(Bucket=bucket)
+        again.restore()
+        read = {
+            name: client.get_object(Bucket=bucket, Key=f"out/{name}")["Body"].read()
+            for name in sizes
+        }
+        assert read["images/seg/seg.bin"] == image
+        assert read["result.json"] == read["bad.json"].replace(b"other", b"score")
+        assert read["a.bin"] == read["b.bin"] == b"two names"
+    finally:
+        again.stop()
+
+
+@_needs_sandbox
+def test_a_symbolic_link_output_is_refused_and_nothing_is_moved(
+    durable: tuple[Any, str], job_root: Path, tmp_path: Path
+) -> None:
+    client, bucket = durable
+    code = """
+    import os
+    with open("/output/real.bin", "wb") as handle:
+        handle.write(b"real")
+    os.symlink("/output/real.bin", "/output/link.bin")
+    """
+
+    result = _run_job(client, bucket, job_root, code)
+
+    assert result.user_safe_error_message == (
+        "Output 'link.bin' is a symbolic link, which is not allowed"
+    )
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="out/real")
+    assert (job_root / "output" / "real.bin").read_bytes() == b"real"
+    assert os.readlink(job_root / "output" / "link.bin") == "/output/real.bin"
+
+
+def test_outputs_of_an_unsandboxed_job_are_copied(durable: tuple[Any, str], job_root: Path) -> None:
+    # Its processes may outlive it (a new session leaves its process group): it keeps its files.
+    client, bucket = durable
+    code = """
+    import os
+    with open(os.path.join(os.environ["OUTPUT_DIR"], "o.bin"), "wb") as handle:
+        handle.write(b"kept")
+    """
+
+    # The system's python: the unprivileged algorithm user may not reach the checkout's.
+    result = _run_job(client, bucket, job_root, code, sandbox_mode="off", python="/usr/bin/python3")
+
+    assert result.return_code == 0, result.user_process_last_stderr_lines
+    assert (job_root / "output" / "o.bin").read_bytes() == b"kept"
+    assert client.get_object(Bucket=bucket, Key="out/o.bin")["Body"].read() == b"kept"
+
+
+def test_an_output_on_another_file_system_is_copied(
+    durable: tuple[Any, str], tmp_path: Path
+) -> None:
+    client, bucket = durable
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system here")
+    folder = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        (folder / "out.bin").write_bytes(b"elsewhere")
+        puts = _puts(client)
+
+        upload_outputs(
+            client, [("out.bin", folder / "out.bin")], bucket, "out/", algorithm_gone=True
+        )
+
+        assert puts == [0]  # still handed over as a file, not sent
+        assert (folder / "out.bin").read_bytes() == b"elsewhere"
+        assert client.get_object(Bucket=bucket, Key="out/out.bin")["Body"].read() == b"elsewhere"
+    finally:
+        shutil.rmtree(folder)
