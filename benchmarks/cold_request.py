@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,9 +75,11 @@ def served_endpoint() -> Iterator[dict[str, str]]:
     server.start()
     try:
         host, port = server.get_host_and_port()
+        # moto's state outlives its server in this process: names of this run's own.
+        run = uuid.uuid4().hex[:8]
         values: dict[str, Any] = {
-            "table_name": "cold",
-            "bucket_name": "cold-data",
+            "table_name": f"cold-{run}",
+            "bucket_name": f"cold-{run}",
             "region": "us-east-1",
             "endpoint_url": f"http://{host}:{port}",
             "compute_backend": "local",
@@ -87,7 +90,8 @@ def served_endpoint() -> Iterator[dict[str, str]]:
         }
         ctx = Context.create(Settings(**values))
         ensure_data(ctx.clients, ctx.settings)
-        values["uploads_queue_url"] = ctx.clients.sqs.create_queue(QueueName="uploads")["QueueUrl"]
+        queue = ctx.clients.sqs.create_queue(QueueName=f"uploads-{run}")
+        values["uploads_queue_url"] = queue["QueueUrl"]
         token = ctx.store.users.create_token("alice")
         api = InProcessApi(ctx, token)
         for title, path in (("Number", "number.json"), ("Result", "result.json")):
