@@ -380,6 +380,14 @@ class LocalStack:
             metrics.clear_metrics()
 
     def _dispatch(self) -> None:
+        # The queue handlers import Powertools' batch utility on their first batch, the API its
+        # event handler on its first request. The two share modules; when two threads import
+        # them at once, Python breaks the lock cycle by handing one thread a module that is
+        # still initialising, and that import fails (ImportError: partially initialized
+        # module). Imported here, before any poller starts.
+        import aws_lambda_powertools.event_handler
+        import aws_lambda_powertools.utilities.batch  # noqa: F401
+
         from gantry.pipeline import wiring
         from lambdas import on_archive_run, on_dropbox, on_upload
 
