@@ -410,7 +410,7 @@ def _collect(
 
     def check() -> None:
         # Before the hand-over, which may move the files out of the output root.
-        found = checks.check_outputs(invocation.outputs, config.output_root)
+        found = checks.check_outputs(invocation.outputs or (), config.output_root)
         result["output_errors"] = found
         if found:
             result["user_safe_error_message"] = next(iter(found.values()))
