@@ -22,7 +22,9 @@ children and exits.
 
 The server must stay single-threaded (a fork copies only the calling thread, so a lock held
 by another thread would stay locked forever in the child): it preloads modules and caches,
-never clients, threads or connections.
+never threads or connections. The one client it builds, the next job's S3 client, has made no
+request; a child takes it only if its environment is the server's but for its ``GANTRY_``
+settings (``batch_runner.transfer``), so no job signs with another's credentials.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def preload() -> None:
     loader.load_data("partitions")
     loader.load_data("sdk-default-configuration")
     transfer.share_loader(loader)
+    # The S3 client itself when the environment holds the credentials: every job forked
+    # from here has this environment (but its GANTRY_ settings), and one that does not
+    # builds its own client (transfer.s3_client checks).
+    transfer.prepare_client()
     # The output checks' compiled JSON schemas of every kind.
     for spec in kinds.ALL_SPECS:
         if spec.schema is not None:

@@ -9,7 +9,7 @@ size x concurrency), given a name it reads parts lazily from disk.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,12 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 
 MB = 1024 * 1024
+POOL_CONNECTIONS = 32
 # botocore's data loader with the service models already parsed (batch_runner.forkserver).
 _shared_loader: Any = None
+# An S3 client built ahead by the fork server, with the environment it was built from: a job
+# forked from the server takes it only if its own environment says the same.
+_ready_client: tuple[dict[str, str], Any] | None = None
 
 
 def share_loader(loader: Any) -> None:
@@ -30,16 +34,56 @@ def share_loader(loader: Any) -> None:
     _shared_loader = loader
 
 
-def s3_client(max_pool_connections: int = 32, session: Any | None = None) -> Any:
+def _new_session() -> boto3.session.Session:
+    """A session reading this environment, with the shared service models if any."""
+    core = botocore.session.get_session()
+    if _shared_loader is not None:
+        core.register_component("data_loader", _shared_loader)
+    return boto3.session.Session(botocore_session=core)
+
+
+def _client_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What an S3 client can depend on: the whole environment but the runner's own settings
+    (credentials, endpoint, region, profile, config files, proxies, CA bundle, home...)."""
+    return {k: v for k, v in environ.items() if not k.startswith("GANTRY_")}
+
+
+def prepare_client() -> None:
+    """Build the S3 client of the next job ahead of it (the fork server, before it forks).
+
+    Only with credentials in the environment: resolving them otherwise may ask the network
+    (instance metadata), and a job's own credentials are never known ahead. The client has
+    made no request, so it holds no connection; each forked job gets its own copy.
+    """
+    global _ready_client
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # A session of its own: boto3's default session would keep these credentials for
+        # every later client of the process.
+        _ready_client = (_client_environment(os.environ), s3_client(session=_new_session()))
+
+
+def _take_ready_client() -> Any | None:
+    """The client built ahead, once, if this process's environment is the one it was built
+    from; None otherwise (then a new client reads this environment)."""
+    global _ready_client
+    ready, _ready_client = _ready_client, None
+    if ready is None or ready[0] != _client_environment(os.environ):
+        return None
+    return ready[1]
+
+
+def s3_client(max_pool_connections: int = POOL_CONNECTIONS, session: Any | None = None) -> Any:
     """An S3 client; boto3 itself honours AWS_ENDPOINT_URL (moto server, LocalStack).
 
     ``session``: a boto3 session with the job's own credentials (batch_runner.credentials).
     """
+    if session is None and max_pool_connections == POOL_CONNECTIONS:
+        ready = _take_ready_client()
+        if ready is not None:
+            return ready
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     if session is None and _shared_loader is not None:
-        core = botocore.session.get_session()
-        core.register_component("data_loader", _shared_loader)
-        session = boto3.session.Session(botocore_session=core)
+        session = _new_session()
     return (session or boto3).client(
         "s3",
         region_name=region,
