@@ -959,7 +959,7 @@ def _part_to_file(
             left -= len(chunk)
             yield chunk
 
-    path, size = store.write_file(body())
+    path, size = store.write_file(body(), direct=True)
     if size != length:
         path.unlink(missing_ok=True)
         error = b"<Error><Code>IncompleteBody</Code><Message>body cut short</Message></Error>"
