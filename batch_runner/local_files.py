@@ -3,14 +3,17 @@
 On one machine the object store is a folder on the runner's disk: downloading an input
 through HTTP reads it, sends it through two processes and writes it again, several times
 slower than a copy. When the local compute backend asks for it (``GANTRY_RUNNER_LOCAL_FILES=1``,
-never set on AWS), the runner still asks S3 for the object (one ranged GetObject of one byte,
-so the same access rules apply) and adds a request header; the local endpoint answers it with
-the object's stored files (one, or a completed multipart upload's parts in order), which the
-runner then copies one after another into the input with ``copy_file_range`` (a reflink on
-file systems that have them, a copy inside the kernel elsewhere). The copy is the job's own:
-nothing a job does to its input reaches the stored object, whose files the endpoint never
-changes in place. Any other answer (another endpoint, an object it does not keep as a file,
-an error) leaves the input to the usual download.
+never set on AWS), the runner still asks S3 for the object (one ranged GetObject of its first
+64 KiB, so the same access rules apply) and adds a request header. An object that small comes
+whole in that answer and is written from it: no file copy, and no download (a HeadObject and
+a GetObject through the transfer manager's threads) where the endpoint keeps no file. For a
+larger one the local endpoint's answer names the object's stored files (one, or a completed
+multipart upload's parts in order), which the runner then copies one after another into the
+input with ``copy_file_range`` (a reflink on file systems that have them, a copy inside the
+kernel elsewhere). The copy is the job's own: nothing a job does to its input reaches the
+stored object, whose files the endpoint never changes in place. Any other answer (another
+endpoint, an object it does not keep as a file, an error) leaves the input to the usual
+download.
 
 Outputs go the other way when the backend names the endpoint's incoming folder
 (``GANTRY_RUNNER_LOCAL_INCOMING``): the runner puts the output file there and sends a PutObject
@@ -44,6 +47,9 @@ from gantry.contract import (
 )
 
 _TOTAL = re.compile(r"^bytes \d+-\d+/(\d+)$")
+# Asked for with the endpoint's files: an object up to this size comes whole in the answer.
+WHOLE_UP_TO = 64 * 1024
+ASK_RANGE = f"bytes=0-{WHOLE_UP_TO - 1}"
 _CHUNK = 64 * 1024 * 1024
 # copy_file_range refused (another file system, an old kernel): sendfile copies instead.
 _NO_COPY_FILE_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
@@ -64,13 +70,17 @@ def copy_local(client: Any, bucket: str, key: str, target: str) -> bool:
         "before-sign.s3.GetObject", _ask_for_file, unique_id="gantry-local-file"
     )
     try:
-        response = client.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")
+        response = client.get_object(Bucket=bucket, Key=key, Range=ASK_RANGE)
+        # Read to the end (at most WHOLE_UP_TO bytes): the connection stays usable.
+        with contextlib.closing(response["Body"]) as body:
+            first = body.read()
     except (ClientError, BotoCoreError):
         return False  # the download reports it, with the same error
-    response["Body"].close()
     headers = response["ResponseMetadata"]["HTTPHeaders"]
     named = headers.get(LOCAL_FILE_HEADER)
     total = _TOTAL.match(response.get("ContentRange") or "")
+    if total is not None and int(total.group(1)) == len(first):
+        return _write_whole(first, target)
     if not named or total is None or not os.path.isabs(named):
         return False
     sources: list[tuple[int, int]] = []
@@ -100,6 +110,23 @@ def copy_local(client: Any, bucket: str, key: str, target: str) -> bool:
     finally:
         for fd, _size in sources:
             os.close(fd)
+    return True
+
+
+def _write_whole(data: bytes, target: str) -> bool:
+    """Write the whole object, received in the answer; False (nothing left) if that fails."""
+    try:
+        written = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(written, view) :]
+        finally:
+            os.close(written)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.truncate(target, 0)
+        return False
     return True
 
 

@@ -126,9 +126,9 @@ def test_inputs_are_copied_from_the_stored_files(durable: tuple[Any, str], tmp_p
     assert image.read_bytes() == body
     assert (tmp_path / "input" / "notes.txt").read_bytes() == b""
     assert [entry["size"] for entry in staged] == [len(body), 0]
-    # The image: one byte asked for, the rest copied from the file, not downloaded in parts.
-    assert requests.count("bytes=0-0") == 2
-    assert len([r for r in requests if r != "bytes=0-0"]) <= 1  # the empty file downloads
+    # The image: its start asked for, the rest copied from the file, not downloaded in parts.
+    assert requests.count(local_files.ASK_RANGE) == 2
+    assert len([r for r in requests if r != local_files.ASK_RANGE]) <= 1  # the empty file downloads
     # The job's copy is its own: changed in place or replaced, the stored object is not.
     assert os.stat(image).st_nlink == 1
     with open(image, "r+b") as handle:
@@ -161,7 +161,7 @@ def test_an_uploaded_input_is_copied_from_its_part_files(
     # The endpoint names the three files the object is kept in; the runner joins them.
     assert local_files.copy_local(client, bucket, "in/ct", str(tmp_path / "ct"))
     assert (tmp_path / "ct").read_bytes() == b"".join(parts)
-    assert requests == ["bytes=0-0"]
+    assert requests == [local_files.ASK_RANGE]
 
 
 @pytest.mark.usefixtures("runner_on_one_machine")
@@ -181,6 +181,30 @@ def test_an_endpoint_without_files_gets_the_download(
     assert (tmp_path / "input" / "notes.txt").read_bytes() == b"notes"
 
 
+@pytest.mark.usefixtures("runner_on_one_machine")
+@pytest.mark.parametrize("endpoint", ["durable", "in_memory"])
+def test_a_small_input_comes_whole_with_the_first_request(
+    endpoint: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    client, bucket = request.getfixturevalue(endpoint)
+    body = b"x" * (local_files.WHOLE_UP_TO - 1) + b"!"
+    client.put_object(Bucket=bucket, Key="in/notes", Body=body)
+    requests = _downloads(client)
+    heads: list[str] = []
+    client.meta.events.register(
+        "provide-client-params.s3.HeadObject", lambda params, **_: heads.append(params["Key"])
+    )
+
+    inputs = [InvocationInput(relative_path="notes.txt", bucket_name=bucket, bucket_key="in/notes")]
+    staged = stage_inputs(client, inputs, tmp_path / "input", Limits())
+
+    assert (tmp_path / "input" / "notes.txt").read_bytes() == body
+    assert staged[0]["size"] == len(body)
+    # With or without the endpoint's files: one request, no HEAD, no download in parts.
+    assert requests == [local_files.ASK_RANGE]
+    assert heads == []
+
+
 def test_without_the_local_backend_the_runner_downloads(
     durable: tuple[Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,7 +218,7 @@ def test_without_the_local_backend_the_runner_downloads(
     stage_inputs(client, _inputs(bucket), tmp_path / "input", Limits())
 
     assert (tmp_path / "input" / "images" / "ct" / "ct.mha").read_bytes() == body
-    assert "bytes=0-0" not in requests  # as on AWS: plain downloads only
+    assert local_files.ASK_RANGE not in requests  # as on AWS: plain downloads only
 
 
 def test_a_missing_input_is_still_a_staging_error(
