@@ -465,6 +465,11 @@ def write_direct(path: Path, chunks: Iterable[bytes]) -> int:
             finally:
                 view.release()
         os.fsync(fd)
+        if direct and hasattr(os, "posix_fadvise"):
+            # Bring the bytes back into the page cache by the device's DMA, not by the CPU,
+            # for the readers that come next (validation, the job's copy of its inputs):
+            # read from the disk instead, the job's copy took 2-3x longer.
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
     finally:
         os.close(fd)
     return size

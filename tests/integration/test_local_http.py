@@ -3,9 +3,11 @@ on them answered as moto's own server would (S3 metadata names, framing, restart
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import json
+import os
 import socket
 import ssl
 import uuid
@@ -156,6 +158,38 @@ def test_the_gateway_keeps_one_tls_connection_for_a_client(tmp_path: Path):
             {"path": "/api/v1/one", "scheme": "https"},
             {"path": "/two", "scheme": "https"},
         ]
+        assert gateway.connections_opened == 1
+    finally:
+        connection.close()
+        gateway.stop()
+
+
+def test_large_bodies_read_a_mib_at_a_time_arrive_whole_over_tls(tmp_path: Path):
+    # The upload path reads request bodies in reads larger than the server's buffer; what
+    # each request read must be exactly its body, and the connection must go on after it.
+    def app(environ, start_response):
+        stream, left, digest = environ["wsgi.input"], int(environ["CONTENT_LENGTH"]), []
+        while left > 0:
+            chunk = stream.read(min(1024 * 1024, left))
+            if not chunk:
+                break
+            digest.append(chunk)
+            left -= len(chunk)
+        body = hashlib.md5(b"".join(digest)).hexdigest().encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    tls = ensure_certificates(tmp_path / "tls")
+    gateway = Gateway(tls).start(app)
+    context = ssl.create_default_context(cafile=str(tls.ca_file))
+    connection = http.client.HTTPSConnection(
+        gateway.host, gateway.port, context=context, timeout=30
+    )
+    try:
+        for size in (3 * 1024 * 1024 + 13, 5, 16 * 1024 * 1024):
+            body = os.urandom(size)
+            connection.request("PUT", "/bucket/key", body=body)
+            assert connection.getresponse().read().decode() == hashlib.md5(body).hexdigest()
         assert gateway.connections_opened == 1
     finally:
         connection.close()
