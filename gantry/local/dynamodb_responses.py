@@ -22,10 +22,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import moto
+from gantry.local import moto_patch
 
+# The moto whose ``ActionResult.execute_result`` and serialiser this reproduces.
 MOTO_VERSION = "5.2.5"
-_ORIGINAL_ATTRIBUTE = "_gantry_moto_execute_result"
 
 
 def install() -> bool:
@@ -33,22 +33,16 @@ def install() -> bool:
     moto version."""
     from moto.dynamodb.responses import DynamoResult
 
-    if moto.__version__ != MOTO_VERSION:
-        return False
-    if not hasattr(DynamoResult, _ORIGINAL_ATTRIBUTE):
-        setattr(DynamoResult, _ORIGINAL_ATTRIBUTE, DynamoResult.execute_result)
-        DynamoResult.execute_result = _execute_result  # type: ignore[method-assign]
-    return True
+    return moto_patch.replace(
+        DynamoResult, "execute_result", _execute_result, moto_version=MOTO_VERSION
+    )
 
 
 def uninstall() -> None:
     """moto's own serialisation again (tests compare the two)."""
     from moto.dynamodb.responses import DynamoResult
 
-    original = DynamoResult.__dict__.get(_ORIGINAL_ATTRIBUTE)
-    if original is not None:
-        DynamoResult.execute_result = original  # type: ignore[method-assign]
-        delattr(DynamoResult, _ORIGINAL_ATTRIBUTE)
+    moto_patch.restore(DynamoResult, "execute_result")
 
 
 def _execute_result(self: Any, context: Any) -> Any:

@@ -18,23 +18,19 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import moto
+from gantry.local import moto_patch
 
 # The moto whose ``DynamoDBBackend.transact_write_items`` this reproduces.
 MOTO_VERSION = "5.2.5"
-_ORIGINAL_ATTRIBUTE = "_gantry_moto_transact_write_items"
 
 
 def install() -> bool:
     """Use the item-by-item rollback; False (moto's own stays) for another moto version."""
     from moto.dynamodb.models import DynamoDBBackend
 
-    if moto.__version__ != MOTO_VERSION:
-        return False
-    if not hasattr(DynamoDBBackend, _ORIGINAL_ATTRIBUTE):
-        setattr(DynamoDBBackend, _ORIGINAL_ATTRIBUTE, DynamoDBBackend.transact_write_items)
-        DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-    return True
+    return moto_patch.replace(
+        DynamoDBBackend, "transact_write_items", transact_write_items, moto_version=MOTO_VERSION
+    )
 
 
 def _key_values(table: Any, key: dict[str, Any]) -> tuple[Any, Any]:

@@ -15,18 +15,14 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
 
-from gantry.local import transactions
+from gantry.local import moto_patch, transactions
 
 TABLE = "transactions"
 
 
 @pytest.fixture(params=["moto", "gantry"])
 def dynamodb(request, monkeypatch) -> Iterator[Any]:
-    original = getattr(
-        DynamoDBBackend,
-        "_gantry_moto_transact_write_items",
-        DynamoDBBackend.transact_write_items,
-    )
+    original = moto_patch.original(DynamoDBBackend, "transact_write_items")
     chosen = original if request.param == "moto" else transactions.transact_write_items
     monkeypatch.setattr(DynamoDBBackend, "transact_write_items", chosen)
     with mock_aws():
