@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -94,33 +95,40 @@ def copy_local(client: Any, bucket: str, key: str, target: str) -> bool:
                 return False
         if sum(size for _fd, size in sources) != int(total.group(1)):
             return False
-        written = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        try:
+
+        def copy_sources(written: int) -> None:
             offset = 0
             for fd, size in sources:
                 _copy(fd, written, size, offset)
                 offset += size
-        finally:
-            os.close(written)
+
+        return _fill(target, copy_sources)
     except OSError:
-        # Replaced meanwhile, or the copy failed: the download gets the newer version.
-        with contextlib.suppress(OSError):
-            os.truncate(target, 0)
+        # Replaced meanwhile: the download gets the newer version.
         return False
     finally:
         for fd, _size in sources:
             os.close(fd)
-    return True
 
 
 def _write_whole(data: bytes, target: str) -> bool:
     """Write the whole object, received in the answer; False (nothing left) if that fails."""
+
+    def write(written: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(written, view) :]
+
+    return _fill(target, write)
+
+
+def _fill(target: str, write: Callable[[int], None]) -> bool:
+    """``target`` written from its start by ``write(fd)``; False, and ``target`` left empty
+    for the download, if opening or writing it fails."""
     try:
         written = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(written, view) :]
+            write(written)
         finally:
             os.close(written)
     except OSError:
