@@ -39,6 +39,15 @@ class ImportStatus(StrEnum):
     FAILED = "Failed"
     CANCELLED = "Cancelled"
 
+    @property
+    def is_finished(self) -> bool:
+        """Completed, Failed or Cancelled: the import has ended, and no step of it (a message
+        seen again, a retry) may change the record any more."""
+        return self in _FINISHED_IMPORTS
+
+
+_FINISHED_IMPORTS = frozenset({ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.CANCELLED})
+
 
 class SocketSet(BaseModel):
     """One way to run the algorithm: these input sockets produce these output sockets."""

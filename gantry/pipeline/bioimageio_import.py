@@ -49,7 +49,6 @@ from gantry.interfaces import Interface, InterfaceFields, slugify
 
 log = logging.getLogger(__name__)
 
-FINISHED = frozenset({ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.CANCELLED})
 ENTRYPOINT_MODULE = "batch_runner.bioimageio"
 RUN_COMMAND = [
     "run",
@@ -99,7 +98,7 @@ def import_bioimageio(ctx: Context, algorithm_pk: str) -> Algorithm | None:
     if algorithm is None or algorithm.bioimageio is None:
         log.info("algorithm %s has no bioimage.io package to import", algorithm_pk)
         return None
-    if algorithm.bioimageio.import_status in FINISHED:
+    if algorithm.bioimageio.import_status.is_finished:
         return None
     status = (
         ImportStatus.RE_QUEUED
@@ -316,7 +315,7 @@ def _record(ctx: Context, pk: str, **fields: Any) -> Algorithm:
 
     def change(current: Algorithm, used: set[int]) -> Algorithm:
         record = current.bioimageio
-        if record is None or record.import_status in FINISHED:
+        if record is None or record.import_status.is_finished:
             return current
         return current.model_copy(update={"bioimageio": record.model_copy(update=fields)})
 

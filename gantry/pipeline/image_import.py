@@ -25,7 +25,6 @@ from gantry.errors import NotFound
 
 log = logging.getLogger(__name__)
 
-FINISHED = frozenset({ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.CANCELLED})
 DUPLICATE = (
     "This container image has already been uploaded to this algorithm (sha256 {digest}): "
     "make the existing image the desired version, or upload a new version"
@@ -70,7 +69,7 @@ def import_image(ctx: Context, pk: str, *, in_job: bool = False) -> AlgorithmIma
     except NotFound:
         log.info("image %s is gone; nothing to import", pk)
         return None
-    if image.import_status in FINISHED or image.user_upload is None:
+    if image.import_status.is_finished or image.user_upload is None:
         return None
     if not in_job and import_job.handed_over(image):
         return None  # a message seen again after the hand-over: the job has it
@@ -80,7 +79,7 @@ def import_image(ctx: Context, pk: str, *, in_job: bool = False) -> AlgorithmIma
         if image.import_status is ImportStatus.STARTED
         else ImportStatus.STARTED
     )
-    if _set(ctx, pk, import_status=status, status_message="").import_status in FINISHED:
+    if _set(ctx, pk, import_status=status, status_message="").import_status.is_finished:
         return None  # cancelled meanwhile
     try:
         found = _validate_and_publish(ctx, image, in_job=in_job)
@@ -181,7 +180,7 @@ def _set(ctx: Context, pk: str, **fields: Any) -> AlgorithmImage:
     """Update the image unless its import has ended (a cancel won meanwhile)."""
 
     def change(current: AlgorithmImage) -> AlgorithmImage:
-        if current.import_status in FINISHED:
+        if current.import_status.is_finished:
             return current
         return current.model_copy(update=fields)
 

@@ -91,11 +91,7 @@ def hand_over(ctx: Context, image_pk: str, why: str) -> AlgorithmImage:
     message = HANDED_OVER.format(job_id=job_id, why=why)
 
     def queued(current: AlgorithmImage) -> AlgorithmImage:
-        if current.import_status in (
-            ImportStatus.COMPLETED,
-            ImportStatus.FAILED,
-            ImportStatus.CANCELLED,
-        ):
+        if current.import_status.is_finished:
             return current
         return current.model_copy(
             update={"import_status": ImportStatus.QUEUED, "status_message": message}

@@ -25,7 +25,6 @@ from gantry.tarballs import MAX_MODEL_BYTES, Digesting, ModelTarballError, scan
 
 log = logging.getLogger(__name__)
 
-FINISHED = frozenset({ImportStatus.COMPLETED, ImportStatus.FAILED, ImportStatus.CANCELLED})
 DUPLICATE = (
     "This model has already been uploaded to this algorithm ({sha256}, model {existing}): "
     "activate that model instead of uploading it again"
@@ -53,7 +52,7 @@ def import_model(ctx: Context, pk: str) -> AlgorithmModel | None:
         # A retry after the completing write: make sure the pointer step happened too.
         models.make_desired(model, only_if_newest=True)
         return model
-    if model.import_status in FINISHED or model.user_upload is None:
+    if model.import_status.is_finished or model.user_upload is None:
         return None
     status = (
         ImportStatus.RE_QUEUED

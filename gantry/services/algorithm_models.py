@@ -89,7 +89,7 @@ def delete_model(ctx: Context, user: User, pk: str) -> None:
     """Remove a model and its tarball (editors). Not the desired model (activate another or
     deactivate it first) and not one still importing: the next jobs always get the model
     they were told. A job created with it that has not started yet fails to start."""
-    from gantry.pipeline.model_import import FINISHED, delete_tarball
+    from gantry.pipeline.model_import import delete_tarball
 
     model, algorithm = visible_model(ctx, user, pk)
     if not access.algorithm_model(user, Action.CHANGE, model, algorithm):
@@ -100,7 +100,7 @@ def delete_model(ctx: Context, user: User, pk: str) -> None:
             "before removing it",
             field="is_desired_version",
         )
-    if model.import_status not in FINISHED:
+    if not model.import_status.is_finished:
         raise ValidationFailed(
             f"The model's import is {model.import_status.value}: wait for it to end before "
             "removing the model",

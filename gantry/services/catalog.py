@@ -305,17 +305,16 @@ def cancel_image_import(ctx: Context, user: User, pk: str) -> AlgorithmImage:
     """Stop an import that has not ended; a handler in the middle of it stops at its next
     step, and what it pushed is deleted again (gantry.pipeline.image_import)."""
     from gantry.algorithms import ImportStatus
-    from gantry.pipeline.image_import import FINISHED
 
     image = _editable_image(ctx, user, pk, "cancel an image import")
-    if image.import_status in FINISHED:
+    if image.import_status.is_finished:
         raise ValidationFailed(
             f"The image's import has ended ({image.import_status.value}): nothing to cancel",
             field="import_status",
         )
 
     def cancel(current: AlgorithmImage) -> AlgorithmImage:
-        if current.import_status in FINISHED:
+        if current.import_status.is_finished:
             return current
         return current.model_copy(
             update={
@@ -337,7 +336,7 @@ def delete_algorithm_image(ctx: Context, user: User, pk: str) -> None:
     """Remove an image and delete it from the registry. The desired version stays until
     another image is activated, and an import still running is cancelled first: jobs
     always have the image they were told they run."""
-    from gantry.pipeline.image_import import FINISHED, remove_from_registry
+    from gantry.pipeline.image_import import remove_from_registry
 
     image = _editable_image(ctx, user, pk, "remove container images")
     if image.is_desired_version:
@@ -346,7 +345,7 @@ def delete_algorithm_image(ctx: Context, user: User, pk: str) -> None:
             "removing it",
             field="is_desired_version",
         )
-    if image.user_upload is not None and image.import_status not in FINISHED:
+    if image.user_upload is not None and not image.import_status.is_finished:
         raise ValidationFailed(
             f"The image's import is {image.import_status.value}: cancel it before removing it",
             field="import_status",
