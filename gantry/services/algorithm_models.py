@@ -31,16 +31,16 @@ def queue_import(
 
     if not access.algorithm(user, Action.CHANGE, algorithm):
         raise PermissionDenied(EDITORS_ONLY)
-    upload = catalog._completed_upload(ctx, user, upload_ref, urls)
-    if not upload.filename.lower().endswith(MODEL_SUFFIXES):
-        raise ValidationFailed(
-            f"'{upload.filename}' is not a model tarball ({', '.join(MODEL_SUFFIXES)}; "
-            "tar -czf model.tar.gz -C MODEL_FOLDER .)",
-            field="user_upload",
-        )
-    problem = size_problem(upload.size)
-    if problem:
-        raise ValidationFailed(problem, field="user_upload")
+    upload = catalog.upload_to_import(
+        ctx,
+        user,
+        upload_ref,
+        urls,
+        kind="model tarball",
+        suffixes=MODEL_SUFFIXES,
+        how="tar -czf model.tar.gz -C MODEL_FOLDER .",
+        size_problem=size_problem,
+    )
     model = ctx.store.models.create(
         AlgorithmModel(
             pk=str(uuid.uuid4()),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gantry import access
 from gantry.access import Action
 from gantry.algorithms import (
@@ -226,16 +228,16 @@ def import_algorithm_image(
 
     if not access.algorithm(user, Action.CHANGE, algorithm):
         raise PermissionDenied("Only the algorithm's editors can add container images")
-    upload = _completed_upload(ctx, user, upload_ref, urls)
-    if not upload.filename.lower().endswith(IMAGE_SUFFIXES):
-        raise ValidationFailed(
-            f"'{upload.filename}' is not a container image archive ({', '.join(IMAGE_SUFFIXES)}"
-            "; docker save IMAGE | gzip > image.tar.gz)",
-            field="user_upload",
-        )
-    problem = size_problem(upload.size)
-    if problem:
-        raise ValidationFailed(problem, field="user_upload")
+    upload = upload_to_import(
+        ctx,
+        user,
+        upload_ref,
+        urls,
+        kind="container image archive",
+        suffixes=IMAGE_SUFFIXES,
+        how="docker save IMAGE | gzip > image.tar.gz",
+        size_problem=size_problem,
+    )
     image = ctx.store.algorithms.create_image(
         algorithm,
         None,
@@ -247,6 +249,32 @@ def import_algorithm_image(
     )
     queue_import(ctx, import_image_message(image.pk))
     return image
+
+
+def upload_to_import(
+    ctx: Context,
+    user: User,
+    upload_ref: str,
+    urls: Urls,
+    *,
+    kind: str,
+    suffixes: tuple[str, ...],
+    how: str,
+    size_problem: Callable[[int | None], str | None],
+) -> Upload:
+    """The completed upload of the user's that an import of a ``kind`` reads. Refused with a
+    400 naming ``user_upload`` unless its name ends in one of ``suffixes`` (the message says
+    ``how`` to make one) and ``size_problem`` finds none with its size."""
+    upload = _completed_upload(ctx, user, upload_ref, urls)
+    if not upload.filename.lower().endswith(suffixes):
+        raise ValidationFailed(
+            f"'{upload.filename}' is not a {kind} ({', '.join(suffixes)}; {how})",
+            field="user_upload",
+        )
+    problem = size_problem(upload.size)
+    if problem:
+        raise ValidationFailed(problem, field="user_upload")
+    return upload
 
 
 def _completed_upload(ctx: Context, user: User, upload_ref: str, urls: Urls) -> Upload:
