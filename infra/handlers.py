@@ -57,6 +57,19 @@ from infra.config import GantryConfig
 from infra.functions import FunctionSpec, GantryFunction
 from infra.packaging import LambdaCode
 
+# What making a drop folder's jobs and finishing them touches: the dropped files, their
+# copies as uploads, the jobs' values and io, the result files written back, the models that
+# provisioning copies. on_dropbox makes those jobs; on_job_event and the sweeper finish them
+# (and reconcile the drop folder through on_dropbox's code).
+DROP_FOLDER_PREFIXES = (
+    r.PREFIX_DROPBOX,
+    r.PREFIX_UPLOADS,
+    r.PREFIX_VALUES,
+    r.PREFIX_IO,
+    r.PREFIX_DROPBOX_RESULTS,
+    r.PREFIX_MODELS,
+)
+
 
 @dataclass(frozen=True)
 class Access:
@@ -129,17 +142,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
             memory_mib=512,
             timeout_seconds=60,
         ),
-        Access(
-            (
-                r.PREFIX_DROPBOX,
-                r.PREFIX_UPLOADS,
-                r.PREFIX_VALUES,
-                r.PREFIX_IO,
-                r.PREFIX_DROPBOX_RESULTS,
-                r.PREFIX_MODELS,
-            ),
-            send_uploads=True,
-        ),
+        Access(DROP_FOLDER_PREFIXES, send_uploads=True),
     ),
     "on_job_event": (
         FunctionSpec(
@@ -154,14 +157,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
         # It also reconciles the drop folder (a drop whose notification was lost becomes its
         # job through on_dropbox's code) and resends lost validation messages.
         Access(
-            (
-                r.PREFIX_IO,
-                r.PREFIX_DROPBOX,
-                r.PREFIX_UPLOADS,
-                r.PREFIX_VALUES,
-                r.PREFIX_DROPBOX_RESULTS,
-                r.PREFIX_MODELS,
-            ),
+            DROP_FOLDER_PREFIXES,
             send_uploads=True,
         ),
     ),
@@ -179,14 +175,7 @@ SPECS: dict[str, tuple[FunctionSpec, Access]] = {
         # It also reconciles the drop folder (a drop whose notification was lost becomes its
         # job through on_dropbox's code) and resends lost validation messages.
         Access(
-            (
-                r.PREFIX_IO,
-                r.PREFIX_DROPBOX,
-                r.PREFIX_UPLOADS,
-                r.PREFIX_VALUES,
-                r.PREFIX_DROPBOX_RESULTS,
-                r.PREFIX_MODELS,
-            ),
+            DROP_FOLDER_PREFIXES,
             send_uploads=True,
             send_archive_runs=True,
         ),
