@@ -183,6 +183,7 @@ def _latencies() -> dict[str, list[float]]:
     from gantry.provision import ensure_data
     from gantry.settings import Settings
     from lambdas.api.app import create_app
+    from tests.noop_jobs import job_body, register_algorithm, register_sockets
 
     with mock_aws():
         settings = Settings(
@@ -210,44 +211,17 @@ def _latencies() -> dict[str, list[float]]:
                 raise RuntimeError(f"{method} {path}: {response['statusCode']} {response['body']}")
             return json.loads(response["body"])
 
-        for title, path in (("Number", "number.json"), ("Result", "result.json")):
-            call(
-                "POST",
-                "components/interfaces/",
-                {"title": title, "kind": "Integer", "relative_path": path},
-            )
-        algorithm = call(
-            "POST",
-            "algorithms/",
-            {"title": "Bench", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
-        )
-        call(
-            "POST",
-            "algorithms/images/",
-            {"image": "local", "command": ["run"], "algorithm": algorithm["pk"]},
-        )
-        job_input = {
-            "interface": "number",
-            "value": 1,
-            "file": None,
-            "image": None,
-            "upload_session": None,
-            "user_upload": None,
-            "user_uploads": None,
-            "image_name": None,
-        }
+        register_sockets(call)
+        algorithm = register_algorithm(call, "Bench", {"image": "local", "command": ["run"]})
+        job = job_body(algorithm["api_url"], 1)
         created: list[float] = []
         fetched: list[float] = []
         for _ in range(ITERATIONS):
             started = time.perf_counter()
-            job = call(
-                "POST",
-                "algorithms/jobs/",
-                {"algorithm": algorithm["api_url"], "inputs": [job_input]},
-            )
+            created_job = call("POST", "algorithms/jobs/", job)
             created.append(time.perf_counter() - started)
             started = time.perf_counter()
-            call("GET", f"algorithms/jobs/{job['pk']}/")
+            call("GET", f"algorithms/jobs/{created_job['pk']}/")
             fetched.append(time.perf_counter() - started)
         return {
             "create job (POST algorithms/jobs/)": created,

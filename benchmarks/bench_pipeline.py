@@ -34,9 +34,7 @@ import os
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,40 +43,26 @@ from typing import Any
 
 from benchmarks.figures import local_credentials, percentile
 from gantry.local.request_count import PLATFORM, POLLING_OPERATIONS, RequestCounter
+from tests.noop_jobs import (
+    NOOP_IMAGE,
+    RUNNER_APP_ID,
+    Finished,
+    job_body,
+    register_algorithm,
+    register_sockets,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-NOOP = REPO / "examples" / "algorithms" / "noop"
 # A job that goes on after its first attempt is read this often until it ends.
 POLL_SECONDS = 0.1
 JOB_TIMEOUT_SECONDS = 120.0
-# The noop example's "work", plus the single output the socket set requires.
-ALGORITHM = (
-    "import os, runpy; runpy.run_path('main.py'); "
-    "open(os.path.join(os.environ['OUTPUT_DIR'], 'result.json'), 'w').write('0')"
-)
 # The same in an image: its shell writes the output.
 IMAGE_COMMAND = ["/bin/sh", "-c", "echo 0 > /output/result.json"]
-# The runner's requests carry this in their User-Agent (botocore's app id), so the endpoint
-# tells them from the platform's; so do the benchmark's own reads of the jobs it waits for.
-RUNNER_APP_ID = "gantry-runner"
+# The benchmark's own reads of the jobs it waits for are counted apart too (the runner's are,
+# by RUNNER_APP_ID).
 WATCHER_APP_ID = "gantry-bench-watcher"
 MODES = {"process": "a runner per job", "fork": "warm runner"}
 GOAL_SECONDS = 0.3
 GOAL_JOBS_PER_SECOND = 5.0
-
-
-def _input(value: int) -> dict[str, Any]:
-    """One input as gcapi sends it: all eight keys."""
-    return {
-        "interface": "number",
-        "value": value,
-        "file": None,
-        "image": None,
-        "upload_session": None,
-        "user_upload": None,
-        "user_uploads": None,
-        "image_name": None,
-    }
 
 
 @dataclass
@@ -176,33 +160,6 @@ def _watcher(stack: Any) -> Any:
     return Store.create(clients, stack.settings)
 
 
-class Finished:
-    """Wraps the backend's event sink: when the callback has handled a job's final event, the
-    moment is noted, so the benchmark waits for jobs without polling the endpoint (whose CPU
-    would count as the platform's)."""
-
-    def __init__(self, backend: Any) -> None:
-        self._sink = backend.on_event
-        self._seen: dict[str, float] = {}
-        self._changed = threading.Condition()
-        backend.on_event = self
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self._sink(event)
-        detail = event.get("detail", {})
-        if detail.get("status") in ("SUCCEEDED", "FAILED"):
-            with self._changed:
-                self._seen[str(detail.get("jobName"))] = time.perf_counter()
-                self._changed.notify_all()
-
-    def wait(self, name: str, deadline: float) -> float:
-        with self._changed:
-            while name not in self._seen:
-                if not self._changed.wait(max(0.0, deadline - time.perf_counter())):
-                    raise TimeoutError(f"{name} did not finish")
-            return self._seen[name]
-
-
 def _wait(stack: Any, pks: list[str]) -> dict[str, tuple[Any, float]]:
     """Each job once final, with the perf_counter moment the callback had finished it (or,
     for a job that went on after its first attempt, the moment a read saw it final)."""
@@ -244,30 +201,9 @@ def _timing(stack: Any, job: Any, posted: float, create_call: float, seen: float
     )
 
 
-def _interfaces(api: Any) -> None:
-    for title, path in (("Number", "number.json"), ("Result", "result.json")):
-        api.request(
-            "POST",
-            "components/interfaces/",
-            {"title": title, "kind": "Integer", "relative_path": path},
-        )
-
-
-def _algorithm(api: Any, title: str, image: dict[str, Any]) -> str:
-    algorithm = api.request(
-        "POST",
-        "algorithms/",
-        {"title": title, "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
-    )
-    api.request("POST", "algorithms/images/", {"algorithm": algorithm["api_url"], **image})
-    return str(algorithm["api_url"])
-
-
 def _post(api: Any, algorithm_url: str, value: int) -> tuple[str, float, float]:
     posted = time.perf_counter()
-    job = api.request(
-        "POST", "algorithms/jobs/", {"algorithm": algorithm_url, "inputs": [_input(value)]}
-    )
+    job = api.request("POST", "algorithms/jobs/", job_body(algorithm_url, value))
     return str(job["pk"]), posted, time.perf_counter() - posted
 
 
@@ -392,15 +328,12 @@ def _run_mode(
     runs: dict[str, Run] = {}
     try:
         api = stack_api(stack)
-        _interfaces(api)
-        command = _algorithm(
-            api,
-            "Noop",
-            {"image": "local", "command": [sys.executable, "-c", ALGORITHM], "workdir": str(NOOP)},
-        )
+        register_sockets(api.request)
+        command = register_algorithm(api.request, "Noop", NOOP_IMAGE)["api_url"]
         runs["command"] = _measure(stack, counter, api, command, sequential, burst)
         if oci_ref is not None:
-            image = _algorithm(api, "Noop image", {"image": oci_ref, "command": IMAGE_COMMAND})
+            image_algorithm = {"image": oci_ref, "command": IMAGE_COMMAND}
+            image = register_algorithm(api.request, "Noop image", image_algorithm)["api_url"]
             runs["image"] = _measure(stack, counter, api, image, oci_jobs, 0)
     finally:
         stack.stop()

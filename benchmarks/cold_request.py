@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from benchmarks.figures import local_credentials
+from tests.noop_jobs import job_body, register_algorithm, register_sockets
 
 JOBS = 100  # at most this many jobs are created, one per run of POST algorithms/jobs/
 
@@ -94,22 +95,8 @@ def served_endpoint() -> Iterator[dict[str, str]]:
         values["uploads_queue_url"] = queue["QueueUrl"]
         token = ctx.store.users.create_token("alice")
         api = InProcessApi(ctx, token)
-        for title, path in (("Number", "number.json"), ("Result", "result.json")):
-            api.request(
-                "POST",
-                "components/interfaces/",
-                {"title": title, "kind": "Integer", "relative_path": path},
-            )
-        algorithm = api.request(
-            "POST",
-            "algorithms/",
-            {"title": "Cold", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
-        )
-        api.request(
-            "POST",
-            "algorithms/images/",
-            {"image": "local", "command": ["run"], "algorithm": algorithm["pk"]},
-        )
+        register_sockets(api.request)
+        algorithm = register_algorithm(api.request, "Cold", {"image": "local", "command": ["run"]})
         env = {f"GANTRY_{name.upper()}": str(value) for name, value in values.items()}
         env.update(
             {name: os.environ[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
@@ -134,13 +121,7 @@ def _event(method: str, path: str, token: str, body: Any = None) -> str:
 
 def first_requests(env: dict[str, str]) -> dict[str, str]:
     """The requests a cold start is measured with, by label: the event of each."""
-    job_input = dict.fromkeys(
-        ("file", "image", "upload_session", "user_upload", "user_uploads", "image_name")
-    )
-    job = {
-        "algorithm": env["BENCH_ALGORITHM"],
-        "inputs": [{"interface": "number", "value": 1, **job_input}],
-    }
+    job = job_body(env["BENCH_ALGORITHM"], 1)
     token = env["BENCH_TOKEN"]
     return {
         "GET algorithms/": _event("GET", "algorithms/", token),

@@ -9,10 +9,7 @@ User-Agent carries an app id), and so are the queue pollers', which ask by time,
 from __future__ import annotations
 
 import collections
-import sys
-import threading
-from pathlib import Path
-from typing import Any
+import time
 
 import pytest
 
@@ -21,45 +18,23 @@ from gantry.local.client import InProcessApi
 from gantry.local.request_count import PLATFORM, POLLING_OPERATIONS, RequestCounter
 from gantry.local.stack import LocalStack
 from gantry.settings import Settings
+from tests.noop_jobs import (
+    NOOP_IMAGE,
+    RUNNER_APP_ID,
+    Finished,
+    job_body,
+    register_algorithm,
+    register_sockets,
+)
 
 pytestmark = pytest.mark.slow
 
-NOOP = Path(__file__).resolve().parents[2] / "examples" / "algorithms" / "noop"
-# The noop example, plus the one output its socket set requires.
-ALGORITHM = (
-    "import os, runpy; runpy.run_path('main.py'); "
-    "open(os.path.join(os.environ['OUTPUT_DIR'], 'result.json'), 'w').write('0')"
-)
-RUNNER_APP_ID = "gantry-runner"
 JOBS = 3
+JOB_TIMEOUT_SECONDS = 120.0
 # Measured: 29 per job (the API's POST 10 with provisioning 5, the callback 13 and the
 # running event 1), 31 when the running event races the recording of the submission, as it
 # may. Before the per-job round trips were cut it was 48.
 MAX_PLATFORM_REQUESTS_PER_JOB = 32
-
-
-class Finished:
-    """Wraps the backend's event sink: notes each compute job once the callback has handled
-    its final state (waiting by reading the job would add requests of its own)."""
-
-    def __init__(self, backend: Any) -> None:
-        self._sink = backend.on_event
-        self._done: set[str] = set()
-        self._changed = threading.Condition()
-        backend.on_event = self
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self._sink(event)
-        detail = event.get("detail", {})
-        if detail.get("status") in ("SUCCEEDED", "FAILED"):
-            with self._changed:
-                self._done.add(str(detail.get("jobName")))
-                self._changed.notify_all()
-
-    def wait(self, name: str, timeout: float = 120.0) -> None:
-        with self._changed:
-            if not self._changed.wait_for(lambda: name in self._done, timeout):
-                raise TimeoutError(f"{name} did not finish")
 
 
 @pytest.fixture(scope="module")
@@ -79,52 +54,16 @@ def stack():
 
 
 def _run_job(stack: LocalStack, api: InProcessApi, algorithm_url: str, value: int) -> str:
-    job = api.request(
-        "POST",
-        "algorithms/jobs/",
-        {
-            "algorithm": algorithm_url,
-            "inputs": [
-                {
-                    "interface": "number",
-                    "value": value,
-                    "file": None,
-                    "image": None,
-                    "upload_session": None,
-                    "user_upload": None,
-                    "user_uploads": None,
-                    "image_name": None,
-                }
-            ],
-        },
-    )
-    stack.finished.wait(compute_name(job["pk"], 1))  # type: ignore[attr-defined]
+    job = api.request("POST", "algorithms/jobs/", job_body(algorithm_url, value))
+    deadline = time.perf_counter() + JOB_TIMEOUT_SECONDS
+    stack.finished.wait(compute_name(job["pk"], 1), deadline)  # type: ignore[attr-defined]
     return str(job["pk"])
 
 
 def test_a_no_op_job_stays_within_its_aws_requests(stack: LocalStack) -> None:
     api = InProcessApi(stack.ctx, stack.ctx.store.users.create_token("requests"))
-    for title, path in (("Number", "number.json"), ("Result", "result.json")):
-        api.request(
-            "POST",
-            "components/interfaces/",
-            {"title": title, "kind": "Integer", "relative_path": path},
-        )
-    algorithm = api.request(
-        "POST",
-        "algorithms/",
-        {"title": "Noop requests", "interfaces": [{"inputs": ["number"], "outputs": ["result"]}]},
-    )
-    api.request(
-        "POST",
-        "algorithms/images/",
-        {
-            "algorithm": algorithm["api_url"],
-            "image": "local",
-            "command": [sys.executable, "-c", ALGORITHM],
-            "workdir": str(NOOP),
-        },
-    )
+    register_sockets(api.request)
+    algorithm = register_algorithm(api.request, "Noop requests", NOOP_IMAGE)
     # The first job marks its sockets and socket set used, once for all jobs after it.
     _run_job(stack, api, algorithm["api_url"], 0)
 
