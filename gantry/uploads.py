@@ -12,6 +12,15 @@ MAX_PARTS = 10_000
 _SAFE_FILENAME = re.compile(r"^[^/\\\x00-\x1f]+$")
 
 
+def too_large(what: str, size: int | None, limit: int, advice: str = "") -> str | None:
+    """Why ``what`` ("The model tarball") of ``size`` bytes is refused, in GB, with the
+    ``advice`` that follows; None within ``limit`` or when the size is not known."""
+    if size is None or size <= limit:
+        return None
+    problem = f"{what} is {size / 1024**3:.1f} GB; the limit is {limit // 1024**3} GB"
+    return f"{problem}: {advice}" if advice else problem
+
+
 class UploadStatus(StrEnum):
     INITIALIZED = "Initialized"
     COMPLETED = "Completed"

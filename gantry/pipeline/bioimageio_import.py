@@ -158,7 +158,7 @@ def _register(ctx: Context, algorithm: Algorithm, scratch: Path) -> Algorithm:
 
 def _download(ctx: Context, record: BioimageioImport, target: Path) -> Path:
     """Stream the package from S3 to ``target`` (never whole in memory)."""
-    from gantry.services.bioimageio import _too_large
+    from gantry.services.bioimageio import size_problem
 
     if record.user_upload is not None:
         try:
@@ -177,7 +177,7 @@ def _download(ctx: Context, record: BioimageioImport, target: Path) -> Path:
         if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             raise RegistrationRefused(f"the package {record.filename} is gone") from None
         raise
-    problem = _too_large(body.get("ContentLength"))
+    problem = size_problem(body.get("ContentLength"))
     if problem:
         raise RegistrationRefused(problem)
     with target.open("wb") as out:

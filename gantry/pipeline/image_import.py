@@ -22,6 +22,7 @@ from typing import IO, Any
 from gantry.algorithms import MAX_IMAGE_ARCHIVE_BYTES, AlgorithmImage, ImportStatus
 from gantry.context import Context
 from gantry.errors import NotFound
+from gantry.uploads import too_large
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,10 @@ DUPLICATE = (
     "This container image has already been uploaded to this algorithm (sha256 {digest}): "
     "make the existing image the desired version, or upload a new version"
 )
+MAKE_IT_SMALLER = "make the image smaller (fewer or smaller layers, no build tools or caches)"
 TOO_LONG_TO_READ = (
     "The import did not finish within the import function's time limit while it read the "
-    "archive: the image is too large to import here; make the image smaller (fewer or "
-    "smaller layers, no build tools or caches)"
+    f"archive: the image is too large to import here; {MAKE_IT_SMALLER}"
 )
 NO_PUBLISHER = (
     "This deployment has no image registry configured, so the image cannot be stored; "
@@ -49,13 +50,7 @@ class ImportRefused(Exception):
 
 
 def size_problem(size: int | None) -> str | None:
-    if size is not None and size > MAX_IMAGE_ARCHIVE_BYTES:
-        return (
-            f"The image archive is {size / 1024**3:.1f} GB; the limit is "
-            f"{MAX_IMAGE_ARCHIVE_BYTES // 1024**3} GB: make the image smaller (fewer or "
-            "smaller layers, no build tools or caches)"
-        )
-    return None
+    return too_large("The image archive", size, MAX_IMAGE_ARCHIVE_BYTES, MAKE_IT_SMALLER)
 
 
 def import_image(ctx: Context, pk: str, *, in_job: bool = False) -> AlgorithmImage | None:

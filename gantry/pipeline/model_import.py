@@ -22,6 +22,7 @@ from gantry.context import Context
 from gantry.errors import NotFound
 from gantry.store.algorithm_models import DuplicateModel
 from gantry.tarballs import MAX_MODEL_BYTES, Digesting, ModelTarballError, scan
+from gantry.uploads import too_large
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,7 @@ DUPLICATE = (
 
 
 def size_problem(size: int | None) -> str | None:
-    if size is not None and size > MAX_MODEL_BYTES:
-        return (
-            f"The model tarball is {size / 1024**3:.1f} GB; the limit is "
-            f"{MAX_MODEL_BYTES // 1024**3} GB"
-        )
-    return None
+    return too_large("The model tarball", size, MAX_MODEL_BYTES)
 
 
 def import_model(ctx: Context, pk: str) -> AlgorithmModel | None:

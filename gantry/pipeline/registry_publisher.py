@@ -33,6 +33,7 @@ from gantry.context import Context
 from gantry.oci.errors import ImageError
 from gantry.oci.mutate import LayerFile
 from gantry.oci.registry import Registry, RegistryError
+from gantry.pipeline.image_import import MAKE_IT_SMALLER
 from gantry.settings import Settings
 
 if TYPE_CHECKING:
@@ -45,8 +46,7 @@ NO_RUNNER_LAYER = (
 )
 TOO_LONG = (
     "The import did not finish within the import function's time limit: the image is too "
-    "large to import here (about {pushed:.1f} GB of its layers were sent); make the image "
-    "smaller (fewer or smaller layers, no build tools or caches)"
+    "large to import here (about {pushed:.1f} GB of its layers were sent); " + MAKE_IT_SMALLER
 )
 
 

@@ -13,6 +13,7 @@ from gantry.algorithms import Algorithm, AlgorithmCreate, BioimageioImport, Impo
 from gantry.context import Context
 from gantry.errors import GantryError, ValidationFailed
 from gantry.tarballs import MAX_MODEL_BYTES
+from gantry.uploads import too_large
 from gantry.urls import Urls
 from gantry.users import User
 
@@ -25,13 +26,8 @@ _ZOO_ID = re.compile(r"^[a-z]+(-[a-z]+)+(/[0-9.]+)?$")
 _DOI = re.compile(r"^10\.\d{4,}/\S+$")
 
 
-def _too_large(size: int | None) -> str | None:
-    if size is not None and size > MAX_MODEL_BYTES:
-        return (
-            f"The model package is {size / 1024**3:.1f} GB; the limit is "
-            f"{MAX_MODEL_BYTES // 1024**3} GB"
-        )
-    return None
+def size_problem(size: int | None) -> str | None:
+    return too_large("The model package", size, MAX_MODEL_BYTES)
 
 
 def _not_found(reference: str, message: str) -> str:
@@ -88,7 +84,7 @@ def package_source(ctx: Context, user: User, reference: str, urls: Urls) -> Bioi
         raise ValidationFailed(
             f"'{source.filename}' is not a bioimage.io model package zip (.zip)", field=FIELD
         )
-    problem = _too_large(size)
+    problem = size_problem(size)
     if problem:
         raise ValidationFailed(problem, field=FIELD)
     return source
