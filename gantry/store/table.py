@@ -123,13 +123,7 @@ class Table:
                     }
                 }
             )
-        actions.extend({"Update": {"TableName": self.name, **_ser_update(u)}} for u in updates)
-        try:
-            self.clients.dynamodb.transact_write_items(TransactItems=actions)
-        except ClientError as error:
-            if is_condition_failure(error):
-                raise ConditionFailed(str(error), _failed_actions(error)) from error
-            raise
+        self._transact(actions, updates)
 
     def transact_delete(
         self, deletes: Iterable[dict[str, Any]], *, updates: Iterable[dict[str, Any]] = ()
@@ -141,6 +135,11 @@ class Table:
             actions.append(
                 {"Delete": {"TableName": self.name, **delete, "Key": _ser(delete["Key"])}}
             )
+        self._transact(actions, updates)
+
+    def _transact(self, actions: list[dict[str, Any]], updates: Iterable[dict[str, Any]]) -> None:
+        """``actions``, then the ``updates``, all-or-nothing; ConditionFailed names the failed
+        actions by position."""
         actions.extend({"Update": {"TableName": self.name, **_ser_update(u)}} for u in updates)
         try:
             self.clients.dynamodb.transact_write_items(TransactItems=actions)
