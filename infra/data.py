@@ -77,6 +77,22 @@ def dead_letter_queue(scope: Construct, construct_id: str, *, queue_name: str) -
     return secure_queue(scope, construct_id, queue_name=queue_name, retention=DLQ_RETENTION)
 
 
+def queue_with_dlq(
+    scope: Construct, name: str, *, queue_name: str, visibility_timeout: Duration
+) -> tuple[sqs.Queue, sqs.Queue]:
+    """A handler's queue (construct ``<name>Queue``) and its dead-letter queue (``<name>Dlq``,
+    named ``<queue_name>-dlq``), where a message goes after MAX_RECEIVE_COUNT failures."""
+    dlq = dead_letter_queue(scope, f"{name}Dlq", queue_name=f"{queue_name}-dlq")
+    queue = secure_queue(
+        scope,
+        f"{name}Queue",
+        queue_name=queue_name,
+        visibility_timeout=visibility_timeout,
+        dead_letter=dlq,
+    )
+    return queue, dlq
+
+
 class DataStore(Construct):
     """Bucket, log bucket, table, the uploads/dropbox notification queues, the imports queue
     and the archive-runs queue."""
@@ -169,48 +185,32 @@ class DataStore(Construct):
 
         # S3 -> SQS -> Lambda (rather than S3 -> Lambda): the queue absorbs bursts (a drop
         # folder of 10,000 files), gives partial-batch retries and a DLQ to inspect.
-        self.uploads_dlq = dead_letter_queue(
-            self, "UploadsDlq", queue_name=f"{resources.DEFAULT_UPLOADS_QUEUE}-dlq"
-        )
-        self.uploads_queue = secure_queue(
+        self.uploads_queue, self.uploads_dlq = queue_with_dlq(
             self,
-            "UploadsQueue",
+            "Uploads",
             queue_name=resources.DEFAULT_UPLOADS_QUEUE,
             visibility_timeout=uploads_visibility,
-            dead_letter=self.uploads_dlq,
         )
-        self.dropbox_dlq = dead_letter_queue(
-            self, "DropboxDlq", queue_name=f"{resources.DEFAULT_DROPBOX_QUEUE}-dlq"
-        )
-        self.dropbox_queue = secure_queue(
+        self.dropbox_queue, self.dropbox_dlq = queue_with_dlq(
             self,
-            "DropboxQueue",
+            "Dropbox",
             queue_name=resources.DEFAULT_DROPBOX_QUEUE,
             visibility_timeout=dropbox_visibility,
-            dead_letter=self.dropbox_dlq,
         )
         # Algorithm image imports: one message per uploaded archive, for the import function
         # (minutes per message, hence a queue of its own).
-        self.imports_dlq = dead_letter_queue(
-            self, "ImportsDlq", queue_name=f"{resources.DEFAULT_IMPORTS_QUEUE}-dlq"
-        )
-        self.imports_queue = secure_queue(
+        self.imports_queue, self.imports_dlq = queue_with_dlq(
             self,
-            "ImportsQueue",
+            "Imports",
             queue_name=resources.DEFAULT_IMPORTS_QUEUE,
             visibility_timeout=imports_visibility,
-            dead_letter=self.imports_dlq,
         )
         # Archive runs: a page of an archive's items per message (gantry.pipeline.archive_runs).
-        self.archive_runs_dlq = dead_letter_queue(
-            self, "ArchiveRunsDlq", queue_name=f"{resources.DEFAULT_ARCHIVE_RUNS_QUEUE}-dlq"
-        )
-        self.archive_runs_queue = secure_queue(
+        self.archive_runs_queue, self.archive_runs_dlq = queue_with_dlq(
             self,
-            "ArchiveRunsQueue",
+            "ArchiveRuns",
             queue_name=resources.DEFAULT_ARCHIVE_RUNS_QUEUE,
             visibility_timeout=archive_runs_visibility,
-            dead_letter=self.archive_runs_dlq,
         )
         queues = {
             resources.DEFAULT_UPLOADS_QUEUE: self.uploads_queue,

@@ -26,6 +26,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -134,11 +136,7 @@ class Events(Construct):
             "DropboxJobEnded",
             description="Gantry's drop-folder jobs ended",
             event_bus=bus,
-            event_pattern=events.EventPattern(
-                source=r.DROPBOX_JOBS_PATTERN["source"],
-                detail_type=r.DROPBOX_JOBS_PATTERN["detail-type"],
-                detail=r.DROPBOX_JOBS_PATTERN["detail"],
-            ),
+            event_pattern=_pattern(r.DROPBOX_JOBS_PATTERN),
             targets=[targets.SqsQueue(data.dropbox_queue, dead_letter_queue=data.dropbox_dlq)],
         )
         # Finished jobs of archive runs go to the archive-runs queue: outputs written back into
@@ -148,11 +146,7 @@ class Events(Construct):
             "ArchiveRunJobEnded",
             description="Gantry's archive-run jobs ended",
             event_bus=bus,
-            event_pattern=events.EventPattern(
-                source=r.ARCHIVE_RUN_JOBS_PATTERN["source"],
-                detail_type=r.ARCHIVE_RUN_JOBS_PATTERN["detail-type"],
-                detail=r.ARCHIVE_RUN_JOBS_PATTERN["detail"],
-            ),
+            event_pattern=_pattern(r.ARCHIVE_RUN_JOBS_PATTERN),
             targets=[
                 targets.SqsQueue(data.archive_runs_queue, dead_letter_queue=data.archive_runs_dlq)
             ],
@@ -178,6 +172,14 @@ class Events(Construct):
             "job-events-failed": self.job_events_failed,
             "sweeper": self.sweeper_dlq,
         }
+
+
+def _pattern(pattern: dict[str, Any]) -> events.EventPattern:
+    """One of ``gantry.resources``' event patterns (the local stack routes with the same
+    dicts) as CDK takes it."""
+    return events.EventPattern(
+        source=pattern["source"], detail_type=pattern["detail-type"], detail=pattern["detail"]
+    )
 
 
 def job_event_bus(scope: Construct) -> events.EventBus:
