@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gantry.resources import MODEL_DIR, RUNNER_BWRAP_PATH
 
@@ -177,14 +178,20 @@ def probe(as_root: bool | None = None) -> Probe:
     root = os.geteuid() == 0 if as_root is None else as_root
     argv = [binary, *_namespace_flags(root), "--die-with-parent", "--cap-drop", "ALL"]
     argv += [*_system_binds(), "--proc", "/proc", "--dev", "/dev", *_probe_program(binary)]
+    return _run_probe(argv, "bwrap works")
+
+
+def _run_probe(argv: list[str], works: str, **extra: Any) -> Probe:
+    """Run a probe's bwrap (``extra``: Popen's user and groups); ``works`` if it succeeds,
+    else why not, with the start of what bwrap said."""
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False, **extra)
     except (OSError, subprocess.SubprocessError) as error:
         return Probe(False, f"bwrap could not start: {error}")
     if done.returncode != 0:
         detail = done.stderr.decode(errors="replace").strip()[:300]
         return Probe(False, f"bwrap failed ({done.returncode}): {detail}")
-    return Probe(True, "bwrap works")
+    return Probe(True, works)
 
 
 def _covered(path: str, bound: Sequence[str]) -> bool:
@@ -311,23 +318,10 @@ def probe_user_namespace(uid: int | None, gid: int | None) -> Probe:
     if uid is not None and gid is not None:
         argv += ["--uid", str(uid), "--gid", str(gid)]
     argv += [*_system_binds(), "--proc", "/proc", "--dev", "/dev", *_probe_program(binary)]
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if os.geteuid() == 0 and uid is not None and gid is not None:
         extra = {"user": uid, "group": gid, "extra_groups": []}
-    try:
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            timeout=30,
-            check=False,
-            **extra,  # type: ignore[call-overload]
-        )
-    except (OSError, subprocess.SubprocessError) as error:
-        return Probe(False, f"bwrap could not start: {error}")
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip()[:300]
-        return Probe(False, f"bwrap failed ({done.returncode}): {detail}")
-    return Probe(True, "bwrap works in a user namespace")
+    return _run_probe(argv, "bwrap works in a user namespace", **extra)
 
 
 def _ancestors(path: str) -> list[str]:
