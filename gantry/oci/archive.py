@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from gantry.oci.config import MEDIA_TYPE_DOCKER_LAYER, ImageConfig, Layer, parse_config
 from gantry.oci.errors import ImageError
+from gantry.oci.streams import Prefixed
 
 # A JSON member larger than this is not a manifest or config we accept.
 MAX_JSON_BYTES = 4 * 1024 * 1024
@@ -125,21 +126,6 @@ def read_archive(path: str | Path | Opener) -> ArchiveImage:
 # --- The first pass ---------------------------------------------------------------------------
 
 
-class _Prefixed:
-    """A stream with the bytes already read from it put back in front."""
-
-    def __init__(self, prefix: bytes, raw: IO[bytes]) -> None:
-        self.prefix, self.raw = prefix, raw
-
-    def read(self, size: int = -1) -> bytes:
-        prefix = self.prefix
-        if prefix and 0 <= size <= len(prefix):
-            self.prefix = prefix[size:]
-            return prefix[:size]
-        self.prefix = b""
-        return prefix + self.raw.read(-1 if size < 0 else size - len(prefix))
-
-
 @contextlib.contextmanager
 def _open(path: Path | Opener) -> Iterator[tarfile.TarFile]:
     """A plain tar file is read with seeks (headers only, data skipped); a compressed one,
@@ -152,9 +138,9 @@ def _open(path: Path | Opener) -> Iterator[tarfile.TarFile]:
                 "The archive is compressed with zstd; give it as .tar, .tar.gz or .tar.xz"
             )
         compressed = magic.startswith((b"\x1f\x8b", b"\xfd7zXZ\x00", b"BZh"))
-        source: IO[bytes] | _Prefixed
+        source: IO[bytes] | Prefixed
         if callable(path) or compressed:
-            source, mode = _Prefixed(magic, raw), "r|*"
+            source, mode = Prefixed(magic, raw), "r|*"
         else:
             raw.seek(0)
             source, mode = raw, "r:"

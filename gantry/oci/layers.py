@@ -37,6 +37,7 @@ from typing import IO, Any
 
 from gantry.oci.config import Layer
 from gantry.oci.errors import ImageError
+from gantry.oci.streams import Prefixed
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -49,30 +50,31 @@ COPY_CHUNK = 1024 * 1024
 _AS_ROOT = os.geteuid() == 0
 
 
-class _HashingReader:
+class _Hashed:
     """Reads through to ``raw``, hashing every byte that passes."""
 
     def __init__(self, raw: IO[bytes]) -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
-        self.prefix = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.hash.update(data)
+        return data
+
+
+class _HashingReader(Prefixed):
+    """Reads through to ``raw``, hashing every byte that passes; what ``peek`` read is read
+    again."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.hashed = _Hashed(raw)
+        super().__init__(b"", self.hashed)
 
     def peek(self, size: int) -> bytes:
         """The first ``size`` bytes, still returned by the next reads."""
-        data = self.raw.read(size)
-        self.hash.update(data)
-        self.prefix = data
-        return data
-
-    def read(self, size: int = -1) -> bytes:
-        prefix = self.prefix
-        if prefix and 0 <= size <= len(prefix):
-            self.prefix = prefix[size:]
-            return prefix[:size]
-        self.prefix = b""
-        data = self.raw.read(-1 if size < 0 else size - len(prefix))
-        self.hash.update(data)
-        return prefix + data
+        self.prefix = self.hashed.read(size)
+        return self.prefix
 
     def readable(self) -> bool:
         return True
@@ -83,7 +85,7 @@ class _HashingReader:
 
     @property
     def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
+        return "sha256:" + self.hashed.hash.hexdigest()
 
 
 class _Zstd:
