@@ -8,7 +8,8 @@
 |                |                                  |       | pushes to the image repository    |
 | on_dropbox     | SQS (dropbox/ notifications)     | rw    | dropbox uploads values io         |
 |                |                                  |       | dropbox-results models            |
-| on_job_event   | EventBridge (Batch, SageMaker)   | rw    | io values dropbox-results models  |
+| on_job_event   | EventBridge (Batch, SageMaker)   | rw    | io dropbox uploads values         |
+|                |                                  |       | dropbox-results models            |
 | sweeper        | schedule (rate 5 minutes)        | rw    | io dropbox uploads values         |
 |                |                                  |       | dropbox-results models            |
 | on_archive_run | SQS (archive-run pages, job ends)| rw    | io values                         |
