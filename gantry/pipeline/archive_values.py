@@ -8,15 +8,12 @@ changes in one versioned write that replaces only values still pending with the 
 from __future__ import annotations
 
 import logging
-import tempfile
 import uuid
-from pathlib import Path
-from typing import Any
 
 from gantry.archives import ArchiveItem
 from gantry.context import Context
 from gantry.errors import NotFound
-from gantry.pipeline.inputs import InputError, resolve_upload
+from gantry.pipeline.inputs import resolve_pending
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +31,15 @@ def import_item_values(ctx: Context, item_pk: str) -> ArchiveItem | None:
     pending = [v for v in item.values if v.pending_upload or v.pending_uploads]
     if not pending:
         return item  # a duplicate message after another run finished
-    sockets = ctx.store.sockets.get_many_by_slug(sorted({v.socket for v in pending}))
-    resolved: dict[int, dict[str, Any]] = {}
-    errors: dict[int, tuple[str, str]] = {}
-    with tempfile.TemporaryDirectory(prefix="gantry-item-") as scratch:
-        for value in pending:
-            socket = sockets.get(value.socket)
-            try:
-                if socket is None:
-                    raise InputError("the interface no longer exists")
-                resolved[value.pk] = resolve_upload(
-                    ctx,
-                    item.pending_by.get(value.pk, item.creator),
-                    item.pk,
-                    socket,
-                    value,
-                    Path(scratch) / str(value.pk),
-                    image_pk=item_image_pk(item.pk, value.pk),
-                )
-            except InputError as error:
-                errors[value.pk] = (value.socket, str(error))
+    resolved, failed = resolve_pending(
+        ctx,
+        pending,
+        scope=item.pk,
+        owner=lambda value: item.pending_by.get(value.pk, item.creator),
+        image_pk=lambda value: item_image_pk(item.pk, value.pk),
+        scratch_prefix="gantry-item-",
+    )
+    errors = {v.pk: (v.socket, failed[v.pk]) for v in pending if v.pk in failed}
 
     def change(current: ArchiveItem) -> ArchiveItem | None:
         values, failed = [], dict(current.errors)

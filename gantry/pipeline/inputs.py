@@ -14,6 +14,7 @@ import json
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -76,22 +77,15 @@ def validate_pending_inputs(ctx: Context, job_pk: str) -> None:
     if job is None or job.status is not JobStatus.VALIDATING_INPUTS:
         return  # gone, or a duplicate message after another run moved it on
     pending = [v for v in job.inputs if v.pending_upload or v.pending_uploads]
-    sockets = ctx.store.sockets.get_many_by_slug(sorted({v.socket for v in pending}))
-    resolved: dict[int, dict[str, Any]] = {}
-    errors: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="gantry-inputs-") as scratch:
-        for value in pending:
-            socket = sockets.get(value.socket)
-            try:
-                if socket is None:
-                    raise InputError("the interface no longer exists")
-                work = Path(scratch) / str(value.pk)
-                image_pk = image_pk_for(job.pk, socket.slug)
-                resolved[value.pk] = resolve_upload(
-                    ctx, job.creator, job.pk, socket, value, work, image_pk=image_pk
-                )
-            except InputError as error:
-                errors[value.socket] = str(error)
+    resolved, failed = resolve_pending(
+        ctx,
+        pending,
+        scope=job.pk,
+        owner=lambda _value: job.creator,
+        image_pk=lambda value: image_pk_for(job.pk, value.socket),
+        scratch_prefix="gantry-inputs-",
+    )
+    errors = {v.socket: failed[v.pk] for v in pending if v.pk in failed}
     if errors:
         _fail(ctx, job, errors)
         return
@@ -131,6 +125,41 @@ def _fail(ctx: Context, job: Job, errors: dict[str, str]) -> None:
         JobStatus.FAILURE,
         {"error_message": summary, "detailed_error_message": dict(errors)},
     )
+
+
+def resolve_pending(
+    ctx: Context,
+    pending: Sequence[SocketValue],
+    *,
+    scope: str,
+    owner: Callable[[SocketValue], str],
+    image_pk: Callable[[SocketValue], str],
+    scratch_prefix: str,
+) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """Each pending value's uploads (of ``owner(value)``) turned into the value, by value pk
+    (``resolve_upload``), and what the user must fix for each that could not be, by value pk
+    (an interface deleted meanwhile included). Their scratch files are gone on return."""
+    sockets = ctx.store.sockets.get_many_by_slug(sorted({v.socket for v in pending}))
+    resolved: dict[int, dict[str, Any]] = {}
+    failed: dict[int, str] = {}
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch:
+        for value in pending:
+            socket = sockets.get(value.socket)
+            try:
+                if socket is None:
+                    raise InputError("the interface no longer exists")
+                resolved[value.pk] = resolve_upload(
+                    ctx,
+                    owner(value),
+                    scope,
+                    socket,
+                    value,
+                    Path(scratch) / str(value.pk),
+                    image_pk=image_pk(value),
+                )
+            except InputError as error:
+                failed[value.pk] = str(error)
+    return resolved, failed
 
 
 def resolve_upload(
