@@ -19,12 +19,13 @@ import httpx
 import pytest
 
 from tests.conftest import serve_local_stack
+from tests.waits import WAIT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "algorithms"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 # Generous: jobs start a Python with SimpleITK each, and CI runs test modules in parallel.
-JOB_TIMEOUT = 180.0
+JOB_TIMEOUT = WAIT_SECONDS
 
 SEGMENTS = [
     {"name": "background", "voxel_value": 0, "visible": False},
@@ -62,7 +63,7 @@ def api_client(api_url: str, token: str, ca_file: str | Path) -> httpx.Client:
         base_url=api_url,
         verify=str(ca_file),
         headers={"Authorization": f"Bearer {token}"},
-        timeout=60.0,
+        timeout=WAIT_SECONDS,
     )
 
 
@@ -165,7 +166,12 @@ class Platform:
     def gcapi(self, token: str | None = None) -> Any:
         import gcapi
 
-        return gcapi.Client(base_url=self.api_url, token=token or self.token, verify=self.ca_file)
+        return gcapi.Client(
+            base_url=self.api_url,
+            token=token or self.token,
+            verify=self.ca_file,
+            timeout=WAIT_SECONDS,
+        )
 
 
 @pytest.fixture(scope="module")

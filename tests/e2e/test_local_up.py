@@ -25,6 +25,7 @@ from tests.e2e.conftest import (
     start_job,
     wait_for_job,
 )
+from tests.waits import WAIT_SECONDS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # Generous: on a busy machine a start (imports, recovery of the saved state) or a stop (the
@@ -90,7 +91,7 @@ class LocalUp:
         assert code == 0, self.output()
         return self.output()
 
-    def wait_for_output(self, text: str, timeout: float = 60.0) -> None:
+    def wait_for_output(self, text: str, timeout: float = WAIT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.output():
             assert time.monotonic() < deadline, f"{text!r} not printed:\n{self.output()}"
@@ -205,7 +206,7 @@ def test_job_running_at_shutdown_finishes_after_restart(local_up: Any) -> None:
         sleep = register_algorithm(http, "sleep")
         # Long enough to be stopped mid-run, short enough for a test.
         pk = start_job(http, sleep, {"seconds": 4.0})
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT_SECONDS
         while (status := checked(http.get(f"algorithms/jobs/{pk}/"))["status"]) != "Executing":
             assert status not in ("Succeeded", "Failed"), status
             assert time.monotonic() < deadline, f"job never started: {status}"

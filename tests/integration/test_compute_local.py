@@ -33,9 +33,9 @@ from gantry.resources import (
 from gantry.settings import Settings
 from tests.integration.conftest import REPO, RunnerS3
 from tests.unit.test_compute_base import make_image, make_job
+from tests.waits import WAIT_SECONDS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
-WAIT_SECONDS = 60
 
 
 class Events:
@@ -409,7 +409,7 @@ def test_an_invoke_image_is_kept_warm_for_further_jobs(runner_s3, events, tmp_pa
         assert len(set(servers)) == 1
         assert local.warm_starts == 1
         # Idle past its time, the warm runner stops; the next job starts the server again.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + WAIT_SECONDS
         while local.warm_runners and time.monotonic() < deadline:
             time.sleep(0.2)
         assert local.warm_runners == 0

@@ -26,11 +26,11 @@ from tests.noop_jobs import (
     register_algorithm,
     register_sockets,
 )
+from tests.waits import WAIT_SECONDS
 
 pytestmark = pytest.mark.slow
 
 JOBS = 3
-JOB_TIMEOUT_SECONDS = 120.0
 # Measured: 29 per job (the API's POST 10 with provisioning 5, the callback 13 and the
 # running event 1), 31 when the running event races the recording of the submission, as it
 # may. Before the per-job round trips were cut it was 48.
@@ -55,7 +55,7 @@ def stack():
 
 def _run_job(stack: LocalStack, api: InProcessApi, algorithm_url: str, value: int) -> str:
     job = api.request("POST", "algorithms/jobs/", job_body(algorithm_url, value))
-    deadline = time.perf_counter() + JOB_TIMEOUT_SECONDS
+    deadline = time.perf_counter() + WAIT_SECONDS
     stack.finished.wait(compute_name(job["pk"], 1), deadline)  # type: ignore[attr-defined]
     return str(job["pk"])
 

@@ -22,6 +22,7 @@ from botocore.config import Config
 from gantry.local.endpoint import EmbeddedAws
 from gantry.local.gateway import Gateway
 from gantry.local.tls import ensure_certificates
+from tests.waits import WAIT_SECONDS
 
 CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 
@@ -50,7 +51,7 @@ def _bucket(s3: Any) -> str:
 
 
 def test_requests_on_one_client_connection_share_one_tcp_connection(endpoint):
-    connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
+    connection = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=WAIT_SECONDS)
     try:
         connection.request("GET", "/")
         first = connection.getresponse()
@@ -143,7 +144,7 @@ def test_the_gateway_keeps_one_tls_connection_for_a_client(tmp_path: Path):
     gateway = Gateway(tls).start(app)
     context = ssl.create_default_context(cafile=str(tls.ca_file))
     connection = http.client.HTTPSConnection(
-        gateway.host, gateway.port, context=context, timeout=30
+        gateway.host, gateway.port, context=context, timeout=WAIT_SECONDS
     )
     try:
         answers = []
@@ -183,7 +184,7 @@ def test_large_bodies_read_a_mib_at_a_time_arrive_whole_over_tls(tmp_path: Path)
     gateway = Gateway(tls).start(app)
     context = ssl.create_default_context(cafile=str(tls.ca_file))
     connection = http.client.HTTPSConnection(
-        gateway.host, gateway.port, context=context, timeout=30
+        gateway.host, gateway.port, context=context, timeout=WAIT_SECONDS
     )
     try:
         for size in (3 * 1024 * 1024 + 13, 5, 16 * 1024 * 1024):
@@ -210,7 +211,7 @@ def test_a_silent_client_does_not_hold_up_the_gateway(tmp_path: Path):
     try:
         context = ssl.create_default_context(cafile=str(tls.ca_file))
         connection = http.client.HTTPSConnection(
-            gateway.host, gateway.port, context=context, timeout=30
+            gateway.host, gateway.port, context=context, timeout=WAIT_SECONDS
         )
         connection.request("GET", "/")
         assert connection.getresponse().read() == b"ok"

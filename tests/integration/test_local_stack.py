@@ -24,6 +24,7 @@ from gantry.services.jobs import JobCreate, JobInput, create_job
 from gantry.settings import Settings
 from gantry.store.table import ConditionFailed
 from gantry.urls import Urls
+from tests.waits import WAIT_SECONDS
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "algorithms"
 
@@ -45,7 +46,9 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def http(stack):
-    with httpx.Client(verify=str(stack.state_dir / "tls" / "ca.pem"), timeout=30) as client:
+    with httpx.Client(
+        verify=str(stack.state_dir / "tls" / "ca.pem"), timeout=WAIT_SECONDS
+    ) as client:
         yield client
 
 
@@ -210,7 +213,7 @@ def _json_io_algorithm(stack: LocalStack):
     return algorithm
 
 
-def _wait_until_finished(stack: LocalStack, pk: str, timeout: float = 60.0) -> Job:
+def _wait_until_finished(stack: LocalStack, pk: str, timeout: float = WAIT_SECONDS) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = stack.ctx.store.jobs.get(pk)
@@ -327,7 +330,7 @@ def test_recovery_resumes_an_interrupted_image_import(stack, tmp_path):
     stack.recover()
 
     assert image.pk in stack.resumed_imports
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + WAIT_SECONDS
     ended = (ImportStatus.COMPLETED, ImportStatus.FAILED)
     while (found := ctx.store.algorithms.get_image(image.pk)).import_status not in ended:
         assert time.monotonic() < deadline, found

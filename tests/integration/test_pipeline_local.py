@@ -22,6 +22,7 @@ from gantry.pipeline.provision import start_job
 from gantry.services.jobs import JobCreate, JobInput, create_job
 from gantry.settings import Settings
 from gantry.urls import Urls
+from tests.waits import WAIT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "algorithms"
@@ -78,7 +79,7 @@ BOX = {
 }
 
 
-def _run(stack: LocalStack, algorithm, timeout: float = 60.0):
+def _run(stack: LocalStack, algorithm, timeout: float = WAIT_SECONDS):
     body = JobCreate(
         algorithm=algorithm.pk,
         inputs=[
@@ -142,7 +143,7 @@ def test_an_algorithm_past_its_time_limit_fails_with_grand_challenges_message(st
     )
     store.jobs.create(job, input_images=[])
     start_job(stack.ctx, job.pk)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + WAIT_SECONDS
     while not (done := store.jobs.get(job.pk)).status.is_terminal:
         assert time.monotonic() < deadline, done.status.label
         time.sleep(0.1)

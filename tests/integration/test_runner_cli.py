@@ -13,12 +13,13 @@ import pytest
 
 from batch_runner.config import encode_b64j
 from tests.integration.runner_binary import runner_argv
+from tests.waits import WAIT_SECONDS
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def runner(
-    args: list[str], env: dict[str, str], timeout: float = 60
+    args: list[str], env: dict[str, str], timeout: float = WAIT_SECONDS
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*runner_argv(), *args],

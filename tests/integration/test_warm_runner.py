@@ -24,6 +24,7 @@ from gantry.settings import Settings
 from tests.integration.conftest import RunnerS3
 from tests.integration.test_compute_local import Events, algorithm, invocation
 from tests.unit.test_compute_base import make_job
+from tests.waits import WAIT_SECONDS
 
 pytestmark = [
     pytest.mark.slow,
@@ -103,12 +104,12 @@ def test_jobs_are_forked_from_one_warm_runner_each_with_its_own_settings(
 def _started_ahead(local: LocalBackend):
     """The warm runner ``warm_up`` starts in the background, once it has imported."""
     local.warm_up()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + WAIT_SECONDS
     while local._forks is None:
         assert time.monotonic() < deadline, "warm_up started no warm runner"
         time.sleep(0.05)
     server = local._forks
-    server._ready.result(timeout=120)
+    server._ready.result(timeout=WAIT_SECONDS)
     return server
 
 
