@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gantry.algorithms import Algorithm, AlgorithmImage
 from gantry.aws import Clients
-from gantry.interfaces import Interface
-from gantry.jobs import Job
 from gantry.settings import Settings
 from gantry.store import Store
+
+if TYPE_CHECKING:
+    # Imported by the modules that make jobs: an API request that reads users or images does
+    # not build the algorithm, interface and job models.
+    from gantry.algorithms import Algorithm, AlgorithmImage
+    from gantry.interfaces import Interface
+    from gantry.jobs import Job
 
 
 @dataclass(frozen=True)

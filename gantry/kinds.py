@@ -3,7 +3,8 @@
 The codes and labels are grand-challenge's, so the API speaks its vocabulary and algorithms
 built for grand-challenge find their inputs where they expect them. This module is on the
 API Lambdas' cold path: stdlib at import; jsonschema is imported when a JSON value or schema
-is first checked (most requests check none).
+is first checked (most requests check none), and not at all for the kinds whose schema is a
+plain type (String, Integer, Choice, ...) unless an interface adds a schema of its own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Iterable, Mapping
+import numbers
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -680,6 +682,18 @@ def _canonical(schema: Any) -> str:
     return json.dumps(schema, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def _messages(errors: Iterable[tuple[list[Any], str]]) -> list[str]:
+    """Readable messages of (path, message) errors: ordered by path, at most _MAX_ERRORS."""
+    ordered = sorted(errors, key=lambda error: list(map(str, error[0])))
+    messages = [
+        f"{path}: {_short(message)}" if (path := _path(parts)) else _short(message)
+        for parts, message in ordered[:_MAX_ERRORS]
+    ]
+    if len(ordered) > _MAX_ERRORS:
+        messages.append(f"... and {len(ordered) - _MAX_ERRORS} more errors")
+    return messages
+
+
 def _errors(validator: Validator | str, value: Any) -> list[str]:
     import referencing.exceptions
 
@@ -687,12 +701,9 @@ def _errors(validator: Validator | str, value: Any) -> list[str]:
         return [validator]
     messages: list[str] = []
     try:
-        errors = sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.path)))
-        for error in errors[:_MAX_ERRORS]:
-            path = _path(error.absolute_path)
-            messages.append(f"{path}: {_short(error.message)}" if path else _short(error.message))
-        if len(errors) > _MAX_ERRORS:
-            messages.append(f"... and {len(errors) - _MAX_ERRORS} more errors")
+        messages = _messages(
+            (list(error.absolute_path), error.message) for error in validator.iter_errors(value)
+        )
     except referencing.exceptions.Unresolvable as error:
         ref = getattr(error, "ref", None) or str(error)
         messages.append(f"schema: cannot resolve '$ref' {_short(repr(ref))}: nothing is fetched")
@@ -720,12 +731,71 @@ def validate_json(value: Any, schemas: Iterable[Mapping[str, Any] | None]) -> li
     return messages
 
 
+# --- Plain-type schemas, without jsonschema ---------------------------------------------------
+# The default schemas of String, Integer, Float, Bool, Anything, Choice and Multiple choice use
+# only Draft 7's "type" and "items". Checked here, with jsonschema's own messages, a job with
+# such inputs is created without loading jsonschema and the ~40 modules it brings (attrs,
+# referencing, rpds, its format checkers) on the API's cold path. Every other schema, an
+# interface's extra schema included, goes through jsonschema. tests/unit/test_kinds.py checks
+# that both give the same messages.
+
+# Draft 7's type checker (jsonschema._types.draft7_type_checker): a bool is no number, and a
+# float with no fraction is an integer.
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "array": lambda value: isinstance(value, list),
+    "boolean": lambda value: isinstance(value, bool),
+    "integer": lambda value: (
+        not isinstance(value, bool)
+        and (isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
+    ),
+    "null": lambda value: value is None,
+    "number": lambda value: not isinstance(value, bool) and isinstance(value, numbers.Number),
+    "object": lambda value: isinstance(value, dict),
+    "string": lambda value: isinstance(value, str),
+}
+
+
+def _is_plain(schema: Any, *, top: bool = True) -> bool:
+    """Whether ``schema`` is a Draft 7 schema of at most one "type" and an "items" schema that
+    is plain too."""
+    if not isinstance(schema, dict):
+        return False
+    allowed = {"$schema", "type", "items"} if top else {"type", "items"}
+    if not set(schema) <= allowed or schema.get("$schema", DRAFT_07) != DRAFT_07:
+        return False
+    if "type" in schema and schema["type"] not in _TYPES:
+        return False
+    return "items" not in schema or _is_plain(schema["items"], top=False)
+
+
+def _plain_errors(
+    schema: dict[str, Any], value: Any, path: list[Any]
+) -> Iterator[tuple[list[Any], str]]:
+    """The errors jsonschema's Draft 7 validator gives for a plain schema, in its order."""
+    for keyword, argument in schema.items():
+        if keyword == "type" and not _TYPES[argument](value):
+            yield path, f"{value!r} is not of type {argument!r}"
+        elif keyword == "items" and isinstance(value, list):
+            for index, item in enumerate(value):
+                yield from _plain_errors(argument, item, [*path, index])
+
+
+def _kind_errors(kind: InterfaceKind, value: Any) -> list[str]:
+    schema = _BY_KIND[kind].schema
+    if kind in _PLAIN_KINDS and schema is not None:
+        return _messages(_plain_errors(schema, value, []))
+    return _errors(_kind_validator(kind), value)
+
+
+_PLAIN_KINDS = frozenset(kind for kind, schema in _JSON_SCHEMAS.items() if _is_plain(schema))
+
+
 def validate_kind_value(
     kind: InterfaceKind | str, value: Any, extra_schema: Mapping[str, Any] | None = None
 ) -> list[str]:
     """Validate a value of a JSON kind against its default schema and an optional extra one."""
     s = spec(kind)
-    messages = _errors(_kind_validator(s.kind), value)
+    messages = _kind_errors(s.kind, value)
     if extra_schema:
         messages.extend(validate_json(value, [extra_schema]))
     return messages

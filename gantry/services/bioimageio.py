@@ -12,7 +12,6 @@ import re
 from gantry.algorithms import Algorithm, AlgorithmCreate, BioimageioImport, ImportStatus
 from gantry.context import Context
 from gantry.errors import GantryError, ValidationFailed
-from gantry.tarballs import MAX_MODEL_BYTES
 from gantry.uploads import too_large
 from gantry.urls import Urls
 from gantry.users import User
@@ -27,6 +26,10 @@ _DOI = re.compile(r"^10\.\d{4,}/\S+$")
 
 
 def size_problem(size: int | None) -> str | None:
+    # Here, not at the top: the tarball rule imports tarfile, which the algorithms router's
+    # other requests never need.
+    from gantry.tarballs import MAX_MODEL_BYTES
+
     return too_large("The model package", size, MAX_MODEL_BYTES)
 
 

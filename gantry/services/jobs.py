@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gantry import access, contract, credits, quotas, timeutil
+from gantry import access, credits, quotas, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm, AlgorithmImage, SocketSet
 from gantry.context import Context, JobCatalog
@@ -213,6 +213,9 @@ def new_job(
     moment: str,
 ) -> Job:
     """A job of ``algorithm``'s ``image`` (and model) on checked input values, not stored."""
+    # Here, not at the top: the contract builds the runner's models, which the API never uses.
+    from gantry.contract import new_signing_key
+
     pending = any(v.pending_upload or v.pending_uploads for v in values)
     return Job(
         pk=pk,
@@ -228,7 +231,7 @@ def new_job(
         time_limit=algorithm.time_limit,
         requires_gpu_type=algorithm.requires_gpu_type.value,
         requires_memory_gb=algorithm.requires_memory_gb,
-        signing_key=contract.new_signing_key(),
+        signing_key=new_signing_key(),
         created=moment,
         modified=moment,
         source=source,

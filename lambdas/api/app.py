@@ -21,12 +21,14 @@ from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-# Every request looks its caller's token up in DynamoDB, so boto3 and the store are imported
-# at init (where provisioned concurrency or SnapStart take them off the request path); the
-# routers, each with its services and models, are imported by the first request they may answer,
-# and the domain models the store imports are built when first used (``defer_build``).
+# Every request looks its caller's token up in DynamoDB, so boto3 and the users' store are
+# imported at init (where provisioned concurrency or SnapStart take them off the request path);
+# the routers, each with its services and models, and the other entities' stores are imported
+# by the first request that may need them, and domain models are built when first used
+# (``defer_build``).
 from gantry.context import Context
 from gantry.errors import GantryError, PayloadTooLarge
+from gantry.store import users as _users_store  # noqa: F401
 from gantry.users import parse_authorization
 
 logger = Logger(service="gantry-api")
@@ -36,10 +38,11 @@ PUBLIC_PATHS = frozenset({"/gcapi/"})
 PREFIX = "/api/v1"
 
 # The routers (modules of lambdas.api.routers), in the order their routes are tried, each with
-# the paths it answers: a request imports only the routers that may match its path. A pattern
-# is a path, segment by segment: "*" stands for any one segment, a final "**" for any number
-# of further ones. tests/unit/test_api_routers.py checks that every route of a router lies
-# within its patterns.
+# the requests it answers: a request imports only the routers that may match it. A pattern is
+# a path, segment by segment ("*" stands for any one segment, a final "**" for any number of
+# further ones), after the methods it is limited to, if any ("GET PATCH algorithms/*": without
+# them, POST algorithms/jobs/ would import the algorithms router too). tests/unit/
+# test_api_routers.py checks that every route of a router lies within its patterns.
 ROUTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gcapi", ("gcapi",)),
     ("uploads", ("uploads/**",)),
@@ -47,8 +50,8 @@ ROUTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("jobs", ("algorithms/jobs/**",)),
     ("images", ("cases/images/**",)),
     ("interfaces", ("components/interfaces/**",)),
-    ("algorithm_models", ("algorithms/models/**", "algorithms/*/models")),
-    ("algorithms", ("algorithms", "algorithms/*", "algorithms/images/**")),
+    ("algorithm_models", ("algorithms/models/**", "POST algorithms/*/models")),
+    ("algorithms", ("algorithms", "GET PATCH algorithms/*", "algorithms/images/**")),
     ("access_requests", ("algorithms/*/access-requests/**",)),
     ("users", ("users/**",)),
     ("tokens", ("tokens/**",)),
@@ -58,9 +61,13 @@ ROUTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 ROUTER_NAMES = tuple(name for name, _ in ROUTERS)
 
 
-def pattern_matches(pattern: str, segments: list[str]) -> bool:
-    """Whether a path of these segments lies within ``pattern`` (see ROUTERS)."""
-    parts = pattern.split("/")
+def pattern_matches(pattern: str, method: str, segments: list[str]) -> bool:
+    """Whether a request of this method for a path of these segments lies within ``pattern``
+    (see ROUTERS)."""
+    *methods, path = pattern.split(" ")
+    if methods and method.upper() not in methods:
+        return False
+    parts = path.split("/")
     if parts[-1] == "**":
         parts = parts[:-1]
         segments = segments[: len(parts)]
@@ -69,7 +76,7 @@ def pattern_matches(pattern: str, segments: list[str]) -> bool:
     return all(p in ("*", s) for p, s in zip(parts, segments, strict=True))
 
 
-def routers_for(path: str) -> tuple[str, ...]:
+def routers_for(method: str, path: str) -> tuple[str, ...]:
     """The routers that may answer a request for ``path`` (under /api/v1 or not)."""
     if path == PREFIX or path.startswith(PREFIX + "/"):
         path = path[len(PREFIX) :]
@@ -77,7 +84,7 @@ def routers_for(path: str) -> tuple[str, ...]:
     return tuple(
         name
         for name, patterns in ROUTERS
-        if any(pattern_matches(pattern, segments) for pattern in patterns)
+        if any(pattern_matches(pattern, method, segments) for pattern in patterns)
     )
 
 
@@ -121,7 +128,7 @@ class GantryResolver(APIGatewayRestResolver):
             proxy = self._to_proxy_event(dict(event))
             builder = ResponseBuilder[BaseProxyEvent](early, serializer=self._serializer)
             return builder.build(proxy, self._cors)
-        self.mount(routers_for(str(event.get("path") or "")))
+        self.mount(routers_for(str(event.get("httpMethod") or ""), str(event.get("path") or "")))
         return super().resolve(event, context)
 
     def mount(self, names: Iterable[str]) -> None:

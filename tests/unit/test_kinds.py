@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import urllib.request
 from typing import Any
 
@@ -478,3 +480,62 @@ def test_many_errors_are_capped() -> None:
     errors = validate_json(list(range(100)), [{"items": {"type": "string"}}])
     assert len(errors) == 21
     assert errors[-1] == "... and 80 more errors"
+
+
+# Values of every JSON type, edge cases of the type checks (bools are no numbers, 1.0 is an
+# integer) and lists with errors past the cap, ordered by index as text.
+PLAIN_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -3,
+    1.0,
+    2.5,
+    float("nan"),
+    float("inf"),
+    "",
+    "12",
+    "x" * 400,
+    [],
+    ["a", "b"],
+    ["a", 1, None, [2], True, 2.0],
+    list(range(100)),
+    [str(i) for i in range(12)] + [i for i in range(15)],
+    {},
+    {"a": [1]},
+]
+
+
+def test_plain_kinds_are_the_simple_ones() -> None:
+    K = InterfaceKind
+    simple = {K.STRING, K.INTEGER, K.FLOAT, K.BOOL, K.ANY, K.CHOICE, K.MULTIPLE_CHOICE}
+    assert simple == kinds._PLAIN_KINDS
+
+
+@pytest.mark.parametrize("kind", sorted(kinds._PLAIN_KINDS))
+def test_plain_kinds_get_jsonschemas_messages(kind: InterfaceKind) -> None:
+    validator = Draft7Validator(spec(kind).schema)
+    for value in PLAIN_VALUES:
+        expected = kinds._errors(validator, value)
+        assert validate_kind_value(kind, value) == expected, value
+
+
+PLAIN_PROBE = """
+import sys
+from gantry.kinds import validate_kind_value
+assert validate_kind_value("INT", "12") == ["'12' is not of type 'integer'"]
+assert validate_kind_value("Multiple choice", ["a", 1]) == ["[1]: 1 is not of type 'string'"]
+print("jsonschema" in sys.modules)
+assert validate_kind_value("INT", 5, {"minimum": 10}) == ["5 is less than the minimum of 10"]
+print("jsonschema" in sys.modules)
+"""
+
+
+def test_plain_kinds_are_checked_without_jsonschema() -> None:
+    """Creating a job with an Integer input does not load jsonschema on the API's cold path;
+    an interface's extra schema still goes through it."""
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_PROBE], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]
