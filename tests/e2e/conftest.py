@@ -24,7 +24,7 @@ from tests.waits import WAIT_SECONDS
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "algorithms"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
-# Generous: jobs start a Python with SimpleITK each, and CI runs test modules in parallel.
+# A job's wait: the one budget of tests/waits.py (its modules import the name from here).
 JOB_TIMEOUT = WAIT_SECONDS
 
 SEGMENTS = [
