@@ -26,12 +26,14 @@ BACKEND_CACHE_SIZE = 1024
 def moto_app() -> WsgiApp:
     from moto.server import create_backend_app
 
-    from gantry.local import dynamodb_responses, transactions
+    from gantry.local import dynamodb_responses, s3_multipart, transactions
 
     # Transactions without a copy of the whole table each (gantry.local.transactions).
     transactions.install()
     # moto's DynamoDB responses, the same bytes for a fraction of the CPU.
     dynamodb_responses.install()
+    # NoSuchUpload, not a 500 that clients retry, for completing an upload moto does not know.
+    s3_multipart.install()
     return _dispatcher_class()(create_backend_app)
 
 

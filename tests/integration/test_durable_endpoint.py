@@ -451,6 +451,60 @@ def test_multipart_uploads_are_completed_from_files(
         endpoint.stop()
 
 
+def test_completing_an_unknown_upload_answers_no_such_upload(tmp_path: Path) -> None:
+    """As S3, in memory and on disk: an upload id never made, or aborted, is NoSuchUpload (404)
+    at the first attempt, not an internal error the client retries; a completed one completes
+    again with the same answer."""
+    name = f"gantry-nosuch-{uuid.uuid4().hex[:8]}"
+    endpoint, _settings = _start(tmp_path / "data", name)
+    memory = EmbeddedAws().start()
+    attempts: list[str] = []
+    try:
+        for url in (memory.url, endpoint.url):
+            s3, _dynamodb = _clients(url)
+            if url == memory.url:
+                s3.create_bucket(Bucket=name)
+            s3.meta.events.register(
+                "before-send.s3.CompleteMultipartUpload",
+                lambda request, **_: attempts.append(request.url),
+            )
+            aborted = s3.create_multipart_upload(Bucket=name, Key="uploads/a")["UploadId"]
+            s3.abort_multipart_upload(Bucket=name, Key="uploads/a", UploadId=aborted)
+            part = {"PartNumber": 1, "ETag": f'"{hashlib.md5(b"x").hexdigest()}"'}
+            for upload_id in ("no-such-upload", aborted):
+                attempts.clear()
+                with pytest.raises(s3.exceptions.NoSuchUpload) as raised:
+                    s3.complete_multipart_upload(
+                        Bucket=name,
+                        Key="uploads/a",
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": [part]},
+                    )
+                assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+                assert len(attempts) == 1, url
+
+            upload_id = s3.create_multipart_upload(Bucket=name, Key="uploads/b")["UploadId"]
+            etag = s3.upload_part(
+                Bucket=name, Key="uploads/b", UploadId=upload_id, PartNumber=1, Body=b"x"
+            )["ETag"]
+            done = [
+                s3.complete_multipart_upload(
+                    Bucket=name,
+                    Key="uploads/b",
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+                )["ETag"]
+                for _ in range(2)
+            ]
+            # S3's ETag of an object made of parts: the MD5 of the parts' MD5s, and the count.
+            part_md5 = bytes.fromhex(etag.strip('"'))
+            assert done[0] == done[1] == f'"{hashlib.md5(part_md5).hexdigest()}-1"'
+            assert s3.get_object(Bucket=name, Key="uploads/b")["Body"].read() == b"x"
+    finally:
+        memory.stop()
+        endpoint.stop()
+
+
 def test_a_completed_upload_is_kept_in_its_part_files(tmp_path: Path) -> None:
     """No byte of a multipart upload is written twice: its part files become the object's, read
     across their boundaries, copied by links, kept across a restart, removed with it."""
