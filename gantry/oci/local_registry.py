@@ -72,11 +72,24 @@ def _config(storage: Path, htpasswd: Path | None) -> str:
     return text
 
 
+def _not_started(root: Path, process: subprocess.Popen[bytes], waited: float) -> str:
+    why = (
+        f"exited with status {process.returncode}"
+        if process.poll() is not None
+        else f"did not answer within {waited:g} s"
+    )
+    return f"The local registry {why} (see {root / 'registry.log'})"
+
+
 @contextlib.contextmanager
 def local_registry(
-    root: str | Path, start_timeout: float = 30.0, htpasswd: Path | None = None
+    root: str | Path, start_timeout: float = 120.0, htpasswd: Path | None = None
 ) -> Iterator[str]:
     """Run a registry storing under ``root``; yields its URL (``http://127.0.0.1:PORT``).
+
+    A registry that exits fails at once; one still running gets ``start_timeout`` seconds to
+    answer, generous because a loaded machine (measured: load 13 on 2 cores) can keep a
+    healthy one silent for over 30 s, and giving up stops the whole stack.
 
     ``htpasswd``: a file of ``user:<bcrypt hash>`` lines; the registry then asks for them
     (HTTP Basic)."""
@@ -95,7 +108,7 @@ def local_registry(
         deadline = time.monotonic() + start_timeout
         while (port := _listening_port(process.pid)) is None:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise ImageError(f"The local registry did not start (see {root / 'registry.log'})")
+                raise ImageError(_not_started(root, process, start_timeout))
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port}"
         while True:
@@ -108,9 +121,7 @@ def local_registry(
                 raise
             except (urllib.error.URLError, OSError):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise ImageError(
-                        f"The local registry did not start (see {root / 'registry.log'})"
-                    ) from None
+                    raise ImageError(_not_started(root, process, start_timeout)) from None
                 time.sleep(0.05)
         yield url
     finally:

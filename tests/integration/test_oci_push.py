@@ -298,3 +298,16 @@ def test_ecr_registry_from_the_authorization_token(aws) -> None:
     assert registry.url.startswith("https://")
     assert registry.username == "AWS"
     assert registry.password
+
+
+def test_a_registry_that_exits_is_reported_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry process that dies while starting fails the start with its exit status, not
+    after the wait a slow but live one gets."""
+    monkeypatch.setattr("gantry.oci.local_registry.registry_binary", lambda: shutil.which("false"))
+    with (
+        pytest.raises(ImageError, match=r"registry exited with status 1 \(see .*registry.log\)"),
+        local_registry(tmp_path / "registry", start_timeout=600),
+    ):
+        pass
