@@ -52,6 +52,14 @@ class Clients:
             return self.s3
         return self._s3_client(self.settings.presign_endpoint_url)
 
+    def presign_credentials(self) -> tuple[str, str]:
+        """The access key and secret key ``s3_presign`` signs URLs with (as they are now)."""
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            return "", ""
+        frozen = credentials.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key
+
     @cached_property
     def batch(self) -> Any:
         return self.client("batch")

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from gantry.context import Context
+from gantry.local import presigned
 from gantry.local.client import LambdaContextStub, proxy_event
 from gantry.local.endpoint import ServerThread, WsgiApp
 from gantry.local.tls import TlsFiles
@@ -27,6 +28,11 @@ STAGE = "local"
 MAX_BODY_BYTES = 10 * 1024 * 1024
 INTERNAL_HEADERS = "HTTP_X_GANTRY_"
 TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
+# S3's answer to a request whose signature does not match (or that has none).
+_ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Only presigned URLs handed out by the API are served here</Message></Error>"
+)
 
 
 class ApiPool:
@@ -80,12 +86,23 @@ def proxy_event_from_environ(environ: dict[str, Any], body: bytes) -> dict[str, 
     )
 
 
-def gateway_app(pool: ApiPool, aws: WsgiApp | None) -> WsgiApp:
+# The access key and secret key the stack signs its presigned URLs with.
+Signer = Callable[[], tuple[str, str]]
+
+
+def gateway_app(pool: ApiPool, aws: WsgiApp | None, *, signer: Signer | None = None) -> WsgiApp:
+    """The API, and the presigned S3 URLs signed by ``signer``'s credentials: the embedded
+    endpoint accepts any request, so on the API's host (which every API user reaches) only
+    those reach it; anything else there is 403 (gantry.local.presigned)."""
+
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         if path.startswith(API_PREFIX) or path == API_PREFIX.rstrip("/"):
             return _api(pool, environ, start_response)
         if aws is not None:
+            if signer is None or not presigned.is_valid(environ, *signer()):
+                start_response("403 Forbidden", [("Content-Type", "application/xml")])
+                return [_ACCESS_DENIED]
             # x-gantry-* headers are between the local runner and the endpoint (a stored
             # object's file path, a file to adopt): never accepted from outside.
             for name in [name for name in environ if name.startswith(INTERNAL_HEADERS)]:

@@ -355,7 +355,8 @@ class LocalStack:
         from gantry.local.gateway import ApiPool, gateway_app
 
         aws = self.endpoint.app if self.endpoint is not None else None
-        self.gateway.start(gateway_app(ApiPool(self.ctx), aws))
+        signer = self.ctx.clients.presign_credentials
+        self.gateway.start(gateway_app(ApiPool(self.ctx), aws, signer=signer))
 
     @property
     def api_url(self) -> str:

@@ -10,8 +10,10 @@ import time
 import uuid
 from pathlib import Path
 
+import boto3
 import httpx
 import pytest
+from botocore.config import Config
 from werkzeug.test import EnvironBuilder
 
 from gantry.algorithms import AlgorithmFields, AlgorithmImageFields, SocketSet
@@ -366,9 +368,22 @@ def test_the_gateway_drops_headers_meant_for_the_local_runner_only():
         start_response("200 OK", [])
         return [b""]
 
-    app = gateway_app(ApiPool(None), aws)
+    app = gateway_app(ApiPool(None), aws, signer=lambda: ("local", "local"))
+    # A presigned URL of the stack's, as the API hands out (only those pass the gateway).
+    url = boto3.client(
+        "s3",
+        endpoint_url="https://127.0.0.1:8443",
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+    ).generate_presigned_url("put_object", Params={"Bucket": "bucket", "Key": "key"})
+    query = url.partition("?")[2]
     environ = {
         "PATH_INFO": "/bucket/key",
+        "RAW_URI": "/bucket/key?" + query,
+        "QUERY_STRING": query,
+        "HTTP_HOST": "127.0.0.1:8443",
         "REQUEST_METHOD": "PUT",
         "HTTP_X_GANTRY_LOCAL_FILE": "/etc/shadow",
         "HTTP_X_AMZ_META_NAME": "kept",
