@@ -333,14 +333,22 @@ class ImmutableFieldError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+def _canonical(value: Any) -> str:
+    """A JSON value as text that tells 1 from 1.0 and True, and ignores key order."""
+    return json.dumps(value, sort_keys=True)
+
+
 def check_update(
     existing: Interface, new: InterfaceFields, *, has_values: bool, in_algorithm: bool = False
 ) -> None:
     """Raise ImmutableFieldError if ``new`` changes what existing values or algorithms rely on.
 
-    Once an algorithm uses the interface or values of it exist, its kind and location are
-    fixed and its schema may only be kept or dropped: a changed schema could reject what an
-    algorithm writes or what is stored. Once values exist, their storage is fixed too, and
+    Once an algorithm uses the interface or values of it exist, its kind, location and default
+    value are fixed and its schema may only be kept or dropped: a changed schema could reject
+    what an algorithm writes or what is stored, and a job that leaves the input out takes the
+    default, so changing it would change the input of jobs on others' algorithms (interfaces
+    are shared; only their creator changes them). Once values exist, their storage is fixed
+    too, and
     overlay segments may only be added to (or change visibility), as on grand-challenge.
     """
     if not (has_values or in_algorithm):
@@ -358,6 +366,8 @@ def check_update(
         raise ImmutableFieldError(
             "schema", reason.replace("cannot be changed", "can only be kept or removed")
         )
+    if _canonical(new.default_value) != _canonical(existing.default_value):
+        raise ImmutableFieldError("default_value", reason)
     if not has_values:
         return
     if new.store_in_database != existing.store_in_database:

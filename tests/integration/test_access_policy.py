@@ -651,6 +651,37 @@ def test_interface_changes_keep_what_algorithms_rely_on(world: World) -> None:
     assert status == 200, body
 
 
+def test_an_interfaces_creator_cannot_change_the_default_others_jobs_take(world: World) -> None:
+    """Interfaces are shared: bob's algorithm may take alice's. A job that leaves an input out
+    takes the interface's default, so a default changed by alice would become the input of
+    bob's users' jobs (or, removed, make them fail to match): fixed once an algorithm uses
+    the interface."""
+    alice, bob = world.creator, world.clients["other"]
+    offset = {"title": "Offset", "kind": "Integer", "relative_path": "offset.json"}
+    status, created, _ = alice.post("components/interfaces/", {**offset, "default_value": 10})
+    assert status == 201, created
+    status, algorithm, _ = bob.post(
+        "algorithms/",
+        {
+            "title": "Bob adds",
+            "interfaces": [{"inputs": ["number", "offset"], "outputs": ["result"]}],
+        },
+    )
+    assert status == 201, algorithm
+    for default in (666, None):
+        body = {**offset, "default_value": default}
+        status, answer, _ = alice.put(f"components/interfaces/{created['pk']}/", body)
+        assert status == 400, answer
+        assert "default_value" in answer
+    assert world.ctx.store.sockets.get(created["pk"]).default_value == 10
+    # Unchanged, it may be sent again with the rest.
+    status, answer, _ = alice.put(
+        f"components/interfaces/{created['pk']}/",
+        {**offset, "default_value": 10, "description": "added to the number"},
+    )
+    assert status == 200, answer
+
+
 def test_an_unused_interface_can_change_kind_by_its_creator(world: World) -> None:
     alice = world.creator
     status, created, _ = alice.post(

@@ -441,11 +441,23 @@ def test_immutable_once_values_exist(change: dict[str, Any], field: str) -> None
 def test_mutable_fields_once_values_exist() -> None:
     check_update(
         stored(schema={"maximum": 5}),
-        fields(description="New", default_value=3, schema={"maximum": 5}),
+        fields(description="New", schema={"maximum": 5}),
         has_values=True,
     )
     # Dropping the schema accepts every stored value still.
     check_update(stored(schema={"maximum": 5}), fields(), has_values=True)
+
+
+@pytest.mark.parametrize(
+    "used", [{"has_values": True}, {"has_values": False, "in_algorithm": True}]
+)
+@pytest.mark.parametrize("default", [3, None])
+def test_the_default_jobs_take_is_fixed_once_used(used: dict[str, bool], default: Any) -> None:
+    # Jobs on any algorithm that uses the interface take its default for an input left out.
+    with pytest.raises(ImmutableFieldError) as raised:
+        check_update(stored(default_value=2), fields(default_value=default), **used)
+    assert raised.value.field == "default_value"
+    check_update(stored(default_value=2), fields(default_value=2), **used)
 
 
 @pytest.mark.parametrize(
