@@ -93,13 +93,19 @@ class UserStore:
         return token, info
 
     def user_for_token(self, token: str) -> User | None:
+        holder = self.token_holder(token)
+        return holder[0] if holder is not None else None
+
+    def token_holder(self, token: str) -> tuple[User, datetime | None] | None:
+        """The user a live token authenticates, and when the token expires (None: never)."""
         item = self.table.get_item(keys.token(hash_token(token)), MAIN_SK)
         if item is None:
             return None
-        expires = item.get("expires")
-        if expires and timeutil.parse_iso(str(expires)) <= timeutil.now():
+        expires = timeutil.parse_iso(str(item["expires"])) if item.get("expires") else None
+        if expires is not None and expires <= timeutil.now():
             return None
-        return self.find_user(str(item["username"]))
+        user = self.find_user(str(item["username"]))
+        return (user, expires) if user is not None else None
 
     def get_token(self, pk: str) -> TokenInfo:
         stored = self.table.get(keys.token_ref(pk))

@@ -160,14 +160,15 @@ class GantryResolver(APIGatewayRestResolver):
             return _error(error.status_code, error.to_dict())
         headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
         token = parse_authorization(headers.get("authorization"))
-        user = self.ctx.store.users.user_for_token(token) if token else None
+        holder = self.ctx.store.users.token_holder(token) if token else None
+        user, token_expires = holder if holder is not None else (None, None)
         path = str(event.get("path") or "")
         route_path = "/" + path.removeprefix("/api/v1").strip("/") + "/"
         if user is None and route_path not in PUBLIC_PATHS:
             message = "Invalid token." if token else "Authentication credentials were not provided."
             return _error(401, {"detail": message})
         # Cleared by resolve() when the request is done.
-        self.append_context(user=user)
+        self.append_context(user=user, token_expires=token_expires)
         return None
 
 

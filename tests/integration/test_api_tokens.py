@@ -76,3 +76,24 @@ def test_bad_requests_name_the_field(api, body: dict, field: str) -> None:
     status, answer, _ = api.post("tokens/", body)
     assert status == 400, answer
     assert field in answer
+
+
+def test_a_token_creates_none_that_outlives_it(api, admin) -> None:
+    """A short-lived token, leaked, must not become one that never expires."""
+    _, week, _ = api.post("tokens/", {"expires_in_days": 7})
+    short = ApiClient(api.app, week["token"])
+    for body in ({}, {"expires_in_days": 8}):
+        status, answer, _ = short.post("tokens/", body)
+        assert status == 400, answer
+        assert answer["expires_in_days"] == [answer["detail"]]
+        assert "at most 6 days" in answer["detail"]
+    status, made, _ = short.post("tokens/", {"expires_in_days": 6})
+    assert status == 201, made
+    assert timeutil.parse_iso(made["expires"]) <= timeutil.parse_iso(week["expires"])
+    # The same for an admin's short-lived token, for anyone.
+    _, admins, _ = admin.post("tokens/", {"expires_in_days": 1})
+    status, answer, _ = ApiClient(api.app, admins["token"]).post("tokens/", {"user": "carol"})
+    assert status == 400, answer
+    assert "cannot create tokens" in answer["detail"]
+    # A token that never expires makes any.
+    assert api.post("tokens/", {})[0] == 201

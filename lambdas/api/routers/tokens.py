@@ -6,7 +6,7 @@ token's secret is shown once, in the answer that creates it; only its hash is st
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gantry import access, shapes, timeutil
 from gantry.access import Action
 from gantry.context import Context
-from gantry.errors import NotFound, PermissionDenied
+from gantry.errors import NotFound, PermissionDenied, ValidationFailed
 from gantry.users import User
 from lambdas.api.deps import DEFAULT_LIMIT, Limit, Offset, current_user, urls_for
 
@@ -46,6 +46,24 @@ def _owner(caller: User, named: str | None) -> str:
     return owner
 
 
+def _within_callers_token(expires: datetime | None, limit: datetime | None) -> None:
+    """A token expires no later than the token that creates it: a short-lived token, leaked,
+    must not become one that never expires."""
+    if limit is None or (expires is not None and expires <= limit):
+        return
+    days = (limit - timeutil.now()).days
+    allowed = (
+        f"ask for at most {days} day{'s' if days != 1 else ''} (expires_in_days)"
+        if days >= 1
+        else "it expires in less than a day, so it cannot create tokens"
+    )
+    raise ValidationFailed(
+        f"The token of this request expires at {timeutil.iso(limit)}; a token it creates must "
+        f"expire by then: {allowed}",
+        field="expires_in_days",
+    )
+
+
 def build(ctx: Context) -> APIGatewayRouter:
     router = APIGatewayRouter()
 
@@ -72,6 +90,7 @@ def build(ctx: Context) -> APIGatewayRouter:
         expires = (
             timeutil.now() + timedelta(days=body.expires_in_days) if body.expires_in_days else None
         )
+        _within_callers_token(expires, router.context.get("token_expires"))
         token, info = ctx.store.users.issue_token(owner, expires=expires)
         return {**info.model_dump(), "token": token}, 201
 
