@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from gantry import doctor, timeutil
-from gantry.commands.client import GantryClient, _ssl_context
+from gantry.commands.client import GantryClient, _ssl_context, fail
+from gantry.errors import PermissionDenied
 from gantry.local.connection import Connection
 
 DOCTOR_USER = "gantry-doctor"
@@ -137,4 +138,7 @@ def _doctor_token(table: str, region: str, endpoint_url: str | None) -> str:
     # Expires soon: every run makes a new one and nothing else uses it.
     expires = timeutil.now() + timedelta(hours=2)
     users = Context.create(settings).store.users
-    return users.issue_token(DOCTOR_USER, is_admin=True, expires=expires)[0]
+    try:
+        return users.issue_token(DOCTOR_USER, is_admin=True, expires=expires)[0]
+    except PermissionDenied as error:
+        fail(f"{error}; give an admin's token with --token")

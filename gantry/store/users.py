@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gantry import timeutil
-from gantry.errors import NotFound
+from gantry.errors import NotFound, PermissionDenied
 from gantry.store import keys, listings
 from gantry.store.pagination import Paginator, count_update
 from gantry.store.table import MAIN_SK, ConditionFailed, Table
@@ -56,8 +56,17 @@ class UserStore:
     def issue_token(
         self, username: str, *, is_admin: bool = False, expires: datetime | None = None
     ) -> tuple[str, TokenInfo]:
-        """A new token (shown this once) and its record; it stops working at ``expires``."""
-        self.ensure_user(username, is_admin=is_admin)
+        """A new token (shown this once) and its record; it stops working at ``expires``.
+
+        ``is_admin`` makes a new user an admin; for a user who exists and is not one it is
+        refused, not quietly dropped: any editor of an archive can create a user by naming a
+        member, and whoever holds that name's tokens must not become an admin that way."""
+        user = self.ensure_user(username, is_admin=is_admin)
+        if is_admin and not user.is_admin:
+            raise PermissionDenied(
+                f"'{username}' is a user who is not an admin: an admin token is made only for "
+                "a new user name or an admin"
+            )
         token = new_token()
         token_hash = hash_token(token)
         info = TokenInfo(

@@ -73,3 +73,24 @@ def test_demo_runs_a_segmentation_job_end_to_end(tmp_path):
     assert segmentation.GetOrigin() == ct.GetOrigin()
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["foreground_voxels"] > 0
+
+
+def test_token_create_admin_refuses_an_existing_plain_user(ctx, monkeypatch):
+    """Anyone may come to hold a plain user's name (an archive's editor creates users by naming
+    them): asking for an admin token for it fails and says why, and makes no token."""
+    from gantry.settings import get_settings
+
+    ctx.store.users.ensure_user("carol")
+    monkeypatch.setenv("GANTRY_TABLE_NAME", ctx.settings.table_name)
+    get_settings.cache_clear()
+    try:
+        refused = CliRunner().invoke(app, ["token", "create", "--user", "carol", "--admin"])
+        made = CliRunner().invoke(app, ["token", "create", "--user", "dave", "--admin"])
+    finally:
+        get_settings.cache_clear()
+    assert refused.exit_code == 1
+    assert "'carol' is a user who is not an admin" in refused.output
+    assert ctx.store.users.tokens_page("carol", offset=0, limit=10)[1] == 0
+    assert ctx.store.users.find_user("carol").is_admin is False
+    assert made.exit_code == 0, made.output
+    assert ctx.store.users.user_for_token(made.output.strip()).is_admin is True
