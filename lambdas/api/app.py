@@ -26,6 +26,7 @@ from pydantic import ValidationError
 # the routers, each with its services and models, and the other entities' stores are imported
 # by the first request that may need them, and domain models are built when first used
 # (``defer_build``).
+from gantry import jsonlimits
 from gantry.context import Context
 from gantry.errors import GantryError, PayloadTooLarge
 from gantry.store import users as _users_store  # noqa: F401
@@ -107,6 +108,21 @@ def _validation_response(errors: list[dict[str, Any]]) -> Response:
     return _error(400, {"detail": detail, **fields})
 
 
+def _too_deep(body: str) -> str | None:
+    """Why a JSON body nested too deeply is refused (the parser behind the request models
+    raises RecursionError past some 1,000 levels, pydantic refuses to store a few hundred);
+    None for any other body, malformed ones included (their validation says why)."""
+    if body.count("[") + body.count("{") <= jsonlimits.MAX_DEPTH:
+        return None
+    try:
+        jsonlimits.loads(body)
+    except jsonlimits.TooDeep as error:
+        return str(error)
+    except ValueError:
+        return None
+    return None
+
+
 class GantryResolver(APIGatewayRestResolver):
     """The REST resolver with the checks that must come before anything reads the body.
 
@@ -167,6 +183,9 @@ class GantryResolver(APIGatewayRestResolver):
         if user is None and route_path not in PUBLIC_PATHS:
             message = "Invalid token." if token else "Authentication credentials were not provided."
             return _error(401, {"detail": message})
+        deep = _too_deep(body)
+        if deep is not None:
+            return _error(400, {"detail": f"body: {deep}", "body": [deep]})
         # Cleared by resolve() when the request is done.
         self.append_context(user=user, token_expires=token_expires)
         return None
