@@ -48,7 +48,7 @@ from urllib.parse import unquote_plus
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from gantry import access, resources, timeutil
+from gantry import access, jsonlimits, resources, timeutil
 from gantry.access import Action
 from gantry.algorithms import Algorithm
 from gantry.aws import copy_object
@@ -276,7 +276,7 @@ def _parse_manifest(body: bytes) -> dict[str, str]:
     if len(body) > 1024 * 1024:
         raise DropError(f"{INPUTS_FILE} is larger than 1 MiB")
     try:
-        mapping = json.loads(body.decode("utf-8-sig"))
+        mapping = jsonlimits.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as error:
         raise DropError(f"{INPUTS_FILE} is not valid JSON: {error}") from None
     if not isinstance(mapping, dict) or not mapping:

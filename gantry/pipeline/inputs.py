@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from gantry import access, resources, timeutil
+from gantry import access, jsonlimits, resources, timeutil
 from gantry.access import Action
 from gantry.aws import copy_object
 from gantry.context import Context
@@ -460,7 +460,7 @@ def _json_file(
         )
     raw = response["Body"].read()
     try:
-        parsed = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
+        parsed = jsonlimits.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as error:
         raise InputError(f"the file '{name}' is not valid JSON: {error}") from None
     try:

@@ -8,7 +8,6 @@ Everything that is kept is copied from the job's io/ prefix (which expires) to v
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 import tempfile
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from gantry import resources, timeutil
+from gantry import jsonlimits, resources, timeutil
 from gantry.aws import copy_object
 from gantry.context import Context
 from gantry.images import Image
@@ -117,7 +116,11 @@ def _json_output(ctx: Context, job: Job, socket: Interface, prefix: str) -> dict
         )
     body = response["Body"].read()
     try:
-        value = _finite(json.loads(body.decode("utf-8")))
+        value = _finite(jsonlimits.loads(body.decode("utf-8")))
+    except jsonlimits.TooDeep as error:
+        raise OutputError(
+            f"The output file '{socket.relative_path}' is not valid json: {error}"
+        ) from error
     except (UnicodeDecodeError, ValueError) as error:
         raise OutputError(f"The output file '{socket.relative_path}' is not valid json") from error
     errors = value_errors(socket, value)

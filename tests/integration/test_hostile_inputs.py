@@ -48,3 +48,64 @@ def test_a_nested_value_too_deep_to_store_is_a_400(api) -> None:
         },
     )
     assert status == 201, answer
+
+
+@pytest.mark.parametrize("body", [DEEP, NESTED])
+def test_a_deeply_nested_json_file_fails_the_job(ctx, body) -> None:
+    from gantry.job_states import JobStatus
+    from gantry.pipeline.inputs import validate_pending_inputs
+    from gantry.services.jobs import JobInput
+    from tests.integration.test_inputs_support import (
+        RecordingCompute,
+        make_algorithm,
+        make_socket,
+        new_job,
+        put_upload,
+    )
+
+    ctx.compute_backend = RecordingCompute()
+    make_socket(ctx, "Blob", "JSON", "blob.json")
+    make_socket(ctx, "Result", "JSON", "results.json")
+    algorithm = make_algorithm(ctx, "Reader", ["blob"], ["result"])
+    upload = put_upload(ctx, "blob.json", body.encode())
+    job = new_job(ctx, algorithm, [JobInput(interface="blob", user_upload=upload.pk)])
+
+    validate_pending_inputs(ctx, job.pk)
+
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.FAILURE
+    assert done.error_message.startswith("Input 'blob': the file 'blob.json' is not valid JSON")
+    assert "nested more than" in done.error_message
+
+
+@pytest.mark.parametrize("body", [DEEP, NESTED])
+def test_an_output_nested_too_deeply_fails_the_job(body) -> None:
+    from moto import mock_aws
+
+    from gantry.context import Context
+    from gantry.provision import ensure_data
+    from tests.integration.pipeline_support import (
+        World,
+        build_world,
+        pipeline_settings,
+        run_attempt,
+    )
+
+    with mock_aws():
+        settings = pipeline_settings("batch")
+        ctx = Context.create(settings)
+        ensure_data(ctx.clients, settings)
+        world: World = build_world(ctx, "batch")
+        job = world.job()
+        run_attempt(world.ctx, job, outputs={"score.json": body.encode()})
+        assert world.deliver("succeeded", job) == "Failed"
+        failed = world.get(job)
+        assert failed.error_message.startswith("The output file 'score.json' is not valid json")
+        assert "nested more than" in failed.error_message
+
+
+def test_a_drop_manifest_nested_too_deeply_is_refused() -> None:
+    from gantry.pipeline.dropbox import DropError, _parse_manifest
+
+    with pytest.raises(DropError, match="nested more than"):
+        _parse_manifest(DEEP.encode())
