@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import posixpath
 import re
 import tarfile
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from gantry import jsonlimits
 from gantry.oci.config import MEDIA_TYPE_DOCKER_LAYER, ImageConfig, Layer, parse_config
 from gantry.oci.errors import ImageError
 from gantry.oci.streams import Prefixed
@@ -208,10 +208,15 @@ def _json(members: _Members, name: str, what: str) -> Any:
     raw = members.kept.get(member)
     if raw is None:
         raise ImageError(f"The {what} '{name}' is not JSON or larger than {MAX_JSON_BYTES} bytes")
+    return _parsed(raw, f"{what} '{name}'")
+
+
+def _parsed(raw: bytes, what: str) -> Any:
+    """A JSON member, ImageError where it is not JSON (or nested too deeply)."""
     try:
-        return json.loads(raw)
+        return jsonlimits.loads(raw)
     except ValueError as error:
-        raise ImageError(f"The {what} '{name}' is not valid JSON: {error}") from None
+        raise ImageError(f"The {what} is not valid JSON: {error}") from None
 
 
 def _checked_digest(digest: Any, what: str) -> str:
@@ -269,7 +274,10 @@ def _manifests(
         media_type = descriptor.get("mediaType")
         if media_type in INDEX_TYPES:
             raw = _verified_blob(members, descriptor.get("digest"), "image index")
-            nested = json.loads(raw).get("manifests")
+            nested_index = _parsed(raw, f"image index {descriptor.get('digest')}")
+            if not isinstance(nested_index, dict):
+                raise ImageError("An image index of the archive is not a JSON object")
+            nested = nested_index.get("manifests")
             found += _manifests(members, nested, skipped, depth + 1)
         elif media_type in MANIFEST_TYPES or media_type is None:
             found.append(descriptor)
@@ -305,7 +313,7 @@ def _read_oci(path: Path | Opener, members: _Members) -> ArchiveImage:
         )
     descriptor = next(iter(unique.values()))
     raw_manifest = _verified_blob(members, descriptor["digest"], "image manifest")
-    manifest = json.loads(raw_manifest)
+    manifest = _parsed(raw_manifest, f"image manifest {descriptor['digest']}")
     if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
         raise ImageError("The image manifest names no config: the archive is not an image")
     config_digest = manifest["config"].get("digest")
@@ -358,7 +366,7 @@ def _read_docker(path: Path | Opener, members: _Members) -> ArchiveImage:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ImageError("manifest.json has no Layers list")
     try:
-        diff_ids = json.loads(raw_config).get("rootfs", {}).get("diff_ids") or []
+        diff_ids = jsonlimits.loads(raw_config).get("rootfs", {}).get("diff_ids") or []
     except (ValueError, AttributeError):
         diff_ids = []
     if len(diff_ids) != len(names):

@@ -7,11 +7,11 @@ the OCI image spec (``config.Entrypoint``, ``config.Cmd``, ``config.User``, ``co
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gantry import jsonlimits
 from gantry.oci.errors import ImageError
 from gantry.resources import API_METHOD_EXEC, API_METHOD_INVOKE, LABEL_API_METHOD
 
@@ -141,7 +141,7 @@ def parse_config(
 ) -> ImageConfig:
     """The typed config; ``layers`` are (digest, media type, size) from the manifest in order."""
     try:
-        document = json.loads(raw)
+        document = jsonlimits.loads(raw)
     except ValueError as error:
         raise ImageError(f"The image config {digest} is not JSON: {error}") from None
     if not isinstance(document, dict):

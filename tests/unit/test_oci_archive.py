@@ -261,3 +261,48 @@ def test_an_archive_streams_from_an_opener_in_two_reads(tmp_path, compression):
 
     assert (prepared.rootfs / "app/main.py").read_text() == "print('hi')\n"
     assert len(opened) == 2  # the metadata pass and the layer pass
+
+
+def _oci_with_manifest(path: Path, manifest: bytes, *, nested_index: bytes | None = None) -> Path:
+    """An OCI layout whose index names ``manifest`` (through ``nested_index`` if given),
+    each blob under its true digest: hostile content, not a damaged archive."""
+
+    def blob(tar: tarfile.TarFile, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        _add(tar, "blobs/sha256/" + digest[7:], data)
+        return digest
+
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        target = blob(tar, manifest)
+        media_type = "application/vnd.oci.image.manifest.v1+json"
+        if nested_index is not None:
+            target = blob(tar, nested_index)
+            media_type = "application/vnd.oci.image.index.v1+json"
+        index = {"schemaVersion": 2, "manifests": [{"mediaType": media_type, "digest": target}]}
+        _add(tar, "index.json", json.dumps(index).encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("manifest", "nested_index", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, None, "nested more than"),
+        (b"{not json", None, "is not valid JSON"),
+        (b"{}", b"[1, 2]", "is not a JSON object"),
+        (b"{}", b"{" * 3 + b"oops", "is not valid JSON"),
+    ],
+)
+def test_hostile_manifests_are_refused_with_a_reason(tmp_path, manifest, nested_index, message):
+    archive = _oci_with_manifest(tmp_path / "image.tar", manifest, nested_index=nested_index)
+    with pytest.raises(ImageError, match=message):
+        read_archive(archive)
+
+
+def test_an_index_nested_too_deeply_is_refused(tmp_path):
+    path = tmp_path / "image.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _add(tar, "index.json", b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ImageError, match="nested more than"):
+        read_archive(path)
