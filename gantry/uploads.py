@@ -37,6 +37,9 @@ class UploadCreate(BaseModel):
     def _plain_name(cls, value: str) -> str:
         if not _SAFE_FILENAME.match(value) or value in (".", ".."):
             raise ValueError("must be a plain file name without '/' or control characters")
+        # The file is saved under this name where it is checked: file systems allow 255 bytes.
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_FILENAME:
+            raise ValueError(f"must be at most {MAX_FILENAME} bytes as UTF-8")
         return value
 
 

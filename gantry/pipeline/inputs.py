@@ -28,7 +28,7 @@ from gantry.interfaces import MAX_JSON_BYTES, Interface, InterfaceValueError, va
 from gantry.job_states import JobStatus
 from gantry.jobs import Job, SocketValue
 from gantry.kinds import InterfaceKind, accepts_upload, spec
-from gantry.uploads import Upload, UploadStatus
+from gantry.uploads import MAX_FILENAME, Upload, UploadStatus
 from gantry.users import User
 
 logger = logging.getLogger(__name__)
@@ -203,6 +203,10 @@ def _file_name(upload: Upload) -> str:
     name = Path(upload.filename).name
     if name in ("", ".", "..") or name != upload.filename:
         raise InputError(f"the file name '{upload.filename}' is not allowed")
+    # Saved under this name on a file system, which allows 255 bytes (uploads made before the
+    # API checked it).
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME:
+        raise InputError(f"the file name '{name}' is longer than {MAX_FILENAME} bytes")
     return name
 
 

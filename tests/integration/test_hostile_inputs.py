@@ -109,3 +109,42 @@ def test_a_drop_manifest_nested_too_deeply_is_refused() -> None:
 
     with pytest.raises(DropError, match="nested more than"):
         _parse_manifest(DEEP.encode())
+
+
+LONG_NAME = "\u00e9" * 200 + ".csv"  # 200 characters, 404 bytes: more than a file name may be
+
+
+@pytest.mark.parametrize("name", [LONG_NAME, "\U0001f600" * 255])
+def test_an_upload_name_longer_than_a_file_system_allows_is_a_400(api, name) -> None:
+    status, answer, _ = api.post("uploads/", {"filename": name})
+    assert status == 400, answer
+    assert "filename" in answer and "255 bytes" in answer["detail"]
+    status, answer, _ = api.post("uploads/", {"filename": "\u00e9" * 125 + ".csv"})
+    assert status == 201, answer
+
+
+def test_an_image_upload_with_an_overlong_name_fails_the_job(ctx) -> None:
+    from gantry.job_states import JobStatus
+    from gantry.pipeline.inputs import validate_pending_inputs
+    from gantry.services.jobs import JobInput
+    from tests.integration.test_inputs_support import (
+        RecordingCompute,
+        make_algorithm,
+        make_socket,
+        new_job,
+        put_upload,
+    )
+
+    ctx.compute_backend = RecordingCompute()
+    make_socket(ctx, "CT Image", "IMG", "images/ct")
+    make_socket(ctx, "Result", "JSON", "results.json")
+    algorithm = make_algorithm(ctx, "Reader", ["ct-image"], ["result"])
+    # Made before the API refused such names; an image that is not .mha or .tif is downloaded.
+    upload = put_upload(ctx, "\u00e9" * 200 + ".nii", b"not read")
+    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
+
+    validate_pending_inputs(ctx, job.pk)
+
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.FAILURE
+    assert "longer than 255 bytes" in done.error_message
