@@ -7,6 +7,7 @@ asynchronously, with the job in "Validating inputs" until then.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -17,7 +18,7 @@ from gantry.access import Action
 from gantry.algorithms import Algorithm, AlgorithmImage, SocketSet
 from gantry.context import Context, JobCatalog
 from gantry.errors import NotFound, PermissionDenied, ValidationFailed
-from gantry.interfaces import Interface, InterfaceValueError, validate_value
+from gantry.interfaces import MAX_JSON_BYTES, Interface, InterfaceValueError, validate_value
 from gantry.job_states import JobStatus
 from gantry.jobs import Job, SocketValue
 from gantry.kinds import accepts_upload, spec
@@ -30,6 +31,8 @@ from gantry.users import User
 MAX_INPUTS = 64
 MAX_UPLOADS_PER_INPUT = 2048
 MAX_VIEWERS = 100
+# All inline values live in the job's record, one DynamoDB item of at most 400 KB.
+MAX_INLINE_BYTES = 256 * 1024
 # Each viewer added or removed is 3 writes of the job's one transaction (at most 100 items).
 MAX_VIEWER_CHANGES = 33
 
@@ -168,6 +171,15 @@ def create_job(
             input_images.append(draft["image"])
         drafts.append(draft)
 
+    inline = sum(
+        len(json.dumps(d["value"], separators=(",", ":")).encode()) for d in drafts if "value" in d
+    )
+    if inline > MAX_INLINE_BYTES:
+        raise ValidationFailed(
+            f"The inputs given inline are {inline} bytes as JSON, at most "
+            f"{MAX_INLINE_BYTES // 1024} KiB together; upload the larger ones as files",
+            field="inputs",
+        )
     pks = ctx.store.table.next_ids("socket_value", len(drafts))
     values = [SocketValue(pk=pk, **draft) for pk, draft in zip(pks, drafts, strict=True)]
     now = timeutil.now()
@@ -287,6 +299,16 @@ def check_input(
             validate_value(socket, given.value)
         except InterfaceValueError as error:
             raise ValidationFailed(str(error), field="inputs") from error
+        # Kept in the job's (or item's) record, a DynamoDB item of at most 400 KB: the limit
+        # a value given as a file must keep in the database too.
+        size = len(json.dumps(given.value, separators=(",", ":")).encode())
+        if size > MAX_JSON_BYTES:
+            raise ValidationFailed(
+                f"Input '{socket.slug}': the value is {size} bytes as JSON; a value given "
+                f"inline may be at most {MAX_JSON_BYTES // 1024} KiB (upload a larger one as "
+                "a file)",
+                field="inputs",
+            )
         return {"socket": socket.slug, "value": given.value}
     if kind.is_image and source == "image":
         try:

@@ -148,3 +148,47 @@ def test_an_image_upload_with_an_overlong_name_fails_the_job(ctx) -> None:
     done = ctx.store.jobs.get(job.pk)
     assert done.status is JobStatus.FAILURE
     assert "longer than 255 bytes" in done.error_message
+
+
+@pytest.fixture
+def blob_algorithm(api) -> dict:
+    """alice's algorithm of eight inline JSON inputs, with a ready image."""
+    slugs = [f"blob-{n}" for n in range(8)]
+    for slug in slugs:
+        body = {"title": slug, "kind": "Anything", "relative_path": f"{slug}.json"}
+        status, created, _ = api.post("components/interfaces/", body)
+        assert status == 201, created
+    body = {"title": "Result", "kind": "Float", "relative_path": "result.json"}
+    assert api.post("components/interfaces/", body)[0] == 201
+    interfaces = [
+        {"inputs": slugs, "outputs": ["result"]},
+        {"inputs": ["blob-0"], "outputs": ["result"]},
+    ]
+    status, algorithm, _ = api.post("algorithms/", {"title": "Blobs", "interfaces": interfaces})
+    assert status == 201, algorithm
+    image = {"image": "local", "command": ["run"], "algorithm": algorithm["pk"]}
+    assert api.post("algorithms/images/", image)[0] == 201
+    return algorithm
+
+
+def _value(slug: str, value: object) -> dict:
+    return {"interface": slug, "value": value}
+
+
+def test_an_inline_value_too_large_for_the_record_is_a_400(api, blob_algorithm) -> None:
+    job = {"algorithm": blob_algorithm["api_url"], "inputs": [_value("blob-0", "x" * 900_000)]}
+    status, answer, _ = api.post("algorithms/jobs/", job)
+    assert status == 400, answer
+    assert "blob-0" in answer["detail"] and "64 KiB" in answer["detail"]
+
+
+def test_inline_values_too_large_together_are_a_400(api, blob_algorithm) -> None:
+    inputs = [_value(f"blob-{n}", "x" * 60_000) for n in range(8)]  # 480 KB: over an item
+    job = {"algorithm": blob_algorithm["api_url"], "inputs": inputs}
+    status, answer, _ = api.post("algorithms/jobs/", job)
+    assert status == 400, answer
+    assert "inputs" in answer and "256 KiB" in answer["detail"]
+    # Within the limits the job is made.
+    inputs = [_value(f"blob-{n}", "x" * 30_000) for n in range(8)]
+    status, answer, _ = api.post("algorithms/jobs/", {**job, "inputs": inputs})
+    assert status == 201, answer
