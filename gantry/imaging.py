@@ -434,7 +434,14 @@ def prepare_image(src_paths: list[Path], work_dir: Path) -> Prepared:
     primary, series = primary_file([Path(p) for p in src_paths])
     suffix = suffix_of(primary)
     if suffix in STORED_SUFFIXES and not series:
-        return Prepared(path=primary, name=primary.name, info=read_image_info(primary))
+        info = read_image_info(primary)
+        if suffix == ".mha":
+            with primary.open("rb") as handle:
+                head = handle.read(_HEADER_BYTES)
+            problem = mha_data_problem(head, primary.stat().st_size, info)
+            if problem:
+                raise ImageError(problem)
+        return Prepared(path=primary, name=primary.name, info=info)
     stem = primary.name[: -len(suffix)] if suffix else primary.name
     name = f"{stem or 'image'}.mha"
     converted = convert_to_mha(src_paths, work_dir / name)
@@ -517,6 +524,41 @@ def mha_segment_values(handle: BinaryIO, info: ImageInfo, *, limit: int = 65) ->
         return voxels.mha_values(handle, dtype=dtype, count=info.voxel_count, limit=limit)
     except voxels.VoxelError as error:
         raise ImageError(f"could not read the image data ({error})") from None
+
+
+# zlib's deflate inflates at most about 1032 to 1: compressed data smaller than this fraction
+# of the voxels cannot hold them.
+_MAX_INFLATE = 1032
+
+
+def mha_data_problem(head: bytes, size: int, info: ImageInfo) -> str | None:
+    """Why a .mha file of ``size`` bytes starting with ``head`` cannot hold the voxels its
+    header declares (a few bytes claiming terabytes of voxels, a negative size wrapped round),
+    or None. Read from the header and the size alone, not the voxels."""
+    from gantry import voxels
+
+    try:
+        fields, data_at = voxels.mha_header(head)
+    except voxels.VoxelError as error:
+        return str(error)
+    per_value = _PIXEL_BYTES.get(info.pixel_type.removeprefix("vector of "))
+    if per_value is None:
+        return None
+    expected = info.voxel_count * per_value
+    stored = max(size - data_at, 0)
+    if fields.get("CompressedData", "False").strip().lower() in ("true", "1", "yes"):
+        if stored * _MAX_INFLATE < expected:
+            return (
+                f"its {stored} bytes of compressed data cannot hold the {expected} bytes of "
+                f"voxels its header declares ({info.shape})"
+            )
+        return None
+    if stored < expected:
+        return (
+            f"the file holds {stored} of the {expected} bytes of voxel data its header "
+            f"declares ({info.shape})"
+        )
+    return None
 
 
 def _segmentation_dtype(info: ImageInfo) -> str:

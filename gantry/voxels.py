@@ -94,7 +94,7 @@ def mha_values(handle: BinaryIO, *, dtype: Any, count: int, limit: int) -> list[
 
     handle.seek(0)
     head = handle.read(_HEADER_LIMIT)
-    fields, data_at = _mha_header(head)
+    fields, data_at = mha_header(head)
     if fields.get("HeaderSize", "0").strip() not in ("0", ""):
         raise VoxelError("a HeaderSize in a .mha file with its own data is not supported")
     msb = fields.get("BinaryDataByteOrderMSB", fields.get("ElementByteOrderMSB", "False"))
@@ -119,7 +119,7 @@ def mha_values(handle: BinaryIO, *, dtype: Any, count: int, limit: int) -> list[
     return distinct.values()
 
 
-def _mha_header(head: bytes) -> tuple[dict[str, str], int]:
+def mha_header(head: bytes) -> tuple[dict[str, str], int]:
     """The header's fields and the offset of the data after it."""
     fields: dict[str, str] = {}
     start = 0

@@ -328,6 +328,12 @@ def _import_in_place(
             try:
                 if header is not None:
                     info = imaging.read_image_info(header)
+                    size = int(
+                        ctx.clients.s3.head_object(Bucket=bucket, Key=upload.key)["ContentLength"]
+                    )
+                    problem = imaging.mha_data_problem(header.read_bytes(), size, info)
+                    if problem:
+                        raise imaging.ImageError(problem)
                     if segmentation:
                         assert handle is not None
                         _check_segments(socket, imaging.mha_segment_values(handle, info))

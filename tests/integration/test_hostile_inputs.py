@@ -192,3 +192,66 @@ def test_inline_values_too_large_together_are_a_400(api, blob_algorithm) -> None
     inputs = [_value(f"blob-{n}", "x" * 30_000) for n in range(8)]
     status, answer, _ = api.post("algorithms/jobs/", {**job, "inputs": inputs})
     assert status == 201, answer
+
+
+def _mha(dims: str, data: bytes, *, compressed: bool = False) -> bytes:
+    header = (
+        f"ObjectType = Image\nNDims = {len(dims.split())}\nDimSize = {dims}\n"
+        f"ElementType = MET_UCHAR\nCompressedData = {compressed}\nElementDataFile = LOCAL\n"
+    )
+    return header.encode() + data
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # A petabyte of voxels declared by a file of a few bytes: a memory bomb for whoever
+        # reads the image (the algorithm, a viewer).
+        (_mha("100000 100000 100000", b"\0" * 10), "holds 10 of the 1000000000000000 bytes"),
+        # A negative size wraps round to four billion.
+        (_mha("-4 4", b"\0" * 16), "holds 16 of the 17179869168 bytes"),
+        (_mha("4 4", b"\0" * 15), "holds 15 of the 16 bytes"),
+        (
+            _mha("100000 100000 100000", b"x\x9c\x03\x00\x00\x00\x00\x01", compressed=True),
+            "cannot hold",
+        ),
+    ],
+)
+def test_an_mha_without_the_voxels_its_header_declares_fails_the_job(ctx, body, message):
+    from gantry.job_states import JobStatus
+    from gantry.pipeline.inputs import validate_pending_inputs
+    from gantry.services.jobs import JobInput
+    from tests.integration.test_inputs_support import (
+        RecordingCompute,
+        make_algorithm,
+        make_socket,
+        new_job,
+        put_upload,
+    )
+
+    ctx.compute_backend = RecordingCompute()
+    make_socket(ctx, "CT Image", "IMG", "images/ct")
+    make_socket(ctx, "Result", "JSON", "results.json")
+    algorithm = make_algorithm(ctx, "Reader", ["ct-image"], ["result"])
+    upload = put_upload(ctx, "scan.mha", body)
+    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
+
+    validate_pending_inputs(ctx, job.pk)
+
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.FAILURE, done.inputs
+    assert done.error_message.startswith("Input 'ct-image': the file 'scan.mha' is not a readable")
+    assert message in done.error_message
+    assert ctx.compute.submitted == []
+
+
+def test_an_mha_read_from_disk_is_checked_alike(tmp_path) -> None:
+    """Upload sessions and archive items download the file and prepare it on disk."""
+    from gantry import imaging
+
+    path = tmp_path / "scan.mha"
+    path.write_bytes(_mha("100000 100000 100000", b"\0" * 10))
+    with pytest.raises(imaging.ImageError, match="holds 10 of the 1000000000000000 bytes"):
+        imaging.prepare_image([path], tmp_path / "out")
+    path.write_bytes(_mha("4 4", b"\0" * 16))
+    assert imaging.prepare_image([path], tmp_path / "out").info.shape == [4, 4]
