@@ -251,6 +251,7 @@ def _read_tiff(
 
     from gantry import voxels
 
+    size = _size_of(source)
     if not isinstance(source, Path):
         source.seek(0)  # tifffile takes the position as the file's start
     try:
@@ -264,6 +265,9 @@ def _read_tiff(
             spacing = _tiff_spacing(page)
             dtype = _dtype_label(series.dtype)
             info = _tiff_facts(axes, shape, samples, photometric, spacing, dtype)
+            problem = _tiff_data_problem(series, size)
+            if problem:
+                raise ImageError(problem)
             values = None
             if segment_limit is not None:
                 _segmentation_dtype(info)
@@ -275,6 +279,37 @@ def _read_tiff(
     except (tifffile.TiffFileError, ValueError, IndexError, OSError) as error:
         raise ImageError(f"could not read the TIFF header ({error})") from None
     return info, values
+
+
+def _size_of(source: Path | BinaryIO) -> int:
+    if isinstance(source, Path):
+        return source.stat().st_size
+    return int(source.seek(0, 2))
+
+
+def _tiff_data_problem(series: Any, size: int) -> str | None:
+    """Why the pages of a TIFF series cannot hold the image its tags declare (strips or tiles
+    missing or past the end of the file, uncompressed strips shorter than their pixels), or
+    None. From the tags alone: a few bytes declaring a gigapixel image are refused here, not
+    by whoever reads the pixels."""
+    for page in series.pages:
+        if page is None:
+            return "a page of the image is missing"
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if not offsets or len(offsets) != len(counts) or not any(counts):
+            return "a page of the image has no pixel data"
+        if any(o + c > size for o, c in zip(offsets, counts, strict=True)):
+            return "the pixel data of a page lies beyond the end of the file"
+        keyframe = page.keyframe
+        if keyframe.compression == 1:
+            bits = keyframe.bitspersample * keyframe.samplesperpixel
+            expected = -(-keyframe.imagewidth * bits // 8) * keyframe.imagelength
+            expected *= keyframe.imagedepth
+            if sum(counts) < expected:
+                return (
+                    f"a page holds {sum(counts)} of the {expected} bytes of pixels its tags declare"
+                )
+    return None
 
 
 def _tiff_facts(

@@ -255,3 +255,60 @@ def test_an_mha_read_from_disk_is_checked_alike(tmp_path) -> None:
         imaging.prepare_image([path], tmp_path / "out")
     path.write_bytes(_mha("4 4", b"\0" * 16))
     assert imaging.prepare_image([path], tmp_path / "out").info.shape == [4, 4]
+
+
+def _tiff(width: int, height: int, offsets: tuple[int, int], counts: tuple[int, int]) -> bytes:
+    """A little-endian TIFF of one 8-bit page, its tags as given (StripOffsets and
+    StripByteCounts as (count, value)), 300 bytes of pixels after them."""
+    import struct
+
+    tags = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, *offsets),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, *counts),
+    ]
+    ifd = struct.pack("<H", len(tags))
+    for tag in tags:
+        ifd += struct.pack("<HHII", *tag)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\0" * 300
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_tiff(100_000, 100_000, (1, 200), (1, 4_000_000_000)), "beyond the end of the file"),
+        (_tiff(100_000, 100_000, (0x1000_0000, 200), (0x1000_0000, 200)), "no pixel data"),
+        (_tiff(100, 100, (1, 200), (1, 100)), "holds 100 of the 10000 bytes"),
+    ],
+)
+def test_a_tiff_without_the_pixels_its_tags_declare_fails_the_job(ctx, body, message) -> None:
+    from gantry.job_states import JobStatus
+    from gantry.pipeline.inputs import validate_pending_inputs
+    from gantry.services.jobs import JobInput
+    from tests.integration.test_inputs_support import (
+        RecordingCompute,
+        make_algorithm,
+        make_socket,
+        new_job,
+        put_upload,
+    )
+
+    ctx.compute_backend = RecordingCompute()
+    make_socket(ctx, "CT Image", "IMG", "images/ct")
+    make_socket(ctx, "Result", "JSON", "results.json")
+    algorithm = make_algorithm(ctx, "Reader", ["ct-image"], ["result"])
+    upload = put_upload(ctx, "slide.tif", body)
+    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
+
+    validate_pending_inputs(ctx, job.pk)
+
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.FAILURE, done.inputs
+    assert done.error_message.startswith("Input 'ct-image': the file 'slide.tif' is not a readable")
+    assert message in done.error_message
