@@ -185,6 +185,13 @@ def _image_output(
                 if fetch_mha_header(ctx.clients.s3, bucket, source_key, local) is None:
                     ctx.clients.s3.download_file(bucket, source_key, str(local))
                 info = imaging.read_image_info(local)
+                if imaging.suffix_of(name) == ".mha":
+                    with local.open("rb") as header:
+                        head = header.read(64 * 1024)
+                    size = _object_size(ctx, source_key) or 0
+                    problem = imaging.mha_data_problem(head, size, info)
+                    if problem:
+                        raise imaging.ImageError(problem)
         except imaging.ImageError as error:
             raise OutputError(
                 f"The output image '{socket.relative_path}/{name}' could not be read: {error}"

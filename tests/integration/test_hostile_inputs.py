@@ -312,3 +312,31 @@ def test_a_tiff_without_the_pixels_its_tags_declare_fails_the_job(ctx, body, mes
     assert done.status is JobStatus.FAILURE, done.inputs
     assert done.error_message.startswith("Input 'ct-image': the file 'slide.tif' is not a readable")
     assert message in done.error_message
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "message"),
+    [
+        ("bomb.mha", _mha("100000 100000 100000", b"\0" * 10), "holds 10 of the"),
+        ("bomb.tif", _tiff(100_000, 100_000, (1, 200), (1, 4_000_000_000)), "beyond the end"),
+        ("fine.mha", _mha("4 4", b"\0" * 16), None),
+    ],
+)
+def test_an_output_image_without_its_voxels_is_refused(ctx, name, body, message) -> None:
+    """An algorithm's output image is checked as an input is: a hostile algorithm cannot
+    leave the creator an image of a petabyte."""
+    from gantry.jobs import Job
+    from gantry.pipeline.outputs import OutputError, ParsedOutputs, _image_output
+    from tests.integration.test_inputs_support import make_socket
+
+    socket = make_socket(ctx, "Mask Out", "IMG", "images/mask-out")
+    prefix = "io/job/1/output/"
+    key = f"{prefix}images/mask-out/{name}"
+    ctx.clients.s3.put_object(Bucket=ctx.settings.bucket_name, Key=key, Body=body)
+    # Only the fields _image_output reads.
+    job = Job.model_construct(pk="job", attempt=1, creator="alice")  # type: ignore[call-arg]
+    if message is None:
+        assert _image_output(ctx, job, socket, prefix, ParsedOutputs())["image"]
+        return
+    with pytest.raises(OutputError, match=message):
+        _image_output(ctx, job, socket, prefix, ParsedOutputs())
