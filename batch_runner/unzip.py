@@ -71,12 +71,12 @@ def safe_extract(src: Path, dest: Path, limits: Limits) -> list[Path]:
     with archive:
         for info, name in check_members(archive, limits):
             target = Path(safe_join(str(dest), name))
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             left = info.file_size
             try:
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
                 # O_EXCL|O_NOFOLLOW: a duplicate member never overwrites or follows anything.
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
                 with os.fdopen(fd, "wb") as out, archive.open(info) as member:
@@ -92,5 +92,12 @@ def safe_extract(src: Path, dest: Path, limits: Limits) -> list[Path]:
                 raise UnsafeZipError(f"Zip member {info.filename!r} is duplicated") from error
             except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as error:
                 raise UnsafeZipError("Input zip file could not be extracted") from error
+            except OSError as error:
+                # A member inside what another member made a file ('a', then 'a/b'), or a
+                # name longer than the file system allows: the archive's fault, not the
+                # runner's.
+                raise UnsafeZipError(
+                    f"Zip member {info.filename!r} could not be written ({error.strerror})"
+                ) from error
             written.append(target)
     return written

@@ -254,3 +254,22 @@ def test_a_bwrap_other_users_cannot_reach_runs_from_a_copy_they_can(open_dir):
     # Open to others, it is used where it is.
     closed.chmod(0o755)
     assert sandbox._reachable.__wrapped__(str(binary)) == str(binary)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["a", "a/b"],  # a member inside a file
+        ["a", "a/"],  # a folder where a file is
+        ["\u00e9" * 200],  # a name longer than the file system allows (400 bytes)
+    ],
+)
+def test_zip_members_that_cannot_be_written_are_refused_with_a_reason(tmp_path, names):
+    from batch_runner.unzip import safe_extract
+
+    archive = tmp_path / "in.zip"
+    with zipfile.ZipFile(archive, "w") as writer:
+        for name in names:
+            writer.writestr(name, b"" if name.endswith("/") else b"x")
+    with pytest.raises(UnsafeZipError, match=r"could not be written|is duplicated"):
+        safe_extract(archive, tmp_path / "out", Limits())
