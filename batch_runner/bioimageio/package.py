@@ -115,11 +115,35 @@ def _remote_files(node: Any, path: str = "", in_file_field: bool = False) -> Ite
         yield f"{path}: {node}"
 
 
+# An rdf.yaml holds some hundreds of entries; YAML aliases can make a few lines stand for
+# billions (each alias of a list of aliases multiplies), which every walk of it would visit.
+MAX_RDF_NODES = 200_000
+
+
+def _check_size(raw: Any, name: str) -> None:
+    """PackageError where ``raw``, aliases expanded, holds more than MAX_RDF_NODES entries."""
+    stack, seen = [raw], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_RDF_NODES:
+            raise PackageError(
+                f"{name}: more than {MAX_RDF_NODES} entries (with its YAML aliases expanded)"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def _read_raw(rdf: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(rdf.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise PackageError(f"{rdf.name}: not valid YAML ({error})") from None
+    except RecursionError:
+        raise PackageError(f"{rdf.name}: nested too deeply to read") from None
+    _check_size(raw, rdf.name)
     if not isinstance(raw, dict):
         raise PackageError(f"{rdf.name}: must be a mapping")
     if raw.get("type") != "model":

@@ -244,3 +244,26 @@ def test_the_api_import_path_loads_no_bioimageio_code() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
 
     assert done.stdout.strip() == "[]"
+
+
+def _alias_bomb() -> str:
+    """A dozen lines that YAML aliases make stand for 9**9 (387 million) strings."""
+    lines = ["type: model", 'a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    for level in range(1, 9):
+        lines.append(f"a{level}: &a{level} [" + ",".join([f"*a{level - 1}"] * 9) + "]")
+    lines.append("weights: {onnx: {source: *a8}}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_alias_bomb(), "more than 200000 entries"),
+        ("type: model\nx: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+    ],
+)
+def test_a_hostile_rdf_is_refused_at_once(tmp_path, text, message) -> None:
+
+    (tmp_path / "rdf.yaml").write_text(text)
+    with pytest.raises(PackageError, match=message):
+        load_plan(tmp_path)
