@@ -121,8 +121,12 @@ class DurableStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        # Every user's objects and records: only the stack's own OS user enters (the runner
+        # is that user too; an algorithm reads its own copies).
+        os.chmod(directory, 0o700)
         self.objects = directory / OBJECTS_DIR
-        self.objects.mkdir(parents=True, exist_ok=True)
+        self.objects.mkdir(exist_ok=True)
         self.incoming = (directory / INCOMING_DIR).absolute()
         self.incoming.mkdir(mode=0o700, exist_ok=True)
         self._lock = threading.Lock()

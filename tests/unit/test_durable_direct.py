@@ -58,3 +58,18 @@ def test_a_file_system_without_o_direct_gets_a_buffered_write(
     monkeypatch.undo()
     assert (size, path.read_bytes()) == (sum(map(len, chunks)), b"".join(chunks))
     store.close()
+
+
+def test_the_store_is_its_own_users_alone(tmp_path: Path) -> None:
+    """Objects and records of every API user lie here: no other OS user may enter, also in a
+    state directory an older version made with the umask's modes."""
+    fresh = DurableStore(tmp_path / "fresh")
+    old = tmp_path / "old"
+    old.mkdir(mode=0o755)
+    older = DurableStore(old)
+    try:
+        for store in (fresh, older):
+            assert store.directory.stat().st_mode & 0o777 == 0o700
+    finally:
+        fresh.close()
+        older.close()
