@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 DEEP = "[" * 100_000 + "]" * 100_000  # RecursionError in Python's parser
@@ -202,6 +204,35 @@ def _mha(dims: str, data: bytes, *, compressed: bool = False) -> bytes:
     return header.encode() + data
 
 
+def _image_input_fails(ctx: Any, name: str, body: bytes) -> Any:
+    """The job of an upload ``name`` holding ``body`` as its image input, after validation,
+    failed with the message of an unreadable file."""
+    from gantry.job_states import JobStatus
+    from gantry.pipeline.inputs import validate_pending_inputs
+    from gantry.services.jobs import JobInput
+    from tests.integration.test_inputs_support import (
+        RecordingCompute,
+        make_algorithm,
+        make_socket,
+        new_job,
+        put_upload,
+    )
+
+    ctx.compute_backend = RecordingCompute()
+    make_socket(ctx, "CT Image", "IMG", "images/ct")
+    make_socket(ctx, "Result", "JSON", "results.json")
+    algorithm = make_algorithm(ctx, "Reader", ["ct-image"], ["result"])
+    upload = put_upload(ctx, name, body)
+    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
+
+    validate_pending_inputs(ctx, job.pk)
+
+    done = ctx.store.jobs.get(job.pk)
+    assert done.status is JobStatus.FAILURE, done.inputs
+    assert done.error_message.startswith(f"Input 'ct-image': the file '{name}' is not a readable")
+    return done
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -218,29 +249,7 @@ def _mha(dims: str, data: bytes, *, compressed: bool = False) -> bytes:
     ],
 )
 def test_an_mha_without_the_voxels_its_header_declares_fails_the_job(ctx, body, message):
-    from gantry.job_states import JobStatus
-    from gantry.pipeline.inputs import validate_pending_inputs
-    from gantry.services.jobs import JobInput
-    from tests.integration.test_inputs_support import (
-        RecordingCompute,
-        make_algorithm,
-        make_socket,
-        new_job,
-        put_upload,
-    )
-
-    ctx.compute_backend = RecordingCompute()
-    make_socket(ctx, "CT Image", "IMG", "images/ct")
-    make_socket(ctx, "Result", "JSON", "results.json")
-    algorithm = make_algorithm(ctx, "Reader", ["ct-image"], ["result"])
-    upload = put_upload(ctx, "scan.mha", body)
-    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
-
-    validate_pending_inputs(ctx, job.pk)
-
-    done = ctx.store.jobs.get(job.pk)
-    assert done.status is JobStatus.FAILURE, done.inputs
-    assert done.error_message.startswith("Input 'ct-image': the file 'scan.mha' is not a readable")
+    done = _image_input_fails(ctx, "scan.mha", body)
     assert message in done.error_message
     assert ctx.compute.submitted == []
 
@@ -288,29 +297,7 @@ def _tiff(width: int, height: int, offsets: tuple[int, int], counts: tuple[int, 
     ],
 )
 def test_a_tiff_without_the_pixels_its_tags_declare_fails_the_job(ctx, body, message) -> None:
-    from gantry.job_states import JobStatus
-    from gantry.pipeline.inputs import validate_pending_inputs
-    from gantry.services.jobs import JobInput
-    from tests.integration.test_inputs_support import (
-        RecordingCompute,
-        make_algorithm,
-        make_socket,
-        new_job,
-        put_upload,
-    )
-
-    ctx.compute_backend = RecordingCompute()
-    make_socket(ctx, "CT Image", "IMG", "images/ct")
-    make_socket(ctx, "Result", "JSON", "results.json")
-    algorithm = make_algorithm(ctx, "Reader", ["ct-image"], ["result"])
-    upload = put_upload(ctx, "slide.tif", body)
-    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
-
-    validate_pending_inputs(ctx, job.pk)
-
-    done = ctx.store.jobs.get(job.pk)
-    assert done.status is JobStatus.FAILURE, done.inputs
-    assert done.error_message.startswith("Input 'ct-image': the file 'slide.tif' is not a readable")
+    done = _image_input_fails(ctx, "slide.tif", body)
     assert message in done.error_message
 
 
