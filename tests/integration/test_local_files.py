@@ -165,6 +165,20 @@ def test_an_uploaded_input_is_copied_from_its_part_files(
 
 
 @pytest.mark.usefixtures("runner_on_one_machine")
+def test_a_copy_onto_a_longer_file_leaves_exactly_the_object(
+    durable: tuple[Any, str], tmp_path: Path
+) -> None:
+    client, bucket = durable
+    body = _body()
+    client.put_object(Bucket=bucket, Key="in/ct", Body=body)
+    target = tmp_path / "ct"
+    target.write_bytes(b"older and longer" * (len(body) // 8))
+
+    assert local_files.copy_local(client, bucket, "in/ct", str(target))
+    assert target.read_bytes() == body
+
+
+@pytest.mark.usefixtures("runner_on_one_machine")
 def test_an_endpoint_without_files_gets_the_download(
     in_memory: tuple[Any, str], tmp_path: Path
 ) -> None:
