@@ -112,7 +112,8 @@ class _Request(cheroot_server.HTTPRequest):
 
 class _StreamReader(cheroot_makefile.StreamReader):
     """cheroot's socket reader, but a read larger than its buffer (a request body read a
-    MiB at a time) is filled straight from the socket into one buffer.
+    MiB at a time) is filled straight from the socket into one buffer, and ``readinto``
+    fills the caller's own buffer (an upload part's, see ``body_reader``).
 
     cheroot's reader is the pure-Python ``_pyio.BufferedReader``: for such a read it gets the
     socket's bytes one TLS record (16 KiB) at a time, each into a new object, in a Python
@@ -128,21 +129,53 @@ class _StreamReader(cheroot_makefile.StreamReader):
         if size is None or size <= self.buffer_size:  # a negative size: to the end
             data: bytes = super().read(size)
             return data
-        with self._read_lock:
-            held = self._read_buf[self._read_pos :]
-            self._read_buf, self._read_pos = b"", 0
-            out = bytearray(size)
-            with memoryview(out) as view:
-                got = len(held)
-                view[:got] = held
-                while got < size:
-                    count = self.raw.readinto(view[got:])
-                    if not count:  # the end of the stream
-                        break
-                    got += count
-        del out[got:]
-        self.bytes_read += got
+        out = bytearray(size)
+        del out[self.readinto(out) :]
         return bytes(out)
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer``: first with what is buffered, then from the socket; the count is
+        less than its size only at the end of the stream."""
+        with memoryview(buffer) as whole, whole.cast("B") as view, self._read_lock:
+            held = self._read_buf[self._read_pos : self._read_pos + len(view)]
+            got = len(held)
+            view[:got] = held
+            self._read_pos += got
+            while got < len(view):
+                count = self.raw.readinto(view[got:])
+                if not count:  # the end of the stream
+                    break
+                got += count
+        self.bytes_read += got
+        return got
+
+
+def body_reader(environ: dict[str, Any], length: int) -> Callable[[memoryview], int]:
+    """A ``readinto`` for the request's body, ``length`` bytes at most (0 at its end): on this
+    server straight from the socket into the caller's buffer, elsewhere through
+    ``wsgi.input.read``."""
+    stream = environ["wsgi.input"]
+    rfile = getattr(stream, "rfile", None)
+    left = length
+    if isinstance(stream, cheroot_server.KnownLengthRFile) and isinstance(rfile, _StreamReader):
+
+        def read_socket(view: memoryview) -> int:
+            nonlocal left
+            count = rfile.readinto(view[: min(left, stream.remaining)])
+            stream.remaining -= count  # as its own read() counts: what is left to drain
+            left -= count
+            return count
+
+        return read_socket
+
+    def read_stream(view: memoryview) -> int:
+        nonlocal left
+        data = stream.read(min(left, len(view))) if left else b""
+        view[: len(data)] = data
+        left -= len(data)
+        return len(data)
+
+    return read_stream
 
 
 def _make_file(sock: Any, mode: str = "r", bufsize: int = io.DEFAULT_BUFFER_SIZE) -> Any:
