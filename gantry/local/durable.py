@@ -18,8 +18,9 @@ Where it goes:
 - ``objects/``: each object's bytes in its own file, or for a completed multipart upload in
   its segment files (the row's ``segments``, a JSON list of ``[file, size]``; a row without
   it, as every row of older state directories, names one file in ``file``). Each file is
-  written to a temporary name, fsync'd and renamed before the row that names it is committed;
-  a file no row names (a crash between the two) is removed on start. Object files are never
+  whole and fsync'd, under its final name, before the row that names it is committed (an
+  upload part's is written under that name, others under a temporary one and renamed); a
+  file no row names (a crash between the two) is removed on start. Object files are never
   changed in place, so moto serves reads from them directly (its own spooled copy is dropped
   once the file is stored), and a copy of an object is a hard link of each of its files.
 - ``incoming/``: where the local runner copies or moves an output before a PutObject names
@@ -32,11 +33,8 @@ Queue messages are not stored: the work they carry is re-derived from this state
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
-import mmap
 import os
 import secrets
 import sqlite3
@@ -46,6 +44,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gantry.local.direct import Hasher, Reader, write_direct
 
 logger = logging.getLogger(__name__)
 DATABASE = "state.db"
@@ -187,24 +187,34 @@ class DurableStore:
     def new_object_path(self) -> Path:
         return self.objects / secrets.token_hex(16)
 
-    def write_file(self, chunks: Iterable[bytes], *, direct: bool = False) -> tuple[Path, int]:
-        """Store bytes in a new, fsync'd object file; (path, size).
-
-        ``direct`` (large bodies: upload parts) writes around the page cache where the file
-        system allows it (see ``write_direct``)."""
+    def write_file(self, chunks: Iterable[bytes]) -> tuple[Path, int]:
+        """Store bytes in a new, fsync'd object file; (path, size)."""
         path = self.new_object_path()
         tmp = path.with_name(f".{path.name}.tmp")
-        if direct:
-            size = write_direct(tmp, chunks)
-        else:
-            size = 0
-            with open(tmp, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                    size += len(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
+        size = 0
+        with open(tmp, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                size += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_dir(self.objects)
+        return path, size
+
+    def write_direct(self, read: Reader, digest: Hasher | None = None) -> tuple[Path, int]:
+        """Store a large body (an upload part) in a new, fsync'd object file, written around
+        the page cache where the file system allows it (``gantry.local.direct``); (path,
+        size). ``read`` fills a buffer (``readinto``); ``digest`` gets every byte in order."""
+        # Written under its own name, no temporary one: no row names it before it is whole
+        # and fsync'd, and start-up removes files no row names. The rename a temporary name
+        # needs would cost a second journal commit (the directory's fsync) on every part.
+        path = self.new_object_path()
+        try:
+            size = write_direct(path, read, digest)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a body cut short: nothing of it is kept
+            raise
         _fsync_dir(self.objects)
         return path, size
 
@@ -434,97 +444,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# O_DIRECT writes go from this buffer (page-aligned: an anonymous mmap) straight to the
-# device, ALIGN bytes at a time at least.
-DIRECT_BUFFER = 4 * 1024 * 1024
-ALIGN = 4096
-# Smaller than any block device's usual read-ahead window (128 KiB is the least common).
-READ_BACK_WINDOW = 128 * 1024
-
-
-def write_direct(path: Path, chunks: Iterable[bytes]) -> int:
-    """Write ``chunks`` to a new file at ``path`` with O_DIRECT and fsync it; its size.
-
-    A buffered write copies every byte into the page cache, and the fsync that durability
-    needs then writes it out: for an upload that copy was the largest single cost of the
-    request (measured: 40% of the endpoint's CPU). O_DIRECT sends the bytes from an aligned
-    buffer to the device instead; the fsync still makes the file's size and blocks durable.
-    The tail that is not a whole block, and every write on a file system that refuses
-    O_DIRECT (EINVAL: tmpfs on older kernels, other alignments), are written buffered."""
-    # The mode of open(path, "wb"), as the other object files.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    direct = getattr(os, "O_DIRECT", 0)
-    try:
-        fd = os.open(path, flags | direct, 0o666) if direct else os.open(path, flags, 0o666)
-    except OSError as error:
-        if error.errno != errno.EINVAL:
-            raise
-        direct = 0
-        fd = os.open(path, flags, 0o666)
-    try:
-        with mmap.mmap(-1, DIRECT_BUFFER) as buffer:
-            view = memoryview(buffer)
-            try:
-                size = _write_through(fd, chunks, view, direct=bool(direct))
-            finally:
-                view.release()
-        os.fsync(fd)
-        if direct and hasattr(os, "posix_fadvise"):
-            _read_back(fd, size)
-    finally:
-        os.close(fd)
-    return size
-
-
-def _read_back(fd: int, size: int) -> None:
-    """Bring the bytes back into the page cache by the device's DMA, not by the CPU, for the
-    readers that come next (validation, the job's copy of its inputs): read from the disk
-    instead, the job's copy took 2-3x longer. The kernel reads at most the device's
-    read-ahead window (often 8 MiB) per WILLNEED, so the file is asked for a window at a time."""
-    for offset in range(0, size, READ_BACK_WINDOW):
-        os.posix_fadvise(fd, offset, min(READ_BACK_WINDOW, size - offset), os.POSIX_FADV_WILLNEED)
-
-
-def _write_through(fd: int, chunks: Iterable[bytes], view: memoryview, *, direct: bool) -> int:
-    size = filled = 0
-    for chunk in chunks:
-        data = memoryview(chunk).cast("B")
-        while data:
-            count = min(len(data), len(view) - filled)
-            view[filled : filled + count] = data[:count]
-            filled += count
-            size += count
-            data = data[count:]
-            if filled == len(view):
-                direct = _write_all(fd, view, direct=direct)
-                filled = 0
-    whole = filled - filled % ALIGN
-    if whole:
-        direct = _write_all(fd, view[:whole], direct=direct)
-    if filled > whole:
-        if direct:
-            _buffered(fd)
-        _write_all(fd, view[whole:filled], direct=False)
-    return size
-
-
-def _write_all(fd: int, data: memoryview, *, direct: bool) -> bool:
-    """Write all of ``data``; whether the file is still in O_DIRECT mode."""
-    while data:
-        try:
-            written = os.write(fd, data)
-        except OSError as error:
-            if not (direct and error.errno == errno.EINVAL):
-                raise
-            # The file system wants another alignment than ALIGN: write it buffered.
-            _buffered(fd)
-            direct = False
-            continue
-        data = data[written:]
-    return direct
-
-
-def _buffered(fd: int) -> None:
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)

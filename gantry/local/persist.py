@@ -51,6 +51,7 @@ from gantry.local.durable import (
     StoredPart,
     item_key,
 )
+from gantry.local.httpserver import body_reader
 
 logger = logging.getLogger(__name__)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -948,18 +949,7 @@ def _part_to_file(
     if multipart is None or not 1 <= number <= 10_000:
         return None
     md5 = hashlib.md5()
-
-    def body() -> Iterator[bytes]:
-        stream, left = environ["wsgi.input"], length
-        while left > 0:
-            chunk = stream.read(min(READ_CHUNK, left))
-            if not chunk:
-                return
-            md5.update(chunk)
-            left -= len(chunk)
-            yield chunk
-
-    path, size = store.write_file(body(), direct=True)
+    path, size = store.write_direct(body_reader(environ, length), md5)
     if size != length:
         path.unlink(missing_ok=True)
         error = b"<Error><Code>IncompleteBody</Code><Message>body cut short</Message></Error>"

@@ -1,27 +1,39 @@
-"""Upload parts are written around the page cache (O_DIRECT) where the file system allows it:
-whatever the sizes of the chunks and of the whole, the stored file holds exactly the bytes."""
+"""Upload parts are written around the page cache (O_DIRECT) where the file system allows it,
+hashed and written by a thread of their own while the next bytes arrive: whatever the sizes of
+the reads and of the whole, the stored file holds exactly the bytes, the digest is theirs,
+and a body cut short or a failed write leaves nothing."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import errno
+import hashlib
+import io
 import mmap
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gantry.local import durable
-from gantry.local.durable import ALIGN, DIRECT_BUFFER, DurableStore
+from gantry.local import direct
+from gantry.local.direct import ALIGN, DIRECT_BUFFER
+from gantry.local.durable import DurableStore
+from gantry.local.httpserver import body_reader
 
 
-def _chunks(total: int, step: int) -> list[bytes]:
-    data = os.urandom(total)
-    return [data[i : i + step] for i in range(0, total, step)]
+def _reader(data: bytes, step: int) -> Callable[[memoryview], int]:
+    """A readinto that gives at most ``step`` bytes a call, as a socket does."""
+    source = io.BytesIO(data)
+
+    def read(view: memoryview) -> int:
+        return source.readinto(view[:step])
+
+    return read
 
 
 @pytest.mark.parametrize(
@@ -37,12 +49,14 @@ def _chunks(total: int, step: int) -> list[bytes]:
 )
 def test_a_direct_write_stores_exactly_the_bytes(tmp_path: Path, total: int, step: int) -> None:
     store = DurableStore(tmp_path)
-    chunks = _chunks(total, step)
-    path, size = store.write_file(iter(chunks), direct=True)
+    data = os.urandom(total)
+    digest = hashlib.md5()
+    path, size = store.write_direct(_reader(data, step), digest)
     assert size == total
-    assert path.read_bytes() == b"".join(chunks)
+    assert path.read_bytes() == data
+    assert digest.hexdigest() == hashlib.md5(data).hexdigest()
     assert path.parent == store.objects
-    assert [p.name for p in store.objects.iterdir()] == [path.name]  # no temporary left
+    assert [p.name for p in store.objects.iterdir()] == [path.name]  # nothing else left
     store.close()
 
 
@@ -57,27 +71,63 @@ def test_a_file_system_without_o_direct_gets_a_buffered_write(
         return opened(path, flags, mode)
 
     store = DurableStore(tmp_path)
-    monkeypatch.setattr(durable.os, "open", refuse_direct)
-    chunks = _chunks(DIRECT_BUFFER + ALIGN + 5, 65536)
-    path, size = store.write_file(iter(chunks), direct=True)
+    monkeypatch.setattr(direct.os, "open", refuse_direct)
+    data = os.urandom(DIRECT_BUFFER + ALIGN + 5)
+    path, size = store.write_direct(_reader(data, 65536))
     monkeypatch.undo()
-    assert (size, path.read_bytes()) == (sum(map(len, chunks)), b"".join(chunks))
+    assert (size, path.read_bytes()) == (len(data), data)
     store.close()
 
 
-def test_the_store_is_its_own_users_alone(tmp_path: Path) -> None:
-    """Objects and records of every API user lie here: no other OS user may enter, also in a
-    state directory an older version made with the umask's modes."""
-    fresh = DurableStore(tmp_path / "fresh")
-    old = tmp_path / "old"
-    old.mkdir(mode=0o755)
-    older = DurableStore(old)
-    try:
-        for store in (fresh, older):
-            assert store.directory.stat().st_mode & 0o777 == 0o700
-    finally:
-        fresh.close()
-        older.close()
+def test_a_body_cut_short_leaves_no_file(tmp_path: Path) -> None:
+    store = DurableStore(tmp_path)
+    source = io.BytesIO(os.urandom(3 * DIRECT_BUFFER))
+
+    def read(view: memoryview) -> int:
+        if source.tell() >= 2 * DIRECT_BUFFER + 5:
+            raise TimeoutError("the client went away")
+        return source.readinto(view[:65536])
+
+    with pytest.raises(TimeoutError):
+        store.write_direct(read, hashlib.md5())
+    assert list(store.objects.iterdir()) == []
+    store.close()
+
+
+def test_a_failed_write_is_the_callers_error_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DurableStore(tmp_path)
+    written = os.write
+    calls = []
+
+    def disk_full(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return written(fd, data)
+
+    monkeypatch.setattr(direct.os, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_direct(_reader(os.urandom(5 * DIRECT_BUFFER), 1024 * 1024))
+    monkeypatch.undo()
+    assert list(store.objects.iterdir()) == []
+    # The next write gets buffers as before.
+    data = os.urandom(DIRECT_BUFFER + 1)
+    path, _size = store.write_direct(_reader(data, 1024 * 1024))
+    assert path.read_bytes() == data
+    store.close()
+
+
+def test_a_body_is_read_no_further_than_its_length_from_any_wsgi_stream() -> None:
+    data = os.urandom(100_000)
+    read = body_reader({"wsgi.input": io.BytesIO(data + b"the next request")}, len(data))
+    buffer = bytearray(len(data) + 100)
+    got = 0
+    with memoryview(buffer) as view:
+        while count := read(view[got : got + 4096]):
+            got += count
+    assert bytes(buffer[:got]) == data
 
 
 def _resident(path: Path) -> int:
@@ -103,8 +153,7 @@ def test_a_direct_write_is_read_back_into_the_page_cache_whole(tmp_path: Path) -
     # The job's copy of an uploaded input reads it next: from the disk it took 2-3x longer.
     # The kernel reads back at most its read-ahead window per request (8 MiB here).
     store = DurableStore(tmp_path)
-    chunks = _chunks(24 * 1024 * 1024 + 13, 1024 * 1024)
-    path, size = store.write_file(iter(chunks), direct=True)
+    path, size = store.write_direct(_reader(os.urandom(24 * 1024 * 1024 + 13), 1024 * 1024))
     deadline = time.monotonic() + 30  # the read-back is asynchronous
     while _resident(path) < size and time.monotonic() < deadline:
         time.sleep(0.05)
