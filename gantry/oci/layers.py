@@ -182,7 +182,27 @@ def unpack_layer(stream: IO[bytes], layer: Layer, target: Path) -> None:
     if blob.digest != layer.digest:
         raise ImageError(f"{where} does not match its digest (read {blob.digest}): damaged")
     for path, info in sorted(directories, key=lambda item: -len(item[0].parts)):
+        if not _parents_are_folders(target, path):
+            continue  # a later member removed it or replaced a parent with a link
         _finish(path, info.mode & MODE_MASK & ~0o6000, info.mtime, info.uid, info.gid)
+
+
+def _parents_are_folders(root: Path, path: Path) -> bool:
+    """Whether every folder from ``root`` down to ``path``'s parent is a real folder.
+
+    A folder's mode, owner and times are applied once all members are in place; by then a
+    later member (or layer) may have replaced one of its parents with a symbolic link, and
+    the path would lead out of the root.
+    """
+    current = root
+    for part in path.relative_to(root).parts[:-1]:
+        current = current / part
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except FileNotFoundError:
+            return False
+    return True
 
 
 def _parts(name: str, where: str) -> list[str]:
@@ -320,6 +340,8 @@ def apply_layers(layer_dirs: Iterable[Path], rootfs: Path) -> None:
     for layer_dir in layer_dirs:
         _apply_dir(layer_dir, rootfs, directories)
     for path, info in sorted(directories.items(), key=lambda item: -len(item[0].parts)):
+        if not _parents_are_folders(rootfs, path):
+            continue  # an upper layer deleted a parent or replaced it with a link
         try:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 continue  # an upper layer replaced it

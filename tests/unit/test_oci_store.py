@@ -262,3 +262,20 @@ def test_leftovers_of_an_interrupted_unpack_are_removed_when_old(tmp_path):
     assert store.remove_leftovers() == [old]
 
     assert not old.exists() and fresh.exists()
+
+
+@pytest.mark.parametrize("same_layer", [True, False], ids=["same-layer", "upper-layer"])
+def test_a_folder_replaced_by_a_link_is_not_chmodded_through_it(tmp_path, same_layer):
+    # Folder modes are set once every member is in place; a folder whose parent was replaced
+    # by a link meanwhile must not have its mode, owner or times applied to the link's target.
+    outside = tmp_path / "outside"
+    (outside / "victim").mkdir(parents=True)
+    (outside / "victim").chmod(0o700)
+    lower = [directory("a"), directory("a/victim", mode=0o777)]
+    link = [symlink("a", str(outside))]
+    layers = [[*BASE, *lower, *link]] if same_layer else [[*BASE, *lower], link]
+
+    prepared = ImageStore(tmp_path / "store").prepare(_image(tmp_path, layers))
+
+    assert stat.S_IMODE((outside / "victim").stat().st_mode) == 0o700
+    assert os.readlink(prepared.rootfs / "a") == str(outside)
