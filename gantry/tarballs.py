@@ -8,7 +8,7 @@ because the bytes it downloads are checked again there. A member is refused for:
 - an absolute name, ``..``, a backslash or NUL in its name;
 - being a device, fifo or other special member;
 - a symbolic link that is absolute or points outside the model, a hard link to anything but
-  an earlier file of the tarball, or lying below a link;
+  an earlier file of the tarball, or lying below or replacing a link;
 - making the tarball hold more than ``max_members`` members or more than ``max_bytes``
   (declared sizes: a tar stream's headers decide how many bytes each member has).
 
@@ -70,6 +70,9 @@ class ModelTarballRule:
         parts = name.split("/")
         if any("/".join(parts[:i]) in self.links for i in range(1, len(parts))):
             raise ModelTarballError(f"Model member {member.name!r} is below a link")
+        if name in self.links:
+            # Extracting a folder there would find the link's target and chmod it.
+            raise ModelTarballError(f"Model member {member.name!r} replaces a link")
         if member.isdir():
             return name
         if member.issym():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import stat
 import tarfile
 from pathlib import Path
 from typing import Literal
@@ -162,3 +163,23 @@ def test_model_size_and_member_limits(tmp_path):
     )
     extract_model(linked, tmp_path / "d")
     assert (tmp_path / "d" / "w" / "b.bin").read_bytes() == b"abc"
+
+
+def test_a_folder_member_over_a_link_changes_nothing_outside_the_model(tmp_path):
+    # 'a/up' leads back to the model's folder, so 'esc' leads to a sibling of it, though
+    # 'a/up/../victim' looks inside; a folder member named 'esc' must not chmod that sibling.
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    members = [
+        special("a", tarfile.DIRTYPE),
+        special("a/up", tarfile.SYMTYPE, ".."),
+        special("esc", tarfile.SYMTYPE, "a/up/../victim"),
+        special("esc", tarfile.DIRTYPE),
+    ]
+    archive = tmp_path / "model.tar"
+    archive.write_bytes(tarball(members, mode="w"))
+    target = tmp_path / "model"
+    target.mkdir()
+    with pytest.raises(ModelError, match="'esc' replaces a link"):
+        extract_model(archive, target)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o700
