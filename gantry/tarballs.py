@@ -7,7 +7,8 @@ because the bytes it downloads are checked again there. A member is refused for:
 
 - an absolute name, ``..``, a backslash or NUL in its name;
 - being a device, fifo or other special member;
-- a symbolic link that is absolute or points outside the model, a hard link to anything but
+- a symbolic link that is absolute or points outside the model (or has '..' after a named
+  part, which climbs from wherever that part, if a link, leads), a hard link to anything but
   an earlier file of the tarball, or lying below or replacing a link;
 - making the tarball hold more than ``max_members`` members or more than ``max_bytes``
   (declared sizes: a tar stream's headers decide how many bytes each member has).
@@ -77,7 +78,12 @@ class ModelTarballRule:
             return name
         if member.issym():
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
-            if member.linkname.startswith("/") or resolved.split("/")[0] == "..":
+            # normpath is exact only for leading '..': after a named part that is itself a
+            # link, '..' climbs from wherever that link leads.
+            target = [p for p in member.linkname.split("/") if p not in ("", ".")]
+            first_named = next((i for i, p in enumerate(target) if p != ".."), len(target))
+            climbs_late = ".." in target[first_named:]
+            if member.linkname.startswith("/") or resolved.split("/")[0] == ".." or climbs_late:
                 raise ModelTarballError(
                     f"Model member {member.name!r} links outside the model directory"
                 )
