@@ -115,6 +115,23 @@ def _remote_files(node: Any, path: str = "", in_file_field: bool = False) -> Ite
         yield f"{path}: {node}"
 
 
+def _outside_files(node: Any, path: str = "", in_file_field: bool = False) -> Iterator[str]:
+    """File fields naming an absolute path or climbing out with '..': the validation would
+    read (and report the sha256 of) a file of the machine that validates, not the package's."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _outside_files(
+                value, f"{path}.{key}" if path else str(key), in_file_field or key in _FILE_FIELDS
+            )
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _outside_files(value, f"{path}.{index}", in_file_field)
+    elif isinstance(node, str) and in_file_field and not _URL.match(node):
+        relative = PurePosixPath(node.replace("\\", "/"))
+        if relative.is_absolute() or ".." in relative.parts or node.startswith("~"):
+            yield f"{path}: {node}"
+
+
 # An rdf.yaml holds some hundreds of entries; YAML aliases can make a few lines stand for
 # billions (each alias of a list of aliases multiplies), which every walk of it would visit.
 MAX_RDF_NODES = 200_000
@@ -153,6 +170,12 @@ def _read_raw(rdf: Path) -> dict[str, Any]:
         raise PackageError(
             "the package refers to remote files, which need the network Gantry does not use; "
             "put them in the package: " + "; ".join(remote)
+        )
+    outside = list(_outside_files(raw))
+    if outside:
+        raise PackageError(
+            "the package refers to files outside itself; name them relative to its rdf.yaml, "
+            "inside the package: " + "; ".join(outside)
         )
     return raw
 

@@ -104,6 +104,24 @@ def test_bad_packages_are_refused_with_a_reason(tmp_path: Path, edit: Any, messa
         validate_package(package.zip_path)
 
 
+@pytest.mark.parametrize("where", ["absolute", "climbing"])
+def test_files_outside_the_package_are_refused_unread(tmp_path: Path, where: str) -> None:
+    # A file of the validating machine: validation would read it and report its sha256.
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hunter2\n")
+    source = str(secret) if where == "absolute" else "../../../../../../../" + str(secret)
+
+    def outside(rdf: dict[str, Any]) -> None:
+        rdf["weights"]["onnx"]["source"] = source
+        rdf["weights"]["onnx"]["sha256"] = "0" * 64
+
+    package = build_package(tmp_path / "model", edit=outside)
+
+    with pytest.raises(PackageError, match=r"outside itself.*weights\.onnx\.source") as error:
+        validate_package(package.zip_path)
+    assert _sha(secret) not in str(error.value)
+
+
 def test_a_time_axis_is_named_in_the_error(tmp_path: Path) -> None:
     package = build_package(tmp_path / "model", edit=_time_axis)
 
