@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import hashlib
 import lzma
@@ -48,6 +49,9 @@ MODE_MASK = 0o1777
 COPY_CHUNK = 1024 * 1024
 
 _AS_ROOT = os.geteuid() == 0
+# What the member, not the disk, is to blame for: a name longer than the file system takes,
+# more hard links to one file than it keeps.
+_MEMBER_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EMLINK})
 
 
 class _Hashed:
@@ -161,7 +165,15 @@ def unpack_layer(stream: IO[bytes], layer: Layer, target: Path) -> None:
         try:
             with tarfile.open(fileobj=tar_stream, mode="r|") as archive:  # type: ignore[call-overload]
                 for member in archive:
-                    _extract(archive, member, target, where, directories)
+                    try:
+                        _extract(archive, member, target, where, directories)
+                    except OSError as error:
+                        if error.errno not in _MEMBER_ERRNOS:
+                            raise
+                        raise ImageError(
+                            f"{where}: the member '{_shortened(member.name)}' cannot be "
+                            f"unpacked: {error.strerror}"
+                        ) from None
             tar_stream.drain()
         finally:
             status = decompressed.close() if isinstance(decompressed, _Zstd) else 0
@@ -203,6 +215,10 @@ def _parents_are_folders(root: Path, path: Path) -> bool:
         except FileNotFoundError:
             return False
     return True
+
+
+def _shortened(name: str, limit: int = 200) -> str:
+    return name if len(name) <= limit else f"{name[: limit // 2]}…{name[-limit // 2 :]}"
 
 
 def _parts(name: str, where: str) -> list[str]:

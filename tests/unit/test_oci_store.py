@@ -279,3 +279,18 @@ def test_a_folder_replaced_by_a_link_is_not_chmodded_through_it(tmp_path, same_l
 
     assert stat.S_IMODE((outside / "victim").stat().st_mode) == 0o700
     assert os.readlink(prepared.rootfs / "a") == str(outside)
+
+
+@pytest.mark.parametrize(
+    "member",
+    [file("app/" + "x" * 300, "x"), file("app/" + "/".join(["y" * 250] * 20), "x")],
+    ids=["long-name", "long-path"],
+)
+def test_a_name_the_file_system_cannot_hold_is_refused_with_a_reason(tmp_path, member):
+    # Not an OSError from the disk, which provisioning would report as "try again later".
+    store = ImageStore(tmp_path / "store")
+
+    with pytest.raises(ImageError, match="cannot be unpacked: File name too long"):
+        store.prepare(_image(tmp_path, [BASE, [directory("app"), member]]))
+
+    assert os.listdir(store.root / "tmp") == []
