@@ -48,6 +48,14 @@ MOUNT_POINTS = ("/input", "/output", "/tmp", "/proc", "/dev", "/sys", "/opt/ml/m
 MODE_MASK = 0o1777
 COPY_CHUNK = 1024 * 1024
 
+# Unpacking stops before the disk it fills has less than this left: a layer of a few
+# megabytes of gzip can stand for hundreds of gigabytes of zeros, or millions of empty files,
+# and the image store shares its disk with the local stack's durable state.
+MIN_FREE_BYTES = 2 * 1024**3
+MIN_FREE_INODES = 100_000
+_CHECK_EVERY_BYTES = 16 * 1024 * 1024
+_CHECK_EVERY_MEMBERS = 1000
+
 _AS_ROOT = os.geteuid() == 0
 # What the member, not the disk, is to blame for: a name longer than the file system takes,
 # more hard links to one file than it keeps.
@@ -135,6 +143,43 @@ class _Zstd:
         return self.process.wait()
 
 
+class _DiskReserve:
+    """Refuses the layer once what it writes would leave less than the reserve free on the
+    disk of ``folder`` (checked every few megabytes and members, and at the start)."""
+
+    def __init__(self, folder: Path, where: str, min_free_bytes: int, min_free_inodes: int):
+        self.folder = folder
+        self.where = where
+        self.min_free_bytes = min_free_bytes
+        self.min_free_inodes = min_free_inodes
+        self.bytes = 0
+        self.members = 0
+        self.check()
+
+    def spend(self, size: int = 0, members: int = 0) -> None:
+        self.bytes += size
+        self.members += members
+        if self.bytes >= _CHECK_EVERY_BYTES or self.members >= _CHECK_EVERY_MEMBERS:
+            self.bytes = self.members = 0
+            self.check()
+
+    def check(self) -> None:
+        disk = os.statvfs(self.folder)
+        if disk.f_bavail * disk.f_frsize < self.min_free_bytes:
+            raise ImageError(
+                f"{self.where} would leave less than {self.min_free_bytes // 1024**2} MiB free "
+                "on the disk of the image store: the image unpacks to more than this machine "
+                "can hold; make it smaller"
+            )
+        # Some file systems (btrfs) have no fixed number of inodes and report none.
+        if disk.f_files and disk.f_favail < self.min_free_inodes:
+            raise ImageError(
+                f"{self.where} would leave fewer than {self.min_free_inodes} free files (inodes) "
+                "on the disk of the image store: the image holds more files than this machine "
+                "can hold; make it smaller"
+            )
+
+
 def _decompressed(source: _HashingReader, layer: Layer) -> IO[bytes] | _Zstd:
     magic = source.peek(6)
     if magic.startswith(b"\x28\xb5\x2f\xfd"):
@@ -154,19 +199,29 @@ def _decompressed(source: _HashingReader, layer: Layer) -> IO[bytes] | _Zstd:
     return source  # type: ignore[return-value]
 
 
-def unpack_layer(stream: IO[bytes], layer: Layer, target: Path) -> None:
-    """Unpack the layer blob in ``stream`` into the empty directory ``target``."""
+def unpack_layer(
+    stream: IO[bytes],
+    layer: Layer,
+    target: Path,
+    *,
+    min_free_bytes: int = MIN_FREE_BYTES,
+    min_free_inodes: int = MIN_FREE_INODES,
+) -> None:
+    """Unpack the layer blob in ``stream`` into the empty directory ``target``; refused once
+    the disk would have less than ``min_free_bytes`` or ``min_free_inodes`` left."""
+    where = f"Layer {layer.digest}"
+    reserve = _DiskReserve(target, where, min_free_bytes, min_free_inodes)
     blob = _HashingReader(stream)
     decompressed = _decompressed(blob, layer)
     tar_stream = _HashingReader(decompressed)  # type: ignore[arg-type]
-    where = f"Layer {layer.digest}"
     directories: list[tuple[Path, tarfile.TarInfo]] = []
     try:
         try:
             with tarfile.open(fileobj=tar_stream, mode="r|") as archive:  # type: ignore[call-overload]
                 for member in archive:
                     try:
-                        _extract(archive, member, target, where, directories)
+                        reserve.spend(members=1)
+                        _extract(archive, member, target, where, directories, reserve)
                     except OSError as error:
                         if error.errno not in _MEMBER_ERRNOS:
                             raise
@@ -293,6 +348,7 @@ def _extract(
     root: Path,
     where: str,
     directories: list[tuple[Path, tarfile.TarInfo]],
+    reserve: _DiskReserve,
 ) -> None:
     name = member.name
     parts = _parts(name, where)
@@ -343,7 +399,9 @@ def _extract(
     assert source is not None
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
-        shutil.copyfileobj(source, handle, COPY_CHUNK)
+        while chunk := source.read(COPY_CHUNK):
+            reserve.spend(len(chunk))
+            handle.write(chunk)
     _finish(path, member.mode & MODE_MASK & ~0o6000, member.mtime, member.uid, member.gid)
 
 

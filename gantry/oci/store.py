@@ -36,7 +36,13 @@ from typing import IO, Protocol
 from gantry.oci.archive import read_archive
 from gantry.oci.config import ImageConfig, Layer
 from gantry.oci.errors import ImageError
-from gantry.oci.layers import apply_layers, remove_tree, unpack_layer
+from gantry.oci.layers import (
+    MIN_FREE_BYTES,
+    MIN_FREE_INODES,
+    apply_layers,
+    remove_tree,
+    unpack_layer,
+)
 from gantry.resources import (
     ENV_ALGORITHM_ENV,
     ENV_ALGORITHM_USER,
@@ -112,8 +118,17 @@ def _hex(digest: str) -> str:
 
 
 class ImageStore:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        min_free_bytes: int = MIN_FREE_BYTES,
+        min_free_inodes: int = MIN_FREE_INODES,
+    ) -> None:
+        """``min_free_*``: what unpacking a layer leaves free on the store's disk."""
         self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        self.min_free_inodes = min_free_inodes
         for folder in ("layers/sha256", "images/sha256", "tmp", "locks"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
@@ -195,7 +210,13 @@ class ImageStore:
                     continue  # another caller unpacked it meanwhile
                 work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.root / "tmp"))
                 try:
-                    unpack_layer(stream, layer, work)
+                    unpack_layer(
+                        stream,
+                        layer,
+                        work,
+                        min_free_bytes=self.min_free_bytes,
+                        min_free_inodes=self.min_free_inodes,
+                    )
                     work.chmod(0o755)
                     os.rename(work, target)
                 finally:

@@ -294,3 +294,37 @@ def test_a_name_the_file_system_cannot_hold_is_refused_with_a_reason(tmp_path, m
         store.prepare(_image(tmp_path, [BASE, [directory("app"), member]]))
 
     assert os.listdir(store.root / "tmp") == []
+
+
+def test_a_layer_that_would_fill_the_disk_is_refused(tmp_path):
+    # 256 MiB of zeros: a quarter of a megabyte of gzip.
+    zeros = tmp_path / "zeros"
+    with zeros.open("wb") as handle:
+        handle.truncate(256 * 1024 * 1024)
+    archive = _image(tmp_path, [BASE, [Entry("app/zeros", source=zeros)]], layer_compression="gzip")
+    zeros.unlink()
+    assert archive.stat().st_size < 4 * 1024 * 1024
+    disk = os.statvfs(tmp_path)
+    free = disk.f_bavail * disk.f_frsize
+    store = ImageStore(tmp_path / "store", min_free_bytes=free - 64 * 1024 * 1024)
+
+    with pytest.raises(ImageError, match=r"would leave less than .* MiB free on the disk"):
+        store.prepare(archive)
+
+    assert os.listdir(store.root / "tmp") == []
+    assert os.listdir(store.root / "images/sha256") == []
+    assert len(os.listdir(store.root / "layers/sha256")) <= 1  # the base layer at most
+
+
+def test_a_layer_of_too_many_files_is_refused(tmp_path):
+    empties = [directory("app")] + [file(f"app/{n}") for n in range(3000)]
+    disk = os.statvfs(tmp_path)
+    if not disk.f_files:
+        pytest.skip("this file system has no fixed number of inodes")
+    archive = _image(tmp_path, [BASE, empties], layer_compression="gzip")
+    store = ImageStore(tmp_path / "store", min_free_inodes=os.statvfs(tmp_path).f_favail - 1500)
+
+    with pytest.raises(ImageError, match="free files"):
+        store.prepare(archive)
+
+    assert os.listdir(store.root / "tmp") == []
