@@ -30,11 +30,15 @@ from typing import IO, Any
 from gantry import jsonlimits
 from gantry.oci.config import MEDIA_TYPE_DOCKER_LAYER, ImageConfig, Layer, parse_config
 from gantry.oci.errors import ImageError
-from gantry.oci.streams import Prefixed
+from gantry.oci.streams import Prefixed, forget_members
 
 # A JSON member larger than this is not a manifest or config we accept.
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MAX_KEPT_BYTES = 64 * 1024 * 1024
+# An image archive holds a few members per layer (and Docker allows 127 layers); its names
+# are short. Every name is kept during the first pass, so both are bounded.
+MAX_MEMBERS = 10_000
+MAX_NAME_BYTES = 4096
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 INDEX_TYPES = frozenset(
@@ -90,6 +94,7 @@ class ArchiveImage:
             return
         with _open(self.path) as archive:
             for info in archive:
+                forget_members(archive)
                 name = _clean(info.name)
                 found = by_member.pop(name, None)
                 if found is None or not info.isfile():
@@ -163,7 +168,18 @@ def _scan(path: Path | Opener) -> _Members:
     symlinks: dict[str, str] = {}
     try:
         with _open(path) as archive:
-            for info in archive:
+            for count, info in enumerate(archive, 1):
+                forget_members(archive)
+                if count > MAX_MEMBERS:
+                    raise ImageError(
+                        f"The archive has more than {MAX_MEMBERS} members: it is not an image "
+                        "archive; " + HOW_TO_SAVE
+                    )
+                if len(info.name) > MAX_NAME_BYTES or len(info.linkname) > MAX_NAME_BYTES:
+                    raise ImageError(
+                        f"The archive has a member name longer than {MAX_NAME_BYTES} "
+                        "characters: it is not an image archive; " + HOW_TO_SAVE
+                    )
                 name = _clean(info.name)
                 if info.issym():
                     symlinks[name] = info.linkname

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tarfile
 from typing import IO, Any
 
 
@@ -19,3 +20,10 @@ class Prefixed:
             return prefix[:size]
         self.prefix = b""
         return prefix + self.raw.read(-1 if size < 0 else size - len(prefix))
+
+
+def forget_members(archive: tarfile.TarFile) -> None:
+    """Drop the members ``archive`` read so far. TarFile keeps every TarInfo it reads, even
+    as a stream (for ``getmembers``, which nothing here calls): a pass over millions of
+    members would otherwise hold them all in memory."""
+    archive.members = []  # type: ignore[attr-defined]

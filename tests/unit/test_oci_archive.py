@@ -306,3 +306,20 @@ def test_an_index_nested_too_deeply_is_refused(tmp_path):
         _add(tar, "index.json", b"[" * 100_000 + b"]" * 100_000)
     with pytest.raises(ImageError, match="nested more than"):
         read_archive(path)
+
+
+@pytest.mark.parametrize("extra", ["many", "long"])
+def test_an_archive_of_very_many_or_long_names_is_refused(tmp_path, extra):
+    # The first pass keeps every member's name: millions of them (or names of megabytes, as
+    # pax headers allow) would exhaust the memory of the import function reading it.
+    image = write_archive(tmp_path / "image.tar", _spec())
+    padded = tmp_path / "padded.tar"
+    with tarfile.open(image) as source, tarfile.open(padded, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info in source:
+            tar.addfile(info, source.extractfile(info) if info.isfile() else None)
+        names = [f"junk/{n}" for n in range(10_001)] if extra == "many" else ["x" * 70_000]
+        for name in names:
+            tar.addfile(tarfile.TarInfo(name))
+
+    with pytest.raises(ImageError, match=r"more than 10000 members|a member name longer than"):
+        read_archive(padded)
