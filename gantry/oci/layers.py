@@ -38,7 +38,7 @@ from typing import IO, Any
 
 from gantry.oci.config import Layer
 from gantry.oci.errors import ImageError
-from gantry.oci.streams import Prefixed
+from gantry.oci.streams import Prefixed, forget_members
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -219,6 +219,7 @@ def unpack_layer(
         try:
             with tarfile.open(fileobj=tar_stream, mode="r|") as archive:  # type: ignore[call-overload]
                 for member in archive:
+                    forget_members(archive)
                     try:
                         reserve.spend(members=1)
                         _extract(archive, member, target, where, directories, reserve)

@@ -328,3 +328,22 @@ def test_a_layer_of_too_many_files_is_refused(tmp_path):
         store.prepare(archive)
 
     assert os.listdir(store.root / "tmp") == []
+
+
+def test_unpacking_a_layer_of_many_files_holds_no_memory_per_file(tmp_path):
+    # tarfile keeps every member it reads: a layer of millions of empty files (a few bytes of
+    # gzip each) would hold gigabytes of them in the process unpacking it.
+    import tracemalloc
+
+    layer = [directory("app"), *(file(f"app/{n}") for n in range(10_000))]
+    archive = _image(tmp_path, [BASE, layer])
+    store = ImageStore(tmp_path / "store")
+    store.prepare(_image(tmp_path, [BASE], "warm.tar"))  # imports and models built: not counted
+    tracemalloc.start()
+    try:
+        store.prepare(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 3 * 1024 * 1024  # 10000 members kept would be about 6 MB
