@@ -34,6 +34,8 @@ from gantry.tarballs import (
 from gantry.tarballs import ModelTarballError as ModelError
 
 _CHUNK = 1024 * 1024
+# A new file, never through a link or over anything already there.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 __all__ = ["MAX_MODEL_BYTES", "MAX_MODEL_MEMBERS", "ModelError", "extract_model", "fetch_model"]
 
 
@@ -55,6 +57,9 @@ def extract_model(
                     continue
                 path = target / name
                 if member.isdir():
+                    # The rule refused a folder named like a link; never chmod through one.
+                    if path.is_symlink():
+                        raise ModelError(f"Model member {member.name!r} replaces a link")
                     path.mkdir(parents=True, exist_ok=True)
                     path.chmod(0o755)
                     continue
@@ -63,12 +68,17 @@ def extract_model(
                     os.symlink(member.linkname, path)
                 elif member.islnk():
                     source = target / link_source(member)
-                    shutil.copyfile(source, path, follow_symlinks=False)
+                    with (
+                        open(os.open(source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as copied,
+                        open(os.open(path, _CREATE, 0o600), "wb") as out,
+                    ):
+                        shutil.copyfileobj(copied, out, _CHUNK)
                     written += source.stat().st_size
+                    path.chmod(source.stat().st_mode & 0o777)
                 else:
                     source_file = archive.extractfile(member)
                     assert source_file is not None
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                    fd = os.open(path, _CREATE, 0o600)
                     with os.fdopen(fd, "wb") as out:
                         while chunk := source_file.read(_CHUNK):
                             written += len(chunk)

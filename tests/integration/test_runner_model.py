@@ -196,3 +196,24 @@ def test_a_folder_member_over_a_link_changes_nothing_outside_the_model(tmp_path)
     with pytest.raises(ModelError, match=r"'esc' (replaces a link|links outside)"):
         extract_model(archive, target)
     assert stat.S_IMODE(victim.stat().st_mode) == 0o700
+
+
+def test_a_hard_link_member_over_a_link_writes_nothing_outside_the_model(tmp_path):
+    # As above, 'esc' leads beside the model folder; a hard link named 'esc' was copied
+    # through it, overwriting whatever file it named with the model's own bytes.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    members = [
+        special("a", tarfile.DIRTYPE),
+        special("a/up", tarfile.SYMTYPE, ".."),
+        special("esc", tarfile.SYMTYPE, "a/up/../victim.txt"),
+        ("payload", b"owned\n"),
+        special("esc", tarfile.LNKTYPE, "payload"),
+    ]
+    archive = tmp_path / "model.tar"
+    archive.write_bytes(tarball(members, mode="w"))
+    target = tmp_path / "model"
+    target.mkdir()
+    with pytest.raises(ModelError, match=r"'esc' (replaces a link|links outside)"):
+        extract_model(archive, target)
+    assert victim.read_text() == "precious\n"
