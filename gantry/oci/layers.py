@@ -328,7 +328,9 @@ def remove_tree(path: Path) -> None:
         parent = os.path.dirname(failed)
         with contextlib.suppress(OSError):
             os.chmod(parent, 0o700)
-            os.chmod(failed, 0o700)
+            # chmod follows links: a link in the image may name any file of this machine.
+            if not os.path.islink(failed):
+                os.chmod(failed, 0o700)
         with contextlib.suppress(FileNotFoundError):
             function(failed)
 

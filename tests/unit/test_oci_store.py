@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
 from gantry.oci import ImageError, ImageStore, image_ref
+from gantry.oci.layers import remove_tree
 from tests.image_builder import (
     Entry,
     ImageSpec,
@@ -347,3 +349,42 @@ def test_unpacking_a_layer_of_many_files_holds_no_memory_per_file(tmp_path):
         tracemalloc.stop()
 
     assert peak < 3 * 1024 * 1024  # 10000 members kept would be about 6 MB
+
+
+def test_removing_a_read_only_folder_never_chmods_through_its_links(tmp_path):
+    # remove_tree makes read-only folders (as images have them) writable to empty them; a
+    # link in such a folder must be removed, not its target chmodded. Permissions only stop
+    # a user other than root, so the removal runs as nobody when the tests run as root.
+    base = Path(tempfile.mkdtemp(prefix="gantry-remove-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        victim = base / "victim"
+        victim.mkdir(mode=0o755)
+        tree = base / "tree"
+        (tree / "ro").mkdir(parents=True)
+        (tree / "ro" / "link").symlink_to(victim)
+        owner = (65534, 65534) if os.geteuid() == 0 else None
+        if owner:
+            for path in (base, victim, tree, tree / "ro"):
+                os.chown(path, *owner)
+            os.lchown(tree / "ro" / "link", *owner)
+        (tree / "ro").chmod(0o555)
+
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                if owner:
+                    os.setgid(owner[1])
+                    os.setuid(owner[0])
+                remove_tree(tree)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not tree.exists()
+        assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
