@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _MAX_LINKS = 40
+# /etc/passwd and /etc/group are read whole; real ones are kilobytes. A layer of a few
+# megabytes of gzip can hold gigabytes of them, which the runner (on the host) would read.
+MAX_ACCOUNT_FILE_BYTES = 16 * 1024 * 1024
 # Docker's PATH when an image sets none.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -67,10 +70,18 @@ class PasswdEntry:
     home: str
 
 
+class AccountFileTooLarge(ValueError):
+    """The image's /etc/passwd or /etc/group is too large to be one."""
+
+
 def _lines(root: Path, path: str) -> list[list[str]]:
     found = resolve(root, path)
     if found is None or not found.is_file():
         return []
+    if found.stat().st_size > MAX_ACCOUNT_FILE_BYTES:
+        raise AccountFileTooLarge(
+            f"The image's {path} is larger than {MAX_ACCOUNT_FILE_BYTES // 1024**2} MiB"
+        )
     with found.open(encoding="utf-8", errors="replace") as handle:
         return [line.rstrip("\n").split(":") for line in handle if not line.startswith("#")]
 

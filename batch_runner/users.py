@@ -94,6 +94,13 @@ def resolve_image_user(spec: str | None, root: Path) -> ImageUser:
     if not match:
         raise UserError(f"The image's USER '{text}' is not valid (use name, uid, name:group)")
     user, group = match.group("user"), match.group("group")
+    try:
+        return _look_up(user, group, text, root)
+    except imageroot.AccountFileTooLarge as error:
+        raise UserError(str(error)) from None
+
+
+def _look_up(user: str, group: str | None, text: str, root: Path) -> ImageUser:
     entries = imageroot.passwd(root)
     entry = next((e for e in entries if e.name == user), None)
     if entry is None and user.isdigit():

@@ -273,3 +273,16 @@ def test_zip_members_that_cannot_be_written_are_refused_with_a_reason(tmp_path, 
             writer.writestr(name, b"" if name.endswith("/") else b"x")
     with pytest.raises(UnsafeZipError, match=r"could not be written|is duplicated"):
         safe_extract(archive, tmp_path / "out", Limits())
+
+
+def test_an_image_passwd_too_large_to_be_one_is_refused_unread(tmp_path):
+    # A few megabytes of gzip in a layer unpack to gigabytes; the runner reads the file whole.
+    from batch_runner.users import UserError, resolve_image_user
+
+    (tmp_path / "etc").mkdir()
+    with (tmp_path / "etc/passwd").open("wb") as handle:
+        handle.write(b"algorithm:x:1000:1000::/home/algorithm:/bin/sh\n")
+        handle.truncate(64 * 1024 * 1024)
+
+    with pytest.raises(UserError, match="/etc/passwd is larger than 16 MiB"):
+        resolve_image_user("algorithm", tmp_path)
