@@ -52,6 +52,10 @@ _FILE_FIELDS = {
 }
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 MAX_UNPACKED_BYTES = 8 << 30
+# A package holds a description, weights, test tensors and a few documents. zipfile reads
+# the whole central directory into memory on opening: a zip of millions of empty entries
+# (tens of bytes each) would exhaust the import function's memory before any check ran.
+MAX_PACKAGE_FILES = 10_000
 
 
 def _check_source(source: str | os.PathLike[str]) -> Path:
@@ -72,9 +76,25 @@ def _check_source(source: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _declared_entries(archive: Path) -> int | None:
+    """The number of entries the zip's end record declares (zip64 too), read before
+    zipfile loads them all; None where this zipfile has no such reader."""
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:
+        return None
+    with archive.open("rb") as handle:
+        record = end_record(handle)
+    return None if record is None else int(record[getattr(zipfile, "_ECD_ENTRIES_TOTAL", 4)])
+
+
 def _safe_extract(archive: Path, target: Path) -> None:
+    entries = _declared_entries(archive)
+    if entries is not None and entries > MAX_PACKAGE_FILES:
+        raise PackageError(f"package zip: more than {MAX_PACKAGE_FILES} files")
     try:
         with zipfile.ZipFile(archive) as zipped:
+            if len(zipped.infolist()) > MAX_PACKAGE_FILES:
+                raise PackageError(f"package zip: more than {MAX_PACKAGE_FILES} files")
             total = 0
             for info in zipped.infolist():
                 name = PurePosixPath(info.filename)

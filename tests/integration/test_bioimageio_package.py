@@ -285,3 +285,13 @@ def test_a_hostile_rdf_is_refused_at_once(tmp_path, text, message) -> None:
     (tmp_path / "rdf.yaml").write_text(text)
     with pytest.raises(PackageError, match=message):
         load_plan(tmp_path)
+
+
+def test_a_package_of_very_many_files_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for n in range(10_001):
+            zipped.writestr(f"f{n}", b"")
+
+    with pytest.raises(PackageError, match="more than 10000 files"):
+        validate_package(archive)
