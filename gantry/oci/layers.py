@@ -47,6 +47,7 @@ MOUNT_POINTS = ("/input", "/output", "/tmp", "/proc", "/dev", "/sys", "/opt/ml/m
 # Kept: permissions and the sticky bit. Dropped: setuid and setgid.
 MODE_MASK = 0o1777
 COPY_CHUNK = 1024 * 1024
+MAX_MTIME = 2**32 - 1  # 2106
 
 # Unpacking stops before the disk it fills has less than this left: a layer of a few
 # megabytes of gzip can stand for hundreds of gigabytes of zeros, or millions of empty files,
@@ -337,12 +338,18 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=make_writable)
 
 
+def _mtime(value: float) -> float:
+    """A member's mtime as the file system can store it: a pax header may give any number
+    (1e300, nan), which utime refuses with an OverflowError or ValueError."""
+    return value if 0 <= value <= MAX_MTIME else 0
+
+
 def _finish(path: Path, mode: int, mtime: float, uid: int, gid: int) -> None:
     if _AS_ROOT:
         os.lchown(path, uid, gid)
     if not stat.S_ISLNK(os.lstat(path).st_mode):
         os.chmod(path, mode)
-    os.utime(path, (mtime, mtime), follow_symlinks=False)
+    os.utime(path, (_mtime(mtime),) * 2, follow_symlinks=False)
 
 
 def _extract(
@@ -379,7 +386,7 @@ def _extract(
         os.symlink(member.linkname, path)
         if _AS_ROOT:
             os.lchown(path, member.uid, member.gid)
-        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+        os.utime(path, (_mtime(member.mtime),) * 2, follow_symlinks=False)
         return
     if member.islnk():
         target_parts = _parts(member.linkname, where)

@@ -388,3 +388,14 @@ def test_removing_a_read_only_folder_never_chmods_through_its_links(tmp_path):
         assert stat.S_IMODE(victim.stat().st_mode) == 0o755
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mtime", [1e300, -1e300], ids=["huge", "negative"])
+def test_a_time_no_file_system_holds_is_not_an_error(tmp_path, mtime):
+    # A pax header may give any number as a member's mtime; utime refuses these.
+    layer = [directory("app", mtime=mtime), file("app/x", "x", mtime=mtime), symlink("l", "x")]
+    layer[-1].mtime = mtime
+
+    prepared = ImageStore(tmp_path / "store").prepare(_image(tmp_path, [BASE, layer]))
+
+    assert (prepared.rootfs / "app/x").stat().st_mtime == 0
