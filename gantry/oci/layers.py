@@ -48,6 +48,7 @@ MOUNT_POINTS = ("/input", "/output", "/tmp", "/proc", "/dev", "/sys", "/opt/ml/m
 MODE_MASK = 0o1777
 COPY_CHUNK = 1024 * 1024
 MAX_MTIME = 2**32 - 1  # 2106
+MAX_ID = 2**32 - 1  # uid_t; the largest is (uid_t) -1
 
 # Unpacking stops before the disk it fills has less than this left: a layer of a few
 # megabytes of gzip can stand for hundreds of gigabytes of zeros, or millions of empty files,
@@ -364,6 +365,9 @@ def _extract(
     parts = _parts(name, where)
     if not parts:
         return  # the layer's own root entry
+    if not (0 <= member.uid < MAX_ID and 0 <= member.gid < MAX_ID):
+        # lchown takes 32-bit ids, and -1 (2**32 - 1) means "unchanged".
+        raise ImageError(f"{where}: the member '{name}' has an owner out of range")
     if member.ischr() or member.isblk() or member.isfifo():
         raise ImageError(f"{where}: the member '{name}' is a device node or FIFO")
     if not (member.isdir() or member.isfile() or member.issym() or member.islnk()):

@@ -399,3 +399,13 @@ def test_a_time_no_file_system_holds_is_not_an_error(tmp_path, mtime):
     prepared = ImageStore(tmp_path / "store").prepare(_image(tmp_path, [BASE, layer]))
 
     assert (prepared.rootfs / "app/x").stat().st_mtime == 0
+
+
+@pytest.mark.parametrize("owner", [2**40, 2**32 - 1], ids=["too-large", "minus-one"])
+def test_an_owner_id_out_of_range_is_refused_with_a_reason(tmp_path, owner):
+    # A pax header may give any number; lchown (as root) refuses them with an OverflowError,
+    # and -1 (2**32 - 1) would silently mean "leave the owner as it is".
+    layer = [directory("app"), file("app/x", "x", uid=owner, gid=owner)]
+
+    with pytest.raises(ImageError, match="'app/x' has an owner out of range"):
+        ImageStore(tmp_path / "store").prepare(_image(tmp_path, [BASE, layer]))
