@@ -299,16 +299,17 @@ def test_a_name_the_file_system_cannot_hold_is_refused_with_a_reason(tmp_path, m
 
 
 def test_a_layer_that_would_fill_the_disk_is_refused(tmp_path):
-    # 256 MiB of zeros: a quarter of a megabyte of gzip.
+    # 512 MiB of zeros: half a megabyte of gzip. Refused after about 32 MiB are written, so
+    # other work on the disk would have to free the rest meanwhile to hide it.
     zeros = tmp_path / "zeros"
     with zeros.open("wb") as handle:
-        handle.truncate(256 * 1024 * 1024)
+        handle.truncate(512 * 1024 * 1024)
     archive = _image(tmp_path, [BASE, [Entry("app/zeros", source=zeros)]], layer_compression="gzip")
     zeros.unlink()
     assert archive.stat().st_size < 4 * 1024 * 1024
     disk = os.statvfs(tmp_path)
     free = disk.f_bavail * disk.f_frsize
-    store = ImageStore(tmp_path / "store", min_free_bytes=free - 64 * 1024 * 1024)
+    store = ImageStore(tmp_path / "store", min_free_bytes=free - 32 * 1024 * 1024)
 
     with pytest.raises(ImageError, match=r"would leave less than .* MiB free on the disk"):
         store.prepare(archive)
@@ -319,7 +320,8 @@ def test_a_layer_that_would_fill_the_disk_is_refused(tmp_path):
 
 
 def test_a_layer_of_too_many_files_is_refused(tmp_path):
-    empties = [directory("app")] + [file(f"app/{n}") for n in range(3000)]
+    # Refused after about 1500 files: other work would have to free the rest meanwhile.
+    empties = [directory("app")] + [file(f"app/{n}") for n in range(20_000)]
     disk = os.statvfs(tmp_path)
     if not disk.f_files:
         pytest.skip("this file system has no fixed number of inodes")
