@@ -170,6 +170,23 @@ def scan_outputs(output_root: Path) -> OutputScan:
     return OutputScan(files, errors)
 
 
+def _open_output(relative: str, path: Path) -> int:
+    """Open the output ``relative`` (at ``path``) one name at a time from the output root,
+    following no link: O_NOFOLLOW alone guards only the last name, and a folder the algorithm
+    swapped for a link after the scan would make the runner read another folder's file."""
+    names = relative.split("/")
+    root = path.parents[len(names) - 1]
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names[:-1]:
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        return os.open(names[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
 def upload_outputs(
     client: Any,
     files: Sequence[tuple[str, Path]],
@@ -182,12 +199,12 @@ def upload_outputs(
 ) -> list[ResultOutput]:
     """Upload the scanned files (opened without following links) under ``prefix``.
 
-    Each file is opened once with O_NOFOLLOW and handed to the transfer manager as
-    ``/proc/self/fd/N``: reopening that path reaches the same inode even if the name was
-    swapped for a link after the scan, and parts are still read lazily from disk. On one
-    machine a file is copied to the endpoint's store instead (``batch_runner.local_files``),
-    or moved there when ``algorithm_gone`` (no process of the algorithm is left to change
-    it): its name under the output root is then gone.
+    Each file is opened once, following no link from the output root, and handed to the
+    transfer manager as ``/proc/self/fd/N``: reopening that path reaches the same inode even
+    if the name was swapped for a link after the scan, and parts are still read lazily from
+    disk. On one machine a file is copied to the endpoint's store instead
+    (``batch_runner.local_files``), or moved there when ``algorithm_gone`` (no process of the
+    algorithm is left to change it): its name under the output root is then gone.
 
     ``check`` (the early output checks) runs once every file is open and before any is
     handed over, so a file moved is the file checked.
@@ -196,7 +213,10 @@ def upload_outputs(
     outputs: list[ResultOutput] = []
     try:
         for relative, path in files:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                fd = _open_output(relative, path)
+            except OSError as error:
+                raise StagingError(f"Output '{relative}' could not be read") from error
             fds.append(fd)
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
