@@ -182,7 +182,10 @@ def _open_output(relative: str, path: Path) -> int:
             inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
             os.close(folder)
             folder = inner
-        return os.open(names[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+        # O_NONBLOCK: a FIFO swapped in after the scan would block the open until a writer
+        # came; a regular file reads alike with it.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        return os.open(names[-1], flags, dir_fd=folder)
     finally:
         os.close(folder)
 

@@ -9,6 +9,7 @@ fails the job with a reason the user can act on.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -52,4 +53,34 @@ def test_a_folder_swapped_for_a_link_after_the_scan_is_not_followed(
 
     assert str(raised.value) == "Output 'd/secret.txt' could not be read"
 
+    assert _keys(s3) == []
+
+
+def test_a_file_swapped_for_a_fifo_after_the_scan_does_not_hang_the_runner(
+    s3: RunnerS3, tmp_path: Path
+) -> None:
+    output = tmp_path / "output"
+    output.mkdir()
+    (output / "out.bin").write_bytes(b"x")
+    scan = scan_outputs(output)
+    (output / "out.bin").unlink()
+    os.mkfifo(output / "out.bin")
+    raised: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            upload_outputs(s3.client, scan.files, s3.bucket, PREFIX)
+        except BaseException as error:
+            raised.append(error)
+
+    worker = threading.Thread(target=upload, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    hung = worker.is_alive()
+    if hung:
+        # Let the blocked open go on: a writer opening the FIFO ends its wait.
+        os.close(os.open(output / "out.bin", os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=10)
+    assert not hung, "opening a FIFO output blocked the runner"
+    assert [str(error) for error in raised] == ["Output 'out.bin' is not a regular file"]
     assert _keys(s3) == []
