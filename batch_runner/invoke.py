@@ -17,6 +17,7 @@ from batch_runner.config import RunnerConfig
 from batch_runner.logs import JsonLog
 from batch_runner.model import ModelError, fetch_model
 from batch_runner.staging import (
+    MAX_KEY_BYTES,
     StagingError,
     clear_root,
     scan_outputs,
@@ -402,7 +403,8 @@ def _collect(
     (its sandbox's pid namespace is gone), so on one machine outputs may be moved to the
     store rather than copied; a warm server (invoke mode) or an unsandboxed run, whose
     processes may outlive their exit, keeps the copy."""
-    scan = scan_outputs(config.output_root)
+    room = MAX_KEY_BYTES - len(invocation.output_prefix.encode())
+    scan = scan_outputs(config.output_root, max_name_bytes=room)
     if scan.errors:
         # All or nothing: a job with a rejected output uploads none.
         result["user_safe_error_message"] = scan.errors[0]

@@ -34,6 +34,8 @@ from gantry.resources import RESULT_FILE_SUFFIX
 
 # The result file lives under this folder of the output prefix; outputs may not claim it.
 RESERVED_OUTPUT_DIR = RESULT_FILE_SUFFIX.split("/", 1)[0]
+# S3's longest key, in bytes of UTF-8: an output's name and the output prefix together.
+MAX_KEY_BYTES = 1024
 
 
 class StagingError(Exception):
@@ -145,27 +147,64 @@ class OutputScan:
     errors: list[str]
 
 
-def scan_outputs(output_root: Path) -> OutputScan:
-    """Every regular file under ``output_root``; links and special files are errors."""
+def _shown(relative: str, limit: int = 80) -> str:
+    """``relative`` for a message: undecodable bytes and control characters escaped."""
+    text = relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name_problem(relative: str, max_name_bytes: int) -> str | None:
+    """Why ``relative`` cannot name an object (under a prefix leaving ``max_name_bytes``)."""
+    try:
+        size = len(relative.encode("utf-8"))
+    except UnicodeEncodeError:
+        # os.scandir gives undecodable bytes as lone surrogates, which no key can hold.
+        return f"The output name '{_shown(relative)}' is not valid UTF-8"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in relative):
+        return f"The output name '{_shown(relative)}' holds a control character"
+    if size > max_name_bytes:
+        return f"The output name '{_shown(relative)}' is too long: at most {max_name_bytes} bytes"
+    return None
+
+
+def scan_outputs(output_root: Path, max_name_bytes: int = MAX_KEY_BYTES) -> OutputScan:
+    """Every regular file under ``output_root``; links, special files and names that cannot
+    be keys (of at most ``max_name_bytes``, what the output prefix leaves) are errors.
+
+    Walked without recursion, and never below a folder whose name is too long already: the
+    algorithm may nest folders deeper than Python recurses or a path may be long.
+    """
     files: list[tuple[str, Path]] = []
     errors: list[str] = []
-    for directory, dirnames, filenames in os.walk(output_root, followlinks=False):
-        for name in sorted(dirnames) + sorted(filenames):
-            path = Path(directory) / name
-            relative = path.relative_to(output_root).as_posix()
-            mode = os.lstat(path).st_mode
+    pending = [""]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(output_root / folder) as found:
+                entries = sorted(found, key=lambda entry: entry.name)
+        except OSError:
+            errors.append(f"Output folder '{_shown(folder)}' could not be read")
+            continue
+        folders: list[str] = []
+        for entry in entries:
+            relative = f"{folder}/{entry.name}" if folder else entry.name
+            problem = _name_problem(relative, max_name_bytes)
+            if problem is not None:
+                errors.append(problem)
+                continue
+            mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISLNK(mode):
                 errors.append(f"Output '{relative}' is a symbolic link, which is not allowed")
             elif stat.S_ISDIR(mode):
-                continue
+                folders.append(relative)
             elif not stat.S_ISREG(mode):
                 errors.append(f"Output '{relative}' is not a regular file")
             elif relative.split("/", 1)[0] == RESERVED_OUTPUT_DIR:
                 errors.append(f"Output '{relative}' uses the reserved folder {RESERVED_OUTPUT_DIR}")
             else:
-                files.append((relative, path))
-        # Never descend into a linked directory.
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(directory, d))]
+                files.append((relative, output_root / relative))
+        pending.extend(reversed(folders))
     files.sort()
     return OutputScan(files, errors)
 

@@ -9,13 +9,16 @@ fails the job with a reason the user can act on.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 
 from batch_runner.staging import StagingError, scan_outputs, upload_outputs
-from tests.integration.conftest import RunnerS3
+from tests.integration.conftest import RunnerJob, RunnerS3
 
 PREFIX = "io/job/1/output/"
 
@@ -84,3 +87,68 @@ def test_a_file_swapped_for_a_fifo_after_the_scan_does_not_hang_the_runner(
     assert not hung, "opening a FIFO output blocked the runner"
     assert [str(error) for error in raised] == ["Output 'out.bin' is not a regular file"]
     assert _keys(s3) == []
+
+
+def _inline(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def _failed_and_stored_nothing(runner_job: RunnerJob, code: str) -> str | None:
+    result, _ = runner_job.run(_inline(code))
+    assert result.return_code == 0, result.user_process_last_stderr_lines
+    assert result.outputs == []
+    assert runner_job.output_keys() == [".sagemaker_shim/inference_result.json"]
+    return result.user_safe_error_message
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (b"bad\xff.txt", "The output name 'bad\\xff.txt' is not valid UTF-8"),
+        (b"two\nlines.txt", "The output name 'two\\nlines.txt' holds a control character"),
+        (b"tab\t.txt", "The output name 'tab\\t.txt' holds a control character"),
+    ],
+)
+def test_an_output_name_no_key_can_hold_fails_the_job(
+    runner_job: RunnerJob, name: bytes, message: str
+) -> None:
+    code = f"""
+    import os
+    with open(os.environb[b"OUTPUT_DIR"] + b"/" + {name!r}, "wb") as handle:
+        handle.write(b"x")
+    """
+    assert _failed_and_stored_nothing(runner_job, code) == message
+
+
+def test_an_output_name_longer_than_a_key_fails_the_job(runner_job: RunnerJob) -> None:
+    # An S3 key is at most 1024 bytes, the output prefix included; S3 would refuse the upload.
+    code = """
+    import os
+    folder = os.path.join(os.environ["OUTPUT_DIR"], *["d" * 200] * 5)
+    os.makedirs(folder)
+    open(os.path.join(folder, "out.txt"), "w").write("x")
+    """
+    message = _failed_and_stored_nothing(runner_job, code)
+    assert message is not None
+    assert message.startswith("The output name 'dddd")
+    assert message.endswith(f"is too long: at most {1024 - len(runner_job.prefix)} bytes")
+
+
+def test_a_deep_output_tree_fails_the_job_in_bounded_time(runner_job: RunnerJob) -> None:
+    # Deeper than a path may be (PATH_MAX) and than Python recurses.
+    code = """
+    import os
+    os.chdir(os.environ["OUTPUT_DIR"])
+    for _ in range(3000):
+        os.mkdir("d")
+        os.chdir("d")
+    open("out.txt", "w").write("x")
+    """
+    try:
+        message = _failed_and_stored_nothing(runner_job, code)
+    finally:
+        # Python's shutil.rmtree recurses too (before 3.13): rm takes any depth.
+        subprocess.run(["rm", "-rf", str(runner_job.output_root)], check=True)
+    assert message is not None
+    assert message.startswith("The output name 'd/d/d/")
+    assert message.endswith(f"is too long: at most {1024 - len(runner_job.prefix)} bytes")
