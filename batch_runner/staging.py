@@ -14,7 +14,6 @@ is returned, one object per input, for the runner's log::
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from batch_runner.config import Limits
 from batch_runner.transfer import Download, Upload, download_all, upload_all
 from batch_runner.unzip import UnsafeZipError, safe_extract
 from gantry.contract import InvocationInput, ResultOutput
-from gantry.paths import safe_join
+from gantry.paths import clear_folder, safe_join
 from gantry.resources import RESULT_FILE_SUFFIX
 
 # The result file lives under this folder of the output prefix; outputs may not claim it.
@@ -43,14 +42,10 @@ class StagingError(Exception):
 
 
 def clear_root(root: Path) -> None:
-    """Create ``root`` or empty it, without following any link inside it."""
+    """Create ``root`` or empty it, without following any link inside it, at any depth the
+    last algorithm nested folders to."""
     root.mkdir(parents=True, exist_ok=True)
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
+    clear_folder(root)
 
 
 @dataclass

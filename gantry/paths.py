@@ -1,9 +1,13 @@
-"""Safe relative paths under /input and /output."""
+"""Safe relative paths under /input and /output, and removing what an algorithm left there."""
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import secrets
+import stat
+from pathlib import Path
 
 _UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}", re.I)
 _ALLOWED = re.compile(r"^[A-Za-z0-9._\-/]+$")
@@ -47,3 +51,65 @@ def safe_join(root: str, relative_path: str) -> str:
     if joined != root_abs and not joined.startswith(root_abs + "/"):
         raise ValueError(f"{relative_path!r} escapes {root!r}")
     return joined
+
+
+def clear_folder(folder: Path) -> None:
+    """Remove everything in ``folder`` (not a link itself), following no link, at any depth.
+
+    An algorithm may nest folders deeper than a path may be long and than Python recurses
+    (shutil.rmtree does before 3.13): the folders in each folder of ``folder`` are moved up
+    into ``folder`` itself, so no more than two folders are ever open and no path is longer
+    than one name. What is there when it starts is removed, as by rmtree: an entry created
+    meanwhile in ``folder`` itself is left, one in a folder being removed is an OSError.
+    """
+    top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        pending = _entries(top)
+        while pending:
+            name, is_folder = pending.pop()
+            if is_folder:
+                pending.extend((moved, True) for moved in _empty_one_level(top, name))
+                os.rmdir(name, dir_fd=top)
+            else:
+                os.unlink(name, dir_fd=top)
+    finally:
+        os.close(top)
+
+
+def _entries(folder: int) -> list[tuple[str, bool]]:
+    """The names in the open ``folder``, each with whether it is a folder (not a link)."""
+    with os.scandir(folder) as found:
+        return [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in found]
+
+
+def _empty_one_level(top: int, name: str) -> list[str]:
+    """Unlink the files of ``top``'s folder ``name`` and move its folders up into ``top``;
+    their new names there."""
+    moved: list[str] = []
+    inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+    try:
+        for child, is_folder in _entries(inner):
+            if not is_folder:
+                os.unlink(child, dir_fd=inner)
+                continue
+            while True:
+                free = f".removing-{secrets.token_hex(8)}"
+                try:
+                    os.stat(free, dir_fd=top, follow_symlinks=False)
+                except FileNotFoundError:
+                    break
+            os.rename(child, free, src_dir_fd=inner, dst_dir_fd=top)
+            moved.append(free)
+    finally:
+        os.close(inner)
+    return moved
+
+
+def remove_tree(path: Path) -> None:
+    """Remove the folder ``path`` and everything in it (see ``clear_folder``); a link or a
+    file at ``path`` is unlinked."""
+    if stat.S_ISDIR(os.lstat(path).st_mode):
+        clear_folder(path)
+        os.rmdir(path)
+    else:
+        os.unlink(path)

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +62,7 @@ from gantry.jobs import Job
 from gantry.oci import ImageError, ImageStore, is_image_ref
 from gantry.oci.push import pull
 from gantry.oci.registry import split_reference
+from gantry.paths import remove_tree
 from gantry.resources import (
     API_METHOD_INVOKE,
     BATCH_DETAIL_TYPE,
@@ -330,7 +330,7 @@ class LocalBackend:
             log.exception("local compute job %s could not run", record.name)
             self._finish(record, "FAILED", f"Task failed to start: {error}", None)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            _remove_scratch(scratch)
 
     # --- Invoke mode: warm runners -------------------------------------------------------
 
@@ -345,7 +345,7 @@ class LocalBackend:
                 return warm
             if warm is not None and warm.process.poll() is not None:
                 # Dead (cancelled): its process has exited, only its folder is left.
-                shutil.rmtree(warm.scratch, ignore_errors=True)
+                _remove_scratch(warm.scratch)
             scratch = Path(tempfile.mkdtemp(prefix="gantry-serve-", dir=self.scratch_root))
             scratch.chmod(0o755)
             env = self._environment(record, scratch)
@@ -699,7 +699,14 @@ class _Warm:
         except subprocess.TimeoutExpired:
             _terminate(self.process)
             self.process.wait()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        _remove_scratch(self.scratch)
+
+
+def _remove_scratch(scratch: Path) -> None:
+    """Remove a job's folder, whatever the algorithm left in it: shutil.rmtree recurses (before
+    Python 3.13) and raised RecursionError on a deep enough tree, which stayed on disk."""
+    with contextlib.suppress(OSError):
+        remove_tree(scratch)
 
 
 def _terminate(process: Process) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -419,3 +420,37 @@ def test_an_invoke_image_is_kept_warm_for_further_jobs(runner_s3, events, tmp_pa
     finally:
         local.shutdown(wait=True)
         shutil.rmtree(store_root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_deep_tree_the_algorithm_left_is_removed_with_its_job(runner_s3, events, tmp_path):
+    # Deeper than a path may be and than Python recurses (shutil.rmtree does before 3.13).
+    code = (
+        "import os\n"
+        "os.chdir(os.environ['OUTPUT_DIR'])\n"
+        "for _ in range(3000):\n"
+        "    os.mkdir('d')\n"
+        "    os.chdir('d')\n"
+    )
+    settings = Settings(
+        region="us-east-1",
+        endpoint_url=runner_s3.endpoint,
+        bucket_name=runner_s3.bucket,
+        compute_backend="local",
+        local_workers=1,
+    )
+    local = LocalBackend(settings, events, extra_env=runner_s3.env(), scratch_root=tmp_path)
+    try:
+        job = make_job()
+        job_id = local.submit(
+            job, algorithm(sys.executable, "-c", code), invocation(runner_s3, job.pk)
+        )
+        events.wait(job_id, "SUCCEEDED")
+        local.shutdown(wait=True)
+    finally:
+        local.shutdown(wait=False)
+        leftover = list(tmp_path.iterdir())
+        for path in leftover:
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+
+    assert leftover == []

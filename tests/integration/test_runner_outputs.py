@@ -152,3 +152,27 @@ def test_a_deep_output_tree_fails_the_job_in_bounded_time(runner_job: RunnerJob)
     assert message is not None
     assert message.startswith("The output name 'd/d/d/")
     assert message.endswith(f"is too long: at most {1024 - len(runner_job.prefix)} bytes")
+
+
+def test_the_next_job_in_the_same_roots_clears_a_deep_output_tree(runner_job: RunnerJob) -> None:
+    # A warm runner (invoke mode) or any runner given the same roots again empties them
+    # first: whatever the last algorithm left there must not fail every later job.
+    deep = """
+    import os
+    os.chdir(os.environ["OUTPUT_DIR"])
+    for _ in range(3000):
+        os.mkdir("d")
+        os.chdir("d")
+    """
+    try:
+        runner_job.run(_inline(deep))
+        write = """
+        import os
+        open(os.environ["OUTPUT_DIR"] + "/out.txt", "w").write("x")
+        """
+        result, _ = runner_job.run(_inline(write))
+    finally:
+        subprocess.run(["rm", "-rf", str(runner_job.output_root)], check=True)
+
+    assert result.user_safe_error_message is None
+    assert [o.relative_path for o in result.outputs] == ["out.txt"]

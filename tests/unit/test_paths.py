@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from gantry.paths import MAX_RELATIVE_PATH, safe_join, validate_relative_path
+from gantry.paths import (
+    MAX_RELATIVE_PATH,
+    clear_folder,
+    remove_tree,
+    safe_join,
+    validate_relative_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +66,36 @@ def test_safe_join_stays_under_the_root(tmp_path) -> None:
 def test_safe_join_refuses_to_escape(tmp_path, path: str) -> None:
     with pytest.raises(ValueError, match="escapes"):
         safe_join(str(tmp_path / "input"), path)
+
+
+def test_remove_tree_removes_any_depth_and_follows_no_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "file").write_text("not removed")
+    root = tmp_path / "root"
+    root.mkdir()
+    # Deeper than a path may be (PATH_MAX) and than Python recurses.
+    monkeypatch.chdir(root)
+    for _ in range(3000):
+        os.symlink(kept, "link")
+        Path("file").write_text("x")
+        os.mkdir("d")
+        os.chdir("d")
+    monkeypatch.chdir(tmp_path)
+
+    remove_tree(root)
+
+    assert not root.exists()
+    assert [p.name for p in kept.iterdir()] == ["file"]
+
+
+def test_clear_folder_empties_the_folder_only(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c").write_text("x")
+    (tmp_path / "f").write_text("x")
+
+    clear_folder(tmp_path)
+
+    assert list(tmp_path.iterdir()) == []
