@@ -64,6 +64,10 @@ class Limits:
     max_compression_ratio: float = 1000.0
     # Ratios of tiny members say nothing; only members larger than this are checked.
     ratio_check_min_bytes: int = 1024 * 1024
+    # Output bombs: files and folders the algorithm may leave, and their total size (as
+    # uploaded: a sparse file counts its whole length). Each output is held open at once.
+    max_output_files: int = 10_000
+    max_output_bytes: int = 64 * 1024**3
     download_concurrency: int = 10
     kill_grace_seconds: float = 10.0
 

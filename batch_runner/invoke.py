@@ -404,7 +404,12 @@ def _collect(
     store rather than copied; a warm server (invoke mode) or an unsandboxed run, whose
     processes may outlive their exit, keeps the copy."""
     room = MAX_KEY_BYTES - len(invocation.output_prefix.encode())
-    scan = scan_outputs(config.output_root, max_name_bytes=room)
+    scan = scan_outputs(
+        config.output_root,
+        max_name_bytes=room,
+        max_files=config.limits.max_output_files,
+        max_bytes=config.limits.max_output_bytes,
+    )
     if scan.errors:
         # All or nothing: a job with a rejected output uploads none.
         result["user_safe_error_message"] = scan.errors[0]

@@ -13,6 +13,7 @@ is returned, one object per input, for the runner's log::
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import tempfile
@@ -163,24 +164,39 @@ def _name_problem(relative: str, max_name_bytes: int) -> str | None:
     return None
 
 
-def scan_outputs(output_root: Path, max_name_bytes: int = MAX_KEY_BYTES) -> OutputScan:
+def scan_outputs(
+    output_root: Path,
+    max_name_bytes: int = MAX_KEY_BYTES,
+    *,
+    max_files: int | None = None,
+    max_bytes: int | None = None,
+) -> OutputScan:
     """Every regular file under ``output_root``; links, special files and names that cannot
-    be keys (of at most ``max_name_bytes``, what the output prefix leaves) are errors.
+    be keys (of at most ``max_name_bytes``, what the output prefix leaves) are errors, and
+    so are more than ``max_files`` files and folders or more than ``max_bytes`` in all.
 
     Walked without recursion, and never below a folder whose name is too long already: the
-    algorithm may nest folders deeper than Python recurses or a path may be long.
+    algorithm may nest folders deeper than Python recurses or a path may be long. A folder
+    is listed no further than the limit on files: the scan's time and memory are bounded.
     """
     files: list[tuple[str, Path]] = []
     errors: list[str] = []
     pending = [""]
+    seen = 0
+    total = 0
     while pending:
         folder = pending.pop()
+        budget = None if max_files is None else max_files - seen + 1
         try:
             with os.scandir(output_root / folder) as found:
-                entries = sorted(found, key=lambda entry: entry.name)
+                entries = sorted(itertools.islice(found, budget), key=lambda entry: entry.name)
         except OSError:
             errors.append(f"Output folder '{_shown(folder)}' could not be read")
             continue
+        seen += len(entries)
+        if max_files is not None and seen > max_files:
+            too_many = f"more than {max_files} files and folders in its output folder"
+            return OutputScan([], [f"The algorithm left {too_many}"])
         folders: list[str] = []
         for entry in entries:
             relative = f"{folder}/{entry.name}" if folder else entry.name
@@ -199,6 +215,9 @@ def scan_outputs(output_root: Path, max_name_bytes: int = MAX_KEY_BYTES) -> Outp
                 errors.append(f"Output '{relative}' uses the reserved folder {RESERVED_OUTPUT_DIR}")
             else:
                 files.append((relative, output_root / relative))
+                total += entry.stat(follow_symlinks=False).st_size
+        if max_bytes is not None and total > max_bytes:
+            return OutputScan([], [f"The outputs are larger than the limit of {max_bytes} bytes"])
         pending.extend(reversed(folders))
     files.sort()
     return OutputScan(files, errors)

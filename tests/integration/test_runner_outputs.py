@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from batch_runner.config import Limits
 from batch_runner.staging import StagingError, scan_outputs, upload_outputs
 from tests.integration.conftest import RunnerJob, RunnerS3
 
@@ -176,3 +177,74 @@ def test_the_next_job_in_the_same_roots_clears_a_deep_output_tree(runner_job: Ru
 
     assert result.user_safe_error_message is None
     assert [o.relative_path for o in result.outputs] == ["out.txt"]
+
+
+def test_more_output_files_than_the_limit_fail_the_job_before_any_is_stored(
+    runner_job: RunnerJob,
+) -> None:
+    code = """
+    import os
+    os.makedirs(os.environ["OUTPUT_DIR"] + "/many")
+    for number in range(40):
+        open(f"{os.environ['OUTPUT_DIR']}/many/{number}", "w").close()
+    """
+    result, _ = runner_job.run(
+        _inline(code), limits=Limits(max_output_files=30, kill_grace_seconds=1.0)
+    )
+
+    assert result.user_safe_error_message == (
+        "The algorithm left more than 30 files and folders in its output folder"
+    )
+    assert result.outputs == []
+    assert runner_job.output_keys() == [".sagemaker_shim/inference_result.json"]
+
+
+def test_outputs_larger_than_the_limit_fail_the_job_before_any_is_stored(
+    runner_job: RunnerJob,
+) -> None:
+    # Sparse: its size is what an upload would send, not what it takes on disk.
+    code = """
+    import os
+    with open(os.environ["OUTPUT_DIR"] + "/big.bin", "wb") as handle:
+        handle.truncate(3 * 1024 * 1024)
+    open(os.environ["OUTPUT_DIR"] + "/small.txt", "w").write("x")
+    """
+    limits = Limits(max_output_bytes=2 * 1024 * 1024, kill_grace_seconds=1.0)
+    result, _ = runner_job.run(_inline(code), limits=limits)
+
+    assert result.user_safe_error_message == (
+        "The outputs are larger than the limit of 2097152 bytes"
+    )
+    assert result.outputs == []
+    assert runner_job.output_keys() == [".sagemaker_shim/inference_result.json"]
+
+
+def test_a_sparse_terabyte_is_refused_by_the_default_limit_at_once(tmp_path: Path) -> None:
+    with open(tmp_path / "huge.bin", "wb") as handle:
+        handle.truncate(1024**4)
+    limits = Limits()
+
+    scan = scan_outputs(
+        tmp_path, max_files=limits.max_output_files, max_bytes=limits.max_output_bytes
+    )
+
+    assert scan.errors == [
+        f"The outputs are larger than the limit of {limits.max_output_bytes} bytes"
+    ]
+
+
+def test_a_file_count_bomb_is_refused_in_bounded_time(tmp_path: Path) -> None:
+    names = 30_000
+    for number in range(names):
+        (tmp_path / str(number)).touch()
+    limits = Limits()
+    assert limits.max_output_files < names
+
+    scan = scan_outputs(
+        tmp_path, max_files=limits.max_output_files, max_bytes=limits.max_output_bytes
+    )
+
+    assert scan.errors == [
+        f"The algorithm left more than {limits.max_output_files} files and folders in its "
+        "output folder"
+    ]
