@@ -13,8 +13,11 @@ is returned, one object per input, for the runner's log::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import os
+import resource
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
@@ -243,6 +246,22 @@ def _open_output(relative: str, path: Path) -> int:
         os.close(folder)
 
 
+# Open files the runner needs beside its outputs: connections, the transfer's threads.
+_SPARE_OPEN_FILES = 256
+
+
+def _room_for_open_files(outputs: int) -> None:
+    """Raise the soft limit on open files (often 1024 in a container) toward the hard one
+    where it is too low to hold every output open at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = outputs + _SPARE_OPEN_FILES
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+
+
 def upload_outputs(
     client: Any,
     files: Sequence[tuple[str, Path]],
@@ -267,11 +286,16 @@ def upload_outputs(
     """
     fds: list[int] = []
     outputs: list[ResultOutput] = []
+    _room_for_open_files(len(files))
     try:
         for relative, path in files:
             try:
                 fd = _open_output(relative, path)
             except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE):
+                    raise StagingError(
+                        f"The {len(files)} output files could not all be held open at once"
+                    ) from error
                 raise StagingError(f"Output '{relative}' could not be read") from error
             fds.append(fd)
             info = os.fstat(fd)

@@ -9,6 +9,7 @@ fails the job with a reason the user can act on.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -248,3 +249,23 @@ def test_a_file_count_bomb_is_refused_in_bounded_time(tmp_path: Path) -> None:
         f"The algorithm left more than {limits.max_output_files} files and folders in its "
         "output folder"
     ]
+
+
+def test_outputs_beyond_the_open_files_limit_are_stored(s3: RunnerS3, tmp_path: Path) -> None:
+    # Every output is held open until all are stored; a container's soft limit is often 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit on open files is {hard} here")
+    output = tmp_path / "output"
+    output.mkdir()
+    for number in range(1200):
+        (output / f"{number:04}").write_bytes(b"x")
+    scan = scan_outputs(output)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        stored = upload_outputs(s3.client, scan.files, s3.bucket, PREFIX)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    assert len(stored) == 1200
+    assert len(_keys(s3)) == 1000  # one page of the listing
