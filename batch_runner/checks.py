@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import posixpath
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +43,20 @@ def _has_extension(name: str, extensions: Sequence[str]) -> bool:
     return any(lowered.endswith(ext) for ext in extensions)
 
 
-def check_json(path: Path, output: ExpectedOutput) -> str | None:
+def _reopened(fd: int) -> str:
+    """A name for the open output ``fd`` that reaches its very inode, whatever its name under
+    the output root reaches now (a process of the algorithm may still change it)."""
+    return f"/proc/self/fd/{fd}"
+
+
+def check_json(fd: int | None, output: ExpectedOutput) -> str | None:
     name = output.relative_path
-    if not path.is_file() or path.is_symlink():
+    if fd is None:
         return f"Output file '{name}' was not produced"
-    if path.stat().st_size > MAX_JSON_BYTES:
+    if os.fstat(fd).st_size > MAX_JSON_BYTES:
         return f"The output file '{name}' is too large for a json value"
     try:
-        with path.open("rb") as handle:
+        with open(_reopened(fd), "rb") as handle:
             value: Any = json.load(handle)
     except (ValueError, UnicodeDecodeError):
         return f"The output file '{name}' is not valid json"
@@ -87,48 +95,53 @@ def read_image_header(path: Path) -> None:
     reader.ReadImageInformation()
 
 
-def check_image(directory: Path, output: ExpectedOutput) -> str | None:
+def check_image(files: Mapping[str, int], output: ExpectedOutput) -> str | None:
     name = output.relative_path
-    if not directory.is_dir() or directory.is_symlink():
-        return f"Output directory '{name}' is empty"
-    files = sorted(
-        entry
-        for entry in directory.iterdir()
-        if entry.is_file()
-        and not entry.is_symlink()
-        and not _has_extension(entry.name, COMPANION_EXTENSIONS)
+    images = sorted(
+        relative
+        for relative in files
+        if posixpath.dirname(relative) == name
+        and not _has_extension(relative, COMPANION_EXTENSIONS)
     )
-    if not files:
+    if not images:
         return f"Output directory '{name}' is empty"
-    if len(files) > 1:
-        return f"Only 1 image should be produced in '{name}', we found {len(files)}"
-    image = files[0]
-    if not _has_extension(image.name, ITK_EXTENSIONS + TIFF_EXTENSIONS):
+    if len(images) > 1:
+        return f"Only 1 image should be produced in '{name}', we found {len(images)}"
+    image = posixpath.basename(images[0])
+    if not _has_extension(image, ITK_EXTENSIONS + TIFF_EXTENSIONS):
         supported = ", ".join(ITK_EXTENSIONS + TIFF_EXTENSIONS)
-        return f"The file '{image.name}' in '{name}' is not a supported image ({supported})"
+        return f"The file '{image}' in '{name}' is not a supported image ({supported})"
     try:
-        read_image_header(image)
+        with tempfile.TemporaryDirectory(prefix="gantry-check-") as folder:
+            # The readers pick the format by the file's name: a link of that name to the
+            # open file.
+            link = Path(folder) / image
+            os.symlink(_reopened(files[images[0]]), link)
+            read_image_header(link)
     except ImportError:
         # The static runner ships without SimpleITK and tifffile (264 MB): the platform's
         # validation after the job, which decides anyway, reads the image.
         return None
     except Exception:
-        return f"The image '{image.name}' in '{name}' could not be read"
+        return f"The image '{image}' in '{name}' could not be read"
     return None
 
 
-def check_outputs(outputs: Sequence[ExpectedOutput], output_root: Path) -> dict[str, str]:
-    """Problems found, keyed by socket slug, in the order the task lists the outputs."""
+def check_outputs(outputs: Sequence[ExpectedOutput], files: Mapping[str, int]) -> dict[str, str]:
+    """Problems found, keyed by socket slug, in the order the task lists the outputs.
+
+    ``files``: the outputs as stored, by relative path, each open (``upload_outputs``): the
+    checks read those, never a name under the output root again.
+    """
     errors: dict[str, str] = {}
     for output in outputs:
-        path = output_root / output.relative_path
         category = _category(output.kind, output.relative_path)
         if category == "json":
-            error = check_json(path, output)
+            error = check_json(files.get(output.relative_path), output)
         elif category == "image":
-            error = check_image(path, output)
+            error = check_image(files, output)
         else:
-            exists = os.path.isfile(path) and not os.path.islink(path)
+            exists = output.relative_path in files
             error = None if exists else f"Output file '{output.relative_path}' was not produced"
         if error:
             errors[output.slug] = error

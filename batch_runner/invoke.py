@@ -415,9 +415,9 @@ def _collect(
         result["user_safe_error_message"] = scan.errors[0]
         return
 
-    def check() -> None:
+    def check(files: Mapping[str, int]) -> None:
         # Before the hand-over, which may move the files out of the output root.
-        found = checks.check_outputs(invocation.outputs or (), config.output_root)
+        found = checks.check_outputs(invocation.outputs or (), files)
         result["output_errors"] = found
         if found:
             result["user_safe_error_message"] = next(iter(found.values()))

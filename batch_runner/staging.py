@@ -20,7 +20,7 @@ import os
 import resource
 import stat
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,7 +269,7 @@ def upload_outputs(
     prefix: str,
     concurrency: int = 10,
     *,
-    check: Callable[[], None] | None = None,
+    check: Callable[[Mapping[str, int]], None] | None = None,
     algorithm_gone: bool = False,
 ) -> list[ResultOutput]:
     """Upload the scanned files (opened without following links) under ``prefix``.
@@ -282,7 +282,8 @@ def upload_outputs(
     algorithm is left to change it): its name under the output root is then gone.
 
     ``check`` (the early output checks) runs once every file is open and before any is
-    handed over, so a file moved is the file checked.
+    handed over, given the open files by relative path: the file checked is the file
+    stored, whatever the names reach by then.
     """
     fds: list[int] = []
     outputs: list[ResultOutput] = []
@@ -310,7 +311,7 @@ def upload_outputs(
                 )
             )
         if check is not None:
-            check()
+            check({relative: fd for fd, (relative, _path) in zip(fds, files, strict=True)})
         uploads = [
             (fd, o)
             for fd, (_relative, path), o in zip(fds, files, outputs, strict=True)

@@ -15,9 +15,11 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from batch_runner import checks
 from batch_runner.config import Limits
 from batch_runner.staging import StagingError, scan_outputs, upload_outputs
 from tests.integration.conftest import RunnerJob, RunnerS3
@@ -269,3 +271,42 @@ def test_outputs_beyond_the_open_files_limit_are_stored(s3: RunnerS3, tmp_path: 
 
     assert len(stored) == 1200
     assert len(_keys(s3)) == 1000  # one page of the listing
+
+
+@pytest.mark.in_process
+def test_the_early_checks_read_the_files_stored_not_what_their_names_reach_later(
+    runner_job: RunnerJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process of the algorithm still running (an invoke-mode server) swaps a folder for a
+    # link once the outputs are open: the checks must judge the stored file, and never put
+    # what the link reaches (root's file, read by the root runner) into the job's messages.
+    elsewhere = runner_job.tmp / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.json").write_text('{"token": "root-only"}')
+    original = checks.check_outputs
+
+    def swapped_first(*args: Any, **kwargs: Any) -> dict[str, str]:
+        os.rename(runner_job.output_root / "d", runner_job.output_root / "old")
+        os.symlink(elsewhere, runner_job.output_root / "d")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(checks, "check_outputs", swapped_first)
+    runner_job.outputs = [
+        {
+            "slug": "x",
+            "kind": "anything",
+            "relative_path": "d/x.json",
+            "schemas": [{"type": "array"}],
+        }
+    ]
+    code = """
+    import os
+    os.mkdir(os.environ["OUTPUT_DIR"] + "/d")
+    open(os.environ["OUTPUT_DIR"] + "/d/x.json", "w").write("[1]")
+    """
+    result, _ = runner_job.run(_inline(code))
+
+    assert "root-only" not in result.model_dump_json()
+    assert result.output_errors == {}
+    assert result.user_safe_error_message is None
+    assert runner_job.read_output("d/x.json") == b"[1]"
