@@ -27,6 +27,10 @@ from gantry.pipeline.headers import fetch_mha_header
 from gantry.s3file import S3File
 
 MAX_JSON_OUTPUT_BYTES = 16 * 1024 * 1024
+# An image whose header cannot be read where it lies (not .mha or .tif) is downloaded: on
+# AWS to the function's disk (4 GiB, with 120 s to do it all). A larger one would fail the
+# function on every try and leave the job Parsing.
+MAX_DOWNLOADED_IMAGE_BYTES = 3 * 1024**3
 IMAGE_SUFFIXES = (".mha", ".mhd", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd")
 MAGIC: dict[str, tuple[tuple[int, bytes], ...]] = {
     ".pdf": ((0, b"%PDF"),),
@@ -183,6 +187,7 @@ def _image_output(
             else:
                 bucket = ctx.settings.bucket_name
                 if fetch_mha_header(ctx.clients.s3, bucket, source_key, local) is None:
+                    _check_downloadable(ctx, socket, source_key)
                     ctx.clients.s3.download_file(bucket, source_key, str(local))
                 info = imaging.read_image_info(local)
                 if imaging.suffix_of(name) == ".mha":
@@ -205,6 +210,17 @@ def _image_output(
     )
     parsed.images.append(image)
     return {"socket": socket.slug, "image": image_pk}
+
+
+def _check_downloadable(ctx: Context, socket: Interface, key: str) -> None:
+    size = _object_size(ctx, key) or 0
+    if size > MAX_DOWNLOADED_IMAGE_BYTES:
+        name = posixpath.basename(key)
+        raise OutputError(
+            f"The output image '{socket.relative_path}/{name}' is too large to be read "
+            f"({size} bytes; at most {MAX_DOWNLOADED_IMAGE_BYTES} for this format): write it "
+            "as .mha or .tif, whose headers are read where they lie"
+        )
 
 
 def to_socket_values(ctx: Context, drafts: list[dict[str, Any]]) -> list[SocketValue]:

@@ -327,3 +327,38 @@ def test_an_output_image_without_its_voxels_is_refused(ctx, name, body, message)
         return
     with pytest.raises(OutputError, match=message):
         _image_output(ctx, job, socket, prefix, ParsedOutputs())
+
+
+@pytest.mark.parametrize("name", ["big.nrrd", "big.nii.gz", "big.mha"])
+def test_an_output_image_too_large_to_download_fails_the_job_unread(ctx, monkeypatch, name) -> None:
+    """Formats whose header cannot be read in place are downloaded to the function's disk
+    (4 GiB on AWS, 120 s): a larger output failed the function on every try, and the job
+    stayed Parsing while the sweeper tried again, for ever."""
+    from gantry.jobs import Job
+    from gantry.pipeline import outputs
+    from tests.integration.test_inputs_support import make_socket
+
+    monkeypatch.setattr(outputs, "MAX_DOWNLOADED_IMAGE_BYTES", 1024 * 1024)
+    socket = make_socket(ctx, "Mask Out", "IMG", "images/mask-out")
+    prefix = "io/job/1/output/"
+    key = f"{prefix}images/mask-out/{name}"
+    # A .mha without its header's data line within the first 64 KiB is downloaded too.
+    ctx.clients.s3.put_object(Bucket=ctx.settings.bucket_name, Key=key, Body=b"\0" * 2**21)
+    reads: list[str] = []
+
+    def read(params: dict[str, Any], **_kwargs: Any) -> None:
+        reads.append(params.get("Range", "whole"))
+
+    ctx.clients.s3.meta.events.register("provide-client-params.s3.GetObject", read)
+    job = Job.model_construct(pk="job", attempt=1, creator="alice")  # type: ignore[call-arg]
+
+    with pytest.raises(outputs.OutputError) as raised:
+        outputs._image_output(ctx, job, socket, prefix, outputs.ParsedOutputs())
+
+    assert str(raised.value) == (
+        f"The output image 'images/mask-out/{name}' is too large to be read (2097152 bytes; "
+        "at most 1048576 for this format): write it as .mha or .tif, whose headers are "
+        "read where they lie"
+    )
+    # At most a .mha's first bytes, where its header is looked for.
+    assert all(r == "bytes=0-65535" for r in reads)
