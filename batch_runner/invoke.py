@@ -430,6 +430,7 @@ def _collect(
         concurrency=config.limits.download_concurrency,
         check=check if invocation.outputs else None,
         algorithm_gone=algorithm_gone,
+        max_bytes=config.limits.max_output_bytes,
     )
     result["outputs"] = outputs
 

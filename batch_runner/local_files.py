@@ -144,7 +144,13 @@ def _fill(target: str, write: Callable[[int], None]) -> bool:
 
 
 def put_local(
-    client: Any, source: int, bucket: str, key: str, *, move_from: str | None = None
+    client: Any,
+    source: int,
+    bucket: str,
+    key: str,
+    *,
+    move_from: str | None = None,
+    size: int | None = None,
 ) -> bool:
     """Store the open file ``source`` as the object through the endpoint's incoming folder;
     False where the backend named none or the endpoint refused (nothing is then stored).
@@ -153,6 +159,9 @@ def put_local(
     algorithm is left; the file is then moved there instead of copied where ``_move`` finds
     that safe, and that name is gone (also if the endpoint refuses: ``source`` is still open
     for the upload).
+
+    ``size``: the bytes to copy from the file's start (as it was measured when the outputs
+    were checked; another process may grow it since); None: its size now.
     """
     incoming = os.environ.get(LOCAL_INCOMING_ENV)
     if not incoming:
@@ -163,8 +172,10 @@ def put_local(
         request.headers[LOCAL_FILE_HEADER] = copy
 
     try:
-        size = os.fstat(source).st_size
-        if move_from is None or not _move(source, move_from, copy):
+        if size is None:
+            size = os.fstat(source).st_size
+        # Moved only if still of the size measured; copied, it is cut to that size.
+        if move_from is None or not _move(source, move_from, copy, size):
             # Only the endpoint reads the copy; a name taken already is never reused.
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             target = os.open(copy, flags, 0o600)
@@ -187,7 +198,7 @@ def put_local(
     return response["ResponseMetadata"]["HTTPHeaders"].get(LOCAL_FILE_HEADER) == str(size)
 
 
-def _move(source: int, name: str, target: str) -> bool:
+def _move(source: int, name: str, target: str, size: int | None = None) -> bool:
     """Rename ``name`` (the file open as ``source``, opened by that name with O_NOFOLLOW) to
     ``target``; False where it must be copied instead (its owner and mode may then have become
     those of a copy).
@@ -202,6 +213,8 @@ def _move(source: int, name: str, target: str) -> bool:
     info = os.fstat(source)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         return False  # another name could change the stored object
+    if size is not None and info.st_size != size:
+        return False  # not the file measured: the copy takes its measured bytes
     owner = os.geteuid()
     if info.st_uid != owner and owner != 0:
         return False  # another user's file, which this user cannot make its own

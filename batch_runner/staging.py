@@ -271,6 +271,7 @@ def upload_outputs(
     *,
     check: Callable[[Mapping[str, int]], None] | None = None,
     algorithm_gone: bool = False,
+    max_bytes: int | None = None,
 ) -> list[ResultOutput]:
     """Upload the scanned files (opened without following links) under ``prefix``.
 
@@ -284,6 +285,10 @@ def upload_outputs(
     ``check`` (the early output checks) runs once every file is open and before any is
     handed over, given the open files by relative path: the file checked is the file
     stored, whatever the names reach by then.
+
+    Each file is stored as long as it was when opened (its ``size``), and they may be
+    ``max_bytes`` in all: a process of the algorithm still running may grow them after the
+    scan, a sparse terabyte in an instant.
     """
     fds: list[int] = []
     outputs: list[ResultOutput] = []
@@ -310,6 +315,9 @@ def upload_outputs(
                     size=info.st_size,
                 )
             )
+        total = sum(o.size or 0 for o in outputs)
+        if max_bytes is not None and total > max_bytes:
+            raise StagingError(f"The outputs are larger than the limit of {max_bytes} bytes")
         if check is not None:
             check({relative: fd for fd, (relative, _path) in zip(fds, files, strict=True)})
         uploads = [
@@ -322,11 +330,15 @@ def upload_outputs(
                 o.bucket_name,
                 o.bucket_key,
                 move_from=str(path) if algorithm_gone else None,
+                size=o.size,
             )
         ]
         upload_all(
             client,
-            (Upload(f"/proc/self/fd/{fd}", o.bucket_name, o.bucket_key) for fd, o in uploads),
+            (
+                Upload(f"/proc/self/fd/{fd}", o.bucket_name, o.bucket_key, o.size)
+                for fd, o in uploads
+            ),
             concurrency=concurrency,
         )
     except OSError as error:

@@ -17,6 +17,7 @@ import boto3
 import botocore.session
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
+from s3transfer.subscribers import BaseSubscriber  # type: ignore[import-untyped]
 
 MB = 1024 * 1024
 POOL_CONNECTIONS = 32
@@ -113,6 +114,19 @@ class Upload:
     filename: str
     bucket: str
     key: str
+    # Bytes to send from the file's start; None: its size when the transfer starts. A file
+    # another process may still grow is sent as it was measured, never more.
+    size: int | None = None
+
+
+class _KnownSize(BaseSubscriber):
+    """Gives the transfer its size, which it would otherwise take from the file."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def on_queued(self, future: Any, **_kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self._size)
 
 
 def download_all(client: Any, items: Iterable[Download], concurrency: int = 10) -> None:
@@ -126,7 +140,15 @@ def download_all(client: Any, items: Iterable[Download], concurrency: int = 10) 
 def upload_all(client: Any, items: Iterable[Upload], concurrency: int = 10) -> None:
     """Upload every file, concurrently; raises the first error."""
     with create_transfer_manager(client, transfer_config(concurrency)) as manager:
-        futures = [manager.upload(item.filename, item.bucket, item.key) for item in items]
+        futures = [
+            manager.upload(
+                item.filename,
+                item.bucket,
+                item.key,
+                subscribers=None if item.size is None else [_KnownSize(item.size)],
+            )
+            for item in items
+        ]
         for future in futures:
             future.result()
 

@@ -528,3 +528,20 @@ def test_an_output_on_another_file_system_is_copied(
         assert client.get_object(Bucket=bucket, Key="out/out.bin")["Body"].read() == b"elsewhere"
     finally:
         shutil.rmtree(folder)
+
+
+def test_an_output_grown_after_it_was_opened_is_copied_as_it_was_measured(
+    durable: tuple[Any, str], tmp_path: Path
+) -> None:
+    # A live process of the algorithm (an invoke-mode server) may grow a file once the
+    # limits were checked: a sparse terabyte copied would be written out in full.
+    client, bucket = durable
+    (tmp_path / "out.bin").write_bytes(b"x")
+
+    def grow(_files: object) -> None:
+        os.truncate(tmp_path / "out.bin", 32 * 1024 * 1024)
+
+    stored = upload_outputs(client, [("out.bin", tmp_path / "out.bin")], bucket, "out/", check=grow)
+
+    assert [o.size for o in stored] == [1]
+    assert client.get_object(Bucket=bucket, Key="out/out.bin")["Body"].read() == b"x"

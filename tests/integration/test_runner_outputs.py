@@ -310,3 +310,39 @@ def test_the_early_checks_read_the_files_stored_not_what_their_names_reach_later
     assert result.output_errors == {}
     assert result.user_safe_error_message is None
     assert runner_job.read_output("d/x.json") == b"[1]"
+
+
+def test_an_output_grown_after_it_was_opened_is_stored_as_it_was_measured(
+    s3: RunnerS3, tmp_path: Path
+) -> None:
+    # A live process of the algorithm (an invoke-mode server) may grow a file once the
+    # limits were checked: a sparse terabyte would then be uploaded byte by byte.
+    output = tmp_path / "output"
+    output.mkdir()
+    (output / "out.bin").write_bytes(b"x")
+    scan = scan_outputs(output, max_bytes=1024)
+
+    def grow(_files: object) -> None:
+        os.truncate(output / "out.bin", 32 * 1024 * 1024)
+
+    stored = upload_outputs(s3.client, scan.files, s3.bucket, PREFIX, check=grow)
+
+    assert [o.size for o in stored] == [1]
+    head = s3.client.head_object(Bucket=s3.bucket, Key=PREFIX + "out.bin")
+    assert head["ContentLength"] == 1
+
+
+def test_outputs_grown_past_the_limit_after_the_scan_are_refused(
+    s3: RunnerS3, tmp_path: Path
+) -> None:
+    output = tmp_path / "output"
+    output.mkdir()
+    (output / "out.bin").write_bytes(b"x")
+    scan = scan_outputs(output, max_bytes=1024)
+    os.truncate(output / "out.bin", 1024**4)
+
+    with pytest.raises(StagingError) as raised:
+        upload_outputs(s3.client, scan.files, s3.bucket, PREFIX, max_bytes=1024)
+
+    assert str(raised.value) == "The outputs are larger than the limit of 1024 bytes"
+    assert _keys(s3) == []
