@@ -14,12 +14,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batch_runner import checks
+from batch_runner import checks, sandbox
 from batch_runner.config import Limits
 from batch_runner.staging import StagingError, scan_outputs, upload_outputs
 from tests.integration.conftest import RunnerJob, RunnerS3
@@ -346,3 +347,34 @@ def test_outputs_grown_past_the_limit_after_the_scan_are_refused(
 
     assert str(raised.value) == "The outputs are larger than the limit of 1024 bytes"
     assert _keys(s3) == []
+
+
+@pytest.mark.skipif(
+    not sandbox.probe().available, reason=f"no sandbox here: {sandbox.probe().reason}"
+)
+def test_no_process_of_a_sandboxed_algorithm_outlives_it_to_change_its_outputs(
+    runner_job: RunnerJob,
+) -> None:
+    # A daemon (a new session, its parent gone) is still in the sandbox's pid namespace,
+    # which the kernel empties when bwrap's init exits: before the outputs are collected.
+    code = """
+    import os, time
+    out = os.environ["OUTPUT_DIR"]
+    open(out + "/main.txt", "w").write("main")
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            for _ in range(30):
+                time.sleep(0.1)
+                open(out + "/late.txt", "a").write("late")
+                open(out + "/main.txt", "w").write("changed")
+            os._exit(0)
+        os._exit(0)
+    """
+    result, _ = runner_job.run(_inline(code))
+    time.sleep(1)
+
+    assert [o.relative_path for o in result.outputs] == ["main.txt"]
+    assert runner_job.read_output("main.txt") == b"main"
+    assert sorted(os.listdir(runner_job.output_root)) == ["main.txt"]
+    assert (runner_job.output_root / "main.txt").read_text() == "main"
