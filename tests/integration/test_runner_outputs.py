@@ -183,6 +183,7 @@ def test_the_next_job_in_the_same_roots_clears_a_deep_output_tree(runner_job: Ru
     assert [o.relative_path for o in result.outputs] == ["out.txt"]
 
 
+@pytest.mark.in_process  # a Limits of its own: no runner subprocess takes one
 def test_more_output_files_than_the_limit_fail_the_job_before_any_is_stored(
     runner_job: RunnerJob,
 ) -> None:
@@ -203,6 +204,7 @@ def test_more_output_files_than_the_limit_fail_the_job_before_any_is_stored(
     assert runner_job.output_keys() == [".sagemaker_shim/inference_result.json"]
 
 
+@pytest.mark.in_process  # a Limits of its own: no runner subprocess takes one
 def test_outputs_larger_than_the_limit_fail_the_job_before_any_is_stored(
     runner_job: RunnerJob,
 ) -> None:
