@@ -52,9 +52,9 @@ def test_a_nested_value_too_deep_to_store_is_a_400(api) -> None:
     assert status == 201, answer
 
 
-@pytest.mark.parametrize("body", [DEEP, NESTED])
-def test_a_deeply_nested_json_file_fails_the_job(ctx, body) -> None:
-    from gantry.job_states import JobStatus
+def _validated(ctx: Any, socket: tuple[str, str, str], name: str, body: bytes) -> Any:
+    """The job of an upload ``name`` holding ``body`` as the input of ``socket`` (title, kind,
+    relative path), once its inputs are validated."""
     from gantry.pipeline.inputs import validate_pending_inputs
     from gantry.services.jobs import JobInput
     from tests.integration.test_inputs_support import (
@@ -66,15 +66,30 @@ def test_a_deeply_nested_json_file_fails_the_job(ctx, body) -> None:
     )
 
     ctx.compute_backend = RecordingCompute()
-    make_socket(ctx, "Blob", "JSON", "blob.json")
+    slug = make_socket(ctx, *socket).slug
     make_socket(ctx, "Result", "JSON", "results.json")
-    algorithm = make_algorithm(ctx, "Reader", ["blob"], ["result"])
-    upload = put_upload(ctx, "blob.json", body.encode())
-    job = new_job(ctx, algorithm, [JobInput(interface="blob", user_upload=upload.pk)])
-
+    algorithm = make_algorithm(ctx, "Reader", [slug], ["result"])
+    upload = put_upload(ctx, name, body)
+    value = (
+        JobInput(interface=slug, user_uploads=[upload.pk])
+        if socket[1] == "IMG"
+        else JobInput(interface=slug, user_upload=upload.pk)
+    )
+    job = new_job(ctx, algorithm, [value])
     validate_pending_inputs(ctx, job.pk)
+    return ctx.store.jobs.get(job.pk)
 
-    done = ctx.store.jobs.get(job.pk)
+
+BLOB = ("Blob", "JSON", "blob.json")
+CT_IMAGE = ("CT Image", "IMG", "images/ct")
+
+
+@pytest.mark.parametrize("body", [DEEP, NESTED])
+def test_a_deeply_nested_json_file_fails_the_job(ctx, body) -> None:
+    from gantry.job_states import JobStatus
+
+    done = _validated(ctx, BLOB, "blob.json", body.encode())
+
     assert done.status is JobStatus.FAILURE
     assert done.error_message.startswith("Input 'blob': the file 'blob.json' is not valid JSON")
     assert "nested more than" in done.error_message
@@ -127,27 +142,10 @@ def test_an_upload_name_longer_than_a_file_system_allows_is_a_400(api, name) -> 
 
 def test_an_image_upload_with_an_overlong_name_fails_the_job(ctx) -> None:
     from gantry.job_states import JobStatus
-    from gantry.pipeline.inputs import validate_pending_inputs
-    from gantry.services.jobs import JobInput
-    from tests.integration.test_inputs_support import (
-        RecordingCompute,
-        make_algorithm,
-        make_socket,
-        new_job,
-        put_upload,
-    )
 
-    ctx.compute_backend = RecordingCompute()
-    make_socket(ctx, "CT Image", "IMG", "images/ct")
-    make_socket(ctx, "Result", "JSON", "results.json")
-    algorithm = make_algorithm(ctx, "Reader", ["ct-image"], ["result"])
     # Made before the API refused such names; an image that is not .mha or .tif is downloaded.
-    upload = put_upload(ctx, "\u00e9" * 200 + ".nii", b"not read")
-    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
+    done = _validated(ctx, CT_IMAGE, "\u00e9" * 200 + ".nii", b"not read")
 
-    validate_pending_inputs(ctx, job.pk)
-
-    done = ctx.store.jobs.get(job.pk)
     assert done.status is JobStatus.FAILURE
     assert "longer than 255 bytes" in done.error_message
 
@@ -208,26 +206,8 @@ def _image_input_fails(ctx: Any, name: str, body: bytes) -> Any:
     """The job of an upload ``name`` holding ``body`` as its image input, after validation,
     failed with the message of an unreadable file."""
     from gantry.job_states import JobStatus
-    from gantry.pipeline.inputs import validate_pending_inputs
-    from gantry.services.jobs import JobInput
-    from tests.integration.test_inputs_support import (
-        RecordingCompute,
-        make_algorithm,
-        make_socket,
-        new_job,
-        put_upload,
-    )
 
-    ctx.compute_backend = RecordingCompute()
-    make_socket(ctx, "CT Image", "IMG", "images/ct")
-    make_socket(ctx, "Result", "JSON", "results.json")
-    algorithm = make_algorithm(ctx, "Reader", ["ct-image"], ["result"])
-    upload = put_upload(ctx, name, body)
-    job = new_job(ctx, algorithm, [JobInput(interface="ct-image", user_uploads=[upload.pk])])
-
-    validate_pending_inputs(ctx, job.pk)
-
-    done = ctx.store.jobs.get(job.pk)
+    done = _validated(ctx, CT_IMAGE, name, body)
     assert done.status is JobStatus.FAILURE, done.inputs
     assert done.error_message.startswith(f"Input 'ct-image': the file '{name}' is not a readable")
     return done
