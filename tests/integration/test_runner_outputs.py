@@ -8,6 +8,7 @@ fails the job with a reason the user can act on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +100,8 @@ def _inline(code: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code)]
 
 
-def _failed_and_stored_nothing(runner_job: RunnerJob, code: str) -> str | None:
-    result, _ = runner_job.run(_inline(code))
+def _failed_and_stored_nothing(runner_job: RunnerJob, code: str, **overrides: Any) -> str | None:
+    result, _ = runner_job.run(_inline(code), **overrides)
     assert result.return_code == 0, result.user_process_last_stderr_lines
     assert result.outputs == []
     assert runner_job.output_keys() == [".sagemaker_shim/inference_result.json"]
@@ -139,21 +141,30 @@ def test_an_output_name_longer_than_a_key_fails_the_job(runner_job: RunnerJob) -
     assert message.endswith(f"is too long: at most {1024 - len(runner_job.prefix)} bytes")
 
 
-def test_a_deep_output_tree_fails_the_job_in_bounded_time(runner_job: RunnerJob) -> None:
-    # Deeper than a path may be (PATH_MAX) and than Python recurses.
-    code = """
-    import os
-    os.chdir(os.environ["OUTPUT_DIR"])
-    for _ in range(3000):
-        os.mkdir("d")
-        os.chdir("d")
-    open("out.txt", "w").write("x")
-    """
+# Folders 3000 deep in the output folder: deeper than a path may be (PATH_MAX) and than
+# Python recurses.
+DEEP_TREE = """
+import os
+os.chdir(os.environ["OUTPUT_DIR"])
+for _ in range(3000):
+    os.mkdir("d")
+    os.chdir("d")
+"""
+
+
+@contextlib.contextmanager
+def _deep_tree_removed(runner_job: RunnerJob) -> Iterator[None]:
     try:
-        message = _failed_and_stored_nothing(runner_job, code)
+        yield
     finally:
         # Python's shutil.rmtree recurses too (before 3.13): rm takes any depth.
         subprocess.run(["rm", "-rf", str(runner_job.output_root)], check=True)
+
+
+def test_a_deep_output_tree_fails_the_job_in_bounded_time(runner_job: RunnerJob) -> None:
+    code = DEEP_TREE + 'open("out.txt", "w").write("x")\n'
+    with _deep_tree_removed(runner_job):
+        message = _failed_and_stored_nothing(runner_job, code)
     assert message is not None
     assert message.startswith("The output name 'd/d/d/")
     assert message.endswith(f"is too long: at most {1024 - len(runner_job.prefix)} bytes")
@@ -162,22 +173,13 @@ def test_a_deep_output_tree_fails_the_job_in_bounded_time(runner_job: RunnerJob)
 def test_the_next_job_in_the_same_roots_clears_a_deep_output_tree(runner_job: RunnerJob) -> None:
     # A warm runner (invoke mode) or any runner given the same roots again empties them
     # first: whatever the last algorithm left there must not fail every later job.
-    deep = """
-    import os
-    os.chdir(os.environ["OUTPUT_DIR"])
-    for _ in range(3000):
-        os.mkdir("d")
-        os.chdir("d")
-    """
-    try:
-        runner_job.run(_inline(deep))
+    with _deep_tree_removed(runner_job):
+        runner_job.run(_inline(DEEP_TREE))
         write = """
         import os
         open(os.environ["OUTPUT_DIR"] + "/out.txt", "w").write("x")
         """
         result, _ = runner_job.run(_inline(write))
-    finally:
-        subprocess.run(["rm", "-rf", str(runner_job.output_root)], check=True)
 
     assert result.user_safe_error_message is None
     assert [o.relative_path for o in result.outputs] == ["out.txt"]
@@ -193,15 +195,10 @@ def test_more_output_files_than_the_limit_fail_the_job_before_any_is_stored(
     for number in range(40):
         open(f"{os.environ['OUTPUT_DIR']}/many/{number}", "w").close()
     """
-    result, _ = runner_job.run(
-        _inline(code), limits=Limits(max_output_files=30, kill_grace_seconds=1.0)
-    )
+    limits = Limits(max_output_files=30, kill_grace_seconds=1.0)
+    message = _failed_and_stored_nothing(runner_job, code, limits=limits)
 
-    assert result.user_safe_error_message == (
-        "The algorithm left more than 30 files and folders in its output folder"
-    )
-    assert result.outputs == []
-    assert runner_job.output_keys() == [".sagemaker_shim/inference_result.json"]
+    assert message == "The algorithm left more than 30 files and folders in its output folder"
 
 
 @pytest.mark.in_process  # a Limits of its own: no runner subprocess takes one
@@ -216,13 +213,9 @@ def test_outputs_larger_than_the_limit_fail_the_job_before_any_is_stored(
     open(os.environ["OUTPUT_DIR"] + "/small.txt", "w").write("x")
     """
     limits = Limits(max_output_bytes=2 * 1024 * 1024, kill_grace_seconds=1.0)
-    result, _ = runner_job.run(_inline(code), limits=limits)
+    message = _failed_and_stored_nothing(runner_job, code, limits=limits)
 
-    assert result.user_safe_error_message == (
-        "The outputs are larger than the limit of 2097152 bytes"
-    )
-    assert result.outputs == []
-    assert runner_job.output_keys() == [".sagemaker_shim/inference_result.json"]
+    assert message == "The outputs are larger than the limit of 2097152 bytes"
 
 
 def test_a_sparse_terabyte_is_refused_by_the_default_limit_at_once(tmp_path: Path) -> None:
