@@ -69,13 +69,8 @@ class Events:
                 self._changed.wait(remaining)
 
 
-@pytest.fixture
-def events() -> Events:
-    return Events()
-
-
-@pytest.fixture
-def backend(runner_s3: RunnerS3, events: Events) -> Iterator[LocalBackend]:
+def local_backend(runner_s3: RunnerS3, events: Events, **options: Any) -> LocalBackend:
+    """The local compute backend with one worker, on the runner's S3, reporting to ``events``."""
     settings = Settings(
         region="us-east-1",
         endpoint_url=runner_s3.endpoint,
@@ -83,7 +78,17 @@ def backend(runner_s3: RunnerS3, events: Events) -> Iterator[LocalBackend]:
         compute_backend="local",
         local_workers=1,
     )
-    local = LocalBackend(settings, events, extra_env=runner_s3.env())
+    return LocalBackend(settings, events, extra_env=runner_s3.env(), **options)
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def backend(runner_s3: RunnerS3, events: Events) -> Iterator[LocalBackend]:
+    local = local_backend(runner_s3, events)
     yield local
     local.shutdown(wait=False)
 
@@ -302,14 +307,7 @@ def test_an_image_runs_from_its_root_filesystem_with_its_configuration(runner_s3
         store = ImageStore(store_root)
         prepared = store.prepare(archive)
         assert read_archive(archive).config.digest == prepared.config.digest
-        settings = Settings(
-            region="us-east-1",
-            endpoint_url=runner_s3.endpoint,
-            bucket_name=runner_s3.bucket,
-            compute_backend="local",
-            local_workers=1,
-        )
-        local = LocalBackend(settings, events, extra_env=runner_s3.env(), image_store=store_root)
+        local = local_backend(runner_s3, events, image_store=store_root)
         try:
             job = make_job()
             # The record carries the image's own command, as registering an archive stores it.
@@ -432,14 +430,7 @@ def test_a_deep_tree_the_algorithm_left_is_removed_with_its_job(runner_s3, event
         "    os.mkdir('d')\n"
         "    os.chdir('d')\n"
     )
-    settings = Settings(
-        region="us-east-1",
-        endpoint_url=runner_s3.endpoint,
-        bucket_name=runner_s3.bucket,
-        compute_backend="local",
-        local_workers=1,
-    )
-    local = LocalBackend(settings, events, extra_env=runner_s3.env(), scratch_root=tmp_path)
+    local = local_backend(runner_s3, events, scratch_root=tmp_path)
     try:
         job = make_job()
         job_id = local.submit(

@@ -20,9 +20,8 @@ import pytest
 from gantry.compute.local import LocalBackend
 from gantry.contract import verify_result
 from gantry.resources import SIGNATURE_METADATA_KEY, io_output_prefix, result_key
-from gantry.settings import Settings
 from tests.integration.conftest import RunnerS3
-from tests.integration.test_compute_local import Events, algorithm, invocation
+from tests.integration.test_compute_local import Events, algorithm, invocation, local_backend
 from tests.unit.test_compute_base import make_job
 from tests.waits import WAIT_SECONDS
 
@@ -42,20 +41,9 @@ def events() -> Events:
     return Events()
 
 
-def _backend(runner_s3: RunnerS3, events: Events, **options) -> LocalBackend:
-    settings = Settings(
-        region="us-east-1",
-        endpoint_url=runner_s3.endpoint,
-        bucket_name=runner_s3.bucket,
-        compute_backend="local",
-        local_workers=1,
-    )
-    return LocalBackend(settings, events, extra_env=runner_s3.env(), **options)
-
-
 @pytest.fixture
 def backend(runner_s3: RunnerS3, events: Events) -> Iterator[LocalBackend]:
-    local = _backend(runner_s3, events)
+    local = local_backend(runner_s3, events)
     yield local
     local.shutdown(wait=False)
 
@@ -125,7 +113,7 @@ def test_a_warm_runner_started_ahead_runs_the_first_job(backend, events, runner_
 
 
 def test_a_warm_runner_no_job_used_is_stopped_with_the_backend(runner_s3, events):
-    local = _backend(runner_s3, events)
+    local = local_backend(runner_s3, events)
     server = _started_ahead(local)
     local.shutdown(wait=True)
     assert server.process.poll() is not None
@@ -169,7 +157,7 @@ def test_a_change_of_this_process_environment_reaches_the_next_job(
 
 
 def test_switched_off_each_job_starts_a_runner_of_its_own(runner_s3, events):
-    local = _backend(runner_s3, events, fork_server=False)
+    local = local_backend(runner_s3, events, fork_server=False)
     try:
         job = make_job()
         job_id = local.submit(
