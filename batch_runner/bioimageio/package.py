@@ -122,34 +122,37 @@ def find_rdf(root: Path) -> Path:
     raise PackageError("the package has no rdf.yaml (nor *.bioimageio.yaml)")
 
 
-def _remote_files(node: Any, path: str = "", in_file_field: bool = False) -> Iterator[str]:
+def _file_fields(
+    node: Any, path: str = "", in_file_field: bool = False
+) -> Iterator[tuple[str, str]]:
+    """Every string under a file field of the rdf, with its dotted path."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _remote_files(
+            yield from _file_fields(
                 value, f"{path}.{key}" if path else str(key), in_file_field or key in _FILE_FIELDS
             )
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _remote_files(value, f"{path}.{index}", in_file_field)
-    elif isinstance(node, str) and in_file_field and _URL.match(node):
-        yield f"{path}: {node}"
+            yield from _file_fields(value, f"{path}.{index}", in_file_field)
+    elif isinstance(node, str) and in_file_field:
+        yield path, node
 
 
-def _outside_files(node: Any, path: str = "", in_file_field: bool = False) -> Iterator[str]:
+def _remote_files(raw: Any) -> Iterator[str]:
+    for path, value in _file_fields(raw):
+        if _URL.match(value):
+            yield f"{path}: {value}"
+
+
+def _outside_files(raw: Any) -> Iterator[str]:
     """File fields naming an absolute path or climbing out with '..': the validation would
     read (and report the sha256 of) a file of the machine that validates, not the package's."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _outside_files(
-                value, f"{path}.{key}" if path else str(key), in_file_field or key in _FILE_FIELDS
-            )
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from _outside_files(value, f"{path}.{index}", in_file_field)
-    elif isinstance(node, str) and in_file_field and not _URL.match(node):
-        relative = PurePosixPath(node.replace("\\", "/"))
-        if relative.is_absolute() or ".." in relative.parts or node.startswith("~"):
-            yield f"{path}: {node}"
+    for path, value in _file_fields(raw):
+        if _URL.match(value):
+            continue
+        relative = PurePosixPath(value.replace("\\", "/"))
+        if relative.is_absolute() or ".." in relative.parts or value.startswith("~"):
+            yield f"{path}: {value}"
 
 
 # An rdf.yaml holds some hundreds of entries; YAML aliases can make a few lines stand for
