@@ -120,6 +120,16 @@ def test_a_broken_model_fails_with_a_reason(runner_job, rootfs):
     )
 
 
+def _refused(tmp_path: Path, members: list, message: str) -> None:
+    """A tarball of ``members`` is refused, with ``message``, as it is unpacked as a model."""
+    archive = tmp_path / "model.tar"
+    archive.write_bytes(tarball(members, mode="w"))
+    target = tmp_path / "model"
+    target.mkdir()
+    with pytest.raises(ModelError, match=message):
+        extract_model(archive, target)
+
+
 @pytest.mark.parametrize(
     ("members", "message"),
     [
@@ -152,12 +162,7 @@ def test_a_broken_model_fails_with_a_reason(runner_job, rootfs):
     ],
 )
 def test_hostile_model_members_are_refused(tmp_path, members, message):
-    archive = tmp_path / "model.tar"
-    archive.write_bytes(tarball(members, mode="w"))
-    target = tmp_path / "model"
-    target.mkdir()
-    with pytest.raises(ModelError, match=message):
-        extract_model(archive, target)
+    _refused(tmp_path, members, message)
     assert not (tmp_path / "escape.txt").exists()
 
 
@@ -189,12 +194,7 @@ def test_a_folder_member_over_a_link_changes_nothing_outside_the_model(tmp_path)
         special("esc", tarfile.SYMTYPE, "a/up/../victim"),
         special("esc", tarfile.DIRTYPE),
     ]
-    archive = tmp_path / "model.tar"
-    archive.write_bytes(tarball(members, mode="w"))
-    target = tmp_path / "model"
-    target.mkdir()
-    with pytest.raises(ModelError, match=r"'esc' (replaces a link|links outside)"):
-        extract_model(archive, target)
+    _refused(tmp_path, members, r"'esc' (replaces a link|links outside)")
     assert stat.S_IMODE(victim.stat().st_mode) == 0o700
 
 
@@ -210,10 +210,5 @@ def test_a_hard_link_member_over_a_link_writes_nothing_outside_the_model(tmp_pat
         ("payload", b"owned\n"),
         special("esc", tarfile.LNKTYPE, "payload"),
     ]
-    archive = tmp_path / "model.tar"
-    archive.write_bytes(tarball(members, mode="w"))
-    target = tmp_path / "model"
-    target.mkdir()
-    with pytest.raises(ModelError, match=r"'esc' (replaces a link|links outside)"):
-        extract_model(archive, target)
+    _refused(tmp_path, members, r"'esc' (replaces a link|links outside)")
     assert victim.read_text() == "precious\n"
