@@ -98,9 +98,8 @@ class _Writer:
             self.free.put(buffer)
         thread = threading.Thread(target=self._drain, name="gantry-direct-write", daemon=True)
         thread.start()
-        size = 0
         try:
-            size = self._fill(read)
+            self._fill(read)
         finally:
             self.full.put(None)
             thread.join()
@@ -108,10 +107,9 @@ class _Writer:
                 _give_back(buffer)
         if self.failed is not None:
             raise self.failed
-        return size
+        return self.size  # every byte read was written
 
-    def _fill(self, read: Reader) -> int:
-        size = 0
+    def _fill(self, read: Reader) -> None:
         while self.failed is None:
             buffer = self.free.get()
             filled = 0
@@ -121,12 +119,10 @@ class _Writer:
                     if not count:
                         break
                     filled += count
-            size += filled
             if filled:
                 self.full.put((buffer, filled))
             if filled < DIRECT_BUFFER:
                 break
-        return size
 
     def _drain(self) -> None:
         while (item := self.full.get()) is not None:
